@@ -1,0 +1,1 @@
+//! etcd lease backend for `routine` (work in progress).

@@ -1,0 +1,1 @@
+//! postgres lease backend for `routine` (work in progress).

@@ -1,0 +1,1 @@
+//! redis lease backend for `routine` (work in progress).

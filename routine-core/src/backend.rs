@@ -1,0 +1,136 @@
+//! `LockBackend` and `Lease`: the two traits every backend implements.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Capabilities, FencingToken, LockKey, Result};
+
+/// A store of leases on named keys: Redis, etcd, PostgreSQL, memory, or yours.
+///
+/// The trait is object-safe and meant to be used as `Arc<dyn LockBackend>`; it is minimal
+/// on purpose. A backend does I/O only: it never sleeps, retries or keeps its own timers
+/// for the runner's sake. Timing policy (when to refresh, when to give up, backoff) lives
+/// in the runner, so every backend behaves the same way under it.
+///
+/// # The lease contract
+///
+/// If [`try_acquire`](LockBackend::try_acquire) or [`Lease::refresh`] is *called* at
+/// instant `t` (on the caller's monotonic clock) with a TTL `ttl` and returns `Ok`, then no
+/// other client can acquire the key before `t + ttl` as measured by the backend, unless
+/// the holder releases it first. A backend whose server measures time from when it
+/// *received* the request satisfies this. The runner adds its own safety margin for clock
+/// rate differences.
+///
+/// Implementations must be checked with the `routine-conformance` suite.
+#[async_trait]
+pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
+    /// A short lowercase name for logs and errors: `redis`, `etcd`, `postgres`, `memory`.
+    fn name(&self) -> &'static str;
+
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Tries once to take `key` for `ttl`.
+    ///
+    /// Returns `Ok(Some(lease))` if the key was free and is now ours, and `Ok(None)` if
+    /// someone else holds it. Contention is never an error. Every successful acquisition
+    /// carries a [`FencingToken`] greater than that of every earlier acquisition of `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`](crate::Error::InvalidTtl) if `ttl` is zero or below
+    /// [`Capabilities::min_ttl`]; [`Error::Unavailable`](crate::Error::Unavailable) or
+    /// [`Error::Timeout`](crate::Error::Timeout) if the server could not be asked; any
+    /// other variant for configuration or permission problems. On error the key is not
+    /// held by us.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped before it completes, the key may have been taken on the
+    /// server; it is then released by its TTL. Callers should not cancel needlessly.
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>>;
+
+    /// Resolves when `key` may have become free: its holder released it.
+    ///
+    /// A backend without release notifications returns a future that never resolves
+    /// (the runner then wakes at its retry interval) and declares
+    /// [`Capabilities::release_notifications`] `false`. Spurious wake-ups are allowed: the
+    /// caller always tries to acquire afterwards.
+    ///
+    /// The runner polls this future once *before* each `try_acquire` and awaits it after
+    /// contention, so a backend should register its interest on the first poll: a release
+    /// that happens after that first poll must wake the future.
+    ///
+    /// # Errors
+    ///
+    /// An error if the notification channel failed; the runner falls back to polling.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future only gives up the wait.
+    async fn released(&self, key: &LockKey) -> Result<()>;
+
+    /// How long the current holder's lease on `key` has left, if the backend can tell
+    /// (see [`Capabilities::reports_expiry`]). `Ok(None)` means unknown or not held.
+    ///
+    /// The runner asks after contention, to retry right when a crashed holder's lease runs
+    /// out rather than up to a retry interval later. The default returns `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        let _ = key;
+        Ok(None)
+    }
+}
+
+/// A held lock on one key, returned by [`LockBackend::try_acquire`].
+///
+/// Dropping a lease without [`release`](Lease::release) leaves the key held until its TTL
+/// runs out (a backend may give it up sooner in the background), which is what a crash
+/// looks like to everyone else.
+#[async_trait]
+pub trait Lease: fmt::Debug + Send + Sync {
+    /// The key this lease holds.
+    fn key(&self) -> &LockKey;
+
+    /// The fencing token of this acquisition.
+    fn fencing_token(&self) -> FencingToken;
+
+    /// Extends the lease to `ttl` from now (see the lease contract on [`LockBackend`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lost`](crate::Error::Lost) if the key is no longer ours: it expired,
+    /// was deleted, was taken by another client, or this lease was released. Transient
+    /// errors ([`Error::is_transient`](crate::Error::is_transient)) mean the outcome is
+    /// unknown: the lease may or may not still be held until its previous deadline.
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped before completion the lease may or may not have been extended; the
+    /// previous deadline still bounds it.
+    async fn refresh(&mut self, ttl: Duration) -> Result<()>;
+
+    /// Gives the key back so another client can take it at once, and wakes waiters.
+    ///
+    /// Idempotent: releasing a lease that was already released, expired or taken over
+    /// returns `Ok(())` and never touches another holder's lease.
+    ///
+    /// # Errors
+    ///
+    /// Transient errors if the server could not be reached; the key then stays held until
+    /// its TTL runs out.
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped before completion the key may still be held until its TTL runs out.
+    async fn release(&mut self) -> Result<()>;
+}

@@ -1,0 +1,192 @@
+//! `Error`: the one error type of the runner and every backend.
+
+use std::time::Duration;
+
+use crate::LockKey;
+
+/// A boxed error from a backend's client library, kept as the [`std::error::Error::source`]
+/// of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when taking, keeping or giving back a lease.
+///
+/// Contention (someone else holds the key) is not an error: see
+/// [`LockBackend::try_acquire`](crate::LockBackend::try_acquire).
+///
+/// Each backend keeps its client library's error as the `source`, never in the message,
+/// so the message stays short and `{:#}`/error reporters show the chain.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lease is no longer ours: it expired, was deleted, or another client took the
+    /// key. The routine holding it must stop.
+    #[error("lease on `{key}` was lost")]
+    Lost {
+        /// The key whose lease was lost.
+        key: LockKey,
+    },
+
+    /// A routine or lock name is not acceptable.
+    #[error("invalid lock name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given (shortened if very long).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A lease TTL is not acceptable (zero, or below what the backend can honour).
+    #[error("invalid lease TTL {ttl:?}: {reason}")]
+    InvalidTtl {
+        /// The TTL as given.
+        ttl: Duration,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Configuration is malformed or incomplete: a bad URL, environment variable or
+    /// builder setting. `setting` names it (`REDIS_DB`, `ROUTINE_BACKEND_URL`, ...).
+    #[error("invalid configuration {setting}: {reason}")]
+    Config {
+        /// The setting or environment variable at fault.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+        /// The parse error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The backend could not be reached or failed while serving a request. Transient:
+    /// the runner retries with backoff.
+    #[error("{backend} backend unavailable during {operation}")]
+    Unavailable {
+        /// The backend's name (`redis`, `etcd`, `postgres`, `memory`).
+        backend: &'static str,
+        /// What was being done (`acquire`, `refresh`, `release`, `connect`, ...).
+        operation: &'static str,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The backend did not answer in time. Transient.
+    #[error("{backend} backend did not answer {operation} within {timeout:?}")]
+    Timeout {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was being done.
+        operation: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+    },
+
+    /// The server rejected our credentials.
+    #[error("{backend} backend rejected the credentials")]
+    Auth {
+        /// The backend's name.
+        backend: &'static str,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The server accepted our credentials but refused an operation (missing grants,
+    /// read-only replica, ...).
+    #[error("{backend} backend refused {operation}: permission denied")]
+    PermissionDenied {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was refused.
+        operation: &'static str,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The backend is set up in a way that cannot give the guarantees this library makes
+    /// (for example PostgreSQL behind a pooler in transaction mode).
+    #[error("{backend} backend is misconfigured: {reason}")]
+    Misconfigured {
+        /// The backend's name.
+        backend: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// The runner is shutting down and starts no new routine.
+    #[error("the runner is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Whether trying again later may succeed without anyone changing anything:
+    /// [`Error::Unavailable`] and [`Error::Timeout`].
+    ///
+    /// The runner retries every error with backoff (a password may be fixed while the
+    /// process runs), but logs non-transient ones at error level.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
+    }
+
+    /// Whether this says the lease was lost ([`Error::Lost`]).
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Error::Lost { .. })
+    }
+
+    /// Builds [`Error::Config`] without a source.
+    pub fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// Builds [`Error::Unavailable`].
+    pub fn unavailable(
+        backend: &'static str,
+        operation: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Unavailable {
+            backend,
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn transient_errors_are_unavailable_and_timeout_only() {
+        let unavailable = Error::unavailable("redis", "acquire", "connection refused");
+        let timeout = Error::Timeout {
+            backend: "redis",
+            operation: "refresh",
+            timeout: Duration::from_secs(1),
+        };
+        assert!(unavailable.is_transient(), "Unavailable must be transient");
+        assert!(timeout.is_transient(), "Timeout must be transient");
+        let lost = Error::Lost {
+            key: LockKey::new("k").unwrap(),
+        };
+        assert!(!lost.is_transient(), "Lost must not be transient");
+        assert!(lost.is_lost());
+        assert!(!Error::config("REDIS_DB", "not a number").is_transient());
+    }
+
+    #[test]
+    fn source_is_kept_out_of_the_message() {
+        let err = Error::unavailable("redis", "acquire", "connection refused");
+        assert_eq!(err.to_string(), "redis backend unavailable during acquire");
+        assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    }
+}

@@ -1,0 +1,32 @@
+//! The contract between the `routine` runner and the lease backends it runs on.
+//!
+//! This crate is small and changes rarely, so that backend authors (ours and third
+//! parties') depend on it alone, the way `tower-service` or `tracing-core` work:
+//!
+//! - [`LockBackend`] hands out [`Lease`]s on named keys: try once to acquire, refresh,
+//!   release, and wait for a release notification.
+//! - [`LockKey`] is a validated routine name; [`FencingToken`] numbers every acquisition of
+//!   a key so that stale holders can be rejected by whatever they write to.
+//! - [`Error`] is the one error type every backend converts into.
+//! - [`MemoryBackend`] is the reference implementation: a process-local backend that
+//!   honours every part of the contract and runs on tokio's clock, so tests with paused
+//!   time work.
+//!
+//! The runner, retry policy, timing and all sleeping live in the `routine` crate: a backend
+//! does I/O only. The behaviour a backend must show is checked by the published
+//! `routine-conformance` suite.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod backend;
+mod capabilities;
+mod error;
+mod fencing;
+mod key;
+mod memory;
+
+pub use backend::{LockBackend, Lease};
+pub use capabilities::Capabilities;
+pub use error::{BoxError, Error, Result};
+pub use fencing::FencingToken;
+pub use key::LockKey;
+pub use memory::MemoryBackend;

@@ -1,0 +1,299 @@
+//! `MemoryBackend`: the process-local reference backend.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
+
+const NAME: &str = "memory";
+
+/// A lease backend that lives in this process: every clone shares the same keys.
+///
+/// It implements the whole contract (TTLs, fencing tokens, release notifications, expiry
+/// reports) and is the reference the conformance suite is written against. Use it for
+/// tests, for single-process applications that want `keep_running_one_instance` semantics
+/// between tasks, and as a model when writing a backend.
+///
+/// Time is tokio's clock ([`tokio::time::Instant`]), so tests with paused time
+/// (`#[tokio::test(start_paused = true)]`) control expiry.
+///
+/// It also has fault-injection switches for tests: [`MemoryBackend::set_unavailable`],
+/// [`MemoryBackend::set_hanging`] and [`MemoryBackend::revoke`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use routine_core::{LockBackend, LockKey, MemoryBackend};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> routine_core::Result<()> {
+/// let backend = MemoryBackend::new();
+/// let key = LockKey::new("report")?;
+/// let mut lease = backend.try_acquire(&key, Duration::from_secs(5)).await?.expect("free");
+/// assert!(backend.try_acquire(&key, Duration::from_secs(5)).await?.is_none(), "held");
+/// lease.release().await?;
+/// assert!(backend.try_acquire(&key, Duration::from_secs(5)).await?.is_some(), "free again");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Lease ids tell our own lease apart from a later holder of the same key.
+    next_lease_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    holders: HashMap<LockKey, Holder>,
+    waiters: HashMap<LockKey, Arc<Notify>>,
+    /// One counter for all keys: strictly increasing per key is all the contract asks,
+    /// and one counter needs no per-key state that outlives the holder.
+    last_token: u64,
+    unavailable: bool,
+    hanging: bool,
+}
+
+struct Holder {
+    lease_id: u64,
+    token: FencingToken,
+    expires_at: Instant,
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Test switch: while `true`, every operation fails with
+    /// [`Error::Unavailable`], as if the server were down. Leases keep expiring.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.state().unavailable = unavailable;
+    }
+
+    /// Test switch: while `true`, every operation waits forever, as if the server were
+    /// paused. Requests already waiting stay stuck; leases keep expiring.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.state().hanging = hanging;
+    }
+
+    /// Test switch: deletes the lease on `key` behind its holder's back, without waking
+    /// waiters. The holder's next refresh reports [`Error::Lost`].
+    pub fn revoke(&self, key: &LockKey) {
+        self.state().holders.remove(key);
+    }
+
+    /// The fencing token of the live lease on `key`, if any.
+    pub fn holder(&self, key: &LockKey) -> Option<FencingToken> {
+        let now = Instant::now();
+        self.state()
+            .holders
+            .get(key)
+            .filter(|h| h.expires_at > now)
+            .map(|h| h.token)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the map half-updated (every
+        // critical section is a single insert or remove), so poisoning is ignored.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checks the fault switches; hangs forever while `hanging` is set.
+    async fn gate(&self, operation: &'static str) -> Result<()> {
+        let (unavailable, hanging) = {
+            let state = self.state();
+            (state.unavailable, state.hanging)
+        };
+        if hanging {
+            std::future::pending::<()>().await;
+        }
+        if unavailable {
+            return Err(Error::unavailable(
+                NAME,
+                operation,
+                "memory backend switched to unavailable",
+            ));
+        }
+        Ok(())
+    }
+
+    fn wake_waiters(state: &mut State, key: &LockKey) {
+        if let Some(notify) = state.waiters.remove(key) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+fn check_ttl(ttl: Duration) -> Result<()> {
+    if ttl.is_zero() {
+        return Err(Error::InvalidTtl {
+            ttl,
+            reason: "TTL must be greater than zero".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self.state().holders.len();
+        f.debug_struct("MemoryBackend")
+            .field("held_keys", &held)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_release_notifications(true)
+            .with_reports_expiry(true)
+            .with_ttl_granularity(Duration::from_nanos(1))
+            .with_min_ttl(Duration::from_nanos(1))
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        check_ttl(ttl)?;
+        let sent = Instant::now();
+        self.gate("acquire").await?;
+        let mut state = self.state();
+        if let Some(holder) = state.holders.get(key) {
+            if holder.expires_at > Instant::now() {
+                return Ok(None);
+            }
+        }
+        state.last_token += 1;
+        let token = FencingToken::new(state.last_token);
+        let lease_id = self.shared.next_lease_id.fetch_add(1, Ordering::Relaxed);
+        state.holders.insert(
+            key.clone(),
+            Holder {
+                lease_id,
+                token,
+                expires_at: sent + ttl,
+            },
+        );
+        Ok(Some(Box::new(MemoryLease {
+            backend: self.clone(),
+            key: key.clone(),
+            lease_id,
+            token,
+            released: false,
+        })))
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.gate("wait for release").await?;
+        let notify = Arc::clone(self.state().waiters.entry(key.clone()).or_default());
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registers this waiter now, on the first poll, so a release between this poll and
+        // the caller's next `try_acquire` is not missed.
+        notified.as_mut().enable();
+        notified.await;
+        Ok(())
+    }
+
+    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        self.gate("expires_in").await?;
+        let now = Instant::now();
+        Ok(self
+            .state()
+            .holders
+            .get(key)
+            .filter(|h| h.expires_at > now)
+            .map(|h| h.expires_at - now))
+    }
+}
+
+/// A lease handed out by [`MemoryBackend`].
+struct MemoryLease {
+    backend: MemoryBackend,
+    key: LockKey,
+    lease_id: u64,
+    token: FencingToken,
+    released: bool,
+}
+
+impl fmt::Debug for MemoryLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("released", &self.released)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Lease for MemoryLease {
+    fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    fn fencing_token(&self) -> FencingToken {
+        self.token
+    }
+
+    async fn refresh(&mut self, ttl: Duration) -> Result<()> {
+        check_ttl(ttl)?;
+        let sent = Instant::now();
+        let lost = || Error::Lost {
+            key: self.key.clone(),
+        };
+        if self.released {
+            return Err(lost());
+        }
+        self.backend.gate("refresh").await?;
+        let mut state = self.backend.state();
+        match state.holders.get_mut(&self.key) {
+            Some(h) if h.lease_id == self.lease_id && h.expires_at > Instant::now() => {
+                h.expires_at = sent + ttl;
+                Ok(())
+            }
+            _ => Err(lost()),
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.backend.gate("release").await?;
+        let mut state = self.backend.state();
+        if state
+            .holders
+            .get(&self.key)
+            .is_some_and(|h| h.lease_id == self.lease_id)
+        {
+            state.holders.remove(&self.key);
+            MemoryBackend::wake_waiters(&mut state, &self.key);
+        }
+        self.released = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

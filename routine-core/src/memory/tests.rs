@@ -1,0 +1,96 @@
+//! Unit tests of `MemoryBackend` on paused tokio time.
+
+use super::*;
+use futures::FutureExt;
+
+const TTL: Duration = Duration::from_secs(5);
+
+fn key(name: &str) -> LockKey {
+    LockKey::new(name).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_expires_after_ttl_without_refresh() {
+    let backend = MemoryBackend::new();
+    let k = key("a");
+    let _lease = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
+    tokio::time::advance(TTL - Duration::from_millis(1)).await;
+    assert!(
+        backend.try_acquire(&k, TTL).await.unwrap().is_none(),
+        "key must stay held until its TTL runs out"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(
+        backend.try_acquire(&k, TTL).await.unwrap().is_some(),
+        "key must be free once its TTL ran out"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_after_takeover_reports_lost() {
+    let backend = MemoryBackend::new();
+    let k = key("a");
+    let mut first = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
+    tokio::time::advance(TTL).await;
+    let second = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
+    assert!(second.fencing_token() > first.fencing_token());
+    let err = first.refresh(TTL).await.unwrap_err();
+    assert!(err.is_lost(), "refresh of a taken-over lease must be Lost: {err:?}");
+    first.release().await.unwrap();
+    assert_eq!(
+        backend.holder(&k),
+        Some(second.fencing_token()),
+        "releasing a stale lease must not free the new holder's key"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_wakes_a_registered_waiter() {
+    let backend = MemoryBackend::new();
+    let k = key("a");
+    let mut lease = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
+    let mut waiter = Box::pin(backend.released(&k));
+    assert!((&mut waiter).now_or_never().is_none(), "nothing released yet");
+    lease.release().await.unwrap();
+    assert!(
+        waiter.now_or_never().is_some(),
+        "a waiter polled once before the release must be woken by it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoke_makes_refresh_lost_and_switches_fail_operations() {
+    let backend = MemoryBackend::new();
+    let k = key("a");
+    let mut lease = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
+    backend.revoke(&k);
+    assert!(lease.refresh(TTL).await.unwrap_err().is_lost());
+
+    backend.set_unavailable(true);
+    let err = backend.try_acquire(&k, TTL).await.unwrap_err();
+    assert!(err.is_transient(), "unavailable must be transient: {err:?}");
+    backend.set_unavailable(false);
+
+    backend.set_hanging(true);
+    assert!(
+        backend.try_acquire(&k, TTL).now_or_never().is_none(),
+        "a hanging backend must not answer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_ttl_is_rejected() {
+    let backend = MemoryBackend::new();
+    let err = backend.try_acquire(&key("a"), Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expires_in_reports_remaining_ttl() {
+    let backend = MemoryBackend::new();
+    let k = key("a");
+    assert_eq!(backend.expires_in(&k).await.unwrap(), None);
+    let _lease = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(backend.expires_in(&k).await.unwrap(), Some(Duration::from_secs(3)));
+}
