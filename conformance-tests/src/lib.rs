@@ -1,1 +1,3 @@
-//! wip
+//! The behaviour suite every `routine` lease backend must pass (work in progress).
+#[cfg(feature = "servers")]
+pub mod servers;

@@ -118,7 +118,12 @@ mod tests {
 
     #[test]
     fn accepts_plain_and_unicode_names() {
-        for name in ["task", "a:b/c d", "ünïcödé-任务", &"x".repeat(LockKey::MAX_LEN)] {
+        for name in [
+            "task",
+            "a:b/c d",
+            "ünïcödé-任务",
+            &"x".repeat(LockKey::MAX_LEN),
+        ] {
             let key = LockKey::new(name).unwrap();
             assert_eq!(key.as_str(), name, "a valid name must round-trip unchanged");
         }
@@ -149,6 +154,10 @@ mod tests {
     fn error_for_huge_name_is_truncated() {
         let huge = "é".repeat(10_000);
         let err = LockKey::new(&huge).unwrap_err().to_string();
-        assert!(err.len() < 300, "error message must stay short: {} bytes", err.len());
+        assert!(
+            err.len() < 300,
+            "error message must stay short: {} bytes",
+            err.len()
+        );
     }
 }

@@ -15,7 +15,10 @@
 //! The runner, retry policy, timing and all sleeping live in the `routine` crate: a backend
 //! does I/O only. The behaviour a backend must show is checked by the published
 //! `routine-conformance` suite.
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod backend;
 mod capabilities;
@@ -24,7 +27,7 @@ mod fencing;
 mod key;
 mod memory;
 
-pub use backend::{LockBackend, Lease};
+pub use backend::{Lease, LockBackend};
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use fencing::FencingToken;

@@ -35,7 +35,10 @@ async fn refresh_after_takeover_reports_lost() {
     let second = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
     assert!(second.fencing_token() > first.fencing_token());
     let err = first.refresh(TTL).await.unwrap_err();
-    assert!(err.is_lost(), "refresh of a taken-over lease must be Lost: {err:?}");
+    assert!(
+        err.is_lost(),
+        "refresh of a taken-over lease must be Lost: {err:?}"
+    );
     first.release().await.unwrap();
     assert_eq!(
         backend.holder(&k),
@@ -50,7 +53,10 @@ async fn release_wakes_a_registered_waiter() {
     let k = key("a");
     let mut lease = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
     let mut waiter = Box::pin(backend.released(&k));
-    assert!((&mut waiter).now_or_never().is_none(), "nothing released yet");
+    assert!(
+        (&mut waiter).now_or_never().is_none(),
+        "nothing released yet"
+    );
     lease.release().await.unwrap();
     assert!(
         waiter.now_or_never().is_some(),
@@ -81,7 +87,10 @@ async fn revoke_makes_refresh_lost_and_switches_fail_operations() {
 #[tokio::test(start_paused = true)]
 async fn zero_ttl_is_rejected() {
     let backend = MemoryBackend::new();
-    let err = backend.try_acquire(&key("a"), Duration::ZERO).await.unwrap_err();
+    let err = backend
+        .try_acquire(&key("a"), Duration::ZERO)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
 }
 
@@ -92,5 +101,8 @@ async fn expires_in_reports_remaining_ttl() {
     assert_eq!(backend.expires_in(&k).await.unwrap(), None);
     let _lease = backend.try_acquire(&k, TTL).await.unwrap().unwrap();
     tokio::time::advance(Duration::from_secs(2)).await;
-    assert_eq!(backend.expires_in(&k).await.unwrap(), Some(Duration::from_secs(3)));
+    assert_eq!(
+        backend.expires_in(&k).await.unwrap(),
+        Some(Duration::from_secs(3))
+    );
 }

@@ -1,0 +1,19 @@
+//! Throwaway database servers for backend tests (feature `servers`).
+//!
+//! Each server runs as a child process on a random free loopback port with its data in a
+//! temporary directory, so a test can kill it, pause it with `SIGSTOP` and restart it
+//! without touching anything else on the machine. Servers die with the test process:
+//! they are started under a small shell supervisor that kills them when the test
+//! process's pipe to it closes, even if the test process is killed.
+//!
+//! A missing server binary skips the test (the starter returns `None`) unless services
+//! are required: under CI (`CI=true`) or with `ROUTINE_TEST_REQUIRE_SERVICES=1`, where
+//! it is a failure.
+
+mod process;
+mod redis;
+
+pub use process::{
+    ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
+};
+pub use redis::RedisServer;
