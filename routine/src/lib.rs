@@ -1,1 +1,50 @@
-//! wip
+#![doc = include_str!("../../README.md")]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod backoff;
+mod config;
+mod context;
+mod default;
+mod env;
+mod events;
+mod handle;
+mod hold;
+mod instance;
+mod options;
+mod runner;
+mod signals;
+mod task;
+
+pub use config::{RunnerBuilder, RunnerConfig};
+pub use context::{CancelReason, Context};
+pub use default::{check_default_config, default_runner, run, run_named};
+pub use env::connect;
+pub use events::{Event, EventKind};
+pub use handle::{Outcome, RoutineHandle};
+pub use options::RunOptions;
+pub use runner::Runner;
+
+pub use routine_core::{
+    BoxError, Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, MemoryBackend, Result,
+};
+
+/// The Redis backend (feature `redis`, on by default).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use routine_redis::*;
+}
+
+/// The etcd v3 backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub mod etcd {
+    pub use routine_etcd::*;
+}
+
+/// The PostgreSQL advisory-lock backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use routine_postgres::*;
+}

@@ -1,0 +1,265 @@
+//! `RunnerBuilder`: the runner's timing policy, with defaults derived from the lease TTL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use routine_core::{Error, LockBackend, Result};
+
+use crate::Runner;
+use crate::runner::BackendSlot;
+
+/// The Go original's lock TTL.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+/// Settings of a [`Runner`], built with [`Runner::builder`].
+///
+/// Every duration left unset is derived from the lease TTL, as in the Go original:
+///
+/// | setting | default |
+/// |---|---|
+/// | `lease_ttl` | 5 s (raised to the backend's minimum) |
+/// | `refresh_interval` | TTL / 5 |
+/// | `retry_interval` | TTL / 5 |
+/// | `safety_margin` | TTL / 10 |
+/// | `grace_period` | TTL / 5 |
+/// | `backoff_min` / `backoff_max` | TTL / 5 / 10 min |
+/// | `request_timeout` | TTL / 2 |
+/// | `release_timeout` | 2 s |
+/// | `drain_timeout` | 10 s |
+/// | `handle_signals` | `true` (with the `signals` feature) |
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use routine::{MemoryBackend, Runner};
+///
+/// let runner = Runner::builder()
+///     .backend(MemoryBackend::new())
+///     .lease_ttl(Duration::from_secs(10))
+///     .handle_signals(false)
+///     .build()
+///     .unwrap();
+/// assert_eq!(runner.config().retry_interval, Duration::from_secs(2));
+/// ```
+#[derive(Debug, Default)]
+pub struct RunnerBuilder {
+    backend: Option<BackendSlot>,
+    lease_ttl: Option<Duration>,
+    refresh_interval: Option<Duration>,
+    retry_interval: Option<Duration>,
+    safety_margin: Option<Duration>,
+    grace_period: Option<Duration>,
+    backoff_min: Option<Duration>,
+    backoff_max: Option<Duration>,
+    request_timeout: Option<Duration>,
+    release_timeout: Option<Duration>,
+    drain_timeout: Option<Duration>,
+    handle_signals: Option<bool>,
+}
+
+/// The resolved settings of a runner; see [`RunnerBuilder`] for their meaning and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunnerConfig {
+    /// How long a lease lasts without refresh.
+    pub lease_ttl: Duration,
+    /// How often a held lease is refreshed.
+    pub refresh_interval: Duration,
+    /// How long a waiter waits before trying again when no release notification comes,
+    /// and how long a routine that returned normally waits before it is restarted.
+    pub retry_interval: Duration,
+    /// Subtracted from the lease's expiry to get the local deadline, for clock-rate
+    /// differences between this host and the server.
+    pub safety_margin: Duration,
+    /// How long before the local deadline the routine's token is cancelled, so it can
+    /// finish cleanly before its future is dropped.
+    pub grace_period: Duration,
+    /// First wait after a panic or a backend error.
+    pub backoff_min: Duration,
+    /// Longest wait after repeated panics or backend errors.
+    pub backoff_max: Duration,
+    /// Timeout of an acquire request (refreshes are bounded by the local deadline).
+    pub request_timeout: Duration,
+    /// Timeout of a release request. It starts when the release starts, so a release
+    /// is sent even when the routine's own token is already cancelled.
+    pub release_timeout: Duration,
+    /// How long [`Runner::shutdown`] waits for routines to return after cancelling them,
+    /// before it drops them and releases their leases.
+    pub drain_timeout: Duration,
+    /// Whether SIGINT and SIGTERM shut the runner down.
+    pub handle_signals: bool,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: Duration) -> Self {
+            self.$name = Some(value);
+            self
+        }
+    )*};
+}
+
+impl RunnerBuilder {
+    /// The lease backend shared by the runner's named routines.
+    pub fn backend(mut self, backend: impl LockBackend) -> Self {
+        self.backend = Some(BackendSlot::Ready(Arc::new(backend)));
+        self
+    }
+
+    /// Like [`RunnerBuilder::backend`], for a backend already behind an `Arc`.
+    pub fn shared_backend(mut self, backend: Arc<dyn LockBackend>) -> Self {
+        self.backend = Some(BackendSlot::Ready(backend));
+        self
+    }
+
+    pub(crate) fn backend_slot(mut self, slot: BackendSlot) -> Self {
+        self.backend = Some(slot);
+        self
+    }
+
+    setters! {
+        /// How long a lease lasts without refresh (default 5 s).
+        lease_ttl;
+        /// How often a held lease is refreshed (default TTL / 5).
+        refresh_interval;
+        /// Wait between attempts without a release notification, and before restarting a
+        /// routine that returned (default TTL / 5).
+        retry_interval;
+        /// Margin subtracted from the lease's expiry for the local deadline (default TTL / 10).
+        safety_margin;
+        /// Time between cancelling the routine's token and dropping it when the lease
+        /// cannot be refreshed (default TTL / 5).
+        grace_period;
+        /// First wait after a panic or backend error (default TTL / 5).
+        backoff_min;
+        /// Longest wait after repeated panics or backend errors (default 10 min).
+        backoff_max;
+        /// Timeout of an acquire request (default TTL / 2).
+        request_timeout;
+        /// Timeout of a release request (default 2 s).
+        release_timeout;
+        /// How long shutdown waits for routines before dropping them (default 10 s).
+        drain_timeout;
+    }
+
+    /// Whether SIGINT and SIGTERM shut the runner down (default `true`; needs the
+    /// `signals` feature and Unix). The handlers are installed when the first routine
+    /// starts. Once installed, these signals no longer end the process by themselves:
+    /// the application decides when to exit, e.g. after [`Runner::shutdown`] returns.
+    pub fn handle_signals(mut self, yes: bool) -> Self {
+        self.handle_signals = Some(yes);
+        self
+    }
+
+    /// Validates the settings and builds the runner.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`] if the TTL is zero or below the backend's minimum, and
+    /// [`Error::Config`] naming the setting if the timings cannot work together (the
+    /// refresh interval must leave room for retries before the grace period starts).
+    pub fn build(self) -> Result<Runner> {
+        let config = self.resolve()?;
+        Ok(Runner::from_parts(self.backend, config))
+    }
+
+    fn resolve(&self) -> Result<RunnerConfig> {
+        let min_ttl = match &self.backend {
+            Some(BackendSlot::Ready(backend)) => backend.capabilities().min_ttl,
+            _ => Duration::ZERO,
+        };
+        let ttl = match self.lease_ttl {
+            Some(ttl) if ttl.is_zero() => {
+                return Err(Error::InvalidTtl {
+                    ttl,
+                    reason: "the lease TTL must be greater than zero".into(),
+                });
+            }
+            Some(ttl) if ttl < min_ttl => {
+                return Err(Error::InvalidTtl {
+                    ttl,
+                    reason: format!("the backend's minimum TTL is {min_ttl:?}"),
+                });
+            }
+            Some(ttl) => ttl,
+            None => DEFAULT_TTL.max(min_ttl),
+        };
+        let defaults = RunnerConfig::defaults(ttl);
+        let config = RunnerConfig {
+            lease_ttl: ttl,
+            refresh_interval: self.refresh_interval.unwrap_or(defaults.refresh_interval),
+            retry_interval: self.retry_interval.unwrap_or(defaults.retry_interval),
+            safety_margin: self.safety_margin.unwrap_or(defaults.safety_margin),
+            grace_period: self.grace_period.unwrap_or(defaults.grace_period),
+            backoff_min: self.backoff_min.unwrap_or(defaults.backoff_min),
+            backoff_max: self.backoff_max.unwrap_or(defaults.backoff_max),
+            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
+            release_timeout: self.release_timeout.unwrap_or(defaults.release_timeout),
+            drain_timeout: self.drain_timeout.unwrap_or(defaults.drain_timeout),
+            handle_signals: self.handle_signals.unwrap_or(defaults.handle_signals),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl RunnerConfig {
+    /// The defaults for `ttl` (see [`RunnerBuilder`]); always valid for a non-zero TTL.
+    pub(crate) fn defaults(ttl: Duration) -> Self {
+        let fifth = ttl / 5;
+        Self {
+            lease_ttl: ttl,
+            refresh_interval: fifth,
+            retry_interval: fifth,
+            safety_margin: ttl / 10,
+            grace_period: fifth,
+            backoff_min: fifth,
+            backoff_max: Duration::from_secs(600).max(fifth),
+            request_timeout: ttl / 2,
+            release_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(10),
+            handle_signals: true,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("refresh_interval", self.refresh_interval),
+            ("retry_interval", self.retry_interval),
+            ("backoff_min", self.backoff_min),
+            ("request_timeout", self.request_timeout),
+            ("release_timeout", self.release_timeout),
+        ];
+        for (setting, value) in positive {
+            if value.is_zero() {
+                return Err(Error::config(setting, "must be greater than zero"));
+            }
+        }
+        if self.backoff_max < self.backoff_min {
+            return Err(Error::config(
+                "backoff_max",
+                format!(
+                    "{:?} is below backoff_min {:?}",
+                    self.backoff_max, self.backoff_min
+                ),
+            ));
+        }
+        let usable = self
+            .lease_ttl
+            .checked_sub(self.safety_margin + self.grace_period)
+            .unwrap_or_default();
+        if self.refresh_interval >= usable {
+            return Err(Error::config(
+                "refresh_interval",
+                format!(
+                    "{:?} leaves no time to retry a failed refresh: it must be shorter than \
+                     lease_ttl - safety_margin - grace_period = {usable:?}",
+                    self.refresh_interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! The process-wide default runner behind [`run`](crate::run) and
+//! [`run_named`](crate::run_named), configured from the environment as in Go.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use futures::FutureExt;
+use tokio::sync::OnceCell;
+
+use crate::env::{EnvBackend, backend_from_env, process_env, ttl_from_env};
+use crate::runner::{BackendSlot, LazyBackend};
+use crate::{Context, RoutineHandle, RunOptions, Runner};
+
+static DEFAULT: OnceLock<Runner> = OnceLock::new();
+
+/// The process-wide runner used by [`run`] and [`run_named`], created on first use.
+///
+/// Its backend comes from the environment (see [`connect`](crate::connect) and the
+/// variables listed there) and is connected when the first leased routine needs it. A
+/// malformed variable does not stop plain routines; leased ones end with
+/// [`Outcome::Failed`](crate::Outcome::Failed) naming the variable. To see such an error
+/// up front, call [`check_default_config`].
+pub fn default_runner() -> &'static Runner {
+    DEFAULT.get_or_init(build_default)
+}
+
+/// Checks the environment the default runner reads, without connecting anywhere.
+///
+/// # Errors
+///
+/// [`Error::Config`](crate::Error::Config) naming the first malformed variable.
+pub fn check_default_config() -> crate::Result<()> {
+    ttl_from_env(&process_env)?;
+    backend_from_env(&process_env)?;
+    Ok(())
+}
+
+fn build_default() -> Runner {
+    let mut builder = Runner::builder();
+    match (ttl_from_env(&process_env), backend_from_env(&process_env)) {
+        (Ok(ttl), Ok(backend)) => {
+            if let Some(ttl) = ttl {
+                builder = builder.lease_ttl(ttl);
+            }
+            if !matches!(backend, EnvBackend::None) {
+                let backend = Arc::new(backend);
+                builder = builder.backend_slot(BackendSlot::Lazy(Arc::new(LazyBackend {
+                    description: backend.description(),
+                    cell: OnceCell::new(),
+                    connect: Box::new(move || {
+                        let backend = Arc::clone(&backend);
+                        async move { backend.connect().await }.boxed()
+                    }),
+                })));
+            }
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "default routine runner: bad configuration; leased routines will fail");
+            builder = builder.backend_slot(BackendSlot::Invalid(Arc::new(error)));
+        }
+    }
+    match builder.build() {
+        Ok(runner) => runner,
+        Err(error) => {
+            tracing::error!(%error, "default routine runner: bad configuration; leased routines will fail");
+            Runner::builder()
+                .backend_slot(BackendSlot::Invalid(Arc::new(error)))
+                .build()
+                .unwrap_or_else(|_| Runner::without_backend())
+        }
+    }
+}
+
+/// Starts `f` in the background on the [`default_runner`]; see [`Runner::run`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handle = routine::run(|ctx| async move {
+///     tracing::info!(number = ctx.number(), "working in the background");
+/// });
+/// assert!(matches!(handle.join().await, routine::Outcome::Returned));
+/// # }
+/// ```
+pub fn run<F, Fut>(f: F) -> RoutineHandle
+where
+    F: FnOnce(Context) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    default_runner().run(f)
+}
+
+/// Starts `f` with a name and options on the [`default_runner`]; see
+/// [`Runner::run_named`].
+pub fn run_named<F, Fut>(name: &str, f: F, options: RunOptions) -> RoutineHandle
+where
+    F: FnMut(Context) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    default_runner().run_named(name, f, options)
+}

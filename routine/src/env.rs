@@ -1,0 +1,258 @@
+//! Backends and runners configured from URLs and environment variables.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `ROUTINE_BACKEND_URL` | the lease backend: `memory://`, `redis://`, `rediss://`, `etcd://`, `etcds://`, `postgres://`, `postgresql://` (each needs its cargo feature) |
+//! | `ROUTINE_LOCK_TTL` | the lease TTL, e.g. `5s`, `1500ms` (default 5 s) |
+//! | `ROUTINE_REDIS_LOCK_TTL` | the Go original's name for the same, read when `ROUTINE_LOCK_TTL` is unset |
+//! | `REDIS_HOSTS`, `REDIS_PASSWORD`, `REDIS_DB`, ... | with the `redis` feature and no `ROUTINE_BACKEND_URL`: Redis configured as in Go |
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use routine_core::{Error, LockBackend, MemoryBackend, Result};
+
+/// The URL schemes [`connect`] understands, whatever features are enabled.
+const SCHEMES: &str = "memory, redis, rediss, etcd, etcds, postgres, postgresql";
+
+/// Connects to the lease backend that `url` names.
+///
+/// `memory://` is a process-local [`MemoryBackend`] (a new one per call); the other
+/// schemes need the matching cargo feature (`redis`, `etcd`, `postgres`) and are passed
+/// to that backend's `from_url`.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming `ROUTINE_BACKEND_URL` for a malformed URL, an unknown scheme
+/// or a scheme whose feature is off; otherwise whatever the backend's connection gives.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> routine::Result<()> {
+/// let backend = routine::connect("memory://").await?;
+/// assert_eq!(backend.name(), "memory");
+/// assert!(routine::connect("ftp://example").await.is_err());
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
+    match scheme_of(url)? {
+        Scheme::Memory => Ok(Arc::new(MemoryBackend::new())),
+        #[cfg(feature = "redis")]
+        Scheme::Redis => Ok(Arc::new(routine_redis::RedisBackend::from_url(url).await?)),
+        #[cfg(feature = "etcd")]
+        Scheme::Etcd => Ok(Arc::new(routine_etcd::EtcdBackend::from_url(url).await?)),
+        #[cfg(feature = "postgres")]
+        Scheme::Postgres => Ok(Arc::new(
+            routine_postgres::PostgresBackend::from_url(url).await?,
+        )),
+    }
+}
+
+/// The backends a URL can name, among those compiled in.
+enum Scheme {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis,
+    #[cfg(feature = "etcd")]
+    Etcd,
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+/// The backend `url` names, checked without printing the rest (it may hold a password).
+fn scheme_of(url: &str) -> Result<Scheme> {
+    let parsed = url::Url::parse(url).map_err(|error| Error::Config {
+        setting: "ROUTINE_BACKEND_URL".into(),
+        reason: "not a valid URL (expected e.g. redis://host:6379/0)".into(),
+        source: Some(Box::new(error)),
+    })?;
+    let scheme = parsed.scheme().to_ascii_lowercase();
+    let feature = match scheme.as_str() {
+        "memory" => return Ok(Scheme::Memory),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => return Ok(Scheme::Redis),
+        #[cfg(feature = "etcd")]
+        "etcd" | "etcds" => return Ok(Scheme::Etcd),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => return Ok(Scheme::Postgres),
+        "redis" | "rediss" => "redis",
+        "etcd" | "etcds" => "etcd",
+        "postgres" | "postgresql" => "postgres",
+        other => {
+            return Err(Error::config(
+                "ROUTINE_BACKEND_URL",
+                format!("unknown scheme `{other}://`; known: {SCHEMES}"),
+            ));
+        }
+    };
+    Err(Error::config(
+        "ROUTINE_BACKEND_URL",
+        format!("`{scheme}://` needs the `{feature}` feature of the routine crate"),
+    ))
+}
+
+/// Looks a variable up: `std::env::var_os` in production, a map in tests.
+pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// The process environment.
+pub(crate) fn process_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+/// Reads a duration variable (`5s`, `1500ms`, `1m`), naming the variable on error.
+pub(crate) fn duration_var(env: Lookup<'_>, name: &str) -> Result<Option<Duration>> {
+    let Some(value) = var(env, name)? else {
+        return Ok(None);
+    };
+    let duration = humantime::parse_duration(value.trim()).map_err(|error| Error::Config {
+        setting: name.to_owned(),
+        reason: format!("{value:?} is not a duration (expected e.g. 5s or 1500ms)"),
+        source: Some(Box::new(error)),
+    })?;
+    if duration.is_zero() {
+        return Err(Error::config(
+            name,
+            "the lease TTL must be greater than zero",
+        ));
+    }
+    Ok(Some(duration))
+}
+
+/// Reads a variable; unset and empty are both `None`, non-UTF-8 is an error.
+pub(crate) fn var(env: Lookup<'_>, name: &str) -> Result<Option<String>> {
+    match env(name).map(OsString::into_string) {
+        None => Ok(None),
+        Some(Ok(value)) if value.trim().is_empty() => Ok(None),
+        Some(Ok(value)) => Ok(Some(value)),
+        Some(Err(_)) => Err(Error::config(name, "the value is not valid UTF-8")),
+    }
+}
+
+/// The lease TTL from `ROUTINE_LOCK_TTL`, else `ROUTINE_REDIS_LOCK_TTL` (the Go name).
+pub(crate) fn ttl_from_env(env: Lookup<'_>) -> Result<Option<Duration>> {
+    match duration_var(env, "ROUTINE_LOCK_TTL")? {
+        Some(ttl) => Ok(Some(ttl)),
+        None => duration_var(env, "ROUTINE_REDIS_LOCK_TTL"),
+    }
+}
+
+/// How the default runner finds its backend: `ROUTINE_BACKEND_URL`, else (with the
+/// `redis` feature) Redis from the Go variables, else none.
+pub(crate) enum EnvBackend {
+    Url(String),
+    #[cfg(feature = "redis")]
+    RedisFromEnv,
+    None,
+}
+
+pub(crate) fn backend_from_env(env: Lookup<'_>) -> Result<EnvBackend> {
+    if let Some(url) = var(env, "ROUTINE_BACKEND_URL")? {
+        scheme_of(&url)?;
+        return Ok(EnvBackend::Url(url));
+    }
+    #[cfg(feature = "redis")]
+    return Ok(EnvBackend::RedisFromEnv);
+    #[cfg(not(feature = "redis"))]
+    Ok(EnvBackend::None)
+}
+
+impl EnvBackend {
+    pub(crate) fn description(&self) -> String {
+        match self {
+            EnvBackend::Url(url) => match url::Url::parse(url) {
+                Ok(parsed) => format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or("")),
+                Err(_) => "backend from ROUTINE_BACKEND_URL".into(),
+            },
+            #[cfg(feature = "redis")]
+            EnvBackend::RedisFromEnv => "redis from REDIS_* variables".into(),
+            EnvBackend::None => "no backend".into(),
+        }
+    }
+
+    pub(crate) async fn connect(&self) -> Result<Arc<dyn LockBackend>> {
+        match self {
+            EnvBackend::Url(url) => connect(url).await,
+            #[cfg(feature = "redis")]
+            EnvBackend::RedisFromEnv => {
+                Ok(Arc::new(routine_redis::RedisBackend::from_env().await?))
+            }
+            EnvBackend::None => Err(Error::config(
+                "ROUTINE_BACKEND_URL",
+                "no lease backend configured",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn ttl_reads_generic_then_go_variable() {
+        let both = env(&[("ROUTINE_LOCK_TTL", "2s"), ("ROUTINE_REDIS_LOCK_TTL", "9s")]);
+        assert_eq!(ttl_from_env(&both).unwrap(), Some(Duration::from_secs(2)));
+        let go = env(&[("ROUTINE_REDIS_LOCK_TTL", "1500ms")]);
+        assert_eq!(
+            ttl_from_env(&go).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            ttl_from_env(&env(&[])).unwrap(),
+            None,
+            "unset means default"
+        );
+    }
+
+    #[test]
+    fn bad_ttl_names_the_variable() {
+        for (value, needle) in [("abc", "not a duration"), ("0s", "greater than zero")] {
+            let err = ttl_from_env(&env(&[("ROUTINE_REDIS_LOCK_TTL", value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("ROUTINE_REDIS_LOCK_TTL") && text.contains(needle),
+                "error for {value:?} must name the variable and say {needle:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_or_unknown_backend_url_names_the_variable() {
+        for url in ["not a url", "ftp://host/x"] {
+            let err = backend_from_env(&env(&[("ROUTINE_BACKEND_URL", url)]))
+                .err()
+                .unwrap();
+            assert!(
+                err.to_string().contains("ROUTINE_BACKEND_URL"),
+                "error for {url:?} must name ROUTINE_BACKEND_URL: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_unknown_scheme_without_echoing_the_url() {
+        let err = connect("ftp://user:secret@host/").await.unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("unknown scheme `ftp://`"), "{text}");
+        assert!(
+            !text.contains("secret"),
+            "errors must not echo passwords: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_url_connects_to_a_memory_backend() {
+        assert_eq!(connect("memory://").await.unwrap().name(), "memory");
+    }
+}

@@ -1,0 +1,73 @@
+//! `Event`: what happens to routines, for logs, metrics and tests.
+
+use std::sync::Arc;
+
+use routine_core::FencingToken;
+use tokio::time::Instant;
+
+/// Something that happened to a routine, broadcast by [`Runner::subscribe`](crate::Runner::subscribe).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Event {
+    /// The routine's process-wide number.
+    pub number: u64,
+    /// The routine's name, if it has one.
+    pub name: Option<Arc<str>>,
+    /// When it happened (tokio's clock).
+    pub at: Instant,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The routine's future is about to start (every restart included).
+    Started,
+    /// The routine's lease was taken.
+    Acquired {
+        /// The lease's fencing token.
+        token: FencingToken,
+    },
+    /// The lease is held by someone else; the routine waits.
+    Contended,
+    /// A lease refresh failed without a verdict; it is retried until the local deadline.
+    RefreshFailed {
+        /// The error, rendered.
+        error: String,
+    },
+    /// The lease was lost (refresh said so, or the local deadline passed): the routine's
+    /// context is cancelled.
+    LeaseLost {
+        /// The fencing token of the lost lease.
+        token: FencingToken,
+    },
+    /// The routine's future was dropped without returning (local lease deadline, or the
+    /// drain timeout at shutdown).
+    Dropped,
+    /// The routine returned.
+    Returned,
+    /// The routine panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The lease was given back.
+    Released {
+        /// The released lease's fencing token.
+        token: FencingToken,
+    },
+    /// Giving the lease back failed; it expires by its TTL.
+    ReleaseFailed {
+        /// The error, rendered.
+        error: String,
+    },
+    /// A backend request failed; the routine backs off.
+    BackendError {
+        /// The error, rendered.
+        error: String,
+    },
+    /// The routine will not run again.
+    Stopped,
+}

@@ -1,0 +1,95 @@
+//! `RoutineHandle` and `Outcome`: cancelling a routine and learning how it ended.
+
+use std::sync::Arc;
+
+use routine_core::Error;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// How a routine ended, from [`RoutineHandle::join`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The routine returned on its own, without being cancelled.
+    Returned,
+    /// The routine was cancelled (by its handle or by shutdown) and then ended.
+    Cancelled,
+    /// The routine panicked; the panic message, if it was a string.
+    Panicked(String),
+    /// The routine's lease was lost and it was stopped (only for routines run with
+    /// [`RunOptions::exclusive`](crate::RunOptions::exclusive); routines kept running
+    /// try to take the lease again instead).
+    LeaseLost,
+    /// The runner was already shutting down: the routine never started.
+    Rejected,
+    /// The routine could not run because of a configuration error (bad name, bad TTL,
+    /// no backend configured, no tokio runtime).
+    Failed(Arc<Error>),
+    /// The routine's task was dropped before it finished: the tokio runtime shut down,
+    /// or [`Runner::abort`](crate::Runner::abort) was called.
+    Aborted,
+}
+
+/// A started routine: cancel it or wait for it to end.
+///
+/// Dropping the handle does not cancel the routine (as with `tokio::spawn`).
+#[derive(Debug)]
+pub struct RoutineHandle {
+    pub(crate) number: u64,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) token: CancellationToken,
+    pub(crate) outcome: oneshot::Receiver<Outcome>,
+}
+
+impl RoutineHandle {
+    pub(crate) fn finished(number: u64, name: Option<Arc<str>>, outcome: Outcome) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(outcome);
+        let token = CancellationToken::new();
+        token.cancel();
+        Self {
+            number,
+            name,
+            token,
+            outcome: rx,
+        }
+    }
+
+    /// The routine's process-wide number.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The routine's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Asks this routine to stop: its [`Context`](crate::Context) is cancelled and, for a
+    /// routine kept running, it is not restarted. Other instances in the cluster are not
+    /// affected; one of them may take over. Returns at once; await
+    /// [`RoutineHandle::join`] to wait for the routine to end and its lease to be
+    /// released.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// A token that cancels this routine when cancelled, like [`RoutineHandle::cancel`].
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Whether the routine has ended.
+    pub fn is_finished(&self) -> bool {
+        !self.outcome.is_empty() || self.outcome.is_terminated()
+    }
+
+    /// Waits until the routine has ended (and released its lease) and says how.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropping the future loses the outcome (the routine keeps running).
+    pub async fn join(self) -> Outcome {
+        self.outcome.await.unwrap_or(Outcome::Aborted)
+    }
+}

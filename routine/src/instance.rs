@@ -1,0 +1,241 @@
+//! `Instance`: the loop that keeps one instance of a named routine running under a lease.
+//!
+//! Each round tries once to take the lease. The winner runs the routine (see `hold`);
+//! the others wait for a release notification or the retry interval, whichever comes
+//! first, or, if the backend reports when the holder's lease runs out, until then.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use routine_core::{Error, LockBackend, LockKey};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::events::EventKind;
+use crate::handle::Outcome;
+use crate::hold::{HoldEnd, hold};
+use crate::options::Mode;
+use crate::runner::BackendSlot;
+use crate::task::{RoutineFn, Task};
+
+/// Configuration errors do not heal by waiting: the routine fails instead of retrying.
+/// Everything else (outages, timeouts, even rejected credentials, which an operator may
+/// fix while the process runs) is retried with backoff.
+fn is_permanent(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Config { .. }
+            | Error::InvalidName { .. }
+            | Error::InvalidTtl { .. }
+            | Error::Misconfigured { .. }
+    )
+}
+
+pub(crate) struct Instance<'a> {
+    task: &'a Task,
+    key: LockKey,
+    backend: BackendSlot,
+    /// Backoff after panics of the routine.
+    panic_backoff: Backoff,
+    /// Backoff after backend errors. Using one backoff resets the other, as in Go: a
+    /// routine that panics once after an outage starts its panic backoff afresh.
+    error_backoff: Backoff,
+    /// Whether the last attempt found the key held, so `Contended` is emitted once per
+    /// wait rather than once per retry.
+    contended: bool,
+}
+
+impl<'a> Instance<'a> {
+    pub(crate) fn new(task: &'a Task, key: LockKey, backend: BackendSlot) -> Self {
+        let config = &task.runner.inner.config;
+        Self {
+            task,
+            key,
+            backend,
+            panic_backoff: Backoff::new(config.backoff_min, config.backoff_max),
+            error_backoff: Backoff::new(config.backoff_min, config.backoff_max),
+            contended: false,
+        }
+    }
+
+    /// Runs rounds until the routine is cancelled (or, without restarts, has run once).
+    /// `routine` is kept out of `self` because it is not `Sync`.
+    pub(crate) async fn run(mut self, mut routine: RoutineFn) -> Outcome {
+        let restart = self.task.mode == Mode::KeepRunning;
+        let config = self.task.runner.inner.config.clone();
+        loop {
+            if self.task.runner.inner.abort.is_cancelled() {
+                return Outcome::Aborted;
+            }
+            if self.task.token.is_cancelled() {
+                return Outcome::Cancelled;
+            }
+            let backend = match self.backend.get().await {
+                Ok(backend) => backend,
+                Err(error) => match self.backend_error(error).await {
+                    Some(outcome) => return outcome,
+                    None => continue,
+                },
+            };
+
+            // Register for the release notification before trying, so a release between
+            // our attempt and our wait is not missed (see `LockBackend::released`).
+            let key = self.key.clone();
+            let mut released = backend.released(&key);
+            let notifications = match futures::poll!(released.as_mut()) {
+                Poll::Pending => true,
+                // Resolved before anything happened: spurious or broken. Poll instead.
+                Poll::Ready(_) => false,
+            };
+            let sent = Instant::now();
+            let attempt = tokio::time::timeout(
+                config.request_timeout,
+                backend.try_acquire(&self.key, config.lease_ttl),
+            )
+            .await
+            .unwrap_or_else(|_| Err(timeout_error(&*backend, "acquire", config.request_timeout)));
+            match attempt {
+                Ok(Some(lease)) => {
+                    drop(released);
+                    self.contended = false;
+                    self.error_backoff.reset();
+                    let wait = match hold(self.task, lease, sent, &mut routine).await {
+                        HoldEnd::Returned if !restart => return Outcome::Returned,
+                        HoldEnd::Returned => {
+                            self.panic_backoff.reset();
+                            config.retry_interval
+                        }
+                        HoldEnd::Panicked(message) if !restart => {
+                            return Outcome::Panicked(message);
+                        }
+                        HoldEnd::Panicked(_) => {
+                            self.error_backoff.reset();
+                            self.panic_backoff.next_wait()
+                        }
+                        HoldEnd::LeaseLost if !restart => return Outcome::LeaseLost,
+                        // Someone else probably holds it now: the next round finds out.
+                        HoldEnd::LeaseLost => Duration::ZERO,
+                        HoldEnd::Cancelled => return Outcome::Cancelled,
+                        HoldEnd::Aborted => return Outcome::Aborted,
+                    };
+                    if !self.sleep(wait).await {
+                        return self.stopped();
+                    }
+                }
+                Ok(None) => {
+                    if !self.contended {
+                        self.contended = true;
+                        self.task.emit(EventKind::Contended);
+                    }
+                    let wait = self.contended_wait(&*backend).await;
+                    let woke = tokio::select! {
+                        biased;
+                        _ = self.task.runner.inner.abort.cancelled() => false,
+                        _ = self.task.token.cancelled() => false,
+                        // An error means the notification channel failed: try now, and the
+                        // next round falls back to polling if it keeps failing.
+                        _ = &mut released, if notifications => true,
+                        _ = tokio::time::sleep(wait) => true,
+                    };
+                    if !woke {
+                        return self.stopped();
+                    }
+                }
+                Err(error) => {
+                    drop(released);
+                    if let Some(outcome) = self.backend_error(error).await {
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long to wait after contention: the retry interval, or less if the backend
+    /// says the holder's lease runs out sooner (a crashed holder is taken over right
+    /// when its lease expires, not up to a retry interval later).
+    async fn contended_wait(&self, backend: &dyn LockBackend) -> Duration {
+        let config = &self.task.runner.inner.config;
+        if !backend.capabilities().reports_expiry {
+            return config.retry_interval;
+        }
+        match tokio::time::timeout(config.request_timeout, backend.expires_in(&self.key)).await {
+            // One millisecond past the expiry, so the key is free when we ask.
+            Ok(Ok(Some(left))) => (left + Duration::from_millis(1)).min(config.retry_interval),
+            // Released in the meantime: try again at once.
+            Ok(Ok(None)) => Duration::ZERO,
+            _ => config.retry_interval,
+        }
+    }
+
+    /// Logs a backend error and waits out the error backoff. `Some` ends the routine.
+    async fn backend_error(&mut self, error: Error) -> Option<Outcome> {
+        if is_permanent(&error) {
+            tracing::error!(error = %error, "lease backend misconfigured; routine stops");
+            return Some(Outcome::Failed(Arc::new(error)));
+        }
+        if error.is_transient() {
+            tracing::warn!(error = %error, "lease backend unavailable; backing off");
+        } else {
+            tracing::error!(error = %error, "lease backend refused the request; backing off");
+        }
+        self.task.emit(EventKind::BackendError {
+            error: error_chain(&error),
+        });
+        self.panic_backoff.reset();
+        let wait = self.error_backoff.next_wait();
+        if self.sleep(wait).await {
+            None
+        } else {
+            Some(self.stopped())
+        }
+    }
+
+    /// Sleeps unless cancelled first; `false` if cancelled.
+    fn sleep(&self, wait: Duration) -> impl Future<Output = bool> + Send + 'a {
+        // Borrows the task only: the routine closure is not `Sync`.
+        let task = self.task;
+        async move {
+            tokio::select! {
+                biased;
+                _ = task.runner.inner.abort.cancelled() => false,
+                _ = task.token.cancelled() => false,
+                _ = tokio::time::sleep(wait) => true,
+            }
+        }
+    }
+
+    fn stopped(&self) -> Outcome {
+        if self.task.runner.inner.abort.is_cancelled() {
+            Outcome::Aborted
+        } else {
+            Outcome::Cancelled
+        }
+    }
+}
+
+pub(crate) fn timeout_error(
+    backend: &dyn LockBackend,
+    operation: &'static str,
+    timeout: Duration,
+) -> Error {
+    Error::Timeout {
+        backend: backend.name(),
+        operation,
+        timeout,
+    }
+}
+
+/// `error: source: source...`, for events and logs that keep only a string.
+pub(crate) fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
