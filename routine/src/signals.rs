@@ -14,16 +14,20 @@ pub(crate) fn install(runner: Weak<Inner>, runtime: &tokio::runtime::Handle) {
     let Some(shutdown) = runner.upgrade().map(|inner| inner.shutdown.clone()) else {
         return;
     };
-    // Registering must happen inside the runtime: do it in the task.
+    // Registered now, in the caller's runtime context, so that a signal arriving right
+    // after the first routine started is already handled.
+    let _context = runtime.enter();
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot install SIGINT/SIGTERM handlers; routines ignore signals");
+            return;
+        }
+    };
     runtime.spawn(async move {
-        let (mut interrupt, mut terminate) =
-            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-                (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
-                (Err(error), _) | (_, Err(error)) => {
-                    tracing::error!(%error, "cannot install SIGINT/SIGTERM handlers; routines ignore signals");
-                    return;
-                }
-            };
         let signal = tokio::select! {
             _ = interrupt.recv() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",

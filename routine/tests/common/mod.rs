@@ -1,0 +1,82 @@
+//! Shared helpers for the runner's paused-time tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use routine::{Event, EventKind, MemoryBackend, Runner};
+use tokio::sync::broadcast;
+
+pub const TTL: Duration = Duration::from_secs(5);
+
+/// A runner on `backend` with the default timing for a 5 s TTL and no signal handlers.
+pub fn runner(backend: &MemoryBackend) -> Runner {
+    Runner::builder()
+        .backend(backend.clone())
+        .lease_ttl(TTL)
+        .handle_signals(false)
+        .build()
+        .unwrap()
+}
+
+/// Waits (in tokio time) for the first event matching `pred`, failing after `within`.
+pub async fn wait_for(
+    events: &mut broadcast::Receiver<Event>,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if pred(&event) => return event,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => panic!("lost {n} events"),
+                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no event `{what}` within {within:?}"))
+}
+
+/// Matches an event kind with a pattern.
+#[macro_export]
+macro_rules! kind {
+    ($pattern:pat) => {
+        |event: &routine::Event| matches!(event.kind, $pattern)
+    };
+}
+
+/// Counts routine instances running at once and remembers the maximum.
+#[derive(Debug, Default, Clone)]
+pub struct Concurrency {
+    now: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+}
+
+impl Concurrency {
+    /// Marks an instance as running until the guard drops (dropped futures count too).
+    pub fn enter(&self) -> impl Drop + Send + use<> {
+        let running = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(running, Ordering::SeqCst);
+        Guard(Arc::clone(&self.now))
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+struct Guard(Arc<AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub fn is(event: &Event, kind: EventKind) -> bool {
+    event.kind == kind
+}

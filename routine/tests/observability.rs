@@ -1,0 +1,104 @@
+//! Tracing spans and Sentry reporting of routines.
+
+use std::sync::{Arc, Mutex};
+
+use routine::{MemoryBackend, Outcome, Runner};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Records `(span name, parent name, fields)` of every new span.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Vec<(String, Option<String>, String)>>>);
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let span = ctx.span(id).unwrap();
+        let parent = span.parent().map(|p| p.name().to_owned());
+        let mut fields = String::new();
+        attrs.record(
+            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                fields.push_str(&format!("{}={:?} ", field.name(), value));
+            },
+        );
+        self.0
+            .lock()
+            .unwrap()
+            .push((span.name().to_owned(), parent, fields));
+    }
+}
+
+#[test]
+fn a_routine_runs_in_a_span_whose_parent_is_the_callers_span() {
+    let log = SpanLog::default();
+    let subscriber = tracing_subscriber::registry().with(log.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        block_on(async {
+            let runner = Runner::with_backend(MemoryBackend::new());
+            let handle = {
+                let _request = tracing::info_span!("request").entered();
+                runner.run_named("sync", |_| async {}, routine::RunOptions::new())
+            };
+            assert!(matches!(handle.join().await, Outcome::Returned));
+        })
+    });
+    let spans = log.0.lock().unwrap();
+    let routine = spans
+        .iter()
+        .find(|(name, ..)| name == "routine")
+        .expect("a `routine` span must be created");
+    assert_eq!(
+        routine.1.as_deref(),
+        Some("request"),
+        "its parent must be the caller's span"
+    );
+    assert!(
+        routine.2.contains("name=\"sync\""),
+        "it records the name: {}",
+        routine.2
+    );
+    assert!(
+        routine.2.contains("number="),
+        "it records the number: {}",
+        routine.2
+    );
+}
+
+#[test]
+fn a_panic_is_sent_to_the_callers_sentry_hub() {
+    let events = sentry_core::test::with_captured_events(|| {
+        block_on(async {
+            let runner = Runner::with_backend(MemoryBackend::new());
+            let handle = runner.run(|_| async { panic!("sentry should see this") });
+            assert!(matches!(handle.join().await, Outcome::Panicked(_)));
+        })
+    });
+    assert_eq!(events.len(), 1, "exactly one Sentry event per panic");
+    let event = &events[0];
+    assert_eq!(event.level, sentry_core::Level::Fatal);
+    assert!(
+        event
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("sentry should see this"),
+        "the event carries the panic message: {:?}",
+        event.message
+    );
+    assert!(
+        event.tags.contains_key("routine.number"),
+        "the event is tagged with the routine number"
+    );
+}
