@@ -1,1 +1,103 @@
-//! redis lease backend for `routine` (work in progress).
+//! The Redis lease backend of `routine`, compatible with the Go original's locks.
+//!
+//! [`RedisBackend`] implements [`routine_core::LockBackend`] on one Redis server (or a
+//! primary behind a stable address; Redis Cluster is not supported, since a lock and its
+//! fence counter are touched by one script).
+//!
+//! # Keys and compatibility with the Go original
+//!
+//! A routine `name` is locked by the key `routine:lock:<name>` holding a random token as a
+//! plain string, exactly as bsm/redislock (used by the Go original) stores it. Each step is
+//! one atomic Lua script:
+//!
+//! - acquire: `SET key token NX PX ttl`; on success `INCR routine:fence:<name>` gives the
+//!   [fencing token](routine_core::FencingToken) (that key never expires);
+//! - refresh: if `GET key` is our token, `PEXPIRE key ttl`, else the lease is
+//!   [lost](routine_core::Error::Lost);
+//! - release: if `GET key` is our token, `DEL key` and `PUBLISH routine:released:<name>`;
+//!   otherwise nothing is touched.
+//!
+//! So a Go instance and a Rust instance of the same routine on one Redis exclude each
+//! other. [`RedisBackendBuilder::with_namespace`] replaces `routine` to separate
+//! applications. Fencing tokens last as long as Redis keeps its data: a server restarted
+//! without persistence counts from 1 again.
+//!
+//! # Connections
+//!
+//! One backend uses **two connections** however many routines it holds or waits for:
+//!
+//! - one multiplexed command connection (the `redis` crate's `ConnectionManager`): every
+//!   request is pipelined on it, so renewals of many leases never queue behind each
+//!   other; it reconnects after a failure;
+//! - one pub/sub connection subscribed once to `routine:released:*`, whose messages wake
+//!   the local waiters of [`LockBackend::released`](routine_core::LockBackend::released).
+//!   If it fails, waiters get an error and the runner polls; acquire, refresh and release
+//!   do not depend on it. The next wait reconnects it.
+//!
+//! # Timeouts and failures
+//!
+//! - Connecting (TCP, TLS, authentication) is bounded by the connect timeout (5 s by
+//!   default, `REDIS_DIAL_TIMEOUT`).
+//! - Every request is bounded by the request timeout (3 s by default,
+//!   `REDIS_READ_TIMEOUT`/`REDIS_WRITE_TIMEOUT`), and a request made for a lease by half
+//!   its TTL as well, waiting for a reconnection included. The `redis` crate's own
+//!   response and connection timeouts are set to the same values, so a hung or paused
+//!   server yields [`Error::Timeout`](routine_core::Error::Timeout) rather than a call
+//!   that waits.
+//! - The client does not retry reconnections itself (its retry count is set to zero): a
+//!   request that finds the connection broken starts one reconnection attempt, and is
+//!   sent once more on the new connection within its time bound (every script is safe
+//!   to repeat: they compare our token). Later attempts are paced by the runner's
+//!   backoff; the backend keeps no timers.
+//! - An acquire whose outcome is unknown (it failed or timed out after being sent) is
+//!   undone in the background by a release of its token, queued behind it, so a lock we
+//!   may hold without knowing is not left held for its whole TTL.
+//! - Errors map as: connection refused, reset or other I/O failure →
+//!   [`Unavailable`](routine_core::Error::Unavailable); timeouts →
+//!   [`Timeout`](routine_core::Error::Timeout); `NOAUTH`/`WRONGPASS` →
+//!   [`Auth`](routine_core::Error::Auth); `NOPERM` →
+//!   [`PermissionDenied`](routine_core::Error::PermissionDenied); `READONLY` (a replica)
+//!   → [`Misconfigured`](routine_core::Error::Misconfigured); malformed settings →
+//!   [`Config`](routine_core::Error::Config) naming the setting or variable.
+//!
+//! # Configuration
+//!
+//! [`RedisBackend::builder`], [`RedisBackend::from_url`] (`redis://` and `rediss://`,
+//! TLS by rustls: no OpenSSL) and [`RedisBackend::from_env`] (the Go original's
+//! `REDIS_*` variables, see [`RedisBackendBuilder::from_env`]). `Debug` output never
+//! shows the password.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use routine_core::{LockBackend, LockKey};
+//! use routine_redis::RedisBackend;
+//!
+//! # async fn run() -> routine_core::Result<()> {
+//! let backend = RedisBackend::from_env().await?;
+//! let key = LockKey::new("cleanup")?;
+//! match backend.try_acquire(&key, Duration::from_secs(5)).await? {
+//!     Some(mut lease) => {
+//!         lease.refresh(Duration::from_secs(5)).await?;
+//!         lease.release().await?;
+//!     }
+//!     None => backend.released(&key).await?, // someone else runs it; wait for them
+//! }
+//! # Ok(()) }
+//! ```
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod backend;
+mod builder;
+mod config;
+mod error;
+mod lease;
+mod notify;
+mod scripts;
+
+pub use backend::RedisBackend;
+pub use builder::RedisBackendBuilder;

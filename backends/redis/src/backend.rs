@@ -1,0 +1,336 @@
+//! `RedisBackend`: connecting, the request path every call takes, and `LockBackend`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use routine_core::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
+
+use crate::RedisBackendBuilder;
+use crate::config::{self, Settings};
+use crate::error::{self, NAME};
+use crate::lease::RedisLease;
+use crate::notify::{Notifier, Status};
+use crate::scripts::{self, Keys};
+
+/// A lease backend on one Redis server, compatible with the Go original's locks.
+///
+/// See the [crate documentation](crate) for the key layout, connections, timeouts and
+/// configuration. Cloning is cheap and clones share the connections.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use routine_core::{LockBackend, LockKey};
+/// use routine_redis::RedisBackend;
+///
+/// # async fn run() -> routine_core::Result<()> {
+/// let backend = RedisBackend::from_url("redis://127.0.0.1:6379/0").await?;
+/// let key = LockKey::new("nightly-report")?;
+/// if let Some(mut lease) = backend.try_acquire(&key, Duration::from_secs(5)).await? {
+///     println!("ours, fencing token {}", lease.fencing_token());
+///     lease.release().await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+/// What a backend and its leases share.
+pub(crate) struct Inner {
+    pub(crate) settings: Settings,
+    pub(crate) keys: Keys,
+    conn: ConnectionManager,
+    notifier: Notifier,
+}
+
+impl RedisBackend {
+    /// A builder, starting from `redis://127.0.0.1:6379/0`, namespace `routine` and the
+    /// go-redis default timeouts (connect 5 s, request 3 s).
+    pub fn builder() -> RedisBackendBuilder {
+        RedisBackendBuilder::new()
+    }
+
+    /// Connects as the Go original does, from `REDIS_HOSTS` (first host),
+    /// `REDIS_PASSWORD`, `REDIS_DB`, `REDIS_DIAL_TIMEOUT`, `REDIS_READ_TIMEOUT` and
+    /// `REDIS_WRITE_TIMEOUT`; see [`RedisBackendBuilder::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable if one is malformed, then as for
+    /// [`RedisBackendBuilder::build`].
+    pub async fn from_env() -> Result<Self> {
+        RedisBackendBuilder::from_env()?.build().await
+    }
+
+    /// Connects to `redis://[user[:password]@]host[:port][/db]`, or `rediss://...` for
+    /// TLS; see [`RedisBackendBuilder::with_url`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] with setting `url` if the URL is malformed, then as for
+    /// [`RedisBackendBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        RedisBackendBuilder::new().with_url(url).build().await
+    }
+
+    /// Connects with validated settings: the command connection (checked with a `PING`,
+    /// so wrong credentials show up here) and the pub/sub connection.
+    pub(crate) async fn connect(settings: Settings) -> Result<Self> {
+        settings.validate()?;
+        if settings.tls {
+            config::install_crypto_provider();
+        }
+        let connect_timeout = settings.connect_timeout;
+        let client = redis::Client::open(settings.connection_info()?)
+            .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
+        // No retries inside the client: a request that finds the connection broken fails
+        // at once (a transient error) and starts one reconnection attempt that the next
+        // request awaits. The runner's backoff paces reconnection, not the client's sleeps.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(settings.request_timeout))
+            .set_number_of_retries(0);
+        let conn = tokio::time::timeout(
+            connect_timeout,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        .map_err(|_| error::timed_out("connect", connect_timeout))?
+        .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
+        // A server with `requirepass` accepts a connection without credentials and
+        // refuses only its first command: find that out now, not at the first acquire.
+        request(
+            &conn,
+            "connect",
+            settings.request_timeout,
+            |mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await },
+        )
+        .await?;
+        let keys = Keys::new(&settings.namespace);
+        let notifier = Notifier::start(client, keys.channel_pattern(), connect_timeout).await;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                keys,
+                conn,
+                notifier,
+            }),
+        })
+    }
+
+    /// The namespace: keys are `<namespace>:lock:<name>`.
+    pub fn namespace(&self) -> &str {
+        &self.inner.settings.namespace
+    }
+
+    /// The Redis key holding `key`'s lock, such as `routine:lock:<name>`: for operators
+    /// and tests that look at Redis directly.
+    pub fn lock_key(&self, key: &LockKey) -> String {
+        self.inner.keys.lock(key)
+    }
+}
+
+impl Inner {
+    /// Runs a request bounded by `limit` (see [`Inner::lease_limit`]).
+    pub(crate) async fn request<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        request(&self.conn, operation, limit, send).await
+    }
+
+    /// Gives up an acquisition whose outcome is unknown (the request failed or timed
+    /// out, but the script may have run or may still run): releases `token`'s lock in
+    /// the background, so a lock we may hold without knowing is not left held for its
+    /// whole TTL. On the same multiplexed connection the release is queued behind the
+    /// acquire, so even an acquire still waiting in a paused server is undone after it.
+    /// If the lock is not ours, the script leaves it alone.
+    pub(crate) fn abandon(self: &Arc<Self>, key: &LockKey, lock: String, token: String) {
+        let inner = Arc::clone(self);
+        let channel = self.keys.channel(key);
+        tokio::spawn(async move {
+            let mut invocation = scripts::RELEASE.key(&lock);
+            invocation.arg(&token).arg(&channel);
+            let invocation = &invocation;
+            let timeout = inner.settings.request_timeout;
+            let outcome: Result<i64> = inner
+                .request("release", timeout, |mut conn| async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await;
+            if let Err(err) = outcome {
+                tracing::debug!(key = %lock, error = %err, "could not undo an uncertain acquire; the TTL ends it");
+            }
+        });
+    }
+
+    /// The bound on a request made for a lease of `ttl`: the request timeout, but at most
+    /// half the TTL. A reply that comes later than that leaves the runner too little of
+    /// the lease to act on it, and a hung server must not hold a call for seconds.
+    pub(crate) fn lease_limit(&self, ttl: Duration) -> Duration {
+        self.settings.request_timeout.min(ttl / 2)
+    }
+}
+
+/// Sends a request with `send`, bounded by `limit` in all (including waiting for a
+/// reconnection), and maps the outcome.
+///
+/// If the connection turns out to be dropped (the server closed it, or a reconnection is
+/// under way), the request is sent once more, which waits for the new connection. Every
+/// request this backend makes may be repeated: the scripts compare our token, and a
+/// repeated acquire recognises the lock it took (see [`scripts::ACQUIRE`]).
+async fn request<T, F, Fut>(
+    conn: &ConnectionManager,
+    operation: &'static str,
+    limit: Duration,
+    send: F,
+) -> Result<T>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let attempt = async {
+        match send(conn.clone()).await {
+            Err(err) if err.is_connection_dropped() => {
+                tracing::debug!(operation, error = %err, "redis connection dropped, sending again");
+                send(conn.clone()).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(err)) => Err(error::from_redis(err, operation, limit)),
+        Err(_) => Err(error::timed_out(operation, limit)),
+    }
+}
+
+/// A TTL in whole milliseconds, rounded up (Redis's `PX` granularity).
+pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
+    let invalid = |reason: &str| Error::InvalidTtl {
+        ttl,
+        reason: reason.to_owned(),
+    };
+    if ttl.is_zero() {
+        return Err(invalid("TTL must be greater than zero"));
+    }
+    // Redis refuses expiry times that overflow a signed 64-bit millisecond clock.
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .ok()
+        .filter(|&ms| ms <= u64::MAX / 4)
+        .ok_or_else(|| invalid("TTL is too long for Redis"))
+}
+
+/// A fresh random token for one acquisition (bsm/redislock uses 16 random bytes too).
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.inner.settings;
+        let notifications = match self.inner.notifier.status() {
+            Status::Connecting => "connecting",
+            Status::Subscribed => "subscribed",
+            Status::Failed(_) => "down",
+        };
+        f.debug_struct("RedisBackend")
+            .field("address", &s.address())
+            .field("tls", &s.tls)
+            .field("db", &s.db)
+            .field("username", &s.username)
+            .field("password", &s.password)
+            .field("namespace", &s.namespace)
+            .field("connect_timeout", &s.connect_timeout)
+            .field("request_timeout", &s.request_timeout)
+            .field("notifications", &notifications)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_release_notifications(true)
+            .with_reports_expiry(true)
+            .with_min_ttl(Duration::from_millis(1))
+            .with_ttl_granularity(Duration::from_millis(1))
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        let ttl_ms = ttl_millis(ttl)?;
+        let token = new_token();
+        let lock = self.inner.keys.lock(key);
+        let mut invocation = scripts::ACQUIRE.key(&lock);
+        invocation
+            .key(self.inner.keys.fence(key))
+            .arg(&token)
+            .arg(ttl_ms);
+        let invocation = &invocation;
+        let outcome = self
+            .inner
+            .request(
+                "acquire",
+                self.inner.lease_limit(ttl),
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await;
+        let reply: Vec<i64> = match outcome {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.inner.abandon(key, lock, token);
+                return Err(err);
+            }
+        };
+        match reply.as_slice() {
+            [0] => Ok(None),
+            &[1, fence] if fence > 0 => Ok(Some(Box::new(RedisLease::new(
+                Arc::clone(&self.inner),
+                key.clone(),
+                lock,
+                token,
+                FencingToken::new(fence.unsigned_abs()),
+                ttl,
+            )))),
+            other => Err(error::unexpected_reply("acquire", other)),
+        }
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        let channel = self.inner.keys.channel(key);
+        self.inner.notifier.released(&channel).await
+    }
+
+    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        let lock = &self.inner.keys.lock(key);
+        let pttl: i64 = self
+            .inner
+            .request(
+                "expires_in",
+                self.inner.settings.request_timeout,
+                |mut conn| async move { redis::cmd("PTTL").arg(lock).query_async(&mut conn).await },
+            )
+            .await?;
+        // -2: no such key; -1: a key without expiry, which no lock of ours or of
+        // bsm/redislock is, so its end is unknown.
+        Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
+    }
+}

@@ -1,0 +1,204 @@
+//! `RedisBackendBuilder`: settings from code, a URL or the Go original's environment.
+
+use std::fmt;
+use std::time::Duration;
+
+use routine_core::{Error, Result};
+
+use crate::RedisBackend;
+use crate::config::{self, Password, Settings};
+
+/// Configures and connects a [`RedisBackend`].
+///
+/// Setters apply in call order, so a later one overrides what an earlier URL or
+/// environment variable set. Malformed values are reported by [`build`](Self::build) as
+/// [`Error::Config`] naming the setting (`url`, `address`, `namespace`, ...) or the
+/// environment variable.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use routine_redis::RedisBackend;
+///
+/// # async fn run() -> routine_core::Result<()> {
+/// let backend = RedisBackend::builder()
+///     .with_url("redis://:secret@redis.internal:6379/2")
+///     .with_namespace("billing")
+///     .with_request_timeout(Duration::from_millis(500))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisBackendBuilder {
+    settings: Settings,
+    /// The first malformed value given to a setter, reported by `build`.
+    error: Option<Error>,
+}
+
+impl RedisBackendBuilder {
+    /// Defaults: `redis://127.0.0.1:6379/0`, namespace `routine` (keys
+    /// `routine:lock:<name>`), connect timeout 5 s, request timeout 3 s.
+    pub fn new() -> Self {
+        Self {
+            settings: Settings::default(),
+            error: None,
+        }
+    }
+
+    /// Reads the Go original's environment variables; unset or empty ones keep their
+    /// defaults:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `REDIS_HOSTS` | comma-separated `host:port` list; **only the first is used** (a lease lives on one server; a warning is logged if there are more) | `redis:6379` |
+    /// | `REDIS_PASSWORD` | password | none |
+    /// | `REDIS_DB` | database number | `0` |
+    /// | `REDIS_DIAL_TIMEOUT` | connect timeout, Go syntax (`5s`, `500ms`) | `5s` |
+    /// | `REDIS_READ_TIMEOUT` | request timeout | `3s` |
+    /// | `REDIS_WRITE_TIMEOUT` | request timeout too: the redis crate sends a request and awaits the reply under one timeout, the larger of the two | `3s` |
+    ///
+    /// The lease TTL (`ROUTINE_REDIS_LOCK_TTL`) is a runner setting, read by `routine`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable, if one is malformed (a zero or unparsable
+    /// duration, a negative database, a bad port).
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading the variables through `lookup` instead
+    /// of the process environment (for tests, or configuration kept elsewhere).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_env`](Self::from_env).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use routine_redis::RedisBackendBuilder;
+    ///
+    /// let err = RedisBackendBuilder::from_env_with(|name| {
+    ///     (name == "REDIS_DB").then(|| "two".to_owned())
+    /// })
+    /// .unwrap_err();
+    /// assert!(err.to_string().contains("REDIS_DB"));
+    /// ```
+    pub fn from_env_with(lookup: impl FnMut(&str) -> Option<String>) -> Result<Self> {
+        let mut builder = Self::new();
+        config::apply_env(&mut builder.settings, lookup)?;
+        Ok(builder)
+    }
+
+    /// Takes address, TLS, credentials and database from a URL:
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS (rustls, with
+    /// the system's root certificates). Percent-encode special characters in the user
+    /// and password. The port defaults to 6379, the database to 0.
+    pub fn with_url(mut self, url: impl AsRef<str>) -> Self {
+        if let Err(err) = config::apply_url(&mut self.settings, url.as_ref(), "url") {
+            self.record(err);
+        }
+        self
+    }
+
+    /// The server as `host:port`, `host` (port 6379) or `[ipv6]:port`.
+    pub fn with_address(mut self, address: impl AsRef<str>) -> Self {
+        match config::parse_host_port(address.as_ref().trim()) {
+            Ok((host, port)) => {
+                self.settings.host = host;
+                self.settings.port = port;
+            }
+            Err(reason) => self.record(Error::config("address", reason)),
+        }
+        self
+    }
+
+    /// Whether to connect with TLS (rustls, system root certificates). Default `false`.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.settings.tls = tls;
+        self
+    }
+
+    /// The ACL user name (Redis 6 and later). Default: none (the `default` user).
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
+        self.settings.username = Some(username.into());
+        self
+    }
+
+    /// The password. It never shows in `Debug` output or errors.
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.settings.password = Some(Password(password.into()));
+        self
+    }
+
+    /// The database number. Default 0.
+    pub fn with_db(mut self, db: i64) -> Self {
+        self.settings.db = db;
+        self
+    }
+
+    /// Separates applications sharing one Redis: keys become `<namespace>:lock:<name>`
+    /// and `<namespace>:fence:<name>`. Default `routine`, which gives the Go original's
+    /// `routine:lock:<name>`, so Go and Rust instances of a routine exclude each other.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.settings.namespace = namespace.into();
+        self
+    }
+
+    /// How long one connection attempt may take, TLS and authentication included.
+    /// Default 5 s (go-redis's dial timeout).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a request may wait for its reply, a reconnection included. Default 3 s
+    /// (go-redis's read timeout). Requests made for a lease are further bounded by half
+    /// its TTL.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// Connects: opens the command connection, checks it with a `PING` (so wrong
+    /// credentials fail here), then subscribes for release notifications. A failing
+    /// subscription is logged and retried by later waits, not returned: leases work
+    /// without it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for malformed settings; [`Error::Unavailable`] if the server
+    /// cannot be reached; [`Error::Timeout`] if it does not answer within the connect or
+    /// request timeout; [`Error::Auth`] for rejected credentials.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes whatever connection it opened.
+    pub async fn build(self) -> Result<RedisBackend> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        RedisBackend::connect(self.settings).await
+    }
+
+    fn record(&mut self, err: Error) {
+        self.error.get_or_insert(err);
+    }
+}
+
+impl Default for RedisBackendBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("settings", &self.settings)
+            .field("error", &self.error)
+            .finish()
+    }
+}

@@ -1,0 +1,327 @@
+//! Connection settings: parsed from a URL or from the Go original's environment variables,
+//! validated once, and turned into the `redis` crate's `ConnectionInfo`.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use routine_core::{Error, Result};
+
+/// The port used when an address or URL gives none.
+pub(crate) const DEFAULT_PORT: u16 = 6379;
+/// The go-redis default for `REDIS_DIAL_TIMEOUT`.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The go-redis default for `REDIS_READ_TIMEOUT` (and so for `REDIS_WRITE_TIMEOUT`).
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Gives the keys `routine:lock:<name>`, as the Go original uses.
+pub(crate) const DEFAULT_NAMESPACE: &str = "routine";
+/// Long enough for any sensible application name, short enough to keep keys readable.
+const MAX_NAMESPACE_LEN: usize = 100;
+
+/// A password that never shows in `Debug` output or error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Password(pub(crate) String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Everything needed to connect, after parsing and validation.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Password>,
+    pub(crate) db: i64,
+    pub(crate) namespace: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: DEFAULT_PORT,
+            tls: false,
+            username: None,
+            password: None,
+            db: 0,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl Settings {
+    /// `host:port`, for logs and `Debug`.
+    pub(crate) fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Checks what the parsers cannot: values set one by one on the builder.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.host.is_empty() {
+            return Err(Error::config("host", "host is empty"));
+        }
+        if self.db < 0 {
+            return Err(Error::config(
+                "db",
+                format!("database {} is negative", self.db),
+            ));
+        }
+        check_namespace(&self.namespace)?;
+        check_timeout("connect_timeout", self.connect_timeout)?;
+        check_timeout("request_timeout", self.request_timeout)?;
+        Ok(())
+    }
+
+    /// The `redis` crate's view of these settings.
+    pub(crate) fn connection_info(&self) -> Result<ConnectionInfo> {
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(self.host.clone(), self.port)
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(username) = &self.username {
+            redis = redis.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            redis = redis.set_password(&password.0);
+        }
+        let info = addr.into_connection_info().map_err(|err| Error::Config {
+            setting: "address".to_owned(),
+            reason: "rejected by the redis client".to_owned(),
+            source: Some(err.into()),
+        })?;
+        Ok(info.set_redis_settings(redis))
+    }
+}
+
+fn check_namespace(namespace: &str) -> Result<()> {
+    let reason = if namespace.is_empty() {
+        "namespace is empty".to_owned()
+    } else if namespace.len() > MAX_NAMESPACE_LEN {
+        format!(
+            "namespace is {} bytes long, the limit is {MAX_NAMESPACE_LEN}",
+            namespace.len()
+        )
+    } else if namespace
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        "namespace contains whitespace or a control character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::config("namespace", reason))
+}
+
+fn check_timeout(setting: &str, timeout: Duration) -> Result<()> {
+    if timeout.is_zero() {
+        return Err(Error::config(setting, "timeout must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// The parts of a `redis://` or `rediss://` URL; `setting` names the URL in errors.
+pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
+    let bad = |reason: String| Error::config(setting, reason);
+    // The URL may hold a password: errors describe the problem, never echo the input.
+    let parsed = url::Url::parse(url).map_err(|err| Error::Config {
+        setting: setting.to_owned(),
+        reason: "not a valid URL".to_owned(),
+        source: Some(err.into()),
+    })?;
+    settings.tls = match parsed.scheme() {
+        "redis" => false,
+        "rediss" => true,
+        other => {
+            return Err(bad(format!(
+                "unsupported scheme `{other}`: use redis:// or rediss://"
+            )));
+        }
+    };
+    settings.host = match parsed.host() {
+        Some(url::Host::Domain(name)) if !name.is_empty() => name.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        _ => return Err(bad("the URL has no host".to_owned())),
+    };
+    settings.port = parsed.port().unwrap_or(DEFAULT_PORT);
+    settings.username = match parsed.username() {
+        "" => None,
+        user => Some(percent_decode(user).ok_or_else(|| bad("bad username encoding".into()))?),
+    };
+    settings.password = match parsed.password() {
+        None | Some("") => None,
+        Some(pw) => Some(Password(
+            percent_decode(pw).ok_or_else(|| bad("bad password encoding".into()))?,
+        )),
+    };
+    settings.db = match parsed.path().trim_matches('/') {
+        "" => 0,
+        db => parse_db(db).map_err(|reason| bad(format!("database in the path: {reason}")))?,
+    };
+    if let Some((name, _)) = parsed.query_pairs().next() {
+        return Err(bad(format!("unsupported URL parameter `{name}`")));
+    }
+    if parsed.fragment().is_some() {
+        return Err(bad("URL fragments (`#...`) are not supported".to_owned()));
+    }
+    Ok(())
+}
+
+/// Reads the Go original's variables through `lookup` (the process environment, or a map
+/// in tests). Unset and empty variables keep their defaults.
+pub(crate) fn apply_env(
+    settings: &mut Settings,
+    mut lookup: impl FnMut(&str) -> Option<String>,
+) -> Result<()> {
+    let mut var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+    let hosts = var("REDIS_HOSTS").unwrap_or_else(|| "redis:6379".to_owned());
+    let mut entries = hosts.split(',').map(str::trim);
+    let first = entries.next().unwrap_or_default();
+    let (host, port) = parse_host_port(first)
+        .map_err(|reason| Error::config("REDIS_HOSTS", format!("`{first}`: {reason}")))?;
+    let ignored = entries.filter(|entry| !entry.is_empty()).count();
+    if ignored > 0 {
+        // The Go original hands all hosts to go-redis; a lease must live on one server,
+        // so only the first is used. Say so rather than drop them silently.
+        tracing::warn!(
+            host = first,
+            ignored,
+            "REDIS_HOSTS lists several hosts; the redis lease backend uses the first only"
+        );
+    }
+    settings.host = host;
+    settings.port = port;
+    if let Some(password) = var("REDIS_PASSWORD") {
+        settings.password = Some(Password(password));
+    }
+    if let Some(db) = var("REDIS_DB") {
+        settings.db = parse_db(db.trim()).map_err(|reason| Error::config("REDIS_DB", reason))?;
+    }
+    if let Some(dial) = var("REDIS_DIAL_TIMEOUT") {
+        settings.connect_timeout = parse_timeout("REDIS_DIAL_TIMEOUT", &dial)?;
+    }
+    // The redis crate sends a request and awaits its reply as one step with one timeout,
+    // so Go's separate read and write timeouts become one bound: the larger of the two.
+    let read = var("REDIS_READ_TIMEOUT")
+        .map(|v| parse_timeout("REDIS_READ_TIMEOUT", &v))
+        .transpose()?;
+    let write = var("REDIS_WRITE_TIMEOUT")
+        .map(|v| parse_timeout("REDIS_WRITE_TIMEOUT", &v))
+        .transpose()?;
+    if read.is_some() || write.is_some() {
+        settings.request_timeout = read
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+            .max(write.unwrap_or(Duration::ZERO));
+    }
+    Ok(())
+}
+
+/// `host`, `host:port` or `[v6]:port`.
+pub(crate) fn parse_host_port(entry: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing `]` after an IPv6 address".to_owned())?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err("expected `:port` after `]`".to_owned()),
+        }
+    } else {
+        match entry.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err("put IPv6 addresses in brackets: `[::1]:6379`".to_owned());
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("host is empty".to_owned());
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("port `{port}` is not a number from 1 to 65535"))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn parse_db(db: &str) -> Result<i64, String> {
+    db.parse::<i64>()
+        .ok()
+        .filter(|&n| n >= 0)
+        .ok_or_else(|| format!("`{db}` is not a database number (0, 1, 2, ...)"))
+}
+
+/// A Go-style duration (`5s`, `500ms`, `1m30s`), as humantime reads it; zero is refused.
+pub(crate) fn parse_timeout(setting: &str, value: &str) -> Result<Duration> {
+    let timeout = humantime::parse_duration(value.trim()).map_err(|err| Error::Config {
+        setting: setting.to_owned(),
+        reason: format!(
+            "`{}` is not a duration such as `5s` or `500ms`",
+            value.trim()
+        ),
+        source: Some(err.into()),
+    })?;
+    check_timeout(setting, timeout)?;
+    Ok(timeout)
+}
+
+/// Decodes `%XX` escapes; `None` if they are malformed or not UTF-8.
+fn percent_decode(input: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(input.len());
+    let mut rest = input.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail.get(..2)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Installs rustls's `ring` provider as the process default if none is installed yet.
+///
+/// The redis crate builds its TLS config with the process default provider. Left to
+/// itself, rustls picks one from its enabled crate features and panics if another crate
+/// in the build enabled a second provider; installing one up front avoids that. If the
+/// application installed its own provider first, that one is kept.
+pub(crate) fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // An `Err` means another thread installed a provider in the meantime: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,183 @@
+//! Unit tests of URL and environment parsing (no server needed).
+
+use std::collections::HashMap;
+
+use super::*;
+
+fn from_url(url: &str) -> Result<Settings> {
+    let mut settings = Settings::default();
+    apply_url(&mut settings, url, "url")?;
+    Ok(settings)
+}
+
+fn from_env(vars: &[(&str, &str)]) -> Result<Settings> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut settings = Settings::default();
+    apply_env(&mut settings, |name| vars.get(name).cloned())?;
+    Ok(settings)
+}
+
+fn config_error(result: Result<Settings>) -> (String, String) {
+    match result {
+        Err(Error::Config {
+            setting, reason, ..
+        }) => (setting, reason),
+        other => panic!("expected Error::Config, got {other:?}"),
+    }
+}
+
+#[test]
+fn url_with_user_password_and_db_is_parsed() {
+    let s = from_url("redis://app:p%40ss@cache.internal:6380/3").unwrap();
+    assert_eq!(
+        (s.host.as_str(), s.port, s.db, s.tls),
+        ("cache.internal", 6380, 3, false)
+    );
+    assert_eq!(s.username.as_deref(), Some("app"));
+    assert_eq!(
+        s.password,
+        Some(Password("p@ss".to_owned())),
+        "password is percent-decoded"
+    );
+}
+
+#[test]
+fn rediss_url_enables_tls_and_defaults_port_and_db() {
+    let s = from_url("rediss://:secret@[::1]").unwrap();
+    assert!(s.tls, "rediss:// must enable TLS");
+    assert_eq!((s.host.as_str(), s.port, s.db), ("::1", 6379, 0));
+    assert_eq!(s.username, None);
+}
+
+#[test]
+fn malformed_urls_are_config_errors_naming_the_url() {
+    for (url, needle) in [
+        ("not a url", "not a valid URL"),
+        ("http://host:6379", "unsupported scheme `http`"),
+        ("redis://host:6379/two", "`two` is not a database number"),
+        ("redis://host:6379/-1", "`-1` is not a database number"),
+        (
+            "redis://host:6379/0?protocol=resp3",
+            "unsupported URL parameter `protocol`",
+        ),
+        ("rediss://host:6379/#insecure", "fragments"),
+        ("redis://:6379", "not a valid URL"),
+    ] {
+        let (setting, reason) = config_error(from_url(url));
+        assert_eq!(setting, "url", "error for {url:?} must name the setting");
+        assert!(
+            reason.contains(needle),
+            "error for {url:?} must say {needle:?}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn url_errors_never_echo_the_password() {
+    let err = from_url("redis://:hunter2@host:6379/x").unwrap_err();
+    assert!(
+        !format!("{err} {err:?}").contains("hunter2"),
+        "the password leaked into the error: {err:?}"
+    );
+}
+
+#[test]
+fn env_defaults_are_the_go_defaults() {
+    let s = from_env(&[]).unwrap();
+    assert_eq!((s.host.as_str(), s.port, s.db), ("redis", 6379, 0));
+    assert_eq!(s.password, None);
+    assert_eq!(s.connect_timeout, Duration::from_secs(5));
+    assert_eq!(s.request_timeout, Duration::from_secs(3));
+    assert_eq!(s.namespace, "routine");
+}
+
+#[test]
+fn env_reads_first_host_password_db_and_go_durations() {
+    let s = from_env(&[
+        ("REDIS_HOSTS", " cache-a:7000 , cache-b:7001"),
+        ("REDIS_PASSWORD", "pw"),
+        ("REDIS_DB", "4"),
+        ("REDIS_DIAL_TIMEOUT", "1500ms"),
+        ("REDIS_READ_TIMEOUT", "2s"),
+        ("REDIS_WRITE_TIMEOUT", "500ms"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (s.host.as_str(), s.port, s.db),
+        ("cache-a", 7000, 4),
+        "first host is used"
+    );
+    assert_eq!(s.password, Some(Password("pw".to_owned())));
+    assert_eq!(s.connect_timeout, Duration::from_millis(1500));
+    assert_eq!(
+        s.request_timeout,
+        Duration::from_secs(2),
+        "larger of read and write"
+    );
+}
+
+#[test]
+fn env_host_without_port_and_ipv6_host_are_accepted() {
+    let s = from_env(&[("REDIS_HOSTS", "cache")]).unwrap();
+    assert_eq!((s.host.as_str(), s.port), ("cache", 6379));
+    let s = from_env(&[("REDIS_HOSTS", "[::1]:7000")]).unwrap();
+    assert_eq!((s.host.as_str(), s.port), ("::1", 7000));
+}
+
+#[test]
+fn bad_env_values_are_config_errors_naming_the_variable() {
+    for (name, value, needle) in [
+        ("REDIS_HOSTS", "cache:port", "port `port`"),
+        ("REDIS_HOSTS", ":6379", "host is empty"),
+        ("REDIS_HOSTS", "::1:6379", "brackets"),
+        ("REDIS_DB", "two", "`two` is not a database number"),
+        ("REDIS_DB", "-1", "`-1` is not a database number"),
+        ("REDIS_DIAL_TIMEOUT", "5", "`5` is not a duration"),
+        ("REDIS_READ_TIMEOUT", "fast", "`fast` is not a duration"),
+        ("REDIS_WRITE_TIMEOUT", "0s", "greater than zero"),
+    ] {
+        let (setting, reason) = config_error(from_env(&[(name, value)]));
+        assert_eq!(
+            setting, name,
+            "error for {name}={value:?} must name the variable"
+        );
+        assert!(
+            reason.contains(needle),
+            "error for {name}={value:?} must say {needle:?}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn password_is_redacted_in_debug() {
+    let s = Settings {
+        password: Some(Password("hunter2".to_owned())),
+        ..Settings::default()
+    };
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("hunter2"), "password shown: {shown}");
+    assert!(
+        shown.contains("<redacted>"),
+        "redaction not marked: {shown}"
+    );
+}
+
+#[test]
+fn builder_settings_are_validated() {
+    let s = Settings {
+        namespace: "my app".to_owned(),
+        ..Settings::default()
+    };
+    let (setting, _) = config_error(s.validate().map(|()| Settings::default()));
+    assert_eq!(setting, "namespace");
+    let s = Settings {
+        request_timeout: Duration::ZERO,
+        ..Settings::default()
+    };
+    let (setting, reason) = config_error(s.validate().map(|()| Settings::default()));
+    assert_eq!(setting, "request_timeout");
+    assert!(reason.contains("greater than zero"));
+}

@@ -1,0 +1,136 @@
+//! `RedisLease`: a held lock key, refreshed and released by comparing its token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use routine_core::{Error, FencingToken, Lease, LockKey, Result};
+
+use crate::backend::{Inner, ttl_millis};
+use crate::error;
+use crate::scripts;
+
+/// A lease handed out by [`RedisBackend`](crate::RedisBackend): the lock key holds
+/// `token` until the TTL runs out.
+pub(crate) struct RedisLease {
+    inner: Arc<Inner>,
+    key: LockKey,
+    lock: String,
+    token: String,
+    fence: FencingToken,
+    /// The TTL of the last successful acquire or refresh, to bound `release`.
+    ttl: Duration,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Held,
+    Released,
+    /// A refresh found the key gone or someone else's. Our token is random and never
+    /// reused, so the lock cannot become ours again.
+    Lost,
+}
+
+impl RedisLease {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        key: LockKey,
+        lock: String,
+        token: String,
+        fence: FencingToken,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            key,
+            lock,
+            token,
+            fence,
+            ttl,
+            state: State::Held,
+        }
+    }
+
+    fn lost(&self) -> Error {
+        Error::Lost {
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is left out: anyone who has it can release the lock.
+        f.debug_struct("RedisLease")
+            .field("key", &self.lock)
+            .field("fencing_token", &self.fence)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Lease for RedisLease {
+    fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    fn fencing_token(&self) -> FencingToken {
+        self.fence
+    }
+
+    async fn refresh(&mut self, ttl: Duration) -> Result<()> {
+        let ttl_ms = ttl_millis(ttl)?;
+        if self.state != State::Held {
+            return Err(self.lost());
+        }
+        let mut invocation = scripts::REFRESH.key(&self.lock);
+        invocation.arg(&self.token).arg(ttl_ms);
+        let invocation = &invocation;
+        let extended: i64 = self
+            .inner
+            .request(
+                "refresh",
+                self.inner.lease_limit(ttl),
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
+        match extended {
+            1 => {
+                self.ttl = ttl;
+                Ok(())
+            }
+            0 => {
+                self.state = State::Lost;
+                Err(self.lost())
+            }
+            other => Err(error::unexpected_reply("refresh", other)),
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        if self.state != State::Held {
+            return Ok(());
+        }
+        let channel = self.inner.keys.channel(&self.key);
+        let mut invocation = scripts::RELEASE.key(&self.lock);
+        invocation.arg(&self.token).arg(&channel);
+        let invocation = &invocation;
+        // 1: deleted and announced; 0: already expired or someone else's, left alone.
+        let deleted: i64 = self
+            .inner
+            .request(
+                "release",
+                self.inner.lease_limit(self.ttl),
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
+        if deleted != 0 && deleted != 1 {
+            return Err(error::unexpected_reply("release", deleted));
+        }
+        self.state = State::Released;
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! The Redis keys of a lock and the Lua scripts that acquire, refresh and release it.
+//!
+//! The lock key holds a random token as a plain string, exactly as bsm/redislock (used by
+//! the Go original) stores it: `SET key token NX PX ttl` to acquire, "if `GET` equals our
+//! token then `PEXPIRE`" to refresh, "if `GET` equals our token then `DEL`" to release.
+//! A Go instance and a Rust instance of the same routine on one Redis therefore exclude
+//! each other. Each step is one script, so it is atomic on the server.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use routine_core::LockKey;
+
+/// Takes the lock if it is free and counts the acquisition on the fence key.
+///
+/// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` token, `ARGV[2]` TTL in ms.
+/// Returns `{1, fencing token}` if the lock is ours, `{0}` if someone else holds it.
+///
+/// If the lock already holds *our* token, an earlier attempt with the same token took it
+/// but its reply was lost with the connection (the backend repeats a request once when the
+/// connection dropped). The lock is ours; we count it again, as a skipped fencing token
+/// still leaves every token greater than the ones before.
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, redis.call('INCR', KEYS[2])}
+end
+return {0}
+",
+    )
+});
+
+/// Extends the lock if it still holds our token: bsm/redislock's refresh script.
+///
+/// `KEYS[1]` lock key; `ARGV[1]` token, `ARGV[2]` TTL in ms. Returns 1 if extended, 0 if
+/// the lock is gone or someone else's.
+pub(crate) static REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// Deletes the lock if it still holds our token (bsm/redislock's release script) and
+/// announces the release to waiters.
+///
+/// `KEYS[1]` lock key; `ARGV[1]` token, `ARGV[2]` release channel. Returns 1 if deleted,
+/// 0 if the lock was already gone or someone else's (then nothing is touched).
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// The names this backend uses in Redis, derived from its namespace.
+///
+/// With namespace `ns` a routine `name` has the lock key `ns:lock:name` (so the default
+/// namespace `routine` gives the Go original's `routine:lock:name`), the fence counter
+/// `ns:fence:name` (never expires, only incremented), and its releases are published on
+/// the channel `ns:released:name`.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    lock: String,
+    fence: String,
+    channel: String,
+}
+
+impl Keys {
+    pub(crate) fn new(namespace: &str) -> Self {
+        Self {
+            lock: format!("{namespace}:lock:"),
+            fence: format!("{namespace}:fence:"),
+            channel: format!("{namespace}:released:"),
+        }
+    }
+
+    pub(crate) fn lock(&self, key: &LockKey) -> String {
+        format!("{}{key}", self.lock)
+    }
+
+    pub(crate) fn fence(&self, key: &LockKey) -> String {
+        format!("{}{key}", self.fence)
+    }
+
+    pub(crate) fn channel(&self, key: &LockKey) -> String {
+        format!("{}{key}", self.channel)
+    }
+
+    /// The `PSUBSCRIBE` pattern matching every release channel of this namespace, with
+    /// the namespace's glob characters escaped so they match only themselves.
+    pub(crate) fn channel_pattern(&self) -> String {
+        let mut pattern = String::with_capacity(self.channel.len() + 2);
+        for c in self.channel.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        pattern
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_namespace_gives_the_go_key_layout() {
+        let keys = Keys::new("routine");
+        let key = LockKey::new("billing").unwrap();
+        assert_eq!(keys.lock(&key), "routine:lock:billing");
+        assert_eq!(keys.fence(&key), "routine:fence:billing");
+        assert_eq!(keys.channel(&key), "routine:released:billing");
+        assert_eq!(keys.channel_pattern(), "routine:released:*");
+    }
+
+    #[test]
+    fn channel_pattern_escapes_glob_characters_of_the_namespace() {
+        let keys = Keys::new(r"a*b?c[d]e\f");
+        assert_eq!(keys.channel_pattern(), r"a\*b\?c\[d\]e\\f:released:*");
+    }
+}
