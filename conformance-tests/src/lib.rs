@@ -1,3 +1,96 @@
-//! The behaviour suite every `routine` lease backend must pass (work in progress).
+//! The behaviour suite every `routine` lease backend must pass, ours and third parties'.
+//!
+//! Each case is a documented `pub async fn` in [`cases`] taking a [`Harness`]. The
+//! [`conformance_tests!`] macro turns every case into its own named `#[test]`, so a
+//! failure names the behaviour that broke. In a backend crate's `tests/conformance.rs`:
+//!
+//! ```ignore
+//! routine_conformance::conformance_tests!(|| async {
+//!     MyBackend::connect(&std::env::var("MY_URL").unwrap()).await.unwrap()
+//! });
+//! ```
+//!
+//! The closure is called for every client a case needs (many cases use several, as
+//! separate processes would); it returns any [`routine::LockBackend`]. Each case runs on
+//! its own multi-thread tokio runtime, under a key prefix unique to the case and the run,
+//! so cases run in parallel against one server. Cases a backend cannot pass by design
+//! are skipped according to its [`routine::Capabilities`] (release notifications,
+//! expiry reports), and TTLs are raised to its minimum. For slow backends, scale all
+//! timing:
+//!
+//! ```ignore
+//! routine_conformance::conformance_tests!(|| async { connect().await }, time_scale = 2.0);
+//! ```
+//!
+//! To skip every case when the server is missing (outside CI), call [`skip`] from the
+//! factory. With the `servers` feature, [`servers`] starts throwaway Redis, etcd and
+//! PostgreSQL servers for tests.
+//!
+//! The runner-level cases use the real `routine::Runner` with short TTLs (one second,
+//! scaled), and real time: they take a few seconds each.
+
+pub mod cases;
+mod faulty;
+mod harness;
 #[cfg(feature = "servers")]
 pub mod servers;
+pub mod wait;
+
+pub use faulty::Faulty;
+pub use harness::{Harness, Skipped, skip};
+
+#[doc(hidden)]
+pub use harness::run_case;
+
+/// Expands to one `#[test]` per conformance case, named after the case, running it
+/// against the backend the factory closure returns. See the [crate docs](crate).
+///
+/// ```ignore
+/// routine_conformance::conformance_tests!(|| async { routine::MemoryBackend::new() });
+/// routine_conformance::conformance_tests!(|| async { connect().await }, time_scale = 2.0);
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr $(,)?) => {
+        $crate::conformance_tests!($factory, time_scale = 1.0);
+    };
+    ($factory:expr, time_scale = $scale:expr $(,)?) => {
+        $crate::__conformance_cases!(
+            ($factory, $scale)
+            exclusivity
+            contended_acquire_has_exactly_one_winner
+            release_then_immediate_reacquire
+            release_is_idempotent
+            refresh_extends_the_lease
+            lease_expires_without_refresh
+            refresh_after_takeover_reports_lost
+            independent_keys
+            fencing_tokens_strictly_increase
+            zero_ttl_is_rejected
+            release_notification_wakes_a_waiter
+            expires_in_reports_the_remaining_ttl
+            one_instance_across_runners
+            takeover_when_holder_shuts_down
+            takeover_when_holder_vanishes
+            routine_cancelled_then_stopped_when_lease_lost
+            restart_after_return
+            restart_after_panic
+            go_example_two_members
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    (($factory:expr, $scale:expr) $($case:ident)*) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case(stringify!($case), $scale, $factory, |harness| {
+                    ::std::boxed::Box::pin(async move { $crate::cases::$case(&harness).await })
+                });
+            }
+        )*
+    };
+}

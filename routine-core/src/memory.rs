@@ -178,10 +178,12 @@ impl LockBackend for MemoryBackend {
         let sent = Instant::now();
         self.gate("acquire").await?;
         let mut state = self.state();
-        if let Some(holder) = state.holders.get(key) {
-            if holder.expires_at > Instant::now() {
-                return Ok(None);
-            }
+        if state
+            .holders
+            .get(key)
+            .is_some_and(|holder| holder.expires_at > Instant::now())
+        {
+            return Ok(None);
         }
         state.last_token += 1;
         let token = FencingToken::new(state.last_token);

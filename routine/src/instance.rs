@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use routine_core::{Error, LockBackend, LockKey};
@@ -84,11 +83,8 @@ impl<'a> Instance<'a> {
             // our attempt and our wait is not missed (see `LockBackend::released`).
             let key = self.key.clone();
             let mut released = backend.released(&key);
-            let notifications = match futures::poll!(released.as_mut()) {
-                Poll::Pending => true,
-                // Resolved before anything happened: spurious or broken. Poll instead.
-                Poll::Ready(_) => false,
-            };
+            // Resolved before anything happened means spurious or broken: poll instead.
+            let notifications = futures::poll!(released.as_mut()).is_pending();
             let sent = Instant::now();
             let attempt = tokio::time::timeout(
                 config.request_timeout,

@@ -2,7 +2,7 @@
 
 use std::sync::Weak;
 
-use crate::runner::{Inner, Runner};
+use crate::runner::Inner;
 
 /// Spawns a task that shuts the runner down on SIGINT or SIGTERM. It holds the runner
 /// weakly, so a dropped runner is not kept alive by it, and ends with the runner's
@@ -35,7 +35,7 @@ pub(crate) fn install(runner: Weak<Inner>, runtime: &tokio::runtime::Handle) {
         };
         if let Some(inner) = runner.upgrade() {
             tracing::info!(signal, "signal received; shutting down routines");
-            Runner { inner }.shutdown().await;
+            crate::Runner { inner }.shutdown().await;
         }
     });
 }

@@ -13,10 +13,13 @@ use routine::{
 };
 use tokio::time::Instant;
 
+/// When the routine saw its cancellation, and why.
+type Cancellation = Option<(Instant, Option<CancelReason>)>;
+
 /// Records when a routine saw its cancellation and how long it kept running after it.
 #[derive(Clone, Default)]
 struct Trace {
-    cancelled: Arc<Mutex<Option<(Instant, Option<CancelReason>)>>>,
+    cancelled: Arc<Mutex<Cancellation>>,
     last_step: Arc<Mutex<Option<Instant>>>,
 }
 

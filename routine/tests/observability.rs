@@ -14,9 +14,12 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-/// Records `(span name, parent name, fields)` of every new span.
+/// A new span: its name, its parent's name, its fields rendered.
+type SpanRecord = (String, Option<String>, String);
+
+/// Records every new span.
 #[derive(Clone, Default)]
-struct SpanLog(Arc<Mutex<Vec<(String, Option<String>, String)>>>);
+struct SpanLog(Arc<Mutex<Vec<SpanRecord>>>);
 
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for SpanLog {
     fn on_new_span(

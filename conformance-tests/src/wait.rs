@@ -1,0 +1,54 @@
+//! Waiting on events and conditions with a deadline (never a bare sleep).
+
+use std::future::Future;
+use std::time::Duration;
+
+use routine::{Event, EventKind};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Waits for the first event that matches `pred`, panicking after `within`.
+pub async fn event(
+    events: &mut broadcast::Receiver<Event>,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if pred(&event) => return Some(event),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("event stream closed before `{what}`"),
+        Err(_) => panic!("no `{what}` event within {within:?}"),
+    }
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, panicking after `within`.
+pub async fn until<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("`{what}` did not happen within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether an event is an acquisition.
+pub fn acquired(event: &Event) -> bool {
+    matches!(event.kind, EventKind::Acquired { .. })
+}
