@@ -1,1 +1,89 @@
-//! etcd lease backend for `routine` (work in progress).
+//! etcd v3 lease backend for `routine`: [`EtcdBackend`] implements
+//! [`routine_core::LockBackend`] on an etcd cluster through the `etcd-client` crate.
+//!
+//! # How leases map onto etcd
+//!
+//! - **Keys.** A routine named `report` is held in the key `routine/lock/report` (the
+//!   prefix is configurable). Its value names the holder's process, for debugging.
+//! - **Sessions.** A backend holds all its keys through one etcd lease per TTL (usually
+//!   one in all), the *session*: 10,000 held routines cost one keep-alive per refresh
+//!   period, not 10,000. Keep-alives are sent only when the runner refreshes, never on a
+//!   timer; concurrent refreshes share one keep-alive sent after they were all called, so
+//!   each refresh is backed by a keep-alive sent after it started. If the session lease
+//!   is lost (etcd says it is unknown, or no keep-alive was confirmed for a whole TTL),
+//!   every key held through it reports [`Error::Lost`](routine_core::Error::Lost) and the
+//!   next acquire grants a new session.
+//! - **Acquire** is one transaction: create the key under the session lease only if it
+//!   does not exist (create revision 0). **Refresh** keeps the session alive and checks
+//!   that the key still exists with our create revision and session lease. **Release**
+//!   deletes the key only if its create revision is still ours.
+//! - **Fencing token**: the key's create revision. etcd's revision grows with every
+//!   write to the cluster, so each acquisition gets a larger one than all before it.
+//!   (Wiping the cluster's data resets revisions, and with them this guarantee.)
+//! - **Release notifications**: one watch per backend on the key prefix, for deletes
+//!   only (a release and an expiry both delete the key), dispatched locally to the
+//!   waiters of each key.
+//! - **Expiry reports**: [`expires_in`](routine_core::LockBackend::expires_in) asks the
+//!   holder's lease for its remaining time (`LeaseTimeToLive`).
+//!
+//! # TTLs
+//!
+//! etcd lease TTLs are whole seconds, and etcd raises any TTL below its minimum (1.5
+//! election timeouts, rounded up: 2 s with the default 1 s election timeout) to that
+//! minimum. This backend asks the cluster its minimum when it connects and declares it
+//! as [`Capabilities::min_ttl`](routine_core::Capabilities::min_ttl); shorter TTLs are an
+//! [`Error::InvalidTtl`](routine_core::Error::InvalidTtl), and longer ones are rounded
+//! up to whole seconds ([`Capabilities::ttl_granularity`](routine_core::Capabilities::ttl_granularity)
+//! is 1 s), so a lease is never shorter than asked.
+//!
+//! # Versions
+//!
+//! Tested against etcd 3.4; it uses only the v3 KV, lease and watch APIs that etcd has
+//! had since 3.0 (and 3.5 and 3.6 keep), so any etcd 3.x server is expected to work.
+//!
+//! # Configuration
+//!
+//! [`EtcdBackend::builder`], [`EtcdBackend::from_env`] (`ROUTINE_ETCD_*` variables) or
+//! [`EtcdBackend::from_url`] (`etcd://user:password@host:2379,host2:2379/prefix/`,
+//! `etcds://` for TLS). TLS needs the `tls` feature (on by default). `Debug` output never
+//! shows the password.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use routine_core::{LockBackend, LockKey};
+//! use routine_etcd::EtcdBackend;
+//!
+//! # async fn f() -> routine_core::Result<()> {
+//! let backend = EtcdBackend::builder()
+//!     .with_endpoints(["127.0.0.1:2379"])
+//!     .build()
+//!     .await?;
+//! let key = LockKey::new("nightly-report")?;
+//! match backend.try_acquire(&key, Duration::from_secs(10)).await? {
+//!     Some(mut lease) => {
+//!         println!("fencing token {}", lease.fencing_token());
+//!         lease.refresh(Duration::from_secs(10)).await?;
+//!         lease.release().await?;
+//!     }
+//!     None => backend.released(&key).await?, // someone else holds it: wait for them
+//! }
+//! # Ok(()) }
+//! ```
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod backend;
+mod config;
+mod error;
+mod lease;
+mod parse;
+mod session;
+mod tls;
+mod watch;
+
+pub use backend::EtcdBackend;
+pub use config::{DEFAULT_ENDPOINT, DEFAULT_KEY_PREFIX, EtcdBackendBuilder};

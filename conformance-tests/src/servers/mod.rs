@@ -10,9 +10,11 @@
 //! are required: under CI (`CI=true`) or with `ROUTINE_TEST_REQUIRE_SERVICES=1`, where
 //! it is a failure.
 
+mod etcd;
 mod process;
 mod redis;
 
+pub use etcd::EtcdServer;
 pub use process::{
     ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };

@@ -1,0 +1,3 @@
+//! Latency benchmark (written in a later commit).
+
+fn main() {}

@@ -1,0 +1,395 @@
+//! `EtcdBackend`: the `LockBackend` implementation on etcd v3.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{GetOptions, TxnOpResponse};
+use routine_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
+use tokio::time::Instant;
+
+use crate::config::{EtcdBackendBuilder, Settings};
+use crate::error::{Failure, NAME, timed};
+use crate::lease::EtcdLease;
+use crate::session::{KeepAlive, Session};
+use crate::watch::WatchHub;
+use crate::{parse, tls};
+
+/// A lease backend on an etcd v3 cluster.
+///
+/// See the [crate docs](crate) for how keys, sessions, fencing tokens and release
+/// notifications map onto etcd. Cloning is cheap and clones share the connection and the
+/// session leases.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use routine_core::{LockBackend, LockKey};
+/// use routine_etcd::EtcdBackend;
+///
+/// # async fn f() -> routine_core::Result<()> {
+/// let backend = EtcdBackend::from_url("etcd://127.0.0.1:2379").await?;
+/// let key = LockKey::new("report")?;
+/// if let Some(mut lease) = backend.try_acquire(&key, Duration::from_secs(10)).await? {
+///     println!("holding {key} with token {}", lease.fencing_token());
+///     lease.release().await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdBackend {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) settings: Settings,
+    /// The shortest TTL the cluster grants, asked at connect time.
+    min_ttl: Duration,
+    /// Session leases by TTL in seconds. Usually one: a runner uses one TTL. The async
+    /// lock is held while a session is granted, so concurrent acquires share it.
+    sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
+    watch: WatchHub,
+    /// Stored as every key's value, to tell holders apart when debugging with `etcdctl`.
+    holder: String,
+}
+
+/// The outcome of the acquire transaction.
+enum Created {
+    Ours(i64),
+    Held,
+    SessionGone,
+}
+
+impl EtcdBackend {
+    /// A builder with default settings; see [`EtcdBackendBuilder`].
+    pub fn builder() -> EtcdBackendBuilder {
+        EtcdBackendBuilder::new()
+    }
+
+    /// Connects with settings from `ROUTINE_ETCD_*` environment variables (unset ones
+    /// keep their defaults; empty counts as unset):
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `ROUTINE_ETCD_ENDPOINTS` | comma-separated `host:port`, `http(s)://host:port` | `127.0.0.1:2379` |
+    /// | `ROUTINE_ETCD_USER`, `ROUTINE_ETCD_PASSWORD` | credentials (both or neither) | none |
+    /// | `ROUTINE_ETCD_TLS` | `true`/`false` | `false` |
+    /// | `ROUTINE_ETCD_CA_FILE` | PEM CA to trust (turns TLS on) | system roots |
+    /// | `ROUTINE_ETCD_CERT_FILE`, `ROUTINE_ETCD_KEY_FILE` | PEM client certificate and key | none |
+    /// | `ROUTINE_ETCD_TLS_DOMAIN` | name to check server certificates against | endpoint host |
+    /// | `ROUTINE_ETCD_KEY_PREFIX` | prefix of every key | `routine/lock/` |
+    /// | `ROUTINE_ETCD_REQUEST_TIMEOUT`, `ROUTINE_ETCD_CONNECT_TIMEOUT` | durations (`2s`, `500ms`) | `5s` |
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable if a value is malformed; otherwise as for
+    /// [`EtcdBackendBuilder::build`].
+    pub async fn from_env() -> Result<Self> {
+        Self::builder().with_env().build().await
+    }
+
+    /// Connects with settings from a URL, as given in `ROUTINE_BACKEND_URL`:
+    ///
+    /// ```text
+    /// etcd://[user:password@]host[:port][,host[:port]...][/key/prefix/][?param=value&...]
+    /// etcds://...   (the same, with TLS)
+    /// ```
+    ///
+    /// The port defaults to 2379. The path, without the `/` that ends the host list, is
+    /// the key prefix (default `routine/lock/`). User and password are percent-decoded.
+    /// Query parameters: `tls=true|false`, `ca_file`, `cert_file`, `key_file`,
+    /// `tls_domain`, `request_timeout` and `connect_timeout` (durations such as `2s`).
+    ///
+    /// ```text
+    /// etcd://10.0.0.1:2379,10.0.0.2:2379/billing/locks/?request_timeout=2s
+    /// etcds://routine:s%40cret@etcd.internal?ca_file=/etc/etcd/ca.pem
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] (never quoting the URL, which may hold a password) if it is
+    /// malformed; otherwise as for [`EtcdBackendBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::builder().with_url(url).build().await
+    }
+
+    pub(crate) async fn connect(settings: Settings) -> Result<Self> {
+        let (endpoints, use_tls) = parse::endpoint_uris(&settings)?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(settings.connect_timeout)
+            // HTTP/2 pings find a dead connection while streams (watch, keep-alive) are
+            // open; etcd refuses pings more often than every 5 s or on idle connections.
+            .with_keep_alive(Duration::from_secs(10), settings.request_timeout)
+            .with_keep_alive_while_idle(false);
+        if let Some((user, password)) = &settings.user {
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if use_tls {
+            options = tls::apply(options, &settings.tls)?;
+        }
+        let timeout = settings.connect_timeout + settings.request_timeout;
+        let client = timed(timeout, async {
+            Client::connect(&endpoints, Some(options))
+                .await
+                .map_err(Failure::from)
+        })
+        .await
+        .map_err(|failure| failure.into_error("connect", timeout))?;
+        let min_ttl = probe_min_ttl(&client, settings.request_timeout).await?;
+        let watch = WatchHub::new(settings.key_prefix.as_bytes().to_vec());
+        let holder = format!("routine-etcd pid {}", std::process::id());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                settings,
+                min_ttl,
+                sessions: tokio::sync::Mutex::new(HashMap::new()),
+                watch,
+                holder,
+            }),
+        })
+    }
+
+    /// The smallest lease TTL the cluster grants (2 s with etcd's default timing: etcd
+    /// raises shorter TTLs to 1.5 election timeouts, rounded up to whole seconds).
+    pub fn min_ttl(&self) -> Duration {
+        self.inner.min_ttl
+    }
+
+    /// The etcd key that holds `key`: the key prefix followed by the name.
+    pub fn etcd_key(&self, key: &LockKey) -> Vec<u8> {
+        let mut bytes = self.inner.settings.key_prefix.as_bytes().to_vec();
+        bytes.extend_from_slice(key.as_str().as_bytes());
+        bytes
+    }
+
+    /// The TTL in whole seconds etcd is asked for, after checking `ttl`.
+    pub(crate) fn lease_seconds(&self, ttl: Duration) -> Result<i64> {
+        if ttl.is_zero() {
+            return Err(Error::InvalidTtl {
+                ttl,
+                reason: "TTL must be greater than zero".to_owned(),
+            });
+        }
+        if ttl < self.inner.min_ttl {
+            return Err(Error::InvalidTtl {
+                ttl,
+                reason: format!(
+                    "etcd grants leases of at least {:?} (its election timeout times 1.5)",
+                    self.inner.min_ttl
+                ),
+            });
+        }
+        let secs = ttl.as_nanos().div_ceil(1_000_000_000);
+        Ok(i64::try_from(secs).unwrap_or(i64::MAX))
+    }
+
+    /// The deadline for an acquire or refresh of `ttl`: the request timeout, or half the
+    /// TTL if shorter, since an answer after that is of little use to the runner.
+    pub(crate) fn operation_timeout(&self, ttl: Duration) -> Duration {
+        self.inner.settings.request_timeout.min(ttl / 2)
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.settings.request_timeout
+    }
+
+    pub(crate) fn holder(&self) -> &str {
+        &self.inner.holder
+    }
+
+    /// The live session for `secs`, granting one if there is none (or it was lost).
+    pub(crate) async fn session(&self, secs: i64) -> Result<Arc<Session>, Failure> {
+        let mut sessions = self.inner.sessions.lock().await;
+        if let Some(session) = sessions.get(&secs).filter(|session| !session.is_lost()) {
+            return Ok(Arc::clone(session));
+        }
+        let client = &self.inner.client;
+        let session = Session::grant(
+            client.lease_client(),
+            client.kv_client(),
+            secs,
+            self.request_timeout(),
+        )
+        .await?;
+        sessions.insert(secs, Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// Creates `key` under `session` if it does not exist. Unless the session was granted
+    /// after `started`, a keep-alive is sent alongside, so that the lease lives for its
+    /// TTL from `started` on.
+    async fn create(
+        &self,
+        session: &Arc<Session>,
+        key: &[u8],
+        started: Instant,
+    ) -> Result<Created, Failure> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key,
+                    self.holder(),
+                    Some(PutOptions::new().with_lease(session.id())),
+                ),
+                TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+            ]);
+        let mut kv = self.inner.client.kv_client();
+        let (response, kept) = if session.granted_since(started) {
+            (kv.txn(txn).await, KeepAlive::Alive)
+        } else {
+            tokio::join!(kv.txn(txn), session.keep_alive())
+        };
+        let response = match response.map_err(Failure::from) {
+            Ok(response) => response,
+            Err(failure) if failure.is_lease_not_found() => return Ok(Created::SessionGone),
+            Err(failure) => return Err(failure),
+        };
+        if !response.succeeded() {
+            return Ok(Created::Held);
+        }
+        let revision = response
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        match kept {
+            KeepAlive::Alive => Ok(Created::Ours(revision)),
+            // The key went with the lease.
+            KeepAlive::Gone => Ok(Created::SessionGone),
+            KeepAlive::Failed(failure) => {
+                // The key is ours, but for how long is unknown: give it back.
+                crate::lease::delete_in_background(self, key.to_vec(), revision, session);
+                Err(failure)
+            }
+        }
+    }
+
+    pub(crate) fn kv(&self) -> etcd_client::KvClient {
+        self.inner.client.kv_client()
+    }
+}
+
+/// Grants a 1 s lease and reads what etcd made of it: its minimum TTL.
+async fn probe_min_ttl(client: &Client, timeout: Duration) -> Result<Duration> {
+    let mut lease = client.lease_client();
+    let granted = timed(timeout, async {
+        lease.grant(1, None).await.map_err(Failure::from)
+    })
+    .await
+    .map_err(|failure| failure.into_error("connect", timeout))?;
+    // Not needed any more; if the revoke fails the lease just expires.
+    let _ = timed(timeout, async {
+        lease.revoke(granted.id()).await.map_err(Failure::from)
+    })
+    .await;
+    let secs = u64::try_from(granted.ttl()).unwrap_or(1).max(1);
+    Ok(Duration::from_secs(secs))
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("settings", &self.inner.settings)
+            .field("min_ttl", &self.inner.min_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl LockBackend for EtcdBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_release_notifications(true)
+            .with_reports_expiry(true)
+            .with_min_ttl(self.inner.min_ttl)
+            .with_ttl_granularity(Duration::from_secs(1))
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        let secs = self.lease_seconds(ttl)?;
+        let started = Instant::now();
+        let timeout = self.operation_timeout(ttl);
+        let etcd_key = self.etcd_key(key);
+        let created = timed(timeout, async {
+            // A session that etcd no longer knows is replaced once: it may have expired
+            // while no key was held through it.
+            for _ in 0..2 {
+                let session = self.session(secs).await?;
+                match self.create(&session, &etcd_key, started).await? {
+                    Created::Ours(revision) => return Ok(Some((session, revision))),
+                    Created::Held => return Ok(None),
+                    Created::SessionGone => session.mark_lost(),
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|failure| failure.into_error("acquire", timeout))?;
+        Ok(created.map(|(session, revision)| {
+            Box::new(EtcdLease::new(
+                self.clone(),
+                key.clone(),
+                etcd_key,
+                revision,
+                session,
+            )) as Box<dyn Lease>
+        }))
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.inner
+            .watch
+            .released(
+                &self.inner.client,
+                self.etcd_key(key),
+                self.request_timeout(),
+            )
+            .await
+    }
+
+    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        let timeout = self.request_timeout();
+        let etcd_key = self.etcd_key(key);
+        let client = &self.inner.client;
+        let remaining = timed(timeout, async {
+            let mut kv = client.kv_client();
+            let found = kv
+                .get(etcd_key, Some(GetOptions::new().with_keys_only()))
+                .await?;
+            let Some(lease_id) = found.kvs().first().map(|kv| kv.lease()) else {
+                return Ok(None);
+            };
+            if lease_id == 0 {
+                return Ok(None);
+            }
+            let ttl = client.lease_client().time_to_live(lease_id, None).await?;
+            // etcd truncates the remaining time to whole seconds, so the lease ends within
+            // the second after `ttl`; report that end, never earlier, capped by the TTL.
+            // A negative TTL means the lease expired and its keys are about to go.
+            let Ok(secs) = u64::try_from(ttl.ttl()) else {
+                return Ok(None);
+            };
+            let granted = u64::try_from(ttl.granted_ttl()).unwrap_or(u64::MAX);
+            Ok(Some(Duration::from_secs((secs + 1).min(granted))))
+        })
+        .await
+        .map_err(|failure: Failure| failure.into_error("expires_in", timeout))?;
+        Ok(remaining)
+    }
+}

@@ -1,0 +1,260 @@
+//! `EtcdBackendBuilder`: endpoints, credentials, TLS, key prefix and timeouts.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use routine_core::{Error, Result};
+
+use crate::EtcdBackend;
+use crate::parse;
+
+/// The key prefix used when none is configured: a routine named `report` is held in the
+/// key `routine/lock/report`.
+pub const DEFAULT_KEY_PREFIX: &str = "routine/lock/";
+
+/// The endpoint used when none is configured, as for `etcdctl`.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
+
+/// Settings of an [`EtcdBackend`], built with [`EtcdBackend::builder`].
+///
+/// Every setting has a default, so `EtcdBackend::builder().build().await` talks to
+/// `127.0.0.1:2379` without TLS or credentials. Settings can be given one by one, from an
+/// `etcd://` URL ([`with_url`](Self::with_url)) or from `ROUTINE_ETCD_*` environment
+/// variables ([`with_env`](Self::with_env)); later calls override earlier ones. A bad
+/// value is reported by [`build`](Self::build) as [`Error::Config`] naming the setting.
+///
+/// # Timeouts
+///
+/// Every etcd request is bounded: by the request timeout (default 5 s) and, for
+/// `try_acquire` and `refresh`, by half the lease TTL if that is shorter, so that an answer
+/// that comes too late to be useful is not waited for.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use routine_etcd::EtcdBackend;
+///
+/// # async fn f() -> routine_core::Result<()> {
+/// let backend = EtcdBackend::builder()
+///     .with_endpoints(["10.0.0.1:2379", "10.0.0.2:2379"])
+///     .with_user("routine", "secret")
+///     .with_key_prefix("billing/locks/")
+///     .with_request_timeout(Duration::from_secs(2))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdBackendBuilder {
+    pub(crate) settings: Settings,
+    /// The first bad value met by a `with_*` call that cannot fail on its own (a URL or
+    /// the environment), reported by `build`.
+    pub(crate) error: Option<ConfigError>,
+}
+
+/// A configuration error kept until `build`: [`Error`] is not `Clone`, this is.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfigError {
+    pub(crate) setting: String,
+    pub(crate) reason: String,
+}
+
+impl From<ConfigError> for Error {
+    fn from(err: ConfigError) -> Self {
+        Error::config(err.setting, err.reason)
+    }
+}
+
+/// The resolved settings.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// `host:port` or `scheme://host:port`, as given.
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) tls: Tls,
+    pub(crate) key_prefix: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// TLS settings. `enabled` is also switched on by `etcds://` URLs and `https://` endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tls {
+    pub(crate) enabled: bool,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) domain: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            endpoints: vec![DEFAULT_ENDPOINT.to_owned()],
+            user: None,
+            tls: Tls::default(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for EtcdBackendBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EtcdBackendBuilder {
+    /// Default settings: `127.0.0.1:2379`, no TLS, no credentials, prefix
+    /// [`DEFAULT_KEY_PREFIX`], 5 s request and connect timeouts.
+    pub fn new() -> Self {
+        Self {
+            settings: Settings::default(),
+            error: None,
+        }
+    }
+
+    /// The cluster members to talk to: `host:port`, `host` (port 2379), `http://host:port`
+    /// or `https://host:port` (which turns TLS on).
+    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Authenticates as `user` with `password` (etcd's auth must be enabled on the server).
+    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.settings.user = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Prepended to every routine name to form its etcd key, and the range watched for
+    /// release notifications. Used as given: end it with a separator (`/`).
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.key_prefix = prefix.into();
+        self
+    }
+
+    /// The longest any etcd request may take (default 5 s); see the type's docs.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// The longest connecting to an endpoint may take (default 5 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// Talks TLS to every endpoint (needs the `tls` feature, on by default). Without a CA
+    /// file the system's root certificates are trusted.
+    pub fn with_tls(mut self, enabled: bool) -> Self {
+        self.settings.tls.enabled = enabled;
+        self
+    }
+
+    /// Trusts the PEM certificate authority in `path` (and turns TLS on).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.tls.enabled = true;
+        self.settings.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the PEM client certificate and key in these files (and turns TLS on).
+    pub fn with_client_identity_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.settings.tls.enabled = true;
+        self.settings.tls.cert_file = Some(cert.into());
+        self.settings.tls.key_file = Some(key.into());
+        self
+    }
+
+    /// Checks the servers' certificates against `domain` instead of the endpoint's host.
+    pub fn with_tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.settings.tls.domain = Some(domain.into());
+        self
+    }
+
+    /// Applies an `etcd://` or `etcds://` URL; see [`EtcdBackend::from_url`] for its form.
+    /// A malformed URL is reported by [`build`](Self::build).
+    pub fn with_url(mut self, url: &str) -> Self {
+        if let Err(err) = parse::apply_url(&mut self.settings, url) {
+            self.error.get_or_insert(err);
+        }
+        self
+    }
+
+    /// Applies the `ROUTINE_ETCD_*` environment variables that are set; see
+    /// [`EtcdBackend::from_env`] for the list. A bad value is reported by
+    /// [`build`](Self::build), naming the variable.
+    pub fn with_env(mut self) -> Self {
+        if let Err(err) = parse::apply_env(&mut self.settings, &parse::process_env) {
+            self.error.get_or_insert(err);
+        }
+        self
+    }
+
+    /// Checks the settings, connects and asks the cluster its minimum lease TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a bad setting (naming it), [`Error::Auth`] if the credentials
+    /// are refused, [`Error::Unavailable`] or [`Error::Timeout`] if no endpoint answers.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: nothing is created on the server that outlives a dropped future
+    /// except a probe lease of the minimum TTL.
+    pub async fn build(self) -> Result<EtcdBackend> {
+        if let Some(err) = self.error {
+            return Err(err.into());
+        }
+        parse::validate(&self.settings)?;
+        EtcdBackend::connect(self.settings).await
+    }
+}
+
+/// Shows the password as `<redacted>`.
+struct Redacted<'a>(&'a Option<(String, String)>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((user, _)) => write!(f, "Some(({user:?}, <redacted>))"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoints", &self.endpoints)
+            .field("user", &Redacted(&self.user))
+            .field("tls", &self.tls)
+            .field("key_prefix", &self.key_prefix)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for EtcdBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackendBuilder")
+            .field("settings", &self.settings)
+            .field("error", &self.error)
+            .finish()
+    }
+}

@@ -1,0 +1,244 @@
+//! `EtcdLease`: one held key, attached to a session lease.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use routine_core::{Error, FencingToken, Lease, LockKey, Result};
+use tokio::time::Instant;
+
+use crate::EtcdBackend;
+use crate::error::{Failure, timed};
+use crate::session::{KeepAlive, Orphan, Session};
+
+/// A key held through a session lease. Its fencing token is the key's create revision,
+/// which etcd raises with every write in the cluster, so a later acquisition always has a
+/// larger one.
+pub(crate) struct EtcdLease {
+    backend: EtcdBackend,
+    key: LockKey,
+    etcd_key: Vec<u8>,
+    create_revision: i64,
+    session: Arc<Session>,
+    released: bool,
+}
+
+impl EtcdLease {
+    pub(crate) fn new(
+        backend: EtcdBackend,
+        key: LockKey,
+        etcd_key: Vec<u8>,
+        create_revision: i64,
+        session: Arc<Session>,
+    ) -> Self {
+        Self {
+            backend,
+            key,
+            etcd_key,
+            create_revision,
+            session,
+            released: false,
+        }
+    }
+
+    fn lost(&self) -> Error {
+        Error::Lost {
+            key: self.key.clone(),
+        }
+    }
+
+    /// Moves the key to the session for `secs` seconds, keeping its create revision (a
+    /// put on an existing key does): a lease's TTL cannot change, so a refresh asking for
+    /// more than the current session gives must use another session.
+    async fn move_to(&mut self, secs: i64, started: Instant) -> Result<(), Moved> {
+        let target = self.backend.session(secs).await?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(
+                    self.etcd_key.clone(),
+                    CompareOp::Equal,
+                    self.create_revision,
+                ),
+                Compare::lease(self.etcd_key.clone(), CompareOp::Equal, self.session.id()),
+            ])
+            .and_then([TxnOp::put(
+                self.etcd_key.clone(),
+                self.backend.holder(),
+                Some(PutOptions::new().with_lease(target.id())),
+            )]);
+        let mut kv = self.backend.kv();
+        let (moved, kept) = if target.granted_since(started) {
+            (kv.txn(txn).await, KeepAlive::Alive)
+        } else {
+            tokio::join!(kv.txn(txn), target.keep_alive())
+        };
+        let moved = moved.map_err(Failure::from)?;
+        if !moved.succeeded() {
+            return Err(Moved::Lost);
+        }
+        self.session = target;
+        match kept {
+            KeepAlive::Alive => Ok(()),
+            KeepAlive::Gone => Err(Moved::Lost),
+            KeepAlive::Failed(failure) => Err(Moved::Failed(failure)),
+        }
+    }
+
+    /// One keep-alive of the session and one read of the key, at the same time.
+    async fn confirm(&self) -> Result<(), Moved> {
+        let mut kv = self.backend.kv();
+        let (found, kept) = tokio::join!(
+            kv.get(
+                self.etcd_key.clone(),
+                Some(GetOptions::new().with_keys_only())
+            ),
+            self.session.keep_alive()
+        );
+        if let KeepAlive::Gone = kept {
+            return Err(Moved::Lost);
+        }
+        let found = found.map_err(Failure::from)?;
+        let ours = found.kvs().first().is_some_and(|kv| {
+            kv.create_revision() == self.create_revision && kv.lease() == self.session.id()
+        });
+        if !ours {
+            return Err(Moved::Lost);
+        }
+        match kept {
+            KeepAlive::Failed(failure) => Err(Moved::Failed(failure)),
+            KeepAlive::Alive | KeepAlive::Gone => Ok(()),
+        }
+    }
+}
+
+/// Why a refresh step did not confirm the lease.
+enum Moved {
+    Lost,
+    Failed(Failure),
+}
+
+impl From<Failure> for Moved {
+    fn from(failure: Failure) -> Self {
+        Moved::Failed(failure)
+    }
+}
+
+impl fmt::Debug for EtcdLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdLease")
+            .field("key", &self.key)
+            .field("create_revision", &self.create_revision)
+            .field("session_lease", &self.session.id())
+            .field("released", &self.released)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Lease for EtcdLease {
+    fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    fn fencing_token(&self) -> FencingToken {
+        FencingToken::new(u64::try_from(self.create_revision).unwrap_or(0))
+    }
+
+    async fn refresh(&mut self, ttl: Duration) -> Result<()> {
+        let secs = self.backend.lease_seconds(ttl)?;
+        let started = Instant::now();
+        if self.released || self.session.is_lost() {
+            return Err(self.lost());
+        }
+        let timeout = self.backend.operation_timeout(ttl);
+        let outcome = timed(timeout, async {
+            let step = if Duration::from_secs(secs.unsigned_abs()) > self.session.ttl() {
+                self.move_to(secs, started).await
+            } else {
+                self.confirm().await
+            };
+            Ok(step)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Moved::Lost)) => Err(self.lost()),
+            Ok(Err(Moved::Failed(failure))) | Err(failure) => {
+                Err(failure.into_error("refresh", timeout))
+            }
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        let timeout = self.backend.request_timeout();
+        let mut kv = self.backend.kv();
+        // Deletes the key only if it is still this acquisition's: after a takeover it
+        // belongs to someone else and is left alone.
+        let txn = release_txn(&self.etcd_key, self.create_revision);
+        timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) })
+            .await
+            .map_err(|failure| failure.into_error("release", timeout))?;
+        self.released = true;
+        Ok(())
+    }
+}
+
+impl Drop for EtcdLease {
+    /// A lease dropped without release stays attached to the session lease, which other
+    /// keys' refreshes keep alive: it would never expire. It is deleted in the background.
+    fn drop(&mut self) {
+        if !self.released && !self.session.is_lost() {
+            delete_in_background(
+                &self.backend,
+                std::mem::take(&mut self.etcd_key),
+                self.create_revision,
+                &self.session,
+            );
+        }
+    }
+}
+
+fn release_txn(key: &[u8], create_revision: i64) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(
+            key,
+            CompareOp::Equal,
+            create_revision,
+        )])
+        .and_then([TxnOp::delete(key, None)])
+}
+
+/// Deletes `key` if it still has `create_revision`, on a background task; if that fails
+/// (or there is no runtime), `session` deletes it on its next keep-alive.
+pub(crate) fn delete_in_background(
+    backend: &EtcdBackend,
+    key: Vec<u8>,
+    create_revision: i64,
+    session: &Arc<Session>,
+) {
+    let orphan = Orphan {
+        key,
+        create_revision,
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        session.adopt_orphan(orphan);
+        return;
+    };
+    let timeout = backend.request_timeout();
+    let mut kv = backend.kv();
+    let session = Arc::clone(session);
+    runtime.spawn(async move {
+        let txn = release_txn(&orphan.key, orphan.create_revision);
+        if timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) })
+            .await
+            .is_err()
+        {
+            session.adopt_orphan(orphan);
+        }
+    });
+}

@@ -1,0 +1,1 @@
+//! Tests of URL and environment parsing.
