@@ -71,15 +71,24 @@ fn scheme_of(url: &str) -> Result<Scheme> {
     let scheme = parsed.scheme().to_ascii_lowercase();
     let feature = match scheme.as_str() {
         "memory" => return Ok(Scheme::Memory),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => return Ok(Scheme::Redis),
-        #[cfg(feature = "etcd")]
-        "etcd" | "etcds" => return Ok(Scheme::Etcd),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => return Ok(Scheme::Postgres),
-        "redis" | "rediss" => "redis",
-        "etcd" | "etcds" => "etcd",
-        "postgres" | "postgresql" => "postgres",
+        "redis" | "rediss" => {
+            #[cfg(feature = "redis")]
+            return Ok(Scheme::Redis);
+            #[cfg(not(feature = "redis"))]
+            "redis"
+        }
+        "etcd" | "etcds" => {
+            #[cfg(feature = "etcd")]
+            return Ok(Scheme::Etcd);
+            #[cfg(not(feature = "etcd"))]
+            "etcd"
+        }
+        "postgres" | "postgresql" => {
+            #[cfg(feature = "postgres")]
+            return Ok(Scheme::Postgres);
+            #[cfg(not(feature = "postgres"))]
+            "postgres"
+        }
         other => {
             return Err(Error::config(
                 "ROUTINE_BACKEND_URL",
@@ -144,6 +153,7 @@ pub(crate) enum EnvBackend {
     Url(String),
     #[cfg(feature = "redis")]
     RedisFromEnv,
+    #[cfg_attr(feature = "redis", allow(dead_code))]
     None,
 }
 

@@ -1,0 +1,10 @@
+//! Shared pieces of the example programs: the cluster member and its event log.
+//!
+//! - `cluster`: several instances of one singleton job, with a graceful stop and a crash
+//!   of the holder, in one process on the in-memory backend or, with `--backend URL`,
+//!   as one process per instance against a real server.
+//! - `member`: one cluster member, printing one JSON object per event, for `cluster` and
+//!   for fault-injection tests.
+
+pub mod args;
+pub mod member;

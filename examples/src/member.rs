@@ -1,0 +1,117 @@
+//! One cluster member: keeps a named routine running with `keep_running_one_instance`
+//! and prints one JSON object per line for every event.
+//!
+//! Every line has `event`, `pid` and `mono_ns` (`CLOCK_MONOTONIC` in nanoseconds, the
+//! same clock in every process on the host, so lines of several members can be merged
+//! and compared). Events: `acquired` (with `token`), `work` (a step done under the
+//! lease, with `token` and `step`), `cancelled` (the routine saw its cancellation, with
+//! `reason`), `lost`, `released`, `stopped`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use routine::{EventKind, RunOptions, Runner};
+use serde_json::{Value, json};
+
+/// How a member runs.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// The backend URL (`memory://` only makes sense inside one process).
+    pub backend: String,
+    /// The routine's name.
+    pub name: String,
+    /// The lease TTL.
+    pub ttl: Duration,
+    /// How long one work step takes.
+    pub step: Duration,
+    /// Stop after this many steps in total (0: run until SIGTERM).
+    pub steps: u64,
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn mono_ns() -> u128 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
+}
+
+/// Prints one event line to stdout.
+pub fn emit(event: &str, mut fields: Value) {
+    if let Value::Object(map) = &mut fields {
+        map.insert("event".into(), event.into());
+        map.insert("pid".into(), std::process::id().into());
+        map.insert("mono_ns".into(), json!(mono_ns()));
+    }
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (the reader went away) must not kill the member mid-lease.
+    let _ = writeln!(out, "{fields}");
+    let _ = out.flush();
+}
+
+/// Runs a member until SIGTERM (graceful drain-then-release) or `steps` steps.
+pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
+    let backend = routine::connect(&config.backend).await?;
+    let runner = Runner::builder()
+        .shared_backend(backend)
+        .lease_ttl(config.ttl)
+        .handle_signals(true)
+        .build()?;
+    let mut events = runner.subscribe();
+    let printer = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            match event.kind {
+                EventKind::Acquired { token } => emit("acquired", json!({ "token": token.get() })),
+                EventKind::LeaseLost { token } => emit("lost", json!({ "token": token.get() })),
+                EventKind::Released { token } => emit("released", json!({ "token": token.get() })),
+                EventKind::BackendError { error } => {
+                    emit("backend_error", json!({ "error": error }))
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let step = config.step;
+    let limit = config.steps;
+    let handle = runner.run_named(
+        &config.name,
+        move |ctx| {
+            let done_tx = done_tx.clone();
+            let token = ctx.fencing_token().map_or(0, |t| t.get());
+            async move {
+                // Every instance counts from 0, like the Go example's routine.
+                let mut step_no = 0;
+                loop {
+                    tokio::select! {
+                        _ = ctx.cancelled() => {
+                            emit("cancelled", json!({ "token": token, "reason": format!("{:?}", ctx.cancel_reason()) }));
+                            return;
+                        }
+                        _ = tokio::time::sleep(step) => {}
+                    }
+                    emit("work", json!({ "token": token, "step": step_no }));
+                    step_no += 1;
+                    if limit > 0 && step_no >= limit {
+                        let _ = done_tx.send(()).await;
+                        ctx.cancelled().await;
+                        return;
+                    }
+                }
+            }
+        },
+        RunOptions::keep_running_one_instance(),
+    );
+    tokio::select! {
+        _ = runner.wait_for_shutdown() => {}
+        _ = done_rx.recv() => {
+            handle.cancel();
+            runner.shutdown().await;
+        }
+    }
+    // The printer ends once the runner (the events' sender) is gone, after printing
+    // everything up to the release.
+    drop(runner);
+    let _ = printer.await;
+    emit("stopped", json!({}));
+    Ok(())
+}
