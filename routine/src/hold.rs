@@ -62,21 +62,24 @@ pub(crate) async fn hold(
         "lease acquired; routine starts"
     );
 
+    if Instant::now() >= local_deadline(sent, config) {
+        // The acquire took so long that the lease may already be running out: do not
+        // start the routine at all.
+        tracing::warn!("lease acquired too late to use; releasing it");
+        task.emit(EventKind::LeaseLost { token: fencing });
+        release(task, &mut *lease, config).await;
+        return HoldEnd::LeaseLost;
+    }
     let token = task.token.child_token();
     let ctx = task.context(token.clone(), Some(fencing));
     let end = {
         let keeper = keep(task, &mut *lease, sent, &token);
         let run = task.run_routine(routine, ctx);
+        // The keeper is polled before the routine: when the deadline has passed, the
+        // routine must not get another poll.
         tokio::select! {
             biased;
             _ = inner.abort.cancelled() => HoldEnd::Aborted,
-            end = run => match end {
-                RunEnd::Panicked(message) => HoldEnd::Panicked(message),
-                RunEnd::Returned if task.token.is_cancelled() => HoldEnd::Cancelled,
-                // Cancelled by the keeper: the lease is going or gone.
-                RunEnd::Returned if token.is_cancelled() => HoldEnd::LeaseLost,
-                RunEnd::Returned => HoldEnd::Returned,
-            },
             why = keeper => {
                 token.cancel();
                 task.emit(EventKind::LeaseLost { token: fencing });
@@ -89,6 +92,13 @@ pub(crate) async fn hold(
                 }
                 HoldEnd::LeaseLost
             }
+            end = run => match end {
+                RunEnd::Panicked(message) => HoldEnd::Panicked(message),
+                RunEnd::Returned if task.token.is_cancelled() => HoldEnd::Cancelled,
+                // Cancelled by the keeper: the lease is going or gone.
+                RunEnd::Returned if token.is_cancelled() => HoldEnd::LeaseLost,
+                RunEnd::Returned => HoldEnd::Returned,
+            },
             _ = inner.hard_stop.cancelled() => {
                 task.emit(EventKind::Dropped);
                 HoldEnd::Cancelled
