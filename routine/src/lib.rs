@@ -1,4 +1,11 @@
-#![doc = include_str!("../../README.md")]
+// The README is the crate documentation, and its examples are doctests; one of them uses
+// the Redis backend, so without the `redis` feature a shorter text stands in.
+#![cfg_attr(feature = "redis", doc = include_str!("../../README.md"))]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "Background tasks and cluster-wide singleton jobs on pluggable lease backends. \
+           See the README of the `routine` repository for the full guide."
+)]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
