@@ -130,6 +130,14 @@ impl RedisBackend {
         &self.inner.settings.namespace
     }
 
+    /// Whether release notifications are being received right now. After the pub/sub
+    /// connection failed this is `false` until the next
+    /// [`released`](LockBackend::released) call has subscribed again; waits in between
+    /// fail and the runner polls instead.
+    pub fn notifications_active(&self) -> bool {
+        matches!(self.inner.notifier.status(), Status::Subscribed)
+    }
+
     /// The Redis key holding `key`'s lock, such as `routine:lock:<name>`: for operators
     /// and tests that look at Redis directly.
     pub fn lock_key(&self, key: &LockKey) -> String {

@@ -24,7 +24,12 @@ pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Dura
             timeout,
         };
     }
-    let auth = matches!(err.code(), Some("NOAUTH" | "WRONGPASS"));
+    // The client reports a refused `SELECT` on an unauthenticated connection as a
+    // plain response error whose detail carries the server's `NOAUTH` message.
+    let auth = matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+        || err
+            .detail()
+            .is_some_and(|d| d.starts_with("Authentication required"));
     match err.kind() {
         ErrorKind::AuthenticationFailed => Error::Auth {
             backend: NAME,
