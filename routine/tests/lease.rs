@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{TTL, runner, wait_for};
+use common::{TTL, idle_singleton, runner, wait_for};
 use routine::{
     CancelReason, Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, RunOptions,
     Runner,
@@ -237,11 +237,7 @@ async fn backend_errors_back_off_then_recover() {
     backend.set_unavailable(true);
     let runner = runner(&backend);
     let mut events = runner.subscribe();
-    let _handle = runner.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
+    let _handle = idle_singleton(&runner, "job");
     let mut errors = Vec::new();
     for _ in 0..4 {
         let event = wait_for(
@@ -272,11 +268,7 @@ async fn a_hung_acquire_times_out_and_is_retried() {
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let start = Instant::now();
-    let _handle = runner.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
+    let _handle = idle_singleton(&runner, "job");
     let error = wait_for(
         &mut events,
         TTL,

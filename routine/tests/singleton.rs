@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Concurrency, TTL, runner, wait_for};
+use common::{Concurrency, TTL, holder_and_waiter, idle_singleton, runner, wait_for};
 use routine::{EventKind, LockKey, MemoryBackend, Outcome, RunOptions, Runner};
 use tokio::time::Instant;
 
@@ -114,11 +114,7 @@ async fn a_second_caller_in_the_same_process_waits_then_takes_over_at_once_on_re
     let backend = MemoryBackend::new();
     let runner = runner(&backend);
     let mut events = runner.subscribe();
-    let first = runner.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
+    let first = idle_singleton(&runner, "job");
     let acquired = wait_for(
         &mut events,
         TTL,
@@ -127,11 +123,7 @@ async fn a_second_caller_in_the_same_process_waits_then_takes_over_at_once_on_re
     )
     .await;
     assert_eq!(acquired.number, first.number());
-    let second = runner.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
+    let second = idle_singleton(&runner, "job");
     wait_for(
         &mut events,
         TTL,
@@ -166,34 +158,8 @@ async fn a_second_caller_in_the_same_process_waits_then_takes_over_at_once_on_re
 #[tokio::test(start_paused = true)]
 async fn a_vanished_holder_is_taken_over_right_when_its_lease_expires() {
     let backend = MemoryBackend::new();
-    let holder = runner(&backend);
-    let waiter = runner(&backend);
-    let mut events = holder.subscribe();
-    let mut waiter_events = waiter.subscribe();
-    let _h = holder.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
-    wait_for(
-        &mut events,
-        TTL,
-        "holder acquires",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
-    let _w = waiter.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
-    wait_for(
-        &mut waiter_events,
-        TTL,
-        "waiter contended",
-        kind!(EventKind::Contended),
-    )
-    .await;
+    let (holder, waiter) = (runner(&backend), runner(&backend));
+    let (_h, _w, mut waiter_events) = holder_and_waiter(&holder, &waiter).await;
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let key = LockKey::new("job").unwrap();
@@ -222,11 +188,7 @@ async fn cancelling_the_holder_releases_with_a_fresh_timeout() {
     let backend = MemoryBackend::new();
     let runner = runner(&backend);
     let mut events = runner.subscribe();
-    let handle = runner.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
+    let handle = idle_singleton(&runner, "job");
     let acquired = wait_for(
         &mut events,
         TTL,
@@ -261,28 +223,8 @@ async fn cancelling_the_holder_releases_with_a_fresh_timeout() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_hands_over_to_another_runner_at_once() {
     let backend = MemoryBackend::new();
-    let a = runner(&backend);
-    let b = runner(&backend);
-    let mut events_b = b.subscribe();
-    let mut events_a = a.subscribe();
-    let _ha = a.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
-    wait_for(
-        &mut events_a,
-        TTL,
-        "a acquires",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
-    let _hb = b.run_named(
-        "job",
-        |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
-    );
-    wait_for(&mut events_b, TTL, "b waits", kind!(EventKind::Contended)).await;
+    let (a, b) = (runner(&backend), runner(&backend));
+    let (_ha, _hb, mut events_b) = holder_and_waiter(&a, &b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped_at = Instant::now();
     a.shutdown().await;

@@ -80,3 +80,38 @@ impl Drop for Guard {
 pub fn is(event: &Event, kind: EventKind) -> bool {
     event.kind == kind
 }
+
+/// Starts `name` on `runner` as a singleton that waits for its cancellation.
+pub fn idle_singleton(runner: &Runner, name: &str) -> routine::RoutineHandle {
+    runner.run_named(
+        name,
+        |ctx| async move { ctx.cancelled().await },
+        routine::RunOptions::singleton(),
+    )
+}
+
+/// A holder and a waiter of the singleton `job` on two runners: returns once `holder`
+/// holds the lease and `waiter` has found it contended, with both handles and the
+/// waiter's event receiver.
+pub async fn holder_and_waiter(
+    holder: &Runner,
+    waiter: &Runner,
+) -> (
+    routine::RoutineHandle,
+    routine::RoutineHandle,
+    broadcast::Receiver<Event>,
+) {
+    let mut holder_events = holder.subscribe();
+    let mut waiter_events = waiter.subscribe();
+    let held = idle_singleton(holder, "job");
+    wait_for(&mut holder_events, TTL, "holder acquires", |e| {
+        matches!(e.kind, EventKind::Acquired { .. })
+    })
+    .await;
+    let waiting = idle_singleton(waiter, "job");
+    wait_for(&mut waiter_events, TTL, "waiter contended", |e| {
+        e.kind == EventKind::Contended
+    })
+    .await;
+    (held, waiting, waiter_events)
+}
