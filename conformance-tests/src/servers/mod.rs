@@ -11,10 +11,12 @@
 //! it is a failure.
 
 mod etcd;
+mod postgres;
 mod process;
 mod redis;
 
 pub use etcd::EtcdServer;
+pub use postgres::PostgresServer;
 pub use process::{
     ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };

@@ -1,0 +1,2 @@
+//! Latency benchmark (work in progress).
+fn main() {}

@@ -1,0 +1,183 @@
+//! `PostgresBackend`: the `LockBackend` on PostgreSQL advisory locks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use routine_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
+use tokio::sync::mpsc;
+
+use crate::config::{PostgresBackendBuilder, Settings};
+use crate::connect::{self, pooler_detected};
+use crate::error::{Context, with_timeout};
+use crate::fencing;
+use crate::lease::{PostgresLease, call};
+use crate::notify::Notifier;
+use crate::session::{self, Command};
+
+/// The shortest lease TTL accepted. Every lease on a session shares its liveness, and
+/// a session idle for the TTL is ended by the server: below a second, a scheduling hiccup
+/// in the holder would cost every lease of the process.
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// A lease backend on PostgreSQL session-level advisory locks.
+///
+/// All leases of one backend live on one dedicated connection (the lock session), and
+/// release notifications arrive on a second one (the listener): holding a thousand
+/// routines takes two connections. See the [crate docs](crate) for how TTLs, fencing
+/// tokens, collisions and poolers are handled.
+///
+/// Cloning is cheap and clones share the connections. The connections close when the last
+/// clone and the last lease are dropped.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use routine_core::{LockBackend, LockKey};
+/// use routine_postgres::PostgresBackend;
+///
+/// # async fn run() -> routine_core::Result<()> {
+/// let backend = PostgresBackend::from_url("postgres://app:secret@db.internal/app").await?;
+/// let key = LockKey::new("billing-sync")?;
+/// if let Some(mut lease) = backend.try_acquire(&key, Duration::from_secs(15)).await? {
+///     println!("fencing token {}", lease.fencing_token());
+///     lease.release().await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Arc<Settings>,
+    session: mpsc::UnboundedSender<Command>,
+    notifier: Notifier,
+}
+
+impl PostgresBackend {
+    /// A builder; see [`PostgresBackendBuilder`].
+    pub fn builder() -> PostgresBackendBuilder {
+        PostgresBackendBuilder::new()
+    }
+
+    /// Builds a backend from environment variables; see
+    /// [`PostgresBackendBuilder::from_env`] for the variables.
+    ///
+    /// # Errors
+    ///
+    /// As for [`PostgresBackendBuilder::from_env`] and [`PostgresBackendBuilder::build`].
+    pub async fn from_env() -> Result<Self> {
+        PostgresBackendBuilder::from_env()?.build().await
+    }
+
+    /// Builds a backend for a `postgres://` (or `postgresql://`) URL with default settings,
+    /// as `ROUTINE_BACKEND_URL` does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`PostgresBackendBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        PostgresBackendBuilder::new().with_url(url).build().await
+    }
+
+    /// The advisory-lock key of `key` under this backend's namespace (see
+    /// [`advisory_lock_key`](crate::advisory_lock_key)), as found in `pg_locks` and the
+    /// fencing table.
+    pub fn lock_key(&self, key: &LockKey) -> i64 {
+        crate::advisory_lock_key(&self.inner.settings.namespace, key.as_str())
+    }
+
+    pub(crate) async fn connect(settings: Settings) -> Result<Self> {
+        let settings = Arc::new(settings);
+        let mut live = connect::open(&settings, settings.request_timeout).await?;
+        let ctx = Context {
+            operation: "create the fencing table",
+            url_setting: settings.url_setting,
+        };
+        with_timeout(ctx.operation, settings.request_timeout, async {
+            fencing::ensure_table(&mut live.conn, &settings).await
+        })
+        .await?;
+        let (notifier, listener_pid) = Notifier::start(Arc::clone(&settings)).await?;
+        if listener_pid == live.pid {
+            return Err(pooler_detected(format!(
+                "the lock session and the listener, two client connections, share server \
+                 backend {listener_pid}"
+            )));
+        }
+        let session = session::spawn(Arc::clone(&settings), live);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                session,
+                notifier,
+            }),
+        })
+    }
+}
+
+/// Rejects TTLs the backend cannot honour.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
+    if ttl < MIN_TTL {
+        return Err(Error::InvalidTtl {
+            ttl,
+            reason: format!("the postgres backend needs a TTL of at least {MIN_TTL:?}"),
+        });
+    }
+    Ok(())
+}
+
+impl fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl LockBackend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        crate::error::NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_release_notifications(true)
+            .with_reports_expiry(false)
+            .with_min_ttl(MIN_TTL)
+            .with_ttl_granularity(Duration::from_millis(1))
+            .with_detects_takeover(true)
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        check_ttl(ttl)?;
+        let hash = self.lock_key(key);
+        let timeout = self.inner.settings.timeout_for(ttl);
+        let acquired = call(&self.inner.session, "acquire", timeout, |reply| {
+            Command::Acquire {
+                key: key.clone(),
+                hash,
+                ttl,
+                reply,
+            }
+        })
+        .await?;
+        Ok(acquired.map(|(token, link)| {
+            Box::new(PostgresLease::new(
+                key.clone(),
+                token,
+                link,
+                Arc::clone(&self.inner.settings),
+            )) as Box<dyn Lease>
+        }))
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.inner.notifier.released(self.lock_key(key)).await
+    }
+}

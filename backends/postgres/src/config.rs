@@ -1,0 +1,349 @@
+//! `PostgresBackendBuilder`: the settings of a backend, validated into `Settings`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use routine_core::{Error, Result};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::PostgresBackend;
+
+/// The schema of the fencing table unless configured.
+pub(crate) const DEFAULT_SCHEMA: &str = "public";
+/// The fencing table's name unless configured.
+pub(crate) const DEFAULT_TABLE: &str = "routine_fencing";
+/// The key namespace unless configured.
+pub(crate) const DEFAULT_NAMESPACE: &str = "routine";
+/// The request timeout unless configured.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `LISTEN`/`NOTIFY` channel for release notifications; the payload is the lock key.
+pub(crate) const CHANNEL: &str = "routine_lock_released";
+/// PostgreSQL truncates longer identifiers (`NAMEDATALEN - 1`).
+const MAX_IDENTIFIER_LEN: usize = 63;
+/// Long enough for any sensible prefix, short enough to keep log lines readable.
+const MAX_NAMESPACE_LEN: usize = 200;
+
+/// A value and the setting it came from, so errors name the variable the user set.
+#[derive(Clone)]
+pub(crate) struct Sourced<T> {
+    pub(crate) value: T,
+    pub(crate) setting: &'static str,
+}
+
+impl<T> Sourced<T> {
+    pub(crate) fn new(value: T, setting: &'static str) -> Self {
+        Self { value, setting }
+    }
+}
+
+/// Builds a [`PostgresBackend`]: `PostgresBackend::builder().with_url(..).build().await?`.
+///
+/// Only the URL is required. Nothing is checked until [`build`](Self::build), which
+/// validates every setting, connects, and creates the fencing table if needed.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use routine_postgres::PostgresBackend;
+///
+/// # async fn run() -> routine_core::Result<()> {
+/// let backend = PostgresBackend::builder()
+///     .with_url("postgres://app:secret@db.internal/app")
+///     .with_schema("ops")
+///     .with_table("routine_fencing")
+///     .with_namespace("billing")
+///     .with_request_timeout(Duration::from_secs(3))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresBackendBuilder {
+    pub(crate) url: Option<Sourced<String>>,
+    pub(crate) schema: Sourced<String>,
+    pub(crate) table: Sourced<String>,
+    pub(crate) namespace: Sourced<String>,
+    pub(crate) request_timeout: Sourced<Duration>,
+}
+
+impl Default for PostgresBackendBuilder {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: Sourced::new(DEFAULT_SCHEMA.to_owned(), "schema"),
+            table: Sourced::new(DEFAULT_TABLE.to_owned(), "table"),
+            namespace: Sourced::new(DEFAULT_NAMESPACE.to_owned(), "namespace"),
+            request_timeout: Sourced::new(DEFAULT_REQUEST_TIMEOUT, "request_timeout"),
+        }
+    }
+}
+
+impl PostgresBackendBuilder {
+    /// A builder with the defaults: schema `public`, table `routine_fencing`, namespace
+    /// `routine`, request timeout 5 s, and no URL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The server to use: `postgres://user:password@host:port/database?sslmode=...`
+    /// (`postgresql://` works too; see `sqlx`'s `PgConnectOptions` for the parameters).
+    /// Required.
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(Sourced::new(url.into(), "url"));
+        self
+    }
+
+    /// The schema of the fencing table (default `public`). Created if missing, which
+    /// needs the `CREATE` privilege on the database.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Sourced::new(schema.into(), "schema");
+        self
+    }
+
+    /// The name of the fencing table (default `routine_fencing`). Created if missing,
+    /// which needs the `CREATE` privilege on the schema.
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.table = Sourced::new(table.into(), "table");
+        self
+    }
+
+    /// The key namespace (default `routine`): hashed into every advisory-lock key, so that
+    /// applications sharing a database do not exclude each other by accident.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Sourced::new(namespace.into(), "namespace");
+        self
+    }
+
+    /// The longest any single request may take (default 5 s); each request also waits at
+    /// most the lease TTL it is for.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Sourced::new(timeout, "request_timeout");
+        self
+    }
+
+    /// Validates the settings, connects, and creates the fencing table if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting (or environment variable) at fault;
+    /// [`Error::Unavailable`]/[`Error::Timeout`] if the server cannot be reached;
+    /// [`Error::Auth`] for rejected credentials; [`Error::PermissionDenied`] if the fencing
+    /// table cannot be created or written; [`Error::Misconfigured`] behind a pooler in
+    /// transaction mode, on a standby, or on PostgreSQL older than 12.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes whatever connections it had opened.
+    pub async fn build(self) -> Result<PostgresBackend> {
+        PostgresBackend::connect(self.settings()?).await
+    }
+
+    /// Checks every setting without connecting.
+    pub(crate) fn settings(self) -> Result<Settings> {
+        let url = self.url.ok_or_else(|| {
+            Error::config("url", "no PostgreSQL URL given (use with_url or from_env)")
+        })?;
+        let options = parse_url(&url)?;
+        let schema = identifier(&self.schema)?;
+        let table = identifier(&self.table)?;
+        let namespace = self.namespace.value;
+        if namespace.is_empty()
+            || namespace.len() > MAX_NAMESPACE_LEN
+            || namespace.chars().any(char::is_control)
+        {
+            return Err(Error::config(
+                self.namespace.setting,
+                format!(
+                    "the key namespace must be 1 to {MAX_NAMESPACE_LEN} bytes without control \
+                     characters"
+                ),
+            ));
+        }
+        if self.request_timeout.value.is_zero() {
+            return Err(Error::config(
+                self.request_timeout.setting,
+                "the request timeout must be greater than zero",
+            ));
+        }
+        Ok(Settings {
+            redacted_url: redact_url(&url.value),
+            options,
+            url_setting: url.setting,
+            qualified_table: format!("{}.{}", quote(&schema), quote(&table)),
+            schema,
+            table,
+            namespace,
+            request_timeout: self.request_timeout.value,
+        })
+    }
+}
+
+impl fmt::Debug for PostgresBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackendBuilder")
+            .field("url", &self.url.as_ref().map(|url| redact_url(&url.value)))
+            .field("schema", &self.schema.value)
+            .field("table", &self.table.value)
+            .field("namespace", &self.namespace.value)
+            .field("request_timeout", &self.request_timeout.value)
+            .finish()
+    }
+}
+
+/// Validated settings of a running backend.
+pub(crate) struct Settings {
+    pub(crate) options: PgConnectOptions,
+    pub(crate) url_setting: &'static str,
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    /// `"schema"."table"`, quoted for SQL.
+    pub(crate) qualified_table: String,
+    pub(crate) namespace: String,
+    pub(crate) request_timeout: Duration,
+    redacted_url: String,
+}
+
+impl Settings {
+    /// The request timeout for an operation on a lease of `ttl`: never longer than the
+    /// lease, so a hung server cannot keep a caller past its deadline.
+    pub(crate) fn timeout_for(&self, ttl: Duration) -> Duration {
+        self.request_timeout.min(ttl)
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &self.redacted_url)
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("namespace", &self.namespace)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+fn parse_url(url: &Sourced<String>) -> Result<PgConnectOptions> {
+    let parsed = url::Url::parse(&url.value).map_err(|err| Error::Config {
+        setting: url.setting.to_owned(),
+        reason: "not a valid URL".to_owned(),
+        source: Some(Box::new(err)),
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(Error::config(
+            url.setting,
+            format!(
+                "the scheme must be postgres:// or postgresql://, not {}://",
+                parsed.scheme()
+            ),
+        ));
+    }
+    PgConnectOptions::from_str(&url.value).map_err(|err| Error::Config {
+        setting: url.setting.to_owned(),
+        reason: "not a valid PostgreSQL URL".to_owned(),
+        source: Some(Box::new(err)),
+    })
+}
+
+fn identifier(name: &Sourced<String>) -> Result<String> {
+    let value = &name.value;
+    if value.is_empty() || value.len() > MAX_IDENTIFIER_LEN || value.chars().any(char::is_control) {
+        return Err(Error::config(
+            name.setting,
+            format!(
+                "{value:?} is not a usable PostgreSQL identifier: it must be 1 to \
+                 {MAX_IDENTIFIER_LEN} bytes without control characters"
+            ),
+        ));
+    }
+    Ok(value.clone())
+}
+
+/// Quotes an identifier for SQL: `a"b` becomes `"a""b"`.
+pub(crate) fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// The URL with its password (in the user info or a `password` parameter) replaced.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<not a valid URL; not shown>".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(key, _)| key == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "password" {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_setting(result: Result<Settings>) -> String {
+        match result {
+            Err(Error::Config { setting, .. }) => setting,
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let base = PostgresBackendBuilder::new().with_url("postgres://u@h/db");
+        let cases = [
+            (PostgresBackendBuilder::new(), "url"),
+            (base.clone().with_url("mysql://h/db"), "url"),
+            (base.clone().with_url("not a url"), "url"),
+            (base.clone().with_url("postgres://h:99999/db"), "url"),
+            (base.clone().with_schema(""), "schema"),
+            (base.clone().with_table("x".repeat(64)), "table"),
+            (base.clone().with_namespace("a\0b"), "namespace"),
+            (
+                base.clone().with_request_timeout(Duration::ZERO),
+                "request_timeout",
+            ),
+        ];
+        for (builder, setting) in cases {
+            assert_eq!(config_setting(builder.settings()), setting);
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        for url in [
+            "postgres://app:s3cret@db/app",
+            "postgres://app@db/app?password=s3cret&sslmode=disable",
+        ] {
+            let builder = PostgresBackendBuilder::new().with_url(url);
+            let shown = format!("{builder:?} {:?}", builder.clone().settings().unwrap());
+            assert!(!shown.contains("s3cret"), "password leaked: {shown}");
+            assert!(shown.contains("***"), "redaction must be visible: {shown}");
+        }
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote("we\"ird"), "\"we\"\"ird\"");
+        let settings = PostgresBackendBuilder::new()
+            .with_url("postgres://h/db")
+            .with_schema("Ops")
+            .settings()
+            .unwrap();
+        assert_eq!(settings.qualified_table, "\"Ops\".\"routine_fencing\"");
+    }
+}

@@ -1,0 +1,146 @@
+//! Opening a lock session: connect, check the server, and detect a transaction pooler.
+//!
+//! Session-level advisory locks belong to a server backend process. Behind a pooler in
+//! transaction or statement mode (PgBouncer, Odyssey, RDS Proxy in that mode...) each
+//! statement may run on another server backend, so a lock taken by one statement would be
+//! held by a backend other clients then use: locks would leak across clients. It is
+//! detected with a probe lock:
+//!
+//! 1. statement one reports `pg_backend_pid()` and takes a session-level probe lock (in the
+//!    two-`int4` key space, which never meets the `bigint` keys of routines);
+//! 2. statement two, outside any transaction, reports `pg_backend_pid()` and whether this
+//!    backend holds the probe lock in `pg_locks`.
+//!
+//! A different pid or a missing probe lock proves a pooler. A pooler that happens to hand
+//! both statements the same server backend passes this check; for that case the backend
+//! also compares the pids of its two connections (lock session and listener), which a
+//! pooler in transaction mode gives the same idle server backend, as PgBouncer's default
+//! LIFO reuse does. What cannot be detected: a pooler that, under concurrent load from
+//! other clients, still hands us one server backend for both statements and another for the
+//! listener; prepared statements then usually fail (`26000`), which is reported as
+//! [`Error::Misconfigured`] too.
+
+use std::time::Duration;
+
+use routine_core::{Error, Result};
+use sqlx::postgres::PgConnection;
+use sqlx::{ConnectOptions, Row};
+
+use crate::config::Settings;
+use crate::error::{Context, NAME, with_timeout};
+use crate::ttl::ServerTtl;
+
+/// `application_name` of lock sessions, to find them in `pg_stat_activity`.
+pub(crate) const SESSION_APPLICATION_NAME: &str = "routine lock session";
+/// The first key of the probe lock (`int4`, `int4` form): "rout".
+const PROBE_CLASS: i32 = 0x726f_7574;
+/// `server_version_num` of the oldest supported server: 12 added `tcp_user_timeout`.
+const OLDEST_SUPPORTED: i32 = 120_000;
+
+/// An open lock session.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) conn: PgConnection,
+    /// The server backend's process id.
+    pub(crate) pid: i32,
+    pub(crate) ttl: ServerTtl,
+}
+
+/// Connects a lock session and checks it (see the module docs), within `timeout`.
+///
+/// # Errors
+///
+/// [`Error::Misconfigured`] behind a transaction pooler, on a standby or before
+/// PostgreSQL 12; otherwise as mapped by [`Context::map`].
+pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live> {
+    let ctx = Context {
+        operation: "connect",
+        url_setting: settings.url_setting,
+    };
+    with_timeout("connect", timeout, async {
+        let options = settings
+            .options
+            .clone()
+            .application_name(SESSION_APPLICATION_NAME);
+        let mut conn = options.connect().await.map_err(|err| ctx.map(err))?;
+        // statement_timeout bounds our statements on the server too, should the client
+        // side give up (a request that timed out abandons the session anyway).
+        let statement_timeout = settings.request_timeout.as_millis().max(1).to_string();
+        let row = sqlx::query(
+            "SELECT pg_backend_pid(), current_setting('server_version_num')::int4,
+                    pg_is_in_recovery(), pg_try_advisory_lock($1, pg_backend_pid()),
+                    set_config('statement_timeout', $2, false)",
+        )
+        .bind(PROBE_CLASS)
+        .bind(statement_timeout)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|err| ctx.map(err))?;
+        let (pid, version, in_recovery, probed): (i32, i32, bool, bool) = (
+            row.try_get(0).map_err(|err| ctx.map(err))?,
+            row.try_get(1).map_err(|err| ctx.map(err))?,
+            row.try_get(2).map_err(|err| ctx.map(err))?,
+            row.try_get(3).map_err(|err| ctx.map(err))?,
+        );
+        if version < OLDEST_SUPPORTED {
+            return Err(misconfigured(format!(
+                "PostgreSQL {version} (server_version_num) is not supported: 12 or newer is \
+                 needed (tcp_user_timeout; 14 or newer for idle_session_timeout)"
+            )));
+        }
+        if in_recovery {
+            return Err(misconfigured(
+                "the server is a standby in recovery: point the URL at the primary".to_owned(),
+            ));
+        }
+        let (pid_again, still_held): (i32, bool) = sqlx::query_as(
+            "SELECT pg_backend_pid(), EXISTS (
+                SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                  AND classid::int8 = $1 AND objid::int8 = $2 AND pid = pg_backend_pid())",
+        )
+        .bind(i64::from(PROBE_CLASS))
+        .bind(i64::from(pid))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|err| ctx.map(err))?;
+        if !probed || pid_again != pid || !still_held {
+            return Err(pooler_detected(format!(
+                "a session-level advisory lock taken by backend {pid} was not held by the next \
+                 statement's backend {pid_again}"
+            )));
+        }
+        sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+            .bind(PROBE_CLASS)
+            .bind(pid)
+            .execute(&mut conn)
+            .await
+            .map_err(|err| ctx.map(err))?;
+        let ttl = ServerTtl::for_version(version);
+        if !ttl.enforces_idle_timeout() {
+            tracing::warn!(
+                version,
+                "PostgreSQL before 14 has no idle_session_timeout: a paused lock holder keeps \
+                 its locks until its connection is closed"
+            );
+        }
+        Ok(Live { conn, pid, ttl })
+    })
+    .await
+}
+
+/// The error for a detected transaction pooler.
+pub(crate) fn pooler_detected(evidence: String) -> Error {
+    misconfigured(format!(
+        "{evidence}: the URL points at a connection pooler in transaction or statement mode, \
+         which would leak session-level advisory locks across clients; connect to PostgreSQL \
+         directly or through a pooler in session mode"
+    ))
+}
+
+fn misconfigured(reason: String) -> Error {
+    Error::Misconfigured {
+        backend: NAME,
+        reason,
+    }
+}

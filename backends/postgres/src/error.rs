@@ -1,0 +1,209 @@
+//! Mapping `sqlx` errors and timeouts into `routine_core::Error`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use routine_core::Error;
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
+
+/// The backend's name in errors and logs.
+pub(crate) const NAME: &str = "postgres";
+
+/// A plain message kept as the `source` of an [`Error`] when there is no client error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Message(pub(crate) String);
+
+/// Runs `fut`, turning a deadline overrun into [`Error::Timeout`].
+pub(crate) async fn with_timeout<T>(
+    operation: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout {
+            backend: NAME,
+            operation,
+            timeout,
+        }))
+}
+
+/// Where an error happened, to name the right setting in `Config` errors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context {
+    /// What was being done (`connect`, `acquire`, ...).
+    pub(crate) operation: &'static str,
+    /// The setting the connection URL came from (`ROUTINE_POSTGRES_URL`, `url`, ...).
+    pub(crate) url_setting: &'static str,
+}
+
+impl Context {
+    /// Converts a `sqlx` error.
+    ///
+    /// - `28P01`/`28000` (bad password, no `pg_hba.conf` entry) are [`Error::Auth`].
+    /// - `3D000` (the database does not exist) is [`Error::Config`] naming the URL setting:
+    ///   it does not go away by retrying, someone has to fix the URL or create the database.
+    /// - `42501` (insufficient privilege) is [`Error::PermissionDenied`].
+    /// - `26000`/`42P05` (prepared statement missing or duplicated), `25006` (read-only
+    ///   transaction) and `42P01`/`42703` (undefined table or column) are
+    ///   [`Error::Misconfigured`]: a pooler in transaction mode, a standby, or a fencing
+    ///   table dropped or altered behind our back.
+    /// - Everything else (refused or broken connections, TLS failures, server shutdown,
+    ///   unexpected SQL errors) is [`Error::Unavailable`] with the `sqlx` error as source.
+    pub(crate) fn map(self, err: sqlx::Error) -> Error {
+        let operation = self.operation;
+        let code = match &err {
+            sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+            sqlx::Error::Configuration(_) => {
+                return Error::Config {
+                    setting: self.url_setting.to_owned(),
+                    reason: "the connection settings are not valid".to_owned(),
+                    source: Some(Box::new(err)),
+                };
+            }
+            _ => None,
+        };
+        match code.as_deref() {
+            Some("28P01" | "28000") => Error::Auth {
+                backend: NAME,
+                source: Box::new(err),
+            },
+            Some("3D000") => Error::Config {
+                setting: self.url_setting.to_owned(),
+                reason: "the database named in the URL does not exist on the server".to_owned(),
+                source: Some(Box::new(err)),
+            },
+            Some("42501") => Error::PermissionDenied {
+                backend: NAME,
+                operation,
+                source: Box::new(err),
+            },
+            Some("26000" | "42P05") => Error::Misconfigured {
+                backend: NAME,
+                reason: format!(
+                    "prepared statements vanish between statements ({err}): the URL points \
+                     at a connection pooler in transaction or statement mode, which cannot \
+                     keep session-level advisory locks; connect directly or use session mode"
+                ),
+            },
+            Some("42P01" | "42703") => Error::Misconfigured {
+                backend: NAME,
+                reason: format!(
+                    "the fencing table is missing or has other columns ({err}); it is created \
+                     when a backend is built, and its rows must never be deleted"
+                ),
+            },
+            Some("25006") => Error::Misconfigured {
+                backend: NAME,
+                reason: "the server is read-only (a hot standby?): point the URL at the primary"
+                    .to_owned(),
+            },
+            _ => Error::unavailable(NAME, operation, err),
+        }
+    }
+}
+
+/// Whether `err` means the connection (and so the session and its advisory locks) is gone
+/// or in an unknown state, rather than one statement having failed on a healthy session.
+pub(crate) fn breaks_session(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let fatal = db
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
+            // Class 08: connection exception; 57: operator intervention (shutdown,
+            // pg_terminate_backend, idle_session_timeout).
+            let class = db
+                .code()
+                .map(|code| code.chars().take(2).collect::<String>());
+            fatal || matches!(class.as_deref(), Some("08" | "57"))
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
+/// Whether `err` proves the server ended the session (so it released every lock): it
+/// said so (`FATAL`, class 57: terminated, idle timeout, shutdown) or closed the
+/// connection. A timeout or a garbled answer proves nothing.
+pub(crate) fn session_ended(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let class_57 = db.code().is_some_and(|code| code.starts_with("57"));
+            let fatal = db
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
+            class_57 || fatal
+        }
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: Context = Context {
+        operation: "connect",
+        url_setting: "ROUTINE_POSTGRES_URL",
+    };
+
+    #[test]
+    fn io_errors_are_unavailable_and_break_the_session() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(breaks_session(&sqlx::Error::Io(io)));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = CTX.map(sqlx::Error::Io(io));
+        assert!(
+            matches!(
+                err,
+                Error::Unavailable {
+                    operation: "connect",
+                    ..
+                }
+            ),
+            "connection refused must be Unavailable, got {err:?}"
+        );
+    }
+
+    #[test]
+    fn configuration_errors_name_the_url_setting() {
+        let err = CTX.map(sqlx::Error::Configuration("bad port".into()));
+        assert!(
+            matches!(&err, Error::Config { setting, .. } if setting == "ROUTINE_POSTGRES_URL"),
+            "got {err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn overrunning_the_deadline_is_a_timeout() {
+        let err = with_timeout("refresh", Duration::from_millis(1), async {
+            std::future::pending::<Result<(), Error>>().await
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    operation: "refresh",
+                    ..
+                }
+            ),
+            "got {err:?}"
+        );
+    }
+}

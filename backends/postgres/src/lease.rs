@@ -1,0 +1,165 @@
+//! `PostgresLease`: a held advisory lock, and its link to the lock session.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use routine_core::{Error, FencingToken, Lease, LockKey, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::check_ttl;
+use crate::config::Settings;
+use crate::error::{Message, NAME, with_timeout};
+use crate::session::{Command, LeaseId};
+
+/// Ties a lease to the session task. Dropped without [`LeaseLink::finish`], it asks the
+/// task to unlock the key, so a lease dropped without `release` (or a lease whose
+/// `try_acquire` caller gave up) does not keep its lock for as long as the session lives.
+pub(crate) struct LeaseLink {
+    id: LeaseId,
+    tx: mpsc::UnboundedSender<Command>,
+    finished: bool,
+}
+
+impl LeaseLink {
+    pub(crate) fn new(id: LeaseId, tx: mpsc::UnboundedSender<Command>) -> Self {
+        Self {
+            id,
+            tx,
+            finished: false,
+        }
+    }
+
+    /// Marks the lock as given back (or being given back), so drop sends nothing.
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for LeaseLink {
+    fn drop(&mut self) {
+        if !self.finished {
+            // No await in drop: the task unlocks when it gets to it. If the task is gone,
+            // so is the session and the lock with it.
+            let _ = self.tx.send(Command::Release {
+                id: self.id,
+                reply: None,
+            });
+        }
+    }
+}
+
+/// Sends a command built around a reply channel and waits for the answer within
+/// `timeout`.
+pub(crate) async fn call<T>(
+    tx: &mpsc::UnboundedSender<Command>,
+    operation: &'static str,
+    timeout: Duration,
+    command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+) -> Result<T> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(command(reply))
+        .map_err(|_| session_stopped(operation))?;
+    with_timeout(operation, timeout, async {
+        answer
+            .await
+            .unwrap_or_else(|_| Err(session_stopped(operation)))
+    })
+    .await
+}
+
+fn session_stopped(operation: &'static str) -> Error {
+    Error::unavailable(
+        NAME,
+        operation,
+        Message("the lock session task has stopped (is the tokio runtime shutting down?)".into()),
+    )
+}
+
+/// A lease handed out by [`PostgresBackend`](crate::PostgresBackend): a session-level
+/// advisory lock held by the backend's lock session.
+pub(crate) struct PostgresLease {
+    key: LockKey,
+    token: FencingToken,
+    link: LeaseLink,
+    settings: Arc<Settings>,
+    released: bool,
+}
+
+impl PostgresLease {
+    pub(crate) fn new(
+        key: LockKey,
+        token: FencingToken,
+        link: LeaseLink,
+        settings: Arc<Settings>,
+    ) -> Self {
+        Self {
+            key,
+            token,
+            link,
+            settings,
+            released: false,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("lock_key", &self.link.id.hash)
+            .field("session_generation", &self.link.id.generation)
+            .field("released", &self.released)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Lease for PostgresLease {
+    fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    fn fencing_token(&self) -> FencingToken {
+        self.token
+    }
+
+    async fn refresh(&mut self, ttl: Duration) -> Result<()> {
+        check_ttl(ttl)?;
+        if self.released {
+            return Err(Error::Lost {
+                key: self.key.clone(),
+            });
+        }
+        let timeout = self.settings.timeout_for(ttl);
+        call(&self.link.tx, "refresh", timeout, |reply| {
+            Command::Refresh {
+                id: self.link.id,
+                key: self.key.clone(),
+                ttl,
+                reply,
+            }
+        })
+        .await
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        // Once asked, the session task gives the lock back (or drops the session) even if
+        // this call times out, so the lease is done either way.
+        self.released = true;
+        self.link.finish();
+        let timeout = self.settings.request_timeout;
+        call(&self.link.tx, "release", timeout, |reply| {
+            Command::Release {
+                id: self.link.id,
+                reply: Some(reply),
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,455 @@
+//! The lock session: one connection, owned by one task, holding every advisory lock of a
+//! backend.
+//!
+//! Acquires, refreshes and releases for all keys are messages to the task, which runs
+//! them one at a time on its connection. Refreshes waiting in the queue are answered
+//! together by one statement sent after all of them were called: any statement that
+//! succeeds proves the session, and so every lock it holds, was alive after the refresh
+//! was called. When the session fails (connection error, timeout, terminated backend), the
+//! task drops it, every lease on it is lost, and the next acquire opens a new session; each
+//! lease remembers the generation of the session it was taken on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use routine_core::{Error, FencingToken, LockKey, Result};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{CHANNEL, Settings};
+use crate::connect::{Live, open};
+use crate::error::{Context, Message, NAME, breaks_session, session_ended};
+use crate::fencing::{REFRESH, Statements, UNLOCK};
+use crate::lease::LeaseLink;
+
+/// A reply channel.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Identifies a lease within the session task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeaseId {
+    pub(crate) generation: u64,
+    pub(crate) serial: u64,
+    pub(crate) hash: i64,
+}
+
+/// A request to the session task.
+pub(crate) enum Command {
+    Acquire {
+        key: LockKey,
+        hash: i64,
+        ttl: Duration,
+        reply: Reply<Option<(FencingToken, LeaseLink)>>,
+    },
+    Refresh {
+        id: LeaseId,
+        key: LockKey,
+        ttl: Duration,
+        reply: Reply<()>,
+    },
+    /// Without a reply when sent by a dropped lease.
+    Release {
+        id: LeaseId,
+        reply: Option<Reply<()>>,
+    },
+}
+
+/// A lock held on the session.
+struct Held {
+    serial: u64,
+    key: LockKey,
+    ttl: Duration,
+}
+
+/// Starts the session task on `live` (generation 1) and returns its sender. The task ends
+/// when every sender (the backend's and the leases') is gone, closing the connection.
+pub(crate) fn spawn(settings: Arc<Settings>, live: Live) -> mpsc::UnboundedSender<Command> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = Session {
+        statements: Statements::new(&settings.qualified_table),
+        settings,
+        rx,
+        tx: tx.downgrade(),
+        live: Some(live),
+        generation: 1,
+        next_serial: 0,
+        held: HashMap::new(),
+        backlog: VecDeque::new(),
+    };
+    tokio::spawn(task.run());
+    tx
+}
+
+struct Session {
+    settings: Arc<Settings>,
+    statements: Statements,
+    rx: mpsc::UnboundedReceiver<Command>,
+    /// Weak, so the task does not keep its own channel open; upgraded to hand out leases.
+    tx: mpsc::WeakUnboundedSender<Command>,
+    live: Option<Live>,
+    generation: u64,
+    next_serial: u64,
+    held: HashMap<i64, Held>,
+    /// Commands received while collecting refreshes, run next in order.
+    backlog: VecDeque<Command>,
+}
+
+impl Session {
+    async fn run(mut self) {
+        loop {
+            let command = match self.backlog.pop_front() {
+                Some(command) => command,
+                None => match self.rx.recv().await {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            match command {
+                Command::Acquire {
+                    key,
+                    hash,
+                    ttl,
+                    reply,
+                } => {
+                    // A caller that gave up is not answered, but the key may still be
+                    // taken below; the link in the undeliverable reply then gives it back.
+                    let result = self.acquire(&key, hash, ttl).await;
+                    let _ = reply.send(result);
+                }
+                Command::Refresh {
+                    id,
+                    key,
+                    ttl,
+                    reply,
+                } => {
+                    let mut batch = vec![(id, key, ttl, reply)];
+                    self.collect_refreshes(&mut batch);
+                    self.refresh(batch).await;
+                }
+                Command::Release { id, reply } => {
+                    let result = self.release(id).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        if let Some(live) = self.live.take() {
+            // Best effort: the server ends the session (releasing every lock) on close,
+            // and also notices a dropped connection.
+            let _ = tokio::time::timeout(
+                self.settings.request_timeout,
+                sqlx::Connection::close(live.conn),
+            )
+            .await;
+        }
+    }
+
+    /// Moves every refresh already queued into `batch`; they were all called before the
+    /// statement that will answer them is sent.
+    fn collect_refreshes(&mut self, batch: &mut Vec<(LeaseId, LockKey, Duration, Reply<()>)>) {
+        let mut others = VecDeque::new();
+        let queued = std::mem::take(&mut self.backlog)
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
+        for command in queued {
+            match command {
+                Command::Refresh {
+                    id,
+                    key,
+                    ttl,
+                    reply,
+                } => batch.push((id, key, ttl, reply)),
+                other => others.push_back(other),
+            }
+        }
+        self.backlog = others;
+    }
+
+    fn is_current(&self, id: LeaseId) -> bool {
+        id.generation == self.generation
+            && self.live.is_some()
+            && self
+                .held
+                .get(&id.hash)
+                .is_some_and(|held| held.serial == id.serial)
+    }
+
+    fn longest_ttl(&self) -> Duration {
+        self.held
+            .values()
+            .map(|held| held.ttl)
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn ctx(&self, operation: &'static str) -> Context {
+        Context {
+            operation,
+            url_setting: self.settings.url_setting,
+        }
+    }
+
+    /// Drops the session: the server ends it and releases all its locks (at once, or when
+    /// it notices the closed connection), so every lease on it is lost.
+    fn abandon(&mut self, why: &dyn std::fmt::Display) {
+        if let Some(live) = self.live.take() {
+            tracing::warn!(
+                pid = live.pid,
+                leases = self.held.len(),
+                "abandoning the PostgreSQL lock session, its leases are lost: {why}"
+            );
+        }
+        self.held.clear();
+    }
+
+    async fn acquire(
+        &mut self,
+        key: &LockKey,
+        hash: i64,
+        ttl: Duration,
+    ) -> Result<Option<(FencingToken, LeaseLink)>> {
+        // Advisory locks are reentrant within a session: a key held here must be refused
+        // here, or two leases of this process would share it.
+        if let Some(held) = self.held.get(&hash) {
+            if held.key == *key {
+                return Ok(None);
+            }
+            let namespace = &self.settings.namespace;
+            return Err(self.collision(key, hash, namespace, held.key.as_str()));
+        }
+        let timeout = self.settings.timeout_for(ttl);
+        if self.live.is_none() {
+            self.live = Some(open(&self.settings, timeout).await?);
+            self.generation += 1;
+        }
+        let longest = self.longest_ttl().max(ttl);
+        let ctx = self.ctx("acquire");
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::unavailable(
+                NAME,
+                "acquire",
+                Message("no session".into()),
+            ));
+        };
+        let (names, values) = live.ttl.settings(longest);
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.acquire)))
+            .bind(hash)
+            .bind(&self.settings.namespace)
+            .bind(key.as_str())
+            .bind(names)
+            .bind(values)
+            .fetch_one(&mut live.conn);
+        let row = match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(err)) if breaks_session(&err) => {
+                self.abandon(&err);
+                return Err(ctx.map(err));
+            }
+            Ok(Err(err)) => {
+                // Session-level locks survive the failed statement's rollback.
+                self.unlock_after_failure(hash, timeout).await;
+                return Err(ctx.map(err));
+            }
+            Err(_) => {
+                self.abandon(&"acquire timed out");
+                return Err(timed_out("acquire", timeout));
+            }
+        };
+        type Decoded = (
+            bool,
+            Option<i64>,
+            Option<(String, String)>,
+            Option<(String, String)>,
+        );
+        let decoded = (|| -> sqlx::Result<Decoded> {
+            let got = row.try_get(0)?;
+            let token = row.try_get(2)?;
+            let bumped = row.try_get::<Option<String>, _>(3)?.zip(row.try_get(4)?);
+            let holder = row.try_get::<Option<String>, _>(5)?.zip(row.try_get(6)?);
+            Ok((got, token, bumped, holder))
+        })();
+        let (got, token, bumped, holder) = match decoded {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                self.unlock_after_failure(hash, timeout).await;
+                return Err(ctx.map(err));
+            }
+        };
+        let settings = Arc::clone(&self.settings);
+        let ours = |row: &(String, String)| row.0 == settings.namespace && row.1 == key.as_str();
+        if !got {
+            return match holder {
+                Some(row) if !ours(&row) => Err(self.collision(key, hash, &row.0, &row.1)),
+                _ => Ok(None),
+            };
+        }
+        let token = match (token.and_then(|token| u64::try_from(token).ok()), bumped) {
+            (Some(token), Some(row)) if ours(&row) => token,
+            (_, bumped) => {
+                self.unlock_after_failure(hash, timeout).await;
+                return Err(match bumped {
+                    Some(row) if !ours(&row) => self.collision(key, hash, &row.0, &row.1),
+                    _ => Error::unavailable(
+                        NAME,
+                        "acquire",
+                        Message("the fencing table returned no valid token".into()),
+                    ),
+                });
+            }
+        };
+        self.next_serial += 1;
+        let id = LeaseId {
+            generation: self.generation,
+            serial: self.next_serial,
+            hash,
+        };
+        let Some(tx) = self.tx.upgrade() else {
+            // Nobody is left to hold the lease.
+            self.unlock_after_failure(hash, timeout).await;
+            return Ok(None);
+        };
+        self.held.insert(
+            hash,
+            Held {
+                serial: id.serial,
+                key: key.clone(),
+                ttl,
+            },
+        );
+        Ok(Some((FencingToken::new(token), LeaseLink::new(id, tx))))
+    }
+
+    fn collision(&self, key: &LockKey, hash: i64, other_ns: &str, other: &str) -> Error {
+        Error::InvalidName {
+            name: key.to_string(),
+            reason: format!(
+                "its advisory-lock key {hash} (namespace {:?}) collides with routine {other:?} \
+                 in namespace {other_ns:?}, recorded in {}; rename one of them",
+                self.settings.namespace, self.settings.qualified_table
+            ),
+        }
+    }
+
+    /// Gives back a lock a failed statement may have taken; abandons the session if even
+    /// that fails, which releases it too.
+    async fn unlock_after_failure(&mut self, hash: i64, timeout: Duration) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let unlock = sqlx::query(UNLOCK).bind(hash).execute(&mut live.conn);
+        match tokio::time::timeout(timeout, unlock).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => self.abandon(&err),
+            Err(_) => self.abandon(&"unlock timed out"),
+        }
+    }
+
+    async fn refresh(&mut self, batch: Vec<(LeaseId, LockKey, Duration, Reply<()>)>) {
+        let mut current = Vec::with_capacity(batch.len());
+        for (id, key, ttl, reply) in batch {
+            if self.is_current(id) {
+                if let Some(held) = self.held.get_mut(&id.hash) {
+                    held.ttl = ttl;
+                }
+                current.push((key, ttl, reply));
+            } else {
+                let _ = reply.send(Err(Error::Lost { key }));
+            }
+        }
+        let Some(shortest) = current.iter().map(|(_, ttl, _)| *ttl).min() else {
+            return;
+        };
+        let timeout = self.settings.timeout_for(shortest);
+        let longest = self.longest_ttl();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let (names, values) = live.ttl.settings(longest);
+        let query = sqlx::query(REFRESH)
+            .bind(names)
+            .bind(values)
+            .execute(&mut live.conn);
+        let failure = match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("refresh timed out after {timeout:?}")),
+        };
+        if let Some(why) = &failure {
+            // Whatever failed, the session can no longer prove its locks: drop it, which
+            // makes the server release them, and report every lease on it lost.
+            self.abandon(why);
+        }
+        for (key, _, reply) in current {
+            let result = if failure.is_none() {
+                Ok(())
+            } else {
+                Err(Error::Lost { key })
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    async fn release(&mut self, id: LeaseId) -> Result<()> {
+        if !self.is_current(id) {
+            // Released already, or lost with its session: nothing of ours to give back.
+            return Ok(());
+        }
+        let Some(held) = self.held.remove(&id.hash) else {
+            return Ok(());
+        };
+        let timeout = self.settings.timeout_for(held.ttl);
+        let longest = self.longest_ttl();
+        let ctx = self.ctx("release");
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let (names, values) = live.ttl.settings(longest);
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.release)))
+            .bind(id.hash)
+            .bind(CHANNEL)
+            .bind(names)
+            .bind(values)
+            .fetch_one(&mut live.conn);
+        match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(row)) => {
+                if !row.try_get::<bool, _>(0).unwrap_or(true) {
+                    tracing::warn!(key = %held.key, "the lock session did not hold the lock it released");
+                }
+                Ok(())
+            }
+            Ok(Err(err)) if session_ended(&err) => {
+                // The server ended the session (idle timeout, terminated): the lock
+                // expired, which a release accepts.
+                self.abandon(&err);
+                Ok(())
+            }
+            Ok(Err(err)) if breaks_session(&err) => {
+                self.abandon(&err);
+                Err(ctx.map(err))
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(key = %held.key, "release failed, unlocking without notification: {err}");
+                self.unlock_after_failure(id.hash, timeout).await;
+                if self.live.is_some() {
+                    Ok(())
+                } else {
+                    Err(ctx.map(err))
+                }
+            }
+            Err(_) => {
+                self.abandon(&"release timed out");
+                Err(timed_out("release", timeout))
+            }
+        }
+    }
+}
+
+fn timed_out(operation: &'static str, timeout: Duration) -> Error {
+    Error::Timeout {
+        backend: NAME,
+        operation,
+        timeout,
+    }
+}
