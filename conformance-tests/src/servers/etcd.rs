@@ -130,11 +130,11 @@ impl EtcdServer {
             .unwrap_or_else(|| panic!("etcd is not running"))
     }
 
-    /// Kills the server with `SIGKILL`. Its data directory is kept.
+    /// Kills the server with `SIGKILL` and waits until it is gone. Its data directory
+    /// is kept.
     pub fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.kill();
-        }
+        // Dropping the process kills and reaps it.
+        drop(self.process.take());
     }
 
     /// Starts the server again on the same ports with the data it had: keys and leases

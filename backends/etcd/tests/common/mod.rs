@@ -1,0 +1,93 @@
+//! Helpers shared by the integration tests: throwaway etcd servers, backends, raw clients
+//! and deadlines.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use routine_conformance::servers::EtcdServer;
+use routine_core::LockKey;
+use routine_etcd::EtcdBackend;
+
+/// etcd's default minimum lease TTL, which the throwaway servers run with.
+pub const TTL: Duration = Duration::from_secs(2);
+
+/// One server shared by the tests of a binary that do not harm it.
+pub fn shared_server() -> Option<&'static EtcdServer> {
+    static SERVER: OnceLock<Option<EtcdServer>> = OnceLock::new();
+    SERVER.get_or_init(EtcdServer::start).as_ref()
+}
+
+/// A backend on `server`, with a short request timeout so fault tests end quickly.
+pub async fn backend(server: &EtcdServer) -> EtcdBackend {
+    EtcdBackend::builder()
+        .with_endpoints([server.endpoint()])
+        .with_request_timeout(Duration::from_millis(800))
+        .with_connect_timeout(Duration::from_millis(800))
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("backend must connect to {}: {err:?}", server.endpoint()))
+}
+
+/// A lock name no other test uses.
+pub fn unique_key(label: &str) -> LockKey {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    LockKey::new(format!("{label}-{}-{n}", std::process::id())).unwrap()
+}
+
+/// A plain etcd client for looking at and tampering with etcd directly.
+pub async fn raw(server: &EtcdServer) -> Client {
+    Client::connect([server.endpoint()], None)
+        .await
+        .unwrap_or_else(|err| panic!("raw client must connect: {err:?}"))
+}
+
+/// The etcd key's `(create revision, lease id)`, if it exists.
+pub async fn key_info(raw: &mut Client, key: &[u8]) -> Option<(i64, i64)> {
+    let found = raw
+        .get(key, Some(GetOptions::new().with_keys_only()))
+        .await
+        .unwrap();
+    found
+        .kvs()
+        .first()
+        .map(|kv| (kv.create_revision(), kv.lease()))
+}
+
+/// A deadline for polling a condition: `tick` waits 20 ms, or panics once it has passed.
+pub struct Deadline {
+    until: tokio::time::Instant,
+    limit: Duration,
+    what: String,
+}
+
+impl Deadline {
+    pub fn new(limit: Duration, what: impl Into<String>) -> Self {
+        Self {
+            until: tokio::time::Instant::now() + limit,
+            limit,
+            what: what.into(),
+        }
+    }
+
+    pub async fn tick(&self) {
+        assert!(
+            tokio::time::Instant::now() < self.until,
+            "not within {:?}: {}",
+            self.limit,
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `future`, panicking if it takes longer than `deadline` (a hang, not slowness).
+pub async fn within<T>(deadline: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(deadline, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not complete within {deadline:?}"))
+}
