@@ -206,6 +206,17 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// Connection options for one of our connections, named `role` in
+    /// `pg_stat_activity`: `routine lock session`, or `<application_name> (routine lock
+    /// session)` when the URL sets an `application_name`.
+    pub(crate) fn options_for(&self, role: &str) -> PgConnectOptions {
+        let name = match self.options.get_application_name() {
+            Some(app) => format!("{app} ({role})"),
+            None => role.to_owned(),
+        };
+        self.options.clone().application_name(&name)
+    }
+
     /// The request timeout for an operation on a lease of `ttl`: never longer than the
     /// lease, so a hung server cannot keep a caller past its deadline.
     pub(crate) fn timeout_for(&self, ttl: Duration) -> Duration {

@@ -30,7 +30,8 @@ use crate::config::Settings;
 use crate::error::{Context, NAME, with_timeout};
 use crate::ttl::ServerTtl;
 
-/// `application_name` of lock sessions, to find them in `pg_stat_activity`.
+/// `application_name` of lock sessions, to find them in `pg_stat_activity` (prefixed by the
+/// URL's `application_name`, if any).
 pub(crate) const SESSION_APPLICATION_NAME: &str = "routine lock session";
 /// The first key of the probe lock (`int4`, `int4` form): "rout".
 const PROBE_CLASS: i32 = 0x726f_7574;
@@ -58,11 +59,11 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         url_setting: settings.url_setting,
     };
     with_timeout("connect", timeout, async {
-        let options = settings
-            .options
-            .clone()
-            .application_name(SESSION_APPLICATION_NAME);
-        let mut conn = options.connect().await.map_err(|err| ctx.map(err))?;
+        let mut conn = settings
+            .options_for(SESSION_APPLICATION_NAME)
+            .connect()
+            .await
+            .map_err(|err| ctx.map(err))?;
         // statement_timeout bounds our statements on the server too, should the client
         // side give up (a request that timed out abandons the session anyway).
         let statement_timeout = settings.request_timeout.as_millis().max(1).to_string();

@@ -25,7 +25,8 @@
 //! One backend uses two connections however many leases it holds: the lock session, owned
 //! by one task that runs every acquire, refresh and release in turn (concurrent refreshes
 //! share one statement), and a `LISTEN` connection for release notifications. Both show in
-//! `pg_stat_activity` as `application_name` `routine lock session` and `routine listener`.
+//! `pg_stat_activity` as `application_name` `routine lock session` and `routine listener`
+//! (as `<name> (routine lock session)`... when the URL sets `application_name=<name>`).
 //! A refresh proves the lock session is alive; if the session is lost (connection error,
 //! request timeout, `pg_terminate_backend`, server restart), every lease on it reports
 //! [`Error::Lost`](routine_core::Error::Lost) and the next acquire opens a new session.

@@ -130,9 +130,7 @@ async fn connect(settings: &Settings) -> Result<(PgListener, i32)> {
     };
     with_timeout("listen for releases", settings.request_timeout, async {
         let options = settings
-            .options
-            .clone()
-            .application_name(LISTENER_APPLICATION_NAME)
+            .options_for(LISTENER_APPLICATION_NAME)
             .disable_statement_logging();
         // A pool of one, as PgListener wants; a fresh one per connection so that a broken
         // connection is never handed back.
