@@ -1,0 +1,348 @@
+//! Backend-level behaviour of `PostgresBackend` against a real throwaway server.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::join_all;
+use routine_core::{Error, LockBackend};
+use routine_postgres::{PostgresBackend, advisory_lock_key};
+use sqlx::Connection;
+
+use common::{advisory_lock_held, backend, key, shared_server, unique};
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_contend_release_and_reacquire() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let ns = unique("basic");
+    let (a, b) = (
+        backend(&server.url(), &ns).await,
+        backend(&server.url(), &ns).await,
+    );
+    let k = key("job");
+    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
+    assert!(
+        b.try_acquire(&k, TTL).await.unwrap().is_none(),
+        "another backend must see contention"
+    );
+    assert!(
+        a.try_acquire(&k, TTL).await.unwrap().is_none(),
+        "the holder's own backend must see contention, although advisory locks are reentrant"
+    );
+    assert!(
+        advisory_lock_held(server, a.lock_key(&k)),
+        "the advisory lock must be held on the server"
+    );
+    lease.release().await.unwrap();
+    assert!(
+        !advisory_lock_held(server, a.lock_key(&k)),
+        "release must unlock on the server"
+    );
+    let mut again = b.try_acquire(&k, TTL).await.unwrap().expect("released key");
+    again.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_is_idempotent_and_refresh_after_release_is_lost() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let a = backend(&server.url(), &unique("idem")).await;
+    let k = key("job");
+    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
+    lease.refresh(TTL).await.expect("refresh of a held lease");
+    lease.release().await.unwrap();
+    lease.release().await.expect("a second release must be Ok");
+    let err = lease.refresh(TTL).await.unwrap_err();
+    assert!(
+        err.is_lost(),
+        "refresh after release must be Lost, got {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_keeps_the_lock_on_the_same_session() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let a = backend(&server.url(), &unique("refresh")).await;
+    let k = key("job");
+    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
+    let pid = common::holder_pid(server, a.lock_key(&k)).expect("held");
+    for _ in 0..5 {
+        lease.refresh(TTL).await.expect("refresh of a held lease");
+    }
+    assert_eq!(
+        common::holder_pid(server, a.lock_key(&k)),
+        Some(pid),
+        "the same session must still hold the lock"
+    );
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_increase_across_clients_and_takeovers() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let ns = unique("fencing");
+    let (a, b) = (
+        backend(&server.url(), &ns).await,
+        backend(&server.url(), &ns).await,
+    );
+    let k = key("job");
+    let mut first = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+    let t1 = first.fencing_token();
+    first.release().await.unwrap();
+    let mut second = b.try_acquire(&k, TTL).await.unwrap().expect("free");
+    let t2 = second.fencing_token();
+    assert!(t2 > t1, "token {t2} after a release must exceed {t1}");
+    // Take over from b by ending its session behind its back.
+    let pid = common::holder_pid(server, b.lock_key(&k)).expect("held by b");
+    server.psql(&format!("SELECT pg_terminate_backend({pid})"));
+    let mut third = common::acquire_within(&a, &k, TTL, Duration::from_secs(10)).await;
+    let t3 = third.fencing_token();
+    assert!(t3 > t2, "token {t3} after a takeover must exceed {t2}");
+    assert!(second.refresh(TTL).await.unwrap_err().is_lost());
+    let stored = server.psql(&format!(
+        "SELECT token FROM public.routine_fencing WHERE lock_key = {}",
+        a.lock_key(&k)
+    ));
+    assert_eq!(
+        stored,
+        t3.to_string(),
+        "the fencing row holds the last token"
+    );
+    third.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_notification_wakes_a_waiter_registered_on_first_poll() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let ns = unique("notify");
+    let (a, b) = (
+        backend(&server.url(), &ns).await,
+        backend(&server.url(), &ns).await,
+    );
+    let k = key("job");
+    for release_by_drop in [false, true] {
+        let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+        let mut waiter = b.released(&k);
+        assert!(
+            (&mut waiter).now_or_never().is_none(),
+            "nothing released yet"
+        );
+        if release_by_drop {
+            drop(lease);
+        } else {
+            lease.release().await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the release must wake the waiter (drop: {release_by_drop})")
+            .expect("notification without error");
+        let mut next = b.try_acquire(&k, TTL).await.unwrap().expect("released");
+        next.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_key_is_the_documented_hash() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let ns = unique("hash");
+    let a = backend(&server.url(), &ns).await;
+    let k = key("billing-sync");
+    let expected = advisory_lock_key(&ns, "billing-sync");
+    assert_eq!(a.lock_key(&k), expected);
+    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+    assert!(
+        advisory_lock_held(server, expected),
+        "pg_locks must show the documented key {expected}"
+    );
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_collision_is_an_error_and_the_lock_is_given_back() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let ns = unique("collision");
+    let a = backend(&server.url(), &ns).await;
+    let k = key("victim");
+    let lock_key = a.lock_key(&k);
+    // Another routine whose name hashes alike already used this key.
+    server.psql(&format!(
+        "INSERT INTO public.routine_fencing (lock_key, namespace, name, token) \
+         VALUES ({lock_key}, '{ns}', 'impostor', 7)"
+    ));
+    let err = a.try_acquire(&k, TTL).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidName { reason, .. } if reason.contains("impostor")),
+        "a collision must be InvalidName naming the other routine, got {err:?}"
+    );
+    assert!(
+        !advisory_lock_held(server, lock_key),
+        "the lock taken by the colliding acquire must be given back"
+    );
+
+    // Under contention: the other routine holds the lock.
+    let mut other = sqlx::PgConnection::connect(&server.url()).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = a.try_acquire(&k, TTL).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidName { reason, .. } if reason.contains("impostor")),
+        "a collision under contention must be InvalidName too, got {err:?}"
+    );
+    other.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_sub_second_ttls_are_invalid() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let a = backend(&server.url(), &unique("ttl")).await;
+    let k = key("job");
+    for ttl in [Duration::ZERO, Duration::from_millis(999)] {
+        let err = a.try_acquire(&k, ttl).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { .. }),
+            "{ttl:?} must be InvalidTtl, got {err:?}"
+        );
+    }
+    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+    let err = lease.refresh(Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
+    lease.release().await.unwrap();
+    let caps = a.capabilities();
+    assert!(caps.release_notifications && !caps.reports_expiry);
+    assert_eq!(caps.min_ttl, Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_leases_use_two_connections() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let app = unique("thousand");
+    let url = format!("{}?application_name={app}", server.url());
+    let a = backend(&url, &app).await;
+    let keys: Vec<_> = (0..1000).map(|i| key(&format!("job-{i}"))).collect();
+    let mut leases = Vec::new();
+    for k in &keys {
+        leases.push(a.try_acquire(k, TTL).await.unwrap().expect("free"));
+    }
+    let ours = server.psql(&format!(
+        "SELECT string_agg(application_name, ', ' ORDER BY application_name) \
+         FROM pg_stat_activity WHERE application_name LIKE '{app}%'"
+    ));
+    assert_eq!(
+        ours,
+        format!("{app} (routine listener), {app} (routine lock session)"),
+        "1,000 leases must use one lock session and one listener connection"
+    );
+    let holders = server.psql(&format!(
+        "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+         AND ((classid::int8 << 32) | objid::int8) IN ({})",
+        keys.iter()
+            .map(|k| a.lock_key(k).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    assert_eq!(holders, "1", "one session must hold all 1,000 locks");
+    let refreshed = join_all(leases.iter_mut().map(|lease| lease.refresh(TTL))).await;
+    assert!(
+        refreshed.iter().all(Result::is_ok),
+        "every refresh succeeds"
+    );
+    for lease in &mut leases {
+        lease.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_schema_and_table_are_created_idempotently() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let schema = unique("ops").replace('-', "_");
+    let build = || {
+        common::builder(&server.url(), "custom")
+            .with_schema(&schema)
+            .with_table("Fences")
+            .build()
+    };
+    let a = build().await.expect("creates schema and table");
+    let b = build().await.expect("finds them the second time");
+    let k = key("job");
+    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+    assert!(b.try_acquire(&k, TTL).await.unwrap().is_none());
+    let stored = server.psql(&format!(
+        "SELECT name FROM \"{schema}\".\"Fences\" WHERE lock_key = {}",
+        a.lock_key(&k)
+    ));
+    assert_eq!(stored, "job");
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_existing_table_is_misconfigured() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let table = unique("unrelated").replace('-', "_");
+    server.psql(&format!("CREATE TABLE public.\"{table}\" (id int)"));
+    let err = common::builder(&server.url(), "x")
+        .with_table(&table)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Misconfigured { .. }),
+        "a table without the fencing columns must be Misconfigured, got {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_never_shows_the_password() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let role = unique("debug").replace('-', "_");
+    let url = server.create_role_with_password(&role, "Sup3rSecret");
+    // Its own table: the role may create one but not write the superuser's.
+    let a = PostgresBackend::builder()
+        .with_url(&url)
+        .with_table(&role)
+        .build()
+        .await
+        .expect("password role connects");
+    let shown = format!("{a:?}");
+    assert!(!shown.contains("Sup3rSecret"), "password leaked: {shown}");
+    assert!(shown.contains(&role), "Debug shows the user: {shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_the_setting() {
+    for (url, setting) in [("mysql://h/db", "url"), ("postgres://h:x/db", "url")] {
+        let err = PostgresBackend::from_url(url).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { setting: s, .. } if s == setting),
+            "{url} must be a Config error on `{setting}`, got {err:?}"
+        );
+    }
+}

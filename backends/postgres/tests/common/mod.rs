@@ -1,0 +1,110 @@
+//! Shared helpers of the integration tests: one PostgreSQL server per test binary, backends
+//! on it, unique names, polling with deadlines.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use routine_conformance::servers::PostgresServer;
+use routine_core::{Lease, LockBackend, LockKey};
+use routine_postgres::{PostgresBackend, PostgresBackendBuilder};
+
+/// The server shared by the tests of one binary that do not kill, pause or restart it.
+pub fn shared_server() -> Option<&'static PostgresServer> {
+    static SERVER: OnceLock<Option<PostgresServer>> = OnceLock::new();
+    SERVER.get_or_init(PostgresServer::start).as_ref()
+}
+
+/// A name unique to this test run and call, so tests sharing a server and the fencing
+/// table never meet.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+pub fn key(name: &str) -> LockKey {
+    LockKey::new(name).expect("test key names are valid")
+}
+
+/// A builder for `url` with a short request timeout.
+pub fn builder(url: &str, namespace: &str) -> PostgresBackendBuilder {
+    PostgresBackend::builder()
+        .with_url(url)
+        .with_namespace(namespace)
+        .with_request_timeout(Duration::from_secs(2))
+}
+
+pub async fn backend(url: &str, namespace: &str) -> PostgresBackend {
+    builder(url, namespace)
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("backend on {url} must build: {err:?}"))
+}
+
+/// SQL matching the advisory lock `lock_key` (the `bigint` form) in `pg_locks`.
+fn lock_filter(lock_key: i64) -> String {
+    format!(
+        "locktype = 'advisory' AND objsubid = 1 AND granted \
+         AND ((classid::int8 << 32) | objid::int8) = {lock_key}"
+    )
+}
+
+/// Whether any session holds the advisory lock `lock_key`.
+pub fn advisory_lock_held(server: &PostgresServer, lock_key: i64) -> bool {
+    server.psql(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {})",
+        lock_filter(lock_key)
+    )) == "t"
+}
+
+/// The server backend pid of the session holding `lock_key`.
+pub fn holder_pid(server: &PostgresServer, lock_key: i64) -> Option<i32> {
+    server
+        .psql(&format!(
+            "SELECT pid FROM pg_locks WHERE {}",
+            lock_filter(lock_key)
+        ))
+        .parse()
+        .ok()
+}
+
+/// Polls `condition` every 20 ms until it holds, failing with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tries to acquire `key` on `backend` until it succeeds (errors count as failed tries),
+/// failing after `within`.
+pub async fn acquire_within(
+    backend: &dyn LockBackend,
+    key: &LockKey,
+    ttl: Duration,
+    within: Duration,
+) -> Box<dyn Lease> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = match backend.try_acquire(key, ttl).await {
+            Ok(Some(lease)) => return lease,
+            Ok(None) => "contention".to_owned(),
+            Err(err) => format!("{err:?}"),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "could not acquire {key} within {within:?}; last attempt: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
