@@ -1,0 +1,142 @@
+//! Latency of the Redis backend against a throwaway redis-server on loopback.
+//!
+//! Prints a table: the library's acquire + release against a raw `SET NX PX` + `DEL`
+//! round trip (interleaved, same iteration count, same kind of multiplexed connection),
+//! a refresh, and the graceful handover time: a holder releases while a waiter (another
+//! backend, as another process would be) awaits `released()`; measured from the release
+//! call to the waiter's successful acquire.
+//!
+//! `cargo bench -p routine-redis --bench latency` runs it in full; under `cargo test`
+//! (no `--bench` argument) it runs a few iterations only, to check that it works.
+
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use routine_conformance::servers::RedisServer;
+use routine_core::{LockBackend, LockKey};
+use routine_redis::RedisBackend;
+
+const TTL: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let (iterations, handovers) = if full { (2000, 500) } else { (20, 5) };
+    let Some(server) = RedisServer::start() else {
+        eprintln!("redis-server not found: benchmark skipped");
+        return;
+    };
+    let backend = RedisBackend::from_url(&server.url())
+        .await
+        .expect("connect");
+    let waiter = RedisBackend::from_url(&server.url())
+        .await
+        .expect("connect");
+    let mut raw = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+
+    let key = LockKey::new("bench-acquire").expect("key");
+    let raw_key = "bench-raw";
+    // Warm up both paths (script loading, connection buffers).
+    for _ in 0..50 {
+        let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
+        lease.release().await.unwrap();
+        raw_round_trip(&mut raw, raw_key).await;
+    }
+
+    let mut library = Vec::with_capacity(iterations);
+    let mut baseline = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = Instant::now();
+        let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
+        lease.release().await.unwrap();
+        library.push(start.elapsed());
+
+        let start = Instant::now();
+        raw_round_trip(&mut raw, raw_key).await;
+        baseline.push(start.elapsed());
+    }
+
+    let mut refresh = Vec::with_capacity(iterations);
+    let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
+    for _ in 0..iterations {
+        let start = Instant::now();
+        lease.refresh(TTL).await.unwrap();
+        refresh.push(start.elapsed());
+    }
+    lease.release().await.unwrap();
+
+    let mut handover = handovers_of(&backend, &waiter, handovers).await;
+
+    println!();
+    println!("routine-redis latency, redis-server on loopback, {iterations} iterations");
+    println!("(handover: {handovers} iterations)");
+    println!();
+    println!("| measurement | p50 | p99 |");
+    println!("|---|---|---|");
+    row("library try_acquire + release", &mut library);
+    row("raw SET NX PX + DEL", &mut baseline);
+    row("library refresh", &mut refresh);
+    row("handover: release → waiter acquired", &mut handover);
+}
+
+/// What a bare lock costs: `SET key v NX PX ttl` then `DEL key`, two round trips.
+async fn raw_round_trip(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg("token")
+        .arg("NX")
+        .arg("PX")
+        .arg(TTL.as_millis() as u64)
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert_eq!(set.as_deref(), Some("OK"));
+    let _: i64 = redis::cmd("DEL").arg(key).query_async(conn).await.unwrap();
+}
+
+/// Times `count` graceful handovers from `holder` to `waiter`.
+async fn handovers_of(holder: &RedisBackend, waiter: &RedisBackend, count: usize) -> Vec<Duration> {
+    let key = LockKey::new("bench-handover").expect("key");
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut lease = holder.try_acquire(&key, TTL).await.unwrap().unwrap();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let waiter = waiter.clone();
+        let key = key.clone();
+        let task = tokio::spawn(async move {
+            let released = waiter.released(&key);
+            tokio::pin!(released);
+            // The first poll registers the waiter, as the runner's does.
+            assert!(released.as_mut().now_or_never().is_none(), "key is held");
+            ready_tx.send(()).unwrap();
+            loop {
+                released.as_mut().await.unwrap();
+                if let Some(lease) = waiter.try_acquire(&key, TTL).await.unwrap() {
+                    return (Instant::now(), lease);
+                }
+                released.set(waiter.released(&key));
+            }
+        });
+        ready_rx.await.unwrap();
+        let start = Instant::now();
+        lease.release().await.unwrap();
+        let (acquired_at, mut taken) = task.await.unwrap();
+        times.push(acquired_at - start);
+        taken.release().await.unwrap();
+    }
+    times
+}
+
+fn row(name: &str, samples: &mut [Duration]) {
+    samples.sort_unstable();
+    let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
+    println!("| {name} | {} | {} |", micros(at(50)), micros(at(99)));
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
