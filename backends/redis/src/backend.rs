@@ -65,6 +65,10 @@ impl RedisBackend {
     ///
     /// [`Error::Config`] naming the variable if one is malformed, then as for
     /// [`RedisBackendBuilder::build`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes whatever connection it opened.
     pub async fn from_env() -> Result<Self> {
         RedisBackendBuilder::from_env()?.build().await
     }
@@ -76,6 +80,10 @@ impl RedisBackend {
     ///
     /// [`Error::Config`] with setting `url` if the URL is malformed, then as for
     /// [`RedisBackendBuilder::build`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes whatever connection it opened.
     pub async fn from_url(url: &str) -> Result<Self> {
         RedisBackendBuilder::new().with_url(url).build().await
     }

@@ -60,6 +60,9 @@
 //!   → [`Misconfigured`](routine_core::Error::Misconfigured); malformed settings →
 //!   [`Config`](routine_core::Error::Config) naming the setting or variable.
 //!
+//! The connections' driver tasks run on the tokio runtime the backend was built on:
+//! build and use a backend within one runtime.
+//!
 //! # Configuration
 //!
 //! [`RedisBackend::builder`], [`RedisBackend::from_url`] (`redis://` and `rediss://`,
