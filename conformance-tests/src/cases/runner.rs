@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use routine::{CancelReason, EventKind, Outcome, RunOptions};
+use routine::{CancelReason, EventKind, FencingToken, Outcome, RunOptions};
 use tokio::time::Instant;
 
 use crate::wait::{self, acquired};
@@ -184,12 +184,15 @@ pub async fn routine_cancelled_then_stopped_when_lease_lost(h: &Harness) {
     let mut events = holder.subscribe();
     let mut other_events = other.subscribe();
     let reason = Arc::new(Mutex::new(None));
-    let steps_after_drop = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    // Steps with the fencing token of the instance that took them: after the drop the
+    // holder's runner may win the lease again, and that new instance's steps are fine.
+    let steps_after_drop = Arc::new(Mutex::new(Vec::<(Option<FencingToken>, Instant)>::new()));
     let (seen, steps) = (Arc::clone(&reason), Arc::clone(&steps_after_drop));
     let _a = holder.run_named(
         &name,
         move |ctx| {
             let (seen, steps) = (Arc::clone(&seen), Arc::clone(&steps));
+            let token = ctx.fencing_token();
             async move {
                 // Ignores its cancellation on purpose: the runner must stop it anyway.
                 let watch = async {
@@ -199,7 +202,7 @@ pub async fn routine_cancelled_then_stopped_when_lease_lost(h: &Harness) {
                 };
                 let work = async {
                     loop {
-                        steps.lock().expect("lock").push(Instant::now());
+                        steps.lock().expect("lock").push((token, Instant::now()));
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 };
@@ -212,6 +215,13 @@ pub async fn routine_cancelled_then_stopped_when_lease_lost(h: &Harness) {
     let _b = other.run_named(&name, wait_cancelled, RunOptions::singleton());
     faulty.fail_refreshes(true);
 
+    let lost = wait::event(&mut events, within, "lease lost", |e| {
+        matches!(e.kind, EventKind::LeaseLost { .. })
+    })
+    .await;
+    let EventKind::LeaseLost { token: lost_token } = lost.kind else {
+        unreachable!("matched above")
+    };
     let dropped = wait::event(&mut events, within, "routine dropped", |e| {
         e.kind == EventKind::Dropped
     })
@@ -232,7 +242,7 @@ pub async fn routine_cancelled_then_stopped_when_lease_lost(h: &Harness) {
         .lock()
         .expect("lock")
         .iter()
-        .filter(|t| **t > dropped.at)
+        .filter(|(token, at)| *token == Some(lost_token) && *at > dropped.at)
         .count();
     assert_eq!(
         late_steps, 0,
