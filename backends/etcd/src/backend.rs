@@ -89,6 +89,10 @@ impl EtcdBackend {
     ///
     /// [`Error::Config`] naming the variable if a value is malformed; otherwise as for
     /// [`EtcdBackendBuilder::build`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`EtcdBackendBuilder::build`].
     pub async fn from_env() -> Result<Self> {
         Self::builder().with_env().build().await
     }
@@ -114,6 +118,10 @@ impl EtcdBackend {
     ///
     /// [`Error::Config`] (never quoting the URL, which may hold a password) if it is
     /// malformed; otherwise as for [`EtcdBackendBuilder::build`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`EtcdBackendBuilder::build`].
     pub async fn from_url(url: &str) -> Result<Self> {
         Self::builder().with_url(url).build().await
     }
