@@ -148,9 +148,11 @@ impl ServerProcess {
 
     /// Sends `signal` (a name such as `STOP`, `CONT`, `TERM`, `KILL`) to the server.
     pub fn signal(&self, signal: &str) -> io::Result<()> {
+        // A server that already exited is not worth a line on stderr: the status says it.
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid.to_string())
+            .stderr(Stdio::null())
             .status()?;
         if status.success() {
             Ok(())
