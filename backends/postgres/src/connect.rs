@@ -17,8 +17,9 @@
 //! pooler in transaction mode gives the same idle server backend, as PgBouncer's default
 //! LIFO reuse does. What cannot be detected: a pooler that, under concurrent load from
 //! other clients, still hands us one server backend for both statements and another for the
-//! listener; prepared statements then usually fail (`26000`), which is reported as
-//! [`Error::Misconfigured`] too.
+//! listener. Poolers that do not support named prepared statements in transaction mode
+//! (PgBouncer before 1.21, as the tests show with 1.18) fail earlier: their prepared
+//! statement errors (`26000`, `42P05`) are reported as [`Error::Misconfigured`] too.
 
 use std::time::Duration;
 
@@ -67,10 +68,14 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         // statement_timeout bounds our statements on the server too, should the client
         // side give up (a request that timed out abandons the session anyway).
         let statement_timeout = settings.request_timeout.as_millis().max(1).to_string();
+        // The server's or role's idle_session_timeout must not end a session that holds
+        // nothing yet; the lease statements set their own.
         let row = sqlx::query(
             "SELECT pg_backend_pid(), current_setting('server_version_num')::int4,
                     pg_is_in_recovery(), pg_try_advisory_lock($1, pg_backend_pid()),
-                    set_config('statement_timeout', $2, false)",
+                    set_config('statement_timeout', $2, false),
+                    (SELECT set_config('idle_session_timeout', '0', false)
+                     WHERE current_setting('server_version_num')::int4 >= 140000)",
         )
         .bind(PROBE_CLASS)
         .bind(statement_timeout)

@@ -82,9 +82,10 @@ impl Context {
             Some("26000" | "42P05") => Error::Misconfigured {
                 backend: NAME,
                 reason: format!(
-                    "prepared statements vanish between statements ({err}): the URL points \
-                     at a connection pooler in transaction or statement mode, which cannot \
-                     keep session-level advisory locks; connect directly or use session mode"
+                    "this connection's prepared statements are missing or mixed up with \
+                     another's ({err}): the URL points at a connection pooler in transaction \
+                     or statement mode, which would leak session-level advisory locks across \
+                     clients; connect directly or through a pooler in session mode"
                 ),
             },
             Some("42P01" | "42703") => Error::Misconfigured {

@@ -85,9 +85,11 @@
 //!
 //! Behind a pooler in transaction or statement mode, session-level locks would leak across
 //! clients. Each new session checks this with a probe lock across two statements, and the
-//! two connections must have distinct server backends; either failing is an
-//! [`Error::Misconfigured`](routine_core::Error::Misconfigured). Pooler in session mode
-//! works. The `connect` module describes the case that cannot be detected.
+//! two connections must have distinct server backends; either failing, or the pooler
+//! mixing up prepared statements (PgBouncer before 1.21), is an
+//! [`Error::Misconfigured`](routine_core::Error::Misconfigured). A pooler in session mode
+//! works. Both are tested against a real PgBouncer. The `connect` module describes the case
+//! that cannot be detected.
 //!
 //! # Errors
 //!
