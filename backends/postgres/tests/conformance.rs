@@ -1,11 +1,18 @@
 //! The whole `routine-conformance` suite on `PostgresBackend`: every client is its own
 //! backend (its own lock session and listener) on one throwaway server.
+//!
+//! Time scale 2: a lock session idle for its longest lease TTL is ended by the server, so
+//! one-second runner TTLs on a loaded two-core CI machine would cost leases to scheduling
+//! delays rather than to the behaviour under test.
 
 mod common;
 
-routine_conformance::conformance_tests!(|| async {
-    let Some(server) = common::shared_server() else {
-        routine_conformance::skip("PostgreSQL binaries not found");
-    };
-    common::backend(&server.url(), "conformance").await
-});
+routine_conformance::conformance_tests!(
+    || async {
+        let Some(server) = common::shared_server() else {
+            routine_conformance::skip("PostgreSQL binaries not found");
+        };
+        common::backend(&server.url(), "conformance").await
+    },
+    time_scale = 2.0
+);
