@@ -117,7 +117,7 @@ impl PostgresBackendBuilder {
     }
 
     /// The longest any single request may take (default 5 s); each request also waits at
-    /// most the lease TTL it is for.
+    /// most half the lease TTL it is for.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Sourced::new(timeout, "request_timeout");
         self
@@ -217,10 +217,11 @@ impl Settings {
         self.options.clone().application_name(&name)
     }
 
-    /// The request timeout for an operation on a lease of `ttl`: never longer than the
-    /// lease, so a hung server cannot keep a caller past its deadline.
+    /// The request timeout for an operation on a lease of `ttl`: at most half the lease,
+    /// so a hung server cannot keep a caller past its deadline, and the caller has time
+    /// left to act on the error.
     pub(crate) fn timeout_for(&self, ttl: Duration) -> Duration {
-        self.request_timeout.min(ttl)
+        self.request_timeout.min(ttl / 2)
     }
 }
 

@@ -76,8 +76,9 @@
 //! # Release notifications
 //!
 //! A release runs `pg_notify('routine_lock_released', '<lock key>')`; the listener
-//! connection wakes the local waiters of that key. A crashed holder sends nothing:
-//! waiters then notice at the runner's retry interval. The backend cannot tell how long a
+//! connection wakes the local waiters of that key. A crashed holder sends nothing, and a
+//! listener cut off without a closed connection hears nothing: waiters then notice at the
+//! runner's retry interval. The backend cannot tell how long a
 //! holder has left, so [`Capabilities::reports_expiry`](routine_core::Capabilities) is
 //! `false`.
 //!
@@ -97,7 +98,7 @@
 //! password or no `pg_hba.conf` entry (`28P01`, `28000`): `Auth`. Missing database
 //! (`3D000`): `Config` naming the URL setting, because it does not fix itself. Missing
 //! privilege (`42501`): `PermissionDenied`. Every request times out after the request
-//! timeout (default 5 s) or the lease TTL, whichever is shorter; the backend never sleeps
+//! timeout (default 5 s) or half the lease TTL, whichever is shorter; the backend never sleeps
 //! or retries.
 #![cfg_attr(
     not(test),
