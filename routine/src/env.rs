@@ -61,6 +61,20 @@ enum Scheme {
     Postgres,
 }
 
+// The backends compiled in, by the scheme that names them.
+#[cfg(feature = "redis")]
+const REDIS: Option<Scheme> = Some(Scheme::Redis);
+#[cfg(not(feature = "redis"))]
+const REDIS: Option<Scheme> = None;
+#[cfg(feature = "etcd")]
+const ETCD: Option<Scheme> = Some(Scheme::Etcd);
+#[cfg(not(feature = "etcd"))]
+const ETCD: Option<Scheme> = None;
+#[cfg(feature = "postgres")]
+const POSTGRES: Option<Scheme> = Some(Scheme::Postgres);
+#[cfg(not(feature = "postgres"))]
+const POSTGRES: Option<Scheme> = None;
+
 /// The backend `url` names, checked without printing the rest (it may hold a password).
 fn scheme_of(url: &str) -> Result<Scheme> {
     let parsed = url::Url::parse(url).map_err(|error| Error::Config {
@@ -69,26 +83,11 @@ fn scheme_of(url: &str) -> Result<Scheme> {
         source: Some(Box::new(error)),
     })?;
     let scheme = parsed.scheme().to_ascii_lowercase();
-    let feature = match scheme.as_str() {
+    let (backend, feature) = match scheme.as_str() {
         "memory" => return Ok(Scheme::Memory),
-        "redis" | "rediss" => {
-            #[cfg(feature = "redis")]
-            return Ok(Scheme::Redis);
-            #[cfg(not(feature = "redis"))]
-            "redis"
-        }
-        "etcd" | "etcds" => {
-            #[cfg(feature = "etcd")]
-            return Ok(Scheme::Etcd);
-            #[cfg(not(feature = "etcd"))]
-            "etcd"
-        }
-        "postgres" | "postgresql" => {
-            #[cfg(feature = "postgres")]
-            return Ok(Scheme::Postgres);
-            #[cfg(not(feature = "postgres"))]
-            "postgres"
-        }
+        "redis" | "rediss" => (REDIS, "redis"),
+        "etcd" | "etcds" => (ETCD, "etcd"),
+        "postgres" | "postgresql" => (POSTGRES, "postgres"),
         other => {
             return Err(Error::config(
                 "ROUTINE_BACKEND_URL",
@@ -96,10 +95,12 @@ fn scheme_of(url: &str) -> Result<Scheme> {
             ));
         }
     };
-    Err(Error::config(
-        "ROUTINE_BACKEND_URL",
-        format!("`{scheme}://` needs the `{feature}` feature of the routine crate"),
-    ))
+    backend.ok_or_else(|| {
+        Error::config(
+            "ROUTINE_BACKEND_URL",
+            format!("`{scheme}://` needs the `{feature}` feature of the routine crate"),
+        )
+    })
 }
 
 /// Looks a variable up: `std::env::var_os` in production, a map in tests.

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use routine_conformance::servers::{
-    PostgresServer, ServerProcess, TempDir, find_binary, free_port, wait_for_port,
+    PostgresServer, ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };
 
 /// PgBouncer on a random loopback port, trusting user `postgres`, in one pool mode.
@@ -18,10 +18,14 @@ pub(crate) struct PgBouncer {
 
 impl PgBouncer {
     /// Starts PgBouncer with `pool_mode` in front of `server`, or returns `None` (with a
-    /// notice) when `pgbouncer` is not installed. It is optional even under CI: only the
-    /// pooler tests need it.
+    /// notice) when `pgbouncer` is not installed outside CI; under CI (where
+    /// `scripts/test` installs it) a missing binary fails the test.
     pub(crate) fn start(server: &PostgresServer, pool_mode: &str) -> Option<Self> {
         let Some(binary) = find_binary("pgbouncer", &["/usr/sbin"]) else {
+            assert!(
+                !require_services(),
+                "`pgbouncer` not found but services are required (CI): apt-get install pgbouncer"
+            );
             eprintln!("skipping: `pgbouncer` not found (apt-get install pgbouncer)");
             return None;
         };
