@@ -5,6 +5,9 @@
 //!   as one process per instance against a real server.
 //! - `member`: one cluster member, printing one JSON object per event, for `cluster` and
 //!   for fault-injection tests.
+//! - `faults`: the fault-injection harness that runs `member` processes against
+//!   throwaway servers, injects faults and checks the results.
 
 pub mod args;
+pub mod faults;
 pub mod member;

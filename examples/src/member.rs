@@ -5,7 +5,11 @@
 //! same clock in every process on the host, so lines of several members can be merged
 //! and compared). Events: `acquired` (with `token`), `work` (a step done under the
 //! lease, with `token` and `step`), `cancelled` (the routine saw its cancellation, with
-//! `reason`), `lost`, `released`, `stopped`.
+//! `reason`), `lost`, `released`, `stopped`, and for diagnosis `backend_error`,
+//! `refresh_failed` and `release_failed` (with `error`).
+//!
+//! With [`Output::Go`] a member prints only `task run N` for every step instead, like the
+//! routine of the Go package's cluster example.
 
 use std::io::Write;
 use std::time::Duration;
@@ -28,6 +32,32 @@ pub struct MemberConfig {
     pub steps: u64,
 }
 
+/// What a member prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// One JSON object per event (see the module docs).
+    #[default]
+    Json,
+    /// `task run N` for every work step and nothing else, as the Go example prints.
+    Go,
+}
+
+impl Output {
+    /// Prints an event in this format.
+    fn print(self, event: &str, fields: Value) {
+        match self {
+            Output::Json => emit(event, fields),
+            Output::Go if event == "work" => {
+                let mut out = std::io::stdout().lock();
+                // As in `emit`: a closed stdout must not kill the member.
+                let _ = writeln!(out, "task run {}", fields["step"]);
+                let _ = out.flush();
+            }
+            Output::Go => {}
+        }
+    }
+}
+
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 pub fn mono_ns() -> u128 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -47,8 +77,23 @@ pub fn emit(event: &str, mut fields: Value) {
     let _ = out.flush();
 }
 
-/// Runs a member until SIGTERM (graceful drain-then-release) or `steps` steps.
+/// Runs a member until SIGTERM (graceful drain-then-release) or `steps` steps, printing
+/// JSON lines.
+///
+/// # Errors
+///
+/// If the backend URL is invalid or the runner cannot be built (e.g. a TTL below the
+/// backend's minimum). Backend outages after the start are events, not errors.
 pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
+    run_with(config, Output::Json).await
+}
+
+/// Like [`run`], printing in `output`'s format.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()> {
     let backend = routine::connect(&config.backend).await?;
     let runner = Runner::builder()
         .shared_backend(backend)
@@ -59,11 +104,23 @@ pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
     let printer = tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
             match event.kind {
-                EventKind::Acquired { token } => emit("acquired", json!({ "token": token.get() })),
-                EventKind::LeaseLost { token } => emit("lost", json!({ "token": token.get() })),
-                EventKind::Released { token } => emit("released", json!({ "token": token.get() })),
+                EventKind::Acquired { token } => {
+                    output.print("acquired", json!({ "token": token.get() }))
+                }
+                EventKind::LeaseLost { token } => {
+                    output.print("lost", json!({ "token": token.get() }))
+                }
+                EventKind::Released { token } => {
+                    output.print("released", json!({ "token": token.get() }))
+                }
                 EventKind::BackendError { error } => {
-                    emit("backend_error", json!({ "error": error }))
+                    output.print("backend_error", json!({ "error": error }))
+                }
+                EventKind::RefreshFailed { error } => {
+                    output.print("refresh_failed", json!({ "error": error }))
+                }
+                EventKind::ReleaseFailed { error } => {
+                    output.print("release_failed", json!({ "error": error }))
                 }
                 _ => {}
             }
@@ -84,12 +141,12 @@ pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
                 loop {
                     tokio::select! {
                         _ = ctx.cancelled() => {
-                            emit("cancelled", json!({ "token": token, "reason": format!("{:?}", ctx.cancel_reason()) }));
+                            output.print("cancelled", json!({ "token": token, "reason": format!("{:?}", ctx.cancel_reason()) }));
                             return;
                         }
                         _ = tokio::time::sleep(step) => {}
                     }
-                    emit("work", json!({ "token": token, "step": step_no }));
+                    output.print("work", json!({ "token": token, "step": step_no }));
                     step_no += 1;
                     if limit > 0 && step_no >= limit {
                         let _ = done_tx.send(()).await;
@@ -112,6 +169,6 @@ pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
     // everything up to the release.
     drop(runner);
     let _ = printer.await;
-    emit("stopped", json!({}));
+    output.print("stopped", json!({}));
     Ok(())
 }

@@ -1,26 +1,64 @@
-//! One cluster member: `member --backend URL [--name task] [--ttl 2s] [--step 100ms] [--steps N]`.
+//! One cluster member:
+//! `member --backend URL [--name task] [--ttl 2s] [--step 100ms] [--steps N]
+//! [--format json|go] [--exit-with-stdin true]`.
 //!
 //! Keeps the routine `--name` running as one instance across all members and prints one
-//! JSON object per event (see `routine_examples::member`). SIGTERM drains and releases.
+//! JSON object per event (see `routine_examples::member`), or with `--format go` only the
+//! `task run N` lines of the Go package's cluster example. SIGTERM drains and releases.
+//!
+//! With `--exit-with-stdin true` the member exits at once, without releasing, when its
+//! standard input reaches end of file: a test harness that starts members with a pipe on
+//! their stdin takes them down with it, even if the harness itself is killed.
 
-use routine_examples::args::Args;
-use routine_examples::member::{self, MemberConfig};
 use std::time::Duration;
+
+use anyhow::bail;
+use routine_examples::args::Args;
+use routine_examples::member::{self, MemberConfig, Output};
+use std::io::Read as _;
+
+const USAGE: &str = "usage: member --backend URL [--name task] [--ttl 2s] [--step 100ms] \
+                     [--steps N] [--format json|go] [--exit-with-stdin true]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::from_env()?;
     let Some(backend) = args.get("backend") else {
-        anyhow::bail!(
-            "usage: member --backend URL [--name task] [--ttl 2s] [--step 100ms] [--steps N]"
-        );
+        bail!(USAGE);
     };
-    member::run(MemberConfig {
+    let output = match args.get("format") {
+        None | Some("json") => Output::Json,
+        Some("go") => Output::Go,
+        Some(other) => bail!("--format {other:?} is not json or go; {USAGE}"),
+    };
+    match args.get("exit-with-stdin") {
+        None | Some("false") => {}
+        Some("true") => {
+            // A plain thread: a blocking read in tokio's pool would keep the runtime
+            // from shutting down when `main` returns.
+            std::thread::spawn(exit_when_stdin_closes);
+        }
+        Some(other) => bail!("--exit-with-stdin {other:?} is not true or false; {USAGE}"),
+    }
+    let config = MemberConfig {
         backend: backend.to_owned(),
         name: args.get("name").unwrap_or("task").to_owned(),
         ttl: args.duration("ttl", Duration::from_secs(2))?,
         step: args.duration("step", Duration::from_millis(100))?,
         steps: args.number("steps", 0)?,
-    })
-    .await
+    };
+    member::run_with(config, output).await
+}
+
+/// Reads stdin until end of file (or an error), then exits like a crash: the parent is
+/// gone, so nobody will stop this member any more.
+fn exit_when_stdin_closes() {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    std::process::exit(3);
 }

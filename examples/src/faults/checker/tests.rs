@@ -1,0 +1,226 @@
+//! The checker on synthetic event logs.
+
+use std::time::Duration;
+
+use super::*;
+use crate::faults::log::FaultKind;
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// Milliseconds as a clock reading.
+fn t(ms: u64) -> Mono {
+    ms * 1_000_000
+}
+
+fn ev(member: usize, ms: u64, kind: EventKind) -> Event {
+    Event {
+        member,
+        at: t(ms),
+        kind,
+    }
+}
+
+fn acquired(member: usize, ms: u64, token: u64) -> Event {
+    ev(member, ms, EventKind::Acquired { token })
+}
+
+fn work(member: usize, ms: u64, token: u64) -> Event {
+    ev(member, ms, EventKind::Work { token, step: 0 })
+}
+
+fn released(member: usize, ms: u64, token: u64) -> Event {
+    ev(member, ms, EventKind::Released { token })
+}
+
+fn fault(kind: FaultKind, member: Option<usize>, token: Option<u64>, at: u64, until: u64) -> Fault {
+    Fault {
+        kind,
+        member,
+        token,
+        at: t(at),
+        until: t(until),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+#[test]
+fn graceful_handover_has_no_overlap_and_its_takeover_is_measured_from_the_fault() {
+    let events = [
+        acquired(0, 0, 1),
+        work(0, 50, 1),
+        work(0, 100, 1),
+        ev(0, 121, EventKind::Cancelled { token: 1 }),
+        released(0, 125, 1),
+        acquired(1, 130, 2),
+        work(1, 180, 2),
+        ev(0, 140, EventKind::Exited),
+    ];
+    let faults = [fault(FaultKind::Terminate, Some(0), Some(1), 120, 120)];
+    let report = check(&events, &faults, t(200), TTL);
+    assert_eq!(report.overlap, Duration::ZERO, "{report:?}");
+    assert!(report.stale_steps.is_empty(), "{report:?}");
+    assert_eq!(report.takeovers[0].after(), Some(Duration::from_millis(10)));
+    assert_eq!(report.takeovers[0].by, Some(1));
+    assert_eq!(
+        report.gap_total,
+        Duration::ZERO,
+        "the window covers the handover"
+    );
+    assert!(report.token_regressions.is_empty());
+    assert_eq!(report.tenures.len(), 2);
+    assert_eq!(report.tenures[0].end, Some(t(125)));
+}
+
+#[test]
+fn overlap_is_the_time_two_work_spans_share() {
+    let events = [
+        acquired(0, 0, 1),
+        work(0, 300, 1),
+        acquired(1, 200, 2),
+        work(1, 250, 2),
+        work(1, 400, 2),
+    ];
+    let report = check(&events, &[], t(500), TTL);
+    assert_eq!(millis(report.overlap), 100, "{report:?}");
+    // Member 0's step at 300 ran while member 1 held token 2, and member 1 had stepped
+    // with token 2 at 250: a fencing store would reject it.
+    assert_eq!(report.stale_steps.len(), 1);
+    assert!(report.stale_steps[0].fenced);
+}
+
+#[test]
+fn a_stale_step_of_a_paused_holder_after_a_newer_step_is_fenced() {
+    let events = [
+        acquired(0, 0, 1),
+        work(0, 50, 1),
+        work(0, 100, 1),
+        // Paused at 120; member 1 takes over after the TTL.
+        acquired(1, 1100, 2),
+        work(1, 1150, 2),
+        work(1, 1200, 2),
+        // SIGCONT at 1500: member 0 finishes the step it was in.
+        work(0, 1501, 1),
+        ev(0, 1502, EventKind::Lost { token: 1 }),
+        work(1, 1550, 2),
+    ];
+    let faults = [fault(FaultKind::Pause, Some(0), Some(1), 120, 1500)];
+    let report = check(&events, &faults, t(1600), TTL);
+    assert_eq!(report.stale_steps.len(), 1, "{report:?}");
+    assert!(report.stale_steps[0].fenced);
+    assert_eq!(report.unfenced(), 0);
+    assert_eq!(
+        millis(report.overlap),
+        401,
+        "from token 2's acquisition to the stale step"
+    );
+    assert_eq!(millis(report.takeovers[0].after().unwrap()), 980);
+}
+
+#[test]
+fn a_stale_step_before_any_newer_step_is_unfenced() {
+    let events = [
+        acquired(0, 0, 1),
+        work(0, 100, 1),
+        acquired(1, 1100, 2),
+        work(0, 1120, 1),
+        work(1, 1150, 2),
+    ];
+    let report = check(&events, &[], t(1200), TTL);
+    assert_eq!(report.unfenced(), 1, "{report:?}");
+    assert_eq!(report.stale_steps[0].at, t(1120));
+}
+
+#[test]
+fn a_step_with_a_newer_token_is_never_stale() {
+    let events = [
+        acquired(0, 0, 1),
+        work(0, 100, 1),
+        acquired(1, 50, 2),
+        work(1, 90, 2),
+    ];
+    let report = check(&events, &[], t(200), TTL);
+    // Member 1's step at 90 falls inside member 0's tenure, but carries the newer token.
+    assert!(
+        report.stale_steps.iter().all(|s| s.member == 0),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn takeover_after_a_holder_fault_needs_a_newer_token() {
+    let events = [
+        acquired(0, 0, 5),
+        work(0, 50, 5),
+        ev(0, 60, EventKind::Exited),
+        acquired(1, 900, 6),
+    ];
+    let faults = [fault(FaultKind::Kill, Some(0), Some(5), 60, 60)];
+    let report = check(&events, &faults, t(1000), TTL);
+    assert_eq!(millis(report.takeovers[0].after().unwrap()), 840);
+    let no_takeover = check(&events[..3], &faults, t(1000), TTL);
+    assert_eq!(no_takeover.takeovers[0].after(), None);
+}
+
+#[test]
+fn recovery_after_a_server_fault_counts_a_kept_lease_only_once_it_outlived_the_fault() {
+    // The holder keeps working through a short restart (100..300); its first step after
+    // the restart counts because it also stepped after fault + TTL (1100).
+    let kept = [
+        acquired(0, 0, 1),
+        work(0, 50, 1),
+        work(0, 350, 1),
+        work(0, 1200, 1),
+    ];
+    let restart = [fault(FaultKind::ServerRestart, None, None, 100, 300)];
+    let report = check(&kept, &restart, t(1300), TTL);
+    assert_eq!(
+        millis(report.takeovers[0].after().unwrap()),
+        50,
+        "{report:?}"
+    );
+
+    // A holder that stepped after the restart but then lost the lease does not count;
+    // the next acquisition does.
+    let lost = [
+        acquired(0, 0, 1),
+        work(0, 350, 1),
+        ev(0, 400, EventKind::Lost { token: 1 }),
+        acquired(1, 700, 2),
+        work(1, 750, 2),
+    ];
+    let report = check(&lost, &restart, t(1300), TTL);
+    assert_eq!(
+        millis(report.takeovers[0].after().unwrap()),
+        450,
+        "{report:?}"
+    );
+    assert_eq!(report.takeovers[0].by, Some(1));
+}
+
+#[test]
+fn time_without_a_holder_outside_fault_windows_is_a_gap() {
+    let events = [
+        acquired(0, 0, 1),
+        released(0, 500, 1),
+        acquired(1, 800, 2),
+        // A fault window covers 900..1200, whatever the tenures do.
+        released(1, 1000, 2),
+        acquired(2, 1150, 3),
+        released(2, 1300, 3),
+    ];
+    let faults = [fault(FaultKind::Terminate, Some(1), Some(2), 900, 900)];
+    let report = check(&events, &faults, t(1400), TTL);
+    // 500..800 and 1300..1400.
+    assert_eq!(millis(report.gap_total), 400, "{report:?}");
+    assert_eq!(millis(report.gap_max), 300);
+}
+
+#[test]
+fn a_token_not_above_an_earlier_one_is_a_regression() {
+    let events = [acquired(0, 0, 7), acquired(1, 100, 8), acquired(2, 200, 3)];
+    let report = check(&events, &[], t(300), TTL);
+    assert_eq!(report.token_regressions, vec![(t(200), 3, 8)]);
+}

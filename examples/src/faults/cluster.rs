@@ -1,0 +1,466 @@
+//! `Cluster`: a throwaway server, N `member` processes each behind its own [`Proxy`], their
+//! events collected on one clock, and the faults the harness injects into them.
+//!
+//! Faults are recorded with `CLOCK_MONOTONIC` taken just before the signal is sent or the
+//! proxy cut, on the same clock the members print, so the checker can measure from them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::checker::{self, Report};
+use super::log::{Event, EventKind, Fault, Mono, now};
+use super::proxy::Proxy;
+use super::server::{BackendKind, Server};
+
+/// How to run a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `member` program (in tests: `env!("CARGO_BIN_EXE_member")`).
+    pub member_exe: PathBuf,
+    /// Which server to start.
+    pub backend: BackendKind,
+    /// How many members to start.
+    pub members: usize,
+    /// The routine's name.
+    pub name: String,
+    /// The lease TTL members run with.
+    pub ttl: Duration,
+    /// How long one work step takes.
+    pub step: Duration,
+}
+
+impl ClusterConfig {
+    /// Three members, the backend's test TTL (see [`BackendKind::test_ttl`]), 50 ms steps.
+    pub fn new(member_exe: impl Into<PathBuf>, backend: BackendKind) -> Self {
+        Self {
+            member_exe: member_exe.into(),
+            backend,
+            members: 3,
+            name: "faults".to_owned(),
+            ttl: backend.test_ttl(),
+            step: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Everything a run produced, for [`checker::check`].
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Every member event, time-ordered.
+    pub events: Vec<Event>,
+    /// Every fault injected.
+    pub faults: Vec<Fault>,
+    /// When the harness began stopping the cluster.
+    pub end: Mono,
+    /// The lease TTL.
+    pub ttl: Duration,
+}
+
+impl Run {
+    /// Runs the checker.
+    pub fn check(&self) -> Report {
+        checker::check(&self.events, &self.faults, self.end, self.ttl)
+    }
+}
+
+/// What the member reader tasks share with the cluster.
+#[derive(Debug)]
+struct Shared {
+    /// Time-ordered.
+    events: Mutex<Vec<Event>>,
+    /// Lines members wrote to stderr (or unparsable stdout lines), for error messages.
+    stderr: Mutex<Vec<(usize, String)>>,
+    /// Bumped on every new event.
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn push(&self, event: Event) {
+        {
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            // Lines of different members arrive nearly in time order: insert near the end.
+            let at = events.partition_point(|e| e.at <= event.at);
+            events.insert(at, event);
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Member {
+    pub(super) pid: Pid,
+    pub(super) proxy: Proxy,
+    /// Closing it makes the member exit (`--exit-with-stdin`).
+    _stdin: Option<ChildStdin>,
+    /// Owns the child (killed on drop) and reads its output.
+    reader: JoinHandle<()>,
+    pub(super) paused: bool,
+}
+
+/// A running cluster. Dropping it kills every member and the server.
+#[derive(Debug)]
+pub struct Cluster {
+    pub(super) config: ClusterConfig,
+    /// `None` only while a blocking thread restarts it.
+    pub(super) server: Option<Server>,
+    pub(super) members: Vec<Member>,
+    shared: Arc<Shared>,
+    pub(super) faults: Vec<Fault>,
+}
+
+impl Cluster {
+    /// Starts the server and the members. `Ok(None)` if the server's binary is missing
+    /// outside CI (the caller skips).
+    ///
+    /// # Errors
+    ///
+    /// If the server or a member cannot be started.
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Option<Cluster>> {
+        let backend = config.backend;
+        let server = tokio::task::spawn_blocking(move || Server::start(backend))
+            .await
+            .with_context(|| format!("the {} server did not start", backend.name()))?;
+        let Some(server) = server else {
+            return Ok(None);
+        };
+        let mut cluster = Cluster {
+            server: Some(server),
+            members: Vec::new(),
+            shared: Arc::new(Shared {
+                events: Mutex::new(Vec::new()),
+                stderr: Mutex::new(Vec::new()),
+                changed: watch::channel(0).0,
+            }),
+            faults: Vec::new(),
+            config,
+        };
+        for _ in 0..cluster.config.members {
+            cluster.add_member().await?;
+        }
+        Ok(Some(cluster))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Starts one more member behind its own proxy; returns its index.
+    ///
+    /// # Errors
+    ///
+    /// If the proxy or the process cannot be started.
+    pub async fn add_member(&mut self) -> anyhow::Result<usize> {
+        let index = self.members.len();
+        let server = self.server()?;
+        let proxy = Proxy::start(server.port()).await?;
+        let url = server.url_via(proxy.port());
+        let format = |d: Duration| humantime::format_duration(d).to_string();
+        let mut child = Command::new(&self.config.member_exe)
+            .args(["--backend", &url, "--name", &self.config.name])
+            .args(["--ttl", &format(self.config.ttl)])
+            .args(["--step", &format(self.config.step)])
+            .args(["--exit-with-stdin", "true"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.config.member_exe.display()))?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw)
+            .context("member exited at once")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("member stdout")?;
+        let stderr = child.stderr.take().context("member stderr")?;
+        let shared = Arc::clone(&self.shared);
+        let reader = tokio::spawn(async move {
+            let errors = Arc::clone(&shared);
+            let stderr = tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut all = errors.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+                    all.push((index, line));
+                }
+            });
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match Event::parse(index, &line) {
+                    Some(event) => shared.push(event),
+                    None => {
+                        let mut all = shared.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+                        all.push((index, format!("stdout: {line}")));
+                    }
+                }
+            }
+            let _ = child.wait().await;
+            let _ = stderr.await;
+            shared.push(Event {
+                member: index,
+                at: now(),
+                kind: EventKind::Exited,
+            });
+        });
+        self.members.push(Member {
+            pid,
+            proxy,
+            _stdin: stdin,
+            reader,
+            paused: false,
+        });
+        Ok(index)
+    }
+
+    pub(super) fn server(&self) -> anyhow::Result<&Server> {
+        self.server.as_ref().context("the server is gone")
+    }
+
+    pub(super) fn member(&self, index: usize) -> anyhow::Result<&Member> {
+        self.members
+            .get(index)
+            .with_context(|| format!("no member {index}"))
+    }
+}
+
+impl Cluster {
+    /// Every event so far, time-ordered.
+    pub fn events(&self) -> Vec<Event> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The faults injected so far.
+    pub fn faults(&self) -> &[Fault] {
+        &self.faults
+    }
+
+    /// How many members were started (exited ones included).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether member `index` has exited.
+    pub fn has_exited(&self, index: usize) -> bool {
+        let events = self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        events
+            .iter()
+            .any(|e| e.member == index && e.kind == EventKind::Exited)
+    }
+
+    /// Waits until `check` finds what it looks for in the events from `since` on
+    /// (time-ordered), checking again on every new event.
+    ///
+    /// # Errors
+    ///
+    /// After `timeout`, naming `what` and showing the latest events.
+    pub async fn wait_for<T>(
+        &self,
+        since: Mono,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&[Event]) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut changed = self.shared.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            {
+                let events = self
+                    .shared
+                    .events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let from = events.partition_point(|e| e.at < since);
+                if let Some(found) = check(&events[from..]) {
+                    return Ok(found);
+                }
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => bail!("event log closed while waiting for {what}"),
+                Err(_) => bail!("no {what} within {timeout:?}\n{}", self.describe()),
+            }
+        }
+    }
+
+    /// Waits for the current holder: a member that has done `steps` steps with one token
+    /// since `since` and has not given that lease up. Returns `(member, token)`.
+    ///
+    /// # Errors
+    ///
+    /// If none shows up within `timeout`.
+    pub async fn wait_for_holder(
+        &self,
+        since: Mono,
+        steps: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, u64)> {
+        let what = format!("holder doing {steps} steps");
+        self.wait_for(since, timeout, &what, |events| holder(events, 0, steps))
+            .await
+    }
+
+    /// Waits for a holder with a token newer than `older` that has done `steps` steps
+    /// since `since`. Returns `(member, token)`.
+    ///
+    /// # Errors
+    ///
+    /// If none shows up within `timeout`.
+    pub async fn wait_for_newer_holder(
+        &self,
+        older: u64,
+        since: Mono,
+        steps: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, u64)> {
+        let what = format!("holder with a token above {older} doing {steps} steps");
+        self.wait_for(since, timeout, &what, |events| holder(events, older, steps))
+            .await
+    }
+
+    /// Waits until `member` prints an event that `matches`, from `since` on; returns its
+    /// time.
+    ///
+    /// # Errors
+    ///
+    /// If none comes within `timeout`.
+    pub async fn wait_for_event(
+        &self,
+        member: usize,
+        since: Mono,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&EventKind) -> bool,
+    ) -> anyhow::Result<Mono> {
+        let what = format!("{what} from member {member}");
+        self.wait_for(since, timeout, &what, |events| {
+            events
+                .iter()
+                .find(|e| e.member == member && matches(&e.kind))
+                .map(|e| e.at)
+        })
+        .await
+    }
+
+    /// The latest events and what members wrote to stderr, for error messages.
+    pub fn describe(&self) -> String {
+        let events = self.events();
+        let mut text = format!("faults: {:?}\nlatest events of each member:\n", self.faults);
+        for member in 0..self.members.len() {
+            let mine: Vec<&Event> = events.iter().filter(|e| e.member == member).collect();
+            for e in &mine[mine.len().saturating_sub(8)..] {
+                text.push_str(&format!("  {} member {}: {:?}\n", e.at, e.member, e.kind));
+            }
+        }
+        let stderr = self
+            .shared
+            .stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (member, line) in stderr.iter().rev().take(20).rev() {
+            text.push_str(&format!("  member {member} stderr: {line}\n"));
+        }
+        text
+    }
+
+    /// Stops the cluster: ends every fault still in effect, sends `SIGTERM` to every
+    /// member (graceful: drain, then release) and waits until all have exited.
+    ///
+    /// # Errors
+    ///
+    /// If a member does not exit within 15 s (it is killed).
+    pub async fn stop(mut self) -> anyhow::Result<Run> {
+        let end = now();
+        for member in &mut self.members {
+            member.proxy.restore();
+            if member.paused {
+                let _ = kill_process(member.pid, Signal::CONT);
+                member.paused = false;
+            }
+        }
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|&i| !self.has_exited(i))
+            .collect();
+        for &i in &live {
+            let _ = kill_process(self.members[i].pid, Signal::TERM);
+        }
+        let all_exited = |events: &[Event]| {
+            live.iter()
+                .all(|&i| {
+                    events
+                        .iter()
+                        .any(|e| e.member == i && e.kind == EventKind::Exited)
+                })
+                .then_some(())
+        };
+        let stopped = self
+            .wait_for(
+                0,
+                Duration::from_secs(15),
+                "exit of every member after SIGTERM",
+                all_exited,
+            )
+            .await;
+        let run = Run {
+            events: self.events(),
+            faults: self.faults.clone(),
+            end,
+            ttl: self.config.ttl,
+        };
+        stopped.map(|()| run)
+    }
+}
+
+/// The holder with a token above `older` that did `steps` steps in `events` and has not
+/// given the lease up: the author of the latest such step.
+fn holder(events: &[Event], older: u64, steps: usize) -> Option<(usize, u64)> {
+    let (member, token) = events.iter().rev().find_map(|e| match e.kind {
+        EventKind::Work { token, .. } if token > older => Some((e.member, token)),
+        _ => None,
+    })?;
+    let mut done = 0;
+    for e in events.iter().filter(|e| e.member == member) {
+        match e.kind {
+            EventKind::Work { token: t, .. } if t == token => done += 1,
+            EventKind::Lost { token: t } | EventKind::Released { token: t } if t == token => {
+                return None;
+            }
+            EventKind::Stopped | EventKind::Exited => return None,
+            _ => {}
+        }
+    }
+    (done >= steps).then_some((member, token))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (index, member) in self.members.iter().enumerate() {
+            if !self.has_exited(index) {
+                // A stopped process must be woken to die of anything but SIGKILL; CONT
+                // first anyway, so nothing is left frozen.
+                let _ = kill_process(member.pid, Signal::CONT);
+                let _ = kill_process(member.pid, Signal::KILL);
+            }
+            member.reader.abort();
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The record of a run: what members printed and what the harness did to them, on one
+//! clock (`CLOCK_MONOTONIC` nanoseconds, shared by every process on the host).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A `CLOCK_MONOTONIC` reading in nanoseconds.
+pub type Mono = u64;
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn now() -> Mono {
+    u64::try_from(crate::member::mono_ns()).unwrap_or(u64::MAX)
+}
+
+/// The time from `from` to `to` (zero if `to` is earlier).
+pub fn between(from: Mono, to: Mono) -> Duration {
+    Duration::from_nanos(to.saturating_sub(from))
+}
+
+/// One line a member printed, or its exit as the harness saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The member's index in the cluster (members started later get higher indices).
+    pub member: usize,
+    /// When it happened.
+    pub at: Mono,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What a member reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// It took the lease.
+    Acquired {
+        /// The lease's fencing token.
+        token: u64,
+    },
+    /// It finished a work step under the lease.
+    Work {
+        /// The fencing token the step was done with.
+        token: u64,
+        /// The step's number within this tenure, from 0.
+        step: u64,
+    },
+    /// Its routine saw the cancellation.
+    Cancelled {
+        /// The routine's fencing token.
+        token: u64,
+    },
+    /// The runner gave the lease up as lost (refresh said so, or the local deadline
+    /// passed) and dropped the routine.
+    Lost {
+        /// The lost lease's token.
+        token: u64,
+    },
+    /// The lease was released.
+    Released {
+        /// The released lease's token.
+        token: u64,
+    },
+    /// The member's runner has shut down.
+    Stopped,
+    /// The process exited (recorded by the harness when it reaped it).
+    Exited,
+    /// Any other line (`backend_error`, `refresh_failed`, ...), by its `event` name.
+    Other {
+        /// The `event` field.
+        event: String,
+    },
+}
+
+impl Event {
+    /// Parses one JSON line of `member`; `None` if it is not a member event.
+    pub fn parse(member: usize, line: &str) -> Option<Event> {
+        let value: Value = serde_json::from_str(line).ok()?;
+        let at = value["mono_ns"].as_u64()?;
+        let event = value["event"].as_str()?;
+        let token = value["token"].as_u64();
+        let kind = match (event, token) {
+            ("acquired", Some(token)) => EventKind::Acquired { token },
+            ("work", Some(token)) => EventKind::Work {
+                token,
+                step: value["step"].as_u64()?,
+            },
+            ("cancelled", Some(token)) => EventKind::Cancelled { token },
+            ("lost", Some(token)) => EventKind::Lost { token },
+            ("released", Some(token)) => EventKind::Released { token },
+            ("stopped", _) => EventKind::Stopped,
+            (other, _) => EventKind::Other {
+                event: other.to_owned(),
+            },
+        };
+        Some(Event { member, at, kind })
+    }
+
+    /// The fencing token the event is about, if any.
+    pub fn token(&self) -> Option<u64> {
+        match self.kind {
+            EventKind::Acquired { token }
+            | EventKind::Work { token, .. }
+            | EventKind::Cancelled { token }
+            | EventKind::Lost { token }
+            | EventKind::Released { token } => Some(token),
+            _ => None,
+        }
+    }
+}
+
+/// The faults the harness injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// `SIGKILL` of the holder: a crash.
+    Kill,
+    /// `SIGSTOP` of the holder for longer than the TTL, then `SIGCONT`.
+    Pause,
+    /// `SIGTERM` of the holder: a graceful stop (drain, then release).
+    Terminate,
+    /// The holder's network cut (both ways, connections held) past the takeover, then
+    /// restored.
+    Cut,
+    /// The server killed with `SIGKILL` and started again on the same port and data.
+    ServerRestart,
+    /// The server stopped with `SIGSTOP` for longer than the TTL, then `SIGCONT`.
+    ServerPause,
+}
+
+impl FaultKind {
+    /// Every fault, in the order of the results table.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Terminate,
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Cut,
+        FaultKind::ServerRestart,
+        FaultKind::ServerPause,
+    ];
+
+    /// A short name for tables and test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "holder SIGKILL",
+            FaultKind::Pause => "holder SIGSTOP > TTL",
+            FaultKind::Terminate => "holder SIGTERM",
+            FaultKind::Cut => "holder network cut",
+            FaultKind::ServerRestart => "server kill+restart",
+            FaultKind::ServerPause => "server SIGSTOP > TTL",
+        }
+    }
+
+    /// Whether the fault hits the lease holder (the others hit the server).
+    pub fn hits_holder(self) -> bool {
+        !matches!(self, FaultKind::ServerRestart | FaultKind::ServerPause)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A fault the harness injected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// Which fault.
+    pub kind: FaultKind,
+    /// The member hit, for holder faults.
+    pub member: Option<usize>,
+    /// The fencing token the member held, for holder faults.
+    pub token: Option<u64>,
+    /// When it was injected (just before the signal or the cut).
+    pub at: Mono,
+    /// When it was undone: the `SIGCONT`, the restore, the server accepting connections
+    /// again. Equal to `at` for faults that are not undone (kill, terminate).
+    pub until: Mono,
+}

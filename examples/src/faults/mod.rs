@@ -1,0 +1,42 @@
+//! A fault-injection harness for clusters of `member` processes.
+//!
+//! [`Cluster`] starts a throwaway server ([`Server`]: Redis, etcd or PostgreSQL), N
+//! `member` processes, and a TCP [`Proxy`] between each member and the server, so one
+//! member's network can be cut and restored without touching the others. Members print
+//! JSON events with `CLOCK_MONOTONIC` timestamps; the harness records its faults on the
+//! same clock ([`Fault`]): `SIGKILL`, `SIGSTOP`/`SIGCONT` and `SIGTERM` of the holder, a
+//! cut of its network, a kill and restart of the server, a `SIGSTOP` of the server.
+//! [`scenario::inject`] plays one fault out; the [`checker`] reports overlaps, stale
+//! steps and whether fencing would have rejected them, takeover times and gaps, and
+//! [`scenario::judge`] holds them against the design's [`Bounds`].
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use routine_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, FaultKind};
+//! use routine_examples::faults::scenario::{inject, judge};
+//!
+//! let config = ClusterConfig::new("target/debug/member", BackendKind::Redis);
+//! let Some(mut cluster) = Cluster::start(config).await? else { return Ok(()) };
+//! inject(&mut cluster, FaultKind::Kill).await?;
+//! let run = cluster.stop().await?;
+//! let report = run.check();
+//! let bounds = Bounds::new(BackendKind::Redis, run.ttl);
+//! assert!(judge(&report, &bounds, std::time::Duration::ZERO).is_empty());
+//! # Ok(()) }
+//! ```
+
+pub mod checker;
+mod cluster;
+mod inject;
+mod log;
+mod proxy;
+pub mod scenario;
+mod server;
+
+pub use checker::{Report, StaleStep, Takeover, Tenure};
+pub use cluster::{Cluster, ClusterConfig, Run};
+pub use inject::FaultId;
+pub use log::{Event, EventKind, Fault, FaultKind, Mono, between, now};
+pub use proxy::Proxy;
+pub use scenario::Bounds;
+pub use server::{BackendKind, DurableRedis, Server};

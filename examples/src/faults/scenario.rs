@@ -1,0 +1,254 @@
+//! One fault from start to settle ([`inject`]), and the bounds the design promises for
+//! it ([`Bounds`], [`judge`]).
+//!
+//! Every wait is for events with a deadline; the only fixed waits are the faults held on
+//! purpose for longer than the TTL (a paused server).
+
+use std::time::Duration;
+
+use super::checker::{Report, ms};
+use super::cluster::Cluster;
+use super::inject::FaultId;
+use super::log::{EventKind, Fault, FaultKind, between, now};
+use super::server::BackendKind;
+
+/// Steps a holder must have done to count as working (before a fault, after a takeover).
+const STEPS: usize = 3;
+
+/// Injects `kind` into a running cluster and waits until it has played out: the holder
+/// (for holder faults) is found first; the fault is held until a new holder has done a
+/// few steps (pause, cut) or for 1.5 TTL (server pause); afterwards the cluster has a
+/// holder that has worked for a TTL since the fault ended.
+///
+/// A killed or terminated member stays gone; add a member to keep the cluster's size.
+///
+/// # Errors
+///
+/// If a wait runs out (no holder, no takeover, ...), or a fault cannot be injected.
+pub async fn inject(cluster: &mut Cluster, kind: FaultKind) -> anyhow::Result<FaultId> {
+    let ttl = cluster.config().ttl;
+    let step = cluster.config().step;
+    // Generous: bounds are judged afterwards by the checker; these only end a hung run.
+    let patience = ttl * 6 + Duration::from_secs(10);
+    let (victim, token) = cluster.wait_for_holder(now(), STEPS, patience).await?;
+    let id = match kind {
+        FaultKind::Kill => {
+            let id = cluster.kill(victim, token).await?;
+            let at = cluster.fault(id).at;
+            cluster
+                .wait_for_newer_holder(token, at, STEPS, patience)
+                .await?;
+            id
+        }
+        FaultKind::Terminate => {
+            let id = cluster.terminate(victim, token)?;
+            let at = cluster.fault(id).at;
+            cluster
+                .wait_for_newer_holder(token, at, STEPS, patience)
+                .await?;
+            cluster
+                .wait_for_event(victim, at, patience, "exit", |k| *k == EventKind::Exited)
+                .await?;
+            id
+        }
+        FaultKind::Pause | FaultKind::Cut => {
+            let id = if kind == FaultKind::Pause {
+                cluster.pause(victim, token)?
+            } else {
+                cluster.cut(victim, token)?
+            };
+            let at = cluster.fault(id).at;
+            // A takeover implies the fault outlasted the lease; a few steps of the new
+            // holder give the victim's stale work, if any, something to be fenced by.
+            cluster
+                .wait_for_newer_holder(token, at, STEPS, patience)
+                .await?;
+            if kind == FaultKind::Pause {
+                cluster.resume(id)?;
+            } else {
+                cluster.restore(id)?;
+            }
+            // The victim gives the lease up: its routine is cancelled a grace period
+            // before its local deadline (cut: it runs on, cut off), or its future is
+            // dropped at once when it runs again past the deadline (pause).
+            let gave_up = move |k: &EventKind| {
+                *k == EventKind::Lost { token } || *k == EventKind::Cancelled { token }
+            };
+            cluster
+                .wait_for_event(victim, at, patience, "`lost` or `cancelled`", gave_up)
+                .await?;
+            id
+        }
+        FaultKind::ServerRestart => {
+            let id = cluster.restart_server().await?;
+            wait_for_recovery(cluster, id, patience).await?;
+            id
+        }
+        FaultKind::ServerPause => {
+            let id = cluster.pause_server()?;
+            // Held on purpose for longer than the TTL: the holder's lease must run out.
+            tokio::time::sleep(ttl + ttl / 2).await;
+            cluster.resume_server(id)?;
+            wait_for_recovery(cluster, id, patience).await?;
+            id
+        }
+    };
+    // Settle: a holder works for a whole TTL after the fault ended, so whatever the
+    // victim does when it comes back (stale requests, reconnects) happens under watch.
+    let settled_from = cluster.fault(id).until;
+    let steps = usize::try_from(ttl.as_nanos() / step.as_nanos().max(1)).unwrap_or(STEPS);
+    cluster
+        .wait_for_holder(settled_from, steps.max(STEPS), patience)
+        .await?;
+    Ok(id)
+}
+
+async fn wait_for_recovery(
+    cluster: &Cluster,
+    id: FaultId,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let fault = cluster.fault(id).clone();
+    let ttl = cluster.config().ttl;
+    cluster
+        .wait_for(
+            fault.at,
+            patience,
+            "recovery after the server fault",
+            |events| super::checker::takeover(events, &fault, ttl).at,
+        )
+        .await?;
+    Ok(())
+}
+
+/// What the design promises after each fault, derived from the TTL as the runner's
+/// defaults are (refresh and retry every TTL/5).
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// The lease TTL.
+    pub ttl: Duration,
+    /// How often holders refresh (TTL/5).
+    pub refresh: Duration,
+    /// How often waiters retry without a notification (TTL/5).
+    pub retry: Duration,
+    /// How late the server may end an expired lease: etcd revokes expired leases in a
+    /// 500 ms loop; Redis and PostgreSQL act on time.
+    pub expiry_lag: Duration,
+    /// Whether a crash ends the lease at once (PostgreSQL: the session dies with it).
+    pub crash_releases: bool,
+    /// For process scheduling on a loaded two-core machine.
+    pub slack: Duration,
+}
+
+impl Bounds {
+    /// The bounds for `backend` with lease TTL `ttl`.
+    pub fn new(backend: BackendKind, ttl: Duration) -> Self {
+        #[cfg(feature = "etcd")]
+        let expiry_lag = if backend == BackendKind::Etcd {
+            Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        };
+        #[cfg(not(feature = "etcd"))]
+        let expiry_lag = Duration::ZERO;
+        Self {
+            ttl,
+            refresh: ttl / 5,
+            retry: ttl / 5,
+            expiry_lag,
+            crash_releases: backend.crash_releases(),
+            slack: Duration::from_millis(300),
+        }
+    }
+
+    /// The earliest and latest takeover (holder faults, from the fault) or recovery
+    /// (server faults, from the server being back) the design allows after `fault`.
+    ///
+    /// - Graceful stop: a release and a notification, well under the TTL (TTL/2).
+    /// - Crash, pause, cut: the lease runs out at most a TTL after its last refresh,
+    ///   then a waiter retries (at the expiry on backends that report it, else within a
+    ///   retry interval): TTL + retry + expiry lag + slack. Not earlier than the TTL
+    ///   after the last refresh, which was at most a refresh interval before the fault
+    ///   (another refresh interval of slack for scheduling): TTL - 2 x refresh. A crash
+    ///   on PostgreSQL ends the session and with it the lock at once: no lower bound.
+    /// - Server restart or pause of length D: the old lease runs out within a TTL, and
+    ///   waiters back off after errors with doubling waits, so the wait in progress when
+    ///   the server returns ends within about 2.5 D (jitter included): TTL + expiry lag
+    ///   + 2.5 D + retry + slack.
+    pub fn takeover(&self, fault: &Fault) -> (Duration, Duration) {
+        let crash_max = self.ttl + self.retry + self.expiry_lag + self.slack;
+        let crash_min = self.ttl.saturating_sub(self.refresh * 2);
+        match fault.kind {
+            FaultKind::Terminate => (Duration::ZERO, self.ttl / 2),
+            FaultKind::Kill if self.crash_releases => (Duration::ZERO, crash_max),
+            FaultKind::Kill | FaultKind::Pause | FaultKind::Cut => (crash_min, crash_max),
+            FaultKind::ServerRestart | FaultKind::ServerPause => {
+                let down = between(fault.at, fault.until);
+                let max = self.ttl + self.expiry_lag + down * 5 / 2 + self.retry + self.slack;
+                (Duration::ZERO, max)
+            }
+        }
+    }
+}
+
+/// Everything in `report` that breaks the design's promises; empty if none.
+///
+/// - Fencing tokens grow with every acquisition.
+/// - No overlap, except stale steps of a paused holder done after its pause began,
+///   each fenced (a step with a newer token came before it).
+/// - Every fault is followed by a takeover or recovery within [`Bounds::takeover`].
+/// - No time without a holder outside fault windows (up to `gap_tolerance`).
+pub fn judge(report: &Report, bounds: &Bounds, gap_tolerance: Duration) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (at, token, before) in &report.token_regressions {
+        problems.push(format!(
+            "token {token} acquired at {at} is not above the earlier {before}"
+        ));
+    }
+    let paused = |member: usize, at: u64| {
+        report.takeovers.iter().any(|t| {
+            t.fault.kind == FaultKind::Pause && t.fault.member == Some(member) && t.fault.at <= at
+        })
+    };
+    for stale in &report.stale_steps {
+        if !stale.fenced || !paused(stale.member, stale.at) {
+            problems.push(format!(
+                "member {} worked with token {} at {} while a newer holder held the lease \
+                 ({})",
+                stale.member,
+                stale.token,
+                stale.at,
+                if stale.fenced {
+                    "fenced, but it was not paused"
+                } else {
+                    "unfenced"
+                }
+            ));
+        }
+    }
+    if report.stale_steps.is_empty() && !report.overlap.is_zero() {
+        problems.push(format!("overlap of {:.1} ms", ms(report.overlap)));
+    }
+    for takeover in &report.takeovers {
+        let (min, max) = bounds.takeover(&takeover.fault);
+        match takeover.after() {
+            None => problems.push(format!("no takeover after {}", takeover.fault.kind)),
+            Some(after) if after > max || after < min => problems.push(format!(
+                "takeover after {} took {:.0} ms, outside {:.0}..={:.0} ms",
+                takeover.fault.kind,
+                ms(after),
+                ms(min),
+                ms(max)
+            )),
+            Some(_) => {}
+        }
+    }
+    if report.gap_max > gap_tolerance {
+        problems.push(format!(
+            "{:.1} ms without a holder outside fault windows (longest {:.1} ms)",
+            ms(report.gap_total),
+            ms(report.gap_max)
+        ));
+    }
+    problems
+}

@@ -1,0 +1,274 @@
+//! `Server`: the throwaway server of one backend, behind one interface for the faults.
+//!
+//! etcd and PostgreSQL are the conformance crate's servers. Redis is started here with
+//! the append-only file on and `appendfsync always`, so that a kill and restart loses no
+//! acknowledged write: the conformance crate's `RedisServer` runs without persistence,
+//! and a Redis that forgets its keys on restart is outside the lease guarantee (a holder
+//! keeps running until its local deadline while another one takes the forgotten key).
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use routine_conformance::servers::{
+    ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
+};
+
+/// The backends the harness can start a server for (as enabled by cargo features).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// `redis-server`, durable (see the module docs).
+    Redis,
+    /// A single-member `etcd`.
+    #[cfg(feature = "etcd")]
+    Etcd,
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+impl BackendKind {
+    /// Every backend enabled in this build.
+    pub fn all() -> Vec<BackendKind> {
+        vec![
+            BackendKind::Redis,
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd,
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres,
+        ]
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Redis => "redis",
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd => "etcd",
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => "postgres",
+        }
+    }
+
+    /// The shortest lease TTL the fault tests use: 1 s, and 2 s for etcd (its minimum
+    /// with the default election timeout).
+    pub fn test_ttl(self) -> Duration {
+        match self {
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd => Duration::from_secs(2),
+            _ => Duration::from_secs(1),
+        }
+    }
+
+    /// Whether a crashed holder's lease ends at once rather than by its TTL: PostgreSQL
+    /// advisory locks die with their session, which the server ends when the holder's
+    /// connection closes.
+    pub fn crash_releases(self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => true,
+            _ => false,
+        }
+    }
+}
+
+/// A running server of some backend.
+#[derive(Debug)]
+pub enum Server {
+    /// Redis with an fsync'ed append-only file.
+    Redis(DurableRedis),
+    /// etcd.
+    #[cfg(feature = "etcd")]
+    Etcd(routine_conformance::servers::EtcdServer),
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(routine_conformance::servers::PostgresServer),
+}
+
+impl Server {
+    /// Starts a server; `None` if its binary is missing outside CI (the test skips).
+    /// Blocks until the server accepts connections: call it from a blocking thread.
+    ///
+    /// # Panics
+    ///
+    /// If the binary is missing under CI, or the server does not come up.
+    pub fn start(kind: BackendKind) -> Option<Server> {
+        match kind {
+            BackendKind::Redis => DurableRedis::start().map(Server::Redis),
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd => {
+                routine_conformance::servers::EtcdServer::start().map(Server::Etcd)
+            }
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => {
+                routine_conformance::servers::PostgresServer::start().map(Server::Postgres)
+            }
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        match self {
+            Server::Redis(server) => server.port,
+            #[cfg(feature = "etcd")]
+            Server::Etcd(server) => server.port(),
+            #[cfg(feature = "postgres")]
+            Server::Postgres(server) => server.port(),
+        }
+    }
+
+    /// The backend URL of this server as reached through a proxy on `port`.
+    pub fn url_via(&self, port: u16) -> String {
+        match self {
+            Server::Redis(_) => format!("redis://127.0.0.1:{port}"),
+            #[cfg(feature = "etcd")]
+            Server::Etcd(_) => format!("etcd://127.0.0.1:{port}"),
+            #[cfg(feature = "postgres")]
+            Server::Postgres(_) => format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        }
+    }
+
+    /// Kills the server with `SIGKILL` and starts it again on the same port and data;
+    /// returns once it accepts connections. Blocks.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not come back.
+    pub fn restart(&mut self) {
+        match self {
+            Server::Redis(server) => server.restart(),
+            #[cfg(feature = "etcd")]
+            Server::Etcd(server) => server.restart(),
+            #[cfg(feature = "postgres")]
+            Server::Postgres(server) => server.restart(),
+        }
+    }
+
+    /// Stops the server with `SIGSTOP` (every process of it).
+    ///
+    /// # Errors
+    ///
+    /// If the signal cannot be sent.
+    pub fn pause(&self) -> io::Result<()> {
+        match self {
+            Server::Redis(server) => server.process()?.pause(),
+            #[cfg(feature = "etcd")]
+            Server::Etcd(server) => server.process().pause(),
+            #[cfg(feature = "postgres")]
+            Server::Postgres(server) => {
+                server.pause();
+                Ok(())
+            }
+        }
+    }
+
+    /// Resumes the server with `SIGCONT`.
+    ///
+    /// # Errors
+    ///
+    /// If the signal cannot be sent.
+    pub fn resume(&self) -> io::Result<()> {
+        match self {
+            Server::Redis(server) => server.process()?.resume(),
+            #[cfg(feature = "etcd")]
+            Server::Etcd(server) => server.process().resume(),
+            #[cfg(feature = "postgres")]
+            Server::Postgres(server) => {
+                server.resume();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A `redis-server` on a random loopback port whose writes survive `SIGKILL`: append-only
+/// file on, fsync'ed before every reply (`appendfsync always`), RDB snapshots off.
+#[derive(Debug)]
+pub struct DurableRedis {
+    binary: PathBuf,
+    port: u16,
+    process: Option<ServerProcess>,
+    dir: TempDir,
+}
+
+impl DurableRedis {
+    /// Starts a server, or returns `None` if `redis-server` is missing outside CI.
+    ///
+    /// # Panics
+    ///
+    /// If the binary is missing under CI, or the server does not come up.
+    pub fn start() -> Option<Self> {
+        let Some(binary) = find_binary("redis-server", &[]) else {
+            let hint = "apt-get install redis-server";
+            if require_services() {
+                panic!("`redis-server` not found but services are required (CI): {hint}");
+            }
+            eprintln!("skipping: `redis-server` not found ({hint})");
+            return None;
+        };
+        let mut server = Self {
+            binary,
+            port: free_port(),
+            process: None,
+            dir: TempDir::new("redis-durable").unwrap_or_else(|err| panic!("temp dir: {err}")),
+        };
+        server
+            .spawn()
+            .unwrap_or_else(|err| panic!("redis-server did not start: {err}"));
+        Some(server)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let dir = self.dir.path().display().to_string();
+        let port = self.port.to_string();
+        let args: Vec<String> = [
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = self.dir.path().join("redis.log");
+        self.process = Some(ServerProcess::spawn(
+            "redis-server",
+            &self.binary,
+            &args,
+            &log,
+        )?);
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn process(&self) -> io::Result<&ServerProcess> {
+        self.process
+            .as_ref()
+            .ok_or_else(|| io::Error::other("redis-server is not running"))
+    }
+
+    /// Kills the server with `SIGKILL` and starts it again on the same port; its data
+    /// is reloaded from the append-only file.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not come back.
+    pub fn restart(&mut self) {
+        // Dropping the process kills and reaps it.
+        drop(self.process.take());
+        self.spawn()
+            .unwrap_or_else(|err| panic!("redis-server did not restart: {err}"));
+    }
+}
