@@ -23,13 +23,14 @@ const GAP_TOLERANCE: Duration = Duration::from_millis(5);
 async fn fault(backend: BackendKind, kind: FaultKind) -> anyhow::Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
     let config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), backend);
+    let step = config.step;
     let Some(mut cluster) = Cluster::start(config).await? else {
         return Ok(()); // the server's binary is missing outside CI
     };
     scenario::inject(&mut cluster, kind).await?;
     let run = cluster.stop().await?;
     let report = run.check();
-    let bounds = Bounds::new(backend, run.ttl);
+    let bounds = Bounds::new(backend, run.ttl, step);
     let takeover = &report.takeovers[0];
     let (min, max) = bounds.takeover(&takeover.fault);
     let after = takeover.after();

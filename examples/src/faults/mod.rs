@@ -8,7 +8,8 @@
 //! cut of its network, a kill and restart of the server, a `SIGSTOP` of the server.
 //! [`scenario::inject`] plays one fault out; the [`checker`] reports overlaps, stale
 //! steps and whether fencing would have rejected them, takeover times and gaps, and
-//! [`scenario::judge`] holds them against the design's [`Bounds`].
+//! [`scenario::judge`] holds them against the design's [`Bounds`]. [`soak`] injects
+//! random faults for minutes and writes the results as Markdown.
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
@@ -16,11 +17,12 @@
 //! use routine_examples::faults::scenario::{inject, judge};
 //!
 //! let config = ClusterConfig::new("target/debug/member", BackendKind::Redis);
+//! let step = config.step;
 //! let Some(mut cluster) = Cluster::start(config).await? else { return Ok(()) };
 //! inject(&mut cluster, FaultKind::Kill).await?;
 //! let run = cluster.stop().await?;
 //! let report = run.check();
-//! let bounds = Bounds::new(BackendKind::Redis, run.ttl);
+//! let bounds = Bounds::new(BackendKind::Redis, run.ttl, step);
 //! assert!(judge(&report, &bounds, std::time::Duration::ZERO).is_empty());
 //! # Ok(()) }
 //! ```
@@ -32,6 +34,7 @@ mod log;
 mod proxy;
 pub mod scenario;
 mod server;
+pub mod soak;
 
 pub use checker::{Report, StaleStep, Takeover, Tenure};
 pub use cluster::{Cluster, ClusterConfig, Run};

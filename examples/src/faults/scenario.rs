@@ -26,11 +26,27 @@ const STEPS: usize = 3;
 ///
 /// If a wait runs out (no holder, no takeover, ...), or a fault cannot be injected.
 pub async fn inject(cluster: &mut Cluster, kind: FaultKind) -> anyhow::Result<FaultId> {
+    inject_after(cluster, kind, STEPS).await
+}
+
+/// Like [`inject`], once the holder has done `steps` steps from now (at least a few):
+/// randomized runs vary it so faults hit every point of the refresh cycle.
+///
+/// # Errors
+///
+/// As [`inject`].
+pub async fn inject_after(
+    cluster: &mut Cluster,
+    kind: FaultKind,
+    steps: usize,
+) -> anyhow::Result<FaultId> {
     let ttl = cluster.config().ttl;
     let step = cluster.config().step;
     // Generous: bounds are judged afterwards by the checker; these only end a hung run.
     let patience = ttl * 6 + Duration::from_secs(10);
-    let (victim, token) = cluster.wait_for_holder(now(), STEPS, patience).await?;
+    let (victim, token) = cluster
+        .wait_for_holder(now(), steps.max(STEPS), patience)
+        .await?;
     let id = match kind {
         FaultKind::Kill => {
             let id = cluster.kill(victim, token).await?;
@@ -122,15 +138,18 @@ async fn wait_for_recovery(
 }
 
 /// What the design promises after each fault, derived from the TTL as the runner's
-/// defaults are (refresh and retry every TTL/5).
+/// defaults are (refresh, retry and the first backoff every TTL/5).
 #[derive(Debug, Clone)]
 pub struct Bounds {
     /// The lease TTL.
     pub ttl: Duration,
     /// How often holders refresh (TTL/5).
     pub refresh: Duration,
-    /// How often waiters retry without a notification (TTL/5).
+    /// How often waiters retry without a notification, and the first backoff after a
+    /// backend error (TTL/5).
     pub retry: Duration,
+    /// One work step: recovery counts up to the first step under the new lease.
+    pub step: Duration,
     /// How late the server may end an expired lease: etcd revokes expired leases in a
     /// 500 ms loop; Redis and PostgreSQL act on time.
     pub expiry_lag: Duration,
@@ -141,8 +160,8 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    /// The bounds for `backend` with lease TTL `ttl`.
-    pub fn new(backend: BackendKind, ttl: Duration) -> Self {
+    /// The bounds for `backend` with lease TTL `ttl` and work steps of `step`.
+    pub fn new(backend: BackendKind, ttl: Duration, step: Duration) -> Self {
         #[cfg(feature = "etcd")]
         let expiry_lag = if backend == BackendKind::Etcd {
             Duration::from_millis(500)
@@ -155,6 +174,7 @@ impl Bounds {
             ttl,
             refresh: ttl / 5,
             retry: ttl / 5,
+            step,
             expiry_lag,
             crash_releases: backend.crash_releases(),
             slack: Duration::from_millis(300),
@@ -171,10 +191,13 @@ impl Bounds {
     ///   after the last refresh, which was at most a refresh interval before the fault
     ///   (another refresh interval of slack for scheduling): TTL - 2 x refresh. A crash
     ///   on PostgreSQL ends the session and with it the lock at once: no lower bound.
-    /// - Server restart or pause of length D: the old lease runs out within a TTL, and
-    ///   waiters back off after errors with doubling waits, so the wait in progress when
-    ///   the server returns ends within about 2.5 D (jitter included): TTL + expiry lag
-    ///   + 2.5 D + retry + slack.
+    /// - Server restart or pause of length D: a lease that outlived the fault ends
+    ///   within a TTL of the server's return (etcd renews leases to their full TTL when
+    ///   its leader restarts). Waiters that met errors back off with doubling waits from
+    ///   the retry interval, jittered by ±25 %: a wait begun within D after the first
+    ///   error is at most 5/3 D + 5/4 retry long. Whichever ends later, a retry interval
+    ///   and a step follow: max(TTL + expiry lag, 5/3 D + 5/4 retry) + retry + step +
+    ///   slack.
     pub fn takeover(&self, fault: &Fault) -> (Duration, Duration) {
         let crash_max = self.ttl + self.retry + self.expiry_lag + self.slack;
         let crash_min = self.ttl.saturating_sub(self.refresh * 2);
@@ -184,7 +207,9 @@ impl Bounds {
             FaultKind::Kill | FaultKind::Pause | FaultKind::Cut => (crash_min, crash_max),
             FaultKind::ServerRestart | FaultKind::ServerPause => {
                 let down = between(fault.at, fault.until);
-                let max = self.ttl + self.expiry_lag + down * 5 / 2 + self.retry + self.slack;
+                let lease = self.ttl + self.expiry_lag;
+                let backoff = down * 5 / 3 + self.retry * 5 / 4;
+                let max = lease.max(backoff) + self.retry + self.step + self.slack;
                 (Duration::ZERO, max)
             }
         }

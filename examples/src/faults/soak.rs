@@ -1,0 +1,164 @@
+//! Randomized runs: many random faults, one after the other, on one long-lived cluster,
+//! and their results as a Markdown table.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::IndexedRandom as _;
+use tokio::time::Instant;
+
+use super::checker::{Report, ms};
+use super::cluster::{Cluster, ClusterConfig};
+use super::log::FaultKind;
+use super::scenario::{Bounds, inject_after, judge};
+use super::server::BackendKind;
+
+/// What a randomized run on one backend found.
+#[derive(Debug, Clone)]
+pub struct SoakResult {
+    /// The backend.
+    pub backend: BackendKind,
+    /// The lease TTL.
+    pub ttl: Duration,
+    /// How long faults were injected.
+    pub duration: Duration,
+    /// The checker's report over the whole run.
+    pub report: Report,
+    /// The bounds it was judged against.
+    pub bounds: Bounds,
+    /// Broken promises (see [`judge`]) and faults that did not play out; empty if none.
+    pub problems: Vec<String>,
+}
+
+/// Injects random faults into a cluster for `duration`, replacing killed and terminated
+/// members so the cluster keeps its size, then stops it and judges the whole run.
+/// `Ok(None)` if the server's binary is missing outside CI.
+///
+/// # Errors
+///
+/// If the cluster cannot be started. A fault that does not play out (a wait runs out)
+/// ends the run early and is reported as a problem.
+pub async fn soak(
+    config: ClusterConfig,
+    duration: Duration,
+    gap_tolerance: Duration,
+    rng: &mut impl Rng,
+) -> anyhow::Result<Option<SoakResult>> {
+    let backend = config.backend;
+    let ttl = config.ttl;
+    let step = config.step;
+    let max_steps = usize::try_from(ttl.as_nanos() / config.step.as_nanos().max(1)).unwrap_or(3);
+    let Some(mut cluster) = Cluster::start(config).await? else {
+        return Ok(None);
+    };
+    let mut problems = Vec::new();
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        let Some(&kind) = FaultKind::ALL.choose(rng) else {
+            break;
+        };
+        // Anywhere in the refresh cycle: up to a TTL's worth of steps before the fault.
+        let steps = rng.random_range(3..=max_steps.max(3));
+        if let Err(error) = inject_after(&mut cluster, kind, steps).await {
+            problems.push(format!("{kind} did not play out: {error:#}"));
+            break;
+        }
+        if matches!(kind, FaultKind::Kill | FaultKind::Terminate) {
+            cluster.add_member().await?;
+        }
+    }
+    let run = cluster.stop().await?;
+    let report = run.check();
+    let bounds = Bounds::new(backend, ttl, step);
+    problems.extend(judge(&report, &bounds, gap_tolerance));
+    Ok(Some(SoakResult {
+        backend,
+        ttl,
+        duration,
+        report,
+        bounds,
+        problems,
+    }))
+}
+
+/// One section per backend: per fault, how often it was injected, its takeover (or
+/// recovery) times against the bound, and overall overlap, stale steps, gaps and
+/// problems.
+pub fn markdown(results: &[SoakResult]) -> String {
+    let mut text = String::new();
+    for result in results {
+        let report = &result.report;
+        let _ = writeln!(
+            text,
+            "## {} (TTL {}, {} of faults)\n",
+            result.backend.name(),
+            humantime::format_duration(result.ttl),
+            humantime::format_duration(Duration::from_secs(result.duration.as_secs())),
+        );
+        let _ = writeln!(
+            text,
+            "| fault | count | takeover min / median / max | bound (max) |\n|---|---|---|---|"
+        );
+        for kind in FaultKind::ALL {
+            let takeovers: Vec<_> = report
+                .takeovers
+                .iter()
+                .filter(|t| t.fault.kind == kind)
+                .collect();
+            if takeovers.is_empty() {
+                continue;
+            }
+            let mut times: Vec<f64> = takeovers.iter().filter_map(|t| t.after().map(ms)).collect();
+            times.sort_by(f64::total_cmp);
+            let bound = takeovers
+                .iter()
+                .map(|t| result.bounds.takeover(&t.fault).1)
+                .max()
+                .unwrap_or_default();
+            let spread = match (times.first(), times.get(times.len() / 2), times.last()) {
+                (Some(min), Some(median), Some(max)) => {
+                    format!("{min:.0} / {median:.0} / {max:.0} ms")
+                }
+                _ => "none".to_owned(),
+            };
+            let missing = takeovers.len() - times.len();
+            let missing = if missing > 0 {
+                format!(" ({missing} without takeover)")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                text,
+                "| {kind} | {} | {spread}{missing} | {:.0} ms |",
+                takeovers.len(),
+                ms(bound),
+            );
+        }
+        let _ = writeln!(
+            text,
+            "\nOverlap {:.1} ms; stale steps {} ({} unfenced); time without a holder outside \
+             fault windows {:.1} ms (longest {:.1} ms); fencing-token regressions {}; \
+             tenures {}.\n",
+            ms(report.overlap),
+            report.stale_steps.len(),
+            report.unfenced(),
+            ms(report.gap_total),
+            ms(report.gap_max),
+            report.token_regressions.len(),
+            report.tenures.len(),
+        );
+        if result.problems.is_empty() {
+            let _ = writeln!(text, "Problems: none.\n");
+        } else {
+            let _ = writeln!(text, "Problems:\n");
+            for problem in &result.problems {
+                // The first line: the rest is the event dump of a failed wait.
+                let first = problem.lines().next().unwrap_or_default();
+                let _ = writeln!(text, "- {first}");
+            }
+            let _ = writeln!(text);
+        }
+    }
+    text
+}

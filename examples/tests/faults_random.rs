@@ -1,0 +1,72 @@
+//! The long randomized run: random faults for minutes on every backend, one long-lived
+//! cluster each, judged as a whole. Ignored by default; its latest results go to
+//! `FAULTS.md` at the repository root.
+//!
+//! ```text
+//! cargo test -p routine-examples --test faults_random -- --ignored --nocapture
+//! ROUTINE_FAULTS_MINUTES=10 ROUTINE_FAULTS_SEED=42 cargo test ... # longer, reproducible order
+//! ```
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::SeedableRng as _;
+use routine_examples::faults::soak::{self, SoakResult};
+use routine_examples::faults::{BackendKind, ClusterConfig};
+
+/// As in the per-fault tests: no time without a holder outside fault windows.
+const GAP_TOLERANCE: Duration = Duration::from_millis(5);
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={value:?} is not a whole number")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes of random faults per backend; run with --ignored (ROUTINE_FAULTS_MINUTES, ROUTINE_FAULTS_SEED)"]
+async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> anyhow::Result<()> {
+    let minutes = env_number("ROUTINE_FAULTS_MINUTES", 2)?;
+    let seed = env_number("ROUTINE_FAULTS_SEED", rand::random::<u32>().into())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut results: Vec<SoakResult> = Vec::new();
+    for backend in BackendKind::all() {
+        let config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), backend);
+        let duration = Duration::from_secs(minutes * 60);
+        if let Some(result) = soak::soak(config, duration, GAP_TOLERANCE, &mut rng).await? {
+            println!("{}: {}", backend.name(), result.report.summary());
+            results.push(result);
+        }
+    }
+
+    let written = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let text = format!(
+        "# Fault injection: latest randomized run\n\n\
+         Written by `cargo test -p routine-examples --test faults_random -- --ignored` \
+         ({written}, seed {seed}, `ROUTINE_FAULTS_MINUTES={minutes}`). Each backend runs \
+         one cluster of three `member` processes, each behind its own TCP proxy, with \
+         50 ms work steps; faults are drawn at random and each is held until it has \
+         played out (see `examples/src/faults/`). Takeover is measured from the fault \
+         to the next `acquired` for holder faults, and from the server being back to \
+         the first step under a live lease for server faults; bounds are \
+         `faults::scenario::Bounds`.\n\n{}",
+        soak::markdown(&results)
+    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../FAULTS.md");
+    std::fs::write(path, text).with_context(|| format!("cannot write {path}"))?;
+
+    let problems: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.problems
+                .iter()
+                .map(|p| format!("{}: {p}", r.backend.name()))
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
