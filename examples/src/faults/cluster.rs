@@ -9,13 +9,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::checker::{self, Report};
 use super::log::{Event, EventKind, Fault, Mono, now};
@@ -75,13 +74,13 @@ impl Run {
 
 /// What the member reader tasks share with the cluster.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     /// Time-ordered.
-    events: Mutex<Vec<Event>>,
+    pub(super) events: Mutex<Vec<Event>>,
     /// Lines members wrote to stderr (or unparsable stdout lines), for error messages.
     stderr: Mutex<Vec<(usize, String)>>,
     /// Bumped on every new event.
-    changed: watch::Sender<u64>,
+    pub(super) changed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -96,6 +95,7 @@ impl Shared {
     }
 }
 
+/// One member process and its proxy.
 #[derive(Debug)]
 pub(super) struct Member {
     pub(super) pid: Pid,
@@ -114,7 +114,7 @@ pub struct Cluster {
     /// `None` only while a blocking thread restarts it.
     pub(super) server: Option<Server>,
     pub(super) members: Vec<Member>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     pub(super) faults: Vec<Fault>,
 }
 
@@ -266,101 +266,6 @@ impl Cluster {
             .any(|e| e.member == index && e.kind == EventKind::Exited)
     }
 
-    /// Waits until `check` finds what it looks for in the events from `since` on
-    /// (time-ordered), checking again on every new event.
-    ///
-    /// # Errors
-    ///
-    /// After `timeout`, naming `what` and showing the latest events.
-    pub async fn wait_for<T>(
-        &self,
-        since: Mono,
-        timeout: Duration,
-        what: &str,
-        mut check: impl FnMut(&[Event]) -> Option<T>,
-    ) -> anyhow::Result<T> {
-        let deadline = Instant::now() + timeout;
-        let mut changed = self.shared.changed.subscribe();
-        loop {
-            changed.borrow_and_update();
-            {
-                let events = self
-                    .shared
-                    .events
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let from = events.partition_point(|e| e.at < since);
-                if let Some(found) = check(&events[from..]) {
-                    return Ok(found);
-                }
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => bail!("event log closed while waiting for {what}"),
-                Err(_) => bail!("no {what} within {timeout:?}\n{}", self.describe()),
-            }
-        }
-    }
-
-    /// Waits for the current holder: a member that has done `steps` steps with one token
-    /// since `since` and has not given that lease up. Returns `(member, token)`.
-    ///
-    /// # Errors
-    ///
-    /// If none shows up within `timeout`.
-    pub async fn wait_for_holder(
-        &self,
-        since: Mono,
-        steps: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<(usize, u64)> {
-        let what = format!("holder doing {steps} steps");
-        self.wait_for(since, timeout, &what, |events| holder(events, 0, steps))
-            .await
-    }
-
-    /// Waits for a holder with a token newer than `older` that has done `steps` steps
-    /// since `since`. Returns `(member, token)`.
-    ///
-    /// # Errors
-    ///
-    /// If none shows up within `timeout`.
-    pub async fn wait_for_newer_holder(
-        &self,
-        older: u64,
-        since: Mono,
-        steps: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<(usize, u64)> {
-        let what = format!("holder with a token above {older} doing {steps} steps");
-        self.wait_for(since, timeout, &what, |events| holder(events, older, steps))
-            .await
-    }
-
-    /// Waits until `member` prints an event that `matches`, from `since` on; returns its
-    /// time.
-    ///
-    /// # Errors
-    ///
-    /// If none comes within `timeout`.
-    pub async fn wait_for_event(
-        &self,
-        member: usize,
-        since: Mono,
-        timeout: Duration,
-        what: &str,
-        matches: impl Fn(&EventKind) -> bool,
-    ) -> anyhow::Result<Mono> {
-        let what = format!("{what} from member {member}");
-        self.wait_for(since, timeout, &what, |events| {
-            events
-                .iter()
-                .find(|e| e.member == member && matches(&e.kind))
-                .map(|e| e.at)
-        })
-        .await
-    }
-
     /// The latest events and what members wrote to stderr, for error messages.
     pub fn describe(&self) -> String {
         let events = self.events();
@@ -428,27 +333,6 @@ impl Cluster {
         };
         stopped.map(|()| run)
     }
-}
-
-/// The holder with a token above `older` that did `steps` steps in `events` and has not
-/// given the lease up: the author of the latest such step.
-fn holder(events: &[Event], older: u64, steps: usize) -> Option<(usize, u64)> {
-    let (member, token) = events.iter().rev().find_map(|e| match e.kind {
-        EventKind::Work { token, .. } if token > older => Some((e.member, token)),
-        _ => None,
-    })?;
-    let mut done = 0;
-    for e in events.iter().filter(|e| e.member == member) {
-        match e.kind {
-            EventKind::Work { token: t, .. } if t == token => done += 1,
-            EventKind::Lost { token: t } | EventKind::Released { token: t } if t == token => {
-                return None;
-            }
-            EventKind::Stopped | EventKind::Exited => return None,
-            _ => {}
-        }
-    }
-    (done >= steps).then_some((member, token))
 }
 
 impl Drop for Cluster {

@@ -35,6 +35,7 @@ mod proxy;
 pub mod scenario;
 mod server;
 pub mod soak;
+mod waits;
 
 pub use checker::{Report, StaleStep, Takeover, Tenure};
 pub use cluster::{Cluster, ClusterConfig, Run};
