@@ -124,16 +124,22 @@ async fn handover(server: &EtcdServer, iterations: usize) -> Vec<Duration> {
             let key = key.clone();
             tokio::spawn(async move {
                 let mut ready = Some(ready_tx);
+                let released = waiter.released(&key);
+                tokio::pin!(released);
+                // Registers interest before the holder may release.
+                let mut pending = futures::poll!(released.as_mut()).is_pending();
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
                 loop {
-                    let released = waiter.released(&key);
-                    tokio::pin!(released);
-                    // Registers interest before the holder may release.
-                    if futures::poll!(released.as_mut()).is_pending() {
-                        if let Some(ready) = ready.take() {
-                            let _ = ready.send(());
-                        }
-                        released.await.expect("release notification");
+                    if pending {
+                        released.as_mut().await.expect("release notification");
                     }
+                    // As the runner does: register for the next release before each
+                    // attempt, so a release between a failed attempt and the wait is
+                    // not missed.
+                    released.set(waiter.released(&key));
+                    pending = futures::poll!(released.as_mut()).is_pending();
                     if let Some(mut lease) = waiter.try_acquire(&key, TTL).await.unwrap() {
                         let held = Instant::now();
                         lease.release().await.unwrap();

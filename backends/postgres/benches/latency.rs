@@ -150,12 +150,18 @@ async fn handovers_of(
             // The first poll registers the waiter, as the runner's does.
             assert!(released.as_mut().now_or_never().is_none(), "key is held");
             ready_tx.send(()).unwrap();
+            // As the runner does: register for the next release *before* each attempt,
+            // so a release between a failed attempt and the wait is not missed.
+            let mut pending = true;
             loop {
-                released.as_mut().await.unwrap();
+                if pending {
+                    released.as_mut().await.unwrap();
+                }
+                released.set(waiter.released(&key));
+                pending = released.as_mut().now_or_never().is_none();
                 if let Some(lease) = waiter.try_acquire(&key, TTL).await.unwrap() {
                     return (Instant::now(), lease);
                 }
-                released.set(waiter.released(&key));
             }
         });
         ready_rx.await.unwrap();
