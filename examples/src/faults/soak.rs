@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::checker::{Report, ms};
 use super::cluster::{Cluster, ClusterConfig};
-use super::log::FaultKind;
+use super::log::{Event, EventKind, Fault, FaultKind};
 use super::scenario::{Bounds, inject_after, judge};
 use super::server::BackendKind;
 
@@ -29,6 +29,9 @@ pub struct SoakResult {
     pub bounds: Bounds,
     /// Broken promises (see [`judge`]) and faults that did not play out; empty if none.
     pub problems: Vec<String>,
+    /// For every takeover outside its bounds, the events around its fault (work steps
+    /// left out), for diagnosis.
+    pub excerpts: Vec<String>,
 }
 
 /// Injects random faults into a cluster for `duration`, replacing killed and terminated
@@ -72,6 +75,15 @@ pub async fn soak(
     let report = run.check();
     let bounds = Bounds::new(backend, ttl, step);
     problems.extend(judge(&report, &bounds, gap_tolerance));
+    let excerpts = report
+        .takeovers
+        .iter()
+        .filter(|t| {
+            let (min, max) = bounds.takeover(&t.fault);
+            t.after().is_none_or(|after| after < min || after > max)
+        })
+        .map(|t| excerpt(&run.events, &t.fault, ttl * 2))
+        .collect();
     Ok(Some(SoakResult {
         backend,
         ttl,
@@ -79,7 +91,27 @@ pub async fn soak(
         report,
         bounds,
         problems,
+        excerpts,
     }))
+}
+
+/// The events from `around` before `fault` to `around` after it, without work steps,
+/// with times relative to the fault.
+fn excerpt(events: &[Event], fault: &Fault, around: Duration) -> String {
+    let around = u64::try_from(around.as_nanos()).unwrap_or(u64::MAX);
+    let mut text = format!("around {} (member {:?}):\n", fault.kind, fault.member);
+    for e in events
+        .iter()
+        .filter(|e| e.at.abs_diff(fault.at) <= around && !matches!(e.kind, EventKind::Work { .. }))
+    {
+        let offset = (e.at as f64 - fault.at as f64) / 1e6;
+        let _ = writeln!(
+            text,
+            "  {offset:>9.1} ms  member {}: {:?}",
+            e.member, e.kind
+        );
+    }
+    text
 }
 
 /// One section per backend: per fault, how often it was injected, its takeover (or
