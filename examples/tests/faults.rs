@@ -88,9 +88,6 @@ async fn fault(backend: BackendKind, kind: FaultKind) -> anyhow::Result<()> {
 /// found the lease held) starts its error backoff afresh at the next outage, and a
 /// graceful handover after the outages is as fast as on a fresh cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the runner resets its error backoff when a contended attempt \
-            succeeds (routine/src/instance.rs): after a few outages waiters sleep through \
-            the release notification"]
 async fn graceful_handover_after_separate_server_outages_is_still_well_under_the_ttl()
 -> anyhow::Result<()> {
     let _one_at_a_time = SERIAL.lock().await;

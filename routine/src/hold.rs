@@ -96,7 +96,10 @@ pub(crate) async fn hold(
                 RunEnd::Panicked(message) => HoldEnd::Panicked(message),
                 RunEnd::Returned if task.token.is_cancelled() => HoldEnd::Cancelled,
                 // Cancelled by the keeper: the lease is going or gone.
-                RunEnd::Returned if token.is_cancelled() => HoldEnd::LeaseLost,
+                RunEnd::Returned if token.is_cancelled() => {
+                    task.emit(EventKind::LeaseLost { token: fencing });
+                    HoldEnd::LeaseLost
+                }
                 RunEnd::Returned => HoldEnd::Returned,
             },
             _ = inner.hard_stop.cancelled() => {

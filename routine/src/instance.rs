@@ -121,6 +121,9 @@ impl<'a> Instance<'a> {
                     }
                 }
                 Ok(None) => {
+                    // The backend answered: the outage, if any, is over. Without this reset
+                    // separate outages would add up to ever longer backoffs.
+                    self.error_backoff.reset();
                     if !self.contended {
                         self.contended = true;
                         self.task.emit(EventKind::Contended);
@@ -180,6 +183,8 @@ impl<'a> Instance<'a> {
         self.task.emit(EventKind::BackendError {
             error: error_chain(&error),
         });
+        // Contention seen after this error is news again.
+        self.contended = false;
         self.panic_backoff.reset();
         let wait = self.error_backoff.next_wait();
         if self.sleep(wait).await {

@@ -294,3 +294,47 @@ async fn a_hung_acquire_times_out_and_is_retried() {
     )
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_between_outages_resets_the_error_backoff() {
+    let backend = MemoryBackend::new();
+    let holder = runner(&backend);
+    let waiter = runner(&backend);
+    let (_h, _w, mut events) = common::holder_and_waiter(&holder, &waiter).await;
+    // Two outages, with the backend answering (the key is held) in between: the second
+    // outage's first backoff must be as short as the first outage's.
+    let first_gap = outage(&backend, &mut events).await;
+    backend.set_unavailable(false);
+    wait_for(
+        &mut events,
+        TTL * 4,
+        "contended again",
+        kind!(EventKind::Contended),
+    )
+    .await;
+    let second_gap = outage(&backend, &mut events).await;
+    backend.set_unavailable(false);
+    let max_first = runner(&backend).config().backoff_min.mul_f64(1.25);
+    assert!(
+        first_gap <= max_first,
+        "first outage backs off from the minimum: {first_gap:?}"
+    );
+    assert!(
+        second_gap <= max_first,
+        "after the backend answered, the next outage must back off from the minimum again, \
+         not continue the old backoff: {second_gap:?}"
+    );
+}
+
+/// Makes `backend` unavailable and returns the time between the first two backend errors
+/// the waiter reports.
+async fn outage(
+    backend: &MemoryBackend,
+    events: &mut tokio::sync::broadcast::Receiver<routine::Event>,
+) -> Duration {
+    backend.set_unavailable(true);
+    let error = kind!(EventKind::BackendError { .. });
+    let first = wait_for(events, TTL * 2, "backend error", error).await;
+    let second = wait_for(events, TTL * 2, "backend error", error).await;
+    second.at - first.at
+}
