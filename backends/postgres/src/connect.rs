@@ -46,6 +46,22 @@ pub(crate) struct Live {
     /// The server backend's process id.
     pub(crate) pid: i32,
     pub(crate) ttl: ServerTtl,
+    /// The longest lease TTL whose settings (see the `ttl` module) this session already
+    /// has, set by an earlier statement that succeeded; `None` when unknown. Statements
+    /// send the settings only when they change: setting them costs the server more than
+    /// the rest of a refresh.
+    pub(crate) applied: Option<Duration>,
+}
+
+impl Live {
+    /// The settings to send with a statement for `longest`: none if the session has them.
+    pub(crate) fn settings_for(&self, longest: Duration) -> (Vec<&'static str>, Vec<String>) {
+        if self.applied == Some(longest) {
+            (Vec::new(), Vec::new())
+        } else {
+            self.ttl.settings(longest)
+        }
+    }
 }
 
 /// Connects a lock session and checks it (see the module docs), within `timeout`.
@@ -130,7 +146,12 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
                  its locks until its connection is closed"
             );
         }
-        Ok(Live { conn, pid, ttl })
+        Ok(Live {
+            conn,
+            pid,
+            ttl,
+            applied: None,
+        })
     })
     .await
 }

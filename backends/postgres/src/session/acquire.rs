@@ -43,7 +43,7 @@ impl Session {
                 Message("no session".into()),
             ));
         };
-        let (names, values) = live.ttl.settings(longest);
+        let (names, values) = live.settings_for(longest);
         let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.acquire)))
             .bind(hash)
             .bind(&self.settings.namespace)
@@ -52,7 +52,10 @@ impl Session {
             .bind(values)
             .fetch_one(&mut live.conn);
         let row = match tokio::time::timeout(timeout, query).await {
-            Ok(Ok(row)) => row,
+            Ok(Ok(row)) => {
+                live.applied = Some(longest);
+                row
+            }
             Ok(Err(err)) if breaks_session(&err) => {
                 self.abandon(&err);
                 return Err(ctx.map(err));
@@ -120,7 +123,7 @@ impl Session {
             self.unlock_after_failure(hash, timeout).await;
             return Ok(None);
         };
-        self.held.insert(
+        self.insert_held(
             hash,
             Held {
                 serial: id.serial,

@@ -9,7 +9,7 @@
 //! task drops it, every lease on it is lost, and the next acquire opens a new session; each
 //! lease remembers the generation of the session it was taken on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +77,7 @@ pub(crate) fn spawn(settings: Arc<Settings>, live: Live) -> mpsc::UnboundedSende
         generation: 1,
         next_serial: 0,
         held: HashMap::new(),
+        ttls: BTreeMap::new(),
         backlog: VecDeque::new(),
     };
     tokio::spawn(task.run());
@@ -93,6 +94,9 @@ struct Session {
     generation: u64,
     next_serial: u64,
     held: HashMap<i64, Held>,
+    /// How many leases in `held` have each TTL: every statement needs the longest, and
+    /// scanning `held` for it made each statement cost O(leases) on the client.
+    ttls: BTreeMap<Duration, usize>,
     /// Commands received while collecting refreshes, run next in order.
     backlog: VecDeque<Command>,
 }
@@ -182,11 +186,35 @@ impl Session {
     }
 
     fn longest_ttl(&self) -> Duration {
-        self.held
-            .values()
-            .map(|held| held.ttl)
-            .max()
-            .unwrap_or_default()
+        self.ttls.keys().next_back().copied().unwrap_or_default()
+    }
+
+    fn count_ttl(&mut self, ttl: Duration) {
+        *self.ttls.entry(ttl).or_default() += 1;
+    }
+
+    fn uncount_ttl(&mut self, ttl: Duration) {
+        if let Some(count) = self.ttls.get_mut(&ttl) {
+            *count -= 1;
+            if *count == 0 {
+                self.ttls.remove(&ttl);
+            }
+        }
+    }
+
+    /// Records a lock taken on the session.
+    fn insert_held(&mut self, hash: i64, held: Held) {
+        self.count_ttl(held.ttl);
+        if let Some(replaced) = self.held.insert(hash, held) {
+            self.uncount_ttl(replaced.ttl);
+        }
+    }
+
+    /// Forgets a lock given back.
+    fn remove_held(&mut self, hash: i64) -> Option<Held> {
+        let held = self.held.remove(&hash)?;
+        self.uncount_ttl(held.ttl);
+        Some(held)
     }
 
     fn ctx(&self, operation: &'static str) -> Context {
@@ -207,14 +235,21 @@ impl Session {
             );
         }
         self.held.clear();
+        self.ttls.clear();
     }
 
     async fn refresh(&mut self, batch: Vec<(LeaseId, LockKey, Duration, Reply<()>)>) {
         let mut current = Vec::with_capacity(batch.len());
         for (id, key, ttl, reply) in batch {
             if self.is_current(id) {
-                if let Some(held) = self.held.get_mut(&id.hash) {
+                let previous = self.held.get_mut(&id.hash).map(|held| {
+                    let previous = held.ttl;
                     held.ttl = ttl;
+                    previous
+                });
+                if let Some(previous) = previous.filter(|&previous| previous != ttl) {
+                    self.uncount_ttl(previous);
+                    self.count_ttl(ttl);
                 }
                 current.push((key, ttl, reply));
             } else {
@@ -229,13 +264,16 @@ impl Session {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let (names, values) = live.ttl.settings(longest);
+        let (names, values) = live.settings_for(longest);
         let query = sqlx::query(REFRESH)
             .bind(names)
             .bind(values)
             .execute(&mut live.conn);
         let failure = match tokio::time::timeout(timeout, query).await {
-            Ok(Ok(_)) => None,
+            Ok(Ok(_)) => {
+                live.applied = Some(longest);
+                None
+            }
             Ok(Err(err)) => Some(err.to_string()),
             Err(_) => Some(format!("refresh timed out after {timeout:?}")),
         };
@@ -259,7 +297,7 @@ impl Session {
             // Released already, or lost with its session: nothing of ours to give back.
             return Ok(());
         }
-        let Some(held) = self.held.remove(&id.hash) else {
+        let Some(held) = self.remove_held(id.hash) else {
             return Ok(());
         };
         let timeout = self.settings.timeout_for(held.ttl);
@@ -268,7 +306,7 @@ impl Session {
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
-        let (names, values) = live.ttl.settings(longest);
+        let (names, values) = live.settings_for(longest);
         let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.release)))
             .bind(id.hash)
             .bind(CHANNEL)
@@ -277,6 +315,7 @@ impl Session {
             .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {
+                live.applied = Some(longest);
                 if !row.try_get::<bool, _>(0).unwrap_or(true) {
                     tracing::warn!(key = %held.key, "the lock session did not hold the lock it released");
                 }
