@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use routine_core::{Error, FencingToken, Lease, LockKey, Result};
 use tokio::time::Instant;
 
@@ -86,24 +86,17 @@ impl EtcdLease {
         }
     }
 
-    /// One keep-alive of the session and one read of the key, at the same time.
+    /// One keep-alive of the session and a check of the key, in the same round of the
+    /// session task (see the `check` module).
     async fn confirm(&self) -> Result<(), Moved> {
-        let mut kv = self.backend.kv();
-        let (found, kept) = tokio::join!(
-            kv.get(
-                self.etcd_key.clone(),
-                Some(GetOptions::new().with_keys_only())
-            ),
-            self.session.keep_alive()
-        );
+        let (kept, ours) = self
+            .session
+            .confirm(self.etcd_key.clone(), self.create_revision)
+            .await;
         if let KeepAlive::Gone = kept {
             return Err(Moved::Lost);
         }
-        let found = found.map_err(Failure::from)?;
-        let ours = found.kvs().first().is_some_and(|kv| {
-            kv.create_revision() == self.create_revision && kv.lease() == self.session.id()
-        });
-        if !ours {
+        if !ours? {
             return Err(Moved::Lost);
         }
         match kept {

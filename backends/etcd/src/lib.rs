@@ -77,6 +77,7 @@
 )]
 
 mod backend;
+mod check;
 mod config;
 mod error;
 mod lease;

@@ -15,7 +15,8 @@
 //! that backs a refresh to be sent *after* that refresh was called, so the task answers
 //! only the requests that were queued before it sent; a request that arrives while a
 //! keep-alive is in flight waits for the next one. Refreshes that arrive together share
-//! one keep-alive.
+//! one keep-alive, and the keys they hold are checked together in the same round (see
+//! the `check` module).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,7 @@ use etcd_client::{Txn, TxnOp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::check::{Check, keys_are_ours};
 use crate::error::{Failure, timed};
 
 /// The answer to one keep-alive request.
@@ -54,7 +56,23 @@ pub(crate) struct Orphan {
 #[derive(Debug)]
 pub(crate) struct Session {
     state: Arc<State>,
-    requests: mpsc::UnboundedSender<oneshot::Sender<KeepAlive>>,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// A request to the session task: a keep-alive sent after it was made, and optionally a
+/// check, in the same round, that a key held through the session is still ours.
+#[derive(Debug)]
+struct Request {
+    check: Option<Check>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The session task's answer to a [`Request`].
+#[derive(Debug)]
+struct Answer {
+    kept: KeepAlive,
+    /// The check's outcome, if one was asked for.
+    ours: Option<Result<bool, Failure>>,
 }
 
 /// What the session and its task share.
@@ -150,18 +168,51 @@ impl Session {
     ///
     /// Cancel-safe: a dropped request is still answered into the void.
     pub(crate) async fn keep_alive(&self) -> KeepAlive {
+        self.request(None).await.kept
+    }
+
+    /// Like [`Session::keep_alive`], and checks in the same round that `key` still has
+    /// `create_revision` and this session's lease: `Ok(false)` if it does not (deleted,
+    /// expired, taken over), an error if that is unknown.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`Session::keep_alive`].
+    pub(crate) async fn confirm(
+        &self,
+        key: Vec<u8>,
+        create_revision: i64,
+    ) -> (KeepAlive, Result<bool, Failure>) {
+        let check = Check {
+            key,
+            create_revision,
+        };
+        let answer = self.request(Some(check)).await;
+        let ours = answer.ours.unwrap_or_else(|| Err(task_gone()));
+        (answer.kept, ours)
+    }
+
+    async fn request(&self, check: Option<Check>) -> Answer {
+        let lost = Answer {
+            kept: KeepAlive::Gone,
+            ours: Some(Ok(false)),
+        };
         if self.state.lost.load(Ordering::Acquire) {
-            return KeepAlive::Gone;
+            return lost;
         }
+        let failed = || Answer {
+            kept: KeepAlive::Failed(task_gone()),
+            ours: Some(Err(task_gone())),
+        };
         let (reply, answer) = oneshot::channel();
-        if self.requests.send(reply).is_err() {
-            return KeepAlive::Failed(task_gone());
+        if self.requests.send(Request { check, reply }).is_err() {
+            return failed();
         }
-        let outcome = answer.await.unwrap_or(KeepAlive::Failed(task_gone()));
-        if matches!(outcome, KeepAlive::Gone) {
+        let answer = answer.await.unwrap_or_else(|_| failed());
+        if matches!(answer.kept, KeepAlive::Gone) {
             self.mark_lost();
         }
-        outcome
+        answer
     }
 
     /// Hands a key over for deletion on the next keep-alive (see [`Orphan`]).
@@ -180,20 +231,35 @@ async fn drive(
     state: Arc<State>,
     mut lease: LeaseClient,
     kv: KvClient,
-    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<KeepAlive>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
     timeout: Duration,
 ) {
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     while let Some(first) = requests.recv().await {
-        // Everything queued now was asked before the keep-alive below is sent.
+        // Everything queued now was asked before the keep-alive and the checks below are
+        // sent.
         let mut batch = vec![first];
         while let Ok(more) = requests.try_recv() {
             batch.push(more);
         }
+        let mut checks = Vec::new();
+        let replies: Vec<(oneshot::Sender<Answer>, Option<usize>)> = batch
+            .into_iter()
+            .map(|request| {
+                let index = request.check.map(|check| {
+                    checks.push(check);
+                    checks.len() - 1
+                });
+                (request.reply, index)
+            })
+            .collect();
         delete_orphans(&state, &kv, timeout);
         let sent = Instant::now();
-        let outcome = match timed(timeout, keep_alive_once(&mut lease, &mut stream, state.id)).await
-        {
+        let (kept, mut checked) = tokio::join!(
+            timed(timeout, keep_alive_once(&mut lease, &mut stream, state.id)),
+            keys_are_ours(&kv, state.id, &checks, timeout),
+        );
+        let outcome = match kept {
             Ok(outcome) => outcome,
             Err(failure) => {
                 // A late answer to this keep-alive would be taken for the next one's.
@@ -209,8 +275,18 @@ async fn drive(
             KeepAlive::Gone => state.lost.store(true, Ordering::Release),
             KeepAlive::Failed(_) => {}
         }
-        for reply in batch {
-            let _ = reply.send(outcome.clone());
+        for (reply, index) in replies {
+            // One answer per check, in order (`keys_are_ours`); each is taken once.
+            let ours = index.map(|index| {
+                checked.get_mut(index).map_or_else(
+                    || Err(task_gone()),
+                    |slot| std::mem::replace(slot, Err(Failure::Timeout(timeout))),
+                )
+            });
+            let _ = reply.send(Answer {
+                kept: outcome.clone(),
+                ours,
+            });
         }
     }
     let alive = !state.lost.load(Ordering::Acquire) && Instant::now() < *lock(&state.deadline);

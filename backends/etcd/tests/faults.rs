@@ -370,3 +370,40 @@ async fn keep_alives_are_shared_by_concurrent_refreshes() {
         lease.release().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn keys_deleted_among_many_concurrent_refreshes_are_lost_and_only_they() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let a = backend(server).await;
+    // More keys than one checking transaction takes, so several chunks run, and two
+    // deleted keys in different chunks make both fall back to reading key by key.
+    let mut leases = Vec::new();
+    for _ in 0..150 {
+        leases.push(
+            a.try_acquire(&unique_key("batch"), TTL)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let mut raw = raw(server).await;
+    let deleted = [3, 120];
+    for &i in &deleted {
+        raw.delete(a.etcd_key(leases[i].key()), None).await.unwrap();
+    }
+    let refreshes = leases.iter_mut().map(|lease| lease.refresh(TTL));
+    let results = futures::future::join_all(refreshes).await;
+    for (i, result) in results.into_iter().enumerate() {
+        if deleted.contains(&i) {
+            let err = result.expect_err("a deleted key must not be refreshed");
+            assert!(err.is_lost(), "a deleted key is lost: {err:?}");
+        } else {
+            result.expect("keys still held are refreshed, whatever their neighbours");
+        }
+    }
+    for lease in &mut leases {
+        lease.release().await.unwrap();
+    }
+}
