@@ -16,7 +16,7 @@ use crate::error::{Failure, NAME, timed};
 use crate::lease::EtcdLease;
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
-use crate::{parse, tls};
+use crate::{abandon, parse, tls};
 
 /// A lease backend on an etcd v3 cluster.
 ///
@@ -238,25 +238,23 @@ impl EtcdBackend {
         &self,
         session: &Arc<Session>,
         key: &[u8],
+        value: &str,
         started: Instant,
     ) -> Result<Created, Failure> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(
-                    key,
-                    self.holder(),
-                    Some(PutOptions::new().with_lease(session.id())),
-                ),
+                TxnOp::put(key, value, Some(PutOptions::new().with_lease(session.id()))),
                 TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
             ]);
-        let mut kv = self.inner.client.kv_client();
+        // On a task of its own: if we stop waiting, it gives the key back (see `abandon`).
+        let send = abandon::send_acquire(self, key, value, txn);
         let (response, kept) = if session.granted_since(started) {
-            (kv.txn(txn).await, KeepAlive::Alive)
+            (send.await, KeepAlive::Alive)
         } else {
-            tokio::join!(kv.txn(txn), session.keep_alive())
+            tokio::join!(send, session.keep_alive())
         };
-        let response = match response.map_err(Failure::from) {
+        let response = match response {
             Ok(response) => response,
             Err(failure) if failure.is_lease_not_found() => return Ok(Created::SessionGone),
             Err(failure) => return Err(failure),
@@ -334,12 +332,17 @@ impl LockBackend for EtcdBackend {
         let started = Instant::now();
         let timeout = self.operation_timeout(ttl);
         let etcd_key = self.etcd_key(key);
+        // Gives the key back if this attempt ends without handing out a lease.
+        let attempt = abandon::Attempt::new(self, &etcd_key);
         let created = timed(timeout, async {
             // A session that etcd no longer knows is replaced once: it may have expired
             // while no key was held through it.
             for _ in 0..2 {
                 let session = self.session(secs).await?;
-                match self.create(&session, &etcd_key, started).await? {
+                match self
+                    .create(&session, &etcd_key, attempt.value(), started)
+                    .await?
+                {
                     Created::Ours(revision) => return Ok(Some((session, revision))),
                     Created::Held => return Ok(None),
                     Created::SessionGone => session.mark_lost(),
@@ -349,6 +352,7 @@ impl LockBackend for EtcdBackend {
         })
         .await
         .map_err(|failure| failure.into_error("acquire", timeout))?;
+        attempt.answered();
         Ok(created.map(|(session, revision)| {
             Box::new(EtcdLease::new(
                 self.clone(),

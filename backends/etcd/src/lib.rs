@@ -76,6 +76,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod abandon;
 mod backend;
 mod check;
 mod config;

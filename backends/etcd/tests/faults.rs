@@ -407,3 +407,39 @@ async fn keys_deleted_among_many_concurrent_refreshes_are_lost_and_only_they() {
         lease.release().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_acquire_abandoned_before_its_reply_leaves_the_key_free() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let a = backend(&server).await;
+    let b = backend(&server).await;
+    // Refreshing this lease keeps a's session alive: a key left attached to it by the
+    // abandoned acquire would stay held for as long as a lives.
+    let mut keeper = a
+        .try_acquire(&unique_key("keeper"), TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let key = unique_key("abandoned");
+    server.process().pause().unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), a.try_acquire(&key, TTL)).await;
+    assert!(
+        gave_up.is_err(),
+        "an acquire cannot finish on a paused server"
+    );
+    server.process().resume().unwrap();
+    let deadline = Deadline::new(TTL * 3, "the abandoned acquire's key must become free");
+    loop {
+        let _ = keeper.refresh(TTL).await;
+        match b.try_acquire(&key, TTL).await {
+            Ok(Some(mut lease)) => {
+                lease.release().await.unwrap();
+                break;
+            }
+            Ok(None) | Err(_) => deadline.tick().await,
+        }
+    }
+    keeper.release().await.unwrap();
+}
