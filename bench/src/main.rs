@@ -43,6 +43,15 @@ fn main() -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     }
+    // Children log to stderr what `RUST_LOG` asks for (errors only by default): lease
+    // losses and backend errors during a measurement are worth seeing.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

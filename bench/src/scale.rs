@@ -22,6 +22,9 @@ use crate::targets::Target;
 /// The runner's default TTL, as a service would run: refresh every TTL / 5 = 1 s.
 pub(crate) const TTL: Duration = Duration::from_secs(5);
 
+/// How long a child may take until every routine holds its lease.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How the scale benchmark runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Plan {
@@ -119,7 +122,17 @@ async fn sample(target: &Target, routines: u64, plan: Plan) -> Result<Raw> {
         "--ttl".to_owned(),
         humantime::format_duration(TTL).to_string(),
     ])?;
-    let ready = child.event("ready", Duration::from_secs(600)).await?;
+    let ready = match child.event("ready", READY_TIMEOUT).await {
+        Ok(ready) => ready,
+        Err(error) => {
+            // Say how far it got: routines that never run are a finding, not noise.
+            let progress = status(&mut child).await.ok();
+            return Err(error.context(format!(
+                "not every routine held its lease within {READY_TIMEOUT:?} \
+                 ((running, starts) = {progress:?})"
+            )));
+        }
+    };
     let startup_ms = ready.get("startup_ms").and_then(Value::as_u64).unwrap_or(0);
     tokio::time::sleep(plan.settle).await;
     let pid = child.pid();

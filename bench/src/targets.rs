@@ -105,9 +105,10 @@ impl Target {
                 (Server::Etcd(server), Counter::Etcd(port))
             }
             Kind::Postgres => {
-                let Some(server) = PostgresServer::start() else {
+                let Some(mut server) = PostgresServer::start() else {
                     return Ok(None);
                 };
+                load_pg_stat_statements(&mut server)?;
                 let conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server.url())
                     .await
                     .context("connect to postgres for pg_stat_database")?;
@@ -151,34 +152,33 @@ impl Target {
             .transpose()
     }
 
-    /// What the server counts as requests served so far: Redis's
-    /// `total_commands_processed`, the sum of etcd's `grpc_server_msg_received_total`
-    /// (unary calls and keep-alive stream messages), PostgreSQL's committed and rolled
-    /// back transactions of the database (every statement outside a transaction is
-    /// one). `None` for the memory backend.
-    ///
-    /// PostgreSQL publishes a busy session's counts about once a second, so a window of
-    /// several seconds is needed for a meaningful rate.
+    /// The requests the server has served so far, by its own count; `None` for the
+    /// memory backend:
+    /// - Redis: the calls of `INFO commandstats` without the commands the library's Lua
+    ///   scripts run inside (`GET`, `SET`, `PEXPIRE`, `INCR`, `DEL`, `PUBLISH`, which
+    ///   Redis counts too), so one `EVALSHA` is one request;
+    /// - etcd: the sum of `grpc_server_msg_received_total` (unary calls and keep-alive
+    ///   stream messages);
+    /// - PostgreSQL: the calls of every statement in `pg_stat_statements` (loaded by
+    ///   [`Target::start`]) but the counting query itself. `pg_stat_database`'s
+    ///   transaction counts are no use here: a session that is never idle for long, like
+    ///   the lock session under load, does not publish them.
     pub(crate) async fn requests_served(&self) -> Result<Option<u64>> {
         match &self.counter {
             Counter::None => Ok(None),
             Counter::Redis(conn) => {
                 let info: String = redis::cmd("INFO")
-                    .arg("stats")
+                    .arg("commandstats")
                     .query_async(&mut conn.clone())
                     .await?;
-                let value = info
-                    .lines()
-                    .find_map(|line| line.strip_prefix("total_commands_processed:"))
-                    .context("no total_commands_processed in INFO stats")?;
-                Ok(Some(value.trim().parse()?))
+                Ok(Some(redis_top_level_calls(&info)))
             }
             Counter::Etcd(port) => Ok(Some(etcd_messages_received(*port).await?)),
             Counter::Postgres(conn) => {
                 let mut conn = conn.lock().await;
                 let count: i64 = sqlx::query_scalar(
-                    "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
-                     WHERE datname = current_database()",
+                    "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+                     WHERE query NOT LIKE '%pg_stat_statements%'",
                 )
                 .fetch_one(&mut *conn)
                 .await?;
@@ -203,6 +203,37 @@ impl Target {
             _ => None,
         }
     }
+}
+
+/// Loads `pg_stat_statements` (a restart, since it must be preloaded) so that
+/// statements can be counted on the server.
+fn load_pg_stat_statements(server: &mut PostgresServer) -> Result<()> {
+    let available = server
+        .psql("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'");
+    if available != "1" {
+        bail!("pg_stat_statements is not installed (postgresql-contrib)");
+    }
+    server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'");
+    server.restart();
+    server.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    Ok(())
+}
+
+/// Commands the library's Lua scripts call; Redis counts them in `commandstats`.
+const SCRIPT_COMMANDS: [&str; 6] = ["get", "set", "pexpire", "incr", "del", "publish"];
+
+/// The calls in `INFO commandstats` output, without [`SCRIPT_COMMANDS`].
+fn redis_top_level_calls(info: &str) -> u64 {
+    info.lines()
+        .filter_map(|line| {
+            let (command, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            if SCRIPT_COMMANDS.contains(&command) {
+                return None;
+            }
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            calls.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// Sums `grpc_server_msg_received_total` over every method from etcd's `/metrics`
@@ -250,6 +281,16 @@ mod tests {
             Some(15.0)
         );
         assert_eq!(sum_metric(text, "missing_total"), None);
+    }
+
+    #[test]
+    fn redis_calls_leave_out_what_scripts_run_inside() {
+        let info = "# Commandstats\r\n\
+                    cmdstat_evalsha:calls=100,usec=900,usec_per_call=9.00,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_get:calls=100,usec=50,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_pexpire:calls=100,usec=80,usec_per_call=0.80,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_info:calls=2,usec=80,usec_per_call=40.00,rejected_calls=0,failed_calls=0\r\n";
+        assert_eq!(redis_top_level_calls(info), 102);
     }
 
     #[test]
