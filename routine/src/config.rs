@@ -45,6 +45,8 @@ pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct RunnerBuilder {
     backend: Option<BackendSlot>,
+    /// A setter's error, reported by `build`.
+    error: Option<Error>,
     lease_ttl: Option<Duration>,
     refresh_interval: Option<Duration>,
     retry_interval: Option<Duration>,
@@ -114,6 +116,27 @@ impl RunnerBuilder {
         self
     }
 
+    /// Connects to the backend that `url` names (see [`connect`](crate::connect)) when the
+    /// first leased routine needs it, not now, so a service starts while its lock server
+    /// is still down. Until a connection succeeds, leased routines log the error and try
+    /// again with the error backoff; plain routines are unaffected.
+    ///
+    /// A malformed URL or an unknown scheme makes [`RunnerBuilder::build`] fail with
+    /// [`Error::Config`] naming `ROUTINE_BACKEND_URL`.
+    ///
+    /// ```
+    /// let runner = routine::Runner::builder().backend_url("memory://").build();
+    /// assert!(runner.is_ok());
+    /// assert!(routine::Runner::builder().backend_url("ftp://x").build().is_err());
+    /// ```
+    pub fn backend_url(mut self, url: impl Into<String>) -> Self {
+        match crate::env::lazy_backend(url.into()) {
+            Ok(slot) => self.backend = Some(slot),
+            Err(error) => self.error = Some(error),
+        }
+        self
+    }
+
     pub(crate) fn backend_slot(mut self, slot: BackendSlot) -> Self {
         self.backend = Some(slot);
         self
@@ -160,7 +183,10 @@ impl RunnerBuilder {
     /// [`Error::InvalidTtl`] if the TTL is zero or below the backend's minimum, and
     /// [`Error::Config`] naming the setting if the timings cannot work together (the
     /// refresh interval must leave room for retries before the grace period starts).
-    pub fn build(self) -> Result<Runner> {
+    pub fn build(mut self) -> Result<Runner> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
         let config = self.resolve()?;
         Ok(Runner::from_parts(self.backend, config))
     }

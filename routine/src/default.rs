@@ -4,11 +4,8 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use futures::FutureExt;
-use tokio::sync::OnceCell;
-
 use crate::env::{EnvBackend, backend_from_env, process_env, ttl_from_env};
-use crate::runner::{BackendSlot, LazyBackend};
+use crate::runner::BackendSlot;
 use crate::{Context, RoutineHandle, RunOptions, Runner};
 
 static DEFAULT: OnceLock<Runner> = OnceLock::new();
@@ -43,15 +40,7 @@ fn build_default() -> Runner {
                 builder = builder.lease_ttl(ttl);
             }
             if !matches!(backend, EnvBackend::None) {
-                let backend = Arc::new(backend);
-                builder = builder.backend_slot(BackendSlot::Lazy(Arc::new(LazyBackend {
-                    description: backend.description(),
-                    cell: OnceCell::new(),
-                    connect: Box::new(move || {
-                        let backend = Arc::clone(&backend);
-                        async move { backend.connect().await }.boxed()
-                    }),
-                })));
+                builder = builder.backend_slot(backend.into_lazy_slot());
             }
         }
         (Err(error), _) | (_, Err(error)) => {

@@ -8,6 +8,11 @@
 //! | `REDIS_HOSTS`, `REDIS_PASSWORD`, `REDIS_DB`, ... | with the `redis` feature and no `ROUTINE_BACKEND_URL`: Redis configured as in Go |
 
 use std::ffi::OsString;
+
+use futures::FutureExt;
+use tokio::sync::OnceCell;
+
+use crate::runner::{BackendSlot, LazyBackend};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,6 +163,12 @@ pub(crate) enum EnvBackend {
     None,
 }
 
+/// A lazily connected backend for `url`, whose scheme is checked now.
+pub(crate) fn lazy_backend(url: String) -> Result<BackendSlot> {
+    scheme_of(&url)?;
+    Ok(EnvBackend::Url(url).into_lazy_slot())
+}
+
 pub(crate) fn backend_from_env(env: Lookup<'_>) -> Result<EnvBackend> {
     if let Some(url) = var(env, "ROUTINE_BACKEND_URL")? {
         scheme_of(&url)?;
@@ -170,6 +181,20 @@ pub(crate) fn backend_from_env(env: Lookup<'_>) -> Result<EnvBackend> {
 }
 
 impl EnvBackend {
+    /// A backend slot that connects on first use (and again after a failed attempt).
+    pub(crate) fn into_lazy_slot(self) -> BackendSlot {
+        let description = self.description();
+        let source = Arc::new(self);
+        BackendSlot::Lazy(Arc::new(LazyBackend {
+            description,
+            cell: OnceCell::new(),
+            connect: Box::new(move || {
+                let source = Arc::clone(&source);
+                async move { source.connect().await }.boxed()
+            }),
+        }))
+    }
+
     pub(crate) fn description(&self) -> String {
         match self {
             EnvBackend::Url(url) => match url::Url::parse(url) {

@@ -323,3 +323,53 @@ async fn a_routine_keeps_its_lease_when_its_connection_is_cut() {
     );
     stop(setup).await;
 }
+
+/// A runner whose Redis is unreachable when the service starts: leased routines report a
+/// clear error, back off and keep trying (no panic), and run as soon as Redis is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_at_start_is_retried_with_backoff_until_it_is_up() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    server.kill();
+    let runner = Runner::builder()
+        .backend_url(url)
+        .lease_ttl(TTL)
+        .handle_signals(false)
+        .build()
+        .expect("a well-formed URL builds a runner without connecting");
+    let mut events = runner.subscribe();
+    let handle = runner.run_named(
+        &unique_key("unreachable").to_string(),
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::singleton(),
+    );
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let event = wait_event(&mut events, "backend error", |kind| {
+            matches!(kind, EventKind::BackendError { .. })
+        })
+        .await;
+        let EventKind::BackendError { error } = event.kind else {
+            unreachable!("matched above")
+        };
+        assert!(
+            error.contains("redis backend unavailable"),
+            "the error must say Redis is unavailable: {error}"
+        );
+        errors.push(event.at);
+    }
+    assert!(
+        errors[2] - errors[1] > errors[1] - errors[0],
+        "the runner must back off between attempts: {errors:?}"
+    );
+    assert!(!handle.is_finished(), "the routine keeps trying");
+    server.restart();
+    wait_event(&mut events, "acquired after Redis came up", |kind| {
+        matches!(kind, EventKind::Acquired { .. })
+    })
+    .await;
+    handle.cancel();
+    runner.shutdown().await;
+}
