@@ -341,7 +341,7 @@ async fn an_unreachable_redis_at_start_is_retried_with_backoff_until_it_is_up() 
         .expect("a well-formed URL builds a runner without connecting");
     let mut events = runner.subscribe();
     let handle = runner.run_named(
-        &unique_key("unreachable").to_string(),
+        unique_key("unreachable").as_str(),
         |ctx| async move { ctx.cancelled().await },
         RunOptions::singleton(),
     );
