@@ -52,3 +52,48 @@ where
 pub fn acquired(event: &Event) -> bool {
     matches!(event.kind, EventKind::Acquired { .. })
 }
+
+/// A deadline for polling a condition in a loop: [`Deadline::tick`] waits a few
+/// milliseconds, or panics (naming what was awaited) once the deadline has passed.
+///
+/// ```ignore
+/// let deadline = Deadline::new(Duration::from_secs(5), "key released");
+/// while held().await {
+///     deadline.tick().await;
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Deadline {
+    until: Instant,
+    limit: Duration,
+    what: String,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now for the condition `what`.
+    pub fn new(limit: Duration, what: impl Into<String>) -> Self {
+        Self {
+            until: Instant::now() + limit,
+            limit,
+            what: what.into(),
+        }
+    }
+
+    /// Waits 10 ms before the next check; panics if the deadline has passed.
+    pub async fn tick(&self) {
+        assert!(
+            Instant::now() < self.until,
+            "not within {:?}: {}",
+            self.limit,
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits `future`, panicking if it takes longer than `deadline` (a hang, not slowness).
+pub async fn within<T>(deadline: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(deadline, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not complete within {deadline:?}"))
+}

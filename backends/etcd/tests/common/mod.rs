@@ -2,7 +2,6 @@
 //! and deadlines.
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -58,36 +57,6 @@ pub async fn key_info(raw: &mut Client, key: &[u8]) -> Option<(i64, i64)> {
         .map(|kv| (kv.create_revision(), kv.lease()))
 }
 
-/// A deadline for polling a condition: `tick` waits 20 ms, or panics once it has passed.
-pub struct Deadline {
-    until: tokio::time::Instant,
-    limit: Duration,
-    what: String,
-}
-
-impl Deadline {
-    pub fn new(limit: Duration, what: impl Into<String>) -> Self {
-        Self {
-            until: tokio::time::Instant::now() + limit,
-            limit,
-            what: what.into(),
-        }
-    }
-
-    pub async fn tick(&self) {
-        assert!(
-            tokio::time::Instant::now() < self.until,
-            "not within {:?}: {}",
-            self.limit,
-            self.what
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Awaits `future`, panicking if it takes longer than `deadline` (a hang, not slowness).
-pub async fn within<T>(deadline: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(deadline, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not complete within {deadline:?}"))
-}
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use routine_conformance::wait::{Deadline, within};

@@ -1,10 +1,8 @@
 //! Helpers shared by the integration tests: throwaway servers, backends and raw clients.
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use routine_conformance::servers::RedisServer;
 use routine_core::LockKey;
@@ -44,36 +42,6 @@ pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Opt
     redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
 }
 
-/// A deadline for polling a condition: `tick` waits 10 ms, or panics once it has passed.
-pub struct Deadline {
-    until: tokio::time::Instant,
-    limit: Duration,
-    what: String,
-}
-
-impl Deadline {
-    pub fn new(limit: Duration, what: impl Into<String>) -> Self {
-        Self {
-            until: tokio::time::Instant::now() + limit,
-            limit,
-            what: what.into(),
-        }
-    }
-
-    pub async fn tick(&self) {
-        assert!(
-            tokio::time::Instant::now() < self.until,
-            "not within {:?}: {}",
-            self.limit,
-            self.what
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Awaits `future`, panicking if it takes longer than `deadline` (a hang, not slowness).
-pub async fn within<T>(deadline: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(deadline, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not complete within {deadline:?}"))
-}
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use routine_conformance::wait::{Deadline, within};
