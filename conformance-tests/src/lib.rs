@@ -32,6 +32,7 @@
 pub mod cases;
 mod faulty;
 mod harness;
+pub mod measure;
 #[cfg(feature = "servers")]
 pub mod servers;
 pub mod wait;

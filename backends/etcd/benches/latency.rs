@@ -11,9 +11,11 @@
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs a few iterations only,
 //! as a smoke test.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use routine_conformance::measure::{self, print_row as row};
 use routine_conformance::servers::EtcdServer;
 use routine_core::{LockBackend, LockKey};
 use routine_etcd::EtcdBackend;
@@ -33,16 +35,23 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let library = acquire_release(&server, iterations).await;
-        let raw = raw_round_trip(&server, iterations).await;
-        let handover = handover(&server, iterations / 2).await;
+        let mut library = acquire_release(&server, iterations).await;
+        let mut raw = raw_round_trip(&server, iterations).await;
+        let mut handover = measure::handovers(
+            Arc::new(backend(&server).await),
+            Arc::new(backend(&server).await),
+            &LockKey::new("bench-handover").expect("valid key"),
+            TTL,
+            iterations / 2,
+        )
+        .await;
         println!();
         println!("{} ({iterations} iterations)", etcd_version());
-        println!("| {:<46} |      p50 |      p99 |", "operation");
-        println!("|{}|----------|----------|", "-".repeat(48));
-        row("library try_acquire + release", &library);
-        row("raw Txn put-if-absent + delete (etcd-client)", &raw);
-        row("graceful handover (release -> waiter holds)", &handover);
+        println!("| operation | p50 | p99 |");
+        println!("|---|---|---|");
+        row("library try_acquire + release", &mut library);
+        row("raw Txn put-if-absent + delete (etcd-client)", &mut raw);
+        row("graceful handover (release -> waiter holds)", &mut handover);
     });
 }
 
@@ -110,66 +119,4 @@ async fn raw_round_trip(server: &EtcdServer, iterations: usize) -> Vec<Duration>
     }
     let _ = client.lease_revoke(lease).await;
     samples
-}
-
-async fn handover(server: &EtcdServer, iterations: usize) -> Vec<Duration> {
-    let (holder, waiter) = (backend(server).await, backend(server).await);
-    let mut samples = Vec::with_capacity(iterations);
-    for i in 0..=iterations {
-        let key = LockKey::new(format!("bench-handover-{i}")).expect("valid key");
-        let mut lease = holder.try_acquire(&key, TTL).await.unwrap().unwrap();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let waiting = {
-            let waiter = waiter.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                let mut ready = Some(ready_tx);
-                let released = waiter.released(&key);
-                tokio::pin!(released);
-                // Registers interest before the holder may release.
-                let mut pending = futures::poll!(released.as_mut()).is_pending();
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                loop {
-                    if pending {
-                        released.as_mut().await.expect("release notification");
-                    }
-                    // As the runner does: register for the next release before each
-                    // attempt, so a release between a failed attempt and the wait is
-                    // not missed.
-                    released.set(waiter.released(&key));
-                    pending = futures::poll!(released.as_mut()).is_pending();
-                    if let Some(mut lease) = waiter.try_acquire(&key, TTL).await.unwrap() {
-                        let held = Instant::now();
-                        lease.release().await.unwrap();
-                        return held;
-                    }
-                }
-            })
-        };
-        ready_rx.await.expect("the waiter registers");
-        let started = Instant::now();
-        lease.release().await.unwrap();
-        let held = waiting.await.expect("waiter task");
-        // The first handover also starts the waiter's watch.
-        if i > 0 {
-            samples.push(held - started);
-        }
-    }
-    samples
-}
-
-fn row(label: &str, samples: &[Duration]) {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let at = |q: f64| {
-        let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-        sorted.get(index).copied().unwrap_or_default()
-    };
-    println!(
-        "| {label:<46} | {:>8} | {:>8} |",
-        format!("{:.2?}", at(0.50)),
-        format!("{:.2?}", at(0.99))
-    );
 }

@@ -10,10 +10,11 @@
 //! `cargo bench -p routine-postgres --bench latency` runs it in full; under `cargo test`
 //! (no `--bench` argument) it runs a few iterations only, to check that it works.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use futures::future::join_all;
+use routine_conformance::measure::{self, print_row as row};
 use routine_conformance::servers::PostgresServer;
 use routine_core::{LockBackend, LockKey};
 use routine_postgres::PostgresBackend;
@@ -69,7 +70,14 @@ async fn main() {
     }
     lease.release().await.unwrap();
 
-    let mut handover = handovers_of(&backend, &waiter, handovers).await;
+    let mut handover = measure::handovers(
+        Arc::new(backend.clone()),
+        Arc::new(waiter.clone()),
+        &LockKey::new("bench-handover").expect("key"),
+        TTL,
+        handovers,
+    )
+    .await;
 
     // Many leases on one backend: connections used, and all of them refreshed at once.
     let keys: Vec<LockKey> = (0..held)
@@ -129,57 +137,4 @@ async fn raw_round_trip(conn: &mut sqlx::PgConnection, key: i64) {
         .await
         .unwrap();
     assert!(released, "the raw key was ours");
-}
-
-/// Times `count` graceful handovers from `holder` to `waiter`.
-async fn handovers_of(
-    holder: &PostgresBackend,
-    waiter: &PostgresBackend,
-    count: usize,
-) -> Vec<Duration> {
-    let key = LockKey::new("bench-handover").expect("key");
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
-        let mut lease = holder.try_acquire(&key, TTL).await.unwrap().unwrap();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let waiter = waiter.clone();
-        let key = key.clone();
-        let task = tokio::spawn(async move {
-            let released = waiter.released(&key);
-            tokio::pin!(released);
-            // The first poll registers the waiter, as the runner's does.
-            assert!(released.as_mut().now_or_never().is_none(), "key is held");
-            ready_tx.send(()).unwrap();
-            // As the runner does: register for the next release *before* each attempt,
-            // so a release between a failed attempt and the wait is not missed.
-            let mut pending = true;
-            loop {
-                if pending {
-                    released.as_mut().await.unwrap();
-                }
-                released.set(waiter.released(&key));
-                pending = released.as_mut().now_or_never().is_none();
-                if let Some(lease) = waiter.try_acquire(&key, TTL).await.unwrap() {
-                    return (Instant::now(), lease);
-                }
-            }
-        });
-        ready_rx.await.unwrap();
-        let start = Instant::now();
-        lease.release().await.unwrap();
-        let (acquired_at, mut taken) = task.await.unwrap();
-        times.push(acquired_at - start);
-        taken.release().await.unwrap();
-    }
-    times
-}
-
-fn row(name: &str, samples: &mut [Duration]) {
-    samples.sort_unstable();
-    let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
-    println!("| {name} | {} | {} |", micros(at(50)), micros(at(99)));
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
