@@ -83,3 +83,65 @@ pub fn print_row(name: &str, samples: &mut [Duration]) {
         micros(percentile(samples, 99))
     );
 }
+
+/// Latency samples of a backend next to its raw floor; see
+/// [`acquire_release_against_floor`].
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// The library's `try_acquire` + `release`, uncontended.
+    pub library: Vec<Duration>,
+    /// The same operations without the library.
+    pub floor: Vec<Duration>,
+    /// One `refresh` of a held lease.
+    pub refresh: Vec<Duration>,
+}
+
+/// Times `iterations` uncontended acquire+release rounds of `key` on `backend` and of
+/// `floor` (the bare protocol operations on the same server), interleaved in every
+/// iteration after 50 warm-up rounds of each, then `iterations` refreshes of one lease.
+///
+/// # Panics
+///
+/// If a backend call fails: this is benchmark code.
+pub async fn acquire_release_against_floor(
+    backend: &dyn LockBackend,
+    key: &LockKey,
+    ttl: Duration,
+    iterations: usize,
+    mut floor: impl AsyncFnMut(),
+) -> Latency {
+    let library_round = async || {
+        let mut lease = backend
+            .try_acquire(key, ttl)
+            .await
+            .expect("acquire")
+            .expect("the key is free");
+        lease.release().await.expect("release");
+    };
+    // Warm up both paths (scripts, prepared statements, connection buffers).
+    for _ in 0..50 {
+        library_round().await;
+        floor().await;
+    }
+    let mut latency = Latency::default();
+    for _ in 0..iterations {
+        let start = Instant::now();
+        library_round().await;
+        latency.library.push(start.elapsed());
+        let start = Instant::now();
+        floor().await;
+        latency.floor.push(start.elapsed());
+    }
+    let mut lease = backend
+        .try_acquire(key, ttl)
+        .await
+        .expect("acquire")
+        .expect("the key is free");
+    for _ in 0..iterations {
+        let start = Instant::now();
+        lease.refresh(ttl).await.expect("refresh");
+        latency.refresh.push(start.elapsed());
+    }
+    lease.release().await.expect("release");
+    latency
+}

@@ -41,34 +41,14 @@ async fn main() {
 
     let key = LockKey::new("bench-acquire").expect("key");
     let raw_key = 42_i64;
-    // Warm up both paths (prepared statements, fencing row, buffers).
-    for _ in 0..50 {
-        let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
-        lease.release().await.unwrap();
-        raw_round_trip(&mut raw, raw_key).await;
-    }
-
-    let mut library = Vec::with_capacity(iterations);
-    let mut baseline = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let start = Instant::now();
-        let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
-        lease.release().await.unwrap();
-        library.push(start.elapsed());
-
-        let start = Instant::now();
-        raw_round_trip(&mut raw, raw_key).await;
-        baseline.push(start.elapsed());
-    }
-
-    let mut refresh = Vec::with_capacity(iterations);
-    let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
-    for _ in 0..iterations {
-        let start = Instant::now();
-        lease.refresh(TTL).await.unwrap();
-        refresh.push(start.elapsed());
-    }
-    lease.release().await.unwrap();
+    let measure::Latency {
+        mut library,
+        floor: mut baseline,
+        mut refresh,
+    } = measure::acquire_release_against_floor(&backend, &key, TTL, iterations, async || {
+        raw_round_trip(&mut raw, raw_key).await
+    })
+    .await;
 
     let mut handover = measure::handovers(
         Arc::new(backend.clone()),
