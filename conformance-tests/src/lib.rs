@@ -23,7 +23,7 @@
 //! ```
 //!
 //! To skip every case when the server is missing (outside CI), call [`skip`] from the
-//! factory. [`measure`] holds the timing code the backends' latency benchmarks share. With the `servers` feature, [`servers`] starts throwaway Redis, etcd and
+//! factory. [`measure`] holds the timing code the backends' latency benchmarks share. With the `servers` feature, `servers` starts throwaway Redis, etcd and
 //! PostgreSQL servers for tests.
 //!
 //! The runner-level cases use the real `routine::Runner` with short TTLs (one second,
