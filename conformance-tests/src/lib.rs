@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             refresh_extends_the_lease
             lease_expires_without_refresh
             refresh_after_takeover_reports_lost
+            refresh_many_answers_for_each_lease
             independent_keys
             fencing_tokens_strictly_increase
             zero_ttl_is_rejected

@@ -1,5 +1,6 @@
 //! `LockBackend` and `Lease`: the two traits every backend implements.
 
+use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
@@ -89,6 +90,34 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+
+    /// Refreshes every lease in `leases` to `ttl`, as [`Lease::refresh`] would one by one,
+    /// and returns one result per lease, in the same order.
+    ///
+    /// The runner refreshes all the leases it holds on one shared tick and hands them over
+    /// here together, so a backend can send them in one request (a script over many keys,
+    /// one keep-alive, one statement) instead of one request each. The lease contract
+    /// applies to each lease: if this method is *called* at `t` and a lease's result is
+    /// `Ok`, no other client can take that key before `t + ttl`.
+    ///
+    /// The leases normally came from this backend, but a backend must not assume it: one
+    /// it does not recognise (see [`Lease::as_any_mut`]) is refreshed with its own
+    /// [`Lease::refresh`]. The default does exactly that for every lease, concurrently,
+    /// which is correct for every backend and as cheap as refreshing them one at a time.
+    ///
+    /// # Errors
+    ///
+    /// Per lease, as for [`Lease::refresh`]: [`Error::Lost`](crate::Error::Lost) for a lease
+    /// that is no longer ours (the others are unaffected), a transient error when the
+    /// outcome for that lease is unknown.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Lease::refresh`]: if dropped, each lease may or may not have been extended,
+    /// and its previous deadline still bounds it.
+    async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
+        futures::future::join_all(leases.iter_mut().map(|lease| lease.refresh(ttl))).await
+    }
 }
 
 /// A held lock on one key, returned by [`LockBackend::try_acquire`].
@@ -103,6 +132,14 @@ pub trait Lease: fmt::Debug + Send + Sync {
 
     /// The fencing token of this acquisition.
     fn fencing_token(&self) -> FencingToken;
+
+    /// This lease as [`Any`], so that the backend that made it can recognise it in
+    /// [`LockBackend::refresh_many`] and batch its refresh with others. The default,
+    /// `None`, means "refresh me with [`Lease::refresh`]"; a backend that overrides
+    /// `refresh_many` returns `Some(self)`.
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 
     /// Extends the lease to `ttl` from now (see the lease contract on [`LockBackend`]).
     ///

@@ -4,24 +4,27 @@
 //! The local deadline is `sent + ttl - safety_margin`, where `sent` is when the last
 //! successful acquire or refresh request was *sent* (tokio's monotonic clock): the server
 //! started counting the TTL no earlier than that, so the lease is certainly live until
-//! then, whatever the reply's delay. Refreshes run every `refresh_interval`; a failed one
-//! is retried until the deadline rather than treated as a loss. `grace_period` before the
-//! deadline the routine's context is cancelled; at the deadline its future is dropped, so
-//! it cannot run on a lease that may have passed to someone else, even if it ignores its
-//! context. A refresh that says the lease is gone ([`Error::Lost`]) drops the routine at
-//! once: another holder may already be running.
+//! then, whatever the reply's delay. The runner's [`Keeper`](crate::keeper) refreshes the
+//! lease, with all others, about every `refresh_interval`, and moves the deadline on; a
+//! failed refresh is retried until the deadline rather than treated as a loss. The hold
+//! keeps one timer: `grace_period` before the deadline the routine's context is
+//! cancelled; at the deadline its future is dropped, so it cannot run on a lease that may
+//! have passed to someone else, even if it ignores its context. A refresh that says the
+//! lease is gone ([`Error::Lost`]) drops the routine at once: another holder may already
+//! be running.
 //!
 //! [`Error::Lost`]: routine_core::Error::Lost
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use routine_core::Lease;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use routine_core::{Lease, LockBackend};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
 use crate::events::EventKind;
 use crate::instance::error_chain;
+use crate::keeper::{Change, Kept};
 use crate::task::{RoutineFn, RunEnd, Task};
 
 /// How one leased run of the routine ended.
@@ -49,6 +52,7 @@ enum KeeperEnd {
 
 pub(crate) async fn hold(
     task: &Task,
+    backend: Arc<dyn LockBackend>,
     mut lease: Box<dyn Lease>,
     sent: Instant,
     routine: &mut RoutineFn,
@@ -70,17 +74,18 @@ pub(crate) async fn hold(
         release(task, &mut *lease, config).await;
         return HoldEnd::LeaseLost;
     }
+    let mut kept = inner.keeper.keep(backend, lease, sent);
     let token = task.token.child_token();
     let ctx = task.context(token.clone(), Some(fencing));
     let end = {
-        let keeper = keep(task, &mut *lease, sent, &token);
+        let watch = watch(task, &kept, &token);
         let run = task.run_routine(routine, ctx);
-        // The keeper is polled before the routine: when the deadline has passed, the
+        // The watch is polled before the routine: when the deadline has passed, the
         // routine must not get another poll.
         tokio::select! {
             biased;
             _ = inner.abort.cancelled() => HoldEnd::Aborted,
-            why = keeper => {
+            why = watch => {
                 token.cancel();
                 task.emit(EventKind::LeaseLost { token: fencing });
                 task.emit(EventKind::Dropped);
@@ -95,7 +100,7 @@ pub(crate) async fn hold(
             end = run => match end {
                 RunEnd::Panicked(message) => HoldEnd::Panicked(message),
                 RunEnd::Returned if task.token.is_cancelled() => HoldEnd::Cancelled,
-                // Cancelled by the keeper: the lease is going or gone.
+                // Cancelled by the watch: the lease is going or gone.
                 RunEnd::Returned if token.is_cancelled() => {
                     task.emit(EventKind::LeaseLost { token: fencing });
                     HoldEnd::LeaseLost
@@ -110,9 +115,13 @@ pub(crate) async fn hold(
     };
     if let HoldEnd::Aborted = end {
         // A crash, as far as everyone else can tell: the lease runs out by its TTL.
+        // Dropping `kept` takes it out of the keeper's care unreleased.
         return end;
     }
-    release(task, &mut *lease, config).await;
+    // Back from the keeper (after a refresh it is in returns) to be released.
+    if let Some(mut lease) = kept.take_back().await {
+        release(task, &mut *lease, config).await;
+    }
     end
 }
 
@@ -141,63 +150,46 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig) {
     }
 }
 
-/// Refreshes the lease until it is lost or the local deadline passes; cancels `token`
-/// when the grace period before the deadline begins.
-async fn keep(
-    task: &Task,
-    lease: &mut dyn Lease,
-    sent: Instant,
-    token: &CancellationToken,
-) -> KeeperEnd {
+/// Waits until the lease is lost or its local deadline passes, reporting failed
+/// refreshes on the way; cancels `token` when the grace period before the deadline
+/// begins. One timer, reset only when it fires: at the grace time, or at the deadline
+/// once the context is cancelled. When it fires it reads the current deadline, which
+/// the keeper has usually moved on.
+async fn watch(task: &Task, kept: &Kept, token: &CancellationToken) -> KeeperEnd {
     let config = &task.runner.inner.config;
-    let mut deadline = local_deadline(sent, config);
-    let mut next_refresh = sent + config.refresh_interval;
-    // After a failed refresh, retry sooner than the regular interval: there are several
-    // chances left before the grace period if the failure was a blip.
-    let retry_after_failure = (config.refresh_interval / 4).max(Duration::from_millis(1));
+    let wake_at = |deadline: Instant| {
+        if token.is_cancelled() {
+            deadline
+        } else {
+            deadline
+                .checked_sub(config.grace_period)
+                .unwrap_or(deadline)
+        }
+    };
+    let timer = sleep_until(wake_at(kept.deadline()));
+    tokio::pin!(timer);
     loop {
-        let grace_at = deadline
-            .checked_sub(config.grace_period)
-            .unwrap_or(deadline);
         tokio::select! {
             biased;
-            _ = sleep_until(deadline) => return KeeperEnd::DeadlinePassed,
-            _ = sleep_until(grace_at), if !token.is_cancelled() => {
-                tracing::warn!("lease deadline near; cancelling routine");
-                token.cancel();
-                continue;
-            }
-            _ = sleep_until(next_refresh) => {}
-        }
-
-        let sent = Instant::now();
-        // Bounded by the deadline: a hung backend cannot keep us waiting past it.
-        let refresh = timeout_at(deadline, lease.refresh(config.lease_ttl));
-        tokio::pin!(refresh);
-        let result = loop {
-            tokio::select! {
-                biased;
-                result = &mut refresh => break result,
-                _ = sleep_until(grace_at), if !token.is_cancelled() => {
+            _ = &mut timer => {
+                let deadline = kept.deadline();
+                let now = Instant::now();
+                if now >= deadline {
+                    return KeeperEnd::DeadlinePassed;
+                }
+                if !token.is_cancelled() && now >= wake_at(deadline) {
                     tracing::warn!("lease deadline near; cancelling routine");
                     token.cancel();
                 }
+                timer.as_mut().reset(wake_at(deadline));
             }
-        };
-        match result {
-            Ok(Ok(())) => {
-                deadline = local_deadline(sent, config);
-                next_refresh = sent + config.refresh_interval;
-            }
-            Ok(Err(error)) if error.is_lost() => return KeeperEnd::Lost,
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "lease refresh failed; retrying until the deadline");
-                task.emit(EventKind::RefreshFailed {
-                    error: error_chain(&error),
-                });
-                next_refresh = Instant::now() + retry_after_failure;
-            }
-            Err(_) => return KeeperEnd::DeadlinePassed,
+            change = kept.changed() => match change {
+                Change::Lost => return KeeperEnd::Lost,
+                Change::Failed(error) => {
+                    tracing::warn!(error = %error, "lease refresh failed; retrying until the deadline");
+                    task.emit(EventKind::RefreshFailed { error });
+                }
+            },
         }
     }
 }

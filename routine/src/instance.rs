@@ -97,7 +97,9 @@ impl<'a> Instance<'a> {
                     drop(released);
                     self.contended = false;
                     self.error_backoff.reset();
-                    let wait = match hold(self.task, lease, sent, &mut routine).await {
+                    let held =
+                        hold(self.task, Arc::clone(&backend), lease, sent, &mut routine).await;
+                    let wait = match held {
                         HoldEnd::Returned if !restart => return Outcome::Returned,
                         HoldEnd::Returned => {
                             self.panic_backoff.reset();

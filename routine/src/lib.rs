@@ -20,6 +20,7 @@ mod events;
 mod handle;
 mod hold;
 mod instance;
+mod keeper;
 mod options;
 mod runner;
 mod signals;

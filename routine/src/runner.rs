@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{DEFAULT_TTL, RunnerBuilder, RunnerConfig};
 use crate::events::{Event, EventKind};
 use crate::handle::{Outcome, RoutineHandle};
+use crate::keeper::Keeper;
 use crate::options::{Mode, RunOptions};
 use crate::task::{RoutineFn, Task};
 
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     shutdown_started: AtomicBool,
     signals_installed: AtomicBool,
     pub(crate) tracker: TaskTracker,
+    /// Refreshes every lease the runner holds.
+    pub(crate) keeper: Keeper,
     pub(crate) events: broadcast::Sender<Event>,
 }
 
@@ -139,17 +142,20 @@ impl Runner {
 
     pub(crate) fn from_parts(backend: Option<BackendSlot>, config: RunnerConfig) -> Self {
         let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let keeper = Keeper::new(&config, abort.clone());
         Self {
             inner: Arc::new(Inner {
                 backend,
                 config,
                 hard_stop: CancellationToken::new(),
-                abort: CancellationToken::new(),
+                abort,
                 done: CancellationToken::new(),
                 shutdown,
                 shutdown_started: AtomicBool::new(false),
                 signals_installed: AtomicBool::new(false),
                 tracker: TaskTracker::new(),
+                keeper,
                 events: broadcast::channel(1024).0,
             }),
         }

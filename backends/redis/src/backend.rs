@@ -330,6 +330,98 @@ impl LockBackend for RedisBackend {
         }
     }
 
+    /// Refreshes this backend's leases with one [`scripts::REFRESH_MANY`] call per
+    /// [`scripts::REFRESH_MANY_CHUNK`] leases, all pipelined on the command connection;
+    /// leases of other backends are refreshed one by one.
+    async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
+        let ttl_ms = match ttl_millis(ttl) {
+            Ok(ms) => ms,
+            Err(_) => return leases.iter().map(|_| ttl_millis(ttl).map(drop)).collect(),
+        };
+        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
+        let mut ours = Vec::with_capacity(leases.len());
+        let mut invocations = Vec::new();
+        for (index, lease) in leases.iter_mut().enumerate() {
+            let Some(lease) = lease
+                .as_any_mut()
+                .and_then(|lease| lease.downcast_mut::<RedisLease>())
+                .filter(|lease| lease.belongs_to(&self.inner))
+            else {
+                continue;
+            };
+            if !lease.is_held() {
+                results[index] = Some(Err(lease.lost()));
+                continue;
+            }
+            if ours.len() % scripts::REFRESH_MANY_CHUNK == 0 {
+                let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
+                invocation.arg(ttl_ms);
+                invocations.push(invocation);
+            }
+            let (lock, token) = lease.lock_and_token();
+            if let Some(invocation) = invocations.last_mut() {
+                invocation.key(lock).arg(token);
+            }
+            ours.push(index);
+        }
+        let limit = self.inner.lease_limit(ttl);
+        let replies = futures::future::join_all(invocations.iter().map(|invocation| {
+            self.inner
+                .request("refresh", limit, move |mut conn| async move {
+                    invocation.invoke_async::<Vec<i64>>(&mut conn).await
+                })
+        }))
+        .await;
+        for (chunk, reply) in ours.chunks(scripts::REFRESH_MANY_CHUNK).zip(replies) {
+            let outcomes: Vec<Result<i64>> = match reply {
+                Ok(extended) if extended.len() == chunk.len() => {
+                    extended.into_iter().map(Ok).collect()
+                }
+                Ok(extended) => {
+                    let error = error::unexpected_reply("refresh", extended.len());
+                    error::for_each(error, "refresh", chunk.len())
+                        .into_iter()
+                        .map(Err)
+                        .collect()
+                }
+                Err(error) => error::for_each(error, "refresh", chunk.len())
+                    .into_iter()
+                    .map(Err)
+                    .collect(),
+            };
+            for (&index, outcome) in chunk.iter().zip(outcomes) {
+                let lease = leases[index]
+                    .as_any_mut()
+                    .and_then(|lease| lease.downcast_mut::<RedisLease>());
+                results[index] = Some(match (outcome, lease) {
+                    (Ok(reply), Some(lease)) => lease.refreshed(reply, ttl),
+                    (Err(error), _) => Err(error),
+                    (Ok(_), None) => Err(error::unexpected_reply("refresh", "a foreign lease")),
+                });
+            }
+        }
+        // Leases this backend did not make: their own refresh, concurrently.
+        let foreign = futures::future::join_all(
+            leases
+                .iter_mut()
+                .zip(&results)
+                .filter(|(_, result)| result.is_none())
+                .map(|(lease, _)| lease.refresh(ttl)),
+        )
+        .await;
+        let mut foreign = foreign.into_iter();
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    foreign.next().unwrap_or_else(|| {
+                        Err(error::unexpected_reply("refresh", "a missing result"))
+                    })
+                })
+            })
+            .collect()
+    }
+
     async fn released(&self, key: &LockKey) -> Result<()> {
         let channel = self.inner.keys.channel(key);
         self.inner.notifier.released(&channel).await

@@ -103,3 +103,21 @@ impl std::error::Error for SharedError {
         self.0.source()
     }
 }
+
+/// One error for each of `count` leases that a failed batched request was about: the
+/// error itself for the first, and copies for the others (a timeout stays a timeout;
+/// anything else becomes `Unavailable` with the error, shared, as its source).
+pub(crate) fn for_each(error: Error, operation: &'static str, count: usize) -> Vec<Error> {
+    if let Error::Timeout { timeout, .. } = error {
+        return (0..count).map(|_| timed_out(operation, timeout)).collect();
+    }
+    let mut errors = Vec::with_capacity(count);
+    if count > 1 {
+        let shared = SharedError(Arc::new(error));
+        errors.extend((1..count).map(|_| Error::unavailable(NAME, operation, shared.clone())));
+        errors.push(Error::unavailable(NAME, operation, shared));
+    } else if count == 1 {
+        errors.push(error);
+    }
+    errors
+}

@@ -1,5 +1,6 @@
 //! `RedisLease`: a held lock key, refreshed and released by comparing its token.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +54,39 @@ impl RedisLease {
         }
     }
 
-    fn lost(&self) -> Error {
+    pub(crate) fn lost(&self) -> Error {
         Error::Lost {
             key: self.key.clone(),
+        }
+    }
+
+    /// Whether this lease came from the backend sharing `inner`.
+    pub(crate) fn belongs_to(&self, inner: &Arc<Inner>) -> bool {
+        Arc::ptr_eq(&self.inner, inner)
+    }
+
+    /// Whether the lease may still be ours (not released, not found lost).
+    pub(crate) fn is_held(&self) -> bool {
+        self.state == State::Held
+    }
+
+    /// The lock key and our token in it, for a batched refresh.
+    pub(crate) fn lock_and_token(&self) -> (&str, &str) {
+        (&self.lock, &self.token)
+    }
+
+    /// Records a refresh's reply: 1 extended to `ttl`, 0 lost.
+    pub(crate) fn refreshed(&mut self, reply: i64, ttl: Duration) -> Result<()> {
+        match reply {
+            1 => {
+                self.ttl = ttl;
+                Ok(())
+            }
+            0 => {
+                self.state = State::Lost;
+                Err(self.lost())
+            }
+            other => Err(error::unexpected_reply("refresh", other)),
         }
     }
 }
@@ -81,6 +112,10 @@ impl Lease for RedisLease {
         self.fence
     }
 
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
+    }
+
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {
         let ttl_ms = ttl_millis(ttl)?;
         if self.state != State::Held {
@@ -97,17 +132,7 @@ impl Lease for RedisLease {
                 |mut conn| async move { invocation.invoke_async(&mut conn).await },
             )
             .await?;
-        match extended {
-            1 => {
-                self.ttl = ttl;
-                Ok(())
-            }
-            0 => {
-                self.state = State::Lost;
-                Err(self.lost())
-            }
-            other => Err(error::unexpected_reply("refresh", other)),
-        }
+        self.refreshed(extended, ttl)
     }
 
     async fn release(&mut self) -> Result<()> {

@@ -50,6 +50,30 @@ return 0
     )
 });
 
+/// [`REFRESH`] for many locks in one call: what the runner's shared refresh tick sends.
+///
+/// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` the token of `KEYS[i]`. Returns
+/// one 1 (extended) or 0 (gone or someone else's) per key, in order.
+pub(crate) static REFRESH_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local extended = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    extended[i] = redis.call('PEXPIRE', key, ARGV[1])
+  else
+    extended[i] = 0
+  end
+end
+return extended
+",
+    )
+});
+
+/// How many locks one [`REFRESH_MANY`] call refreshes at most, so that one script never
+/// blocks the server for long (Redis runs scripts one at a time): about a millisecond.
+pub(crate) const REFRESH_MANY_CHUNK: usize = 500;
+
 /// Deletes the lock if it still holds our token (bsm/redislock's release script) and
 /// announces the release to waiters.
 ///

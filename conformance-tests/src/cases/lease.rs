@@ -187,6 +187,54 @@ pub async fn refresh_after_takeover_reports_lost(h: &Harness) {
     second.release().await.expect("release");
 }
 
+/// `refresh_many` answers for each lease, in order: live leases are extended (still held
+/// after twice their TTL), a released one reports `Error::Lost`, and refreshing it does not
+/// touch the key's new holder.
+pub async fn refresh_many_answers_for_each_lease(h: &Harness) {
+    let (a, b) = (h.backend().await, h.backend().await);
+    let ttl = h.ttl(Duration::from_millis(600));
+    let mut leases = vec![
+        must_acquire(h, &*a, "first", ttl).await,
+        must_acquire(h, &*a, "released", ttl).await,
+        must_acquire(h, &*a, "third", ttl).await,
+    ];
+    leases[1].release().await.expect("release");
+    let mut taken = must_acquire(h, &*b, "released", ttl).await;
+    let until = Instant::now() + ttl * 2;
+    while Instant::now() < until {
+        tokio::time::sleep(ttl / 4).await;
+        let results = a.refresh_many(&mut leases, ttl).await;
+        assert_eq!(results.len(), 3, "refresh_many must answer once per lease");
+        for (index, name) in [(0, "first"), (2, "third")] {
+            if let Err(err) = &results[index] {
+                panic!("refresh_many of the live lease `{name}` must succeed, got {err:?}");
+            }
+        }
+        assert!(
+            matches!(&results[1], Err(Error::Lost { .. })),
+            "refresh_many of a released lease must be Lost, got {:?}",
+            results[1]
+        );
+        taken
+            .refresh(ttl)
+            .await
+            .expect("the new holder's lease must be untouched by the old lease's refresh");
+    }
+    for name in ["first", "third"] {
+        assert!(
+            b.try_acquire(&h.key(name), ttl)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "`{name}`, refreshed by refresh_many, must still be held after twice its TTL"
+        );
+    }
+    for lease in &mut leases {
+        lease.release().await.expect("release");
+    }
+    taken.release().await.expect("release");
+}
+
 /// Holding one key does not affect another.
 pub async fn independent_keys(h: &Harness) {
     let (a, b) = (h.backend().await, h.backend().await);

@@ -1,0 +1,401 @@
+//! `Keeper`: refreshes every lease a runner holds, together, on one shared tick.
+//!
+//! A runner holding 10,000 routines would otherwise run 10,000 refresh loops, each with
+//! its own timers and its own request per refresh. Instead each `hold` hands its lease to
+//! the runner's keeper and keeps a single timer of its own, at its local deadline. The
+//! keeper's one task wakes when the earliest lease is due, takes every lease due within
+//! half a refresh interval after it, and refreshes them with one
+//! [`LockBackend::refresh_many`] call, so the backend can batch them (one script, one
+//! keep-alive, one statement). Leases refreshed together stay due together, so in a
+//! steady state there is one batch per refresh interval.
+//!
+//! What a hold learns from its [`Kept`]: its current local deadline (`sent + ttl -
+//! safety_margin`, `sent` being when the `refresh_many` call that confirmed the lease was
+//! *made*), and, pushed, that its lease was lost or that a refresh failed. The hold, not
+//! the keeper, enforces the deadline: a keeper stuck on a hung backend cannot keep a
+//! routine running past it. Batches run concurrently, each bounded by the request
+//! timeout, so a hung batch does not delay the leases that are not in it.
+//!
+//! The task starts with the first lease and ends when there are none left, so an idle
+//! runner has no task and no timer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use routine_core::{Error, Lease, LockBackend, Result};
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RunnerConfig;
+use crate::instance::{error_chain, timeout_error};
+
+/// The runner's lease keeper; see the module documentation.
+pub(crate) struct Keeper {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ttl: Duration,
+    refresh_interval: Duration,
+    safety_margin: Duration,
+    request_timeout: Duration,
+    abort: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<u64, Entry>,
+    next_id: u64,
+    /// Whether the keeper task is running.
+    running: bool,
+}
+
+/// One lease in the keeper's care.
+struct Entry {
+    backend: Arc<dyn LockBackend>,
+    /// `None` while the lease is in a batch being refreshed.
+    lease: Option<Box<dyn Lease>>,
+    watch: Arc<Watch>,
+    next_due: Instant,
+    /// Refreshed no more: it was lost, or its hold wants it back to release it.
+    retired: bool,
+    /// Its hold is gone (dropped mid-batch): drop the lease when the batch returns.
+    orphaned: bool,
+}
+
+/// What the keeper tells one hold.
+struct Watch {
+    state: Mutex<WatchState>,
+    /// Woken when `state` has news: lost, a failure to report, or the lease came back
+    /// from a batch to a hold waiting in [`Kept::take_back`].
+    changed: Notify,
+}
+
+struct WatchState {
+    deadline: Instant,
+    lost: bool,
+    failure: Option<String>,
+}
+
+/// What a hold is told by [`Kept::changed`].
+pub(crate) enum Change {
+    /// A refresh said the lease is no longer ours.
+    Lost,
+    /// A refresh failed without a verdict; it is retried until the deadline.
+    Failed(String),
+}
+
+/// A hold's handle on its lease while the keeper keeps it. Dropping it without
+/// [`take_back`](Kept::take_back) drops the lease (as on `Runner::abort`).
+pub(crate) struct Kept {
+    id: u64,
+    watch: Arc<Watch>,
+    shared: Arc<Shared>,
+}
+
+/// A batch that came back from the backend.
+struct Done {
+    sent: Instant,
+    ids: Vec<u64>,
+    leases: Vec<Box<dyn Lease>>,
+    results: Vec<Result<()>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section only moves values in and out of maps and fields, so a panic
+    // cannot leave the data half-updated and poisoning is ignored.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Keeper {
+    pub(crate) fn new(config: &RunnerConfig, abort: CancellationToken) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                ttl: config.lease_ttl,
+                refresh_interval: config.refresh_interval,
+                safety_margin: config.safety_margin,
+                request_timeout: config.request_timeout,
+                abort,
+            }),
+        }
+    }
+
+    /// Takes `lease`, acquired (or last refreshed) by a call made at `sent`, into care.
+    /// Must be called within a tokio runtime: it may start the keeper task.
+    pub(crate) fn keep(
+        &self,
+        backend: Arc<dyn LockBackend>,
+        lease: Box<dyn Lease>,
+        sent: Instant,
+    ) -> Kept {
+        let watch = Arc::new(Watch {
+            state: Mutex::new(WatchState {
+                deadline: self.shared.local_deadline(sent),
+                lost: false,
+                failure: None,
+            }),
+            changed: Notify::new(),
+        });
+        let start = {
+            let mut state = lock(&self.shared.state);
+            let id = state.next_id;
+            state.next_id += 1;
+            state.entries.insert(
+                id,
+                Entry {
+                    backend,
+                    lease: Some(lease),
+                    watch: Arc::clone(&watch),
+                    next_due: sent + self.shared.refresh_interval,
+                    retired: false,
+                    orphaned: false,
+                },
+            );
+            let start = !state.running;
+            state.running = true;
+            (id, start)
+        };
+        let (id, start) = start;
+        if start {
+            tokio::spawn(Arc::clone(&self.shared).run());
+        }
+        Kept {
+            id,
+            watch,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Kept {
+    /// The local deadline: the lease is certainly ours until then.
+    pub(crate) fn deadline(&self) -> Instant {
+        lock(&self.watch.state).deadline
+    }
+
+    /// Waits for news from the keeper. Cancel-safe.
+    pub(crate) async fn changed(&self) -> Change {
+        loop {
+            let notified = self.watch.changed.notified();
+            {
+                let mut state = lock(&self.watch.state);
+                if state.lost {
+                    return Change::Lost;
+                }
+                if let Some(error) = state.failure.take() {
+                    return Change::Failed(error);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes the lease back to release it, waiting for a batch it is in to return.
+    /// `None` if the runner was aborted meanwhile (the lease is then dropped unreleased).
+    pub(crate) async fn take_back(&mut self) -> Option<Box<dyn Lease>> {
+        loop {
+            let notified = self.watch.changed.notified();
+            {
+                let mut state = lock(&self.shared.state);
+                let entry = state.entries.get_mut(&self.id)?;
+                if entry.lease.is_some() {
+                    return state.entries.remove(&self.id).and_then(|entry| entry.lease);
+                }
+                entry.retired = true;
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.abort.cancelled() => return None,
+                _ = notified => {}
+            }
+        }
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        if let Some(entry) = state.entries.get_mut(&self.id) {
+            if entry.lease.is_some() {
+                state.entries.remove(&self.id);
+            } else {
+                entry.retired = true;
+                entry.orphaned = true;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn local_deadline(&self, sent: Instant) -> Instant {
+        sent + self.ttl.saturating_sub(self.safety_margin)
+    }
+
+    /// The keeper task: refreshes due leases in batches until none are left.
+    async fn run(self: Arc<Self>) {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let wake_at = {
+                let mut state = lock(&self.state);
+                if state.entries.is_empty() && in_flight.is_empty() {
+                    state.running = false;
+                    return;
+                }
+                let now = Instant::now();
+                let (batches, wake_at) = self.take_due(&mut state, now);
+                for (backend, ids, leases) in batches {
+                    in_flight.push(self.refresh(backend, ids, leases));
+                }
+                wake_at
+            };
+            tokio::select! {
+                biased;
+                // A crash, as far as everyone else can tell: refresh nothing more.
+                _ = self.abort.cancelled() => return,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => self.apply(done),
+                _ = sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// When a lease is due, takes it and every lease due within half a refresh interval
+    /// out of their entries, in one batch per backend; says when the next one is due.
+    #[allow(clippy::type_complexity)]
+    fn take_due(
+        &self,
+        state: &mut State,
+        now: Instant,
+    ) -> (
+        Vec<(Arc<dyn LockBackend>, Vec<u64>, Vec<Box<dyn Lease>>)>,
+        Instant,
+    ) {
+        let mut batches: Vec<(Arc<dyn LockBackend>, Vec<u64>, Vec<Box<dyn Lease>>)> = Vec::new();
+        let mut wake_at = now + self.refresh_interval;
+        let waiting = |entry: &Entry| !entry.retired && entry.lease.is_some();
+        // A batch starts only when a lease is due; it then takes the leases due soon too.
+        let earliest = state
+            .entries
+            .values()
+            .filter(|entry| waiting(entry))
+            .map(|entry| entry.next_due)
+            .min();
+        match earliest {
+            Some(due) if due <= now => {}
+            Some(due) => return (batches, due),
+            None => return (batches, wake_at),
+        }
+        let horizon = now + self.refresh_interval / 2;
+        for (&id, entry) in &mut state.entries {
+            if !waiting(entry) {
+                continue;
+            }
+            if entry.next_due > horizon {
+                wake_at = wake_at.min(entry.next_due);
+                continue;
+            }
+            let Some(lease) = entry.lease.take() else {
+                continue;
+            };
+            // A runner has one backend; the search is over a handful at most.
+            match batches
+                .iter_mut()
+                .find(|(backend, _, _)| Arc::ptr_eq(backend, &entry.backend))
+            {
+                Some((_, ids, leases)) => {
+                    ids.push(id);
+                    leases.push(lease);
+                }
+                None => batches.push((Arc::clone(&entry.backend), vec![id], vec![lease])),
+            }
+        }
+        (batches, wake_at)
+    }
+
+    /// Refreshes one batch, bounded by the request timeout.
+    fn refresh(
+        &self,
+        backend: Arc<dyn LockBackend>,
+        ids: Vec<u64>,
+        mut leases: Vec<Box<dyn Lease>>,
+    ) -> impl Future<Output = Done> + Send + 'static {
+        let ttl = self.ttl;
+        let limit = self.request_timeout;
+        async move {
+            let sent = Instant::now();
+            let results = match timeout(limit, backend.refresh_many(&mut leases, ttl)).await {
+                Ok(results) if results.len() == leases.len() => results,
+                Ok(results) => {
+                    let message = format!(
+                        "refresh_many returned {} results for {} leases",
+                        results.len(),
+                        leases.len()
+                    );
+                    leases
+                        .iter()
+                        .map(|_| {
+                            Err(Error::unavailable(
+                                backend.name(),
+                                "refresh",
+                                message.clone(),
+                            ))
+                        })
+                        .collect()
+                }
+                Err(_) => leases
+                    .iter()
+                    .map(|_| Err(timeout_error(&*backend, "refresh", limit)))
+                    .collect(),
+            };
+            Done {
+                sent,
+                ids,
+                leases,
+                results,
+            }
+        }
+    }
+
+    /// Puts a returned batch's leases back and tells their holds what happened.
+    fn apply(&self, done: Done) {
+        let now = Instant::now();
+        let retry_after_failure = (self.refresh_interval / 4).max(Duration::from_millis(1));
+        let mut state = lock(&self.state);
+        for ((id, lease), result) in done.ids.into_iter().zip(done.leases).zip(done.results) {
+            let Some(entry) = state.entries.get_mut(&id) else {
+                continue;
+            };
+            if entry.orphaned {
+                state.entries.remove(&id);
+                continue;
+            }
+            entry.lease = Some(lease);
+            let mut watch = lock(&entry.watch.state);
+            match result {
+                Ok(()) => {
+                    watch.deadline = self.local_deadline(done.sent);
+                    entry.next_due = done.sent + self.refresh_interval;
+                }
+                Err(error) if error.is_lost() => {
+                    watch.lost = true;
+                    entry.retired = true;
+                }
+                Err(error) => {
+                    watch.failure = Some(error_chain(&error));
+                    entry.next_due = now + retry_after_failure;
+                }
+            }
+            let news = watch.lost || watch.failure.is_some() || entry.retired;
+            drop(watch);
+            if news {
+                entry.watch.changed.notify_one();
+            }
+        }
+    }
+}

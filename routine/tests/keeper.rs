@@ -1,0 +1,173 @@
+//! The runner's lease keeper: every held lease is refreshed in one `refresh_many` call per
+//! refresh interval, and what a batch says about one lease affects that lease only.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{TTL, idle_singleton, runner, wait_for};
+use routine::{
+    Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, Result, Runner,
+};
+
+/// A memory backend that records the size of every `refresh_many` call.
+#[derive(Debug, Clone, Default)]
+struct Counting {
+    inner: MemoryBackend,
+    batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Counting {
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl LockBackend for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        self.inner.try_acquire(key, ttl).await
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.inner.released(key).await
+    }
+
+    async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
+        self.batches.lock().unwrap().push(leases.len());
+        self.inner.refresh_many(leases, ttl).await
+    }
+}
+
+fn counting_runner(backend: &Counting) -> Runner {
+    Runner::builder()
+        .backend(backend.clone())
+        .lease_ttl(TTL)
+        .handle_signals(false)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_leases_are_refreshed_in_one_call_per_interval() {
+    const ROUTINES: usize = 100;
+    let backend = Counting::default();
+    let runner = counting_runner(&backend);
+    let mut events = runner.subscribe();
+    let _handles: Vec<_> = (0..ROUTINES)
+        .map(|i| idle_singleton(&runner, &format!("job-{i}")))
+        .collect();
+    for _ in 0..ROUTINES {
+        wait_for(
+            &mut events,
+            TTL,
+            "acquired",
+            kind!(EventKind::Acquired { .. }),
+        )
+        .await;
+    }
+    let interval = runner.config().refresh_interval;
+    tokio::time::sleep(interval * 10 + interval / 2).await;
+
+    let batches = backend.batches();
+    assert_eq!(
+        batches,
+        vec![ROUTINES; 10],
+        "ten refresh intervals must take ten calls, each with every lease"
+    );
+    for i in 0..ROUTINES {
+        let key = LockKey::new(format!("job-{i}")).unwrap();
+        assert!(
+            backend.inner.holder(&key).is_some(),
+            "`job-{i}` must still be held"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_acquired_later_joins_the_next_batch() {
+    let backend = Counting::default();
+    let runner = counting_runner(&backend);
+    let mut events = runner.subscribe();
+    let interval = runner.config().refresh_interval;
+    let _first = idle_singleton(&runner, "first");
+    wait_for(
+        &mut events,
+        TTL,
+        "acquired",
+        kind!(EventKind::Acquired { .. }),
+    )
+    .await;
+    // Acquired a third of an interval after the first: due before the first's next
+    // refresh plus half an interval, so it is refreshed together with it from then on.
+    tokio::time::sleep(interval / 3).await;
+    let _second = idle_singleton(&runner, "second");
+    wait_for(
+        &mut events,
+        TTL,
+        "acquired",
+        kind!(EventKind::Acquired { .. }),
+    )
+    .await;
+    tokio::time::sleep(interval * 5).await;
+    let batches = backend.batches();
+    assert!(
+        batches.iter().all(|&size| size == 2),
+        "both leases must be refreshed together every time: {batches:?}"
+    );
+    assert_eq!(batches.len(), 5, "one call per interval: {batches:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_in_a_batch_drops_only_its_own_routine() {
+    let backend = MemoryBackend::new();
+    let runner = runner(&backend);
+    let mut events = runner.subscribe();
+    let names = ["a", "b", "c"];
+    let _handles: Vec<_> = names
+        .iter()
+        .map(|name| idle_singleton(&runner, name))
+        .collect();
+    for _ in names {
+        wait_for(
+            &mut events,
+            TTL,
+            "acquired",
+            kind!(EventKind::Acquired { .. }),
+        )
+        .await;
+    }
+    backend.revoke(&LockKey::new("b").unwrap());
+    let lost = wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
+    assert_eq!(lost.name.as_deref(), Some("b"), "only `b` was revoked");
+    // `b` takes its key again; `a` and `c` are never disturbed.
+    let deadline = tokio::time::Instant::now() + TTL * 3;
+    while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if matches!(
+            event.kind,
+            EventKind::LeaseLost { .. } | EventKind::Dropped | EventKind::RefreshFailed { .. }
+        ) {
+            assert_eq!(
+                event.name.as_deref(),
+                Some("b"),
+                "a loss of `b` must not affect another routine: {event:?}"
+            );
+        }
+    }
+    for name in names {
+        assert!(
+            backend.holder(&LockKey::new(name).unwrap()).is_some(),
+            "`{name}` must be held"
+        );
+    }
+}
