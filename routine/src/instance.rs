@@ -85,6 +85,14 @@ impl<'a> Instance<'a> {
             let mut released = backend.released(&key);
             // Resolved before anything happened means spurious or broken: poll instead.
             let notifications = futures::poll!(released.as_mut()).is_pending();
+            let inner = &self.task.runner.inner;
+            // A turn among the runner's acquires in flight; the semaphore is never closed.
+            let turn = tokio::select! {
+                biased;
+                _ = inner.abort.cancelled() => return Outcome::Aborted,
+                _ = self.task.token.cancelled() => return self.stopped(),
+                turn = inner.acquires.acquire() => turn.ok(),
+            };
             let sent = Instant::now();
             let attempt = tokio::time::timeout(
                 config.request_timeout,
@@ -92,6 +100,7 @@ impl<'a> Instance<'a> {
             )
             .await
             .unwrap_or_else(|_| Err(timeout_error(&*backend, "acquire", config.request_timeout)));
+            drop(turn);
             match attempt {
                 Ok(Some(lease)) => {
                     drop(released);

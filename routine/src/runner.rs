@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use routine_core::{Error, LockBackend, LockKey, Result};
-use tokio::sync::{OnceCell, broadcast};
+use tokio::sync::{OnceCell, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +20,13 @@ use crate::task::{RoutineFn, Task};
 
 /// Process-wide routine numbers, shared by every runner, as in the Go original.
 static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
+
+/// How many acquire requests one runner has in flight at once. A service starting
+/// thousands of named routines would otherwise send thousands of requests in the same
+/// instant: the server answers them no sooner, the late ones time out, and the client
+/// buffers every one of them at once. A routine waits for a turn before its request is
+/// sent, so the lease's deadline still counts from the send.
+pub(crate) const MAX_CONCURRENT_ACQUIRES: usize = 64;
 
 /// Starts background routines and keeps named ones running as one instance across every
 /// runner that shares its backend.
@@ -67,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) tracker: TaskTracker,
     /// Refreshes every lease the runner holds.
     pub(crate) keeper: Keeper,
+    /// Bounds the acquire requests in flight at once (see [`MAX_CONCURRENT_ACQUIRES`]).
+    pub(crate) acquires: Semaphore,
     pub(crate) events: broadcast::Sender<Event>,
 }
 
@@ -156,6 +165,7 @@ impl Runner {
                 signals_installed: AtomicBool::new(false),
                 tracker: TaskTracker::new(),
                 keeper,
+                acquires: Semaphore::new(MAX_CONCURRENT_ACQUIRES),
                 events: broadcast::channel(1024).0,
             }),
         }
