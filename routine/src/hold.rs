@@ -71,10 +71,10 @@ pub(crate) async fn hold(
         // start the routine at all.
         tracing::warn!("lease acquired too late to use; releasing it");
         task.emit(EventKind::LeaseLost { token: fencing });
-        release(task, &mut *lease, config).await;
+        Box::pin(release(task, &mut *lease, config)).await;
         return HoldEnd::LeaseLost;
     }
-    let mut kept = inner.keeper.keep(backend, lease, sent);
+    let kept = inner.keeper.keep(backend, lease, sent);
     let token = task.token.child_token();
     let ctx = task.context(token.clone(), Some(fencing));
     let end = {
@@ -118,11 +118,17 @@ pub(crate) async fn hold(
         // Dropping `kept` takes it out of the keeper's care unreleased.
         return end;
     }
-    // Back from the keeper (after a refresh it is in returns) to be released.
+    // Boxed: this future lives as long as the lease, and these steps only at its end.
+    Box::pin(give_back(task, kept, config)).await;
+    end
+}
+
+/// Takes the lease back from the keeper (after a refresh it is in returns) and releases
+/// it.
+async fn give_back(task: &Task, mut kept: Kept, config: &RunnerConfig) {
     if let Some(mut lease) = kept.take_back().await {
         release(task, &mut *lease, config).await;
     }
-    end
 }
 
 /// Gives the lease back with a fresh timeout: the routine's own context may already be

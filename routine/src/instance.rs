@@ -5,10 +5,11 @@
 //! first, or, if the backend reports when the holder's lease runs out, until then.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, LockBackend, LockKey};
+use routine_core::{Error, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -61,19 +62,24 @@ impl<'a> Instance<'a> {
 
     /// Runs rounds until the routine is cancelled (or, without restarts, has run once).
     /// `routine` is kept out of `self` because it is not `Sync`.
+    ///
+    /// This future lives as long as the routine, one per named routine: the steps that
+    /// are not holding (acquiring, waiting after contention, backing off) are boxed, so
+    /// that their state takes memory only while they run.
     pub(crate) async fn run(mut self, mut routine: RoutineFn) -> Outcome {
         let restart = self.task.mode == Mode::KeepRunning;
-        let config = self.task.runner.inner.config.clone();
+        let task = self.task;
+        let config = &task.runner.inner.config;
         loop {
-            if self.task.runner.inner.abort.is_cancelled() {
+            if task.runner.inner.abort.is_cancelled() {
                 return Outcome::Aborted;
             }
-            if self.task.token.is_cancelled() {
+            if task.token.is_cancelled() {
                 return Outcome::Cancelled;
             }
-            let backend = match self.backend.get().await {
+            let backend = match Box::pin(self.backend.get()).await {
                 Ok(backend) => backend,
-                Err(error) => match self.backend_error(error).await {
+                Err(error) => match Box::pin(self.backend_error(error)).await {
                     Some(outcome) => return outcome,
                     None => continue,
                 },
@@ -85,29 +91,16 @@ impl<'a> Instance<'a> {
             let mut released = backend.released(&key);
             // Resolved before anything happened means spurious or broken: poll instead.
             let notifications = futures::poll!(released.as_mut()).is_pending();
-            let inner = &self.task.runner.inner;
-            // A turn among the runner's acquires in flight; the semaphore is never closed.
-            let turn = tokio::select! {
-                biased;
-                _ = inner.abort.cancelled() => return Outcome::Aborted,
-                _ = self.task.token.cancelled() => return self.stopped(),
-                turn = inner.acquires.acquire() => turn.ok(),
+            let (attempt, sent) = match Box::pin(self.attempt(&*backend)).await {
+                Some(attempt) => attempt,
+                None => return self.stopped(),
             };
-            let sent = Instant::now();
-            let attempt = tokio::time::timeout(
-                config.request_timeout,
-                backend.try_acquire(&self.key, config.lease_ttl),
-            )
-            .await
-            .unwrap_or_else(|_| Err(timeout_error(&*backend, "acquire", config.request_timeout)));
-            drop(turn);
             match attempt {
                 Ok(Some(lease)) => {
                     drop(released);
                     self.contended = false;
                     self.error_backoff.reset();
-                    let held =
-                        hold(self.task, Arc::clone(&backend), lease, sent, &mut routine).await;
+                    let held = hold(task, Arc::clone(&backend), lease, sent, &mut routine).await;
                     let wait = match held {
                         HoldEnd::Returned if !restart => return Outcome::Returned,
                         HoldEnd::Returned => {
@@ -127,7 +120,7 @@ impl<'a> Instance<'a> {
                         HoldEnd::Cancelled => return Outcome::Cancelled,
                         HoldEnd::Aborted => return Outcome::Aborted,
                     };
-                    if !self.sleep(wait).await {
+                    if !Box::pin(self.sleep(wait)).await {
                         return self.stopped();
                     }
                 }
@@ -137,29 +130,72 @@ impl<'a> Instance<'a> {
                     self.error_backoff.reset();
                     if !self.contended {
                         self.contended = true;
-                        self.task.emit(EventKind::Contended);
+                        task.emit(EventKind::Contended);
                     }
-                    let wait = self.contended_wait(&*backend).await;
-                    let woke = tokio::select! {
-                        biased;
-                        _ = self.task.runner.inner.abort.cancelled() => false,
-                        _ = self.task.token.cancelled() => false,
-                        // An error means the notification channel failed: try now, and the
-                        // next round falls back to polling if it keeps failing.
-                        _ = &mut released, if notifications => true,
-                        _ = tokio::time::sleep(wait) => true,
-                    };
+                    let woke = Box::pin(self.wait_after_contention(
+                        &*backend,
+                        released.as_mut(),
+                        notifications,
+                    ))
+                    .await;
                     if !woke {
                         return self.stopped();
                     }
                 }
                 Err(error) => {
                     drop(released);
-                    if let Some(outcome) = self.backend_error(error).await {
+                    if let Some(outcome) = Box::pin(self.backend_error(error)).await {
                         return outcome;
                     }
                 }
             }
+        }
+    }
+
+    /// Waits for a turn among the runner's acquires in flight, then tries once. Returns
+    /// the outcome and when the request was sent; `None` if the routine was stopped
+    /// while it waited.
+    async fn attempt(
+        &self,
+        backend: &dyn LockBackend,
+    ) -> Option<(Result<Option<Box<dyn Lease>>>, Instant)> {
+        let inner = &self.task.runner.inner;
+        let config = &inner.config;
+        // The semaphore is never closed.
+        let turn = tokio::select! {
+            biased;
+            _ = inner.abort.cancelled() => return None,
+            _ = self.task.token.cancelled() => return None,
+            turn = inner.acquires.acquire() => turn.ok(),
+        };
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(
+            config.request_timeout,
+            backend.try_acquire(&self.key, config.lease_ttl),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timeout_error(backend, "acquire", config.request_timeout)));
+        drop(turn);
+        Some((attempt, sent))
+    }
+
+    /// After contention: waits for the holder's release, for its lease to run out, or
+    /// for the retry interval. `false` if the routine was stopped meanwhile.
+    async fn wait_after_contention(
+        &self,
+        backend: &dyn LockBackend,
+        released: Pin<&mut (dyn Future<Output = Result<()>> + Send + '_)>,
+        notifications: bool,
+    ) -> bool {
+        let wait = self.contended_wait(backend).await;
+        tokio::select! {
+            biased;
+            _ = self.task.runner.inner.abort.cancelled() => false,
+            _ = self.task.token.cancelled() => false,
+            // An error means the notification channel failed: try now, and the next round
+            // falls back to polling if it keeps failing.
+            _ = released, if notifications => true,
+            _ = tokio::time::sleep(wait) => true,
         }
     }
 

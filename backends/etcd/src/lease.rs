@@ -148,7 +148,10 @@ impl Lease for EtcdLease {
         let timeout = self.backend.operation_timeout(ttl);
         let outcome = timed(timeout, async {
             let step = if Duration::from_secs(secs.unsigned_abs()) > self.session.ttl() {
-                self.move_to(secs, started).await
+                // Boxed: the move's transaction future is kilobytes, and every refresh
+                // future would otherwise be that large, while the runner keeps one per
+                // held lease in flight at each refresh tick. Moves are rare.
+                Box::pin(self.move_to(secs, started)).await
             } else {
                 self.confirm().await
             };
