@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::{EtcdBackendBuilder, Settings};
 use crate::error::{Failure, NAME, timed};
-use crate::lease::EtcdLease;
+use crate::lease::{EtcdLease, Started};
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
 use crate::{abandon, parse, tls};
@@ -209,6 +209,11 @@ impl EtcdBackend {
         self.inner.settings.request_timeout
     }
 
+    /// Whether `other` shares this backend's client and sessions.
+    pub(crate) fn same_as(&self, other: &EtcdBackend) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub(crate) fn holder(&self) -> &str {
         &self.inner.holder
     }
@@ -325,6 +330,71 @@ impl LockBackend for EtcdBackend {
             .with_reports_expiry(true)
             .with_min_ttl(self.inner.min_ttl)
             .with_ttl_granularity(Duration::from_secs(1))
+    }
+
+    /// Queues every lease's keep-alive and key check with its session task at once, so
+    /// the task answers them with one keep-alive and one check transaction per 64 keys,
+    /// then waits for the answers under one timeout. Leases that must move to a session
+    /// with a longer TTL, and leases of other backends, are refreshed one by one.
+    async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
+        let timeout = self.operation_timeout(ttl);
+        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
+        let mut waiting = Vec::with_capacity(leases.len());
+        for (index, lease) in leases.iter_mut().enumerate() {
+            let Some(lease) = lease
+                .as_any_mut()
+                .and_then(|lease| lease.downcast_mut::<EtcdLease>())
+                .filter(|lease| lease.belongs_to(self))
+            else {
+                continue;
+            };
+            match lease.start_refresh(ttl) {
+                Started::Sent(answer) => waiting.push((index, answer)),
+                Started::Done(result) => results[index] = Some(result),
+                Started::Alone => {}
+            }
+        }
+        let answers = tokio::time::timeout(
+            timeout,
+            futures::future::join_all(waiting.iter_mut().map(|(_, answer)| answer)),
+        )
+        .await;
+        match answers {
+            Ok(answers) => {
+                for ((index, _), answer) in waiting.iter().zip(answers) {
+                    let lease = leases[*index]
+                        .as_any_mut()
+                        .and_then(|lease| lease.downcast_mut::<EtcdLease>());
+                    results[*index] = lease.map(|lease| lease.finish_refresh(answer, timeout));
+                }
+            }
+            Err(_elapsed) => {
+                for (index, _) in &waiting {
+                    results[*index] =
+                        Some(Err(Failure::Timeout(timeout).into_error("refresh", timeout)));
+                }
+            }
+        }
+        // The rest on their own, concurrently.
+        let alone = futures::future::join_all(
+            leases
+                .iter_mut()
+                .zip(&results)
+                .filter(|(_, result)| result.is_none())
+                .map(|(lease, _)| lease.refresh(ttl)),
+        )
+        .await;
+        let mut alone = alone.into_iter();
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    alone.next().unwrap_or_else(|| {
+                        Err(Failure::Timeout(timeout).into_error("refresh", timeout))
+                    })
+                })
+            })
+            .collect()
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {

@@ -1,5 +1,6 @@
 //! `EtcdLease`: one held key, attached to a session lease.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
-use crate::session::{KeepAlive, Orphan, Session};
+use crate::session::{Answer, KeepAlive, Orphan, Session};
 
 /// A key held through a session lease. Its fencing token is the key's create revision,
 /// which etcd raises with every write in the cluster, so a later acquisition always has a
@@ -106,6 +107,61 @@ impl EtcdLease {
     }
 }
 
+/// The first half of a batched refresh (see `EtcdBackend::refresh_many`).
+pub(crate) enum Started {
+    /// Queued with the session task; the answer comes on the receiver.
+    Sent(tokio::sync::oneshot::Receiver<Answer>),
+    /// Answered without asking.
+    Done(Result<()>),
+    /// The key must move to a session with a longer TTL: refresh it on its own.
+    Alone,
+}
+
+impl EtcdLease {
+    /// Whether this lease came from `backend`.
+    pub(crate) fn belongs_to(&self, backend: &EtcdBackend) -> bool {
+        self.backend.same_as(backend)
+    }
+
+    /// Queues the keep-alive and key check of a refresh to `ttl` without waiting.
+    pub(crate) fn start_refresh(&self, ttl: Duration) -> Started {
+        let secs = match self.backend.lease_seconds(ttl) {
+            Ok(secs) => secs,
+            Err(error) => return Started::Done(Err(error)),
+        };
+        if self.released || self.session.is_lost() {
+            return Started::Done(Err(self.lost()));
+        }
+        if Duration::from_secs(secs.unsigned_abs()) > self.session.ttl() {
+            return Started::Alone;
+        }
+        match self
+            .session
+            .send_confirm(self.etcd_key.clone(), self.create_revision)
+        {
+            Ok(answer) => Started::Sent(answer),
+            Err(answer) => Started::Done(self.finish_refresh(Ok(answer), Duration::ZERO)),
+        }
+    }
+
+    /// The second half: what the answer means for this lease; `timeout` is the bound
+    /// the batch waited under, for the error.
+    pub(crate) fn finish_refresh(
+        &self,
+        answer: Result<Answer, tokio::sync::oneshot::error::RecvError>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let (kept, ours) = self.session.confirmed(answer);
+        match (kept, ours) {
+            (KeepAlive::Gone, _) | (_, Ok(false)) => Err(self.lost()),
+            (_, Err(failure)) | (KeepAlive::Failed(failure), Ok(true)) => {
+                Err(failure.into_error("refresh", timeout))
+            }
+            (KeepAlive::Alive, Ok(true)) => Ok(()),
+        }
+    }
+}
+
 /// Why a refresh step did not confirm the lease.
 enum Moved {
     Lost,
@@ -137,6 +193,10 @@ impl Lease for EtcdLease {
 
     fn fencing_token(&self) -> FencingToken {
         FencingToken::new(u64::try_from(self.create_revision).unwrap_or(0))
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {

@@ -69,7 +69,7 @@ struct Request {
 
 /// The session task's answer to a [`Request`].
 #[derive(Debug)]
-struct Answer {
+pub(crate) struct Answer {
     kept: KeepAlive,
     /// The check's outcome, if one was asked for.
     ours: Option<Result<bool, Failure>>,
@@ -192,23 +192,53 @@ impl Session {
         (answer.kept, ours)
     }
 
+    /// [`Session::confirm`] in two halves, for a batch: queues the request at once and
+    /// returns the receiver of its answer (or the answer, if there is no need to ask);
+    /// [`Session::confirmed`] turns the answer into `confirm`'s result.
+    pub(crate) fn send_confirm(
+        &self,
+        key: Vec<u8>,
+        create_revision: i64,
+    ) -> Result<oneshot::Receiver<Answer>, Answer> {
+        self.send(Some(Check {
+            key,
+            create_revision,
+        }))
+    }
+
+    /// The second half of [`Session::send_confirm`].
+    pub(crate) fn confirmed(
+        &self,
+        answer: Result<Answer, oneshot::error::RecvError>,
+    ) -> (KeepAlive, Result<bool, Failure>) {
+        let answer = self.received(answer);
+        let ours = answer.ours.unwrap_or_else(|| Err(task_gone()));
+        (answer.kept, ours)
+    }
+
     async fn request(&self, check: Option<Check>) -> Answer {
-        let lost = Answer {
-            kept: KeepAlive::Gone,
-            ours: Some(Ok(false)),
-        };
-        if self.state.lost.load(Ordering::Acquire) {
-            return lost;
+        match self.send(check) {
+            Ok(answer) => self.received(answer.await),
+            Err(answer) => answer,
         }
-        let failed = || Answer {
-            kept: KeepAlive::Failed(task_gone()),
-            ours: Some(Err(task_gone())),
-        };
+    }
+
+    fn send(&self, check: Option<Check>) -> Result<oneshot::Receiver<Answer>, Answer> {
+        if self.state.lost.load(Ordering::Acquire) {
+            return Err(Answer {
+                kept: KeepAlive::Gone,
+                ours: Some(Ok(false)),
+            });
+        }
         let (reply, answer) = oneshot::channel();
         if self.requests.send(Request { check, reply }).is_err() {
-            return failed();
+            return Err(task_failed());
         }
-        let answer = answer.await.unwrap_or_else(|_| failed());
+        Ok(answer)
+    }
+
+    fn received(&self, answer: Result<Answer, oneshot::error::RecvError>) -> Answer {
+        let answer = answer.unwrap_or_else(|_| task_failed());
         if matches!(answer.kept, KeepAlive::Gone) {
             self.mark_lost();
         }
@@ -223,6 +253,13 @@ impl Session {
 
 fn task_gone() -> Failure {
     etcd_client::Error::LeaseKeepAliveError("session keep-alive task ended".to_owned()).into()
+}
+
+fn task_failed() -> Answer {
+    Answer {
+        kept: KeepAlive::Failed(task_gone()),
+        ours: Some(Err(task_gone())),
+    }
 }
 
 /// The session task: serves keep-alive requests in batches until every `Session` handle

@@ -154,6 +154,71 @@ impl LockBackend for PostgresBackend {
             .with_detects_takeover(true)
     }
 
+    /// Queues a refresh for every lease of this backend with the session task at once,
+    /// so the task answers them all with one statement, then waits for the answers
+    /// under one timeout; leases of other backends are refreshed one by one.
+    async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
+        let timeout = self.inner.settings.timeout_for(ttl);
+        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
+        let mut waiting = Vec::with_capacity(leases.len());
+        for (index, lease) in leases.iter_mut().enumerate() {
+            let Some(lease) = lease
+                .as_any_mut()
+                .and_then(|lease| lease.downcast_mut::<PostgresLease>())
+                .filter(|lease| lease.belongs_to(&self.inner.session))
+            else {
+                continue;
+            };
+            match lease.send_refresh(ttl) {
+                Ok(answer) => waiting.push((index, answer)),
+                Err(error) => results[index] = Some(Err(error)),
+            }
+        }
+        let answers = tokio::time::timeout(
+            timeout,
+            futures::future::join_all(waiting.iter_mut().map(|(_, answer)| answer)),
+        )
+        .await;
+        match answers {
+            Ok(answers) => {
+                for ((index, _), answer) in waiting.iter().zip(answers) {
+                    results[*index] = Some(
+                        answer.unwrap_or_else(|_| Err(crate::lease::session_stopped("refresh"))),
+                    );
+                }
+            }
+            Err(_elapsed) => {
+                for (index, _) in &waiting {
+                    results[*index] = Some(Err(Error::Timeout {
+                        backend: crate::error::NAME,
+                        operation: "refresh",
+                        timeout,
+                    }));
+                }
+            }
+        }
+        // Leases this backend did not make: their own refresh, concurrently.
+        let foreign = futures::future::join_all(
+            leases
+                .iter_mut()
+                .zip(&results)
+                .filter(|(_, result)| result.is_none())
+                .map(|(lease, _)| lease.refresh(ttl)),
+        )
+        .await;
+        let mut foreign = foreign.into_iter();
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    foreign
+                        .next()
+                        .unwrap_or_else(|| Err(crate::lease::session_stopped("refresh")))
+                })
+            })
+            .collect()
+    }
+
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
         check_ttl(ttl)?;
         let hash = self.lock_key(key);

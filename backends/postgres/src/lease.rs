@@ -1,5 +1,6 @@
 //! `PostgresLease`: a held advisory lock, and its link to the lock session.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +70,7 @@ pub(crate) async fn call<T>(
     .await
 }
 
-fn session_stopped(operation: &'static str) -> Error {
+pub(crate) fn session_stopped(operation: &'static str) -> Error {
     Error::unavailable(
         NAME,
         operation,
@@ -104,6 +105,35 @@ impl PostgresLease {
     }
 }
 
+impl PostgresLease {
+    /// Whether this lease is held on the session behind `session`.
+    pub(crate) fn belongs_to(&self, session: &mpsc::UnboundedSender<Command>) -> bool {
+        self.link.tx.same_channel(session)
+    }
+
+    /// Queues a refresh with the session task without waiting for it: a batch of these,
+    /// queued together, is answered by one statement (see the `session` module).
+    pub(crate) fn send_refresh(&self, ttl: Duration) -> Result<oneshot::Receiver<Result<()>>> {
+        check_ttl(ttl)?;
+        if self.released {
+            return Err(Error::Lost {
+                key: self.key.clone(),
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.link
+            .tx
+            .send(Command::Refresh {
+                id: self.link.id,
+                key: self.key.clone(),
+                ttl,
+                reply,
+            })
+            .map_err(|_| session_stopped("refresh"))?;
+        Ok(answer)
+    }
+}
+
 impl fmt::Debug for PostgresLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresLease")
@@ -124,6 +154,10 @@ impl Lease for PostgresLease {
 
     fn fencing_token(&self) -> FencingToken {
         self.token
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {

@@ -359,6 +359,65 @@ async fn many_leases_use_two_connections() {
 }
 
 #[tokio::test]
+async fn refresh_many_sends_one_script_per_500_leases_and_extends_each() {
+    let Some(server) = routine_conformance::servers::RedisServer::start() else {
+        return;
+    };
+    let backend = backend(&server).await;
+    let mut leases = Vec::new();
+    for _ in 0..1_200 {
+        let key = unique_key("batch");
+        leases.push(
+            backend
+                .try_acquire(&key, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Once to load the script, so the counted call below runs only EVALSHA.
+    for result in backend
+        .refresh_many(&mut leases, Duration::from_secs(2))
+        .await
+    {
+        result.unwrap();
+    }
+    let mut conn = raw(&server).await;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let results = backend
+        .refresh_many(&mut leases, Duration::from_secs(60))
+        .await;
+    assert_eq!(results.len(), 1_200, "one result per lease");
+    for result in results {
+        result.unwrap();
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        stats.contains("cmdstat_evalsha:calls=3,"),
+        "1,200 leases must take three scripts of at most 500 keys:\n{stats}"
+    );
+    for lease in [&leases[0], &leases[600], &leases[1_199]] {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(backend.lock_key(lease.key()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            pttl > 2_000,
+            "each lease must have the new TTL: {pttl} ms left"
+        );
+    }
+}
+
+#[tokio::test]
 async fn debug_output_never_shows_the_password() {
     let Some(server) =
         routine_conformance::servers::RedisServer::start_with_password(Some("s3cr3t-pw"))
