@@ -9,6 +9,10 @@
 //!   `pg_advisory_unlock` (PostgreSQL), a map insert + remove under a mutex (memory);
 //! - *runner*: a whole `run_named(.., RunOptions::exclusive())` with an empty routine,
 //!   joined: task start, acquire, routine, release and outcome.
+//!
+//! Then, to tell the server's share from the client's, the server's own time per round
+//! trip (Redis `commandstats`, PostgreSQL `pg_stat_statements`) over [`SERVER_ROUNDS`]
+//! library round trips and as many floor round trips, each phase on its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,8 @@ use crate::targets::{Kind, Target};
 /// Long enough that no lease expires during a measurement.
 const TTL: Duration = Duration::from_secs(10);
 const WARM_UP: usize = 50;
+/// Round trips per phase of the server-time split.
+const SERVER_ROUNDS: usize = 500;
 
 /// The latency figures of one backend.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +44,10 @@ pub(crate) struct Latency {
     pub(crate) ratio_p50: f64,
     /// Library p99 over floor p99.
     pub(crate) ratio_p99: f64,
+    /// The server's own time per library round trip, µs, where it says.
+    pub(crate) server_library_us: Option<f64>,
+    /// The server's own time per floor round trip, µs.
+    pub(crate) server_floor_us: Option<f64>,
 }
 
 /// The raw operations of one server.
@@ -190,6 +200,20 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         via_runner.push(start.elapsed());
     }
     runner.shutdown().await;
+
+    // The server's share: each phase alone, between resets of its statistics.
+    target.reset_server_stats().await?;
+    for _ in 0..SERVER_ROUNDS {
+        library_round_trip(&*backend, &key).await?;
+    }
+    let server_library_us = target.server_time_us(&["evalsha", "eval"]).await?;
+    target.reset_server_stats().await?;
+    for _ in 0..SERVER_ROUNDS {
+        floor.round_trip().await?;
+    }
+    let server_floor_us = target.server_time_us(&["set", "del"]).await?;
+    let per_round = |total: Option<f64>| total.map(|us| us / SERVER_ROUNDS as f64);
+
     if let Floor::Etcd(client, lease) = &mut floor {
         let _ = client.lease_revoke(*lease).await;
     }
@@ -201,5 +225,7 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         library,
         floor: floor_summary,
         runner: via_runner.summary(),
+        server_library_us: per_round(server_library_us),
+        server_floor_us: per_round(server_floor_us),
     })
 }

@@ -150,6 +150,28 @@ pub(crate) fn markdown(report: &Report) -> String {
             );
         }
     }
+    out.push_str(
+        "\nWhere the time goes: the server's own time per acquire + release (Redis \
+         `commandstats`, PostgreSQL `pg_stat_statements`; 500 round trips of each, measured \
+         apart), and what is left of the p50 for the client and the network.\n\n\
+         | backend | server time, library | server time, floor | library p50 − its server time | floor p50 − its server time |\n\
+         |---|---|---|---|---|\n",
+    );
+    for b in &report.backends {
+        if let Some(l) = &b.latency
+            && let (Some(library), Some(floor)) = (l.server_library_us, l.server_floor_us)
+        {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                b.backend,
+                time(library),
+                time(floor),
+                time(l.library.p50_us - library),
+                time(l.floor.p50_us - floor),
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\n### Graceful handover ({} rounds)\n",

@@ -187,6 +187,56 @@ impl Target {
         }
     }
 
+    /// Clears the server's per-command statistics (Redis `CONFIG RESETSTAT`, PostgreSQL
+    /// `pg_stat_statements_reset()`), before [`Target::server_time_us`] measures a phase.
+    pub(crate) async fn reset_server_stats(&self) -> Result<()> {
+        match &self.counter {
+            Counter::None | Counter::Etcd(_) => {}
+            Counter::Redis(conn) => {
+                redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async::<()>(&mut conn.clone())
+                    .await?;
+            }
+            Counter::Postgres(conn) => {
+                let mut conn = conn.lock().await;
+                sqlx::query("SELECT pg_stat_statements_reset()")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The time the server spent executing requests since the last reset, in µs, by its
+    /// own count; `None` where the server does not say (memory, etcd):
+    /// - Redis: the `usec` of `INFO commandstats` summed over `redis_commands` (give the
+    ///   top-level commands only: a script's `usec` includes the commands it runs);
+    /// - PostgreSQL: `total_exec_time` summed over `pg_stat_statements` but its own
+    ///   queries.
+    pub(crate) async fn server_time_us(&self, redis_commands: &[&str]) -> Result<Option<f64>> {
+        match &self.counter {
+            Counter::None | Counter::Etcd(_) => Ok(None),
+            Counter::Redis(conn) => {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(Some(redis_usec(&info, redis_commands)))
+            }
+            Counter::Postgres(conn) => {
+                let mut conn = conn.lock().await;
+                let ms: f64 = sqlx::query_scalar(
+                    "SELECT coalesce(sum(total_exec_time), 0)::float8 FROM pg_stat_statements \
+                     WHERE query NOT LIKE '%pg_stat_statements%'",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                Ok(Some(ms * 1_000.0))
+            }
+        }
+    }
+
     /// The server's client endpoint for raw etcd clients.
     pub(crate) fn etcd_endpoint(&self) -> Option<String> {
         match &self.server {
@@ -232,6 +282,20 @@ fn redis_top_level_calls(info: &str) -> u64 {
             }
             let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
             calls.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The `usec` in `INFO commandstats` output, summed over `commands`.
+fn redis_usec(info: &str, commands: &[&str]) -> f64 {
+    info.lines()
+        .filter_map(|line| {
+            let (command, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !commands.contains(&command) {
+                return None;
+            }
+            let usec = stats.split(',').find_map(|kv| kv.strip_prefix("usec="))?;
+            usec.parse::<f64>().ok()
         })
         .sum()
 }
@@ -291,6 +355,16 @@ mod tests {
                     cmdstat_pexpire:calls=100,usec=80,usec_per_call=0.80,rejected_calls=0,failed_calls=0\r\n\
                     cmdstat_info:calls=2,usec=80,usec_per_call=40.00,rejected_calls=0,failed_calls=0\r\n";
         assert_eq!(redis_top_level_calls(info), 102);
+    }
+
+    #[test]
+    fn redis_usec_sums_the_given_commands_only() {
+        let info = "# Commandstats\r\n\
+            cmdstat_evalsha:calls=10,usec=120,usec_per_call=12.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_set:calls=10,usec=30,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_info:calls=1,usec=50,usec_per_call=50.00,rejected_calls=0,failed_calls=0\r\n";
+        assert_eq!(redis_usec(info, &["evalsha", "eval"]), 120.0);
+        assert_eq!(redis_usec(info, &["set", "del"]), 30.0);
     }
 
     #[test]
