@@ -31,6 +31,25 @@ enum Wake {
     Failed(Failure),
 }
 
+/// Removes closed senders of `key` (and the entry, once empty) when a `released` future
+/// ends or is dropped.
+struct Sweep<'a> {
+    shared: &'a Shared,
+    key: Vec<u8>,
+}
+
+impl Drop for Sweep<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        if let Some(senders) = state.waiters.get_mut(&self.key) {
+            senders.retain(|sender| !sender.is_closed());
+            if senders.is_empty() {
+                state.waiters.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The release watch of one backend and the waiters it serves.
 #[derive(Debug)]
 pub(crate) struct WatchHub {
@@ -111,6 +130,14 @@ impl WatchHub {
         key: Vec<u8>,
         timeout: Duration,
     ) -> Result<()> {
+        // Takes this waiter's sender out of the map if the future is dropped before a
+        // wake-up (a waiter that acquired the key instead), so a process holding many
+        // keys keeps no entry per held key. Declared before the channel, so that it runs
+        // after the receiver is dropped and the sender shows as closed.
+        let _sweep = Sweep {
+            shared: &self.shared,
+            key: key.clone(),
+        };
         let (sender, woken) = oneshot::channel();
         let must_start = {
             let mut state = self.shared.state();

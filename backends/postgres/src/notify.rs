@@ -44,6 +44,27 @@ fn lock(waiters: &Waiters) -> MutexGuard<'_, HashMap<i64, Arc<Notify>>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Drops the waiters' entry of `hash` with the last waiter (see `Notifier::released`).
+struct Sweep<'a> {
+    waiters: &'a Waiters,
+    hash: i64,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Sweep<'_> {
+    fn drop(&mut self) {
+        let mut waiters = lock(self.waiters);
+        // Counts only change under this lock: the two references are the map's and
+        // ours. A wake-up removes the entry, and a later waiter may have put a new one
+        // in its place: that one is not ours to remove.
+        if waiters.get(&self.hash).is_some_and(|notify| {
+            Arc::ptr_eq(notify, &self.notify) && Arc::strong_count(notify) == 2
+        }) {
+            waiters.remove(&self.hash);
+        }
+    }
+}
+
 /// The backend's side of the listener task. Dropping it stops the task.
 #[derive(Debug)]
 pub(crate) struct Notifier {
@@ -87,8 +108,14 @@ impl Notifier {
     /// Resolves when a release of `hash` is announced, or when the listener reconnects
     /// (a notification may have been missed). Interest is registered on the first poll.
     pub(crate) async fn released(&self, hash: i64) -> Result<()> {
-        let notify = Arc::clone(lock(&self.waiters).entry(hash).or_default());
-        let notified = notify.notified();
+        // Removes the entry when the last waiter of `hash` is gone (a waiter that
+        // acquired the key instead), so a process holding many keys keeps none per key.
+        let sweep = Sweep {
+            waiters: &self.waiters,
+            hash,
+            notify: Arc::clone(lock(&self.waiters).entry(hash).or_default()),
+        };
+        let notified = sweep.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let mut status = self.status.clone();
