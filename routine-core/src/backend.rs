@@ -102,8 +102,9 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     ///
     /// The leases normally came from this backend, but a backend must not assume it: one
     /// it does not recognise (see [`Lease::as_any_mut`]) is refreshed with its own
-    /// [`Lease::refresh`]. The default does exactly that for every lease, concurrently,
-    /// which is correct for every backend and as cheap as refreshing them one at a time.
+    /// [`Lease::refresh`]; an override can hand such leases to [`refresh_rest`]. The
+    /// default refreshes every lease that way, concurrently, which is correct for every
+    /// backend and as cheap as refreshing them one at a time.
     ///
     /// # Errors
     ///
@@ -170,4 +171,49 @@ pub trait Lease: fmt::Debug + Send + Sync {
     ///
     /// If dropped before completion the key may still be held until its TTL runs out.
     async fn release(&mut self) -> Result<()>;
+}
+
+/// For [`LockBackend::refresh_many`] overrides: refreshes with their own
+/// [`Lease::refresh`], concurrently, every lease whose slot in `results` is still `None`
+/// (the leases the backend did not batch: another backend's, or ones it must refresh
+/// alone), and returns all results in order.
+///
+/// `results` must have one slot per lease.
+pub async fn refresh_rest(
+    leases: &mut [Box<dyn Lease>],
+    results: Vec<Option<Result<()>>>,
+    ttl: Duration,
+) -> Vec<Result<()>> {
+    let rest = futures::future::join_all(
+        leases
+            .iter_mut()
+            .zip(&results)
+            .filter(|(_, result)| result.is_none())
+            .map(|(lease, _)| lease.refresh(ttl)),
+    )
+    .await;
+    let mut rest = rest.into_iter();
+    let mut results: Vec<Result<()>> = results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                rest.next().unwrap_or_else(|| {
+                    Err(crate::Error::unavailable(
+                        "routine",
+                        "refresh",
+                        "refresh_rest: more result slots than leases",
+                    ))
+                })
+            })
+        })
+        .collect();
+    // A slot list shorter than `leases` is a caller's bug: say so for the missing ones.
+    while results.len() < leases.len() {
+        results.push(Err(crate::Error::unavailable(
+            "routine",
+            "refresh",
+            "refresh_rest: fewer result slots than leases",
+        )));
+    }
+    results
 }

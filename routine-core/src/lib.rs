@@ -27,7 +27,7 @@ mod fencing;
 mod key;
 mod memory;
 
-pub use backend::{Lease, LockBackend};
+pub use backend::{Lease, LockBackend, refresh_rest};
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use fencing::FencingToken;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{TTL, idle_singleton, runner, wait_for};
+use common::{TTL, idle_singleton, runner, runner_on, wait_for};
 use routine::{
     Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, Result, Runner,
 };
@@ -50,12 +50,7 @@ impl LockBackend for Counting {
 }
 
 fn counting_runner(backend: &Counting) -> Runner {
-    Runner::builder()
-        .backend(backend.clone())
-        .lease_ttl(TTL)
-        .handle_signals(false)
-        .build()
-        .unwrap()
+    runner_on(backend.clone())
 }
 
 #[tokio::test(start_paused = true)]

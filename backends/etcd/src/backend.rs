@@ -375,26 +375,8 @@ impl LockBackend for EtcdBackend {
                 }
             }
         }
-        // The rest on their own, concurrently.
-        let alone = futures::future::join_all(
-            leases
-                .iter_mut()
-                .zip(&results)
-                .filter(|(_, result)| result.is_none())
-                .map(|(lease, _)| lease.refresh(ttl)),
-        )
-        .await;
-        let mut alone = alone.into_iter();
-        results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    alone.next().unwrap_or_else(|| {
-                        Err(Failure::Timeout(timeout).into_error("refresh", timeout))
-                    })
-                })
-            })
-            .collect()
+        // The rest on their own.
+        routine_core::refresh_rest(leases, results, ttl).await
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {

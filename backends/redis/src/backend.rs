@@ -400,26 +400,8 @@ impl LockBackend for RedisBackend {
                 });
             }
         }
-        // Leases this backend did not make: their own refresh, concurrently.
-        let foreign = futures::future::join_all(
-            leases
-                .iter_mut()
-                .zip(&results)
-                .filter(|(_, result)| result.is_none())
-                .map(|(lease, _)| lease.refresh(ttl)),
-        )
-        .await;
-        let mut foreign = foreign.into_iter();
-        results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    foreign.next().unwrap_or_else(|| {
-                        Err(error::unexpected_reply("refresh", "a missing result"))
-                    })
-                })
-            })
-            .collect()
+        // Leases this backend did not make: their own refresh.
+        routine_core::refresh_rest(leases, results, ttl).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {

@@ -12,8 +12,13 @@ pub const TTL: Duration = Duration::from_secs(5);
 
 /// A runner on `backend` with the default timing for a 5 s TTL and no signal handlers.
 pub fn runner(backend: &MemoryBackend) -> Runner {
+    runner_on(backend.clone())
+}
+
+/// [`runner`] on any backend.
+pub fn runner_on(backend: impl routine::LockBackend) -> Runner {
     Runner::builder()
-        .backend(backend.clone())
+        .backend(backend)
         .lease_ttl(TTL)
         .handle_signals(false)
         .build()
