@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{TTL, idle_singleton, runner, runner_on, wait_for};
+use common::{TTL, idle_singleton, runner, runner_on, wait_acquired, wait_for};
 use routine::{
     Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, Result, Runner,
 };
@@ -63,13 +63,7 @@ async fn all_leases_are_refreshed_in_one_call_per_interval() {
         .map(|i| idle_singleton(&runner, &format!("job-{i}")))
         .collect();
     for _ in 0..ROUTINES {
-        wait_for(
-            &mut events,
-            TTL,
-            "acquired",
-            kind!(EventKind::Acquired { .. }),
-        )
-        .await;
+        wait_acquired(&mut events).await;
     }
     let interval = runner.config().refresh_interval;
     tokio::time::sleep(interval * 10 + interval / 2).await;
@@ -96,24 +90,12 @@ async fn a_lease_acquired_later_joins_the_next_batch() {
     let mut events = runner.subscribe();
     let interval = runner.config().refresh_interval;
     let _first = idle_singleton(&runner, "first");
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     // Acquired a third of an interval after the first: due before the first's next
     // refresh plus half an interval, so it is refreshed together with it from then on.
     tokio::time::sleep(interval / 3).await;
     let _second = idle_singleton(&runner, "second");
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     tokio::time::sleep(interval * 5).await;
     let batches = backend.batches();
     assert!(
@@ -134,13 +116,7 @@ async fn a_lost_lease_in_a_batch_drops_only_its_own_routine() {
         .map(|name| idle_singleton(&runner, name))
         .collect();
     for _ in names {
-        wait_for(
-            &mut events,
-            TTL,
-            "acquired",
-            kind!(EventKind::Acquired { .. }),
-        )
-        .await;
+        wait_acquired(&mut events).await;
     }
     backend.revoke(&LockKey::new("b").unwrap());
     let lost = wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;

@@ -46,6 +46,14 @@ pub async fn wait_for(
     found.unwrap_or_else(|_| panic!("no event `{what}` within {within:?}"))
 }
 
+/// Waits (in tokio time, up to [`TTL`]) for the next `Acquired` event.
+pub async fn wait_acquired(events: &mut broadcast::Receiver<Event>) -> Event {
+    wait_for(events, TTL, "acquired", |event| {
+        matches!(event.kind, EventKind::Acquired { .. })
+    })
+    .await
+}
+
 /// Matches an event kind with a pattern.
 #[macro_export]
 macro_rules! kind {
