@@ -50,8 +50,9 @@ struct Shared {
 struct State {
     entries: HashMap<u64, Entry>,
     next_id: u64,
-    /// Whether the keeper task is running.
-    running: bool,
+    /// The generation of the keeper task running now, if one is.
+    running: Option<u64>,
+    generations: u64,
 }
 
 /// One lease in the keeper's care.
@@ -158,13 +159,16 @@ impl Keeper {
                     orphaned: false,
                 },
             );
-            let start = !state.running;
-            state.running = true;
+            let start = state.running.is_none().then(|| {
+                state.generations += 1;
+                state.running = Some(state.generations);
+                state.generations
+            });
             (id, start)
         };
         let (id, start) = start;
-        if start {
-            tokio::spawn(Arc::clone(&self.shared).run());
+        if let Some(generation) = start {
+            tokio::spawn(Arc::clone(&self.shared).run(generation));
         }
         Kept {
             id,
@@ -233,19 +237,44 @@ impl Drop for Kept {
     }
 }
 
+/// Marks the keeper task of `generation` stopped when it ends or is dropped.
+struct Running<'a> {
+    shared: &'a Shared,
+    generation: u64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        if state.running == Some(self.generation) {
+            state.running = None;
+            // Leases in a batch of this task are gone with it: their holds find their
+            // deadline passing and acquire again.
+            state.entries.retain(|_, entry| entry.lease.is_some());
+        }
+    }
+}
+
 impl Shared {
     fn local_deadline(&self, sent: Instant) -> Instant {
         sent + self.ttl.saturating_sub(self.safety_margin)
     }
 
     /// The keeper task: refreshes due leases in batches until none are left.
-    async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>, generation: u64) {
+        // Also when the task is dropped with its runtime (a runner used from one runtime
+        // after another, as the process-wide default runner is in tests): the next lease
+        // then starts a keeper on its own runtime.
+        let _running = Running {
+            shared: &self,
+            generation,
+        };
         let mut in_flight = FuturesUnordered::new();
         loop {
             let wake_at = {
                 let mut state = lock(&self.state);
                 if state.entries.is_empty() && in_flight.is_empty() {
-                    state.running = false;
+                    state.running = None;
                     return;
                 }
                 let now = Instant::now();

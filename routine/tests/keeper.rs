@@ -142,3 +142,42 @@ async fn a_lost_lease_in_a_batch_drops_only_its_own_routine() {
         );
     }
 }
+
+#[test]
+fn leases_are_kept_after_the_runtime_that_started_the_keeper_is_gone() {
+    // The process-wide default runner is used this way by tests: each with its own
+    // runtime. The first runtime's keeper task dies with it; the second runtime's
+    // leases must get a keeper of their own.
+    let backend = MemoryBackend::new();
+    let runner = runner(&backend);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let mut events = runner.subscribe();
+        let _handle = idle_singleton(&runner, "first");
+        wait_acquired(&mut events).await;
+        let interval = runner.config().refresh_interval;
+        tokio::time::sleep(interval * 2).await;
+    });
+    runtime().block_on(async {
+        let mut events = runner.subscribe();
+        let _handle = idle_singleton(&runner, "second");
+        wait_acquired(&mut events).await;
+        let deadline = tokio::time::Instant::now() + TTL * 3;
+        while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            assert!(
+                !matches!(event.kind, EventKind::LeaseLost { .. } | EventKind::Dropped),
+                "the second runtime's lease must be refreshed: {event:?}"
+            );
+        }
+        assert!(
+            backend.holder(&LockKey::new("second").unwrap()).is_some(),
+            "`second` must still be held after three TTLs"
+        );
+    });
+}
