@@ -178,12 +178,14 @@ pub trait Lease: fmt::Debug + Send + Sync {
 /// (the leases the backend did not batch: another backend's, or ones it must refresh
 /// alone), and returns all results in order.
 ///
-/// `results` must have one slot per lease.
+/// `results` should have one slot per lease; missing slots count as `None`, extra ones
+/// are ignored.
 pub async fn refresh_rest(
     leases: &mut [Box<dyn Lease>],
-    results: Vec<Option<Result<()>>>,
+    mut results: Vec<Option<Result<()>>>,
     ttl: Duration,
 ) -> Vec<Result<()>> {
+    results.resize_with(leases.len(), || None);
     let rest = futures::future::join_all(
         leases
             .iter_mut()
@@ -192,28 +194,10 @@ pub async fn refresh_rest(
             .map(|(lease, _)| lease.refresh(ttl)),
     )
     .await;
+    // One refresh per empty slot, in order.
     let mut rest = rest.into_iter();
-    let mut results: Vec<Result<()>> = results
-        .into_iter()
-        .map(|result| {
-            result.unwrap_or_else(|| {
-                rest.next().unwrap_or_else(|| {
-                    Err(crate::Error::unavailable(
-                        "routine",
-                        "refresh",
-                        "refresh_rest: more result slots than leases",
-                    ))
-                })
-            })
-        })
-        .collect();
-    // A slot list shorter than `leases` is a caller's bug: say so for the missing ones.
-    while results.len() < leases.len() {
-        results.push(Err(crate::Error::unavailable(
-            "routine",
-            "refresh",
-            "refresh_rest: fewer result slots than leases",
-        )));
-    }
     results
+        .into_iter()
+        .filter_map(|result| result.or_else(|| rest.next()))
+        .collect()
 }

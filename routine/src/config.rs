@@ -232,6 +232,12 @@ impl RunnerBuilder {
 }
 
 impl RunnerConfig {
+    /// The local deadline of a lease whose acquire or refresh was sent at `sent`: the
+    /// lease is certainly ours until then (`sent + lease_ttl - safety_margin`).
+    pub(crate) fn local_deadline(&self, sent: tokio::time::Instant) -> tokio::time::Instant {
+        sent + self.lease_ttl.saturating_sub(self.safety_margin)
+    }
+
     /// The defaults for `ttl` (see [`RunnerBuilder`]); always valid for a non-zero TTL.
     pub(crate) fn defaults(ttl: Duration) -> Self {
         let fifth = ttl / 5;

@@ -66,7 +66,7 @@ pub(crate) async fn hold(
         "lease acquired; routine starts"
     );
 
-    if Instant::now() >= local_deadline(sent, config) {
+    if Instant::now() >= config.local_deadline(sent) {
         // The acquire took so long that the lease may already be running out: do not
         // start the routine at all.
         tracing::warn!("lease acquired too late to use; releasing it");
@@ -198,8 +198,4 @@ async fn watch(task: &Task, kept: &Kept, token: &CancellationToken) -> KeeperEnd
             },
         }
     }
-}
-
-fn local_deadline(sent: Instant, config: &RunnerConfig) -> Instant {
-    sent + config.lease_ttl.saturating_sub(config.safety_margin)
 }

@@ -39,12 +39,12 @@ pub(crate) struct Keeper {
 
 struct Shared {
     state: Mutex<State>,
-    ttl: Duration,
-    refresh_interval: Duration,
-    safety_margin: Duration,
-    request_timeout: Duration,
+    config: RunnerConfig,
     abort: CancellationToken,
 }
+
+/// Leases of one backend taken out of their entries for one `refresh_many` call.
+type Batch = (Arc<dyn LockBackend>, Vec<u64>, Vec<Box<dyn Lease>>);
 
 #[derive(Default)]
 struct State {
@@ -119,10 +119,7 @@ impl Keeper {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                ttl: config.lease_ttl,
-                refresh_interval: config.refresh_interval,
-                safety_margin: config.safety_margin,
-                request_timeout: config.request_timeout,
+                config: config.clone(),
                 abort,
             }),
         }
@@ -138,7 +135,7 @@ impl Keeper {
     ) -> Kept {
         let watch = Arc::new(Watch {
             state: Mutex::new(WatchState {
-                deadline: self.shared.local_deadline(sent),
+                deadline: self.shared.config.local_deadline(sent),
                 lost: false,
                 failure: None,
             }),
@@ -154,7 +151,7 @@ impl Keeper {
                     backend,
                     lease: Some(lease),
                     watch: Arc::clone(&watch),
-                    next_due: sent + self.shared.refresh_interval,
+                    next_due: sent + self.shared.config.refresh_interval,
                     retired: false,
                     orphaned: false,
                 },
@@ -249,17 +246,20 @@ impl Drop for Running<'_> {
         if state.running == Some(self.generation) {
             state.running = None;
             // Leases in a batch of this task are gone with it: their holds find their
-            // deadline passing and acquire again.
-            state.entries.retain(|_, entry| entry.lease.is_some());
+            // deadline passing and acquire again, and one waiting to take its lease back
+            // is woken to find it gone.
+            state.entries.retain(|_, entry| {
+                let kept = entry.lease.is_some();
+                if !kept {
+                    entry.watch.changed.notify_one();
+                }
+                kept
+            });
         }
     }
 }
 
 impl Shared {
-    fn local_deadline(&self, sent: Instant) -> Instant {
-        sent + self.ttl.saturating_sub(self.safety_margin)
-    }
-
     /// The keeper task: refreshes due leases in batches until none are left.
     async fn run(self: Arc<Self>, generation: u64) {
         // Also when the task is dropped with its runtime (a runner used from one runtime
@@ -296,17 +296,9 @@ impl Shared {
 
     /// When a lease is due, takes it and every lease due within half a refresh interval
     /// out of their entries, in one batch per backend; says when the next one is due.
-    #[allow(clippy::type_complexity)]
-    fn take_due(
-        &self,
-        state: &mut State,
-        now: Instant,
-    ) -> (
-        Vec<(Arc<dyn LockBackend>, Vec<u64>, Vec<Box<dyn Lease>>)>,
-        Instant,
-    ) {
-        let mut batches: Vec<(Arc<dyn LockBackend>, Vec<u64>, Vec<Box<dyn Lease>>)> = Vec::new();
-        let mut wake_at = now + self.refresh_interval;
+    fn take_due(&self, state: &mut State, now: Instant) -> (Vec<Batch>, Instant) {
+        let mut batches: Vec<Batch> = Vec::new();
+        let mut wake_at = now + self.config.refresh_interval;
         let waiting = |entry: &Entry| !entry.retired && entry.lease.is_some();
         // A batch starts only when a lease is due; it then takes the leases due soon too.
         let earliest = state
@@ -320,7 +312,7 @@ impl Shared {
             Some(due) => return (batches, due),
             None => return (batches, wake_at),
         }
-        let horizon = now + self.refresh_interval / 2;
+        let horizon = now + self.config.refresh_interval / 2;
         for (&id, entry) in &mut state.entries {
             if !waiting(entry) {
                 continue;
@@ -354,8 +346,8 @@ impl Shared {
         ids: Vec<u64>,
         mut leases: Vec<Box<dyn Lease>>,
     ) -> impl Future<Output = Done> + Send + 'static {
-        let ttl = self.ttl;
-        let limit = self.request_timeout;
+        let ttl = self.config.lease_ttl;
+        let limit = self.config.request_timeout;
         async move {
             let sent = Instant::now();
             let results = match timeout(limit, backend.refresh_many(&mut leases, ttl)).await {
@@ -394,7 +386,7 @@ impl Shared {
     /// Puts a returned batch's leases back and tells their holds what happened.
     fn apply(&self, done: Done) {
         let now = Instant::now();
-        let retry_after_failure = (self.refresh_interval / 4).max(Duration::from_millis(1));
+        let retry_after_failure = (self.config.refresh_interval / 4).max(Duration::from_millis(1));
         let mut state = lock(&self.state);
         for ((id, lease), result) in done.ids.into_iter().zip(done.leases).zip(done.results) {
             let Some(entry) = state.entries.get_mut(&id) else {
@@ -408,8 +400,8 @@ impl Shared {
             let mut watch = lock(&entry.watch.state);
             match result {
                 Ok(()) => {
-                    watch.deadline = self.local_deadline(done.sent);
-                    entry.next_due = done.sent + self.refresh_interval;
+                    watch.deadline = self.config.local_deadline(done.sent);
+                    entry.next_due = done.sent + self.config.refresh_interval;
                 }
                 Err(error) if error.is_lost() => {
                     watch.lost = true;

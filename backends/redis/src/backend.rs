@@ -390,14 +390,11 @@ impl LockBackend for RedisBackend {
                     .collect(),
             };
             for (&index, outcome) in chunk.iter().zip(outcomes) {
+                // Every index in `ours` is a `RedisLease` (checked above).
                 let lease = leases[index]
                     .as_any_mut()
                     .and_then(|lease| lease.downcast_mut::<RedisLease>());
-                results[index] = Some(match (outcome, lease) {
-                    (Ok(reply), Some(lease)) => lease.refreshed(reply, ttl),
-                    (Err(error), _) => Err(error),
-                    (Ok(_), None) => Err(error::unexpected_reply("refresh", "a foreign lease")),
-                });
+                results[index] = lease.map(|lease| lease.refreshed(outcome?, ttl));
             }
         }
         // Leases this backend did not make: their own refresh.
