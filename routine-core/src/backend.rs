@@ -142,6 +142,19 @@ pub trait Lease: fmt::Debug + Send + Sync {
         None
     }
 
+    /// A future that resolves when the backend learns, without being asked, that this
+    /// lease is gone: for example the connection or session the lease lives on was closed,
+    /// which frees every lock on it on the server. The runner stops the routine at once
+    /// when it resolves, as if a refresh had returned [`Error::Lost`](crate::Error::Lost).
+    ///
+    /// The future is owned (it borrows nothing from the lease), so the runner can wait on
+    /// it while the lease is being refreshed elsewhere. It may resolve spuriously late, but
+    /// never for a lease that is still live. The default, `None`, means the backend has no
+    /// such signal: losses are learned from refreshes.
+    fn revoked(&self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        None
+    }
+
     /// Extends the lease to `ttl` from now (see the lease contract on [`LockBackend`]).
     ///
     /// # Errors

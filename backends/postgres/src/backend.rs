@@ -148,7 +148,7 @@ impl LockBackend for PostgresBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_release_notifications(true)
-            .with_reports_expiry(false)
+            .with_reports_expiry(true)
             .with_min_ttl(MIN_TTL)
             .with_ttl_granularity(Duration::from_millis(1))
             .with_detects_takeover(true)
@@ -226,5 +226,21 @@ impl LockBackend for PostgresBackend {
 
     async fn released(&self, key: &LockKey) -> Result<()> {
         self.inner.notifier.released(self.lock_key(key)).await
+    }
+
+    /// How long the heartbeat of the session recorded as the key's holder has left: a
+    /// live holder's session keeps moving it on, an ended one's runs out, and the key can
+    /// be taken then. `None` if no live session claims the key.
+    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        let hash = self.lock_key(key);
+        let timeout = self.inner.settings.request_timeout;
+        call(&self.inner.session, "expires_in", timeout, |reply| {
+            Command::ExpiresIn {
+                hash,
+                timeout,
+                reply,
+            }
+        })
+        .await
     }
 }

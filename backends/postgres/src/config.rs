@@ -21,6 +21,8 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const CHANNEL: &str = "routine_lock_released";
 /// PostgreSQL truncates longer identifiers (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_LEN: usize = 63;
+/// Appended to the fencing table's name to name the session table beside it.
+pub(crate) const SESSIONS_SUFFIX: &str = "_sessions";
 /// Long enough for any sensible prefix, short enough to keep log lines readable.
 const MAX_NAMESPACE_LEN: usize = 200;
 
@@ -102,8 +104,10 @@ impl PostgresBackendBuilder {
         self
     }
 
-    /// The name of the fencing table (default `routine_fencing`). Created if missing,
-    /// which needs the `CREATE` privilege on the schema.
+    /// The name of the fencing table (default `routine_fencing`), at most 54 bytes. It is
+    /// created if missing, which needs the `CREATE` privilege on the schema, and so is the
+    /// session table beside it, named after it with `_sessions` appended (see the
+    /// [crate docs](crate#lock-sessions-and-heartbeats)).
     pub fn with_table(mut self, table: impl Into<String>) -> Self {
         self.table = Sourced::new(table.into(), "table");
         self
@@ -148,6 +152,16 @@ impl PostgresBackendBuilder {
         let options = parse_url(&url)?;
         let schema = identifier(&self.schema)?;
         let table = identifier(&self.table)?;
+        if table.len() + SESSIONS_SUFFIX.len() > MAX_IDENTIFIER_LEN {
+            return Err(Error::config(
+                self.table.setting,
+                format!(
+                    "the fencing table name {table:?} is too long: the session table beside it \
+                     is named with {SESSIONS_SUFFIX:?} appended, and must fit in \
+                     {MAX_IDENTIFIER_LEN} bytes"
+                ),
+            ));
+        }
         let namespace = self.namespace.value;
         if namespace.is_empty()
             || namespace.len() > MAX_NAMESPACE_LEN
@@ -172,6 +186,11 @@ impl PostgresBackendBuilder {
             options,
             url_setting: url.setting,
             qualified_table: format!("{}.{}", quote(&schema), quote(&table)),
+            qualified_sessions: format!(
+                "{}.{}",
+                quote(&schema),
+                quote(&format!("{table}{SESSIONS_SUFFIX}"))
+            ),
             schema,
             table,
             namespace,
@@ -200,6 +219,8 @@ pub(crate) struct Settings {
     pub(crate) table: String,
     /// `"schema"."table"`, quoted for SQL.
     pub(crate) qualified_table: String,
+    /// `"schema"."table_sessions"`, the session heartbeat table, quoted for SQL.
+    pub(crate) qualified_sessions: String,
     pub(crate) namespace: String,
     pub(crate) request_timeout: Duration,
     redacted_url: String,
@@ -324,6 +345,8 @@ mod tests {
             (base.clone().with_url("postgres://h:99999/db"), "url"),
             (base.clone().with_schema(""), "schema"),
             (base.clone().with_table("x".repeat(64)), "table"),
+            // The session table's name would be longer than 63 bytes.
+            (base.clone().with_table("x".repeat(55)), "table"),
             (base.clone().with_namespace("a\0b"), "namespace"),
             (
                 base.clone().with_request_timeout(Duration::ZERO),
@@ -357,5 +380,9 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(settings.qualified_table, "\"Ops\".\"routine_fencing\"");
+        assert_eq!(
+            settings.qualified_sessions,
+            "\"Ops\".\"routine_fencing_sessions\""
+        );
     }
 }

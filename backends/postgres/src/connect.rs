@@ -45,6 +45,9 @@ pub(crate) struct Live {
     pub(crate) conn: PgConnection,
     /// The server backend's process id.
     pub(crate) pid: i32,
+    /// The session's id in the fencing table's `holder_session` and the session table:
+    /// random, so no other session, of any process or server, has it.
+    pub(crate) id: i64,
     pub(crate) ttl: ServerTtl,
     /// The longest lease TTL whose settings (see the `ttl` module) this session already
     /// has, set by an earlier statement that succeeded; `None` when unknown. Statements
@@ -149,6 +152,7 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         Ok(Live {
             conn,
             pid,
+            id: rand::random(),
             ttl,
             applied: None,
         })

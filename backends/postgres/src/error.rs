@@ -105,6 +105,10 @@ impl Context {
     }
 }
 
+/// SQLSTATE `query_canceled`: `pg_cancel_backend` or `statement_timeout` cancelled one
+/// statement; the session, and every lock on it, lives on.
+const QUERY_CANCELED: &str = "57014";
+
 /// Whether `err` means the connection (and so the session and its advisory locks) is gone
 /// or in an unknown state, rather than one statement having failed on a healthy session.
 pub(crate) fn breaks_session(err: &sqlx::Error) -> bool {
@@ -114,11 +118,12 @@ pub(crate) fn breaks_session(err: &sqlx::Error) -> bool {
                 .try_downcast_ref::<PgDatabaseError>()
                 .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
             // Class 08: connection exception; 57: operator intervention (shutdown,
-            // pg_terminate_backend, idle_session_timeout).
-            let class = db
-                .code()
-                .map(|code| code.chars().take(2).collect::<String>());
-            fatal || matches!(class.as_deref(), Some("08" | "57"))
+            // pg_terminate_backend, idle_session_timeout), except a cancelled statement.
+            let code = db.code();
+            fatal
+                || code.as_deref().is_some_and(|code| {
+                    code.starts_with("08") || (code.starts_with("57") && code != QUERY_CANCELED)
+                })
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -136,7 +141,9 @@ pub(crate) fn breaks_session(err: &sqlx::Error) -> bool {
 pub(crate) fn session_ended(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
-            let class_57 = db.code().is_some_and(|code| code.starts_with("57"));
+            let class_57 = db
+                .code()
+                .is_some_and(|code| code.starts_with("57") && code != QUERY_CANCELED);
             let fatal = db
                 .try_downcast_ref::<PgDatabaseError>()
                 .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));

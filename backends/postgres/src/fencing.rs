@@ -1,10 +1,19 @@
-//! The fencing table and the SQL that takes, keeps and gives back locks.
+//! The fencing and session tables, and the SQL that takes, keeps and gives back locks.
 //!
-//! One row per lock key: `(lock_key bigint primary key, namespace text, name text, token
-//! bigint, acquired_at timestamptz)`. The holder bumps `token` in the statement that takes
-//! the advisory lock, so tokens grow with every acquisition of a key as long as the row is
-//! kept: never delete rows (a deleted row restarts its key's tokens at 1). The stored
-//! namespace and name detect hash collisions.
+//! The fencing table has one row per lock key: `(lock_key bigint primary key, namespace
+//! text, name text, token bigint, acquired_at timestamptz, holder_session bigint)`. The
+//! holder bumps `token` in the statement that takes the advisory lock, so tokens grow with
+//! every acquisition of a key as long as the row is kept: never delete rows (a deleted row
+//! restarts its key's tokens at 1). The stored namespace and name detect hash collisions.
+//!
+//! `holder_session` names the lock session that took the key, and the session table (the
+//! fencing table's name with `_sessions` appended) holds each session's heartbeat: `(id
+//! bigint primary key, alive_until timestamptz)`, moved to the server's clock plus the
+//! session's longest lease TTL by every acquire and refresh. A key whose row names another
+//! session with a running heartbeat is not taken even when its advisory lock is free: that
+//! session may have ended (terminated, restarted, cut off by a pooler) before its holders
+//! learned it, and they may run until their local deadlines, which the heartbeat
+//! outlasts. A release clears `holder_session`, so a graceful handover does not wait.
 
 use std::sync::Arc;
 
@@ -14,24 +23,45 @@ use sqlx::postgres::PgConnection;
 use crate::config::Settings;
 use crate::error::{Context, Message, NAME};
 
-/// The statements of a lock session, with the table name filled in.
+/// The statements of a lock session, with the table names filled in.
 #[derive(Debug)]
 pub(crate) struct Statements {
-    /// `$1` key, `$2` namespace, `$3` name, `$4`/`$5` TTL settings. One row: `got`,
-    /// (settings count), `token`, `namespace`, `name` of the bumped row if `got`, and the
-    /// `namespace`, `name` of the existing row if not.
+    /// `$1` key, `$2` namespace, `$3` name, `$4`/`$5` TTL settings, `$6` session id, `$7`
+    /// the session's heartbeat in milliseconds. One row: `got` (the advisory lock),
+    /// (settings count), `token`, `namespace`, `name` of the bumped row if the key was
+    /// taken, the `namespace`, `name` of the existing row if the lock was not got, and the
+    /// milliseconds left on the heartbeat of a previous holder's session that may still
+    /// believe it holds the key (then the key was not taken, and the lock must be given
+    /// back).
     pub(crate) acquire: Arc<str>,
-    /// `$1` key, `$2` channel, `$3`/`$4` TTL settings. One row: `unlocked`, (settings
-    /// count), (notifications sent).
+    /// `$1`/`$2` TTL settings, `$3` session id, `$4` heartbeat in milliseconds: proves the
+    /// session alive, moves its heartbeat on and updates its TTL settings.
+    pub(crate) refresh: Arc<str>,
+    /// `$1` key, `$2` channel, `$3`/`$4` TTL settings, `$5` session id. One row:
+    /// `unlocked`, (settings count), (notifications sent).
     pub(crate) release: Arc<str>,
+    /// `$1` key, `$2` session id: gives a lock back after a failed statement, or when its
+    /// lease was dropped.
+    pub(crate) unlock: Arc<str>,
+    /// `$1` keys, `$2` session ids (arrays of equal length): forgets keys whose holders in
+    /// ended sessions of this process have stopped, so they need not wait for the ended
+    /// session's heartbeat.
+    pub(crate) forget_holders: Arc<str>,
+    /// `$1` key: milliseconds left on the heartbeat of the session recorded as the key's
+    /// holder; no row if none is alive.
+    pub(crate) expires_in: Arc<str>,
+    /// Deletes the session rows whose heartbeat has run out.
+    pub(crate) forget_sessions: Arc<str>,
 }
 
-/// `$1`/`$2` TTL settings: proves the session alive and updates its TTL settings.
-pub(crate) const REFRESH: &str =
-    "SELECT count(set_config(k, v, false)) FROM unnest($1::text[], $2::text[]) AS s(k, v)";
+/// Milliseconds left until `alive_until`, at least 1 (the row is alive).
+const LEFT_MS: &str =
+    "greatest(ceil(extract(epoch FROM s.alive_until - clock_timestamp()) * 1000), 1)::int8";
 
-/// `$1` key: gives a lock back after a failed statement.
-pub(crate) const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+/// `alive_until` for a heartbeat of `$N` milliseconds from now.
+fn alive_until(param: u8) -> String {
+    format!("clock_timestamp() + make_interval(secs => ${param}::float8 / 1000)")
+}
 
 /// Applies the TTL settings (`ttl` module) within a statement; `MATERIALIZED` and a
 /// reference from the outer query make sure it runs exactly once.
@@ -40,52 +70,105 @@ const SETTINGS_CTE: &str = "settings AS MATERIALIZED (
 )";
 
 impl Statements {
-    pub(crate) fn new(table: &str) -> Self {
+    pub(crate) fn new(table: &str, sessions: &str) -> Self {
         let settings = |first: u8| {
             SETTINGS_CTE.replace(
                 "$SETTINGS::text[]",
                 &format!("${first}::text[], ${}::text[]", first + 1),
             )
         };
-        // The advisory lock is taken first (a materialized CTE); the row is bumped only if
-        // it was, in the same statement and round trip. Without the lock, the existing row
-        // tells whether the holder is really this name or a colliding one.
+        // The advisory lock is taken first (a materialized CTE). If the key's row names
+        // another session whose heartbeat is still running, that session may have ended
+        // without its holders knowing yet (terminated, killed by a pooler, a restart):
+        // they may run until their local deadlines, which the heartbeat outlasts, so the
+        // key is not taken (the client gives the lock back). Otherwise the row is bumped
+        // and names this session, in the same statement and round trip. Without the lock,
+        // the existing row tells whether the holder is really this name or a colliding
+        // one.
         let acquire = format!(
             "WITH {settings}, lock AS MATERIALIZED (
                 SELECT pg_try_advisory_lock($1) AS got
+            ), prev AS MATERIALIZED (
+                SELECT {LEFT_MS} AS left_ms
+                FROM {table} AS p JOIN {sessions} AS s ON s.id = p.holder_session
+                WHERE p.lock_key = $1 AND p.holder_session <> $6
+                  AND s.alive_until > clock_timestamp()
+            ), free AS MATERIALIZED (
+                SELECT lock.got AND NOT EXISTS (SELECT 1 FROM prev) AS ok FROM lock
+            ), beat AS (
+                INSERT INTO {sessions} (id, alive_until)
+                SELECT $6, {alive} FROM free WHERE ok
+                ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
             ), bump AS (
-                INSERT INTO {table} AS f (lock_key, namespace, name, token)
-                SELECT $1, $2, $3, 1 FROM lock WHERE got
-                ON CONFLICT (lock_key) DO UPDATE SET token = f.token + 1, acquired_at = now()
+                INSERT INTO {table} AS f (lock_key, namespace, name, token, holder_session)
+                SELECT $1, $2, $3, 1, $6 FROM free WHERE ok
+                ON CONFLICT (lock_key) DO UPDATE
+                    SET token = f.token + 1, acquired_at = now(), holder_session = $6
                 RETURNING f.token, f.namespace, f.name
             )
             SELECT lock.got, settings.n, bump.token, bump.namespace, bump.name,
-                   holder.namespace, holder.name
+                   holder.namespace, holder.name, (SELECT left_ms FROM prev)
             FROM lock CROSS JOIN settings
             LEFT JOIN bump ON true
             LEFT JOIN {table} AS holder ON holder.lock_key = $1 AND NOT lock.got",
             settings = settings(4),
+            alive = alive_until(7),
+        );
+        let refresh = format!(
+            "WITH {settings}, beat AS (
+                INSERT INTO {sessions} (id, alive_until) VALUES ($3, {alive})
+                ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
+            )
+            SELECT settings.n FROM settings",
+            settings = settings(1),
+            alive = alive_until(4),
         );
         // NOTIFY only if the lock was ours; delivered when the statement commits, after
-        // the unlock.
+        // the unlock and with the row no longer naming this session.
         let release = format!(
             "WITH {settings}, unlocked AS MATERIALIZED (
                 SELECT pg_advisory_unlock($1) AS ok
+            ), cleared AS (
+                UPDATE {table} SET holder_session = NULL
+                WHERE lock_key = $1 AND holder_session = $5
             )
             SELECT unlocked.ok, settings.n,
                    (SELECT count(*) FROM (SELECT pg_notify($2, $1::text) WHERE unlocked.ok) AS sent)
             FROM unlocked CROSS JOIN settings",
             settings = settings(3),
         );
+        let unlock = format!(
+            "WITH cleared AS (
+                UPDATE {table} SET holder_session = NULL
+                WHERE lock_key = $1 AND holder_session = $2
+            )
+            SELECT pg_advisory_unlock($1)"
+        );
+        let forget_holders = format!(
+            "UPDATE {table} SET holder_session = NULL
+             WHERE (lock_key, holder_session) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
+        );
+        let expires_in = format!(
+            "SELECT {LEFT_MS} FROM {table} AS f JOIN {sessions} AS s ON s.id = f.holder_session
+             WHERE f.lock_key = $1 AND s.alive_until > clock_timestamp()"
+        );
+        let forget_sessions =
+            format!("DELETE FROM {sessions} WHERE alive_until < clock_timestamp()");
         Self {
             acquire: Arc::from(acquire),
+            refresh: Arc::from(refresh),
             release: Arc::from(release),
+            unlock: Arc::from(unlock),
+            forget_holders: Arc::from(forget_holders),
+            expires_in: Arc::from(expires_in),
+            forget_sessions: Arc::from(forget_sessions),
         }
     }
 }
 
-/// Creates the schema and table if missing, then checks that the table is a fencing table
-/// this role may read and write.
+/// Creates the schema and the two tables if missing (adding `holder_session` to a fencing
+/// table made by an earlier version), then checks that the tables are ours and that this
+/// role may read and write them.
 ///
 /// # Errors
 ///
@@ -122,21 +205,49 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
                 namespace text NOT NULL,
                 name text NOT NULL,
                 token bigint NOT NULL,
-                acquired_at timestamptz NOT NULL DEFAULT now()
+                acquired_at timestamptz NOT NULL DEFAULT now(),
+                holder_session bigint
             )"
         );
         create(conn, sql, ctx("create the fencing table")).await?;
     }
-    let (columns, writable): (i64, bool) = sqlx::query_as(
+    let sessions = settings.qualified_sessions.as_str();
+    let sessions_exist: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(sessions)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| ctx("look up the session table").map(err))?;
+    if !sessions_exist {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {sessions} (
+                id bigint PRIMARY KEY,
+                alive_until timestamptz NOT NULL
+            )"
+        );
+        create(conn, sql, ctx("create the session table")).await?;
+    }
+    let (columns, has_holder, writable, sessions_ok): (i64, bool, bool, bool) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass
                    AND attname IN ('lock_key', 'namespace', 'name', 'token')
                    AND NOT attisdropped),
-                has_table_privilege($1, 'SELECT, INSERT, UPDATE')",
+                EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
+                   AND attname = 'holder_session' AND NOT attisdropped),
+                has_table_privilege($1, 'SELECT, INSERT, UPDATE'),
+                has_table_privilege($2, 'SELECT, INSERT, UPDATE, DELETE')",
     )
     .bind(table)
+    .bind(sessions)
     .fetch_one(&mut *conn)
     .await
     .map_err(|err| ctx("check the fencing table").map(err))?;
+    if columns == 4 && !has_holder {
+        // Made by a version without session heartbeats.
+        let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS holder_session bigint");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| ctx("add column holder_session to the fencing table").map(err))?;
+    }
     if columns != 4 {
         return Err(Error::Misconfigured {
             backend: NAME,
@@ -155,6 +266,21 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
             ))),
         });
     }
+    if !sessions_ok {
+        return Err(Error::PermissionDenied {
+            backend: NAME,
+            operation: "write the session table",
+            source: Box::new(Message(format!(
+                "the role needs SELECT, INSERT, UPDATE and DELETE on {sessions}"
+            ))),
+        });
+    }
+    // Rows of sessions whose heartbeat ran out guard nothing any more.
+    let forget = Statements::new(table, sessions).forget_sessions;
+    sqlx::query(sqlx::AssertSqlSafe(forget))
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| ctx("forget ended sessions").map(err))?;
     Ok(())
 }
 

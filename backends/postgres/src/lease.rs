@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use routine_core::{Error, FencingToken, Lease, LockKey, Result};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::check_ttl;
 use crate::config::Settings;
@@ -20,14 +20,21 @@ use crate::session::{Command, LeaseId};
 pub(crate) struct LeaseLink {
     id: LeaseId,
     tx: mpsc::UnboundedSender<Command>,
+    /// Turns `true` when the session the lease lives on is dropped.
+    revoked: watch::Receiver<bool>,
     finished: bool,
 }
 
 impl LeaseLink {
-    pub(crate) fn new(id: LeaseId, tx: mpsc::UnboundedSender<Command>) -> Self {
+    pub(crate) fn new(
+        id: LeaseId,
+        tx: mpsc::UnboundedSender<Command>,
+        revoked: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             id,
             tx,
+            revoked,
             finished: false,
         }
     }
@@ -158,6 +165,16 @@ impl Lease for PostgresLease {
 
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         Some(self)
+    }
+
+    /// Resolves when the backend drops the session this lease lives on (its locks are
+    /// then freed on the server), or when the session task is gone.
+    fn revoked(&self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let mut revoked = self.link.revoked.clone();
+        Some(Box::pin(async move {
+            // An error means the session task is gone, and the session with it.
+            let _ = revoked.wait_for(|revoked| *revoked).await;
+        }))
     }
 
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {

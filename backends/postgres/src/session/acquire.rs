@@ -8,9 +8,7 @@ use routine_core::{Error, FencingToken, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Held, LeaseId, Session, timed_out};
-use crate::connect::open;
 use crate::error::{Message, NAME, breaks_session};
-use crate::fencing::UNLOCK;
 use crate::lease::LeaseLink;
 
 impl Session {
@@ -30,10 +28,7 @@ impl Session {
             return Err(self.collision(key, hash, namespace, held.key.as_str()));
         }
         let timeout = self.settings.timeout_for(ttl);
-        if self.live.is_none() {
-            self.live = Some(open(&self.settings, timeout).await?);
-            self.generation += 1;
-        }
+        self.ensure_live(timeout).await?;
         let longest = self.longest_ttl().max(ttl);
         let ctx = self.ctx("acquire");
         let Some(live) = self.live.as_mut() else {
@@ -50,6 +45,8 @@ impl Session {
             .bind(key.as_str())
             .bind(names)
             .bind(values)
+            .bind(live.id)
+            .bind(super::millis(longest))
             .fetch_one(&mut live.conn);
         let row = match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {
@@ -75,15 +72,17 @@ impl Session {
             Option<i64>,
             Option<(String, String)>,
             Option<(String, String)>,
+            Option<i64>,
         );
         let decoded = (|| -> sqlx::Result<Decoded> {
             let got = row.try_get(0)?;
             let token = row.try_get(2)?;
             let bumped = row.try_get::<Option<String>, _>(3)?.zip(row.try_get(4)?);
             let holder = row.try_get::<Option<String>, _>(5)?.zip(row.try_get(6)?);
-            Ok((got, token, bumped, holder))
+            let guarded = row.try_get(7)?;
+            Ok((got, token, bumped, holder, guarded))
         })();
-        let (got, token, bumped, holder) = match decoded {
+        let (got, token, bumped, holder, guarded) = match decoded {
             Ok(decoded) => decoded,
             Err(err) => {
                 self.unlock_after_failure(hash, timeout).await;
@@ -97,6 +96,18 @@ impl Session {
                 Some(row) if !ours(&row) => Err(self.collision(key, hash, &row.0, &row.1)),
                 _ => Ok(None),
             };
+        }
+        if let Some(left_ms) = guarded {
+            // The lock was free, but the session that held it last may have ended
+            // before its holder knew: the key stays guarded until that session's
+            // heartbeat runs out.
+            tracing::debug!(
+                %key,
+                left_ms,
+                "lock free but guarded by an ended session's heartbeat; giving it back"
+            );
+            self.unlock_after_failure(hash, timeout).await;
+            return Ok(None);
         }
         let token = match (token.and_then(|token| u64::try_from(token).ok()), bumped) {
             (Some(token), Some(row)) if ours(&row) => token,
@@ -113,8 +124,16 @@ impl Session {
             }
         };
         self.next_serial += 1;
+        let Some(session) = self.live.as_ref().map(|live| live.id) else {
+            return Err(Error::unavailable(
+                NAME,
+                "acquire",
+                Message("no session".into()),
+            ));
+        };
         let id = LeaseId {
             generation: self.generation,
+            session,
             serial: self.next_serial,
             hash,
         };
@@ -131,7 +150,10 @@ impl Session {
                 ttl,
             },
         );
-        Ok(Some((FencingToken::new(token), LeaseLink::new(id, tx))))
+        Ok(Some((
+            FencingToken::new(token),
+            LeaseLink::new(id, tx, self.revoke.subscribe()),
+        )))
     }
 
     fn collision(&self, key: &LockKey, hash: i64, other_ns: &str, other: &str) -> Error {
@@ -151,7 +173,10 @@ impl Session {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let unlock = sqlx::query(UNLOCK).bind(hash).execute(&mut live.conn);
+        let unlock = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.unlock)))
+            .bind(hash)
+            .bind(live.id)
+            .execute(&mut live.conn);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => self.abandon(&err),

@@ -5,9 +5,18 @@
 //! them one at a time on its connection. Refreshes waiting in the queue are answered
 //! together by one statement sent after all of them were called: any statement that
 //! succeeds proves the session, and so every lock it holds, was alive after the refresh
-//! was called. When the session fails (connection error, timeout, terminated backend), the
-//! task drops it, every lease on it is lost, and the next acquire opens a new session; each
-//! lease remembers the generation of the session it was taken on.
+//! was called, and moves the session's heartbeat on (see the `fencing` module). When the
+//! session fails (connection error, timeout, terminated backend), the task drops it, every
+//! lease on it is lost and told so at once (its revocation signal fires), and the next
+//! acquire opens a new session; each lease remembers the generation and id of the session
+//! it was taken on. A statement that fails on a healthy session (cancelled by
+//! `pg_cancel_backend` or `statement_timeout`, a constraint, a missing table) leaves the
+//! session and its locks alone.
+//!
+//! Dropping a session frees its locks on the server at once, but the keys stay guarded by
+//! the session's heartbeat until it runs out. When a lost lease is then released (its
+//! routine has stopped), the key is recorded here and the next statement on a new session
+//! clears the ended session's claim on it, so this process or another can take it at once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,12 +24,12 @@ use std::time::Duration;
 
 use routine_core::{Error, FencingToken, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{CHANNEL, Settings};
-use crate::connect::Live;
-use crate::error::{Context, NAME, breaks_session, session_ended};
-use crate::fencing::{REFRESH, Statements};
+use crate::connect::{Live, open};
+use crate::error::{Context, Message, NAME, breaks_session, session_ended};
+use crate::fencing::Statements;
 use crate::lease::LeaseLink;
 
 mod acquire;
@@ -32,6 +41,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LeaseId {
     pub(crate) generation: u64,
+    /// The id of the session the lease was taken on (`holder_session` in its row).
+    pub(crate) session: i64,
     pub(crate) serial: u64,
     pub(crate) hash: i64,
 }
@@ -55,6 +66,12 @@ pub(crate) enum Command {
         id: LeaseId,
         reply: Option<Reply<()>>,
     },
+    /// How long the heartbeat of the session recorded as the holder of `hash` has left.
+    ExpiresIn {
+        hash: i64,
+        timeout: Duration,
+        reply: Reply<Option<Duration>>,
+    },
 }
 
 /// A lock held on the session.
@@ -69,7 +86,7 @@ struct Held {
 pub(crate) fn spawn(settings: Arc<Settings>, live: Live) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Session {
-        statements: Statements::new(&settings.qualified_table),
+        statements: Statements::new(&settings.qualified_table, &settings.qualified_sessions),
         settings,
         rx,
         tx: tx.downgrade(),
@@ -79,6 +96,8 @@ pub(crate) fn spawn(settings: Arc<Settings>, live: Live) -> mpsc::UnboundedSende
         held: HashMap::new(),
         ttls: BTreeMap::new(),
         backlog: VecDeque::new(),
+        revoke: watch::channel(false).0,
+        forget: Vec::new(),
     };
     tokio::spawn(task.run());
     tx
@@ -99,6 +118,12 @@ struct Session {
     ttls: BTreeMap<Duration, usize>,
     /// Commands received while collecting refreshes, run next in order.
     backlog: VecDeque<Command>,
+    /// Set to `true` when the current session is dropped: every lease taken on it watches
+    /// this, so its holder learns of the loss at once rather than at its next refresh.
+    revoke: watch::Sender<bool>,
+    /// Keys of released leases of ended sessions, with the session ids, whose claims in the
+    /// fencing table the next session clears (see the module docs).
+    forget: Vec<(i64, i64)>,
 }
 
 impl Session {
@@ -139,6 +164,16 @@ impl Session {
                 Command::Release { id, reply } => {
                     let result = self.release(id).await;
                     if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                Command::ExpiresIn {
+                    hash,
+                    timeout,
+                    reply,
+                } => {
+                    if !reply.is_closed() {
+                        let result = self.expires_in(hash, timeout).await;
                         let _ = reply.send(result);
                     }
                 }
@@ -225,7 +260,9 @@ impl Session {
     }
 
     /// Drops the session: the server ends it and releases all its locks (at once, or when
-    /// it notices the closed connection), so every lease on it is lost.
+    /// it notices the closed connection), so every lease on it is lost, and each is told
+    /// so now. Other clients still cannot take the keys before the session's heartbeat
+    /// runs out, which outlasts every lease's local deadline.
     fn abandon(&mut self, why: &dyn std::fmt::Display) {
         if let Some(live) = self.live.take() {
             tracing::warn!(
@@ -236,6 +273,82 @@ impl Session {
         }
         self.held.clear();
         self.ttls.clear();
+        self.revoke.send_replace(true);
+        self.revoke = watch::channel(false).0;
+    }
+
+    /// The open session, opening one (a new generation) if there is none.
+    async fn ensure_live(&mut self, timeout: Duration) -> Result<()> {
+        if self.live.is_none() {
+            let live = open(&self.settings, timeout).await?;
+            self.live = Some(live);
+            self.generation += 1;
+            // Rows of sessions whose heartbeat ran out guard nothing any more.
+            let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_sessions)));
+            self.run_tidy(forget, "forget ended sessions", timeout)
+                .await?;
+        }
+        if !self.forget.is_empty() {
+            let (keys, sessions): (Vec<i64>, Vec<i64>) = self.forget.iter().copied().unzip();
+            let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_holders)))
+                .bind(keys)
+                .bind(sessions);
+            self.run_tidy(forget, "forget stopped holders", timeout)
+                .await?;
+            self.forget.clear();
+        }
+        Ok(())
+    }
+
+    /// Runs a housekeeping statement on the live session.
+    async fn run_tidy(
+        &mut self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        operation: &'static str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let ctx = self.ctx(operation);
+        let Some(live) = self.live.as_mut() else {
+            return Err(no_session(operation));
+        };
+        match tokio::time::timeout(timeout, query.execute(&mut live.conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => {
+                if breaks_session(&err) {
+                    self.abandon(&err);
+                }
+                Err(ctx.map(err))
+            }
+            Err(_) => {
+                self.abandon(&format_args!("{operation} timed out"));
+                Err(timed_out(operation, timeout))
+            }
+        }
+    }
+
+    async fn expires_in(&mut self, hash: i64, timeout: Duration) -> Result<Option<Duration>> {
+        self.ensure_live(timeout).await?;
+        let ctx = self.ctx("expires_in");
+        let Some(live) = self.live.as_mut() else {
+            return Err(no_session("expires_in"));
+        };
+        let query =
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(Arc::clone(&self.statements.expires_in)))
+                .bind(hash)
+                .fetch_optional(&mut live.conn);
+        match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(left)) => Ok(left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()))),
+            Ok(Err(err)) => {
+                if breaks_session(&err) {
+                    self.abandon(&err);
+                }
+                Err(ctx.map(err))
+            }
+            Err(_) => {
+                self.abandon(&"expires_in timed out");
+                Err(timed_out("expires_in", timeout))
+            }
+        }
     }
 
     async fn refresh(&mut self, batch: Vec<(LeaseId, LockKey, Duration, Reply<()>)>) {
@@ -265,28 +378,36 @@ impl Session {
             return;
         };
         let (names, values) = live.settings_for(longest);
-        let query = sqlx::query(REFRESH)
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.refresh)))
             .bind(names)
             .bind(values)
+            .bind(live.id)
+            .bind(millis(longest))
             .execute(&mut live.conn);
         let failure = match tokio::time::timeout(timeout, query).await {
             Ok(Ok(_)) => {
                 live.applied = Some(longest);
                 None
             }
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("refresh timed out after {timeout:?}")),
+            // The statement failed on a healthy session (cancelled, a missing table): the
+            // locks are still held, but this refresh vouches for nothing. The holders
+            // retry until their deadlines.
+            Ok(Err(err)) if !breaks_session(&err) => Some((false, err.to_string())),
+            Ok(Err(err)) => Some((true, err.to_string())),
+            Err(_) => Some((true, format!("refresh timed out after {timeout:?}"))),
         };
-        if let Some(why) = &failure {
-            // Whatever failed, the session can no longer prove its locks: drop it, which
-            // makes the server release them, and report every lease on it lost.
+        if let Some((true, why)) = &failure {
+            // The session can no longer prove its locks: drop it, which makes the server
+            // release them, and report every lease on it lost.
             self.abandon(why);
         }
         for (key, _, reply) in current {
-            let result = if failure.is_none() {
-                Ok(())
-            } else {
-                Err(Error::Lost { key })
+            let result = match &failure {
+                None => Ok(()),
+                Some((true, _)) => Err(Error::Lost { key }),
+                Some((false, why)) => {
+                    Err(Error::unavailable(NAME, "refresh", Message(why.clone())))
+                }
             };
             let _ = reply.send(result);
         }
@@ -295,6 +416,12 @@ impl Session {
     async fn release(&mut self, id: LeaseId) -> Result<()> {
         if !self.is_current(id) {
             // Released already, or lost with its session: nothing of ours to give back.
+            // A lease of an ended session still guards its key in the fencing table until
+            // the session's heartbeat runs out; its holder has stopped now, so the next
+            // session clears that claim.
+            if id.generation != self.generation || self.live.is_none() {
+                self.forget.push((id.hash, id.session));
+            }
             return Ok(());
         }
         let Some(held) = self.remove_held(id.hash) else {
@@ -312,6 +439,7 @@ impl Session {
             .bind(CHANNEL)
             .bind(names)
             .bind(values)
+            .bind(live.id)
             .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {
@@ -325,10 +453,12 @@ impl Session {
                 // The server ended the session (idle timeout, terminated): the lock
                 // expired, which a release accepts.
                 self.abandon(&err);
+                self.forget.push((id.hash, id.session));
                 Ok(())
             }
             Ok(Err(err)) if breaks_session(&err) => {
                 self.abandon(&err);
+                self.forget.push((id.hash, id.session));
                 Err(ctx.map(err))
             }
             Ok(Err(err)) => {
@@ -342,10 +472,20 @@ impl Session {
             }
             Err(_) => {
                 self.abandon(&"release timed out");
+                self.forget.push((id.hash, id.session));
                 Err(timed_out("release", timeout))
             }
         }
     }
+}
+
+/// A TTL in whole milliseconds, rounded up, for the heartbeat.
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+fn no_session(operation: &'static str) -> Error {
+    Error::unavailable(NAME, operation, Message("no session".into()))
 }
 
 fn timed_out(operation: &'static str, timeout: Duration) -> Error {
