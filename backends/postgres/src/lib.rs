@@ -30,7 +30,39 @@
 //! A refresh proves the lock session is alive; if the session is lost (connection error,
 //! request timeout, `pg_terminate_backend`, server restart), every lease on it reports
 //! [`Error::Lost`](routine_core::Error::Lost) and the next acquire opens a new session.
-//! Dropping a lease without releasing it unlocks it in the background.
+//! When the backend itself drops the session (a statement broke the connection or timed
+//! out), every lease on it is told at once through
+//! [`Lease::revoked`](routine_core::Lease::revoked), so the runner stops its routine
+//! without waiting for the next refresh. A statement that fails on a healthy session,
+//! including one cancelled by `pg_cancel_backend` or `statement_timeout` (SQLSTATE
+//! `57014`), ends nothing. Dropping a lease without releasing it unlocks it in the
+//! background.
+//!
+//! # Lock sessions and heartbeats
+//!
+//! The server frees every advisory lock of a session the moment the session ends,
+//! however it ends: terminated by an operator or a pooler, a server restart or failover,
+//! or dropped by the backend. The holders of those locks learn it only at their next
+//! refresh, and may run until their local deadlines. So a lease does not rest on the
+//! advisory lock alone: each session has a heartbeat row in the session table (the
+//! fencing table's name with `_sessions` appended), set to the server's clock plus the
+//! session's longest lease TTL by every acquire and refresh, and each key's fencing row
+//! names the session that took it. An acquire that gets a free advisory lock but finds
+//! the key named by another session whose heartbeat still runs does not take the key:
+//! it gives the lock back and reports contention, and
+//! [`expires_in`](routine_core::LockBackend::expires_in) tells when the heartbeat runs
+//! out ([`Capabilities::reports_expiry`](routine_core::Capabilities) is `true`). The
+//! heartbeat outlasts every local deadline, because it counts from when the statement
+//! ran and each deadline from when the request was sent, both in real time.
+//!
+//! What this costs: a crashed holder (SIGKILL, a dead host) is taken over about one TTL
+//! after its last refresh, as on the other backends, rather than as soon as its
+//! connection closes. A graceful release clears the key's claim in the same statement, so
+//! a handover stays as fast as the release notification; a lost lease that its holder
+//! then releases is cleared by the next statement of the backend's new session. The
+//! heartbeat row is written by every refresh (one row per backend, not per lease), and
+//! rows whose heartbeat has run out are deleted when a session opens. The server's wall
+//! clock must not jump forward by more than the safety margin while a key is guarded.
 //!
 //! # Lease TTLs: what the server enforces
 //!
@@ -66,21 +98,24 @@
 //!
 //! # Fencing tokens
 //!
-//! Table `public.routine_fencing` (schema and name configurable) holds one row per key;
+//! Table `public.routine_fencing` (schema and name configurable; the session table
+//! `public.routine_fencing_sessions` lives beside it) holds one row per key;
 //! the statement that takes the lock also increments the row's `token`, so tokens grow with
 //! every acquisition of a key, across processes, restarts and takeovers. Never delete its
 //! rows. The table (and schema) are created if missing, which needs the `CREATE`
 //! privilege; without it, [`Error::PermissionDenied`](routine_core::Error::PermissionDenied)
-//! (create the table once as an administrator, then `SELECT, INSERT, UPDATE` suffice).
+//! (create the tables once as an administrator, then `SELECT, INSERT, UPDATE` on the
+//! fencing table and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
+//! fencing table made by an earlier version gets its `holder_session` column added, which
+//! needs its owner.
 //!
 //! # Release notifications
 //!
 //! A release runs `pg_notify('routine_lock_released', '<lock key>')`; the listener
 //! connection wakes the local waiters of that key. A crashed holder sends nothing, and a
 //! listener cut off without a closed connection hears nothing: waiters then notice at the
-//! runner's retry interval. The backend cannot tell how long a
-//! holder has left, so [`Capabilities::reports_expiry`](routine_core::Capabilities) is
-//! `false`.
+//! runner's retry interval, or when the holder's session heartbeat runs out, whichever
+//! comes first.
 //!
 //! # Poolers
 //!
