@@ -37,6 +37,9 @@ pub struct Capabilities {
     /// The shortest TTL the backend can honour. Shorter requests are an
     /// [`Error::InvalidTtl`](crate::Error::InvalidTtl) (the runner checks this up front).
     pub min_ttl: Duration,
+    /// The longest TTL the backend can represent. Longer requests are an
+    /// [`Error::InvalidTtl`](crate::Error::InvalidTtl) (the runner checks this up front).
+    pub max_ttl: Duration,
     /// TTLs are rounded up to a multiple of this (one second for etcd, one millisecond for
     /// Redis). The lease is then held at least as long as requested, never shorter.
     pub ttl_granularity: Duration,
@@ -54,6 +57,7 @@ impl Capabilities {
             release_notifications: false,
             reports_expiry: false,
             min_ttl: Duration::from_millis(1),
+            max_ttl: Duration::MAX,
             ttl_granularity: Duration::from_millis(1),
             detects_takeover: true,
         }
@@ -75,6 +79,47 @@ impl Capabilities {
     pub const fn with_min_ttl(mut self, ttl: Duration) -> Self {
         self.min_ttl = ttl;
         self
+    }
+
+    /// Sets [`Capabilities::max_ttl`].
+    pub const fn with_max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// Checks `ttl` against [`Capabilities::min_ttl`] and [`Capabilities::max_ttl`], for
+    /// backends and runners alike.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`](crate::Error::InvalidTtl) naming `backend` and the bound, if
+    /// `ttl` is zero or outside the bounds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use routine_core::Capabilities;
+    ///
+    /// let caps = Capabilities::new().with_min_ttl(Duration::from_secs(1));
+    /// assert!(caps.check_ttl("postgres", Duration::from_millis(999)).is_err());
+    /// assert!(caps.check_ttl("postgres", Duration::from_secs(5)).is_ok());
+    /// ```
+    pub fn check_ttl(&self, backend: &str, ttl: Duration) -> crate::Result<()> {
+        let reason = if ttl.is_zero() {
+            "the lease TTL must be greater than zero".to_owned()
+        } else if ttl < self.min_ttl {
+            format!(
+                "the {backend} backend needs a TTL of at least {:?}",
+                self.min_ttl
+            )
+        } else if ttl > self.max_ttl {
+            format!(
+                "the {backend} backend can represent a TTL of at most {:?}",
+                self.max_ttl
+            )
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::InvalidTtl { ttl, reason })
     }
 
     /// Sets [`Capabilities::ttl_granularity`].

@@ -140,14 +140,17 @@ impl MemoryBackend {
     }
 }
 
+/// What the memory backend declares. TTLs are added to tokio's `Instant`, which cannot
+/// go arbitrarily far into the future: a century is the longest.
+const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_release_notifications(true)
+    .with_reports_expiry(true)
+    .with_ttl_granularity(Duration::from_nanos(1))
+    .with_min_ttl(Duration::from_nanos(1))
+    .with_max_ttl(Duration::from_secs(100 * 365 * 24 * 60 * 60));
+
 fn check_ttl(ttl: Duration) -> Result<()> {
-    if ttl.is_zero() {
-        return Err(Error::InvalidTtl {
-            ttl,
-            reason: "TTL must be greater than zero".to_owned(),
-        });
-    }
-    Ok(())
+    CAPABILITIES.check_ttl(NAME, ttl)
 }
 
 impl fmt::Debug for MemoryBackend {
@@ -166,11 +169,7 @@ impl LockBackend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .with_release_notifications(true)
-            .with_reports_expiry(true)
-            .with_ttl_granularity(Duration::from_nanos(1))
-            .with_min_ttl(Duration::from_nanos(1))
+        CAPABILITIES
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {

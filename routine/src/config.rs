@@ -192,10 +192,11 @@ impl RunnerBuilder {
     }
 
     fn resolve(&self) -> Result<RunnerConfig> {
-        let min_ttl = match &self.backend {
-            Some(BackendSlot::Ready(backend)) => backend.capabilities().min_ttl,
-            _ => Duration::ZERO,
+        let ready = match &self.backend {
+            Some(BackendSlot::Ready(backend)) => Some(backend),
+            _ => None,
         };
+        let min_ttl = ready.map_or(Duration::ZERO, |backend| backend.capabilities().min_ttl);
         let ttl = match self.lease_ttl {
             Some(ttl) if ttl.is_zero() => {
                 return Err(Error::InvalidTtl {
@@ -203,15 +204,12 @@ impl RunnerBuilder {
                     reason: "the lease TTL must be greater than zero".into(),
                 });
             }
-            Some(ttl) if ttl < min_ttl => {
-                return Err(Error::InvalidTtl {
-                    ttl,
-                    reason: format!("the backend's minimum TTL is {min_ttl:?}"),
-                });
-            }
             Some(ttl) => ttl,
             None => DEFAULT_TTL.max(min_ttl),
         };
+        if let Some(backend) = ready {
+            backend.capabilities().check_ttl(backend.name(), ttl)?;
+        }
         let defaults = RunnerConfig::defaults(ttl);
         let config = RunnerConfig {
             lease_ttl: ttl,
@@ -226,7 +224,18 @@ impl RunnerBuilder {
             drain_timeout: self.drain_timeout.unwrap_or(defaults.drain_timeout),
             handle_signals: self.handle_signals.unwrap_or(defaults.handle_signals),
         };
-        config.validate()?;
+        let explicit = |setting: &str| match setting {
+            "refresh_interval" => self.refresh_interval.is_some(),
+            "retry_interval" => self.retry_interval.is_some(),
+            "safety_margin" => self.safety_margin.is_some(),
+            "grace_period" => self.grace_period.is_some(),
+            "backoff_min" => self.backoff_min.is_some(),
+            "backoff_max" => self.backoff_max.is_some(),
+            "request_timeout" => self.request_timeout.is_some(),
+            "release_timeout" => self.release_timeout.is_some(),
+            _ => false,
+        };
+        config.validate(explicit)?;
         Ok(config)
     }
 }
@@ -256,7 +265,15 @@ impl RunnerConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings together. `explicit` tells which settings the user set: a
+    /// problem with settings that were all derived from the TTL is the TTL's (it is too
+    /// short to derive them from), and is reported as such rather than naming a setting
+    /// the user never set.
+    fn validate(&self, explicit: impl Fn(&str) -> bool) -> Result<()> {
+        let ttl_too_short = |derived: String| Error::InvalidTtl {
+            ttl: self.lease_ttl,
+            reason: format!("the lease TTL is too short to derive the runner's timing: {derived}"),
+        };
         let positive = [
             ("refresh_interval", self.refresh_interval),
             ("retry_interval", self.retry_interval),
@@ -266,6 +283,9 @@ impl RunnerConfig {
         ];
         for (setting, value) in positive {
             if value.is_zero() {
+                if !explicit(setting) {
+                    return Err(ttl_too_short(format!("{setting} would be zero")));
+                }
                 return Err(Error::config(setting, "must be greater than zero"));
             }
         }
@@ -283,6 +303,15 @@ impl RunnerConfig {
             .checked_sub(self.safety_margin + self.grace_period)
             .unwrap_or_default();
         if self.refresh_interval >= usable {
+            if !["refresh_interval", "safety_margin", "grace_period"]
+                .into_iter()
+                .any(&explicit)
+            {
+                return Err(ttl_too_short(format!(
+                    "a refresh every {:?} leaves no time to retry within {usable:?}",
+                    self.refresh_interval
+                )));
+            }
             return Err(Error::config(
                 "refresh_interval",
                 format!(

@@ -77,13 +77,14 @@ impl<'a> Instance<'a> {
             if task.token.is_cancelled() {
                 return Outcome::Cancelled;
             }
-            let backend = match Box::pin(self.backend.get()).await {
-                Ok(backend) => backend,
-                Err(error) => match Box::pin(self.backend_error(error)).await {
-                    Some(outcome) => return outcome,
-                    None => continue,
-                },
-            };
+            let backend =
+                match Box::pin(self.backend.get(self.task.runner.inner.config.lease_ttl)).await {
+                    Ok(backend) => backend,
+                    Err(error) => match Box::pin(self.backend_error(error)).await {
+                        Some(outcome) => return outcome,
+                        None => continue,
+                    },
+                };
 
             // Register for the release notification before trying, so a release between
             // our attempt and our wait is not missed (see `LockBackend::released`).

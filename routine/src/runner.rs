@@ -99,15 +99,16 @@ pub(crate) struct LazyBackend {
 
 impl BackendSlot {
     /// The backend, connecting it first if needed. A failed connection is tried again
-    /// on the next call.
-    pub(crate) async fn get(&self) -> Result<Arc<dyn LockBackend>> {
+    /// on the next call. A backend connected here is checked against the runner's lease
+    /// `ttl`, which the builder could not do before it existed.
+    pub(crate) async fn get(&self, ttl: std::time::Duration) -> Result<Arc<dyn LockBackend>> {
         match self {
             BackendSlot::Ready(backend) => Ok(Arc::clone(backend)),
-            BackendSlot::Lazy(lazy) => lazy
-                .cell
-                .get_or_try_init(|| (lazy.connect)())
-                .await
-                .map(Arc::clone),
+            BackendSlot::Lazy(lazy) => {
+                let backend = lazy.cell.get_or_try_init(|| (lazy.connect)()).await?;
+                backend.capabilities().check_ttl(backend.name(), ttl)?;
+                Ok(Arc::clone(backend))
+            }
             BackendSlot::Invalid(error) => Err(Error::config("backend", error.to_string())),
         }
     }

@@ -15,6 +15,62 @@ fn a_zero_ttl_is_rejected() {
 }
 
 #[test]
+fn a_ttl_too_short_to_derive_the_timing_from_is_a_ttl_error() {
+    for ttl in [Duration::from_nanos(1), Duration::from_nanos(4)] {
+        let err = Runner::builder()
+            .backend(MemoryBackend::new())
+            .lease_ttl(ttl)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { ttl: got, .. } if got == ttl),
+            "a {ttl:?} TTL must be reported as the TTL's fault, not a derived setting's: \
+             {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_ttl_above_the_backends_maximum_is_rejected() {
+    let backend = MemoryBackend::new();
+    let max = routine::LockBackend::capabilities(&backend).max_ttl;
+    if let Some(too_long) = max.checked_add(Duration::from_secs(1)) {
+        let err = Runner::builder()
+            .backend(backend)
+            .lease_ttl(too_long)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lazily_connected_backend_checks_the_runners_ttl_against_its_limits() {
+    // The builder cannot check a TTL against a backend it has not connected yet; the
+    // routine must then fail with the TTL error rather than retry for ever.
+    let too_long = Duration::from_secs(200 * 365 * 24 * 60 * 60);
+    let runner = Runner::builder()
+        .backend_url("memory://")
+        .lease_ttl(too_long)
+        .handle_signals(false)
+        .build()
+        .expect("the builder accepts the TTL before it knows the backend");
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(60), handle.join())
+        .await
+        .expect("the routine must end, not retry a TTL the backend cannot honour");
+    assert!(
+        matches!(&outcome, Outcome::Failed(error) if matches!(**error, Error::InvalidTtl { .. })),
+        "the routine fails with InvalidTtl, got {outcome:?}"
+    );
+    runner.shutdown().await;
+}
+
+#[test]
 fn a_refresh_interval_too_long_for_the_ttl_names_the_setting() {
     let err = Runner::builder()
         .backend(MemoryBackend::new())

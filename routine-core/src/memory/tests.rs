@@ -106,3 +106,23 @@ async fn expires_in_reports_remaining_ttl() {
         Some(Duration::from_secs(3))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn ttls_it_cannot_represent_are_invalid_not_a_panic() {
+    let backend = MemoryBackend::new();
+    let k = key("job");
+    for ttl in [Duration::ZERO, Duration::MAX] {
+        let err = backend.try_acquire(&k, ttl).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { .. }),
+            "{ttl:?} must be InvalidTtl, got {err:?}"
+        );
+    }
+    let mut lease = backend
+        .try_acquire(&k, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("free");
+    let err = lease.refresh(Duration::MAX).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
+}
