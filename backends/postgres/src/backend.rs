@@ -21,6 +21,10 @@ use crate::session::{self, Command};
 /// in the holder would cost every lease of the process.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 
+/// The longest lease TTL: the session settings that end a silent session (see the `ttl`
+/// module) are `int4` milliseconds.
+pub(crate) const MAX_TTL: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// A lease backend on PostgreSQL session-level advisory locks.
 ///
 /// All leases of one backend live on one dedicated connection (the lock session), and
@@ -120,15 +124,18 @@ impl PostgresBackend {
     }
 }
 
+/// What the backend declares about itself.
+const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_release_notifications(true)
+    .with_reports_expiry(true)
+    .with_min_ttl(MIN_TTL)
+    .with_max_ttl(MAX_TTL)
+    .with_ttl_granularity(Duration::from_millis(1))
+    .with_detects_takeover(true);
+
 /// Rejects TTLs the backend cannot honour.
 pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
-    if ttl < MIN_TTL {
-        return Err(Error::InvalidTtl {
-            ttl,
-            reason: format!("the postgres backend needs a TTL of at least {MIN_TTL:?}"),
-        });
-    }
-    Ok(())
+    CAPABILITIES.check_ttl(crate::error::NAME, ttl)
 }
 
 impl fmt::Debug for PostgresBackend {
@@ -146,12 +153,7 @@ impl LockBackend for PostgresBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .with_release_notifications(true)
-            .with_reports_expiry(true)
-            .with_min_ttl(MIN_TTL)
-            .with_ttl_granularity(Duration::from_millis(1))
-            .with_detects_takeover(true)
+        CAPABILITIES
     }
 
     /// Queues a refresh for every lease of this backend with the session task at once,

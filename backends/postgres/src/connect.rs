@@ -71,8 +71,8 @@ impl Live {
 ///
 /// # Errors
 ///
-/// [`Error::Misconfigured`] behind a transaction pooler, on a standby or before
-/// PostgreSQL 12; otherwise as mapped by [`Context::map`].
+/// [`Error::Misconfigured`] behind a transaction pooler or before PostgreSQL 12;
+/// [`Error::Unavailable`] on a standby; otherwise as mapped by [`Context::map`].
 pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live> {
     let ctx = Context {
         operation: "connect",
@@ -114,8 +114,16 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
             )));
         }
         if in_recovery {
-            return Err(misconfigured(
-                "the server is a standby in recovery: point the URL at the primary".to_owned(),
+            // A standby now may be promoted, or the address may lead to the new primary
+            // after a failover: retried, not a configuration error.
+            return Err(Error::unavailable(
+                NAME,
+                "connect",
+                crate::error::Message(
+                    "the server is a standby in recovery; retried until the address leads to \
+                     a primary"
+                        .to_owned(),
+                ),
             ));
         }
         let (pid_again, still_held): (i32, bool) = sqlx::query_as(

@@ -45,10 +45,12 @@ impl Context {
     /// - `3D000` (the database does not exist) is [`Error::Config`] naming the URL setting:
     ///   it does not go away by retrying, someone has to fix the URL or create the database.
     /// - `42501` (insufficient privilege) is [`Error::PermissionDenied`].
-    /// - `26000`/`42P05` (prepared statement missing or duplicated), `25006` (read-only
-    ///   transaction) and `42P01`/`42703` (undefined table or column) are
-    ///   [`Error::Misconfigured`]: a pooler in transaction mode, a standby, or a fencing
-    ///   table dropped or altered behind our back.
+    /// - `26000`/`42P05` (prepared statement missing or duplicated) and `42P01`/`42703`
+    ///   (undefined table or column) are [`Error::Misconfigured`]: a pooler in
+    ///   transaction mode, or a fencing table dropped or altered behind our back.
+    /// - `25006` (read-only transaction) is [`Error::Unavailable`]: the server is a
+    ///   standby or was demoted in a failover, and the address may lead to the new
+    ///   primary on the next connection, so it is retried.
     /// - Everything else (refused or broken connections, TLS failures, server shutdown,
     ///   unexpected SQL errors) is [`Error::Unavailable`] with the `sqlx` error as source.
     pub(crate) fn map(self, err: sqlx::Error) -> Error {
@@ -95,11 +97,14 @@ impl Context {
                      when a backend is built, and its rows must never be deleted"
                 ),
             },
-            Some("25006") => Error::Misconfigured {
-                backend: NAME,
-                reason: "the server is read-only (a hot standby?): point the URL at the primary"
-                    .to_owned(),
-            },
+            Some(READ_ONLY) => Error::unavailable(
+                NAME,
+                operation,
+                Message(format!(
+                    "the server is read-only ({err}): a standby, or a primary demoted in a \
+                     failover; retried on a new connection, which may reach the new primary"
+                )),
+            ),
             _ => Error::unavailable(NAME, operation, err),
         }
     }
@@ -108,6 +113,9 @@ impl Context {
 /// SQLSTATE `query_canceled`: `pg_cancel_backend` or `statement_timeout` cancelled one
 /// statement; the session, and every lock on it, lives on.
 const QUERY_CANCELED: &str = "57014";
+
+/// SQLSTATE `read_only_sql_transaction`: the session is on a standby or a demoted primary.
+const READ_ONLY: &str = "25006";
 
 /// Whether `err` means the connection (and so the session and its advisory locks) is gone
 /// or in an unknown state, rather than one statement having failed on a healthy session.
@@ -118,11 +126,15 @@ pub(crate) fn breaks_session(err: &sqlx::Error) -> bool {
                 .try_downcast_ref::<PgDatabaseError>()
                 .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
             // Class 08: connection exception; 57: operator intervention (shutdown,
-            // pg_terminate_backend, idle_session_timeout), except a cancelled statement.
+            // pg_terminate_backend, idle_session_timeout), except a cancelled statement;
+            // 25006: a read-only session, which cannot refresh (the heartbeat is a
+            // write) and which only a new connection may turn into a primary's.
             let code = db.code();
             fatal
                 || code.as_deref().is_some_and(|code| {
-                    code.starts_with("08") || (code.starts_with("57") && code != QUERY_CANCELED)
+                    code.starts_with("08")
+                        || (code.starts_with("57") && code != QUERY_CANCELED)
+                        || code == READ_ONLY
                 })
         }
         sqlx::Error::Io(_)

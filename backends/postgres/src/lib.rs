@@ -132,7 +132,9 @@
 //! Connection refused or broken: `Unavailable`. No answer in time: `Timeout`. Wrong
 //! password or no `pg_hba.conf` entry (`28P01`, `28000`): `Auth`. Missing database
 //! (`3D000`): `Config` naming the URL setting, because it does not fix itself. Missing
-//! privilege (`42501`): `PermissionDenied`. Every request times out after the request
+//! privilege (`42501`): `PermissionDenied`. A standby or a demoted primary (in recovery,
+//! or `25006` read-only): `Unavailable`, retried on a new connection, since after a
+//! failover the same address may lead to the new primary. Every request times out after the request
 //! timeout (default 5 s) or half the lease TTL, whichever is shorter; the backend never sleeps
 //! or retries.
 #![cfg_attr(

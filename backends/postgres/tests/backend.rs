@@ -224,7 +224,9 @@ async fn zero_and_sub_second_ttls_are_invalid() {
     };
     let a = backend(&server.url(), &unique("ttl")).await;
     let k = key("job");
-    for ttl in [Duration::ZERO, Duration::from_millis(999)] {
+    // Below the minimum, and above the int4 milliseconds of the session settings.
+    let too_long = Duration::from_millis(u64::from(i32::MAX.unsigned_abs()) + 1);
+    for ttl in [Duration::ZERO, Duration::from_millis(999), too_long] {
         let err = a.try_acquire(&k, ttl).await.unwrap_err();
         assert!(
             matches!(err, Error::InvalidTtl { .. }),
@@ -238,6 +240,7 @@ async fn zero_and_sub_second_ttls_are_invalid() {
     let caps = a.capabilities();
     assert!(caps.release_notifications && caps.reports_expiry);
     assert_eq!(caps.min_ttl, Duration::from_secs(1));
+    assert!(caps.max_ttl < too_long);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

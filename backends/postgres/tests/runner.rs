@@ -88,3 +88,50 @@ async fn routine_survives_a_server_restart_on_a_new_session() {
     handle.cancel();
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routine_waits_out_a_read_only_server_and_runs_again_when_it_is_writable() {
+    let Some(server) = PostgresServer::start() else {
+        return;
+    };
+    // The role's sessions become read-only, as on a standby or a demoted primary (25006),
+    // while the superuser's psql stays writable to undo it.
+    let url = server.create_role_with_password("app", "pw");
+    let backend = common::builder(&url, "runner-read-only")
+        .build()
+        .await
+        .expect("backend builds");
+    let runner = runner(backend);
+    let mut events = runner.subscribe();
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    let first = token_of(&wait::event(&mut events, WITHIN, "acquired", acquired).await);
+    server.psql(
+        "ALTER ROLE app SET default_transaction_read_only = on;\n\
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app';",
+    );
+    for n in 1..=2 {
+        wait::event(
+            &mut events,
+            WITHIN,
+            &format!("backend error {n}"),
+            |e| matches!(&e.kind, EventKind::BackendError { error } if error.contains("read-only")),
+        )
+        .await;
+    }
+    assert!(
+        !handle.is_finished(),
+        "a read-only server is transient: the routine must keep trying"
+    );
+    server.psql("ALTER ROLE app RESET default_transaction_read_only");
+    let second = token_of(&wait::event(&mut events, WITHIN, "acquired again", acquired).await);
+    assert!(
+        second > first,
+        "token {second} after the read-only spell must exceed {first}"
+    );
+    handle.cancel();
+    runner.shutdown().await;
+}
