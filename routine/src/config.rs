@@ -130,7 +130,7 @@ impl RunnerBuilder {
     /// assert!(routine::Runner::builder().backend_url("ftp://x").build().is_err());
     /// ```
     pub fn backend_url(mut self, url: impl Into<String>) -> Self {
-        match crate::env::lazy_backend(url.into()) {
+        match crate::env::lazy_backend(url.into(), "backend_url") {
             Ok(slot) => self.backend = Some(slot),
             Err(error) => self.error = Some(error),
         }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use crate::env::{EnvBackend, backend_from_env, process_env, ttl_from_env};
+use crate::env::{EnvBackend, Lookup, backend_from_env, process_env, ttl_from_env};
 use crate::runner::BackendSlot;
 use crate::{Context, RoutineHandle, RunOptions, Runner};
 
@@ -21,14 +21,29 @@ pub fn default_runner() -> &'static Runner {
     DEFAULT.get_or_init(build_default)
 }
 
-/// Checks the environment the default runner reads, without connecting anywhere.
+/// Checks the environment the default runner reads, without connecting anywhere: the
+/// TTL, `ROUTINE_BACKEND_URL`'s scheme and, when Redis is configured as in Go, every
+/// `REDIS_*` variable.
 ///
 /// # Errors
 ///
 /// [`Error::Config`](crate::Error::Config) naming the first malformed variable.
 pub fn check_default_config() -> crate::Result<()> {
-    ttl_from_env(&process_env)?;
-    backend_from_env(&process_env)?;
+    check_config(&process_env)
+}
+
+/// [`check_default_config`] on the variables `env` looks up.
+fn check_config(env: Lookup<'_>) -> crate::Result<()> {
+    ttl_from_env(env)?;
+    match backend_from_env(env)? {
+        #[cfg(feature = "redis")]
+        EnvBackend::RedisFromEnv => {
+            routine_redis::RedisBackendBuilder::from_env_with(|name| {
+                env(name).and_then(|value| value.into_string().ok())
+            })?;
+        }
+        _ => {}
+    }
     Ok(())
 }
 
@@ -88,4 +103,47 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     default_runner().run_named(name, f, options)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_check_covers_the_redis_variables_of_the_go_configuration() {
+        for (name, value) in [
+            ("REDIS_DB", "two"),
+            ("REDIS_HOSTS", "host:port"),
+            ("REDIS_READ_TIMEOUT", "soon"),
+        ] {
+            let err = check_config(&env(&[(name, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains(name),
+                "a malformed {name} must be reported naming it: {err}"
+            );
+        }
+        check_config(&env(&[
+            ("REDIS_HOSTS", "127.0.0.1:6379"),
+            ("REDIS_DB", "2"),
+        ]))
+        .expect("well-formed variables pass");
+    }
+
+    #[test]
+    fn the_check_names_a_malformed_backend_url() {
+        let err = check_config(&env(&[("ROUTINE_BACKEND_URL", "nonsense")])).unwrap_err();
+        assert!(err.to_string().contains("ROUTINE_BACKEND_URL"), "{err}");
+    }
 }

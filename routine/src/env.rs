@@ -2,7 +2,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `ROUTINE_BACKEND_URL` | the lease backend: `memory://`, `redis://`, `rediss://`, `etcd://`, `etcds://`, `postgres://`, `postgresql://` (each needs its cargo feature) |
+//! | `ROUTINE_BACKEND_URL` | the lease backend: `memory://`, `redis://`, `rediss://`, `etcd://`, `etcds://` (or etcd's own `http://`, `https://`), `postgres://`, `postgresql://` (each needs its cargo feature) |
 //! | `ROUTINE_LOCK_TTL` | the lease TTL, e.g. `5s`, `1500ms` (default 5 s) |
 //! | `ROUTINE_REDIS_LOCK_TTL` | the Go original's name for the same, read when `ROUTINE_LOCK_TTL` is unset |
 //! | `REDIS_HOSTS`, `REDIS_PASSWORD`, `REDIS_DB`, ... | with the `redis` feature and no `ROUTINE_BACKEND_URL`: Redis configured as in Go |
@@ -19,18 +19,25 @@ use std::time::Duration;
 use routine_core::{Error, LockBackend, MemoryBackend, Result};
 
 /// The URL schemes [`connect`] understands, whatever features are enabled.
-const SCHEMES: &str = "memory, redis, rediss, etcd, etcds, postgres, postgresql";
+const SCHEMES: &str =
+    "memory, redis, rediss, etcd, etcds, http, https (etcd), postgres, postgresql";
+
+/// The setting a URL passed in code is named by in errors.
+const CODE_URL: &str = "url";
+/// The variable the default runner reads its URL from.
+const ENV_URL: &str = "ROUTINE_BACKEND_URL";
 
 /// Connects to the lease backend that `url` names.
 ///
 /// `memory://` is a process-local [`MemoryBackend`] (a new one per call); the other
 /// schemes need the matching cargo feature (`redis`, `etcd`, `postgres`) and are passed
-/// to that backend's `from_url`.
+/// to that backend's `from_url`. etcd's own form, `http://host:2379` or
+/// `https://host:2379` (as `etcdctl --endpoints` takes it), names an etcd member too.
 ///
 /// # Errors
 ///
-/// [`Error::Config`] naming `ROUTINE_BACKEND_URL` for a malformed URL, an unknown scheme
-/// or a scheme whose feature is off; otherwise whatever the backend's connection gives.
+/// [`Error::Config`] naming the setting `url` for a malformed URL, an unknown scheme or a
+/// scheme whose feature is off; otherwise whatever the backend's connection gives.
 ///
 /// # Examples
 ///
@@ -42,16 +49,34 @@ const SCHEMES: &str = "memory, redis, rediss, etcd, etcds, postgres, postgresql"
 /// # Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
-    match scheme_of(url)? {
+    connect_as(url, CODE_URL).await
+}
+
+/// [`connect`], naming `setting` in errors about the URL itself.
+async fn connect_as(url: &str, setting: &str) -> Result<Arc<dyn LockBackend>> {
+    match scheme_of(url, setting)? {
         Scheme::Memory => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
         Scheme::Redis => Ok(Arc::new(routine_redis::RedisBackend::from_url(url).await?)),
         #[cfg(feature = "etcd")]
-        Scheme::Etcd => Ok(Arc::new(routine_etcd::EtcdBackend::from_url(url).await?)),
+        Scheme::Etcd => Ok(Arc::new(
+            routine_etcd::EtcdBackend::from_url(&etcd_url(url)).await?,
+        )),
         #[cfg(feature = "postgres")]
         Scheme::Postgres => Ok(Arc::new(
             routine_postgres::PostgresBackend::from_url(url).await?,
         )),
+    }
+}
+
+/// etcd's own form as the etcd backend's: `http://host:2379` is `etcd://host:2379`, and
+/// `https://` is `etcds://`.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+fn etcd_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => format!("etcd://{rest}"),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => format!("etcds://{rest}"),
+        _ => url.to_owned(),
     }
 }
 
@@ -81,28 +106,43 @@ const POSTGRES: Option<Scheme> = Some(Scheme::Postgres);
 const POSTGRES: Option<Scheme> = None;
 
 /// The backend `url` names, checked without printing the rest (it may hold a password).
-fn scheme_of(url: &str) -> Result<Scheme> {
-    let parsed = url::Url::parse(url).map_err(|error| Error::Config {
-        setting: "ROUTINE_BACKEND_URL".into(),
-        reason: "not a valid URL (expected e.g. redis://host:6379/0)".into(),
-        source: Some(Box::new(error)),
-    })?;
-    let scheme = parsed.scheme().to_ascii_lowercase();
+/// Only the scheme is read here: the rest is the backend's to parse (etcd's list of
+/// hosts, for one, is no URL authority). `setting` names the URL in errors.
+fn scheme_of(url: &str, setting: &str) -> Result<Scheme> {
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme)
+        .filter(|scheme| {
+            scheme
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+        .ok_or_else(|| {
+            Error::config(
+                setting,
+                "not a URL: expected scheme://..., e.g. redis://host:6379/0",
+            )
+        })?
+        .to_ascii_lowercase();
     let (backend, feature) = match scheme.as_str() {
         "memory" => return Ok(Scheme::Memory),
         "redis" | "rediss" => (REDIS, "redis"),
-        "etcd" | "etcds" => (ETCD, "etcd"),
+        "etcd" | "etcds" | "http" | "https" => (ETCD, "etcd"),
         "postgres" | "postgresql" => (POSTGRES, "postgres"),
         other => {
             return Err(Error::config(
-                "ROUTINE_BACKEND_URL",
+                setting,
                 format!("unknown scheme `{other}://`; known: {SCHEMES}"),
             ));
         }
     };
     backend.ok_or_else(|| {
         Error::config(
-            "ROUTINE_BACKEND_URL",
+            setting,
             format!("`{scheme}://` needs the `{feature}` feature of the routine crate"),
         )
     })
@@ -156,23 +196,25 @@ pub(crate) fn ttl_from_env(env: Lookup<'_>) -> Result<Option<Duration>> {
 /// How the default runner finds its backend: `ROUTINE_BACKEND_URL`, else (with the
 /// `redis` feature) Redis from the Go variables, else none.
 pub(crate) enum EnvBackend {
-    Url(String),
+    /// A URL, and the setting it came from (for errors).
+    Url(String, &'static str),
     #[cfg(feature = "redis")]
     RedisFromEnv,
     #[cfg_attr(feature = "redis", allow(dead_code))]
     None,
 }
 
-/// A lazily connected backend for `url`, whose scheme is checked now.
-pub(crate) fn lazy_backend(url: String) -> Result<BackendSlot> {
-    scheme_of(&url)?;
-    Ok(EnvBackend::Url(url).into_lazy_slot())
+/// A lazily connected backend for `url`, given in code as `setting`, whose scheme is
+/// checked now.
+pub(crate) fn lazy_backend(url: String, setting: &'static str) -> Result<BackendSlot> {
+    scheme_of(&url, setting)?;
+    Ok(EnvBackend::Url(url, setting).into_lazy_slot())
 }
 
 pub(crate) fn backend_from_env(env: Lookup<'_>) -> Result<EnvBackend> {
-    if let Some(url) = var(env, "ROUTINE_BACKEND_URL")? {
-        scheme_of(&url)?;
-        return Ok(EnvBackend::Url(url));
+    if let Some(url) = var(env, ENV_URL)? {
+        scheme_of(&url, ENV_URL)?;
+        return Ok(EnvBackend::Url(url, ENV_URL));
     }
     #[cfg(feature = "redis")]
     return Ok(EnvBackend::RedisFromEnv);
@@ -197,9 +239,9 @@ impl EnvBackend {
 
     pub(crate) fn description(&self) -> String {
         match self {
-            EnvBackend::Url(url) => match url::Url::parse(url) {
+            EnvBackend::Url(url, setting) => match url::Url::parse(url) {
                 Ok(parsed) => format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or("")),
-                Err(_) => "backend from ROUTINE_BACKEND_URL".into(),
+                Err(_) => format!("backend from {setting}"),
             },
             #[cfg(feature = "redis")]
             EnvBackend::RedisFromEnv => "redis from REDIS_* variables".into(),
@@ -209,7 +251,7 @@ impl EnvBackend {
 
     pub(crate) async fn connect(&self) -> Result<Arc<dyn LockBackend>> {
         match self {
-            EnvBackend::Url(url) => connect(url).await,
+            EnvBackend::Url(url, setting) => connect_as(url, setting).await,
             #[cfg(feature = "redis")]
             EnvBackend::RedisFromEnv => {
                 Ok(Arc::new(routine_redis::RedisBackend::from_env().await?))
@@ -285,6 +327,39 @@ mod tests {
             !text.contains("secret"),
             "errors must not echo passwords: {text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_url_passed_in_code_is_named_as_such_in_errors() {
+        for url in ["nonsense", "ftp://host/x"] {
+            let err = connect(url).await.err().unwrap();
+            assert!(
+                matches!(&err, Error::Config { setting, .. } if setting == "url"),
+                "a URL given to connect() must be named `url`, not a variable nobody set: \
+                 {err:?}"
+            );
+        }
+        let err = lazy_backend("nonsense".into(), "backend_url")
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, Error::Config { setting, .. } if setting == "backend_url"),
+            "{err:?}"
+        );
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcds_own_http_form_names_an_etcd_member() {
+        for url in ["http://127.0.0.1:2379", "HTTPS://a:2379,b:2379/prefix"] {
+            assert!(
+                matches!(scheme_of(url, "url"), Ok(Scheme::Etcd)),
+                "{url} must name etcd"
+            );
+        }
+        assert_eq!(etcd_url("http://h:2379/p"), "etcd://h:2379/p");
+        assert_eq!(etcd_url("https://a:1,b:2"), "etcds://a:1,b:2");
+        assert_eq!(etcd_url("etcd://h"), "etcd://h");
     }
 
     #[tokio::test]
