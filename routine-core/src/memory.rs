@@ -57,7 +57,12 @@ struct Shared {
 #[derive(Default)]
 struct State {
     holders: HashMap<LockKey, Holder>,
+    /// Keys with waiters; an entry goes when its last waiter is woken or gives up.
     waiters: HashMap<LockKey, Arc<Notify>>,
+    /// Expired holders are swept out when `holders` grows past this, so that routines
+    /// with ever new names do not grow the map for good (amortized: the next sweep
+    /// waits until the map has doubled).
+    sweep_at: usize,
     /// One counter for all keys: strictly increasing per key is all the contract asks,
     /// and one counter needs no per-key state that outlives the holder.
     last_token: u64,
@@ -177,12 +182,17 @@ impl LockBackend for MemoryBackend {
         let sent = Instant::now();
         self.gate("acquire").await?;
         let mut state = self.state();
+        let now = Instant::now();
         if state
             .holders
             .get(key)
-            .is_some_and(|holder| holder.expires_at > Instant::now())
+            .is_some_and(|holder| holder.expires_at > now)
         {
             return Ok(None);
+        }
+        if state.holders.len() >= state.sweep_at {
+            state.holders.retain(|_, holder| holder.expires_at > now);
+            state.sweep_at = (state.holders.len() * 2).max(MIN_SWEEP);
         }
         state.last_token += 1;
         let token = FencingToken::new(state.last_token);
@@ -207,6 +217,12 @@ impl LockBackend for MemoryBackend {
     async fn released(&self, key: &LockKey) -> Result<()> {
         self.gate("wait for release").await?;
         let notify = Arc::clone(self.state().waiters.entry(key.clone()).or_default());
+        // Takes the key's entry out when the last waiter on it goes, woken or not.
+        let _waiter = Waiter {
+            backend: self,
+            key,
+            notify: &notify,
+        };
         let notified = notify.notified();
         tokio::pin!(notified);
         // Registers this waiter now, on the first poll, so a release between this poll and
@@ -225,6 +241,32 @@ impl LockBackend for MemoryBackend {
             .get(key)
             .filter(|h| h.expires_at > now)
             .map(|h| h.expires_at - now))
+    }
+}
+
+/// The fewest holders worth sweeping for expired ones.
+const MIN_SWEEP: usize = 64;
+
+/// One waiter in [`LockBackend::released`]: when the last waiter on a key goes, the key's
+/// entry in `waiters` goes with it.
+struct Waiter<'a> {
+    backend: &'a MemoryBackend,
+    key: &'a LockKey,
+    notify: &'a Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut state = self.backend.state();
+        // The map's reference and ours: nobody else waits on this entry.
+        if Arc::strong_count(self.notify) == 2
+            && state
+                .waiters
+                .get(self.key)
+                .is_some_and(|entry| Arc::ptr_eq(entry, self.notify))
+        {
+            state.waiters.remove(self.key);
+        }
     }
 }
 

@@ -126,3 +126,32 @@ async fn ttls_it_cannot_represent_are_invalid_not_a_panic() {
     let err = lease.refresh(Duration::MAX).await.unwrap_err();
     assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn routines_with_ever_new_names_leave_no_state_behind() {
+    let backend = MemoryBackend::new();
+    let ttl = Duration::from_secs(1);
+    for round in 0..10 {
+        for n in 0..1_000 {
+            let k = key(&format!("job-{round}-{n}"));
+            // A lease left to expire, and a waiter that gives up.
+            let lease = backend.try_acquire(&k, ttl).await.unwrap().expect("free");
+            drop(lease);
+            let waiter = backend.released(&k);
+            futures::pin_mut!(waiter);
+            assert!(waiter.as_mut().now_or_never().is_none(), "nobody released");
+        }
+        tokio::time::advance(ttl * 2).await;
+    }
+    let state = backend.state();
+    assert!(
+        state.holders.len() <= 2_000 + MIN_SWEEP,
+        "expired holders must be swept: {} kept",
+        state.holders.len()
+    );
+    assert!(
+        state.waiters.is_empty(),
+        "waiters that gave up must leave nothing: {} kept",
+        state.waiters.len()
+    );
+}
