@@ -1,6 +1,8 @@
-//! Helpers shared by the integration tests: throwaway etcd servers, backends, raw clients
-//! and deadlines.
+//! Helpers shared by the integration tests: throwaway etcd servers, a proxy to hold or cut
+//! a client's traffic, backends, raw clients and deadlines.
 #![allow(dead_code, unreachable_pub)]
+
+pub mod proxy;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
