@@ -8,40 +8,39 @@
 //! once, acquires time out and this starved routines for good.
 //!
 //! So the transaction runs on a task of its own, which hands the reply over if the
-//! caller still waits, and otherwise deletes the key if the transaction took it: by the
-//! value this attempt wrote (unique per attempt, so no other holder's key, of this
-//! process or another, is touched), and only once the reply says it was taken, so the
-//! delete cannot overtake the transaction. If the transaction gets no reply at all, the
-//! delete is sent anyway, after the request timeout. An [`Attempt`] covers the caller's
-//! side: dropped before it handed a lease out (a deadline passed while a keep-alive sent
-//! alongside was still on its way), it deletes the key the same way.
+//! caller still waits, and otherwise deletes the key if the transaction took it, and
+//! only once the reply says it was taken, so the delete cannot overtake the transaction.
+//! If the transaction gets no reply at all, the delete is sent anyway, after the request
+//! timeout. An [`Attempt`] covers the caller's side: dropped before it handed a lease out
+//! (a deadline passed while a keep-alive sent alongside was still on its way), it
+//! deletes the key the same way.
+//!
+//! The delete compares the key's value with the one this attempt wrote, which no other
+//! attempt of any process writes (see the `holder` module), and the key's lease with the
+//! session lease the attempt wrote it with: a key held by anyone else, even another
+//! backend that happened to write the same value, is left alone. A delete that fails is
+//! retried with the session's keep-alives until it succeeds (see the `orphan` module):
+//! given up, it would leave the key on our session for as long as the process lives.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
 
-use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnResponse};
+use etcd_client::{Txn, TxnResponse};
 use tokio::sync::oneshot;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
+use crate::orphan::{self, Orphan};
+use crate::session::Session;
 
-/// The value an acquire attempt writes into its key: the holder's process, and a number
-/// no other attempt of this process uses.
-fn attempt_value(backend: &EtcdBackend) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{} attempt {}",
-        backend.holder(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// One acquire attempt of a key. Dropped without [`Attempt::answered`], it gives the
-/// key back in the background if it holds the attempt's value.
+/// One acquire attempt of a key. Dropped without [`Attempt::answered`] after its
+/// transaction was sent, it gives the key back in the background if the transaction
+/// took it.
 pub(crate) struct Attempt {
     backend: EtcdBackend,
     key: Vec<u8>,
     value: String,
+    /// The session the transaction was last sent with; `None` until it is sent.
+    session: Option<Arc<Session>>,
     answered: bool,
 }
 
@@ -50,7 +49,8 @@ impl Attempt {
         Self {
             backend: backend.clone(),
             key: key.to_vec(),
-            value: attempt_value(backend),
+            value: backend.attempt_value(),
+            session: None,
             answered: false,
         }
     }
@@ -64,6 +64,45 @@ impl Attempt {
     pub(crate) fn answered(mut self) {
         self.answered = true;
     }
+
+    /// Sends the acquire `txn`, which writes [`Attempt::value`] into the key attached to
+    /// `session`'s lease, on a task of its own, and waits for its reply. If this future
+    /// is dropped before the reply, the task gives the key back when the reply says it
+    /// was taken, or when there is no reply (see the module docs).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense above: a dropped call leaves no key held.
+    pub(crate) async fn send(
+        &mut self,
+        session: &Arc<Session>,
+        txn: Txn,
+    ) -> Result<TxnResponse, Failure> {
+        self.session = Some(Arc::clone(session));
+        let (reply, answer) = oneshot::channel();
+        let mut kv = self.backend.kv();
+        let timeout = self.backend.request_timeout();
+        let orphan = self.orphan(session);
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            let outcome = timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) }).await;
+            match reply.send(outcome) {
+                Ok(()) => {}
+                // Not taken: nothing to give back.
+                Err(Ok(response)) if !response.succeeded() => {}
+                // Taken, or unknown: the caller is gone, so give it back.
+                Err(_) => orphan::delete_or_adopt(&mut kv, orphan, &session, timeout).await,
+            }
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Failure::from(task_ended())))
+    }
+
+    /// The key as this attempt would have written it with `session`.
+    fn orphan(&self, session: &Session) -> Orphan {
+        Orphan::attempt(self.key.clone(), self.value.clone(), session.id())
+    }
 }
 
 impl Drop for Attempt {
@@ -71,60 +110,11 @@ impl Drop for Attempt {
         if self.answered {
             return;
         }
-        // Without a runtime the process is ending, and the session lease with it.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Never sent: nothing was written.
+        let Some(session) = self.session.take() else {
             return;
         };
-        let mut kv = self.backend.kv();
-        let timeout = self.backend.request_timeout();
-        let key = std::mem::take(&mut self.key);
-        let value = std::mem::take(&mut self.value);
-        runtime.spawn(async move { delete_if_value(&mut kv, key, value, timeout).await });
-    }
-}
-
-/// Sends the acquire `txn`, which writes `value` into `key`, on a task of its own, and
-/// waits for its reply. If this future is dropped before the reply, the task gives the
-/// key back when the reply says it was taken (see the module docs).
-///
-/// # Cancel safety
-///
-/// Cancel-safe in the sense above: a dropped call leaves no key held.
-pub(crate) async fn send_acquire(
-    backend: &EtcdBackend,
-    key: &[u8],
-    value: &str,
-    txn: Txn,
-) -> Result<TxnResponse, Failure> {
-    let (reply, answer) = oneshot::channel();
-    let mut kv = backend.kv();
-    let timeout = backend.request_timeout();
-    let key = key.to_vec();
-    let value = value.to_owned();
-    tokio::spawn(async move {
-        let outcome = timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) }).await;
-        match reply.send(outcome) {
-            Ok(()) => {}
-            // Not taken: nothing to give back.
-            Err(Ok(response)) if !response.succeeded() => {}
-            // Taken, or unknown: the caller is gone, so give it back.
-            Err(_) => delete_if_value(&mut kv, key, value, timeout).await,
-        }
-    });
-    answer
-        .await
-        .unwrap_or_else(|_| Err(Failure::from(task_ended())))
-}
-
-async fn delete_if_value(kv: &mut KvClient, key: Vec<u8>, value: String, timeout: Duration) {
-    let txn = Txn::new()
-        .when([Compare::value(key.clone(), CompareOp::Equal, value)])
-        .and_then([TxnOp::delete(key, None)]);
-    if let Err(failure) = timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) }).await {
-        tracing::debug!(
-            ?failure,
-            "could not give back the key of an abandoned acquire; it lives as long as the session"
-        );
+        orphan::delete_in_background(&self.backend, self.orphan(&session), &session);
     }
 }
 

@@ -11,12 +11,15 @@ use etcd_client::{GetOptions, TxnOpResponse};
 use routine_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
+use crate::abandon::Attempt;
 use crate::config::{EtcdBackendBuilder, Settings};
 use crate::error::{Failure, NAME, timed};
+use crate::holder::{self, Holder};
 use crate::lease::{EtcdLease, Started};
+use crate::orphan::{Orphan, delete_in_background};
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
-use crate::{abandon, parse, tls};
+use crate::{parse, tls};
 
 /// A lease backend on an etcd v3 cluster.
 ///
@@ -54,8 +57,9 @@ pub(crate) struct Inner {
     /// lock is held while a session is granted, so concurrent acquires share it.
     sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
     watch: WatchHub,
-    /// Stored as every key's value, to tell holders apart when debugging with `etcdctl`.
-    holder: String,
+    /// What goes into every key's value: which process and backend holds it, and for
+    /// which acquire attempt.
+    holder: Holder,
 }
 
 /// The outcome of the acquire transaction.
@@ -126,7 +130,7 @@ impl EtcdBackend {
         Self::builder().with_url(url).build().await
     }
 
-    pub(crate) async fn connect(settings: Settings) -> Result<Self> {
+    pub(crate) async fn connect(settings: Settings, holder: &holder::Overrides) -> Result<Self> {
         let (endpoints, use_tls) = parse::endpoint_uris(&settings)?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.connect_timeout)
@@ -152,7 +156,7 @@ impl EtcdBackend {
         .map_err(|failure| failure.into_error("connect", timeout))?;
         let min_ttl = probe_min_ttl(&client, settings.request_timeout).await?;
         let watch = WatchHub::new(settings.key_prefix.as_bytes().to_vec());
-        let holder = format!("routine-etcd pid {}", std::process::id());
+        let holder = Holder::new(holder);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -214,8 +218,14 @@ impl EtcdBackend {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// The process and backend, as written into a key moved to another session.
     pub(crate) fn holder(&self) -> &str {
-        &self.inner.holder
+        self.inner.holder.name()
+    }
+
+    /// A value for an acquire attempt to write, which no other attempt writes.
+    pub(crate) fn attempt_value(&self) -> String {
+        self.inner.holder.attempt_value()
     }
 
     /// The live session for `secs`, granting one if there is none (or it was lost).
@@ -236,16 +246,17 @@ impl EtcdBackend {
         Ok(session)
     }
 
-    /// Creates `key` under `session` if it does not exist. Unless the session was granted
-    /// after `started`, a keep-alive is sent alongside, so that the lease lives for its
-    /// TTL from `started` on.
+    /// Creates `key` under `session` with the value of `attempt` if it does not exist.
+    /// Unless the session was granted after `started`, a keep-alive is sent alongside, so
+    /// that the lease lives for its TTL from `started` on.
     async fn create(
         &self,
         session: &Arc<Session>,
         key: &[u8],
-        value: &str,
+        attempt: &mut Attempt,
         started: Instant,
     ) -> Result<Created, Failure> {
+        let value = attempt.value();
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([
@@ -253,7 +264,7 @@ impl EtcdBackend {
                 TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
             ]);
         // On a task of its own: if we stop waiting, it gives the key back (see `abandon`).
-        let send = abandon::send_acquire(self, key, value, txn);
+        let send = attempt.send(session, txn);
         let (response, kept) = if session.granted_since(started) {
             (send.await, KeepAlive::Alive)
         } else {
@@ -281,7 +292,7 @@ impl EtcdBackend {
             KeepAlive::Gone => Ok(Created::SessionGone),
             KeepAlive::Failed(failure) => {
                 // The key is ours, but for how long is unknown: give it back.
-                crate::lease::delete_in_background(self, key.to_vec(), revision, session);
+                delete_in_background(self, Orphan::revision(key.to_vec(), revision), session);
                 Err(failure)
             }
         }
@@ -385,14 +396,14 @@ impl LockBackend for EtcdBackend {
         let timeout = self.operation_timeout(ttl);
         let etcd_key = self.etcd_key(key);
         // Gives the key back if this attempt ends without handing out a lease.
-        let attempt = abandon::Attempt::new(self, &etcd_key);
+        let mut attempt = Attempt::new(self, &etcd_key);
         let created = timed(timeout, async {
             // A session that etcd no longer knows is replaced once: it may have expired
             // while no key was held through it.
             for _ in 0..2 {
                 let session = self.session(secs).await?;
                 match self
-                    .create(&session, &etcd_key, attempt.value(), started)
+                    .create(&session, &etcd_key, &mut attempt, started)
                     .await?
                 {
                     Created::Ours(revision) => return Ok(Some((session, revision))),

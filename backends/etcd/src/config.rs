@@ -7,6 +7,7 @@ use std::time::Duration;
 use routine_core::{Error, Result};
 
 use crate::EtcdBackend;
+use crate::holder;
 use crate::parse;
 
 /// The key prefix used when none is configured: a routine named `report` is held in the
@@ -52,6 +53,8 @@ pub struct EtcdBackendBuilder {
     /// The first bad value met by a `with_*` call that cannot fail on its own (a URL or
     /// the environment), reported by `build`.
     pub(crate) error: Option<ConfigError>,
+    /// Replacements for what the backend writes into its keys; tests only.
+    holder: holder::Overrides,
 }
 
 /// A configuration error kept until `build`: [`Error`] is not `Clone`, this is.
@@ -115,6 +118,7 @@ impl EtcdBackendBuilder {
         Self {
             settings: Settings::default(),
             error: None,
+            holder: holder::Overrides::default(),
         }
     }
 
@@ -205,6 +209,26 @@ impl EtcdBackendBuilder {
         self
     }
 
+    /// For tests only, not part of the API: what the backend writes into the keys it
+    /// takes is made from `pid` instead of the process id, `nonce` (if given) instead of
+    /// a random number, and attempt numbers counted from `first_attempt`. Two backends
+    /// built with the same arguments write the same values, as two replicas running as
+    /// PID 1 would without the nonce.
+    #[doc(hidden)]
+    pub fn with_holder_values_for_tests(
+        mut self,
+        pid: u32,
+        nonce: Option<u64>,
+        first_attempt: u64,
+    ) -> Self {
+        self.holder = holder::Overrides {
+            pid: Some(pid),
+            nonce,
+            first_attempt: Some(first_attempt),
+        };
+        self
+    }
+
     /// Checks the settings, connects and asks the cluster its minimum lease TTL.
     ///
     /// # Errors
@@ -221,7 +245,7 @@ impl EtcdBackendBuilder {
             return Err(err.into());
         }
         parse::validate(&self.settings)?;
-        EtcdBackend::connect(self.settings).await
+        EtcdBackend::connect(self.settings, &self.holder).await
     }
 }
 
@@ -255,6 +279,7 @@ impl fmt::Debug for EtcdBackendBuilder {
         f.debug_struct("EtcdBackendBuilder")
             .field("settings", &self.settings)
             .field("error", &self.error)
+            .field("holder", &self.holder)
             .finish()
     }
 }

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
-use crate::session::{Answer, KeepAlive, Orphan, Session};
+use crate::orphan::{Orphan, delete_in_background};
+use crate::session::{Answer, KeepAlive, Session};
 
 /// A key held through a session lease. Its fencing token is the key's create revision,
 /// which etcd raises with every write in the cluster, so a later acquisition always has a
@@ -249,12 +250,9 @@ impl Drop for EtcdLease {
     /// keys' refreshes keep alive: it would never expire. It is deleted in the background.
     fn drop(&mut self) {
         if !self.released && !self.session.is_lost() {
-            delete_in_background(
-                &self.backend,
-                std::mem::take(&mut self.etcd_key),
-                self.create_revision,
-                &self.session,
-            );
+            let key = std::mem::take(&mut self.etcd_key);
+            let orphan = Orphan::revision(key, self.create_revision);
+            delete_in_background(&self.backend, orphan, &self.session);
         }
     }
 }
@@ -267,34 +265,4 @@ fn release_txn(key: &[u8], create_revision: i64) -> Txn {
             create_revision,
         )])
         .and_then([TxnOp::delete(key, None)])
-}
-
-/// Deletes `key` if it still has `create_revision`, on a background task; if that fails
-/// (or there is no runtime), `session` deletes it on its next keep-alive.
-pub(crate) fn delete_in_background(
-    backend: &EtcdBackend,
-    key: Vec<u8>,
-    create_revision: i64,
-    session: &Arc<Session>,
-) {
-    let orphan = Orphan {
-        key,
-        create_revision,
-    };
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        session.adopt_orphan(orphan);
-        return;
-    };
-    let timeout = backend.request_timeout();
-    let mut kv = backend.kv();
-    let session = Arc::clone(session);
-    runtime.spawn(async move {
-        let txn = release_txn(&orphan.key, orphan.create_revision);
-        if timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) })
-            .await
-            .is_err()
-        {
-            session.adopt_orphan(orphan);
-        }
-    });
 }

@@ -4,7 +4,9 @@
 //! # How leases map onto etcd
 //!
 //! - **Keys.** A routine named `report` is held in the key `routine/lock/report` (the
-//!   prefix is configurable). Its value names the holder's process, for debugging.
+//!   prefix is configurable). Its value names the holder's process, its backend (by a
+//!   random nonce) and the acquire attempt that wrote it, so that an attempt can tell
+//!   its own write from anyone else's.
 //! - **Sessions.** A backend holds all its keys through one etcd lease per TTL (usually
 //!   one in all), the *session*: 10,000 held routines cost one keep-alive per refresh
 //!   period, not 10,000. Keep-alives are sent only when the runner refreshes, never on a
@@ -81,7 +83,9 @@ mod backend;
 mod check;
 mod config;
 mod error;
+mod holder;
 mod lease;
+mod orphan;
 mod parse;
 mod session;
 mod tls;

@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
-use etcd_client::{Txn, TxnOp};
+use etcd_client::{KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::check::{Check, keys_are_ours};
 use crate::error::{Failure, timed};
+use crate::orphan::Orphan;
 
 /// The answer to one keep-alive request.
 #[derive(Debug, Clone)]
@@ -40,15 +40,6 @@ pub(crate) enum KeepAlive {
     Gone,
     /// The keep-alive could not be confirmed; the lease may or may not be alive.
     Failed(Failure),
-}
-
-/// A key whose lease was dropped without a successful release. It stays attached to the
-/// session lease, so it would be kept alive by other keys' refreshes forever; the session
-/// task deletes it on its next keep-alive.
-#[derive(Debug)]
-pub(crate) struct Orphan {
-    pub(crate) key: Vec<u8>,
-    pub(crate) create_revision: i64,
 }
 
 /// One session lease. Dropping the last `Arc<Session>` ends its task, which revokes the
@@ -245,7 +236,8 @@ impl Session {
         answer
     }
 
-    /// Hands a key over for deletion on the next keep-alive (see [`Orphan`]).
+    /// Hands a key over for deletion with the next keep-alive, and with every one after
+    /// until a delete succeeds (see the `orphan` module).
     pub(crate) fn adopt_orphan(&self, orphan: Orphan) {
         lock(&self.state.orphans).push(orphan);
     }
@@ -384,7 +376,7 @@ async fn keep_alive_once(
 }
 
 /// Deletes the session's orphans in the background (each only if it is still ours);
-/// those that fail are kept for the next keep-alive.
+/// those whose delete fails are kept for the next keep-alive.
 fn delete_orphans(state: &Arc<State>, kv: &KvClient, timeout: Duration) {
     let orphans = std::mem::take(&mut *lock(&state.orphans));
     if orphans.is_empty() {
@@ -394,15 +386,7 @@ fn delete_orphans(state: &Arc<State>, kv: &KvClient, timeout: Duration) {
     let mut kv = kv.clone();
     tokio::spawn(async move {
         for orphan in orphans {
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    orphan.key.clone(),
-                    CompareOp::Equal,
-                    orphan.create_revision,
-                )])
-                .and_then([TxnOp::delete(orphan.key.clone(), None)]);
-            let deleted = timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) }).await;
-            if deleted.is_err() {
+            if let Err(orphan) = orphan.delete(&mut kv, timeout).await {
                 lock(&state.orphans).push(orphan);
             }
         }
