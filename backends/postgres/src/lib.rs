@@ -109,6 +109,21 @@
 //! fencing table made by an earlier version gets its `holder_session` column added, which
 //! needs its owner.
 //!
+//! What stays on the server: one fencing row (about 100 bytes) per routine name ever
+//! acquired, kept for good so that tokens never restart; and one session row per backend
+//! connection, deleted once its heartbeat has run out. An application that makes routine
+//! names dynamically (one per tenant, per job id) grows the fencing table by one row per
+//! name. To clean up names that are gone for good, delete their rows while nothing holds
+//! them, accepting that their tokens restart at 1 if a name ever comes back (harmless
+//! only if nothing downstream still remembers a token of that name):
+//!
+//! ```sql
+//! DELETE FROM public.routine_fencing
+//! WHERE holder_session IS NULL AND acquired_at < now() - interval '30 days'
+//!   AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
+//!                   AND ((classid::int8 << 32) | objid::int8) = lock_key);
+//! ```
+//!
 //! # Release notifications
 //!
 //! A release runs `pg_notify('routine_lock_released', '<lock key>')`; the listener
