@@ -169,8 +169,12 @@ impl RunnerBuilder {
 
     /// Whether SIGINT and SIGTERM shut the runner down (default `true`; needs the
     /// `signals` feature and Unix). The handlers are installed when the first routine
-    /// starts. Once installed, these signals no longer end the process by themselves:
-    /// the application decides when to exit, e.g. after [`Runner::shutdown`] returns.
+    /// starts. The first signal starts a shutdown (drain, then release) and does not end
+    /// the process: the application decides when to exit, e.g. after
+    /// [`Runner::wait_for_shutdown`] returns. A second signal during the drain ends the
+    /// drain at once. Once the runner has shut down, a further signal has its default
+    /// effect and ends the process. An application that handles these signals itself
+    /// should turn this off and call [`Runner::shutdown`].
     pub fn handle_signals(mut self, yes: bool) -> Self {
         self.handle_signals = Some(yes);
         self

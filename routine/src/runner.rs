@@ -281,13 +281,53 @@ impl Runner {
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe: the shutdown goes on in the routines' tasks; call again to wait.
+    /// Cancel-safe: the shutdown runs on a task of its own, so dropping this future only
+    /// stops waiting for it; call again, or [`Runner::wait_for_shutdown`], to wait.
     pub async fn shutdown(&self) {
-        let inner = &self.inner;
-        if inner.shutdown_started.swap(true, Ordering::SeqCst) {
-            inner.done.cancelled().await;
+        self.begin_shutdown();
+        self.inner.done.cancelled().await;
+    }
+
+    /// Starts the shutdown on a task of its own, once; returns at once.
+    pub(crate) fn begin_shutdown(&self) {
+        if self.inner.shutdown_started.swap(true, Ordering::SeqCst) {
             return;
         }
+        let runner = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { runner.drain().await });
+            }
+            Err(_) => {
+                // No runtime to drain on: routines cannot be running either (they need
+                // one), so stop whatever is left at once.
+                self.inner.shutdown.cancel();
+                self.inner.hard_stop.cancel();
+                self.inner.tracker.close();
+                self.inner.done.cancel();
+            }
+        }
+    }
+
+    /// Ends a drain at once: routines still running are dropped (their leases are still
+    /// released). Used by a second signal during a shutdown.
+    pub(crate) fn stop_draining(&self) {
+        self.inner.hard_stop.cancel();
+    }
+
+    /// Whether a shutdown has begun (or finished).
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown_started.load(Ordering::SeqCst)
+    }
+
+    /// Whether a shutdown has finished.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.inner.done.is_cancelled()
+    }
+
+    /// The shutdown itself: cancel, drain up to the drain timeout, then drop the rest.
+    async fn drain(&self) {
+        let inner = &self.inner;
         tracing::info!(routines = inner.tracker.len(), "shutting down routines");
         inner.shutdown.cancel();
         inner.tracker.close();

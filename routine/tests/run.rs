@@ -130,6 +130,27 @@ async fn wait_for_shutdown_resolves_after_shutdown_finished() {
     waiter.await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_whose_caller_stopped_waiting_still_finishes() {
+    let runner = Runner::builder()
+        .backend(MemoryBackend::new())
+        .drain_timeout(Duration::from_secs(3))
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let handle = runner.run(|_| std::future::pending());
+    // The first caller gives up while the drain is under way.
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), runner.shutdown()).await;
+    assert!(gave_up.is_err(), "the drain takes the whole drain timeout");
+    tokio::time::timeout(Duration::from_secs(10), runner.shutdown())
+        .await
+        .expect("a second shutdown() must finish, not hang");
+    tokio::time::timeout(Duration::from_secs(10), runner.wait_for_shutdown())
+        .await
+        .expect("wait_for_shutdown() must finish, not hang");
+    assert!(matches!(handle.join().await, Outcome::Cancelled));
+}
+
 #[test]
 fn run_outside_a_runtime_fails_with_a_clear_error() {
     let runner = Runner::without_backend();

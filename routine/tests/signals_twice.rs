@@ -1,0 +1,43 @@
+//! A second SIGTERM during the drain ends it at once (its own test binary: it signals its
+//! own process).
+#![cfg(all(unix, feature = "signals"))]
+
+use std::process::Command;
+use std::time::Duration;
+
+use routine::{MemoryBackend, Outcome, Runner};
+
+fn sigterm_to_self() {
+    let status = Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM failed");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_drops_the_routines_still_running() {
+    let runner = Runner::builder()
+        .backend(MemoryBackend::new())
+        .drain_timeout(Duration::from_secs(600))
+        .handle_signals(true)
+        .build()
+        .unwrap();
+    let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel();
+    // Sees its cancellation, then ignores it.
+    let handle = runner.run(|ctx| async move {
+        ctx.cancelled().await;
+        let _ = cancelled_tx.send(());
+        std::future::pending::<()>().await;
+    });
+    sigterm_to_self();
+    tokio::time::timeout(Duration::from_secs(10), cancelled_rx)
+        .await
+        .expect("the first SIGTERM starts the drain")
+        .unwrap();
+    sigterm_to_self();
+    tokio::time::timeout(Duration::from_secs(10), runner.wait_for_shutdown())
+        .await
+        .expect("the second SIGTERM must end the 600 s drain at once");
+    assert!(matches!(handle.join().await, Outcome::Cancelled));
+}
