@@ -43,8 +43,8 @@ pub enum EventKind {
         /// The fencing token of the lost lease.
         token: FencingToken,
     },
-    /// The routine's future was dropped without returning (local lease deadline, or the
-    /// drain timeout at shutdown).
+    /// The routine's future was dropped without returning (lease lost, local lease
+    /// deadline, or the drain timeout at shutdown). Its context was cancelled first.
     Dropped,
     /// The routine returned.
     Returned,
@@ -53,7 +53,9 @@ pub enum EventKind {
         /// The panic message.
         message: String,
     },
-    /// The lease was given back.
+    /// The lease was given back. Not emitted for a lease already reported
+    /// [`LeaseLost`](EventKind::LeaseLost): its release is still sent, in case the lease
+    /// is live after all, but it was not held until then.
     Released {
         /// The released lease's fencing token.
         token: FencingToken,

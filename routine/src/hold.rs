@@ -9,31 +9,38 @@
 //! failed refresh is retried until the deadline rather than treated as a loss. The hold
 //! keeps one timer: `grace_period` before the deadline the routine's context is
 //! cancelled; at the deadline its future is dropped, so it cannot run on a lease that may
-//! have passed to someone else, even if it ignores its context. A refresh that says the
-//! lease is gone ([`Error::Lost`]) drops the routine at once: another holder may already
-//! be running.
+//! have passed to someone else, even if it ignores its context. The timer alone would
+//! fire late on a busy runtime, so the routine's [`Guard`] also reads the clock before
+//! every poll and does not poll at or after the deadline. A refresh that says the lease
+//! is gone ([`Error::Lost`]) drops the routine at once: another holder may already be
+//! running. Before the routine is dropped its context is cancelled, so that what it drops
+//! can tell why.
+//!
+//! When the instance ends, however it ends, its context is cancelled and the work it
+//! spawned through it is dropped before the lease is given back.
 //!
 //! [`Error::Lost`]: routine_core::Error::Lost
 
 use std::sync::Arc;
 
-use routine_core::{Lease, LockBackend};
+use routine_core::{FencingToken, Lease, LockBackend};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
 use crate::events::EventKind;
+use crate::guard::{Expired, Guard};
 use crate::instance::error_chain;
 use crate::keeper::{Change, Kept};
-use crate::task::{RoutineFn, RunEnd, Task};
+use crate::task::{EndOnDrop, RoutineFn, RunEnd, Task};
 
 /// How one leased run of the routine ended.
 pub(crate) enum HoldEnd {
-    /// Returned on its own.
+    /// Returned on its own (also after cancelling its own context).
     Returned,
     /// Panicked.
     Panicked(String),
-    /// The lease was lost or could not be refreshed before the local deadline.
+    /// The lease was lost or could not be refreshed before the local deadline; a
+    /// `LeaseLost` event has been emitted.
     LeaseLost,
     /// Cancelled by its handle or by shutdown (returned, or dropped after the drain
     /// timeout).
@@ -71,41 +78,36 @@ pub(crate) async fn hold(
         // start the routine at all.
         tracing::warn!("lease acquired too late to use; releasing it");
         task.emit(EventKind::LeaseLost { token: fencing });
-        Box::pin(release(task, &mut *lease, config)).await;
+        Box::pin(release(task, &mut *lease, config, Report::Quietly)).await;
         return HoldEnd::LeaseLost;
     }
     let kept = inner.keeper.keep(backend, lease, sent);
-    let token = task.token.child_token();
-    let ctx = task.context(token.clone(), Some(fencing));
+    let guard = Guard::new(task.token.child_token(), Some(kept.shared_deadline()));
+    let end_on_drop = EndOnDrop(&guard);
+    let ctx = task.context(&guard, Some(fencing));
     let end = {
-        let watch = watch(task, &kept, &token);
-        let run = task.run_routine(routine, ctx);
-        // The watch is polled before the routine: when the deadline has passed, the
-        // routine must not get another poll.
+        let watch = watch(task, &kept, &guard);
+        // The guard reads the clock before every poll of the routine: the watch's timer
+        // may fire late on a busy runtime, while other tasks keep waking the routine.
+        let run = guard.run(task.run_routine(routine, ctx));
+        // The watch is polled before the routine: when the lease is lost, the routine
+        // must not get another poll.
         tokio::select! {
             biased;
             _ = inner.abort.cancelled() => HoldEnd::Aborted,
-            why = watch => {
-                token.cancel();
-                task.emit(EventKind::LeaseLost { token: fencing });
-                task.emit(EventKind::Dropped);
-                match why {
-                    KeeperEnd::Lost => tracing::warn!("lease lost; routine dropped"),
-                    KeeperEnd::DeadlinePassed => tracing::warn!(
-                        "lease could not be refreshed before its local deadline; routine dropped"
-                    ),
-                }
-                HoldEnd::LeaseLost
-            }
+            why = watch => dropped(task, fencing, why),
             end = run => match end {
-                RunEnd::Panicked(message) => HoldEnd::Panicked(message),
-                RunEnd::Returned if task.token.is_cancelled() => HoldEnd::Cancelled,
+                Err(Expired) => dropped(task, fencing, KeeperEnd::DeadlinePassed),
+                Ok(RunEnd::Panicked(message)) => HoldEnd::Panicked(message),
+                Ok(RunEnd::Returned) if task.token.is_cancelled() => HoldEnd::Cancelled,
                 // Cancelled by the watch: the lease is going or gone.
-                RunEnd::Returned if token.is_cancelled() => {
+                Ok(RunEnd::Returned) if guard.cancelled_for_lease() => {
                     task.emit(EventKind::LeaseLost { token: fencing });
                     HoldEnd::LeaseLost
                 }
-                RunEnd::Returned => HoldEnd::Returned,
+                // Also when the routine cancelled its own context: that stops this
+                // instance only, like a return.
+                Ok(RunEnd::Returned) => HoldEnd::Returned,
             },
             _ = inner.hard_stop.cancelled() => {
                 task.emit(EventKind::Dropped);
@@ -113,30 +115,75 @@ pub(crate) async fn hold(
             }
         }
     };
-    if let HoldEnd::Aborted = end {
-        // A crash, as far as everyone else can tell: the lease runs out by its TTL.
-        // Dropping `kept` takes it out of the keeper's care unreleased.
-        return end;
-    }
     // Boxed: this future lives as long as the lease, and these steps only at its end.
-    Box::pin(give_back(task, kept, config)).await;
+    Box::pin(async {
+        task.end_instance(&guard).await;
+        drop(end_on_drop);
+        if let HoldEnd::Aborted = end {
+            // A crash, as far as everyone else can tell: the lease runs out by its TTL.
+            // Dropping `kept` takes it out of the keeper's care unreleased.
+            return;
+        }
+        // A lease reported lost is still released, in case it is live after all (the
+        // deadline passed on a slow backend), but no longer reported.
+        let report = match end {
+            HoldEnd::LeaseLost => Report::Quietly,
+            _ => Report::Events,
+        };
+        give_back(task, kept, config, report).await;
+    })
+    .await;
     end
+}
+
+/// The routine is dropped because its lease was lost or its deadline passed (its context
+/// was cancelled before).
+fn dropped(task: &Task, fencing: FencingToken, why: KeeperEnd) -> HoldEnd {
+    task.emit(EventKind::LeaseLost { token: fencing });
+    task.emit(EventKind::Dropped);
+    match why {
+        KeeperEnd::Lost => tracing::warn!("lease lost; routine dropped"),
+        KeeperEnd::DeadlinePassed => {
+            tracing::warn!(
+                "lease could not be refreshed before its local deadline; routine dropped"
+            )
+        }
+    }
+    HoldEnd::LeaseLost
+}
+
+/// Whether a release is reported with events.
+#[derive(Clone, Copy)]
+enum Report {
+    Events,
+    /// The lease was already reported lost: a `Released` after it would say the lease
+    /// was held until then.
+    Quietly,
 }
 
 /// Takes the lease back from the keeper (after a refresh it is in returns) and releases
 /// it.
-async fn give_back(task: &Task, mut kept: Kept, config: &RunnerConfig) {
+async fn give_back(task: &Task, mut kept: Kept, config: &RunnerConfig, report: Report) {
     if let Some(mut lease) = kept.take_back().await {
-        release(task, &mut *lease, config).await;
+        release(task, &mut *lease, config, report).await;
     }
 }
 
 /// Gives the lease back with a fresh timeout: the routine's own context may already be
 /// cancelled, and the release must be sent anyway so the next holder need not wait for
 /// the TTL. Releasing a lost lease is harmless (releases compare ownership).
-async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig) {
+async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, report: Report) {
     let token = lease.fencing_token();
-    match timeout(config.release_timeout, lease.release()).await {
+    let result = timeout(config.release_timeout, lease.release()).await;
+    if let Report::Quietly = report {
+        tracing::debug!(
+            fencing_token = token.get(),
+            ok = matches!(result, Ok(Ok(()))),
+            "lease reported lost released"
+        );
+        return;
+    }
+    match result {
         Ok(Ok(())) => {
             tracing::debug!(fencing_token = token.get(), "lease released");
             task.emit(EventKind::Released { token });
@@ -157,12 +204,20 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig) {
 }
 
 /// Waits until the lease is lost or its local deadline passes, reporting failed
-/// refreshes on the way; cancels `token` when the grace period before the deadline
-/// begins. One timer, reset only when it fires: at the grace time, or at the deadline
-/// once the context is cancelled. When it fires it reads the current deadline, which
-/// the keeper has usually moved on.
-async fn watch(task: &Task, kept: &Kept, token: &CancellationToken) -> KeeperEnd {
+/// refreshes on the way; cancels the context when the grace period before the deadline
+/// begins, and when it returns. One timer, reset only when it fires: at the grace time,
+/// or at the deadline once the context is cancelled. When it fires it reads the current
+/// deadline, which the keeper has usually moved on.
+async fn watch(task: &Task, kept: &Kept, guard: &Guard) -> KeeperEnd {
+    let end = watch_lease(task, kept, guard).await;
+    // Before the routine is dropped, so that it can tell why.
+    guard.cancel_for_lease();
+    end
+}
+
+async fn watch_lease(task: &Task, kept: &Kept, guard: &Guard) -> KeeperEnd {
     let config = &task.runner.inner.config;
+    let token = guard.cancellation_token();
     let wake_at = |deadline: Instant| {
         if token.is_cancelled() {
             deadline
@@ -185,7 +240,7 @@ async fn watch(task: &Task, kept: &Kept, token: &CancellationToken) -> KeeperEnd
                 }
                 if !token.is_cancelled() && now >= wake_at(deadline) {
                     tracing::warn!("lease deadline near; cancelling routine");
-                    token.cancel();
+                    guard.cancel_for_lease();
                 }
                 timer.as_mut().reset(wake_at(deadline));
             }

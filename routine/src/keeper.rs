@@ -30,6 +30,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
+use crate::guard::Deadline;
 use crate::instance::{error_chain, timeout_error};
 
 /// The runner's lease keeper; see the module documentation.
@@ -70,6 +71,8 @@ struct Entry {
 
 /// What the keeper tells one hold.
 struct Watch {
+    /// Read by the hold's guard before every poll of the routine, so not under `state`.
+    deadline: Arc<Deadline>,
     state: Mutex<WatchState>,
     /// Woken when `state` has news: lost, a failure to report, or the lease came back
     /// from a batch to a hold waiting in [`Kept::take_back`].
@@ -77,7 +80,6 @@ struct Watch {
 }
 
 struct WatchState {
-    deadline: Instant,
     lost: bool,
     failure: Option<String>,
 }
@@ -134,8 +136,8 @@ impl Keeper {
         sent: Instant,
     ) -> Kept {
         let watch = Arc::new(Watch {
+            deadline: Arc::new(Deadline::new(self.shared.config.local_deadline(sent))),
             state: Mutex::new(WatchState {
-                deadline: self.shared.config.local_deadline(sent),
                 lost: false,
                 failure: None,
             }),
@@ -178,7 +180,12 @@ impl Keeper {
 impl Kept {
     /// The local deadline: the lease is certainly ours until then.
     pub(crate) fn deadline(&self) -> Instant {
-        lock(&self.watch.state).deadline
+        self.watch.deadline.get()
+    }
+
+    /// The local deadline as the keeper moves it on, for the hold's guard.
+    pub(crate) fn shared_deadline(&self) -> Arc<Deadline> {
+        Arc::clone(&self.watch.deadline)
     }
 
     /// Waits for news from the keeper. Cancel-safe.
@@ -400,7 +407,10 @@ impl Shared {
             let mut watch = lock(&entry.watch.state);
             match result {
                 Ok(()) => {
-                    watch.deadline = self.config.local_deadline(done.sent);
+                    entry
+                        .watch
+                        .deadline
+                        .set(self.config.local_deadline(done.sent));
                     entry.next_due = done.sent + self.config.refresh_interval;
                 }
                 Err(error) if error.is_lost() => {

@@ -17,6 +17,7 @@ mod context;
 mod default;
 mod env;
 mod events;
+mod guard;
 mod handle;
 mod hold;
 mod instance;

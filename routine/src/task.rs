@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::context::Context;
 use crate::events::EventKind;
+use crate::guard::Guard;
 use crate::handle::{Outcome, RoutineHandle};
 use crate::options::Mode;
 use crate::runner::{BackendSlot, Runner};
@@ -100,9 +101,11 @@ impl Task {
     }
 
     async fn run_plain(&self, mut routine: RoutineFn) -> Outcome {
-        let ctx = self.context(self.token.child_token(), None);
+        let guard = Guard::new(self.token.child_token(), None);
+        let _end = EndOnDrop(&guard);
+        let ctx = self.context(&guard, None);
         let inner = &self.runner.inner;
-        tokio::select! {
+        let outcome = tokio::select! {
             biased;
             _ = inner.abort.cancelled() => Outcome::Aborted,
             end = self.run_routine(&mut routine, ctx) => match end {
@@ -114,6 +117,21 @@ impl Task {
                 self.emit(EventKind::Dropped);
                 Outcome::Cancelled
             }
+        };
+        self.end_instance(&guard).await;
+        outcome
+    }
+
+    /// Ends an instance whose routine has returned or been dropped: cancels its context
+    /// and drops the work it spawned through it, waiting for that unless the runner was
+    /// aborted (a crash stops nothing gracefully).
+    pub(crate) async fn end_instance(&self, guard: &Guard) {
+        guard.end();
+        let inner = &self.runner.inner;
+        tokio::select! {
+            biased;
+            _ = inner.abort.cancelled() => {}
+            _ = guard.spawned_gone() => {}
         }
     }
 
@@ -161,23 +179,31 @@ impl Task {
         );
     }
 
-    pub(crate) fn context(
-        &self,
-        token: CancellationToken,
-        fencing: Option<FencingToken>,
-    ) -> Context {
+    /// The context of the instance that `guard` guards.
+    pub(crate) fn context(&self, guard: &Guard, fencing: Option<FencingToken>) -> Context {
         Context {
             number: self.number,
             name: self.name.clone(),
-            token,
+            token: guard.cancellation_token().clone(),
             handle_token: self.token.clone(),
             shutdown_token: self.runner.inner.shutdown.clone(),
             fencing_token: fencing,
+            guard: guard.clone(),
         }
     }
 
     pub(crate) fn emit(&self, kind: EventKind) {
         self.runner.emit(self.number, &self.name, kind);
+    }
+}
+
+/// Ends an instance whose future was dropped before it could end it (its task dropped
+/// with the runtime): the work it spawned must not outlive it.
+pub(crate) struct EndOnDrop<'a>(pub(crate) &'a Guard);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

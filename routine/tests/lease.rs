@@ -338,3 +338,35 @@ async fn outage(
     let second = wait_for(events, TTL * 2, "backend error", error).await;
     second.at - first.at
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_reported_lost_is_not_reported_released() {
+    let backend = MemoryBackend::new();
+    let runner = runner(&backend);
+    let mut events = runner.subscribe();
+    let _handle = idle_singleton(&runner, "job");
+    wait_for(
+        &mut events,
+        TTL,
+        "acquired",
+        kind!(EventKind::Acquired { .. }),
+    )
+    .await;
+    backend.revoke(&LockKey::new("job").unwrap());
+    let lost = wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
+    let EventKind::LeaseLost { token: lost_token } = lost.kind else {
+        unreachable!()
+    };
+    let mut after = Vec::new();
+    loop {
+        let event = wait_for(&mut events, TTL, "acquired again", |_| true).await;
+        if let EventKind::Acquired { .. } = event.kind {
+            break;
+        }
+        after.push(event.kind);
+    }
+    assert!(
+        !after.contains(&EventKind::Released { token: lost_token }),
+        "a lease reported lost must not be reported released after it: {after:?}"
+    );
+}
