@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use routine_core::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
 
 use crate::RedisBackendBuilder;
 use crate::config::{self, Settings};
+use crate::connection::Connection;
 use crate::error::{self, NAME};
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
@@ -46,7 +47,7 @@ pub struct RedisBackend {
 pub(crate) struct Inner {
     pub(crate) settings: Settings,
     pub(crate) keys: Keys,
-    conn: ConnectionManager,
+    conn: Connection,
     notifier: Notifier,
 }
 
@@ -98,28 +99,13 @@ impl RedisBackend {
         let connect_timeout = settings.connect_timeout;
         let client = redis::Client::open(settings.connection_info()?)
             .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
-        // No retries inside the client: a request that finds the connection broken fails
-        // at once (a transient error) and starts one reconnection attempt that the next
-        // request awaits. The runner's backoff paces reconnection, not the client's sleeps.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(settings.request_timeout))
-            .set_number_of_retries(0);
-        let conn = tokio::time::timeout(
-            connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        .map_err(|_| error::timed_out("connect", connect_timeout))?
-        .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
+        let conn =
+            Connection::open(client.clone(), connect_timeout, settings.request_timeout).await?;
         // A server with `requirepass` accepts a connection without credentials and
         // refuses only its first command: find that out now, not at the first acquire.
-        request(
-            &conn,
-            "connect",
-            settings.request_timeout,
-            |mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await },
-        )
+        conn.request("connect", settings.request_timeout, |mut conn| async move {
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
         .await?;
         let keys = Keys::new(&settings.namespace);
         let notifier = Notifier::start(client, keys.channel_pattern(), connect_timeout).await;
@@ -165,7 +151,7 @@ impl Inner {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        request(&self.conn, operation, limit, send).await
+        self.conn.request(operation, limit, send).await
     }
 
     /// Gives up an acquisition whose outcome is unknown (the request failed or timed
@@ -198,39 +184,6 @@ impl Inner {
     /// the lease to act on it, and a hung server must not hold a call for seconds.
     pub(crate) fn lease_limit(&self, ttl: Duration) -> Duration {
         self.settings.request_timeout.min(ttl / 2)
-    }
-}
-
-/// Sends a request with `send`, bounded by `limit` in all (including waiting for a
-/// reconnection), and maps the outcome.
-///
-/// If the connection turns out to be dropped (the server closed it, or a reconnection is
-/// under way), the request is sent once more, which waits for the new connection. Every
-/// request this backend makes may be repeated: the scripts compare our token, and a
-/// repeated acquire recognises the lock it took (see [`scripts::ACQUIRE`]).
-async fn request<T, F, Fut>(
-    conn: &ConnectionManager,
-    operation: &'static str,
-    limit: Duration,
-    send: F,
-) -> Result<T>
-where
-    F: Fn(ConnectionManager) -> Fut,
-    Fut: Future<Output = redis::RedisResult<T>>,
-{
-    let attempt = async {
-        match send(conn.clone()).await {
-            Err(err) if err.is_connection_dropped() => {
-                tracing::debug!(operation, error = %err, "redis connection dropped, sending again");
-                send(conn.clone()).await
-            }
-            other => other,
-        }
-    };
-    match tokio::time::timeout(limit, attempt).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(err)) => Err(error::from_redis(err, operation, limit)),
-        Err(_) => Err(error::timed_out(operation, limit)),
     }
 }
 

@@ -15,7 +15,10 @@ pub(crate) const NAME: &str = "redis";
 /// Connection refused, reset or closed and other I/O failures are
 /// [`Error::Unavailable`]; the client's own timeouts are [`Error::Timeout`]; `NOAUTH` and
 /// `WRONGPASS` are [`Error::Auth`]; `NOPERM` (an ACL refusal) is
-/// [`Error::PermissionDenied`]; `READONLY` (a replica) is [`Error::Misconfigured`].
+/// [`Error::PermissionDenied`]; `READONLY` (the address now serves a replica, as after a
+/// failover) is [`Error::Unavailable`] with a [`Replica`] source: the runner retries it
+/// with its error backoff, and the request replaces the connection (see
+/// [`needs_new_connection`]).
 pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Duration) -> Error {
     if err.is_timeout() {
         return Error::Timeout {
@@ -24,30 +27,20 @@ pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Dura
             timeout,
         };
     }
-    // The client reports a refused `SELECT` on an unauthenticated connection as a
-    // plain response error whose detail carries the server's `NOAUTH` message.
-    let auth = matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
-        || err
-            .detail()
-            .is_some_and(|d| d.starts_with("Authentication required"));
+    if is_auth(&err) {
+        return Error::Auth {
+            backend: NAME,
+            source: err.into(),
+        };
+    }
+    if is_read_only(&err) {
+        return Error::unavailable(NAME, operation, Replica(err));
+    }
     match err.kind() {
-        ErrorKind::AuthenticationFailed => Error::Auth {
-            backend: NAME,
-            source: err.into(),
-        },
-        _ if auth => Error::Auth {
-            backend: NAME,
-            source: err.into(),
-        },
         ErrorKind::Server(ServerErrorKind::NoPerm) => Error::PermissionDenied {
             backend: NAME,
             operation,
             source: err.into(),
-        },
-        ErrorKind::Server(ServerErrorKind::ReadOnly) => Error::Misconfigured {
-            backend: NAME,
-            reason: "the server is a read-only replica: point the backend at the primary"
-                .to_owned(),
         },
         ErrorKind::InvalidClientConfig => Error::Config {
             setting: "connection".to_owned(),
@@ -65,6 +58,48 @@ pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Dura
             }
         }
         _ => Error::unavailable(NAME, operation, err),
+    }
+}
+
+/// Whether `err` means the connection will keep failing until it is replaced: the
+/// credentials were refused (the `redis` crate keeps a failed reconnection's error and
+/// returns it to every later request), or the server is a replica now (a connection
+/// stays on the node it reached, which a failover behind a fixed address demoted).
+pub(crate) fn needs_new_connection(err: &RedisError) -> bool {
+    is_auth(err) || is_read_only(err)
+}
+
+fn is_auth(err: &RedisError) -> bool {
+    // The client reports a refused `SELECT` on an unauthenticated connection as a
+    // plain response error whose detail carries the server's `NOAUTH` message.
+    err.kind() == ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+        || err
+            .detail()
+            .is_some_and(|d| d.starts_with("Authentication required"))
+}
+
+fn is_read_only(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) || err.code() == Some("READONLY")
+}
+
+/// The source of the [`Error::Unavailable`] a `READONLY` reply maps to: says what it
+/// means, with the server's reply as its own source.
+#[derive(Debug)]
+pub(crate) struct Replica(RedisError);
+
+impl fmt::Display for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the server is a read-only replica (a failover may have moved the primary away \
+             from the configured address); later requests reconnect and try again",
+        )
+    }
+}
+
+impl std::error::Error for Replica {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 

@@ -28,11 +28,18 @@
 //!
 //! - one multiplexed command connection (the `redis` crate's `ConnectionManager`): every
 //!   request is pipelined on it, so renewals of many leases never queue behind each
-//!   other; it reconnects after a failure;
+//!   other; it reconnects after an I/O failure. A failure it does not recover from by
+//!   itself replaces it with a new one: refused credentials (its reconnection keeps the
+//!   refusal and returns it to every later request, even once the password is fixed on
+//!   the server) and `READONLY` (a connection stays on the node it reached, which a
+//!   failover behind a fixed address demoted to a replica). The request that finds such
+//!   a failure opens the new connection and is sent once more on it; at most one
+//!   replacement is opened per second, so the runner's backoff paces them;
 //! - one pub/sub connection subscribed once to `routine:released:*`, whose messages wake
 //!   the local waiters of [`LockBackend::released`](routine_core::LockBackend::released).
 //!   If it fails, waiters get an error and the runner polls; acquire, refresh and release
-//!   do not depend on it. The next wait reconnects it.
+//!   do not depend on it. The next wait reconnects it, on a new connection each time, so
+//!   credentials fixed on the server are picked up too.
 //!
 //! # Timeouts and failures
 //!
@@ -55,9 +62,11 @@
 //! - Errors map as: connection refused, reset or other I/O failure →
 //!   [`Unavailable`](routine_core::Error::Unavailable); timeouts →
 //!   [`Timeout`](routine_core::Error::Timeout); `NOAUTH`/`WRONGPASS` →
-//!   [`Auth`](routine_core::Error::Auth); `NOPERM` →
-//!   [`PermissionDenied`](routine_core::Error::PermissionDenied); `READONLY` (a replica)
-//!   → [`Misconfigured`](routine_core::Error::Misconfigured); malformed settings →
+//!   [`Auth`](routine_core::Error::Auth) (retried by the runner: an operator may fix the
+//!   password); `NOPERM` → [`PermissionDenied`](routine_core::Error::PermissionDenied);
+//!   `READONLY` (the address serves a replica, as during a failover) →
+//!   [`Unavailable`](routine_core::Error::Unavailable), transient, with a source saying
+//!   so; malformed settings →
 //!   [`Config`](routine_core::Error::Config) naming the setting or variable.
 //!
 //! The connections' driver tasks run on the tokio runtime the backend was built on:
@@ -97,6 +106,7 @@
 mod backend;
 mod builder;
 mod config;
+mod connection;
 mod error;
 mod lease;
 mod notify;

@@ -10,6 +10,9 @@
 //! failed pub/sub connection never affects acquire, refresh or release. When it fails,
 //! current waiters get an error (the runner falls back to polling) and the next wait
 //! connects again, once, with the connect timeout: the backend keeps no timers of its own.
+//! Each attempt opens a new connection with the configured credentials, so unlike a
+//! `ConnectionManager` it keeps no failure of its own: a refused password is tried again
+//! by the next wait, and works once it is fixed on the server.
 //! Waiters that were registered while the subscription was down wake spuriously once it
 //! is back, since a release published in between was missed.
 

@@ -1,0 +1,207 @@
+//! The command connection and the request path every command takes.
+//!
+//! The `redis` crate's `ConnectionManager` reconnects after I/O errors only. When its
+//! reconnection fails otherwise (the server refused the credentials) it keeps that
+//! failure and returns it to every later request, and a connection left on a server
+//! demoted to a replica (a failover behind a fixed address) answers `READONLY` for as
+//! long as it lives. Neither heals by waiting, so a request that fails that way replaces
+//! the manager with a new one and is sent once more on it. Replacements happen only
+//! within requests, which the runner paces with its backoff, and at most once per
+//! [`RENEW_INTERVAL`]: the backend keeps no timers of its own.
+
+use std::future::Future;
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use routine_core::Result;
+use tokio::time::Instant;
+
+use crate::error;
+
+/// The shortest time between two replacements of the manager, so that requests failing
+/// together (every lease of a runner) open one new connection, not one each.
+const RENEW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The multiplexed command connection of one backend, replaced when it cannot recover.
+pub(crate) struct Connection {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    connect_timeout: Duration,
+    current: RwLock<Current>,
+    /// When the last replacement started; locked while one is under way.
+    renewed: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The manager in use, and how many replacements came before it.
+#[derive(Clone)]
+struct Current {
+    generation: u64,
+    manager: ConnectionManager,
+}
+
+impl Connection {
+    /// Opens the first connection, bounded by `connect_timeout`.
+    ///
+    /// No retries inside the client: a request that finds the connection broken fails at
+    /// once (a transient error) and starts one reconnection attempt that the next request
+    /// awaits. The runner's backoff paces reconnection, not the client's sleeps.
+    pub(crate) async fn open(
+        client: redis::Client,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(request_timeout))
+            .set_number_of_retries(0);
+        let manager = new_manager(&client, &config, connect_timeout)
+            .await
+            .map_err(|err| err.into_error("connect", connect_timeout))?;
+        Ok(Self {
+            client,
+            config,
+            connect_timeout,
+            current: RwLock::new(Current {
+                generation: 0,
+                manager,
+            }),
+            renewed: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn current(&self) -> Current {
+        self.read().clone()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Current> {
+        // Writers only assign a whole value: a poisoned lock holds no half-updated state.
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends a request with `send`, bounded by `limit` in all (reconnecting and replacing
+    /// the connection included), and maps the outcome.
+    ///
+    /// If the connection turns out to be dropped (the server closed it, or a reconnection
+    /// is under way), the request is sent once more, which waits for the new connection.
+    /// If it failed in a way the connection does not recover from (see the module docs),
+    /// it is sent once more on a replacement. Every request this backend makes may be
+    /// repeated: the scripts compare our token, and a repeated acquire recognises the
+    /// lock it took (see [`crate::scripts::ACQUIRE`]).
+    pub(crate) async fn request<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let current = self.current();
+            match send_on(&current.manager, operation, &send).await {
+                Err(err) if error::needs_new_connection(&err) => {
+                    match self.renew(current.generation).await {
+                        Some(fresh) => send_on(&fresh, operation, &send).await,
+                        None => Err(err),
+                    }
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(err)) => Err(error::from_redis(err, operation, limit)),
+            Err(_) => Err(error::timed_out(operation, limit)),
+        }
+    }
+
+    /// A manager to use instead of generation `failed`: one that replaced it meanwhile,
+    /// or a new one. `None` if another request is replacing it right now, if the last
+    /// replacement is less than [`RENEW_INTERVAL`] ago, or if a new one cannot connect.
+    async fn renew(&self, failed: u64) -> Option<ConnectionManager> {
+        let replaced =
+            |current: &Current| (current.generation != failed).then(|| current.manager.clone());
+        if let Some(manager) = replaced(&self.read()) {
+            return Some(manager);
+        }
+        let mut renewed = self.renewed.try_lock().ok()?;
+        if let Some(manager) = replaced(&self.read()) {
+            return Some(manager);
+        }
+        if renewed.is_some_and(|at| at.elapsed() < RENEW_INTERVAL) {
+            return None;
+        }
+        *renewed = Some(Instant::now());
+        match new_manager(&self.client, &self.config, self.connect_timeout).await {
+            Ok(manager) => {
+                tracing::info!("redis command connection replaced");
+                let mut current = self
+                    .current
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                *current = Current {
+                    generation: failed + 1,
+                    manager: manager.clone(),
+                };
+                Some(manager)
+            }
+            Err(err) => {
+                tracing::debug!(error = ?err, "could not replace the redis command connection");
+                None
+            }
+        }
+    }
+}
+
+/// Sends once, and once more if the connection turned out to be dropped.
+async fn send_on<T, F, Fut>(
+    manager: &ConnectionManager,
+    operation: &'static str,
+    send: &F,
+) -> redis::RedisResult<T>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    match send(manager.clone()).await {
+        Err(err) if err.is_connection_dropped() => {
+            tracing::debug!(operation, error = %err, "redis connection dropped, sending again");
+            send(manager.clone()).await
+        }
+        other => other,
+    }
+}
+
+/// Why a new manager could not be made.
+#[derive(Debug)]
+enum Failure {
+    Redis(redis::RedisError),
+    TimedOut,
+}
+
+impl Failure {
+    fn into_error(self, operation: &'static str, timeout: Duration) -> routine_core::Error {
+        match self {
+            Failure::Redis(err) => error::from_redis(err, operation, timeout),
+            Failure::TimedOut => error::timed_out(operation, timeout),
+        }
+    }
+}
+
+async fn new_manager(
+    client: &redis::Client,
+    config: &ConnectionManagerConfig,
+    connect_timeout: Duration,
+) -> Result<ConnectionManager, Failure> {
+    tokio::time::timeout(
+        connect_timeout,
+        ConnectionManager::new_with_config(client.clone(), config.clone()),
+    )
+    .await
+    .map_err(|_| Failure::TimedOut)?
+    .map_err(Failure::Redis)
+}
