@@ -10,6 +10,7 @@ use redis::aio::ConnectionManager;
 use routine_core::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
 
 use crate::RedisBackendBuilder;
+use crate::abandon::Attempt;
 use crate::config::{self, Settings};
 use crate::connection::Connection;
 use crate::error::{self, NAME};
@@ -154,36 +155,14 @@ impl Inner {
         self.conn.request(operation, limit, send).await
     }
 
-    /// Gives up an acquisition whose outcome is unknown (the request failed or timed
-    /// out, but the script may have run or may still run): releases `token`'s lock in
-    /// the background, so a lock we may hold without knowing is not left held for its
-    /// whole TTL. On the same multiplexed connection the release is queued behind the
-    /// acquire, so even an acquire still waiting in a paused server is undone after it.
-    /// If the lock is not ours, the script leaves it alone.
-    pub(crate) fn abandon(self: &Arc<Self>, key: &LockKey, lock: String, token: String) {
-        let inner = Arc::clone(self);
-        let channel = self.keys.channel(key);
-        tokio::spawn(async move {
-            let mut invocation = scripts::RELEASE.key(&lock);
-            invocation.arg(&token).arg(&channel);
-            let invocation = &invocation;
-            let timeout = inner.settings.request_timeout;
-            let outcome: Result<i64> = inner
-                .request("release", timeout, |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await;
-            if let Err(err) = outcome {
-                tracing::debug!(key = %lock, error = %err, "could not undo an uncertain acquire; the TTL ends it");
-            }
-        });
-    }
-
     /// The bound on a request made for a lease of `ttl`: the request timeout, but at most
-    /// half the TTL. A reply that comes later than that leaves the runner too little of
-    /// the lease to act on it, and a hung server must not hold a call for seconds.
+    /// two fifths of the TTL. A reply that comes later than that leaves the runner too
+    /// little of the lease to act on it, and a hung server must not hold a call for
+    /// seconds. It is strictly shorter than the runner's own bound on an acquire (half
+    /// the TTL by default), so that the backend, not the runner, gives up first and
+    /// hands the uncertain lock back (see the `abandon` module).
     pub(crate) fn lease_limit(&self, ttl: Duration) -> Duration {
-        self.settings.request_timeout.min(ttl / 2)
+        self.settings.request_timeout.min(ttl / 5 * 2)
     }
 }
 
@@ -246,39 +225,40 @@ impl LockBackend for RedisBackend {
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
         let ttl_ms = ttl_millis(ttl)?;
-        let token = new_token();
-        let lock = self.inner.keys.lock(key);
-        let mut invocation = scripts::ACQUIRE.key(&lock);
+        // From here on, a lock this call may take is given back unless it ends with the
+        // server's answer: on an error, a timeout or when this future is dropped.
+        let attempt = Attempt::new(&self.inner, key, self.inner.keys.lock(key), new_token());
+        let (lock, token) = attempt.lock_and_token();
+        let mut invocation = scripts::ACQUIRE.key(lock);
         invocation
             .key(self.inner.keys.fence(key))
-            .arg(&token)
+            .arg(token)
             .arg(ttl_ms);
         let invocation = &invocation;
-        let outcome = self
+        let reply: Vec<i64> = self
             .inner
             .request(
                 "acquire",
                 self.inner.lease_limit(ttl),
                 |mut conn| async move { invocation.invoke_async(&mut conn).await },
             )
-            .await;
-        let reply: Vec<i64> = match outcome {
-            Ok(reply) => reply,
-            Err(err) => {
-                self.inner.abandon(key, lock, token);
-                return Err(err);
-            }
-        };
+            .await?;
         match reply.as_slice() {
-            [0] => Ok(None),
-            &[1, fence] if fence > 0 => Ok(Some(Box::new(RedisLease::new(
-                Arc::clone(&self.inner),
-                key.clone(),
-                lock,
-                token,
-                FencingToken::new(fence.unsigned_abs()),
-                ttl,
-            )))),
+            [0] => {
+                attempt.answered();
+                Ok(None)
+            }
+            &[1, fence] if fence > 0 => {
+                let (lock, token) = attempt.answered();
+                Ok(Some(Box::new(RedisLease::new(
+                    Arc::clone(&self.inner),
+                    key.clone(),
+                    lock,
+                    token,
+                    FencingToken::new(fence.unsigned_abs()),
+                    ttl,
+                ))))
+            }
             other => Err(error::unexpected_reply("acquire", other)),
         }
     }

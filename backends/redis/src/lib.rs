@@ -46,19 +46,22 @@
 //! - Connecting (TCP, TLS, authentication) is bounded by the connect timeout (5 s by
 //!   default, `REDIS_DIAL_TIMEOUT`).
 //! - Every request is bounded by the request timeout (3 s by default,
-//!   `REDIS_READ_TIMEOUT`/`REDIS_WRITE_TIMEOUT`), and a request made for a lease by half
-//!   its TTL as well, waiting for a reconnection included. The `redis` crate's own
-//!   response and connection timeouts are set to the same values, so a hung or paused
-//!   server yields [`Error::Timeout`](routine_core::Error::Timeout) rather than a call
-//!   that waits.
+//!   `REDIS_READ_TIMEOUT`/`REDIS_WRITE_TIMEOUT`), and a request made for a lease by two
+//!   fifths of its TTL as well, waiting for a reconnection included: strictly less than
+//!   the runner's own bound on an acquire (half the TTL by default), so the backend gives
+//!   up first and can undo what it may have taken. The `redis` crate's own response and
+//!   connection timeouts are set to the request and connect timeouts, so a hung or
+//!   paused server yields [`Error::Timeout`](routine_core::Error::Timeout) rather than a
+//!   call that waits.
 //! - The client does not retry reconnections itself (its retry count is set to zero): a
 //!   request that finds the connection broken starts one reconnection attempt, and is
 //!   sent once more on the new connection within its time bound (every script is safe
 //!   to repeat: they compare our token). Later attempts are paced by the runner's
 //!   backoff; the backend keeps no timers.
-//! - An acquire whose outcome is unknown (it failed or timed out after being sent) is
-//!   undone in the background by a release of its token, queued behind it, so a lock we
-//!   may hold without knowing is not left held for its whole TTL.
+//! - An acquire whose outcome is unknown (it failed or timed out after being sent, or its
+//!   future was dropped, as the runner does when its own timeout passes) is undone in
+//!   the background by a release of its token, queued behind it on the same connection,
+//!   so a lock we may hold without knowing is not left held for its whole TTL.
 //! - Errors map as: connection refused, reset or other I/O failure →
 //!   [`Unavailable`](routine_core::Error::Unavailable); timeouts →
 //!   [`Timeout`](routine_core::Error::Timeout); `NOAUTH`/`WRONGPASS` →
@@ -103,6 +106,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod abandon;
 mod backend;
 mod builder;
 mod config;

@@ -1,0 +1,94 @@
+//! Acquires whose outcome the caller never learns: their lock is given back.
+//!
+//! An acquire may take the lock and still not hand a lease out: its request failed or
+//! timed out after it was sent, or the caller dropped the future (the runner does when
+//! its own request timeout passes first). The lock would then stay held, by nobody, for
+//! its whole TTL. So an [`Attempt`] that ends without an answer releases its token's
+//! lock in the background.
+//!
+//! The release is sent on the same multiplexed connection as the acquire, so it is
+//! queued behind it: even an acquire still waiting in a paused server is undone after
+//! it runs. The release compares the random token this attempt wrote, which no other
+//! attempt of any process writes, so a lock held by anyone else is left alone; and it
+//! announces the release, so waiters try at once.
+
+use std::sync::Arc;
+
+use routine_core::{LockKey, Result};
+
+use crate::backend::Inner;
+use crate::scripts;
+
+/// One acquire of a key with a fresh token. Dropped without [`Attempt::answered`], it
+/// releases the lock if it holds the token.
+pub(crate) struct Attempt {
+    inner: Arc<Inner>,
+    key: LockKey,
+    lock: String,
+    token: String,
+    answered: bool,
+}
+
+impl Attempt {
+    pub(crate) fn new(inner: &Arc<Inner>, key: &LockKey, lock: String, token: String) -> Self {
+        Self {
+            inner: Arc::clone(inner),
+            key: key.clone(),
+            lock,
+            token,
+            answered: false,
+        }
+    }
+
+    /// The lock key and the token this attempt writes into it.
+    pub(crate) fn lock_and_token(&self) -> (&str, &str) {
+        (&self.lock, &self.token)
+    }
+
+    /// The server answered: the lock is ours (now a lease's) or someone else's.
+    pub(crate) fn answered(mut self) -> (String, String) {
+        self.answered = true;
+        (
+            std::mem::take(&mut self.lock),
+            std::mem::take(&mut self.token),
+        )
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        // Without a runtime (it is shutting down) the TTL ends the lock.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let channel = inner.keys.channel(&self.key);
+        let lock = std::mem::take(&mut self.lock);
+        let token = std::mem::take(&mut self.token);
+        runtime.spawn(async move {
+            let mut invocation = scripts::RELEASE.key(&lock);
+            invocation.arg(&token).arg(&channel);
+            let invocation = &invocation;
+            let timeout = inner.settings.request_timeout;
+            let outcome: Result<i64> = inner
+                .request("release", timeout, |mut conn| async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await;
+            match outcome {
+                Ok(1) => {
+                    tracing::debug!(key = %lock, "gave back the lock of an unanswered acquire")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(
+                    key = %lock,
+                    error = %err,
+                    "could not undo an unanswered acquire; its TTL ends it"
+                ),
+            }
+        });
+    }
+}
