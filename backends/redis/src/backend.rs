@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use routine_core::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
+use routine_core::{Capabilities, FencingToken, Lease, LockBackend, LockKey, Result};
 
 use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
@@ -17,6 +17,17 @@ use crate::error::{self, NAME};
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
 use crate::scripts::{self, Keys};
+
+/// What this backend declares. The shortest TTL is Redis's expiry precision, one
+/// millisecond; the longest is what `PX` and `PEXPIRE` accept with room to spare (the
+/// server adds its clock to it and refuses a sum beyond a signed 64-bit millisecond
+/// count): about 146 million years.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_release_notifications(true)
+    .with_reports_expiry(true)
+    .with_min_ttl(Duration::from_millis(1))
+    .with_max_ttl(Duration::from_millis(i64::MAX.unsigned_abs() / 2))
+    .with_ttl_granularity(Duration::from_millis(1));
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
 ///
@@ -65,8 +76,8 @@ impl RedisBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable if one is malformed, then as for
-    /// [`RedisBackendBuilder::build`].
+    /// [`Error::Config`](routine_core::Error::Config) naming the variable if one is
+    /// malformed, then as for [`RedisBackendBuilder::build`].
     ///
     /// # Cancel safety
     ///
@@ -80,8 +91,8 @@ impl RedisBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] with setting `url` if the URL is malformed, then as for
-    /// [`RedisBackendBuilder::build`].
+    /// [`Error::Config`](routine_core::Error::Config) with setting `url` if the URL is
+    /// malformed, then as for [`RedisBackendBuilder::build`].
     ///
     /// # Cancel safety
     ///
@@ -166,20 +177,12 @@ impl Inner {
     }
 }
 
-/// A TTL in whole milliseconds, rounded up (Redis's `PX` granularity).
+/// A TTL in whole milliseconds, rounded up (Redis's `PX` granularity), after checking it
+/// against [`CAPABILITIES`].
 pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
-    let invalid = |reason: &str| Error::InvalidTtl {
-        ttl,
-        reason: reason.to_owned(),
-    };
-    if ttl.is_zero() {
-        return Err(invalid("TTL must be greater than zero"));
-    }
-    // Redis refuses expiry times that overflow a signed 64-bit millisecond clock.
-    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
-        .ok()
-        .filter(|&ms| ms <= u64::MAX / 4)
-        .ok_or_else(|| invalid("TTL is too long for Redis"))
+    CAPABILITIES.check_ttl(NAME, ttl)?;
+    // Within the bounds, whole milliseconds fit in 63 bits.
+    Ok(u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
 }
 
 /// A fresh random token for one acquisition (bsm/redislock uses 16 random bytes too).
@@ -216,11 +219,7 @@ impl LockBackend for RedisBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .with_release_notifications(true)
-            .with_reports_expiry(true)
-            .with_min_ttl(Duration::from_millis(1))
-            .with_ttl_granularity(Duration::from_millis(1))
+        CAPABILITIES
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {

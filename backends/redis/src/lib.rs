@@ -69,7 +69,10 @@
 //!   password); `NOPERM` → [`PermissionDenied`](routine_core::Error::PermissionDenied);
 //!   `READONLY` (the address serves a replica, as during a failover) →
 //!   [`Unavailable`](routine_core::Error::Unavailable), transient, with a source saying
-//!   so; malformed settings →
+//!   so; a TTL under 1 ms (Redis's expiry precision) or above what `PX` can represent
+//!   (about 146 million years) → [`InvalidTtl`](routine_core::Error::InvalidTtl), both
+//!   declared in the [capabilities](routine_core::LockBackend::capabilities); malformed
+//!   settings →
 //!   [`Config`](routine_core::Error::Config) naming the setting or variable.
 //!
 //! The connections' driver tasks run on the tokio runtime the backend was built on:

@@ -261,6 +261,51 @@ async fn zero_ttl_is_an_invalid_ttl_error() {
 }
 
 #[tokio::test]
+async fn ttls_outside_the_declared_bounds_are_invalid_ttl_errors() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let backend = backend(server).await;
+    let caps = backend.capabilities();
+    let key = unique_key("ttl-bounds");
+    let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
+    let mut check = async |ttl: Duration, bound: &str| {
+        for (operation, outcome) in [
+            ("acquire", backend.try_acquire(&key, ttl).await.map(drop)),
+            ("refresh", lease.refresh(ttl).await),
+        ] {
+            match outcome {
+                Err(Error::InvalidTtl { ttl: got, reason }) => {
+                    assert_eq!(got, ttl, "{operation} names the TTL");
+                    assert!(reason.contains(bound), "{operation} {ttl:?}: {reason}");
+                }
+                other => panic!("{operation} with {ttl:?} must be InvalidTtl: {other:?}"),
+            }
+        }
+    };
+    for ttl in [
+        Duration::from_nanos(1),
+        caps.min_ttl - Duration::from_nanos(1),
+    ] {
+        check(ttl, "at least").await;
+    }
+    assert!(
+        caps.max_ttl < Duration::MAX,
+        "the backend declares the longest TTL `PX` can represent"
+    );
+    for ttl in [caps.max_ttl + Duration::from_millis(1), Duration::MAX] {
+        check(ttl, "at most").await;
+    }
+    lease
+        .refresh(caps.max_ttl)
+        .await
+        .expect("the longest declared TTL is accepted by the server");
+    lease.release().await.unwrap();
+    let lease = backend.try_acquire(&key, caps.max_ttl).await.unwrap();
+    lease.expect("the key is free").release().await.unwrap();
+}
+
+#[tokio::test]
 async fn refresh_after_expiry_reports_lost() {
     let Some(server) = shared_server() else {
         return;
