@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use etcd_client::{GetOptions, TxnOpResponse};
-use routine_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
+use routine_core::{Capabilities, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
 use crate::abandon::Attempt;
@@ -20,6 +20,12 @@ use crate::orphan::{Orphan, delete_in_background};
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
 use crate::{parse, tls};
+
+/// The longest lease TTL etcd grants: its lessor's `MaxLeaseTTL`, 9,000,000,000 s (about
+/// 285 years, the most whose expiry Go's nanosecond `time.Duration` can hold). etcd
+/// refuses a longer grant ("too large lease TTL"); the TTL field itself, an int64 of
+/// seconds, could say more.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// A lease backend on an etcd v3 cluster.
 ///
@@ -91,7 +97,7 @@ impl EtcdBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable if a value is malformed; otherwise as for
+    /// [`Error::Config`](routine_core::Error::Config) naming the variable if a value is malformed; otherwise as for
     /// [`EtcdBackendBuilder::build`].
     ///
     /// # Cancel safety
@@ -120,7 +126,7 @@ impl EtcdBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] (never quoting the URL, which may hold a password) if it is
+    /// [`Error::Config`](routine_core::Error::Config) (never quoting the URL, which may hold a password) if it is
     /// malformed; otherwise as for [`EtcdBackendBuilder::build`].
     ///
     /// # Cancel safety
@@ -182,23 +188,10 @@ impl EtcdBackend {
         bytes
     }
 
-    /// The TTL in whole seconds etcd is asked for, after checking `ttl`.
+    /// The TTL in whole seconds etcd is asked for, after checking `ttl` against the
+    /// cluster's minimum and [`MAX_TTL`].
     pub(crate) fn lease_seconds(&self, ttl: Duration) -> Result<i64> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidTtl {
-                ttl,
-                reason: "TTL must be greater than zero".to_owned(),
-            });
-        }
-        if ttl < self.inner.min_ttl {
-            return Err(Error::InvalidTtl {
-                ttl,
-                reason: format!(
-                    "etcd grants leases of at least {:?} (its election timeout times 1.5)",
-                    self.inner.min_ttl
-                ),
-            });
-        }
+        self.capabilities().check_ttl(NAME, ttl)?;
         let secs = ttl.as_nanos().div_ceil(1_000_000_000);
         Ok(i64::try_from(secs).unwrap_or(i64::MAX))
     }
@@ -340,6 +333,7 @@ impl LockBackend for EtcdBackend {
             .with_release_notifications(true)
             .with_reports_expiry(true)
             .with_min_ttl(self.inner.min_ttl)
+            .with_max_ttl(MAX_TTL)
             .with_ttl_granularity(Duration::from_secs(1))
     }
 

@@ -33,10 +33,14 @@
 //! etcd lease TTLs are whole seconds, and etcd raises any TTL below its minimum (1.5
 //! election timeouts, rounded up: 2 s with the default 1 s election timeout) to that
 //! minimum. This backend asks the cluster its minimum when it connects and declares it
-//! as [`Capabilities::min_ttl`](routine_core::Capabilities::min_ttl); shorter TTLs are an
-//! [`Error::InvalidTtl`](routine_core::Error::InvalidTtl), and longer ones are rounded
-//! up to whole seconds ([`Capabilities::ttl_granularity`](routine_core::Capabilities::ttl_granularity)
-//! is 1 s), so a lease is never shorter than asked.
+//! as [`Capabilities::min_ttl`](routine_core::Capabilities::min_ttl). At the other end,
+//! etcd refuses leases longer than 9,000,000,000 s (its `MaxLeaseTTL`, about 285 years),
+//! which the backend declares as [`Capabilities::max_ttl`](routine_core::Capabilities::max_ttl).
+//! Every acquire and refresh checks its TTL against both bounds before asking etcd: a TTL
+//! outside them is an [`Error::InvalidTtl`](routine_core::Error::InvalidTtl), not a server
+//! error. TTLs within them are rounded up to whole seconds
+//! ([`Capabilities::ttl_granularity`](routine_core::Capabilities::ttl_granularity) is
+//! 1 s), so a lease is never shorter than asked.
 //!
 //! # Versions
 //!
