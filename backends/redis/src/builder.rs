@@ -142,6 +142,11 @@ impl RedisBackendBuilder {
     /// Separates applications sharing one Redis: keys become `<namespace>:lock:<name>`
     /// and `<namespace>:fence:<name>`. Default `routine`, which gives the Go original's
     /// `routine:lock:<name>`, so Go and Rust instances of a routine exclude each other.
+    ///
+    /// A namespace must not contain `:` (nor whitespace or control characters): names
+    /// may, and with a `:` in the namespace too, two different names could share one key
+    /// (namespace `a` with name `b:lock:c` and namespace `a:lock:b` with name `c`).
+    /// [`build`](Self::build) refuses it with [`Error::Config`] naming `namespace`.
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.settings.namespace = namespace.into();
         self

@@ -126,6 +126,13 @@ fn check_namespace(namespace: &str) -> Result<()> {
         .any(|c| c.is_control() || c.is_whitespace())
     {
         "namespace contains whitespace or a control character".to_owned()
+    } else if namespace.contains(':') {
+        // Keys are `<namespace>:lock:<name>` and names may contain `:`, so a namespace
+        // with one lets two different names share a key: namespace `a` with name
+        // `b:lock:c` and namespace `a:lock:b` with name `c` both lock `a:lock:b:lock:c`.
+        "namespace contains `:`, which separates it from the rest of the key; \
+         use another separator such as `-` or `.`"
+            .to_owned()
     } else {
         return Ok(());
     };

@@ -19,8 +19,9 @@
 //!
 //! So a Go instance and a Rust instance of the same routine on one Redis exclude each
 //! other. [`RedisBackendBuilder::with_namespace`] replaces `routine` to separate
-//! applications. Fencing tokens last as long as Redis keeps its data: a server restarted
-//! without persistence counts from 1 again.
+//! applications; a namespace must not contain `:`, since names may, and two different
+//! names could then share one key. Fencing tokens last as long as Redis keeps its data:
+//! a server restarted without persistence counts from 1 again.
 //!
 //! # Connections
 //!

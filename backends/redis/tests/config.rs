@@ -67,3 +67,19 @@ fn from_env_errors_name_the_variable() {
         assert_eq!(setting_of(err), name, "{message}");
     }
 }
+
+#[tokio::test]
+async fn a_namespace_with_a_colon_is_refused_so_two_names_never_share_a_key() {
+    // Namespace `a` with name `b:lock:c` and namespace `a:lock:b` with name `c` would
+    // both lock `a:lock:b:lock:c`.
+    for namespace in ["a:lock:b", "billing:", ":"] {
+        let err = RedisBackend::builder()
+            .with_namespace(namespace)
+            .build()
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert_eq!(setting_of(err), "namespace", "{namespace:?}: {message}");
+        assert!(message.contains("`:`"), "says why: {message}");
+    }
+}
