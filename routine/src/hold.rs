@@ -12,8 +12,9 @@
 //! have passed to someone else, even if it ignores its context. The timer alone would
 //! fire late on a busy runtime, so the routine's [`Guard`] also reads the clock before
 //! every poll and does not poll at or after the deadline. A refresh that says the lease
-//! is gone ([`Error::Lost`]) drops the routine at once: another holder may already be
-//! running. Before the routine is dropped its context is cancelled, so that what it drops
+//! is gone ([`Error::Lost`]), or the backend's own word that it dropped what the lease
+//! lives on ([`Lease::revoked`]), drops the routine at once: another holder may already
+//! be running. Before the routine is dropped its context is cancelled, so that what it drops
 //! can tell why.
 //!
 //! When the instance ends, however it ends, its context is cancelled and the work it
@@ -81,12 +82,14 @@ pub(crate) async fn hold(
         Box::pin(release(task, &mut *lease, config, Report::Quietly)).await;
         return HoldEnd::LeaseLost;
     }
+    // Taken before the keeper takes the lease: it borrows nothing from it.
+    let revoked = lease.revoked();
     let kept = inner.keeper.keep(backend, lease, sent);
     let guard = Guard::new(task.token.child_token(), Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
     let ctx = task.context(&guard, Some(fencing));
     let end = {
-        let watch = watch(task, &kept, &guard);
+        let watch = watch(task, &kept, &guard, revoked);
         // The guard reads the clock before every poll of the routine: the watch's timer
         // may fire late on a busy runtime, while other tasks keep waking the routine.
         let run = guard.run(task.run_routine(routine, ctx));
@@ -208,14 +211,29 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, repo
 /// begins, and when it returns. One timer, reset only when it fires: at the grace time,
 /// or at the deadline once the context is cancelled. When it fires it reads the current
 /// deadline, which the keeper has usually moved on.
-async fn watch(task: &Task, kept: &Kept, guard: &Guard) -> KeeperEnd {
-    let end = watch_lease(task, kept, guard).await;
+async fn watch(task: &Task, kept: &Kept, guard: &Guard, revoked: Option<Revoked>) -> KeeperEnd {
+    let end = watch_lease(task, kept, guard, revoked).await;
     // Before the routine is dropped, so that it can tell why.
     guard.cancel_for_lease();
     end
 }
 
-async fn watch_lease(task: &Task, kept: &Kept, guard: &Guard) -> KeeperEnd {
+/// The backend's own word that a lease is gone ([`Lease::revoked`]).
+type Revoked = futures::future::BoxFuture<'static, ()>;
+
+async fn watch_lease(
+    task: &Task,
+    kept: &Kept,
+    guard: &Guard,
+    revoked: Option<Revoked>,
+) -> KeeperEnd {
+    let revoked = async move {
+        match revoked {
+            Some(revoked) => revoked.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(revoked);
     let config = &task.runner.inner.config;
     let token = guard.cancellation_token();
     let wake_at = |deadline: Instant| {
@@ -244,6 +262,8 @@ async fn watch_lease(task: &Task, kept: &Kept, guard: &Guard) -> KeeperEnd {
                 }
                 timer.as_mut().reset(wake_at(deadline));
             }
+            // The backend dropped what the lease lives on (a PostgreSQL lock session).
+            () = &mut revoked => return KeeperEnd::Lost,
             change = kept.changed() => match change {
                 Change::Lost => return KeeperEnd::Lost,
                 Change::Failed(error) => {

@@ -311,16 +311,19 @@ impl Runner {
 
     /// Ends a drain at once: routines still running are dropped (their leases are still
     /// released). Used by a second signal during a shutdown.
+    #[cfg(all(unix, feature = "signals"))]
     pub(crate) fn stop_draining(&self) {
         self.inner.hard_stop.cancel();
     }
 
     /// Whether a shutdown has begun (or finished).
+    #[cfg(all(unix, feature = "signals"))]
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.inner.shutdown_started.load(Ordering::SeqCst)
     }
 
     /// Whether a shutdown has finished.
+    #[cfg(all(unix, feature = "signals"))]
     pub(crate) fn is_shut_down(&self) -> bool {
         self.inner.done.is_cancelled()
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use routine::{EventKind, RunOptions, Runner};
 use routine_conformance::servers::PostgresServer;
 use routine_conformance::wait::{self, acquired};
+use routine_core::LockBackend as _;
 
 use common::{backend, holder_pid, key};
 
@@ -132,6 +133,57 @@ async fn routine_waits_out_a_read_only_server_and_runs_again_when_it_is_writable
         second > first,
         "token {second} after the read-only spell must exceed {first}"
     );
+    handle.cancel();
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routine_stops_as_soon_as_its_backend_drops_the_lock_session() {
+    let Some(server) = PostgresServer::start() else {
+        return;
+    };
+    let backend = backend(&server.url(), "runner-revoke").await;
+    // A refresh only every 40 s: a loss noticed by a refresh would come far too late
+    // for the wait below.
+    let runner = Runner::builder()
+        .backend(backend.clone())
+        .lease_ttl(Duration::from_secs(60))
+        .refresh_interval(Duration::from_secs(40))
+        .handle_signals(false)
+        .build()
+        .expect("runner builds");
+    let mut events = runner.subscribe();
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    wait::event(&mut events, WITHIN, "acquired", acquired).await;
+    // An acquire of another key on the same backend blocks on a row lock until its
+    // timeout, and the backend drops the whole lock session.
+    let other = key("other");
+    backend
+        .try_acquire(&other, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
+    let mut blocker = common::lock_fencing_row(&server.url(), backend.lock_key(&other)).await;
+    let err = backend
+        .try_acquire(&other, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, routine::Error::Timeout { .. }),
+        "the blocked acquire times out, got {err:?}"
+    );
+    wait::event(&mut events, WITHIN, "lease lost on revocation", |e| {
+        matches!(e.kind, EventKind::LeaseLost { .. })
+    })
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     handle.cancel();
     runner.shutdown().await;
 }

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use routine_conformance::servers::PostgresServer;
 use routine_core::{Error, LockBackend};
-use sqlx::Connection;
 use tokio::time::Instant;
 
-use common::{backend, eventually, holder_pid, key};
+use common::{backend, eventually, holder_pid, key, lock_fencing_row};
 
 /// Hang guard for calls that must return by themselves (the backend's request timeout in
 /// these tests is 2 s).
@@ -34,25 +33,6 @@ async fn wait_until_blocked(server: &PostgresServer, pid: i32) {
         )) == "1"
     })
     .await;
-}
-
-/// A transaction on its own connection holding the row lock of `lock_key`'s fencing row,
-/// so that an acquire of that key blocks.
-async fn lock_fencing_row(url: &str, lock_key: i64) -> sqlx::PgConnection {
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .expect("test connection");
-    sqlx::query("BEGIN")
-        .execute(&mut conn)
-        .await
-        .expect("begin");
-    let rows = sqlx::query("SELECT 1 FROM public.routine_fencing WHERE lock_key = $1 FOR UPDATE")
-        .bind(lock_key)
-        .fetch_all(&mut conn)
-        .await
-        .expect("lock the fencing row");
-    assert_eq!(rows.len(), 1, "the fencing row must exist to be locked");
-    conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

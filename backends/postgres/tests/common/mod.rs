@@ -9,6 +9,7 @@ use std::time::Duration;
 use routine_conformance::servers::PostgresServer;
 use routine_core::{Lease, LockBackend, LockKey};
 use routine_postgres::{PostgresBackend, PostgresBackendBuilder};
+use sqlx::Connection as _;
 
 /// The server shared by the tests of one binary that do not kill, pause or restart it.
 pub fn shared_server() -> Option<&'static PostgresServer> {
@@ -107,4 +108,23 @@ pub async fn acquire_within(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A transaction on its own connection holding the row lock of `lock_key`'s fencing row,
+/// so that an acquire of that key blocks.
+pub async fn lock_fencing_row(url: &str, lock_key: i64) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("test connection");
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("begin");
+    let rows = sqlx::query("SELECT 1 FROM public.routine_fencing WHERE lock_key = $1 FOR UPDATE")
+        .bind(lock_key)
+        .fetch_all(&mut conn)
+        .await
+        .expect("lock the fencing row");
+    assert_eq!(rows.len(), 1, "the fencing row must exist to be locked");
+    conn
 }
