@@ -14,6 +14,7 @@ use crate::abandon::Attempt;
 use crate::config::{self, Settings};
 use crate::connection::Connection;
 use crate::error::{self, NAME};
+use crate::eviction;
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
 use crate::scripts::{self, Keys};
@@ -102,7 +103,8 @@ impl RedisBackend {
     }
 
     /// Connects with validated settings: the command connection (checked with a `PING`,
-    /// so wrong credentials show up here) and the pub/sub connection.
+    /// so wrong credentials show up here), the eviction policy check, and the pub/sub
+    /// connection.
     pub(crate) async fn connect(settings: Settings) -> Result<Self> {
         settings.validate()?;
         if settings.tls {
@@ -119,6 +121,7 @@ impl RedisBackend {
             redis::cmd("PING").query_async::<()>(&mut conn).await
         })
         .await?;
+        eviction::check(&conn, &settings).await?;
         let keys = Keys::new(&settings.namespace);
         let notifier = Notifier::start(client, keys.channel_pattern(), connect_timeout).await;
         Ok(Self {

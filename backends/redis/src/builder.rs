@@ -167,16 +167,34 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Whether to refuse a server that may evict keys. Default `false`.
+    ///
+    /// Under memory pressure, a Redis whose `maxmemory-policy` is anything but
+    /// `noeviction` may delete a held lock (another instance then takes it while the
+    /// holder still runs) or a fencing counter (tokens start again from 1); the
+    /// `volatile-*` policies evict only keys with a TTL, which every lock is. So at
+    /// connect the backend reads the policy with `CONFIG GET maxmemory-policy` and, unless
+    /// it is `noeviction`, logs a warning, or with this set, fails with
+    /// [`Error::Misconfigured`]. Where the server does not show its configuration (a
+    /// managed service, an ACL user without `CONFIG`), the check is skipped (logged at
+    /// debug level, or as a warning when it was required).
+    pub fn with_require_noeviction(mut self, required: bool) -> Self {
+        self.settings.require_noeviction = required;
+        self
+    }
+
     /// Connects: opens the command connection, checks it with a `PING` (so wrong
-    /// credentials fail here), then subscribes for release notifications. A failing
-    /// subscription is logged and retried by later waits, not returned: leases work
-    /// without it.
+    /// credentials fail here), checks the eviction policy (see
+    /// [`with_require_noeviction`](Self::with_require_noeviction)), then subscribes for
+    /// release notifications. A failing subscription is logged and retried by later
+    /// waits, not returned: leases work without it.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for malformed settings; [`Error::Unavailable`] if the server
     /// cannot be reached; [`Error::Timeout`] if it does not answer within the connect or
-    /// request timeout; [`Error::Auth`] for rejected credentials.
+    /// request timeout; [`Error::Auth`] for rejected credentials;
+    /// [`Error::Misconfigured`] if `noeviction` is required and the server may evict.
     ///
     /// # Cancel safety
     ///

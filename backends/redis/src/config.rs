@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) namespace: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// Refuse to connect unless the server's `maxmemory-policy` is `noeviction`.
+    pub(crate) require_noeviction: bool,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            require_noeviction: false,
         }
     }
 }

@@ -21,7 +21,18 @@
 //! other. [`RedisBackendBuilder::with_namespace`] replaces `routine` to separate
 //! applications; a namespace must not contain `:`, since names may, and two different
 //! names could then share one key. Fencing tokens last as long as Redis keeps its data:
-//! a server restarted without persistence counts from 1 again.
+//! a server restarted without persistence, or one that evicts keys (see below), counts
+//! from 1 again.
+//!
+//! # Eviction
+//!
+//! A server whose `maxmemory-policy` is not `noeviction` may delete a held lock under
+//! memory pressure (another instance then takes it while the holder still runs) or a
+//! fence counter. At connect the backend reads the policy and logs a warning unless it is
+//! `noeviction`, or refuses to connect with
+//! [`Misconfigured`](routine_core::Error::Misconfigured) if
+//! [`RedisBackendBuilder::with_require_noeviction`] is set. A server that does not show
+//! its configuration (a managed service, an ACL user without `CONFIG`) is not checked.
 //!
 //! # Connections
 //!
@@ -72,8 +83,9 @@
 //!   [`Unavailable`](routine_core::Error::Unavailable), transient, with a source saying
 //!   so; a TTL under 1 ms (Redis's expiry precision) or above what `PX` can represent
 //!   (about 146 million years) → [`InvalidTtl`](routine_core::Error::InvalidTtl), both
-//!   declared in the [capabilities](routine_core::LockBackend::capabilities); malformed
-//!   settings →
+//!   declared in the [capabilities](routine_core::LockBackend::capabilities); an
+//!   evicting server when `noeviction` is required →
+//!   [`Misconfigured`](routine_core::Error::Misconfigured); malformed settings →
 //!   [`Config`](routine_core::Error::Config) naming the setting or variable.
 //!
 //! The connections' driver tasks run on the tokio runtime the backend was built on:
@@ -116,6 +128,7 @@ mod builder;
 mod config;
 mod connection;
 mod error;
+mod eviction;
 mod lease;
 mod notify;
 mod scripts;

@@ -1,0 +1,68 @@
+//! The eviction check at connect: a server that may evict keys can delete a held lock or
+//! a fencing counter.
+
+use routine_core::{Error, Result};
+
+use crate::config::Settings;
+use crate::connection::Connection;
+use crate::error::NAME;
+
+/// The only `maxmemory-policy` under which Redis never deletes a key to free memory.
+const SAFE_POLICY: &str = "noeviction";
+
+/// Reads the server's `maxmemory-policy` and, unless it is `noeviction`, warns, or fails
+/// with [`Error::Misconfigured`] if `settings` require `noeviction`. A server that does
+/// not show its configuration (`CONFIG` renamed away by a managed service, or refused to
+/// our ACL user) passes: the check is skipped and logged.
+pub(crate) async fn check(conn: &Connection, settings: &Settings) -> Result<()> {
+    let reply = conn
+        .request(
+            "check eviction policy",
+            settings.request_timeout,
+            |mut conn| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+            },
+        )
+        .await;
+    let policy = match reply.map(<[String; 2]>::try_from) {
+        Ok(Ok([_, policy])) => policy,
+        Ok(Err(reply)) => return not_checked(settings, &format!("unexpected reply {reply:?}")),
+        Err(err) => return not_checked(settings, &err),
+    };
+    if policy == SAFE_POLICY {
+        return Ok(());
+    }
+    let reason = format!(
+        "maxmemory-policy is `{policy}`: under memory pressure Redis may delete a held lock \
+         (two instances then run) or a fencing counter (tokens start over); set it to \
+         `{SAFE_POLICY}`"
+    );
+    if settings.require_noeviction {
+        return Err(Error::Misconfigured {
+            backend: NAME,
+            reason,
+        });
+    }
+    tracing::warn!(
+        maxmemory_policy = %policy,
+        "the redis lease backend's server may evict keys: {reason}"
+    );
+    Ok(())
+}
+
+/// The policy could not be read: logged, and accepted.
+fn not_checked(settings: &Settings, why: &dyn std::fmt::Display) -> Result<()> {
+    if settings.require_noeviction {
+        tracing::warn!(
+            error = %why,
+            "could not read the redis maxmemory-policy; noeviction is required but cannot be checked"
+        );
+    } else {
+        tracing::debug!(error = %why, "could not read the redis maxmemory-policy; not checked");
+    }
+    Ok(())
+}
