@@ -19,7 +19,7 @@ use crate::lease::{EtcdLease, Started};
 use crate::orphan::{Orphan, delete_in_background};
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
-use crate::{parse, tls};
+use crate::{expiry, parse, tls};
 
 /// The longest lease TTL etcd grants: its lessor's `MaxLeaseTTL`, 9,000,000,000 s (about
 /// 285 years, the most whose expiry Go's nanosecond `time.Duration` can hold). etcd
@@ -444,18 +444,12 @@ impl LockBackend for EtcdBackend {
             let Some(lease_id) = found.kvs().first().map(|kv| kv.lease()) else {
                 return Ok(None);
             };
+            // The key is there, so it is held: never `None` from here on (see `expiry`).
             if lease_id == 0 {
-                return Ok(None);
+                return Ok(Some(expiry::no_lease_time_left()));
             }
             let ttl = client.lease_client().time_to_live(lease_id, None).await?;
-            // etcd truncates the remaining time to whole seconds, so the lease ends within
-            // the second after `ttl`; report that end, never earlier, capped by the TTL.
-            // A negative TTL means the lease expired and its keys are about to go.
-            let Ok(secs) = u64::try_from(ttl.ttl()) else {
-                return Ok(None);
-            };
-            let granted = u64::try_from(ttl.granted_ttl()).unwrap_or(u64::MAX);
-            Ok(Some(Duration::from_secs((secs + 1).min(granted))))
+            Ok(Some(expiry::lease_time_left(ttl.ttl(), ttl.granted_ttl())))
         })
         .await
         .map_err(|failure: Failure| failure.into_error("expires_in", timeout))?;

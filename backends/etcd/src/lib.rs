@@ -26,7 +26,12 @@
 //!   only (a release and an expiry both delete the key), dispatched locally to the
 //!   waiters of each key.
 //! - **Expiry reports**: [`expires_in`](routine_core::LockBackend::expires_in) asks the
-//!   holder's lease for its remaining time (`LeaseTimeToLive`).
+//!   holder's lease for its remaining time (`LeaseTimeToLive`), rounded up to the next
+//!   whole second. A key that is there is never reported free: one whose lease expired
+//!   but which etcd has not deleted yet (etcd revokes expired leases every 500 ms, at
+//!   most 1,000 a second) is reported as 500 ms from expiry, and one without a lease as
+//!   never expiring (the longest TTL etcd grants), so waiters pause instead of trying
+//!   again at once.
 //!
 //! # TTLs
 //!
@@ -87,6 +92,7 @@ mod backend;
 mod check;
 mod config;
 mod error;
+mod expiry;
 mod holder;
 mod lease;
 mod orphan;

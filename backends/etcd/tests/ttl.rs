@@ -1,10 +1,13 @@
-//! TTL bounds against a real etcd: the longest TTL etcd grants.
+//! TTL bounds and expiry reports against a real etcd: the longest TTL etcd grants, and
+//! what `expires_in` says about a key that is still there but whose lease has run out
+//! or never existed.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TTL, backend, key_info, raw, shared_server, unique_key};
+use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key};
+use etcd_client::PutOptions;
 use routine_conformance::servers::EtcdServer;
 use routine_core::{Error, LockBackend};
 
@@ -74,4 +77,81 @@ async fn the_longest_ttl_etcd_grants_is_accepted() {
     );
     lease.refresh(ETCD_MAX_LEASE_TTL).await.unwrap();
     lease.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn expires_in_of_a_key_without_a_lease_is_not_none() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let a = backend(server).await;
+    let key = unique_key("no-lease");
+    let etcd_key = a.etcd_key(&key);
+    let mut raw = raw(server).await;
+    raw.put(etcd_key.clone(), "written by hand", None)
+        .await
+        .unwrap();
+    // Such a key is held until someone deletes it: "free or unknown" would have the
+    // waiter try again at once, and again, for as long as it is there.
+    let left = a.expires_in(&key).await.unwrap();
+    assert!(
+        left.is_some_and(|left| left >= TTL),
+        "a key that never expires must not be reported free: {left:?}"
+    );
+    raw.delete(etcd_key, None).await.unwrap();
+}
+
+/// How many leases expire together ahead of the key's lease. etcd revokes expired leases
+/// at 1,000 a second, so the key's lease outlives its TTL by seconds.
+const BACKLOG: usize = 6_000;
+
+#[tokio::test]
+async fn expires_in_of_a_key_whose_lease_expired_but_is_not_revoked_yet_is_not_none() {
+    // A server of its own: its revocations lag behind on purpose.
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let a = backend(&server).await;
+    let raw = raw(&server).await;
+    // Leases granted before the key's expire before it and are revoked first.
+    let grants = (0..BACKLOG).map(|_| {
+        let mut lease = raw.lease_client();
+        async move { lease.grant(2, None).await.map(|granted| granted.id()) }
+    });
+    for granted in futures::future::join_all(grants).await {
+        granted.expect("etcd grants the backlog's leases");
+    }
+    let key = unique_key("revoke-lag");
+    let etcd_key = a.etcd_key(&key);
+    let mut raw = raw;
+    let lease = raw.lease_grant(2, None).await.unwrap().id();
+    raw.put(
+        etcd_key.clone(),
+        "a crashed holder",
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+
+    let deadline = Deadline::new(TTL * 15, "the key must go with its lease");
+    let mut lagging = 0;
+    while key_info(&mut raw, &etcd_key).await.is_some() {
+        let reported = raw.lease_time_to_live(lease, None).await.unwrap().ttl();
+        let left = a.expires_in(&key).await.unwrap();
+        // Only a key that was there before and after the question was held throughout.
+        let held = key_info(&mut raw, &etcd_key).await.is_some();
+        if held && reported < 0 {
+            lagging += 1;
+            assert!(
+                left.is_some_and(|left| left > Duration::ZERO),
+                "a key whose lease etcd reports at {reported} s is still held, so it \
+                 must not be reported free: {left:?}"
+            );
+        }
+        deadline.tick().await;
+    }
+    assert!(
+        lagging > 0,
+        "the test must see the lease past its TTL while the key is still there"
+    );
 }
