@@ -152,6 +152,50 @@ impl RedisBackend {
     pub fn lock_key(&self, key: &LockKey) -> String {
         self.inner.keys.lock(key)
     }
+
+    /// The Redis key counting `key`'s fencing tokens, such as `routine:fence:<name>`.
+    /// It never expires: see [`forget_fencing`](Self::forget_fencing).
+    pub fn fence_key(&self, key: &LockKey) -> String {
+        self.inner.keys.fence(key)
+    }
+
+    /// Deletes `key`'s fencing counter if nobody holds `key` right now, and says whether
+    /// there was one to delete. `false` if the name is held (nothing is touched then) or
+    /// has no counter.
+    ///
+    /// Every name ever acquired keeps one counter on the server, a small integer key
+    /// (under 100 bytes with Redis's overhead), so that its tokens keep increasing
+    /// across leases, processes and restarts of this library. With names made up at run
+    /// time (one per customer, per job id) they add up; this removes those of names that
+    /// are done with.
+    ///
+    /// **The name's tokens start again from 1** at its next acquisition. Only forget a
+    /// name that will not be used again, or whose tokens nothing compares with tokens
+    /// handed out before. A Go instance of the original library keeps no counters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`](routine_core::Error::Unavailable) or
+    /// [`Error::Timeout`](routine_core::Error::Timeout) if the server cannot answer, as
+    /// for every request; the counter may or may not have been deleted then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not delete the counter, under the same condition.
+    pub async fn forget_fencing(&self, key: &LockKey) -> Result<bool> {
+        let mut invocation = scripts::FORGET.key(self.inner.keys.lock(key));
+        invocation.key(self.inner.keys.fence(key));
+        let invocation = &invocation;
+        let deleted: i64 = self
+            .inner
+            .request(
+                "forget fencing",
+                self.inner.settings.request_timeout,
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
 }
 
 impl Inner {

@@ -24,6 +24,17 @@
 //! a server restarted without persistence, or one that evicts keys (see below), counts
 //! from 1 again.
 //!
+//! # What stays on the server
+//!
+//! A lock key lives as long as its lease: it is deleted on release and expires with its
+//! TTL otherwise. The fence counter `routine:fence:<name>` is never deleted by the
+//! backend, so that tokens keep increasing: **one small key per distinct name ever
+//! acquired** (under 100 bytes with Redis's overhead). With a fixed set of routines that
+//! is nothing; with names made up at run time (one per customer or job id) they add up.
+//! [`RedisBackend::forget_fencing`] deletes the counter of a name nobody holds (its
+//! tokens then start from 1 again); to see them all:
+//! `redis-cli --scan --pattern 'routine:fence:*'`.
+//!
 //! # Eviction
 //!
 //! A server whose `maxmemory-policy` is not `noeviction` may delete a held lock under

@@ -92,6 +92,21 @@ return 0
     )
 });
 
+/// Deletes a name's fence counter unless its lock is held.
+///
+/// `KEYS[1]` lock key, `KEYS[2]` fence key. Returns 1 if the counter was deleted, 0 if
+/// the lock is held (nothing is touched) or there was no counter.
+pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+return redis.call('DEL', KEYS[2])
+",
+    )
+});
+
 /// The names this backend uses in Redis, derived from its namespace.
 ///
 /// With namespace `ns` a routine `name` has the lock key `ns:lock:name` (so the default
