@@ -19,7 +19,7 @@ use crate::lease::{EtcdLease, Started};
 use crate::orphan::{Orphan, delete_in_background};
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
-use crate::{expiry, parse, tls};
+use crate::{expiry, key, parse, tls};
 
 /// The longest lease TTL etcd grants: its lessor's `MaxLeaseTTL`, 9,000,000,000 s (about
 /// 285 years, the most whose expiry Go's nanosecond `time.Duration` can hold). etcd
@@ -92,7 +92,7 @@ impl EtcdBackend {
     /// | `ROUTINE_ETCD_CA_FILE` | PEM CA to trust (turns TLS on) | system roots |
     /// | `ROUTINE_ETCD_CERT_FILE`, `ROUTINE_ETCD_KEY_FILE` | PEM client certificate and key | none |
     /// | `ROUTINE_ETCD_TLS_DOMAIN` | name to check server certificates against | endpoint host |
-    /// | `ROUTINE_ETCD_KEY_PREFIX` | prefix of every key | `routine/lock/` |
+    /// | `ROUTINE_ETCD_KEY_PREFIX` | prefix of every key, ending in `/` | `routine/lock/` |
     /// | `ROUTINE_ETCD_REQUEST_TIMEOUT`, `ROUTINE_ETCD_CONNECT_TIMEOUT` | durations (`2s`, `500ms`) | `5s` |
     ///
     /// # Errors
@@ -115,9 +115,10 @@ impl EtcdBackend {
     /// ```
     ///
     /// The port defaults to 2379. The path, without the `/` that ends the host list, is
-    /// the key prefix (default `routine/lock/`). User and password are percent-decoded.
-    /// Query parameters: `tls=true|false`, `ca_file`, `cert_file`, `key_file`,
-    /// `tls_domain`, `request_timeout` and `connect_timeout` (durations such as `2s`).
+    /// the key prefix (default `routine/lock/`; it must end with `/`). User and password
+    /// are percent-decoded. Query parameters: `tls=true|false`, `ca_file`, `cert_file`,
+    /// `key_file`, `tls_domain`, `request_timeout` and `connect_timeout` (durations such
+    /// as `2s`).
     ///
     /// ```text
     /// etcd://10.0.0.1:2379,10.0.0.2:2379/billing/locks/?request_timeout=2s
@@ -182,10 +183,17 @@ impl EtcdBackend {
     }
 
     /// The etcd key that holds `key`: the key prefix followed by the name.
+    ///
+    /// Names with a `/` are refused by every operation (see the crate docs); for them
+    /// this is the key they would have.
     pub fn etcd_key(&self, key: &LockKey) -> Vec<u8> {
-        let mut bytes = self.inner.settings.key_prefix.as_bytes().to_vec();
-        bytes.extend_from_slice(key.as_str().as_bytes());
-        bytes
+        key::unchecked(&self.inner.settings.key_prefix, key)
+    }
+
+    /// The etcd key of `key`, or [`Error::InvalidName`](routine_core::Error::InvalidName)
+    /// if the name is one this backend refuses.
+    fn checked_key(&self, key: &LockKey) -> Result<Vec<u8>> {
+        key::etcd_key(&self.inner.settings.key_prefix, key)
     }
 
     /// The TTL in whole seconds etcd is asked for, after checking `ttl` against the
@@ -386,9 +394,9 @@ impl LockBackend for EtcdBackend {
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
         let secs = self.lease_seconds(ttl)?;
+        let etcd_key = self.checked_key(key)?;
         let started = Instant::now();
         let timeout = self.operation_timeout(ttl);
-        let etcd_key = self.etcd_key(key);
         // Gives the key back if this attempt ends without handing out a lease.
         let mut attempt = Attempt::new(self, &etcd_key);
         let created = timed(timeout, async {
@@ -426,15 +434,15 @@ impl LockBackend for EtcdBackend {
             .watch
             .released(
                 &self.inner.client,
-                self.etcd_key(key),
+                self.checked_key(key)?,
                 self.request_timeout(),
             )
             .await
     }
 
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        let etcd_key = self.checked_key(key)?;
         let timeout = self.request_timeout();
-        let etcd_key = self.etcd_key(key);
         let client = &self.inner.client;
         let remaining = timed(timeout, async {
             let mut kv = client.kv_client();

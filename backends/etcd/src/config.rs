@@ -140,7 +140,10 @@ impl EtcdBackendBuilder {
     }
 
     /// Prepended to every routine name to form its etcd key, and the range watched for
-    /// release notifications. Used as given: end it with a separator (`/`).
+    /// release notifications. Used as given, and must end with `/`, which names must not
+    /// contain: so no two applications under different prefixes can share a key (see
+    /// the crate docs). [`build`](Self::build) refuses any other prefix with
+    /// [`Error::Config`] naming `key_prefix`.
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.settings.key_prefix = prefix.into();
         self

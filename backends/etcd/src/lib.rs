@@ -6,7 +6,12 @@
 //! - **Keys.** A routine named `report` is held in the key `routine/lock/report` (the
 //!   prefix is configurable). Its value names the holder's process, its backend (by a
 //!   random nonce) and the acquire attempt that wrote it, so that an attempt can tell
-//!   its own write from anyone else's.
+//!   its own write from anyone else's. The prefix must end with `/` and names must not
+//!   contain one: otherwise two applications under different prefixes could lock
+//!   different routines in one key (prefix `a/` with name `b/c`, prefix `a/b/` with name
+//!   `c`). A prefix without the final `/` is an
+//!   [`Error::Config`](routine_core::Error::Config) at build, a name with a `/` an
+//!   [`Error::InvalidName`](routine_core::Error::InvalidName) from every operation.
 //! - **Sessions.** A backend holds all its keys through one etcd lease per TTL (usually
 //!   one in all), the *session*: 10,000 held routines cost one keep-alive per refresh
 //!   period, not 10,000. Keep-alives are sent only when the runner refreshes, never on a
@@ -94,6 +99,7 @@ mod config;
 mod error;
 mod expiry;
 mod holder;
+mod key;
 mod lease;
 mod orphan;
 mod parse;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ConfigError, DEFAULT_KEY_PREFIX, Settings};
+use crate::key;
 
 /// The etcd client port, used when an endpoint names none.
 const DEFAULT_PORT: u16 = 2379;
@@ -78,6 +79,7 @@ pub(crate) fn apply_env(
         settings.tls.domain = Some(domain);
     }
     if let Some(prefix) = lookup("ROUTINE_ETCD_KEY_PREFIX")? {
+        key::check_prefix(&prefix).map_err(|r| bad("ROUTINE_ETCD_KEY_PREFIX", r))?;
         settings.key_prefix = prefix;
     }
     for (name, slot) in [
@@ -141,8 +143,9 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str) -> Result<(), Config
     settings.endpoints = endpoints;
     settings.tls.enabled |= tls;
     if !path.is_empty() {
-        settings.key_prefix =
-            percent_decode(path).map_err(|r| bad(URL, format!("key prefix: {r}")))?;
+        let prefix = percent_decode(path).map_err(|r| bad(URL, format!("key prefix: {r}")))?;
+        key::check_prefix(&prefix).map_err(|r| bad(URL, format!("key prefix {r}")))?;
+        settings.key_prefix = prefix;
     }
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -175,6 +178,7 @@ pub(crate) fn validate(settings: &Settings) -> Result<(), ConfigError> {
             format!("must not be empty (the default is `{DEFAULT_KEY_PREFIX}`)"),
         ));
     }
+    key::check_prefix(&settings.key_prefix).map_err(|r| bad("key_prefix", r))?;
     for (name, timeout) in [
         ("request_timeout", settings.request_timeout),
         ("connect_timeout", settings.connect_timeout),

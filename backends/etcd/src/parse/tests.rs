@@ -105,6 +105,7 @@ fn malformed_urls_are_config_errors_that_never_quote_the_password() {
         ),
         ("etcd://user:secretpw@host?tls=maybe", "boolean"),
         ("etcd://user:secret%zzpw@host", "percent"),
+        ("etcd://user:secretpw@host/app/locks", "must end with `/`"),
     ] {
         let err = from_url(url).unwrap_err();
         let err = routine_core::Error::from(err);
@@ -193,6 +194,11 @@ fn bad_environment_values_name_the_variable() {
             "ROUTINE_ETCD_CONNECT_TIMEOUT",
             "greater than zero",
         ),
+        (
+            &[("ROUTINE_ETCD_KEY_PREFIX", "app/locks")],
+            "ROUTINE_ETCD_KEY_PREFIX",
+            "must end with `/`",
+        ),
     ] {
         let err = routine_core::Error::from(from_env(vars).unwrap_err());
         let message = err.to_string();
@@ -231,6 +237,13 @@ fn inconsistent_settings_are_rejected_before_connecting() {
         (
             Settings {
                 key_prefix: String::new(),
+                ..Settings::default()
+            },
+            "key_prefix",
+        ),
+        (
+            Settings {
+                key_prefix: "app/locks".to_owned(),
                 ..Settings::default()
             },
             "key_prefix",

@@ -1,0 +1,102 @@
+//! How a routine's name becomes an etcd key: the key prefix followed by the name.
+//!
+//! Applications sharing a cluster under different prefixes must never lock each other's
+//! routines, so no two different (prefix, name) pairs may spell one key. With a prefix
+//! that ends in `/` and a name without `/`, the prefix is the key up to its last `/` and
+//! the name is the rest: the pair can be read back from the key. Neither rule does
+//! without the other. Prefix `a` with name `/b` and prefix `a/` with name `b` share
+//! `a/b`; prefix `a/` with name `b/c` and prefix `a/b/` with name `c` share `a/b/c`.
+//!
+//! A prefix without the final `/` is refused when the backend is built, and a name with
+//! a `/` by every operation on it. Names are refused rather than escaped: an escaped
+//! name would live under another key than before, and while a deployment rolls out, an
+//! old and a new replica would both hold the routine, each under its own key. Every key
+//! that was allowed is unchanged.
+
+use routine_core::{Error, LockKey, Result};
+
+/// What a key prefix must end with, and a name must not contain.
+const SEPARATOR: char = '/';
+
+/// Why `prefix` cannot be a key prefix, if it cannot.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.ends_with(SEPARATOR) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{prefix}` must end with `{SEPARATOR}`, which separates it from the routine name \
+         (a prefix `a` would lock name `/b` in the same key as prefix `a/` locks `b`)"
+    ))
+}
+
+/// The etcd key of `key` under `prefix`, which [`check_prefix`] accepted.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] if the name contains a `/` (see the module docs).
+pub(crate) fn etcd_key(prefix: &str, key: &LockKey) -> Result<Vec<u8>> {
+    let name = key.as_str();
+    if name.contains(SEPARATOR) {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason: format!(
+                "the etcd backend refuses names with `{SEPARATOR}`: the key prefix ends \
+                 with one, and with one in names too, prefix `a/` with name `b/c` and \
+                 prefix `a/b/` with name `c` would lock the same key"
+            ),
+        });
+    }
+    Ok(unchecked(prefix, key))
+}
+
+/// The prefix followed by the name, whatever the name.
+pub(crate) fn unchecked(prefix: &str, key: &LockKey) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(prefix.len() + key.as_str().len());
+    bytes.extend_from_slice(prefix.as_bytes());
+    bytes.extend_from_slice(key.as_str().as_bytes());
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_names_keep_their_keys() {
+        let key = LockKey::new("nightly-report:eu.1").unwrap();
+        assert_eq!(
+            etcd_key("routine/lock/", &key).unwrap(),
+            b"routine/lock/nightly-report:eu.1"
+        );
+    }
+
+    #[test]
+    fn no_two_accepted_pairs_share_a_key() {
+        let prefixes = ["a/", "a/b/", "ab/", "/", "a//"];
+        let names = ["b", "c", "bc", "b:c", "..", "%2F"];
+        let mut seen = std::collections::HashMap::new();
+        for prefix in prefixes {
+            check_prefix(prefix).unwrap();
+            for name in names {
+                let key = etcd_key(prefix, &LockKey::new(name).unwrap()).unwrap();
+                if let Some(other) = seen.insert(key.clone(), (prefix, name)) {
+                    panic!("{:?} and {other:?} share {key:?}", (prefix, name));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes_without_the_separator_and_names_with_it_are_refused() {
+        for prefix in ["a", "routine/lock", "locks-"] {
+            assert!(check_prefix(prefix).is_err(), "{prefix:?}");
+        }
+        for name in ["/b", "b/c", "b/"] {
+            let err = etcd_key("a/", &LockKey::new(name).unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidName { name: shown, .. } if shown == name),
+                "{name:?}: {err:?}"
+            );
+        }
+    }
+}
