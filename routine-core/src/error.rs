@@ -123,6 +123,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// This error followed by each of its sources, `: `-separated: what a log line or an
+    /// event should carry, since the message alone often only names the operation
+    /// ("redis backend unavailable during acquire") and the cause is in the sources.
+    ///
+    /// ```
+    /// let error = routine_core::Error::unavailable("redis", "acquire", "connection refused");
+    /// assert_eq!(
+    ///     error.chain(),
+    ///     format!("{error}: connection refused"),
+    /// );
+    /// ```
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     /// Whether trying again later may succeed without anyone changing anything:
     /// [`Error::Unavailable`] and [`Error::Timeout`].
     ///

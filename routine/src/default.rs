@@ -59,14 +59,14 @@ fn build_default() -> Runner {
             }
         }
         (Err(error), _) | (_, Err(error)) => {
-            tracing::error!(%error, "default routine runner: bad configuration; leased routines will fail");
+            tracing::error!(error = %error.chain(), "default routine runner: bad configuration; leased routines will fail");
             builder = builder.backend_slot(BackendSlot::Invalid(Arc::new(error)));
         }
     }
     match builder.build() {
         Ok(runner) => runner,
         Err(error) => {
-            tracing::error!(%error, "default routine runner: bad configuration; leased routines will fail");
+            tracing::error!(error = %error.chain(), "default routine runner: bad configuration; leased routines will fail");
             Runner::builder()
                 .backend_slot(BackendSlot::Invalid(Arc::new(error)))
                 .build()

@@ -30,7 +30,6 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::config::RunnerConfig;
 use crate::events::EventKind;
 use crate::guard::{Expired, Guard};
-use crate::instance::error_chain;
 use crate::keeper::{Change, Kept};
 use crate::task::{EndOnDrop, RoutineFn, RunEnd, Task};
 
@@ -192,9 +191,9 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, repo
             task.emit(EventKind::Released { token });
         }
         Ok(Err(error)) => {
-            tracing::warn!(error = %error, "lease release failed; it expires by its TTL");
+            tracing::warn!(error = %error.chain(), "lease release failed; it expires by its TTL");
             task.emit(EventKind::ReleaseFailed {
-                error: error_chain(&error),
+                error: error.chain(),
             });
         }
         Err(_) => {

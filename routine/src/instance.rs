@@ -45,6 +45,18 @@ pub(crate) struct Instance<'a> {
     /// Whether the last attempt found the key held, so `Contended` is emitted once per
     /// wait rather than once per retry.
     contended: bool,
+    /// Release notifications that failed: waits without them until `paused_until`, with
+    /// a backoff from the retry interval, so a channel that fails at once (no permission
+    /// to subscribe, too many clients) costs a request per retry, not a loop of them.
+    notify_backoff: Backoff,
+    notify_paused_until: Option<Instant>,
+    /// Whether a failure of release notifications was logged at `warn` since they last
+    /// worked: one warning per outage, the rest at `debug`.
+    notify_warned: bool,
+    /// Whether the last wait after contention was skipped because the backend said the
+    /// key was free: a second such answer in a row waits the retry interval, so a backend
+    /// that says "free" while the key stays held cannot make the waiter spin.
+    retried_at_once: bool,
 }
 
 impl<'a> Instance<'a> {
@@ -57,6 +69,13 @@ impl<'a> Instance<'a> {
             panic_backoff: Backoff::new(config.backoff_min, config.backoff_max),
             error_backoff: Backoff::new(config.backoff_min, config.backoff_max),
             contended: false,
+            notify_backoff: Backoff::new(
+                config.retry_interval,
+                config.backoff_max.max(config.retry_interval),
+            ),
+            notify_paused_until: None,
+            notify_warned: false,
+            retried_at_once: false,
         }
     }
 
@@ -77,21 +96,43 @@ impl<'a> Instance<'a> {
             if task.token.is_cancelled() {
                 return Outcome::Cancelled;
             }
-            let backend =
-                match Box::pin(self.backend.get(self.task.runner.inner.config.lease_ttl)).await {
-                    Ok(backend) => backend,
-                    Err(error) => match Box::pin(self.backend_error(error)).await {
-                        Some(outcome) => return outcome,
-                        None => continue,
-                    },
-                };
+            // Connecting is interrupted by cancellation and shutdown like every other wait.
+            let connected = tokio::select! {
+                biased;
+                _ = task.runner.inner.abort.cancelled() => None,
+                _ = task.token.cancelled() => None,
+                connected = Box::pin(self.backend.get(config.lease_ttl)) => Some(connected),
+            };
+            let backend = match connected {
+                None => return self.stopped(),
+                Some(Ok(backend)) => backend,
+                Some(Err(error)) => match Box::pin(self.backend_error(error)).await {
+                    Some(outcome) => return outcome,
+                    None => continue,
+                },
+            };
 
             // Register for the release notification before trying, so a release between
             // our attempt and our wait is not missed (see `LockBackend::released`).
             let key = self.key.clone();
-            let mut released = backend.released(&key);
+            let use_notifications = self
+                .notify_paused_until
+                .is_none_or(|until| Instant::now() >= until);
+            let mut released: Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
+                if use_notifications {
+                    backend.released(&key)
+                } else {
+                    Box::pin(std::future::pending())
+                };
             // Resolved before anything happened means spurious or broken: poll instead.
-            let notifications = futures::poll!(released.as_mut()).is_pending();
+            let notifications = match futures::poll!(released.as_mut()) {
+                std::task::Poll::Pending => use_notifications,
+                std::task::Poll::Ready(Ok(())) => false,
+                std::task::Poll::Ready(Err(error)) => {
+                    self.notifications_failed(&error);
+                    false
+                }
+            };
             let (attempt, sent) = match Box::pin(self.attempt(&*backend)).await {
                 Some(attempt) => attempt,
                 None => return self.stopped(),
@@ -100,6 +141,7 @@ impl<'a> Instance<'a> {
                 Ok(Some(lease)) => {
                     drop(released);
                     self.contended = false;
+                    self.retried_at_once = false;
                     self.error_backoff.reset();
                     let held = hold(task, Arc::clone(&backend), lease, sent, &mut routine).await;
                     let wait = match held {
@@ -155,7 +197,8 @@ impl<'a> Instance<'a> {
 
     /// Waits for a turn among the runner's acquires in flight, then tries once. Returns
     /// the outcome and when the request was sent; `None` if the routine was stopped
-    /// while it waited.
+    /// while it waited or while the request was in flight (the backend gives back a key
+    /// an abandoned acquire may have taken, or it expires by its TTL).
     async fn attempt(
         &self,
         backend: &dyn LockBackend,
@@ -173,9 +216,14 @@ impl<'a> Instance<'a> {
         let attempt = tokio::time::timeout(
             config.request_timeout,
             backend.try_acquire(&self.key, config.lease_ttl),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timeout_error(backend, "acquire", config.request_timeout)));
+        );
+        let attempt = tokio::select! {
+            biased;
+            _ = inner.abort.cancelled() => return None,
+            _ = self.task.token.cancelled() => return None,
+            attempt = attempt => attempt
+                .unwrap_or_else(|_| Err(timeout_error(backend, "acquire", config.request_timeout))),
+        };
         drop(turn);
         Some((attempt, sent))
     }
@@ -183,20 +231,53 @@ impl<'a> Instance<'a> {
     /// After contention: waits for the holder's release, for its lease to run out, or
     /// for the retry interval. `false` if the routine was stopped meanwhile.
     async fn wait_after_contention(
-        &self,
+        &mut self,
         backend: &dyn LockBackend,
         released: Pin<&mut (dyn Future<Output = Result<()>> + Send + '_)>,
         notifications: bool,
     ) -> bool {
-        let wait = self.contended_wait(backend).await;
-        tokio::select! {
+        let inner = &self.task.runner.inner;
+        let wait = tokio::select! {
             biased;
-            _ = self.task.runner.inner.abort.cancelled() => false,
-            _ = self.task.token.cancelled() => false,
-            // An error means the notification channel failed: try now, and the next round
-            // falls back to polling if it keeps failing.
-            _ = released, if notifications => true,
-            _ = tokio::time::sleep(wait) => true,
+            _ = inner.abort.cancelled() => return false,
+            _ = self.task.token.cancelled() => return false,
+            wait = self.contended_wait(backend) => wait,
+        };
+        self.retried_at_once = wait.is_zero();
+        let woke = tokio::select! {
+            biased;
+            _ = inner.abort.cancelled() => return false,
+            _ = self.task.token.cancelled() => return false,
+            woke = released, if notifications => woke,
+            _ = tokio::time::sleep(wait) => return true,
+        };
+        match woke {
+            Ok(()) => {
+                // Notifications work (again).
+                self.notify_backoff.reset();
+                self.notify_warned = false;
+            }
+            // The channel failed: try now, and wait without notifications for a while.
+            Err(error) => self.notifications_failed(&error),
+        }
+        true
+    }
+
+    /// Release notifications failed: the next rounds wait without them for a backoff
+    /// (doubling from the retry interval while they keep failing). Logged once per
+    /// outage at `warn`.
+    fn notifications_failed(&mut self, error: &Error) {
+        let wait = self.notify_backoff.next_wait();
+        self.notify_paused_until = Some(Instant::now() + wait);
+        if self.notify_warned {
+            tracing::debug!(error = %error.chain(), ?wait, "release notifications failed again");
+        } else {
+            self.notify_warned = true;
+            tracing::warn!(
+                error = %error.chain(),
+                ?wait,
+                "release notifications failed; polling at the retry interval until they work"
+            );
         }
     }
 
@@ -211,8 +292,8 @@ impl<'a> Instance<'a> {
         match tokio::time::timeout(config.request_timeout, backend.expires_in(&self.key)).await {
             // One millisecond past the expiry, so the key is free when we ask.
             Ok(Ok(Some(left))) => (left + Duration::from_millis(1)).min(config.retry_interval),
-            // Released in the meantime: try again at once.
-            Ok(Ok(None)) => Duration::ZERO,
+            // Released in the meantime: try again at once, but not twice in a row.
+            Ok(Ok(None)) if !self.retried_at_once => Duration::ZERO,
             _ => config.retry_interval,
         }
     }
@@ -220,16 +301,16 @@ impl<'a> Instance<'a> {
     /// Logs a backend error and waits out the error backoff. `Some` ends the routine.
     async fn backend_error(&mut self, error: Error) -> Option<Outcome> {
         if is_permanent(&error) {
-            tracing::error!(error = %error, "lease backend misconfigured; routine stops");
+            tracing::error!(error = %error.chain(), "lease backend misconfigured; routine stops");
             return Some(Outcome::Failed(Arc::new(error)));
         }
         if error.is_transient() {
-            tracing::warn!(error = %error, "lease backend unavailable; backing off");
+            tracing::warn!(error = %error.chain(), "lease backend unavailable; backing off");
         } else {
-            tracing::error!(error = %error, "lease backend refused the request; backing off");
+            tracing::error!(error = %error.chain(), "lease backend refused the request; backing off");
         }
         self.task.emit(EventKind::BackendError {
-            error: error_chain(&error),
+            error: error.chain(),
         });
         // Contention seen after this error is news again.
         self.contended = false;
@@ -275,16 +356,4 @@ pub(crate) fn timeout_error(
         operation,
         timeout,
     }
-}
-
-/// `error: source: source...`, for events and logs that keep only a string.
-pub(crate) fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
 use crate::guard::Deadline;
-use crate::instance::{error_chain, timeout_error};
+use crate::instance::timeout_error;
 
 /// The runner's lease keeper; see the module documentation.
 pub(crate) struct Keeper {
@@ -418,7 +418,7 @@ impl Shared {
                     entry.retired = true;
                 }
                 Err(error) => {
-                    watch.failure = Some(error_chain(&error));
+                    watch.failure = Some(error.chain());
                     entry.next_due = now + retry_after_failure;
                 }
             }

@@ -230,7 +230,7 @@ impl Runner {
         let number = NEXT_NUMBER.fetch_add(1, Ordering::Relaxed);
         let label: Option<Arc<str>> = name.map(Arc::from);
         let fail = |error: Error| {
-            tracing::error!(number, name = name.unwrap_or(""), error = %error, "routine not started");
+            tracing::error!(number, name = name.unwrap_or(""), error = %error.chain(), "routine not started");
             RoutineHandle::finished(number, label.clone(), Outcome::Failed(Arc::new(error)))
         };
         if self.inner.shutdown.is_cancelled() {
@@ -258,7 +258,7 @@ impl Runner {
                     ));
                 };
                 if let BackendSlot::Invalid(error) = backend {
-                    tracing::error!(number, name, error = %error, "routine not started");
+                    tracing::error!(number, name, error = %error.chain(), "routine not started");
                     return RoutineHandle::finished(number, label, Outcome::Failed(error));
                 }
                 Some((key, backend))

@@ -1,0 +1,207 @@
+//! A waiting routine never spins, whatever its backend answers, and shutdown is never
+//! held up by a request in flight.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use routine::{
+    Capabilities, Error, Lease, LockBackend, LockKey, MemoryBackend, Outcome, Result, RunOptions,
+    Runner,
+};
+
+use common::TTL;
+
+/// A `MemoryBackend` whose release notifications fail at once (as a Redis user without
+/// channel permissions, a PostgreSQL listener refused for too many clients) or whose
+/// `expires_in` says "free" for a key that stays held, counting the requests.
+#[derive(Debug, Clone, Default)]
+struct Odd {
+    inner: MemoryBackend,
+    failing_notifications: bool,
+    says_free: bool,
+    acquires: Arc<AtomicUsize>,
+    subscriptions: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl LockBackend for Odd {
+    fn name(&self) -> &'static str {
+        "odd"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        self.acquires.fetch_add(1, Ordering::Relaxed);
+        self.inner.try_acquire(key, ttl).await
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        if self.failing_notifications {
+            // Pending at first, as a subscription on its way to the server is, then
+            // refused.
+            tokio::task::yield_now().await;
+            return Err(Error::PermissionDenied {
+                backend: "odd",
+                operation: "subscribe to release notifications",
+                source: "NOPERM this user has no permissions to access one of the channels".into(),
+            });
+        }
+        self.inner.released(key).await
+    }
+
+    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        if self.says_free {
+            return Ok(None);
+        }
+        self.inner.expires_in(key).await
+    }
+}
+
+/// Holds `name` on `backend` for good from another "process".
+async fn held_elsewhere(backend: &MemoryBackend, name: &str) -> Box<dyn Lease> {
+    backend
+        .try_acquire(&LockKey::new(name).unwrap(), Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .expect("free")
+}
+
+/// Lets a waiter wait `for_` of real time and returns how many acquires and
+/// subscriptions it made.
+async fn waiter_requests(odd: &Odd, for_: Duration) -> (usize, usize) {
+    let runner = Runner::builder()
+        .backend(odd.clone())
+        .lease_ttl(Duration::from_secs(1))
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    tokio::time::sleep(for_).await;
+    handle.cancel();
+    runner.shutdown().await;
+    (
+        odd.acquires.load(Ordering::Relaxed),
+        odd.subscriptions.load(Ordering::Relaxed),
+    )
+}
+
+// Real time: a spinning waiter never lets paused time advance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_release_notifications_fall_back_to_polling_without_spinning() {
+    let odd = Odd {
+        failing_notifications: true,
+        ..Odd::default()
+    };
+    let _holder = held_elsewhere(&odd.inner, "job").await;
+    // TTL 1 s: a retry every 200 ms, so about 5 acquires in a second.
+    let (acquires, subscriptions) = waiter_requests(&odd, Duration::from_secs(1)).await;
+    assert!(
+        acquires <= 12,
+        "a waiter whose notifications fail must poll at the retry interval, made {acquires} \
+         acquires in 1 s"
+    );
+    assert!(
+        subscriptions <= 12,
+        "failing subscriptions must be retried with backoff, made {subscriptions} in 1 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_says_free_while_the_key_stays_held_does_not_make_the_waiter_spin() {
+    let odd = Odd {
+        says_free: true,
+        ..Odd::default()
+    };
+    let _holder = held_elsewhere(&odd.inner, "job").await;
+    let (acquires, _) = waiter_requests(&odd, Duration::from_secs(1)).await;
+    assert!(
+        acquires <= 12,
+        "at most one immediate retry per retry interval, made {acquires} acquires in 1 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_not_held_up_by_an_acquire_in_flight() {
+    let backend = MemoryBackend::new();
+    let runner = Runner::builder()
+        .backend(backend.clone())
+        // A request timeout of 30 s, far beyond the drain timeout.
+        .lease_ttl(Duration::from_secs(60))
+        .drain_timeout(Duration::from_secs(1))
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    backend.set_hanging(true);
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = tokio::time::Instant::now();
+    runner.shutdown().await;
+    assert!(
+        started.elapsed() <= Duration::from_secs(1),
+        "shutdown must not wait for the hung acquire's 30 s timeout: took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(handle.join().await, Outcome::Cancelled));
+}
+
+#[tokio::test(start_paused = true)]
+async fn logged_backend_errors_carry_their_cause() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let backend = MemoryBackend::new();
+    backend.set_unavailable(true);
+    let runner = common::runner(&backend);
+    let mut events = runner.subscribe();
+    let handle = common::idle_singleton(&runner, "job");
+    common::wait_for(&mut events, TTL, "a backend error", |e| {
+        matches!(e.kind, routine::EventKind::BackendError { .. })
+    })
+    .await;
+    handle.cancel();
+    runner.shutdown().await;
+    let logs =
+        String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    assert!(
+        logs.contains("memory backend switched to unavailable"),
+        "the log line must carry the error's cause, not only its summary:\n{logs}"
+    );
+}
