@@ -40,6 +40,9 @@ pub(crate) struct Keeper {
 
 struct Shared {
     state: Mutex<State>,
+    /// Wakes the keeper task when a lease is added: its first refresh may be due before
+    /// the task's next planned wake-up (a slow acquire sent long before it returned).
+    added: Notify,
     config: RunnerConfig,
     abort: CancellationToken,
 }
@@ -121,6 +124,7 @@ impl Keeper {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
+                added: Notify::new(),
                 config: config.clone(),
                 abort,
             }),
@@ -166,8 +170,11 @@ impl Keeper {
             (id, start)
         };
         let (id, start) = start;
-        if let Some(generation) = start {
-            tokio::spawn(Arc::clone(&self.shared).run(generation));
+        match start {
+            Some(generation) => {
+                tokio::spawn(Arc::clone(&self.shared).run(generation));
+            }
+            None => self.shared.added.notify_one(),
         }
         Kept {
             id,
@@ -296,6 +303,7 @@ impl Shared {
                 // A crash, as far as everyone else can tell: refresh nothing more.
                 _ = self.abort.cancelled() => return,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => self.apply(done),
+                () = self.added.notified() => {}
                 _ = sleep_until(wake_at) => {}
             }
         }

@@ -181,3 +181,78 @@ fn leases_are_kept_after_the_runtime_that_started_the_keeper_is_gone() {
         );
     });
 }
+
+/// A memory backend whose acquires of one key take `delay`.
+#[derive(Debug, Clone)]
+struct SlowAcquire {
+    inner: MemoryBackend,
+    slow: LockKey,
+    delay: Duration,
+}
+
+#[async_trait]
+impl LockBackend for SlowAcquire {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        if *key == self.slow {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.try_acquire(key, ttl).await
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.inner.released(key).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_acquire_is_refreshed_in_time_although_the_keeper_planned_its_next_tick_before() {
+    // TTL 10 s, a refresh every 5 s: a lease whose acquire was sent 3.5 s before it
+    // returned is due 1.5 s after it is kept, before the keeper's next planned tick.
+    let backend = SlowAcquire {
+        inner: MemoryBackend::new(),
+        slow: LockKey::new("slow").unwrap(),
+        delay: Duration::from_millis(3500),
+    };
+    let runner = Runner::builder()
+        .backend(backend)
+        .lease_ttl(Duration::from_secs(10))
+        .refresh_interval(Duration::from_secs(5))
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let mut events = runner.subscribe();
+    let _fast = idle_singleton(&runner, "fast");
+    wait_acquired(&mut events).await;
+    // The keeper ticks at 5 s (and plans 10 s then); the slow acquire is sent at 2 s
+    // and returns at 5.5 s, due at 7 s. Unwoken, the keeper would refresh it at 10 s,
+    // after its grace period began at 2 + 10 - 1 - 2 = 9 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _slow = idle_singleton(&runner, "slow");
+    wait_for(&mut events, Duration::from_secs(10), "slow acquired", |e| {
+        e.name.as_deref() == Some("slow") && matches!(e.kind, EventKind::Acquired { .. })
+    })
+    .await;
+    let lost = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(event) if matches!(event.kind, EventKind::LeaseLost { .. }) => return event,
+                Ok(_) => {}
+                Err(error) => panic!("events: {error}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        lost.is_err(),
+        "a lease on a healthy backend must not be lost: {lost:?}"
+    );
+    runner.shutdown().await;
+}
