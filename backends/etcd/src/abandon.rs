@@ -11,9 +11,11 @@
 //! caller still waits, and otherwise deletes the key if the transaction took it, and
 //! only once the reply says it was taken, so the delete cannot overtake the transaction.
 //! If the transaction gets no reply at all, the delete is sent anyway, after the request
-//! timeout. An [`Attempt`] covers the caller's side: dropped before it handed a lease out
-//! (a deadline passed while a keep-alive sent alongside was still on its way), it
-//! deletes the key the same way.
+//! timeout; since etcd may still apply the transaction after that delete, the delete is
+//! repeated with the session's keep-alives for a TTL (see the `orphan` module). An
+//! [`Attempt`] covers the caller's side: dropped before it handed a lease out (a
+//! deadline passed while a keep-alive sent alongside was still on its way, or the
+//! transaction failed without an answer), it deletes the key the same way.
 //!
 //! The delete compares the key's value with the one this attempt wrote, which no other
 //! attempt of any process writes (see the `holder` module), and the key's lease with the
@@ -26,6 +28,7 @@ use std::sync::Arc;
 
 use etcd_client::{Txn, TxnResponse};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
@@ -39,8 +42,16 @@ pub(crate) struct Attempt {
     backend: EtcdBackend,
     key: Vec<u8>,
     value: String,
-    /// The session the transaction was last sent with; `None` until it is sent.
-    session: Option<Arc<Session>>,
+    /// The transaction last sent; `None` until one is.
+    sent: Option<Sent>,
+    answered: bool,
+}
+
+/// An acquire transaction that was sent.
+struct Sent {
+    session: Arc<Session>,
+    at: Instant,
+    /// Whether etcd's answer came back (the key taken, or not).
     answered: bool,
 }
 
@@ -50,7 +61,7 @@ impl Attempt {
             backend: backend.clone(),
             key: key.to_vec(),
             value: backend.attempt_value(),
-            session: None,
+            sent: None,
             answered: false,
         }
     }
@@ -78,7 +89,12 @@ impl Attempt {
         session: &Arc<Session>,
         txn: Txn,
     ) -> Result<TxnResponse, Failure> {
-        self.session = Some(Arc::clone(session));
+        let at = Instant::now();
+        self.sent = Some(Sent {
+            session: Arc::clone(session),
+            at,
+            answered: false,
+        });
         let (reply, answer) = oneshot::channel();
         let mut kv = self.backend.kv();
         let timeout = self.backend.request_timeout();
@@ -86,17 +102,28 @@ impl Attempt {
         let session = Arc::clone(session);
         tokio::spawn(async move {
             let outcome = timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) }).await;
-            match reply.send(outcome) {
-                Ok(()) => {}
+            let orphan = match reply.send(outcome) {
+                Ok(()) => return,
                 // Not taken: nothing to give back.
-                Err(Ok(response)) if !response.succeeded() => {}
-                // Taken, or unknown: the caller is gone, so give it back.
-                Err(_) => orphan::delete_or_adopt(&mut kv, orphan, &session, timeout).await,
-            }
+                Err(Ok(response)) if !response.succeeded() => return,
+                Err(Err(failure)) if failure.is_lease_not_found() => return,
+                // Taken: the caller is gone, so give it back.
+                Err(Ok(_)) => orphan,
+                // Unknown, and etcd may still apply it later.
+                Err(Err(_)) => orphan.unanswered(at, session.ttl()),
+            };
+            orphan::delete_or_adopt(&mut kv, orphan, &session, timeout).await;
         });
-        answer
+        let outcome = answer
             .await
-            .unwrap_or_else(|_| Err(Failure::from(task_ended())))
+            .unwrap_or_else(|_| Err(Failure::from(task_ended())));
+        if let Some(sent) = &mut self.sent {
+            sent.answered = match &outcome {
+                Ok(_) => true,
+                Err(failure) => failure.is_lease_not_found(),
+            };
+        }
+        outcome
     }
 
     /// The key as this attempt would have written it with `session`.
@@ -111,10 +138,16 @@ impl Drop for Attempt {
             return;
         }
         // Never sent: nothing was written.
-        let Some(session) = self.session.take() else {
+        let Some(sent) = self.sent.take() else {
             return;
         };
-        orphan::delete_in_background(&self.backend, self.orphan(&session), &session);
+        let orphan = self.orphan(&sent.session);
+        let orphan = if sent.answered {
+            orphan
+        } else {
+            orphan.unanswered(sent.at, sent.session.ttl())
+        };
+        orphan::delete_in_background(&self.backend, orphan, &sent.session);
     }
 }
 

@@ -24,6 +24,14 @@
 //!   does not exist (create revision 0). **Refresh** keeps the session alive and checks
 //!   that the key still exists with our create revision and session lease. **Release**
 //!   deletes the key only if its create revision is still ours.
+//! - **Abandoned acquires.** An acquire whose caller stopped waiting, or that got no
+//!   answer, may still take the key in etcd, where no lease object would ever release
+//!   it while the session lives. Its key is deleted (only if it still holds the value
+//!   that acquire wrote, on our session) once the answer says it was taken. Without an
+//!   answer, etcd may apply the acquire late, after a delete: the delete is repeated
+//!   with the session's keep-alives until etcd has answered one sent at least a TTL
+//!   after the acquire. (An acquire applied later still leaves its key until the
+//!   session ends.)
 //! - **Fencing token**: the key's create revision. etcd's revision grows with every
 //!   write to the cluster, so each acquisition gets a larger one than all before it.
 //!   (Wiping the cluster's data resets revisions, and with them this guarantee.)

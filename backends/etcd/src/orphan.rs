@@ -9,11 +9,25 @@
 //! as anything of the session is refreshed or acquired, which is exactly as long as the
 //! key can stay alive; once they stop, the session lease expires and takes the key
 //! along.
+//!
+//! An answered delete settles an orphan whose key we know we took, or whose acquire
+//! transaction was answered: etcd applied that transaction before it answered, so the
+//! delete, sent after the answer, comes after it. An acquire that got no answer is
+//! different: etcd may apply it later than a delete sent after we stopped waiting (a
+//! member that received it pauses, another member answers the delete, and the paused one
+//! hands the transaction on when it resumes), and the key would then stay on our
+//! session. Its orphan is therefore deleted again with every keep-alive until etcd has
+//! answered a delete sent at least one session TTL after the transaction was sent. A
+//! transaction held up for longer than that can still take the key after the last
+//! delete; the key then stays until the session ends. Waiting longer would narrow that
+//! gap, not close it: nobody can tell whether a transaction etcd has not applied yet
+//! ever will be.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp};
+use tokio::time::Instant;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
@@ -24,6 +38,9 @@ use crate::session::Session;
 pub(crate) struct Orphan {
     key: Vec<u8>,
     owner: Owner,
+    /// For an acquire that got no answer: it is deleted again until a delete sent at or
+    /// after this instant is answered (see the module docs).
+    unsettled_until: Option<Instant>,
 }
 
 /// What makes a key ours.
@@ -44,6 +61,7 @@ impl Orphan {
         Self {
             key,
             owner: Owner::Revision(create_revision),
+            unsettled_until: None,
         }
     }
 
@@ -53,7 +71,21 @@ impl Orphan {
         Self {
             key,
             owner: Owner::Attempt { value, lease },
+            unsettled_until: None,
         }
+    }
+
+    /// The same orphan, for an acquire transaction sent at `sent` through a session of
+    /// `ttl` that got no answer: etcd may still apply it after any delete sent so far,
+    /// so it is deleted again until a delete sent `ttl` after `sent` is answered.
+    pub(crate) fn unanswered(mut self, sent: Instant, ttl: Duration) -> Self {
+        self.unsettled_until = Some(sent + ttl);
+        self
+    }
+
+    /// Whether an answered delete sent at `sent` settles this orphan for good.
+    fn settled_by(&self, sent: Instant) -> bool {
+        self.unsettled_until.is_none_or(|until| sent >= until)
     }
 
     /// Deletes the key if it is still ours; succeeds whether or not it was.
@@ -73,11 +105,14 @@ impl Orphan {
             .and_then([TxnOp::delete(self.key.clone(), None)])
     }
 
-    /// Sends the delete once; `Err` gives the orphan back if etcd did not answer.
+    /// Sends the delete once; `Err` gives the orphan back if it must be deleted again:
+    /// etcd did not answer, or the key may still be written (see the module docs).
     pub(crate) async fn delete(self, kv: &mut KvClient, timeout: Duration) -> Result<(), Self> {
         let txn = self.delete_txn();
+        let sent = Instant::now();
         match timed(timeout, async { kv.txn(txn).await.map_err(Failure::from) }).await {
-            Ok(_) => Ok(()),
+            Ok(_) if self.settled_by(sent) => Ok(()),
+            Ok(_) => Err(self),
             Err(failure) => {
                 tracing::debug!(
                     ?failure,
@@ -89,8 +124,9 @@ impl Orphan {
     }
 }
 
-/// Deletes `orphan` on a task of its own; if that fails (or there is no runtime),
-/// `session` retries with each keep-alive until it succeeds (see the module docs).
+/// Deletes `orphan` on a task of its own; if that fails (or there is no runtime, or the
+/// orphan is not settled yet), `session` retries with each keep-alive until it succeeds
+/// (see the module docs).
 pub(crate) fn delete_in_background(backend: &EtcdBackend, orphan: Orphan, session: &Arc<Session>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         session.adopt_orphan(orphan);
@@ -103,7 +139,7 @@ pub(crate) fn delete_in_background(backend: &EtcdBackend, orphan: Orphan, sessio
 }
 
 /// [`delete_in_background`] for a caller already in the background: sends the delete
-/// once, and hands the orphan to `session` if it fails.
+/// once, and hands the orphan to `session` if it must be deleted again.
 pub(crate) async fn delete_or_adopt(
     kv: &mut KvClient,
     orphan: Orphan,
@@ -112,5 +148,25 @@ pub(crate) async fn delete_or_adopt(
 ) {
     if let Err(orphan) = orphan.delete(kv, timeout).await {
         session.adopt_orphan(orphan);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_attempt_is_settled_only_by_a_delete_sent_a_ttl_after_it() {
+        let sent = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let answered = Orphan::attempt(b"k".to_vec(), "v".to_owned(), 7);
+        assert!(
+            answered.settled_by(sent),
+            "an answered attempt settles at once"
+        );
+        let unanswered = Orphan::attempt(b"k".to_vec(), "v".to_owned(), 7).unanswered(sent, ttl);
+        assert!(!unanswered.settled_by(sent + ttl - Duration::from_millis(1)));
+        assert!(unanswered.settled_by(sent + ttl));
+        assert!(Orphan::revision(b"k".to_vec(), 3).settled_by(sent));
     }
 }

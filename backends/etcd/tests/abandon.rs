@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
 use common::{Deadline, key_info, raw, shared_server, unique_key, within};
+use etcd_client::PutOptions;
 use routine_conformance::servers::EtcdServer;
 use routine_core::LockBackend;
 use routine_etcd::EtcdBackend;
@@ -175,6 +176,72 @@ async fn failed_cleanup_of_an_abandoned_acquire_is_retried_until_the_key_is_free
         .refresh(TTL)
         .await
         .expect("a's session lived throughout, so the key was deleted, not expired");
+    let mut again = a
+        .try_acquire(&key, TTL)
+        .await
+        .unwrap()
+        .expect("the key is free again");
+    again.release().await.unwrap();
+    keeper.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unanswered_acquire_that_etcd_applies_after_its_cleanup_is_deleted_too() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let proxy = Proxy::start(server.port()).await;
+    let nonce = 0x1a7e;
+    // The keeper takes attempt 1, so the acquire below writes attempt 2.
+    let a = replica(proxy.endpoint(), Some(nonce), 1).await;
+    let mut keeper = a
+        .try_acquire(&unique_key("keeper"), TTL)
+        .await
+        .unwrap()
+        .expect("the keeper key is free");
+    let mut raw = raw(server).await;
+    let (_, session) = key_info(&mut raw, &a.etcd_key(keeper.key()))
+        .await
+        .expect("the keeper key exists");
+    let key = unique_key("late");
+    let etcd_key = a.etcd_key(&key);
+
+    // The acquire gets no answer.
+    proxy.set(Mode::Cut);
+    let outcome = a.try_acquire(&key, TTL).await.map(|lease| lease.is_some());
+    assert!(
+        outcome.is_err(),
+        "an acquire cut off must fail: {outcome:?}"
+    );
+    proxy.set(Mode::Open);
+    // Its clean-up goes with a's next keep-alives, and is answered: the key is not there.
+    let deadline = Deadline::new(TTL / 2, "a must reach etcd again");
+    while keeper.refresh(TTL).await.is_err() {
+        deadline.tick().await;
+    }
+    keeper.refresh(TTL).await.expect("a reaches etcd");
+    // This waits for time to pass, not for an event: the deletes sent with those
+    // keep-alives are answered within the request timeout.
+    tokio::time::sleep(REQUEST_TIMEOUT).await;
+    // Now etcd applies the acquire's transaction, as a member that received it and then
+    // paused would once it resumes: the key holds the attempt's value on a's session.
+    let value = format!("routine-etcd pid 1 backend {nonce:016x} attempt 2");
+    raw.put(
+        etcd_key.clone(),
+        value,
+        Some(PutOptions::new().with_lease(session)),
+    )
+    .await
+    .unwrap();
+
+    let deadline = Deadline::new(
+        TTL / 2,
+        "a key written by an unanswered acquire after its clean-up must be deleted too",
+    );
+    while key_info(&mut raw, &etcd_key).await.is_some() {
+        keeper.refresh(TTL).await.expect("a reaches etcd");
+        deadline.tick().await;
+    }
     let mut again = a
         .try_acquire(&key, TTL)
         .await
