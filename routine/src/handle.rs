@@ -1,6 +1,6 @@
 //! `RoutineHandle` and `Outcome`: cancelling a routine and learning how it ended.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use routine_core::Error;
 use tokio::sync::oneshot;
@@ -38,7 +38,21 @@ pub struct RoutineHandle {
     pub(crate) number: u64,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) token: CancellationToken,
-    pub(crate) outcome: oneshot::Receiver<Outcome>,
+    /// The outcome's channel, or the outcome once [`RoutineHandle::is_finished`] saw it.
+    pub(crate) outcome: Mutex<Received>,
+}
+
+/// What a handle has received of its outcome.
+#[derive(Debug)]
+pub(crate) enum Received {
+    Waiting(oneshot::Receiver<Outcome>),
+    Done(Outcome),
+}
+
+impl From<oneshot::Receiver<Outcome>> for Received {
+    fn from(receiver: oneshot::Receiver<Outcome>) -> Self {
+        Received::Waiting(receiver)
+    }
 }
 
 impl RoutineHandle {
@@ -51,7 +65,7 @@ impl RoutineHandle {
             number,
             name,
             token,
-            outcome: rx,
+            outcome: Mutex::new(rx.into()),
         }
     }
 
@@ -79,9 +93,23 @@ impl RoutineHandle {
         self.token.clone()
     }
 
-    /// Whether the routine has ended.
+    /// Whether the routine has ended, including when its task was dropped with its
+    /// runtime ([`Outcome::Aborted`]).
     pub fn is_finished(&self) -> bool {
-        !self.outcome.is_empty() || self.outcome.is_terminated()
+        let mut received = self
+            .outcome
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outcome = match &mut *received {
+            Received::Done(_) => return true,
+            Received::Waiting(receiver) => match receiver.try_recv() {
+                Ok(outcome) => outcome,
+                Err(oneshot::error::TryRecvError::Closed) => Outcome::Aborted,
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+            },
+        };
+        *received = Received::Done(outcome);
+        true
     }
 
     /// Waits until the routine has ended (and released its lease) and says how.
@@ -90,6 +118,13 @@ impl RoutineHandle {
     ///
     /// Not cancel-safe: dropping the future loses the outcome (the routine keeps running).
     pub async fn join(self) -> Outcome {
-        self.outcome.await.unwrap_or(Outcome::Aborted)
+        let received = self
+            .outcome
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match received {
+            Received::Done(outcome) => outcome,
+            Received::Waiting(receiver) => receiver.await.unwrap_or(Outcome::Aborted),
+        }
     }
 }

@@ -358,9 +358,14 @@ impl Runner {
         self.inner.done.cancelled().await;
     }
 
-    /// Stops every routine at once without releasing their leases, as a crash would:
-    /// other instances take over only when the leases expire. For tests and drills.
-    /// No new routine starts afterwards.
+    /// Stops every routine at once, without draining and without releasing their leases
+    /// through the runner. For tests and drills. No new routine starts afterwards.
+    ///
+    /// What other instances see depends on the backend. Redis and memory leases are
+    /// left to run out by their TTL, as after a crash. etcd and PostgreSQL give a lease
+    /// that is dropped unreleased back in the background (an etcd delete, a PostgreSQL
+    /// release), so others take over soon after, not a TTL later. To drill a real crash,
+    /// kill the process.
     pub fn abort(&self) {
         self.inner.shutdown_started.store(true, Ordering::SeqCst);
         self.inner.abort.cancel();

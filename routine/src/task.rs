@@ -54,7 +54,7 @@ impl Task {
             number,
             name: name.clone(),
             token: token.clone(),
-            outcome: rx,
+            outcome: std::sync::Mutex::new(rx.into()),
         };
         let task = Self {
             runner,

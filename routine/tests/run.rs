@@ -171,3 +171,27 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
         .unwrap()
         .block_on(future)
 }
+
+#[test]
+fn a_routine_dropped_with_its_runtime_is_finished_and_aborted() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runner = Runner::builder()
+        .backend(MemoryBackend::new())
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let handle = runtime.block_on(async { runner.run(|_| std::future::pending()) });
+    assert!(!handle.is_finished(), "still running");
+    drop(runtime);
+    assert!(
+        handle.is_finished(),
+        "a routine whose task was dropped with its runtime has finished"
+    );
+    assert!(matches!(
+        futures_lite_block_on(handle.join()),
+        Outcome::Aborted
+    ));
+}
