@@ -6,6 +6,7 @@
 //! | `ROUTINE_LOCK_TTL` | the lease TTL, e.g. `5s`, `1500ms` (default 5 s) |
 //! | `ROUTINE_REDIS_LOCK_TTL` | the Go original's name for the same, read when `ROUTINE_LOCK_TTL` is unset |
 //! | `REDIS_HOSTS`, `REDIS_PASSWORD`, `REDIS_DB`, ... | with the `redis` feature and no `ROUTINE_BACKEND_URL`: Redis configured as in Go |
+//! | `ROUTINE_POSTGRES_SCHEMA`, `_TABLE`, `_NAMESPACE`, `_REQUEST_TIMEOUT` | with a `postgres://` `ROUTINE_BACKEND_URL`: where the fencing table lives, and the backend's other settings |
 
 use std::ffi::OsString;
 
@@ -251,6 +252,17 @@ impl EnvBackend {
 
     pub(crate) async fn connect(&self) -> Result<Arc<dyn LockBackend>> {
         match self {
+            // The PostgreSQL backend's own variables (schema, table, namespace, request
+            // timeout) apply to a URL from the environment too.
+            #[cfg(feature = "postgres")]
+            EnvBackend::Url(url, setting)
+                if *setting == ENV_URL && matches!(scheme_of(url, setting)?, Scheme::Postgres) =>
+            {
+                let builder = routine_postgres::PostgresBackendBuilder::new()
+                    .with_url_from(url.clone(), setting)
+                    .with_env_settings(|name| var(&process_env, name))?;
+                Ok(Arc::new(builder.build().await?))
+            }
             EnvBackend::Url(url, setting) => connect_as(url, setting).await,
             #[cfg(feature = "redis")]
             EnvBackend::RedisFromEnv => {

@@ -97,6 +97,13 @@ impl PostgresBackendBuilder {
         self
     }
 
+    /// Like [`with_url`](Self::with_url), naming `setting` (the variable or setting the
+    /// URL came from) in errors about it.
+    pub fn with_url_from(mut self, url: impl Into<String>, setting: &'static str) -> Self {
+        self.url = Some(Sourced::new(url.into(), setting));
+        self
+    }
+
     /// The schema of the fencing table (default `public`). Created if missing, which
     /// needs the `CREATE` privilege on the database.
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {

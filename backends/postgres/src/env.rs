@@ -81,6 +81,25 @@ impl PostgresBackendBuilder {
                 format!("not set (nor {DATABASE_URL}): the PostgreSQL URL is required"),
             ));
         }
+        builder.with_env_settings(lookup)
+    }
+
+    /// Applies the optional variables of [`from_env`](Self::from_env) other than the URL
+    /// (`ROUTINE_POSTGRES_SCHEMA`, `_TABLE`, `_NAMESPACE`, `_REQUEST_TIMEOUT`), read
+    /// through `lookup`, to this builder: for a URL that comes from elsewhere, such as
+    /// `routine`'s `ROUTINE_BACKEND_URL` (see [`with_url_from`](Self::with_url_from)).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_env`](Self::from_env), for these variables.
+    pub fn with_env_settings(
+        mut self,
+        lookup: impl Fn(&str) -> Result<Option<String>>,
+    ) -> Result<Self> {
+        let builder = &mut self;
+        let set = |name: &'static str| -> Result<Option<Sourced<String>>> {
+            Ok(lookup(name)?.map(|value| Sourced::new(value, name)))
+        };
         if let Some(schema) = set(SCHEMA)? {
             builder.schema = schema;
         }
@@ -99,7 +118,7 @@ impl PostgresBackendBuilder {
                 })?;
             builder.request_timeout = Sourced::new(value, REQUEST_TIMEOUT);
         }
-        Ok(builder)
+        Ok(self)
     }
 }
 
@@ -135,6 +154,24 @@ mod tests {
         let url = builder.url.unwrap();
         assert_eq!(url.value, "postgres://routine/db");
         assert_eq!(url.setting, URL);
+    }
+
+    #[test]
+    fn a_url_from_elsewhere_takes_the_other_variables() {
+        let vars: HashMap<&str, &str> = [(SCHEMA, "ops"), (TABLE, "fences")].into();
+        let builder = PostgresBackendBuilder::new()
+            .with_url_from("postgres://h/db", "ROUTINE_BACKEND_URL")
+            .with_env_settings(|name| Ok(vars.get(name).map(|v| v.to_string())))
+            .unwrap();
+        let url = builder.url.clone().unwrap();
+        assert_eq!(url.setting, "ROUTINE_BACKEND_URL");
+        let settings = builder.settings().unwrap();
+        assert_eq!(settings.qualified_table, "\"ops\".\"fences\"");
+        let err = PostgresBackendBuilder::new()
+            .with_url_from("mysql://h/db", "ROUTINE_BACKEND_URL")
+            .settings()
+            .unwrap_err();
+        assert_eq!(setting_of(err), "ROUTINE_BACKEND_URL");
     }
 
     #[test]
