@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key};
 use etcd_client::PutOptions;
+use futures::StreamExt as _;
 use routine_conformance::servers::EtcdServer;
 use routine_core::{Error, LockBackend};
+use tokio::time::Instant;
 
 /// etcd's `MaxLeaseTTL`: the longest lease TTL its lessor grants.
 const ETCD_MAX_LEASE_TTL: Duration = Duration::from_secs(9_000_000_000);
@@ -101,9 +103,27 @@ async fn expires_in_of_a_key_without_a_lease_is_not_none() {
     raw.delete(etcd_key, None).await.unwrap();
 }
 
-/// How many leases expire together ahead of the key's lease. etcd revokes expired leases
-/// at 1,000 a second, so the key's lease outlives its TTL by seconds.
-const BACKLOG: usize = 6_000;
+/// How many leases expire together just before the key's lease. etcd revokes expired
+/// leases at most 1,000 a second, so the key's lease outlives its TTL by seconds.
+const BACKLOG: usize = 5_000;
+
+/// How many grants are timed first, to plan when the backlog expires.
+const PROBE: usize = 500;
+
+/// How many grants are in flight at once.
+const CONCURRENT_GRANTS: usize = 256;
+
+/// Grants a lease that expires at `end`, give or take a second (etcd counts whole
+/// seconds, from when it receives the grant), and at least the minimum TTL from now.
+async fn grant_until(mut lease: etcd_client::LeaseClient, end: Instant) -> i64 {
+    let secs = end.saturating_duration_since(Instant::now()).as_secs() + 1;
+    let secs = i64::try_from(secs).unwrap().max(2);
+    lease
+        .grant(secs, None)
+        .await
+        .expect("etcd grants the lease")
+        .id()
+}
 
 #[tokio::test]
 async fn expires_in_of_a_key_whose_lease_expired_but_is_not_revoked_yet_is_not_none() {
@@ -112,19 +132,30 @@ async fn expires_in_of_a_key_whose_lease_expired_but_is_not_revoked_yet_is_not_n
         return;
     };
     let a = backend(&server).await;
-    let raw = raw(&server).await;
-    // Leases granted before the key's expire before it and are revoked first.
-    let grants = (0..BACKLOG).map(|_| {
-        let mut lease = raw.lease_client();
-        async move { lease.grant(2, None).await.map(|granted| granted.id()) }
-    });
-    for granted in futures::future::join_all(grants).await {
-        granted.expect("etcd grants the backlog's leases");
-    }
+    let mut raw = raw(&server).await;
+    // The backlog must expire within a second or so, however long granting it takes,
+    // so that etcd cannot revoke it as fast as it expires: time some grants (whose
+    // leases end long after the test), then let the backlog's leases all end a while
+    // after the grants are expected to be done.
+    let probe_started = Instant::now();
+    let far = probe_started + Duration::from_secs(60);
+    let grants = (0..PROBE).map(|_| grant_until(raw.lease_client(), far));
+    futures::stream::iter(grants)
+        .buffer_unordered(CONCURRENT_GRANTS)
+        .collect::<Vec<_>>()
+        .await;
+    let expected = probe_started.elapsed() * u32::try_from(BACKLOG / PROBE).unwrap();
+    let end = Instant::now() + expected * 3 / 2 + Duration::from_secs(1);
+    // Bounded concurrency, so each lease's TTL is worked out just before it is sent.
+    let grants = (0..BACKLOG).map(|_| grant_until(raw.lease_client(), end));
+    futures::stream::iter(grants)
+        .buffer_unordered(CONCURRENT_GRANTS)
+        .collect::<Vec<_>>()
+        .await;
     let key = unique_key("revoke-lag");
     let etcd_key = a.etcd_key(&key);
-    let mut raw = raw;
-    let lease = raw.lease_grant(2, None).await.unwrap().id();
+    // The key's lease ends a second after the backlog's, and is revoked after it.
+    let lease = grant_until(raw.lease_client(), end + Duration::from_secs(1)).await;
     raw.put(
         etcd_key.clone(),
         "a crashed holder",
@@ -133,7 +164,10 @@ async fn expires_in_of_a_key_whose_lease_expired_but_is_not_revoked_yet_is_not_n
     .await
     .unwrap();
 
-    let deadline = Deadline::new(TTL * 15, "the key must go with its lease");
+    let deadline = Deadline::new(
+        end.saturating_duration_since(Instant::now()) + TTL * 10,
+        "the key must go with its lease",
+    );
     let mut lagging = 0;
     while key_info(&mut raw, &etcd_key).await.is_some() {
         let reported = raw.lease_time_to_live(lease, None).await.unwrap().ttl();
