@@ -7,7 +7,9 @@
 //!   for fault-injection tests.
 //! - `faults`: the fault-injection harness that runs `member` processes against
 //!   throwaway servers, injects faults and checks the results.
+//! - `starve`: CPU starvation of a member's own runtime on signals, for the harness.
 
 pub mod args;
 pub mod faults;
 pub mod member;
+pub mod starve;

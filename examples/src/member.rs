@@ -10,6 +10,10 @@
 //!
 //! With [`Output::Go`] a member prints only `task run N` for every step instead, like the
 //! routine of the Go package's cluster example.
+//!
+//! For the fault harness, `SIGUSR1` starves the member's runtime of CPU until `SIGUSR2`;
+//! meanwhile the tasks that starve it also hand the routine work, so it does a step
+//! whenever they wake it (see [`crate::starve`]).
 
 use std::io::Write;
 use std::time::Duration;
@@ -78,7 +82,8 @@ pub fn emit(event: &str, mut fields: Value) {
 }
 
 /// Runs a member until SIGTERM (graceful drain-then-release) or `steps` steps, printing
-/// JSON lines.
+/// JSON lines. `SIGUSR1` and `SIGUSR2` start and end a CPU starvation of the current
+/// runtime ([`crate::starve::on_signals`]).
 ///
 /// # Errors
 ///
@@ -100,6 +105,14 @@ pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()
         .lease_ttl(config.ttl)
         .handle_signals(true)
         .build()?;
+    // Nothing wakes the routine through `work` until SIGUSR1 (see `crate::starve`).
+    let work = crate::starve::Work::default();
+    let load = std::sync::Arc::clone(&work);
+    let starver = tokio::spawn(async move {
+        if let Err(error) = crate::starve::on_signals(load).await {
+            output.print("starve_failed", json!({ "error": error.to_string() }));
+        }
+    });
     let mut events = runner.subscribe();
     let printer = tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
@@ -134,6 +147,7 @@ pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()
         &config.name,
         move |ctx| {
             let done_tx = done_tx.clone();
+            let work = std::sync::Arc::clone(&work);
             let token = ctx.fencing_token().map_or(0, |t| t.get());
             async move {
                 // Every instance counts from 0, like the Go example's routine.
@@ -145,6 +159,8 @@ pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()
                             return;
                         }
                         _ = tokio::time::sleep(step) => {}
+                        // Work handed over by a starved runtime's busy tasks.
+                        _ = work.notified() => {}
                     }
                     output.print("work", json!({ "token": token, "step": step_no }));
                     step_no += 1;
@@ -169,6 +185,7 @@ pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()
     // everything up to the release.
     drop(runner);
     let _ = printer.await;
+    starver.abort();
     output.print("stopped", json!({}));
     Ok(())
 }

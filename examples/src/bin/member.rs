@@ -4,7 +4,8 @@
 //!
 //! Keeps the routine `--name` running as one instance across all members and prints one
 //! JSON object per event (see `routine_examples::member`), or with `--format go` only the
-//! `task run N` lines of the Go package's cluster example. SIGTERM drains and releases.
+//! `task run N` lines of the Go package's cluster example. SIGTERM drains and releases;
+//! SIGUSR1 starves the member's runtime of CPU until SIGUSR2 (for fault tests).
 //!
 //! With `--exit-with-stdin true` the member exits at once, without releasing, when its
 //! standard input reaches end of file: a test harness that starts members with a pipe on
