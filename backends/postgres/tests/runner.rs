@@ -162,15 +162,7 @@ async fn a_routine_stops_as_soon_as_its_backend_drops_the_lock_session() {
     // An acquire of another key on the same backend blocks on a row lock until its
     // timeout, and the backend drops the whole lock session.
     let other = key("other");
-    backend
-        .try_acquire(&other, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .expect("free")
-        .release()
-        .await
-        .unwrap();
-    let mut blocker = common::lock_fencing_row(&server.url(), backend.lock_key(&other)).await;
+    let mut blocker = common::block_acquires_of(&server.url(), &backend, &other).await;
     let err = backend
         .try_acquire(&other, Duration::from_secs(2))
         .await

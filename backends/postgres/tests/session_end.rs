@@ -12,7 +12,7 @@ use routine_conformance::servers::PostgresServer;
 use routine_core::{Error, LockBackend};
 use tokio::time::Instant;
 
-use common::{backend, eventually, holder_pid, key, lock_fencing_row};
+use common::{backend, block_acquires_of, eventually, holder_pid, key};
 
 /// Hang guard for calls that must return by themselves (the backend's request timeout in
 /// these tests is 2 s).
@@ -100,16 +100,8 @@ async fn a_cancelled_statement_leaves_the_session_and_its_leases_alone() {
     let ttl = Duration::from_secs(10);
     let (held, other) = (key("held"), key("other"));
     let mut lease = a.try_acquire(&held, ttl).await.unwrap().expect("free");
-    // Make the fencing row of `other` exist, then lock it so an acquire of it blocks.
-    a.try_acquire(&other, ttl)
-        .await
-        .unwrap()
-        .expect("free")
-        .release()
-        .await
-        .unwrap();
     let pid = holder_pid(&server, a.lock_key(&held)).expect("held");
-    let mut blocker = lock_fencing_row(&server.url(), a.lock_key(&other)).await;
+    let mut blocker = block_acquires_of(&server.url(), &a, &other).await;
     let blocked = tokio::spawn({
         let a = a.clone();
         let other = other.clone();
@@ -168,15 +160,8 @@ async fn an_abandoned_session_revokes_its_leases_and_keeps_their_keys_guarded() 
     let revoked = lease
         .revoked()
         .expect("a postgres lease has a revocation signal");
-    a.try_acquire(&other, ttl)
-        .await
-        .unwrap()
-        .expect("free")
-        .release()
-        .await
-        .unwrap();
     let pid = holder_pid(&server, a.lock_key(&held)).expect("held");
-    let mut blocker = lock_fencing_row(&server.url(), a.lock_key(&other)).await;
+    let mut blocker = block_acquires_of(&server.url(), &a, &other).await;
     // An acquire of another key with a short TTL times out (after TTL/2) on the client,
     // which abandons the whole session.
     let err = tokio::time::timeout(GUARD, a.try_acquire(&other, Duration::from_secs(2)))

@@ -110,9 +110,22 @@ pub async fn acquire_within(
     }
 }
 
-/// A transaction on its own connection holding the row lock of `lock_key`'s fencing row,
-/// so that an acquire of that key blocks.
-pub async fn lock_fencing_row(url: &str, lock_key: i64) -> sqlx::PgConnection {
+/// A transaction on its own connection holding the row lock of `key`'s fencing row (made
+/// first by acquiring and releasing `key` on `backend`), so that acquires of `key` block
+/// until it ends.
+pub async fn block_acquires_of(
+    url: &str,
+    backend: &PostgresBackend,
+    key: &LockKey,
+) -> sqlx::PgConnection {
+    backend
+        .try_acquire(key, Duration::from_secs(60))
+        .await
+        .expect("acquire")
+        .expect("free")
+        .release()
+        .await
+        .expect("release");
     let mut conn = sqlx::PgConnection::connect(url)
         .await
         .expect("test connection");
@@ -121,7 +134,7 @@ pub async fn lock_fencing_row(url: &str, lock_key: i64) -> sqlx::PgConnection {
         .await
         .expect("begin");
     let rows = sqlx::query("SELECT 1 FROM public.routine_fencing WHERE lock_key = $1 FOR UPDATE")
-        .bind(lock_key)
+        .bind(backend.lock_key(key))
         .fetch_all(&mut conn)
         .await
         .expect("lock the fencing row");
