@@ -15,11 +15,14 @@
 //!   token it has seen would reject it. A paused holder may do fenced stale steps (it
 //!   cannot act while frozen and may finish a step it was in on `SIGCONT`); unfenced
 //!   ones, and overlap under any other fault, are safety violations.
-//! - *Takeover* after a holder fault: from the fault to the next `acquired` with a newer
-//!   token. *Recovery* after a server fault: from the server being back to the first
-//!   step under a lease that is provably live after the fault: acquired after the fault
-//!   began, or kept with a step later than `fault + TTL` (a lease not renewed after the
-//!   fault began cannot outlive that by the runner's local deadline).
+//! - *Takeover* after a fault that ends the holder's lease
+//!   ([`FaultKind::hits_holder`](super::FaultKind::hits_holder)): from the fault to the
+//!   next `acquired` with a newer token. *Recovery* after a server fault, or after the
+//!   holder's statements were cancelled for a while: from the fault's end (the server
+//!   back, the last cancel) to the first step under a lease that is provably live after
+//!   the fault: acquired after the fault began, or kept with a step later than `fault +
+//!   TTL` (a lease not renewed after the fault began cannot outlive that by the runner's
+//!   local deadline).
 //! - A *gap* is time after the first acquisition with no tenure open, outside every
 //!   fault's window (from the fault to its takeover or recovery).
 //! - Fencing tokens must grow with every acquisition, in time order.
@@ -67,11 +70,10 @@ pub struct StaleStep {
 pub struct Takeover {
     /// The fault.
     pub fault: Fault,
-    /// Where the measurement starts: the fault for holder faults, the server being back
-    /// for server faults.
+    /// Where the measurement starts: the fault for holder faults, its end for the others.
     pub from: Mono,
-    /// The new `acquired` (holder faults) or the first step under a live lease (server
-    /// faults), if it came.
+    /// The new `acquired` (holder faults) or the first step under a live lease (the
+    /// others), if it came.
     pub at: Option<Mono>,
     /// Who took over.
     pub by: Option<usize>,
@@ -295,8 +297,9 @@ pub fn takeover(events: &[Event], fault: &Fault, ttl: Duration) -> Takeover {
     }
 }
 
-/// The first step after a server fault under a lease provably live after it: `(at,
-/// member, token)`. `events` are time-ordered and include everything from the fault on.
+/// The first step after a server fault (or cancelled statements) under a lease provably
+/// live after it: `(at, member, token)`. `events` are time-ordered and include everything
+/// from the fault on.
 fn recovery(events: &[Event], fault: &Fault, ttl: Duration) -> Option<(Mono, usize, u64)> {
     let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
     let proof = fault.at.saturating_add(ttl).max(fault.until);

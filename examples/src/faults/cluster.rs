@@ -105,6 +105,8 @@ pub(super) struct Member {
     /// Owns the child (killed on drop) and reads its output.
     reader: JoinHandle<()>,
     pub(super) paused: bool,
+    /// Starved of CPU (`SIGUSR1`) until `SIGUSR2`.
+    pub(super) starved: bool,
 }
 
 /// A running cluster. Dropping it kills every member and the server.
@@ -219,6 +221,7 @@ impl Cluster {
             _stdin: stdin,
             reader,
             paused: false,
+            starved: false,
         });
         Ok(index)
     }
@@ -300,6 +303,10 @@ impl Cluster {
             if member.paused {
                 let _ = kill_process(member.pid, Signal::CONT);
                 member.paused = false;
+            }
+            if member.starved {
+                let _ = kill_process(member.pid, Signal::USR2);
+                member.starved = false;
             }
         }
         let live: Vec<usize> = (0..self.members.len())

@@ -11,7 +11,12 @@ use super::log::{EventKind, Fault, FaultKind, now};
 pub struct FaultId(usize);
 
 impl Cluster {
-    fn record(&mut self, kind: FaultKind, member: Option<usize>, token: Option<u64>) -> FaultId {
+    pub(super) fn record(
+        &mut self,
+        kind: FaultKind,
+        member: Option<usize>,
+        token: Option<u64>,
+    ) -> FaultId {
         let at = now();
         self.faults.push(Fault {
             kind,
@@ -28,7 +33,7 @@ impl Cluster {
         &self.faults[id.0]
     }
 
-    fn end(&mut self, id: FaultId) {
+    pub(super) fn end(&mut self, id: FaultId) {
         self.faults[id.0].until = now();
     }
 
@@ -123,6 +128,40 @@ impl Cluster {
             .context("not a network cut")?;
         self.end(id);
         self.members[member].proxy.restore();
+        Ok(())
+    }
+
+    /// Starves `member`, which holds `token`, of CPU (`SIGUSR1`, see [`crate::starve`]) and
+    /// cuts its network, until [`Cluster::restore_and_feed`].
+    ///
+    /// # Errors
+    ///
+    /// If there is no such member, or the signal fails.
+    pub fn starve_and_cut(&mut self, member: usize, token: u64) -> anyhow::Result<FaultId> {
+        self.member(member)?;
+        let id = self.record(FaultKind::StarveCut, Some(member), Some(token));
+        self.signal(member, Signal::USR1)?;
+        self.members[member].starved = true;
+        self.members[member].proxy.cut();
+        Ok(id)
+    }
+
+    /// Restores the network of the member starved and cut by fault `id`, then ends its
+    /// starvation (`SIGUSR2`).
+    ///
+    /// # Errors
+    ///
+    /// If `id` is not a starvation with a cut, or the signal fails.
+    pub fn restore_and_feed(&mut self, id: FaultId) -> anyhow::Result<()> {
+        let fault = self.fault(id);
+        let member = fault
+            .member
+            .filter(|_| fault.kind == FaultKind::StarveCut)
+            .context("not a starvation with a network cut")?;
+        self.end(id);
+        self.members[member].proxy.restore();
+        self.signal(member, Signal::USR2)?;
+        self.members[member].starved = false;
         Ok(())
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::server::BackendKind;
+
 /// A `CLOCK_MONOTONIC` reading in nanoseconds.
 pub type Mono = u64;
 
@@ -121,6 +123,15 @@ pub enum FaultKind {
     /// The holder's network cut (both ways, connections held) past the takeover, then
     /// restored.
     Cut,
+    /// The holder's runtime starved of CPU (`SIGUSR1`: its worker threads busy with tasks
+    /// that wake each other and its routine, so timers fire late) and its network cut,
+    /// past the takeover; then restored and fed again (`SIGUSR2`).
+    StarveCut,
+    /// `pg_terminate_backend` of the holder's PostgreSQL lock session (PostgreSQL only).
+    SessionTerminate,
+    /// `pg_cancel_backend` of the PostgreSQL lock session holding the lock, again and again
+    /// for about a TTL (PostgreSQL only).
+    StatementCancel,
     /// The server killed with `SIGKILL` and started again on the same port and data.
     ServerRestart,
     /// The server stopped with `SIGSTOP` for longer than the TTL, then `SIGCONT`.
@@ -129,14 +140,34 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every fault, in the order of the results table.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Terminate,
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Cut,
+        FaultKind::StarveCut,
+        FaultKind::SessionTerminate,
+        FaultKind::StatementCancel,
         FaultKind::ServerRestart,
         FaultKind::ServerPause,
     ];
+
+    /// The faults that can be injected into a cluster on `backend`, in table order.
+    pub fn for_backend(backend: BackendKind) -> Vec<FaultKind> {
+        Self::ALL
+            .into_iter()
+            .filter(|kind| kind.applies_to(backend))
+            .collect()
+    }
+
+    /// Whether the fault can be injected into a cluster on `backend`: lock sessions are
+    /// PostgreSQL's.
+    pub fn applies_to(self, backend: BackendKind) -> bool {
+        match self {
+            FaultKind::SessionTerminate | FaultKind::StatementCancel => backend.has_lock_sessions(),
+            _ => true,
+        }
+    }
 
     /// A short name for tables and test output.
     pub fn name(self) -> &'static str {
@@ -145,14 +176,24 @@ impl FaultKind {
             FaultKind::Pause => "holder SIGSTOP > TTL",
             FaultKind::Terminate => "holder SIGTERM",
             FaultKind::Cut => "holder network cut",
+            FaultKind::StarveCut => "holder CPU-starved + network cut",
+            FaultKind::SessionTerminate => "lock session pg_terminate_backend",
+            FaultKind::StatementCancel => "lock session pg_cancel_backend ~TTL",
             FaultKind::ServerRestart => "server kill+restart",
             FaultKind::ServerPause => "server SIGSTOP > TTL",
         }
     }
 
-    /// Whether the fault hits the lease holder (the others hit the server).
+    /// Whether the fault ends the holder's lease, so that it is measured as a takeover:
+    /// from the fault to an acquisition with a newer token. The others (server faults,
+    /// cancelled statements) may leave the holder in place; they are measured as a
+    /// recovery, from the fault's end to the first step under a lease provably live after
+    /// it (see [`checker`](super::checker)).
     pub fn hits_holder(self) -> bool {
-        !matches!(self, FaultKind::ServerRestart | FaultKind::ServerPause)
+        !matches!(
+            self,
+            FaultKind::ServerRestart | FaultKind::ServerPause | FaultKind::StatementCancel
+        )
     }
 }
 
@@ -167,13 +208,14 @@ impl fmt::Display for FaultKind {
 pub struct Fault {
     /// Which fault.
     pub kind: FaultKind,
-    /// The member hit, for holder faults.
+    /// The member hit (the holder when the fault began), for faults aimed at the holder.
     pub member: Option<usize>,
-    /// The fencing token the member held, for holder faults.
+    /// The fencing token that member held.
     pub token: Option<u64>,
     /// When it was injected (just before the signal or the cut).
     pub at: Mono,
     /// When it was undone: the `SIGCONT`, the restore, the server accepting connections
-    /// again. Equal to `at` for faults that are not undone (kill, terminate).
+    /// again, the last cancel. Equal to `at` for faults that are not undone (kill,
+    /// terminate).
     pub until: Mono,
 }

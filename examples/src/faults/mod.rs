@@ -5,7 +5,13 @@
 //! member's network can be cut and restored without touching the others. Members print
 //! JSON events with `CLOCK_MONOTONIC` timestamps; the harness records its faults on the
 //! same clock ([`Fault`]): `SIGKILL`, `SIGSTOP`/`SIGCONT` and `SIGTERM` of the holder, a
-//! cut of its network, a kill and restart of the server, a `SIGSTOP` of the server.
+//! cut of its network, a cut while its runtime is starved of CPU (the member burns its
+//! own worker threads from `SIGUSR1` to `SIGUSR2`, so its timers fire late, while the
+//! burning tasks keep waking its routine; see `routine_examples::starve`), a kill and
+//! restart of the server, a `SIGSTOP` of the server, and on PostgreSQL what an operator
+//! does to the holder's lock session from `psql`: `pg_terminate_backend`, and
+//! `pg_cancel_backend` of its statements for about a TTL ([`FaultKind::for_backend`]
+//! lists the faults of each backend).
 //! [`scenario::inject`] plays one fault out; the [`checker`] reports overlaps, stale
 //! steps and whether fencing would have rejected them, takeover times and gaps, and
 //! [`scenario::judge`] holds them against the design's [`Bounds`]. [`soak`] injects
@@ -34,6 +40,7 @@ mod log;
 mod proxy;
 pub mod scenario;
 mod server;
+mod session;
 pub mod soak;
 mod waits;
 

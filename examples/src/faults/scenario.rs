@@ -2,7 +2,8 @@
 //! it ([`Bounds`], [`judge`]).
 //!
 //! Every wait is for events with a deadline; the only fixed waits are the faults held on
-//! purpose for longer than the TTL (a paused server).
+//! purpose for a set time: a paused server (longer than the TTL), cancelled statements
+//! (a TTL).
 
 use std::time::Duration;
 
@@ -16,9 +17,10 @@ use super::server::BackendKind;
 const STEPS: usize = 3;
 
 /// Injects `kind` into a running cluster and waits until it has played out: the holder
-/// (for holder faults) is found first; the fault is held until a new holder has done a
-/// few steps (pause, cut) or for 1.5 TTL (server pause); afterwards the cluster has a
-/// holder that has worked for a TTL since the fault ended.
+/// is found first; the fault is held until a new holder has done a few steps (pause,
+/// cut, starvation with a cut), for a TTL (cancelled statements) or for 1.5 TTL (server
+/// pause); afterwards the cluster has a holder that has worked for a TTL since the fault
+/// ended.
 ///
 /// A killed or terminated member stays gone; add a member to keep the cluster's size.
 ///
@@ -67,11 +69,11 @@ pub async fn inject_after(
                 .await?;
             id
         }
-        FaultKind::Pause | FaultKind::Cut => {
-            let id = if kind == FaultKind::Pause {
-                cluster.pause(victim, token)?
-            } else {
-                cluster.cut(victim, token)?
+        FaultKind::Pause | FaultKind::Cut | FaultKind::StarveCut => {
+            let id = match kind {
+                FaultKind::Pause => cluster.pause(victim, token)?,
+                FaultKind::Cut => cluster.cut(victim, token)?,
+                _ /* StarveCut */ => cluster.starve_and_cut(victim, token)?,
             };
             let at = cluster.fault(id).at;
             // A takeover implies the fault outlasted the lease; a few steps of the new
@@ -79,20 +81,43 @@ pub async fn inject_after(
             cluster
                 .wait_for_newer_holder(token, at, STEPS, patience)
                 .await?;
-            if kind == FaultKind::Pause {
-                cluster.resume(id)?;
-            } else {
-                cluster.restore(id)?;
+            match kind {
+                FaultKind::Pause => cluster.resume(id)?,
+                FaultKind::Cut => cluster.restore(id)?,
+                _ /* StarveCut */ => cluster.restore_and_feed(id)?,
             }
             // The victim gives the lease up: its routine is cancelled a grace period
             // before its local deadline (cut: it runs on, cut off), or its future is
-            // dropped at once when it runs again past the deadline (pause).
+            // dropped at once when it runs again past the deadline (pause; starved: when
+            // its runtime gets round to it).
             let gave_up = move |k: &EventKind| {
                 *k == EventKind::Lost { token } || *k == EventKind::Cancelled { token }
             };
             cluster
                 .wait_for_event(victim, at, patience, "`lost` or `cancelled`", gave_up)
                 .await?;
+            id
+        }
+        FaultKind::SessionTerminate => {
+            let id = cluster.terminate_lock_session(victim, token).await?;
+            let at = cluster.fault(id).at;
+            // The holder learns at its next refresh and drops its routine; a member,
+            // perhaps the same one, takes the lock again with a newer token.
+            cluster
+                .wait_for_event(victim, at, patience, "`lost`", move |k| {
+                    *k == EventKind::Lost { token }
+                })
+                .await?;
+            cluster
+                .wait_for_newer_holder(token, at, STEPS, patience)
+                .await?;
+            id
+        }
+        FaultKind::StatementCancel => {
+            let id = cluster
+                .cancel_lock_session_statements(victim, token, ttl)
+                .await?;
+            wait_for_recovery(cluster, id, patience).await?;
             id
         }
         FaultKind::ServerRestart => {
@@ -153,8 +178,6 @@ pub struct Bounds {
     /// How late the server may end an expired lease: etcd revokes expired leases in a
     /// 500 ms loop; Redis and PostgreSQL act on time.
     pub expiry_lag: Duration,
-    /// Whether a crash ends the lease at once (PostgreSQL: the session dies with it).
-    pub crash_releases: bool,
     /// For process scheduling on a loaded two-core machine.
     pub slack: Duration,
 }
@@ -162,50 +185,55 @@ pub struct Bounds {
 impl Bounds {
     /// The bounds for `backend` with lease TTL `ttl` and work steps of `step`.
     pub fn new(backend: BackendKind, ttl: Duration, step: Duration) -> Self {
-        #[cfg(feature = "etcd")]
-        let expiry_lag = if backend == BackendKind::Etcd {
-            Duration::from_millis(500)
-        } else {
-            Duration::ZERO
+        let expiry_lag = match backend {
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd => Duration::from_millis(500),
+            _ => Duration::ZERO,
         };
-        #[cfg(not(feature = "etcd"))]
-        let expiry_lag = Duration::ZERO;
         Self {
             ttl,
             refresh: ttl / 5,
             retry: ttl / 5,
             step,
             expiry_lag,
-            crash_releases: backend.crash_releases(),
             slack: Duration::from_millis(300),
         }
     }
 
-    /// The earliest and latest takeover (holder faults, from the fault) or recovery
-    /// (server faults, from the server being back) the design allows after `fault`.
+    /// The earliest and latest takeover (faults that end the holder's lease, from the
+    /// fault) or recovery (server faults and cancelled statements, from the fault's end)
+    /// the design allows after `fault`.
     ///
     /// - Graceful stop: a release and a notification, well under the TTL (TTL/2).
-    /// - Crash, pause, cut: the lease runs out at most a TTL after its last refresh,
-    ///   then a waiter retries (at the expiry on backends that report it, else within a
-    ///   retry interval): TTL + retry + expiry lag + slack. Not earlier than the TTL
-    ///   after the last refresh, which was at most a refresh interval before the fault
-    ///   (another refresh interval of slack for scheduling): TTL - 2 x refresh. A crash
-    ///   on PostgreSQL ends the session and with it the lock at once: no lower bound.
-    /// - Server restart or pause of length D: a lease that outlived the fault ends
-    ///   within a TTL of the server's return (etcd renews leases to their full TTL when
-    ///   its leader restarts). Waiters that met errors back off with doubling waits from
-    ///   the retry interval, jittered by ±25 %: a wait begun within D after the first
-    ///   error is at most 5/3 D + 5/4 retry long. Whichever ends later, a retry interval
-    ///   and a step follow: max(TTL + expiry lag, 5/3 D + 5/4 retry) + retry + step +
-    ///   slack.
+    /// - Crash, pause, cut, CPU starvation with a cut: the lease runs out at most a TTL
+    ///   after its last refresh, then a waiter retries (at the expiry on backends that
+    ///   report it, else within a retry interval): TTL + retry + expiry lag + slack. Not
+    ///   earlier than the TTL after the last refresh, which was at most a refresh interval
+    ///   before the fault (another refresh interval of slack for scheduling): TTL - 2 x
+    ///   refresh. On PostgreSQL a crash ends the lock session and frees the lock at once,
+    ///   but the session's heartbeat keeps other clients off the key until about a TTL
+    ///   after the last refresh, so the same bounds hold.
+    /// - Lock session terminated (PostgreSQL): at most as long as a crash; no lower bound,
+    ///   because the holder learns of it at its next refresh, releases, and its own
+    ///   process may take the key again at once.
+    /// - Server restart or pause of length D, or the holder's statements cancelled for D:
+    ///   a lease that outlived the fault ends within a TTL of its end (etcd renews leases
+    ///   to their full TTL when its leader restarts). Waiters that met errors back off
+    ///   with doubling waits from the retry interval, jittered by ±25 %: a wait begun
+    ///   within D after the first error is at most 5/3 D + 5/4 retry long. Whichever ends
+    ///   later, a retry interval and a step follow: max(TTL + expiry lag, 5/3 D + 5/4
+    ///   retry) + retry + step + slack. A holder whose cancelled refreshes succeeded
+    ///   again before its deadline recovers with its next step after the TTL.
     pub fn takeover(&self, fault: &Fault) -> (Duration, Duration) {
         let crash_max = self.ttl + self.retry + self.expiry_lag + self.slack;
         let crash_min = self.ttl.saturating_sub(self.refresh * 2);
         match fault.kind {
             FaultKind::Terminate => (Duration::ZERO, self.ttl / 2),
-            FaultKind::Kill if self.crash_releases => (Duration::ZERO, crash_max),
-            FaultKind::Kill | FaultKind::Pause | FaultKind::Cut => (crash_min, crash_max),
-            FaultKind::ServerRestart | FaultKind::ServerPause => {
+            FaultKind::Kill | FaultKind::Pause | FaultKind::Cut | FaultKind::StarveCut => {
+                (crash_min, crash_max)
+            }
+            FaultKind::SessionTerminate => (Duration::ZERO, crash_max),
+            FaultKind::ServerRestart | FaultKind::ServerPause | FaultKind::StatementCancel => {
                 let down = between(fault.at, fault.until);
                 let lease = self.ttl + self.expiry_lag;
                 let backoff = down * 5 / 3 + self.retry * 5 / 4;

@@ -60,10 +60,9 @@ impl BackendKind {
         }
     }
 
-    /// Whether a crashed holder's lease ends at once rather than by its TTL: PostgreSQL
-    /// advisory locks die with their session, which the server ends when the holder's
-    /// connection closes.
-    pub fn crash_releases(self) -> bool {
+    /// Whether leases live in server sessions that an operator can end or interrupt
+    /// (`pg_terminate_backend`, `pg_cancel_backend`): PostgreSQL's lock sessions.
+    pub fn has_lock_sessions(self) -> bool {
         match self {
             #[cfg(feature = "postgres")]
             BackendKind::Postgres => true,

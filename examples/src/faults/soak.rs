@@ -34,8 +34,10 @@ pub struct SoakResult {
     pub excerpts: Vec<String>,
 }
 
-/// Injects random faults into a cluster for `duration`, replacing killed and terminated
-/// members so the cluster keeps its size, then stops it and judges the whole run.
+/// Injects random faults, drawn from those valid for the backend
+/// ([`FaultKind::for_backend`]), into a cluster for `duration`, replacing killed and
+/// terminated members so the cluster keeps its size, then stops it and judges the whole
+/// run.
 /// `Ok(None)` if the server's binary is missing outside CI.
 ///
 /// # Errors
@@ -55,10 +57,11 @@ pub async fn soak(
     let Some(mut cluster) = Cluster::start(config).await? else {
         return Ok(None);
     };
+    let kinds = FaultKind::for_backend(backend);
     let mut problems = Vec::new();
     let until = Instant::now() + duration;
     while Instant::now() < until {
-        let Some(&kind) = FaultKind::ALL.choose(rng) else {
+        let Some(&kind) = kinds.choose(rng) else {
             break;
         };
         // Anywhere in the refresh cycle: up to a TTL's worth of steps before the fault.
@@ -132,7 +135,7 @@ pub fn markdown(results: &[SoakResult]) -> String {
             text,
             "| fault | count | takeover min / median / max | bound (max) |\n|---|---|---|---|"
         );
-        for kind in FaultKind::ALL {
+        for kind in FaultKind::for_backend(result.backend) {
             let takeovers: Vec<_> = report
                 .takeovers
                 .iter()
