@@ -1,16 +1,17 @@
-//! Multi-process fault injection: for every backend and every fault, three `member`
-//! processes against a throwaway server, each behind its own proxy; the checker's
-//! findings must stay within the design's bounds (`faults::scenario::Bounds`).
+//! Multi-process fault injection: for every backend and every fault valid for it
+//! (`FaultKind::for_backend`), three `member` processes against a throwaway server, each
+//! behind its own proxy; the checker's findings must stay within the design's bounds
+//! (`faults::scenario::Bounds`).
 //!
 //! Every test prints one row of the results table (run with `--nocapture` to see them).
 //! The tests of this binary run one at a time: their bounds are about timing, and a
-//! two-core machine running eighteen clusters at once would measure the machine.
+//! two-core machine running two dozen clusters at once would measure the machine.
 
 use std::time::Duration;
 
 use routine_examples::faults::checker::ms;
 use routine_examples::faults::scenario::{self, judge};
-use routine_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, FaultKind};
+use routine_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, EventKind, FaultKind};
 
 /// One test at a time (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -34,8 +35,20 @@ async fn fault(backend: BackendKind, kind: FaultKind) -> anyhow::Result<()> {
     let takeover = &report.takeovers[0];
     let (min, max) = bounds.takeover(&takeover.fault);
     let after = takeover.after();
+    // Refreshes that failed during the fault (for cancelled statements: how many cancels
+    // reached one), as a last column.
+    let window = (takeover.fault.at, takeover.at.unwrap_or(run.end));
+    let failed_refreshes = run
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, EventKind::Other { event } if event == "refresh_failed")
+                && window.0 <= e.at
+                && e.at <= window.1
+        })
+        .count();
     println!(
-        "| {} | {} | {} | {:.0}..={:.0} ms | {:.1} ms | {} ({} unfenced) | {:.1} ms |",
+        "| {} | {} | {} | {:.0}..={:.0} ms | {:.1} ms | {} ({} unfenced) | {:.1} ms | {} |",
         backend.name(),
         kind,
         after.map_or("none".into(), |a| format!("{:.0} ms", ms(a))),
@@ -45,6 +58,7 @@ async fn fault(backend: BackendKind, kind: FaultKind) -> anyhow::Result<()> {
         report.stale_steps.len(),
         report.unfenced(),
         ms(report.gap_max),
+        failed_refreshes,
     );
 
     assert!(
@@ -127,9 +141,10 @@ async fn graceful_handover_after_separate_server_outages_is_still_well_under_the
     Ok(())
 }
 
-/// One test per fault for `$backend`, in module `$module`.
+/// One test per fault for `$backend`, in module `$module`, and after a `;` the tests of
+/// faults only that backend has.
 macro_rules! fault_tests {
-    ($module:ident, $backend:expr) => {
+    ($module:ident, $backend:expr $(; $($only:item)*)?) => {
         mod $module {
             use super::*;
 
@@ -158,6 +173,12 @@ macro_rules! fault_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn holder_starved_of_cpu_and_cut_off_stops_before_its_lease_runs_out()
+            -> anyhow::Result<()> {
+                fault($backend, FaultKind::StarveCut).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn killed_and_restarted_server_has_a_holder_again_within_the_bound_without_overlap()
             -> anyhow::Result<()> {
                 fault($backend, FaultKind::ServerRestart).await
@@ -168,6 +189,8 @@ macro_rules! fault_tests {
             -> anyhow::Result<()> {
                 fault($backend, FaultKind::ServerPause).await
             }
+
+            $($($only)*)?
         }
     };
 }
@@ -176,4 +199,14 @@ fault_tests!(redis, BackendKind::Redis);
 #[cfg(feature = "etcd")]
 fault_tests!(etcd, BackendKind::Etcd);
 #[cfg(feature = "postgres")]
-fault_tests!(postgres, BackendKind::Postgres);
+fault_tests!(postgres, BackendKind::Postgres;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terminated_lock_session_is_taken_over_without_overlap() -> anyhow::Result<()> {
+        fault(BackendKind::Postgres, FaultKind::SessionTerminate).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_statements_leave_no_overlap_and_a_holder_after() -> anyhow::Result<()> {
+        fault(BackendKind::Postgres, FaultKind::StatementCancel).await
+    }
+);

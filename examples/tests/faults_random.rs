@@ -65,10 +65,12 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
          Written by `cargo test -p routine-examples --test faults_random -- --ignored` \
          ({written}, seed {seed}, `ROUTINE_FAULTS_MINUTES={minutes}`). Each backend runs \
          one cluster of three `member` processes, each behind its own TCP proxy, with \
-         50 ms work steps; faults are drawn at random and each is held until it has \
-         played out (see `examples/src/faults/`). Takeover is measured from the fault \
-         to the next `acquired` for holder faults, and from the server being back to \
-         the first step under a live lease for server faults; bounds are \
+         50 ms work steps; faults are drawn at random from those valid for the \
+         backend and each is held until it has played out (see \
+         `examples/src/faults/`). Takeover is measured from the fault to the next \
+         `acquired` for faults that end the holder's lease, and from the fault's end \
+         (the server back, the last cancel) to the first step under a live lease for \
+         server faults and cancelled statements; bounds are \
          `faults::scenario::Bounds`.\n\n{}",
         soak::markdown(&results)
     );
