@@ -98,7 +98,9 @@ impl Pair {
                 return;
             }
             std::thread::sleep(BURN);
-            self.work.notify_one();
+            // Only a routine waiting now: a stored permit would make a later instance,
+            // on a fed runtime, do a step at once instead of after its step time.
+            self.work.notify_waiters();
             partner.notify_one();
         }
     }
