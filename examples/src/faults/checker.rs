@@ -103,6 +103,8 @@ pub struct Report {
     pub gap_total: Duration,
     /// The longest such stretch.
     pub gap_max: Duration,
+    /// Where the longest stretch began (0 if there was none).
+    pub gap_max_at: Mono,
     /// Acquisitions whose token was not greater than an earlier one: `(at, token,
     /// highest earlier token)`.
     pub token_regressions: Vec<(Mono, u64, u64)>,
@@ -158,7 +160,7 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, ttl: Duration) -> Re
         .iter()
         .map(|t| (t.fault.at, t.at.unwrap_or(end).max(t.fault.until)))
         .collect();
-    let (gap_total, gap_max) = gaps(&tenures, &windows, end);
+    let (gap_total, gap_max, gap_max_at) = gaps(&tenures, &windows, end);
     Report {
         overlap: overlap(&tenures),
         stale_steps: stale_steps(&events, &tenures, end),
@@ -166,6 +168,7 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, ttl: Duration) -> Re
         takeovers,
         gap_total,
         gap_max,
+        gap_max_at,
         tenures,
     }
 }
@@ -322,10 +325,10 @@ fn recovery(events: &[Event], fault: &Fault, ttl: Duration) -> Option<(Mono, usi
 }
 
 /// Time in `[first acquisition, end]` covered by no tenure and no fault window: the
-/// total and the longest stretch.
-fn gaps(tenures: &[Tenure], windows: &[(Mono, Mono)], end: Mono) -> (Duration, Duration) {
+/// total, the longest stretch and where it began.
+fn gaps(tenures: &[Tenure], windows: &[(Mono, Mono)], end: Mono) -> (Duration, Duration, Mono) {
     let Some(start) = tenures.iter().map(|t| t.acquired).min() else {
-        return (Duration::ZERO, Duration::ZERO);
+        return (Duration::ZERO, Duration::ZERO, 0);
     };
     let mut covered: Vec<(Mono, Mono)> = tenures
         .iter()
@@ -333,20 +336,29 @@ fn gaps(tenures: &[Tenure], windows: &[(Mono, Mono)], end: Mono) -> (Duration, D
         .chain(windows.iter().copied())
         .collect();
     covered.sort();
-    let (mut cursor, mut total, mut longest) = (start, 0u64, 0u64);
+    let (mut cursor, mut total, mut longest, mut longest_at) = (start, 0u64, 0u64, 0);
+    let mut gap = |from: Mono, to: Mono| {
+        total += to - from;
+        if to - from > longest {
+            longest = to - from;
+            longest_at = from;
+        }
+    };
     for (from, to) in covered {
         let from = from.min(end);
         if from > cursor {
-            total += from - cursor;
-            longest = longest.max(from - cursor);
+            gap(cursor, from);
         }
         cursor = cursor.max(to.min(end));
     }
     if end > cursor {
-        total += end - cursor;
-        longest = longest.max(end - cursor);
+        gap(cursor, end);
     }
-    (Duration::from_nanos(total), Duration::from_nanos(longest))
+    (
+        Duration::from_nanos(total),
+        Duration::from_nanos(longest),
+        longest_at,
+    )
 }
 
 fn token_regressions(events: &[Event]) -> Vec<(Mono, u64, u64)> {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::checker::{Report, ms};
 use super::cluster::{Cluster, ClusterConfig};
-use super::log::{Event, EventKind, Fault, FaultKind};
+use super::log::{Event, EventKind, FaultKind, Mono};
 use super::scenario::{Bounds, inject_after, judge};
 use super::server::BackendKind;
 
@@ -29,8 +29,9 @@ pub struct SoakResult {
     pub bounds: Bounds,
     /// Broken promises (see [`judge`]) and faults that did not play out; empty if none.
     pub problems: Vec<String>,
-    /// For every takeover outside its bounds, the events around its fault (work steps
-    /// left out), for diagnosis.
+    /// For every takeover outside its bounds, the events around its fault, and for time
+    /// without a holder beyond the tolerance, the events around its longest stretch (work
+    /// steps left out), for diagnosis.
     pub excerpts: Vec<String>,
 }
 
@@ -78,15 +79,25 @@ pub async fn soak(
     let report = run.check();
     let bounds = Bounds::new(backend, ttl, step);
     problems.extend(judge(&report, &bounds, gap_tolerance));
-    let excerpts = report
+    let mut excerpts: Vec<String> = report
         .takeovers
         .iter()
         .filter(|t| {
             let (min, max) = bounds.takeover(&t.fault);
             t.after().is_none_or(|after| after < min || after > max)
         })
-        .map(|t| excerpt(&run.events, &t.fault, ttl * 2))
+        .map(|t| {
+            let title = format!("{} (member {:?})", t.fault.kind, t.fault.member);
+            excerpt(&run.events, &title, t.fault.at, ttl * 2)
+        })
         .collect();
+    if report.gap_max > gap_tolerance {
+        let title = format!(
+            "the longest time without a holder ({:.1} ms)",
+            ms(report.gap_max)
+        );
+        excerpts.push(excerpt(&run.events, &title, report.gap_max_at, ttl * 2));
+    }
     Ok(Some(SoakResult {
         backend,
         ttl,
@@ -98,16 +109,16 @@ pub async fn soak(
     }))
 }
 
-/// The events from `around` before `fault` to `around` after it, without work steps,
-/// with times relative to the fault.
-fn excerpt(events: &[Event], fault: &Fault, around: Duration) -> String {
+/// The events from `around` before `at` to `around` after it, without work steps, with
+/// times relative to `at`.
+fn excerpt(events: &[Event], title: &str, at: Mono, around: Duration) -> String {
     let around = u64::try_from(around.as_nanos()).unwrap_or(u64::MAX);
-    let mut text = format!("around {} (member {:?}):\n", fault.kind, fault.member);
+    let mut text = format!("around {title}:\n");
     for e in events
         .iter()
-        .filter(|e| e.at.abs_diff(fault.at) <= around && !matches!(e.kind, EventKind::Work { .. }))
+        .filter(|e| e.at.abs_diff(at) <= around && !matches!(e.kind, EventKind::Work { .. }))
     {
-        let offset = (e.at as f64 - fault.at as f64) / 1e6;
+        let offset = (e.at as f64 - at as f64) / 1e6;
         let _ = writeln!(
             text,
             "  {offset:>9.1} ms  member {}: {:?}",

@@ -216,6 +216,11 @@ fn time_without_a_holder_outside_fault_windows_is_a_gap() {
     // 500..800 and 1300..1400.
     assert_eq!(millis(report.gap_total), 400, "{report:?}");
     assert_eq!(millis(report.gap_max), 300);
+    assert_eq!(
+        report.gap_max_at,
+        t(500),
+        "the longest gap begins at the release"
+    );
 }
 
 #[test]
