@@ -88,11 +88,14 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         // side give up (a request that timed out abandons the session anyway).
         let statement_timeout = settings.request_timeout.as_millis().max(1).to_string();
         // The server's or role's idle_session_timeout must not end a session that holds
-        // nothing yet; the lease statements set their own.
+        // nothing yet; the lease statements set their own. The lease statements are
+        // planned once per session (a generic plan) rather than on each of their first
+        // five runs: a new process's first handover would otherwise pay for planning.
         let row = sqlx::query(
             "SELECT pg_backend_pid(), current_setting('server_version_num')::int4,
                     pg_is_in_recovery(), pg_try_advisory_lock($1, pg_backend_pid()),
                     set_config('statement_timeout', $2, false),
+                    set_config('plan_cache_mode', 'force_generic_plan', false),
                     (SELECT set_config('idle_session_timeout', '0', false)
                      WHERE current_setting('server_version_num')::int4 >= 140000)",
         )
