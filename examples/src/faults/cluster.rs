@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::checker::{self, Report};
 use super::log::{Event, EventKind, Fault, Mono, now};
 use super::proxy::Proxy;
-use super::server::{BackendKind, Server};
+use super::server::{BackendKind, RedisUser, Server};
 
 /// How to run a cluster.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct ClusterConfig {
     pub ttl: Duration,
     /// How long one work step takes.
     pub step: Duration,
+    /// The ACL user members connect as on Redis (ignored by the other backends).
+    pub redis_user: RedisUser,
 }
 
 impl ClusterConfig {
@@ -48,6 +50,7 @@ impl ClusterConfig {
             name: "faults".to_owned(),
             ttl: backend.test_ttl(),
             step: Duration::from_millis(50),
+            redis_user: RedisUser::Default,
         }
     }
 }
@@ -166,7 +169,7 @@ impl Cluster {
         let index = self.members.len();
         let server = self.server()?;
         let proxy = Proxy::start(server.port()).await?;
-        let url = server.url_via(proxy.port());
+        let url = server.url_as(proxy.port(), self.config.redis_user);
         let format = |d: Duration| humantime::format_duration(d).to_string();
         let mut child = Command::new(&self.config.member_exe)
             .args(["--backend", &url, "--name", &self.config.name])

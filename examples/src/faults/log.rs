@@ -132,6 +132,11 @@ pub enum FaultKind {
     /// `pg_cancel_backend` of the PostgreSQL lock session holding the lock, again and again
     /// for about a TTL (PostgreSQL only).
     StatementCancel,
+    /// The password of the members' user changed and every connection of that user
+    /// killed, for longer than the TTL, then the old password restored (Redis only: the
+    /// harness's etcd has no authentication, and its PostgreSQL members connect as the
+    /// superuser with `trust`, where a password is never checked).
+    CredentialsRotated,
     /// The server killed with `SIGKILL` and started again on the same port and data.
     ServerRestart,
     /// The server stopped with `SIGSTOP` for longer than the TTL, then `SIGCONT`.
@@ -140,7 +145,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every fault, in the order of the results table.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Terminate,
         FaultKind::Kill,
         FaultKind::Pause,
@@ -148,6 +153,7 @@ impl FaultKind {
         FaultKind::StarveCut,
         FaultKind::SessionTerminate,
         FaultKind::StatementCancel,
+        FaultKind::CredentialsRotated,
         FaultKind::ServerRestart,
         FaultKind::ServerPause,
     ];
@@ -161,10 +167,11 @@ impl FaultKind {
     }
 
     /// Whether the fault can be injected into a cluster on `backend`: lock sessions are
-    /// PostgreSQL's.
+    /// PostgreSQL's, rotated credentials Redis's.
     pub fn applies_to(self, backend: BackendKind) -> bool {
         match self {
             FaultKind::SessionTerminate | FaultKind::StatementCancel => backend.has_lock_sessions(),
+            FaultKind::CredentialsRotated => backend == BackendKind::Redis,
             _ => true,
         }
     }
@@ -179,6 +186,7 @@ impl FaultKind {
             FaultKind::StarveCut => "holder CPU-starved + network cut",
             FaultKind::SessionTerminate => "lock session pg_terminate_backend",
             FaultKind::StatementCancel => "lock session pg_cancel_backend ~TTL",
+            FaultKind::CredentialsRotated => "credentials rotated > TTL",
             FaultKind::ServerRestart => "server kill+restart",
             FaultKind::ServerPause => "server SIGSTOP > TTL",
         }
@@ -186,13 +194,16 @@ impl FaultKind {
 
     /// Whether the fault ends the holder's lease, so that it is measured as a takeover:
     /// from the fault to an acquisition with a newer token. The others (server faults,
-    /// cancelled statements) may leave the holder in place; they are measured as a
-    /// recovery, from the fault's end to the first step under a lease provably live after
-    /// it (see [`checker`](super::checker)).
+    /// cancelled statements, rotated credentials) may leave the holder in place; they are
+    /// measured as a recovery, from the fault's end to the first step under a lease
+    /// provably live after it (see [`checker`](super::checker)).
     pub fn hits_holder(self) -> bool {
         !matches!(
             self,
-            FaultKind::ServerRestart | FaultKind::ServerPause | FaultKind::StatementCancel
+            FaultKind::ServerRestart
+                | FaultKind::ServerPause
+                | FaultKind::StatementCancel
+                | FaultKind::CredentialsRotated
         )
     }
 }
@@ -215,7 +226,7 @@ pub struct Fault {
     /// When it was injected (just before the signal or the cut).
     pub at: Mono,
     /// When it was undone: the `SIGCONT`, the restore, the server accepting connections
-    /// again, the last cancel. Equal to `at` for faults that are not undone (kill,
-    /// terminate).
+    /// again, the last cancel, the old password restored. Equal to `at` for faults that
+    /// are not undone (kill, terminate).
     pub until: Mono,
 }

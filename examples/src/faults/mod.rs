@@ -10,8 +10,18 @@
 //! burning tasks keep waking its routine; see `routine_examples::starve`), a kill and
 //! restart of the server, a `SIGSTOP` of the server, and on PostgreSQL what an operator
 //! does to the holder's lock session from `psql`: `pg_terminate_backend`, and
-//! `pg_cancel_backend` of its statements for about a TTL ([`FaultKind::for_backend`]
-//! lists the faults of each backend).
+//! `pg_cancel_backend` of its statements for about a TTL, and on Redis a credentials
+//! rotation: the members' password changed and their connections killed for longer than
+//! the TTL, then the old password restored ([`FaultKind::for_backend`] lists the faults of
+//! each backend). Rotation is Redis's only: the harness's etcd runs without
+//! authentication, and its PostgreSQL members connect as the superuser under `trust`,
+//! where no password is checked.
+//!
+//! The Redis server requires a password, which the members' URLs carry, and has a user
+//! without pub/sub channels ([`RedisUser::WithoutChannels`], chosen by
+//! [`ClusterConfig::redis_user`]): its members' `PSUBSCRIBE` fails with `NOPERM`, so they
+//! get no release notifications and must poll without spinning;
+//! [`Cluster::redis_command_counts`] reads the server's `INFO commandstats` to show it.
 //! [`scenario::inject`] plays one fault out; the [`checker`] reports overlaps, stale
 //! steps and whether fencing would have rejected them, takeover times and gaps, and
 //! [`scenario::judge`] holds them against the design's [`Bounds`]. [`soak`] injects
@@ -35,6 +45,7 @@
 
 pub mod checker;
 mod cluster;
+mod credentials;
 mod inject;
 mod log;
 mod proxy;
@@ -46,8 +57,9 @@ mod waits;
 
 pub use checker::{Report, StaleStep, Takeover, Tenure};
 pub use cluster::{Cluster, ClusterConfig, Run};
+pub use credentials::CommandCount;
 pub use inject::FaultId;
 pub use log::{Event, EventKind, Fault, FaultKind, Mono, between, now};
 pub use proxy::Proxy;
 pub use scenario::Bounds;
-pub use server::{BackendKind, DurableRedis, Server};
+pub use server::{BackendKind, DurableRedis, RedisUser, Server};

@@ -2,8 +2,8 @@
 //! it ([`Bounds`], [`judge`]).
 //!
 //! Every wait is for events with a deadline; the only fixed waits are the faults held on
-//! purpose for a set time: a paused server (longer than the TTL), cancelled statements
-//! (a TTL).
+//! purpose for a set time: a paused server and rotated credentials (longer than the
+//! TTL), cancelled statements (a TTL).
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ const STEPS: usize = 3;
 /// Injects `kind` into a running cluster and waits until it has played out: the holder
 /// is found first; the fault is held until a new holder has done a few steps (pause,
 /// cut, starvation with a cut), for a TTL (cancelled statements) or for 1.5 TTL (server
-/// pause); afterwards the cluster has a holder that has worked for a TTL since the fault
+/// pause, rotated credentials); afterwards the cluster has a holder that has worked for a TTL since the fault
 /// ended.
 ///
 /// A killed or terminated member stays gone; add a member to keep the cluster's size.
@@ -120,6 +120,15 @@ pub async fn inject_after(
             wait_for_recovery(cluster, id, patience).await?;
             id
         }
+        FaultKind::CredentialsRotated => {
+            let id = cluster.rotate_credentials(victim, token).await?;
+            // Held on purpose for longer than the TTL: the holder's lease must run out
+            // while every member is refused.
+            tokio::time::sleep(ttl + ttl / 2).await;
+            cluster.restore_credentials(id).await?;
+            wait_for_recovery(cluster, id, patience).await?;
+            id
+        }
         FaultKind::ServerRestart => {
             let id = cluster.restart_server().await?;
             wait_for_recovery(cluster, id, patience).await?;
@@ -201,8 +210,8 @@ impl Bounds {
     }
 
     /// The earliest and latest takeover (faults that end the holder's lease, from the
-    /// fault) or recovery (server faults and cancelled statements, from the fault's end)
-    /// the design allows after `fault`.
+    /// fault) or recovery (server faults, cancelled statements and rotated credentials,
+    /// from the fault's end) the design allows after `fault`.
     ///
     /// - Graceful stop: a release and a notification, well under the TTL (TTL/2).
     /// - Crash, pause, cut, CPU starvation with a cut: the lease runs out at most a TTL
@@ -216,8 +225,9 @@ impl Bounds {
     /// - Lock session terminated (PostgreSQL): at most as long as a crash; no lower bound,
     ///   because the holder learns of it at its next refresh, releases, and its own
     ///   process may take the key again at once.
-    /// - Server restart or pause of length D, or the holder's statements cancelled for D:
-    ///   a lease that outlived the fault ends within a TTL of its end (etcd renews leases
+    /// - Server restart or pause of length D, the holder's statements cancelled for D, or
+    ///   the members' credentials rotated for D (every call refused, like a server that is
+    ///   down but answers): a lease that outlived the fault ends within a TTL of its end (etcd renews leases
     ///   to their full TTL when its leader restarts). Waiters that met errors back off
     ///   with doubling waits from the retry interval, jittered by ±25 %: a wait begun
     ///   within D after the first error is at most 5/3 D + 5/4 retry long. Whichever ends
@@ -233,7 +243,10 @@ impl Bounds {
                 (crash_min, crash_max)
             }
             FaultKind::SessionTerminate => (Duration::ZERO, crash_max),
-            FaultKind::ServerRestart | FaultKind::ServerPause | FaultKind::StatementCancel => {
+            FaultKind::ServerRestart
+            | FaultKind::ServerPause
+            | FaultKind::StatementCancel
+            | FaultKind::CredentialsRotated => {
                 let down = between(fault.at, fault.until);
                 let lease = self.ttl + self.expiry_lag;
                 let backoff = down * 5 / 3 + self.retry * 5 / 4;

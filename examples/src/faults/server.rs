@@ -5,6 +5,12 @@
 //! acknowledged write: the conformance crate's `RedisServer` runs without persistence,
 //! and a Redis that forgets its keys on restart is outside the lease guarantee (a holder
 //! keeps running until its local deadline while another one takes the forgotten key).
+//!
+//! The Redis server requires a password and knows three ACL users, all given on its
+//! command line so that they survive a restart: `default` (the members' usual user),
+//! [`RedisUser::WithoutChannels`] (every key and command, but no pub/sub channel, so its
+//! `PSUBSCRIBE` fails with `NOPERM`), and the harness's own admin user, which the
+//! credentials fault leaves alone.
 
 use std::io;
 use std::path::PathBuf;
@@ -116,10 +122,21 @@ impl Server {
         }
     }
 
-    /// The backend URL of this server as reached through a proxy on `port`.
+    /// The backend URL of this server as reached through a proxy on `port`, as the
+    /// default user.
     pub fn url_via(&self, port: u16) -> String {
+        self.url_as(port, RedisUser::Default)
+    }
+
+    /// The backend URL of this server as reached through a proxy on `port`, as `user` on
+    /// Redis (the other backends have one user).
+    pub fn url_as(&self, port: u16, user: RedisUser) -> String {
         match self {
-            Server::Redis(_) => format!("redis://127.0.0.1:{port}"),
+            Server::Redis(_) => format!(
+                "redis://{}:{}@127.0.0.1:{port}",
+                user.name(),
+                user.password()
+            ),
             #[cfg(feature = "etcd")]
             Server::Etcd(_) => format!("etcd://127.0.0.1:{port}"),
             #[cfg(feature = "postgres")]
@@ -180,8 +197,42 @@ impl Server {
     }
 }
 
+/// The ACL user members of a Redis cluster connect as (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisUser {
+    /// `default`, with the password the server requires (`requirepass`).
+    #[default]
+    Default,
+    /// A user with every key and command but no pub/sub channel (`resetchannels`):
+    /// `PSUBSCRIBE` fails with `NOPERM`, so its release notifications never work.
+    WithoutChannels,
+}
+
+impl RedisUser {
+    /// Its name on the server.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisUser::Default => "default",
+            RedisUser::WithoutChannels => "faults-no-channels",
+        }
+    }
+
+    /// Its password when the server starts (the credentials fault changes it for a while).
+    pub fn password(self) -> &'static str {
+        match self {
+            RedisUser::Default => "faults-default-password",
+            RedisUser::WithoutChannels => "faults-no-channels-password",
+        }
+    }
+}
+
+/// The harness's own Redis user, for its commands (`ACL SETUSER`, `CLIENT KILL`, `INFO`).
+pub(super) const REDIS_ADMIN: (&str, &str) = ("faults-admin", "faults-admin-password");
+
 /// A `redis-server` on a random loopback port whose writes survive `SIGKILL`: append-only
-/// file on, fsync'ed before every reply (`appendfsync always`), RDB snapshots off.
+/// file on, fsync'ed before every reply (`appendfsync always`), RDB snapshots off. It
+/// requires a password and has the users of [`RedisUser`] and an admin user for the
+/// harness.
 #[derive(Debug)]
 pub struct DurableRedis {
     binary: PathBuf,
@@ -220,6 +271,10 @@ impl DurableRedis {
     fn spawn(&mut self) -> io::Result<()> {
         let dir = self.dir.path().display().to_string();
         let port = self.port.to_string();
+        let (admin, admin_password) = REDIS_ADMIN;
+        let admin_password = format!(">{admin_password}");
+        let no_channels = RedisUser::WithoutChannels;
+        let no_channels_password = format!(">{}", no_channels.password());
         let args: Vec<String> = [
             "--port",
             &port,
@@ -233,6 +288,23 @@ impl DurableRedis {
             "always",
             "--dir",
             &dir,
+            "--requirepass",
+            RedisUser::Default.password(),
+            // ACL rules, one `--user` directive per user.
+            "--user",
+            admin,
+            "on",
+            &admin_password,
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            no_channels.name(),
+            "on",
+            &no_channels_password,
+            "~*",
+            "resetchannels",
+            "+@all",
         ]
         .iter()
         .map(|s| s.to_string())
