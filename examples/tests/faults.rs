@@ -7,11 +7,13 @@
 //! The tests of this binary run one at a time: their bounds are about timing, and a
 //! two-core machine running two dozen clusters at once would measure the machine.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use routine_examples::faults::checker::ms;
 use routine_examples::faults::scenario::{self, judge};
-use routine_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, EventKind, FaultKind};
+use routine_examples::faults::{
+    BackendKind, Bounds, Cluster, ClusterConfig, EventKind, FaultKind, RedisUser,
+};
 
 /// One test at a time (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -141,6 +143,98 @@ async fn graceful_handover_after_separate_server_outages_is_still_well_under_the
     Ok(())
 }
 
+/// Members whose Redis user may not subscribe to any channel (`NOPERM` on `PSUBSCRIBE`)
+/// get no release notifications: they wait by polling at the retry interval, with the
+/// subscription retried at a backing-off pace, not in a loop. A graceful handover is then
+/// taken at a waiter's next poll, within the SIGTERM bound (TTL/2, polls every TTL/5), a
+/// crash as on any cluster; the server's command counts show nobody spun.
+async fn members_without_channel_permissions() -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), BackendKind::Redis);
+    config.redis_user = RedisUser::WithoutChannels;
+    let step = config.step;
+    let Some(mut cluster) = Cluster::start(config).await? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    scenario::inject(&mut cluster, FaultKind::Terminate).await?;
+    cluster.add_member().await?;
+    scenario::inject(&mut cluster, FaultKind::Kill).await?;
+    let counts = cluster.redis_command_counts().await?;
+    let elapsed = started.elapsed();
+    let members = cluster.member_count();
+    let run = cluster.stop().await?;
+    let report = run.check();
+    let bounds = Bounds::new(BackendKind::Redis, run.ttl, step);
+
+    let psubscribe = counts.get("psubscribe").copied().unwrap_or_default();
+    // Every request of the members (and the harness's two `AUTH`s and `INFO`).
+    let requests: u64 = counts.values().map(|c| c.calls + c.rejected).sum();
+    // Per member and retry interval: a poll or a refresh, each a script call, and now and
+    // then a subscription attempt with its connection's handshake; spinning would be
+    // thousands.
+    let intervals = u64::try_from(elapsed.as_nanos() / bounds.retry.as_nanos()).unwrap_or(0) + 1;
+    let members = u64::try_from(members).unwrap_or(u64::MAX);
+    let max_subscribes = members * intervals;
+    let max_requests = members * intervals * 8;
+    for takeover in &report.takeovers {
+        println!(
+            "| redis, no channel permissions | {} | {} | {:.0} ms |",
+            takeover.fault.kind,
+            takeover
+                .after()
+                .map_or("none".into(), |a| format!("{:.0} ms", ms(a))),
+            ms(bounds.takeover(&takeover.fault).1),
+        );
+    }
+    println!(
+        "| redis, no channel permissions | {:.1} s, {members} members | PSUBSCRIBE {} refused \
+         (at most {max_subscribes}), {} run | {requests} requests (at most {max_requests}) | \
+         overlap {:.1} ms |",
+        elapsed.as_secs_f64(),
+        psubscribe.rejected,
+        psubscribe.calls,
+        ms(report.overlap),
+    );
+
+    assert!(
+        report.overlap.is_zero() && report.stale_steps.is_empty(),
+        "no two members may work at once: overlap {:?}, stale steps {:?}",
+        report.overlap,
+        report.stale_steps
+    );
+    let problems = judge(&report, &bounds, GAP_TOLERANCE);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(
+        report
+            .tenures
+            .iter()
+            .any(|t| t.acquired <= run.end && t.end.is_none_or(|end| end >= run.end)),
+        "a member must hold the lease at the end: {:?}",
+        report.tenures
+    );
+    assert_eq!(
+        psubscribe.calls, 0,
+        "the server must refuse every PSUBSCRIBE of a user without channels"
+    );
+    assert!(
+        psubscribe.rejected > 0,
+        "the waiters must have tried to subscribe (and been refused)"
+    );
+    assert!(
+        psubscribe.rejected <= max_subscribes,
+        "refused subscriptions must be retried at most once per retry interval and member: \
+         {} in {elapsed:?}",
+        psubscribe.rejected
+    );
+    assert!(
+        requests <= max_requests,
+        "members without notifications must poll, not spin: {requests} requests in \
+         {elapsed:?} ({counts:?})"
+    );
+    Ok(())
+}
+
 /// One test per fault for `$backend`, in module `$module`, and after a `;` the tests of
 /// faults only that backend has.
 macro_rules! fault_tests {
@@ -195,7 +289,19 @@ macro_rules! fault_tests {
     };
 }
 
-fault_tests!(redis, BackendKind::Redis);
+fault_tests!(redis, BackendKind::Redis;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotated_credentials_leave_no_overlap_and_a_holder_once_the_old_ones_are_back()
+    -> anyhow::Result<()> {
+        fault(BackendKind::Redis, FaultKind::CredentialsRotated).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_without_channel_permissions_hand_over_by_polling_without_spinning()
+    -> anyhow::Result<()> {
+        members_without_channel_permissions().await
+    }
+);
 #[cfg(feature = "etcd")]
 fault_tests!(etcd, BackendKind::Etcd);
 #[cfg(feature = "postgres")]

@@ -69,8 +69,9 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
          backend and each is held until it has played out (see \
          `examples/src/faults/`). Takeover is measured from the fault to the next \
          `acquired` for faults that end the holder's lease, and from the fault's end \
-         (the server back, the last cancel) to the first step under a live lease for \
-         server faults and cancelled statements; bounds are \
+         (the server back, the last cancel, the old password back) to the first step \
+         under a live lease for server faults, cancelled statements and rotated \
+         credentials; bounds are \
          `faults::scenario::Bounds`.\n\n{}",
         soak::markdown(&results)
     );
