@@ -309,9 +309,9 @@ impl LockBackend for RedisBackend {
         }
     }
 
-    /// Refreshes this backend's leases with one [`scripts::REFRESH_MANY`] call per
-    /// [`scripts::REFRESH_MANY_CHUNK`] leases, all pipelined on the command connection;
-    /// leases of other backends are refreshed one by one.
+    /// Refreshes this backend's leases with one Lua script call (the same compare and
+    /// `PEXPIRE` as a single refresh, over many keys) per 500 leases, all pipelined on
+    /// the command connection; leases of other backends are refreshed one by one.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
         let ttl_ms = match ttl_millis(ttl) {
             Ok(ms) => ms,
