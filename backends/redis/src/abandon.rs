@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use routine_core::{LockKey, Result};
 
-use crate::backend::Inner;
+use crate::client::Client;
 use crate::scripts;
 
 /// One acquire of a key with a fresh token. Dropped without [`Attempt::answered`], it
 /// releases the lock if it holds the token.
 pub(crate) struct Attempt {
-    inner: Arc<Inner>,
+    inner: Arc<Client>,
     key: LockKey,
     lock: String,
     token: String,
@@ -30,7 +30,7 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    pub(crate) fn new(inner: &Arc<Inner>, key: &LockKey, lock: String, token: String) -> Self {
+    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey, lock: String, token: String) -> Self {
         Self {
             inner: Arc::clone(inner),
             key: key.clone(),

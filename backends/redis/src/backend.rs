@@ -1,16 +1,15 @@
-//! `RedisBackend`: connecting, the request path every call takes, and `LockBackend`.
+//! `RedisBackend`: connecting, and `LockBackend`.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use routine_core::{Capabilities, FencingToken, Lease, LockBackend, LockKey, Result};
 
 use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
+use crate::client::{CAPABILITIES, Client, ttl_millis};
 use crate::config::{self, Settings};
 use crate::connection::Connection;
 use crate::error::{self, NAME};
@@ -18,17 +17,6 @@ use crate::eviction;
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
 use crate::scripts::{self, Keys};
-
-/// What this backend declares. The shortest TTL is Redis's expiry precision, one
-/// millisecond; the longest is what `PX` and `PEXPIRE` accept with room to spare (the
-/// server adds its clock to it and refuses a sum beyond a signed 64-bit millisecond
-/// count): about 146 million years.
-pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
-    .with_release_notifications(true)
-    .with_reports_expiry(true)
-    .with_min_ttl(Duration::from_millis(1))
-    .with_max_ttl(Duration::from_millis(i64::MAX.unsigned_abs() / 2))
-    .with_ttl_granularity(Duration::from_millis(1));
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
 ///
@@ -53,15 +41,7 @@ pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    inner: Arc<Inner>,
-}
-
-/// What a backend and its leases share.
-pub(crate) struct Inner {
-    pub(crate) settings: Settings,
-    pub(crate) keys: Keys,
-    conn: Connection,
-    notifier: Notifier,
+    inner: Arc<Client>,
 }
 
 impl RedisBackend {
@@ -125,7 +105,7 @@ impl RedisBackend {
         let keys = Keys::new(&settings.namespace);
         let notifier = Notifier::start(client, keys.channel_pattern(), connect_timeout).await;
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Client {
                 settings,
                 keys,
                 conn,
@@ -196,40 +176,6 @@ impl RedisBackend {
             .await?;
         Ok(deleted == 1)
     }
-}
-
-impl Inner {
-    /// Runs a request bounded by `limit` (see [`Inner::lease_limit`]).
-    pub(crate) async fn request<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        limit: Duration,
-        send: F,
-    ) -> Result<T>
-    where
-        F: Fn(ConnectionManager) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        self.conn.request(operation, limit, send).await
-    }
-
-    /// The bound on a request made for a lease of `ttl`: the request timeout, but at most
-    /// two fifths of the TTL. A reply that comes later than that leaves the runner too
-    /// little of the lease to act on it, and a hung server must not hold a call for
-    /// seconds. It is strictly shorter than the runner's own bound on an acquire (half
-    /// the TTL by default), so that the backend, not the runner, gives up first and
-    /// hands the uncertain lock back (see the `abandon` module).
-    pub(crate) fn lease_limit(&self, ttl: Duration) -> Duration {
-        self.settings.request_timeout.min(ttl / 5 * 2)
-    }
-}
-
-/// A TTL in whole milliseconds, rounded up (Redis's `PX` granularity), after checking it
-/// against [`CAPABILITIES`].
-pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
-    CAPABILITIES.check_ttl(NAME, ttl)?;
-    // Within the bounds, whole milliseconds fit in 63 bits.
-    Ok(u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
 }
 
 /// A fresh random token for one acquisition (bsm/redislock uses 16 random bytes too).

@@ -8,14 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use routine_core::{Error, FencingToken, Lease, LockKey, Result};
 
-use crate::backend::{Inner, ttl_millis};
+use crate::client::{Client, ttl_millis};
 use crate::error;
 use crate::scripts;
 
 /// A lease handed out by [`RedisBackend`](crate::RedisBackend): the lock key holds
 /// `token` until the TTL runs out.
 pub(crate) struct RedisLease {
-    inner: Arc<Inner>,
+    inner: Arc<Client>,
     key: LockKey,
     lock: String,
     token: String,
@@ -36,7 +36,7 @@ enum State {
 
 impl RedisLease {
     pub(crate) fn new(
-        inner: Arc<Inner>,
+        inner: Arc<Client>,
         key: LockKey,
         lock: String,
         token: String,
@@ -61,7 +61,7 @@ impl RedisLease {
     }
 
     /// Whether this lease came from the backend sharing `inner`.
-    pub(crate) fn belongs_to(&self, inner: &Arc<Inner>) -> bool {
+    pub(crate) fn belongs_to(&self, inner: &Arc<Client>) -> bool {
         Arc::ptr_eq(&self.inner, inner)
     }
 

@@ -136,6 +136,7 @@
 mod abandon;
 mod backend;
 mod builder;
+mod client;
 mod config;
 mod connection;
 mod error;

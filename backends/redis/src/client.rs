@@ -1,0 +1,70 @@
+//! `Client`: what a backend and its leases share, and the request path every call takes.
+//!
+//! A leaf under `backend`, `lease` and `abandon`, so that none of them needs another to
+//! send a request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use routine_core::{Capabilities, Result};
+
+use crate::config::Settings;
+use crate::connection::Connection;
+use crate::error::NAME;
+use crate::notify::Notifier;
+use crate::scripts::Keys;
+
+/// What this backend declares. The shortest TTL is Redis's expiry precision, one
+/// millisecond; the longest is what `PX` and `PEXPIRE` accept with room to spare (the
+/// server adds its clock to it and refuses a sum beyond a signed 64-bit millisecond
+/// count): about 146 million years.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_release_notifications(true)
+    .with_reports_expiry(true)
+    .with_min_ttl(Duration::from_millis(1))
+    .with_max_ttl(Duration::from_millis(i64::MAX.unsigned_abs() / 2))
+    .with_ttl_granularity(Duration::from_millis(1));
+
+/// What a backend and its leases share: the settings, the key layout and the two
+/// connections.
+pub(crate) struct Client {
+    pub(crate) settings: Settings,
+    pub(crate) keys: Keys,
+    pub(crate) conn: Connection,
+    pub(crate) notifier: Notifier,
+}
+
+impl Client {
+    /// Runs a request bounded by `limit` (see [`Client::lease_limit`]).
+    pub(crate) async fn request<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.conn.request(operation, limit, send).await
+    }
+
+    /// The bound on a request made for a lease of `ttl`: the request timeout, but at most
+    /// two fifths of the TTL. A reply that comes later than that leaves the runner too
+    /// little of the lease to act on it, and a hung server must not hold a call for
+    /// seconds. It is strictly shorter than the runner's own bound on an acquire (half
+    /// the TTL by default), so that the backend, not the runner, gives up first and
+    /// hands the uncertain lock back (see the `abandon` module).
+    pub(crate) fn lease_limit(&self, ttl: Duration) -> Duration {
+        self.settings.request_timeout.min(ttl / 5 * 2)
+    }
+}
+
+/// A TTL in whole milliseconds, rounded up (Redis's `PX` granularity), after checking it
+/// against [`CAPABILITIES`].
+pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
+    CAPABILITIES.check_ttl(NAME, ttl)?;
+    // Within the bounds, whole milliseconds fit in 63 bits.
+    Ok(u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
+}
