@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
-use crate::orphan::{self, Orphan};
+use crate::orphan::Orphan;
 use crate::session::Session;
 
 /// One acquire attempt of a key. Dropped without [`Attempt::answered`] after its
@@ -112,7 +112,7 @@ impl Attempt {
                 // Unknown, and etcd may still apply it later.
                 Err(Err(_)) => orphan.unanswered(at, session.ttl()),
             };
-            orphan::delete_or_adopt(&mut kv, orphan, &session, timeout).await;
+            session.delete_or_adopt(&mut kv, orphan, timeout).await;
         });
         let outcome = answer
             .await
@@ -147,7 +147,11 @@ impl Drop for Attempt {
         } else {
             orphan.unanswered(sent.at, sent.session.ttl())
         };
-        orphan::delete_in_background(&self.backend, orphan, &sent.session);
+        sent.session.delete_in_background(
+            self.backend.kv(),
+            orphan,
+            self.backend.request_timeout(),
+        );
     }
 }
 

@@ -14,18 +14,13 @@ use tokio::time::Instant;
 use crate::abandon::Attempt;
 use crate::config::{EtcdBackendBuilder, Settings};
 use crate::error::{Failure, NAME, timed};
+use crate::expiry::{self, MAX_TTL};
 use crate::holder::{self, Holder};
 use crate::lease::{EtcdLease, Started};
-use crate::orphan::{Orphan, delete_in_background};
+use crate::orphan::Orphan;
 use crate::session::{KeepAlive, Session};
 use crate::watch::WatchHub;
-use crate::{expiry, key, parse, tls};
-
-/// The longest lease TTL etcd grants: its lessor's `MaxLeaseTTL`, 9,000,000,000 s (about
-/// 285 years, the most whose expiry Go's nanosecond `time.Duration` can hold). etcd
-/// refuses a longer grant ("too large lease TTL"); the TTL field itself, an int64 of
-/// seconds, could say more.
-pub(crate) const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+use crate::{key, parse, tls};
 
 /// A lease backend on an etcd v3 cluster.
 ///
@@ -293,7 +288,11 @@ impl EtcdBackend {
             KeepAlive::Gone => Ok(Created::SessionGone),
             KeepAlive::Failed(failure) => {
                 // The key is ours, but for how long is unknown: give it back.
-                delete_in_background(self, Orphan::revision(key.to_vec(), revision), session);
+                session.delete_in_background(
+                    self.kv(),
+                    Orphan::revision(key.to_vec(), revision),
+                    self.request_timeout(),
+                );
                 Err(failure)
             }
         }

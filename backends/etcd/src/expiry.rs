@@ -20,7 +20,11 @@
 
 use std::time::Duration;
 
-use crate::backend::MAX_TTL;
+/// The longest lease TTL etcd grants: its lessor's `MaxLeaseTTL`, 9,000,000,000 s (about
+/// 285 years, the most whose expiry Go's nanosecond `time.Duration` can hold). etcd
+/// refuses a longer grant ("too large lease TTL"); the TTL field itself, an int64 of
+/// seconds, could say more.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// How often etcd's leader looks for expired leases to revoke (its lessor's revoke loop
 /// runs every 500 ms).

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::EtcdBackend;
 use crate::error::{Failure, timed};
-use crate::orphan::{Orphan, delete_in_background};
+use crate::orphan::Orphan;
 use crate::session::{Answer, KeepAlive, Session};
 
 /// A key held through a session lease. Its fencing token is the key's create revision,
@@ -252,7 +252,11 @@ impl Drop for EtcdLease {
         if !self.released && !self.session.is_lost() {
             let key = std::mem::take(&mut self.etcd_key);
             let orphan = Orphan::revision(key, self.create_revision);
-            delete_in_background(&self.backend, orphan, &self.session);
+            self.session.delete_in_background(
+                self.backend.kv(),
+                orphan,
+                self.backend.request_timeout(),
+            );
         }
     }
 }

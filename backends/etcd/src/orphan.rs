@@ -23,15 +23,12 @@
 //! gap, not close it: nobody can tell whether a transaction etcd has not applied yet
 //! ever will be.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp};
 use tokio::time::Instant;
 
-use crate::EtcdBackend;
 use crate::error::{Failure, timed};
-use crate::session::Session;
 
 /// A key to delete, and how to tell that it is still the one we took.
 #[derive(Debug)]
@@ -121,33 +118,6 @@ impl Orphan {
                 Err(self)
             }
         }
-    }
-}
-
-/// Deletes `orphan` on a task of its own; if that fails (or there is no runtime, or the
-/// orphan is not settled yet), `session` retries with each keep-alive until it succeeds
-/// (see the module docs).
-pub(crate) fn delete_in_background(backend: &EtcdBackend, orphan: Orphan, session: &Arc<Session>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        session.adopt_orphan(orphan);
-        return;
-    };
-    let mut kv = backend.kv();
-    let timeout = backend.request_timeout();
-    let session = Arc::clone(session);
-    runtime.spawn(async move { delete_or_adopt(&mut kv, orphan, &session, timeout).await });
-}
-
-/// [`delete_in_background`] for a caller already in the background: sends the delete
-/// once, and hands the orphan to `session` if it must be deleted again.
-pub(crate) async fn delete_or_adopt(
-    kv: &mut KvClient,
-    orphan: Orphan,
-    session: &Session,
-    timeout: Duration,
-) {
-    if let Err(orphan) = orphan.delete(kv, timeout).await {
-        session.adopt_orphan(orphan);
     }
 }
 

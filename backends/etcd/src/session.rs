@@ -241,6 +241,36 @@ impl Session {
     pub(crate) fn adopt_orphan(&self, orphan: Orphan) {
         lock(&self.state.orphans).push(orphan);
     }
+
+    /// Deletes `orphan` on a task of its own; if that fails (or there is no runtime, or
+    /// the orphan is not settled yet), the session retries with each keep-alive until it
+    /// succeeds (see the `orphan` module).
+    pub(crate) fn delete_in_background(
+        self: &Arc<Self>,
+        mut kv: KvClient,
+        orphan: Orphan,
+        timeout: Duration,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.adopt_orphan(orphan);
+            return;
+        };
+        let session = Arc::clone(self);
+        runtime.spawn(async move { session.delete_or_adopt(&mut kv, orphan, timeout).await });
+    }
+
+    /// [`Session::delete_in_background`] for a caller already in the background: sends
+    /// the delete once, and adopts the orphan if it must be deleted again.
+    pub(crate) async fn delete_or_adopt(
+        &self,
+        kv: &mut KvClient,
+        orphan: Orphan,
+        timeout: Duration,
+    ) {
+        if let Err(orphan) = orphan.delete(kv, timeout).await {
+            self.adopt_orphan(orphan);
+        }
+    }
 }
 
 fn task_gone() -> Failure {
