@@ -13,17 +13,10 @@ use crate::connect::{self, pooler_detected};
 use crate::error::{Context, with_timeout};
 use crate::fencing;
 use crate::lease::{PostgresLease, call};
+use crate::message::Command;
 use crate::notify::Notifier;
-use crate::session::{self, Command};
-
-/// The shortest lease TTL accepted. Every lease on a session shares its liveness, and
-/// a session idle for the TTL is ended by the server: below a second, a scheduling hiccup
-/// in the holder would cost every lease of the process.
-pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
-
-/// The longest lease TTL: the session settings that end a silent session (see the `ttl`
-/// module) are `int4` milliseconds.
-pub(crate) const MAX_TTL: Duration = Duration::from_millis(i32::MAX as u64);
+use crate::session;
+use crate::ttl::{CAPABILITIES, check_ttl};
 
 /// A lease backend on PostgreSQL session-level advisory locks.
 ///
@@ -122,20 +115,6 @@ impl PostgresBackend {
             }),
         })
     }
-}
-
-/// What the backend declares about itself.
-const CAPABILITIES: Capabilities = Capabilities::new()
-    .with_release_notifications(true)
-    .with_reports_expiry(true)
-    .with_min_ttl(MIN_TTL)
-    .with_max_ttl(MAX_TTL)
-    .with_ttl_granularity(Duration::from_millis(1))
-    .with_detects_takeover(true);
-
-/// Rejects TTLs the backend cannot honour.
-pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
-    CAPABILITIES.check_ttl(crate::error::NAME, ttl)
 }
 
 impl fmt::Debug for PostgresBackend {

@@ -1,4 +1,4 @@
-//! `PostgresLease`: a held advisory lock, and its link to the lock session.
+//! `PostgresLease`: a held advisory lock, and how its requests reach the lock session.
 
 use std::any::Any;
 use std::fmt;
@@ -7,56 +7,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use routine_core::{Error, FencingToken, Lease, LockKey, Result};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::check_ttl;
 use crate::config::Settings;
 use crate::error::{Message, NAME, with_timeout};
-use crate::session::{Command, LeaseId};
-
-/// Ties a lease to the session task. Dropped without [`LeaseLink::finish`], it asks the
-/// task to unlock the key, so a lease dropped without `release` (or a lease whose
-/// `try_acquire` caller gave up) does not keep its lock for as long as the session lives.
-pub(crate) struct LeaseLink {
-    id: LeaseId,
-    tx: mpsc::UnboundedSender<Command>,
-    /// Turns `true` when the session the lease lives on is dropped.
-    revoked: watch::Receiver<bool>,
-    finished: bool,
-}
-
-impl LeaseLink {
-    pub(crate) fn new(
-        id: LeaseId,
-        tx: mpsc::UnboundedSender<Command>,
-        revoked: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            id,
-            tx,
-            revoked,
-            finished: false,
-        }
-    }
-
-    /// Marks the lock as given back (or being given back), so drop sends nothing.
-    fn finish(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for LeaseLink {
-    fn drop(&mut self) {
-        if !self.finished {
-            // No await in drop: the task unlocks when it gets to it. If the task is gone,
-            // so is the session and the lock with it.
-            let _ = self.tx.send(Command::Release {
-                id: self.id,
-                reply: None,
-            });
-        }
-    }
-}
+use crate::message::{Command, LeaseLink};
+use crate::ttl::check_ttl;
 
 /// Sends a command built around a reply channel and waits for the answer within
 /// `timeout`.

@@ -165,6 +165,7 @@ mod error;
 mod fencing;
 mod hash;
 mod lease;
+mod message;
 mod notify;
 mod session;
 mod ttl;

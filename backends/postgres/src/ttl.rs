@@ -21,6 +21,31 @@
 
 use std::time::Duration;
 
+use routine_core::{Capabilities, Result};
+
+/// The shortest lease TTL accepted. Every lease on a session shares its liveness, and
+/// a session idle for the TTL is ended by the server: below a second, a scheduling hiccup
+/// in the holder would cost every lease of the process.
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// The longest lease TTL: the session settings that end a silent session (see the `ttl`
+/// module) are `int4` milliseconds.
+pub(crate) const MAX_TTL: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// What the backend declares about itself.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_release_notifications(true)
+    .with_reports_expiry(true)
+    .with_min_ttl(MIN_TTL)
+    .with_max_ttl(MAX_TTL)
+    .with_ttl_granularity(Duration::from_millis(1))
+    .with_detects_takeover(true);
+
+/// Rejects TTLs the backend cannot honour.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
+    CAPABILITIES.check_ttl(crate::error::NAME, ttl)
+}
+
 /// `server_version_num` of PostgreSQL 14, which added `idle_session_timeout`.
 const IDLE_SESSION_TIMEOUT_SINCE: i32 = 140_000;
 /// Probes sent before the kernel gives up on a silent peer.

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Held, LeaseId, Session, timed_out};
 use crate::error::{Message, NAME, breaks_session};
-use crate::lease::LeaseLink;
+use crate::message::LeaseLink;
 
 impl Session {
     pub(super) async fn acquire(

@@ -22,57 +22,17 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, FencingToken, LockKey, Result};
+use routine_core::{Error, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{CHANNEL, Settings};
 use crate::connect::{Live, open};
 use crate::error::{Context, Message, NAME, breaks_session, session_ended};
 use crate::fencing::Statements;
-use crate::lease::LeaseLink;
+use crate::message::{Command, LeaseId, Reply};
 
 mod acquire;
-
-/// A reply channel.
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// Identifies a lease within the session task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LeaseId {
-    pub(crate) generation: u64,
-    /// The id of the session the lease was taken on (`holder_session` in its row).
-    pub(crate) session: i64,
-    pub(crate) serial: u64,
-    pub(crate) hash: i64,
-}
-
-/// A request to the session task.
-pub(crate) enum Command {
-    Acquire {
-        key: LockKey,
-        hash: i64,
-        ttl: Duration,
-        reply: Reply<Option<(FencingToken, LeaseLink)>>,
-    },
-    Refresh {
-        id: LeaseId,
-        key: LockKey,
-        ttl: Duration,
-        reply: Reply<()>,
-    },
-    /// Without a reply when sent by a dropped lease.
-    Release {
-        id: LeaseId,
-        reply: Option<Reply<()>>,
-    },
-    /// How long the heartbeat of the session recorded as the holder of `hash` has left.
-    ExpiresIn {
-        hash: i64,
-        timeout: Duration,
-        reply: Reply<Option<Duration>>,
-    },
-}
 
 /// A lock held on the session.
 struct Held {
