@@ -403,3 +403,62 @@ impl fmt::Debug for Runner {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use futures::FutureExt;
+    use routine_core::{Capabilities, Lease, MemoryBackend};
+
+    use super::*;
+
+    /// A backend that needs a TTL of at least a second and would accept any TTL it is
+    /// asked for, so only the slot's own check can refuse one.
+    #[derive(Debug)]
+    struct SecondAtLeast(MemoryBackend);
+
+    #[async_trait]
+    impl LockBackend for SecondAtLeast {
+        fn name(&self) -> &'static str {
+            "second-at-least"
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities().with_min_ttl(Duration::from_secs(1))
+        }
+
+        async fn try_acquire(
+            &self,
+            key: &LockKey,
+            ttl: Duration,
+        ) -> Result<Option<Box<dyn Lease>>> {
+            self.0.try_acquire(key, ttl).await
+        }
+
+        async fn released(&self, key: &LockKey) -> Result<()> {
+            self.0.released(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lazily_connected_backend_is_checked_against_the_runners_ttl() {
+        let slot = BackendSlot::Lazy(Arc::new(LazyBackend {
+            description: "test".into(),
+            cell: OnceCell::new(),
+            connect: Box::new(|| {
+                async { Ok(Arc::new(SecondAtLeast(MemoryBackend::new())) as Arc<dyn LockBackend>) }
+                    .boxed()
+            }),
+        }));
+        let err = slot.get(Duration::from_millis(500)).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { .. }),
+            "a TTL below the connected backend's minimum must be refused: {err:?}"
+        );
+        slot.get(Duration::from_secs(1))
+            .await
+            .expect("a TTL within the backend's bounds is accepted");
+    }
+}
