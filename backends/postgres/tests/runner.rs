@@ -30,6 +30,20 @@ fn token_of(event: &routine::Event) -> u64 {
     }
 }
 
+/// Waits for the routine's next `Acquired` event and checks its token is above `first`,
+/// the token it held before `what`.
+async fn acquired_again(
+    events: &mut tokio::sync::broadcast::Receiver<routine::Event>,
+    first: u64,
+    what: &str,
+) {
+    let second = token_of(&wait::event(events, WITHIN, "acquired again", acquired).await);
+    assert!(
+        second > first,
+        "token {second} after {what} must exceed {first}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routine_is_cancelled_when_its_session_is_terminated_and_runs_again() {
     let Some(server) = PostgresServer::start() else {
@@ -51,11 +65,7 @@ async fn routine_is_cancelled_when_its_session_is_terminated_and_runs_again() {
         matches!(e.kind, EventKind::LeaseLost { .. })
     })
     .await;
-    let second = token_of(&wait::event(&mut events, WITHIN, "acquired again", acquired).await);
-    assert!(
-        second > first,
-        "token {second} after the loss must exceed {first}"
-    );
+    acquired_again(&mut events, first, "the loss").await;
     let new_pid = holder_pid(&server, lock_key).expect("held again");
     assert_ne!(new_pid, pid, "a new lock session holds the routine's lock");
     handle.cancel();
@@ -81,11 +91,7 @@ async fn routine_survives_a_server_restart_on_a_new_session() {
         matches!(e.kind, EventKind::LeaseLost { .. })
     })
     .await;
-    let second = token_of(&wait::event(&mut events, WITHIN, "acquired again", acquired).await);
-    assert!(
-        second > first,
-        "token {second} after the restart must exceed {first}"
-    );
+    acquired_again(&mut events, first, "the restart").await;
     handle.cancel();
     runner.shutdown().await;
 }
@@ -128,11 +134,7 @@ async fn routine_waits_out_a_read_only_server_and_runs_again_when_it_is_writable
         "a read-only server is transient: the routine must keep trying"
     );
     server.psql("ALTER ROLE app RESET default_transaction_read_only");
-    let second = token_of(&wait::event(&mut events, WITHIN, "acquired again", acquired).await);
-    assert!(
-        second > first,
-        "token {second} after the read-only spell must exceed {first}"
-    );
+    acquired_again(&mut events, first, "the read-only spell").await;
     handle.cancel();
     runner.shutdown().await;
 }
