@@ -75,8 +75,14 @@
 //! |---|---|---|
 //! | process paused (SIGSTOP, debugger, VM freeze) | `idle_session_timeout`: about `X` | **not enforced**: held until the connection closes |
 //! | network cut, host dead | `idle_session_timeout`: about `X` | TCP keepalives: about `X` to `X` + a few seconds |
-//! | process crashed, connection closed | at once | at once |
+//! | process crashed, connection closed | at once (the key stays guarded by the session heartbeat, about `X`) | same |
 //! | process alive, but stopped refreshing one lease while refreshing others | held while the session is used | same |
+//!
+//! This table is about the advisory locks. Whenever the server frees them, other clients
+//! still cannot take the keys before the session's heartbeat runs out (see *Lock
+//! sessions and heartbeats*), so a key is never free sooner than about `X` after the
+//! holder's last refresh, unless it was released. On PostgreSQL 12 and 13 a paused
+//! holder keeps its locks past the heartbeat, until its connection closes.
 //!
 //! The last row is by design: leases on one session share its liveness. The runner refreshes
 //! every lease it keeps; one it gives up is released or dropped, which unlocks it.
