@@ -243,10 +243,12 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
     if columns == 4 && !has_holder {
         // Made by a version without session heartbeats.
         let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS holder_session bigint");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| ctx("add column holder_session to the fencing table").map(err))?;
+        create(
+            conn,
+            sql,
+            ctx("add column holder_session to the fencing table"),
+        )
+        .await?;
     }
     if columns != 4 {
         return Err(Error::Misconfigured {
@@ -284,14 +286,19 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
     Ok(())
 }
 
-/// Runs a `CREATE ... IF NOT EXISTS`, accepting the errors of a concurrent creation.
+/// Runs a `CREATE ... IF NOT EXISTS` (or `ADD COLUMN IF NOT EXISTS`), accepting the errors of a concurrent creation.
 async fn create(conn: &mut PgConnection, sql: String, ctx: Context) -> Result<()> {
     match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(db))
             // Two processes creating at once: unique violation on the catalog, or
-            // "already exists" (duplicate table, duplicate schema).
-            if matches!(db.code().as_deref(), Some("23505" | "42P07" | "42P06")) =>
+            // "already exists" (duplicate table, schema, column, or the table's row type:
+            // 42710, which is what a concurrent `CREATE TABLE IF NOT EXISTS` usually
+            // reports). Each means the other creation committed, so the object exists.
+            if matches!(
+                db.code().as_deref(),
+                Some("23505" | "42P07" | "42P06" | "42701" | "42710")
+            ) =>
         {
             Ok(())
         }

@@ -309,6 +309,34 @@ async fn custom_schema_and_table_are_created_idempotently() {
     lease.release().await.unwrap();
 }
 
+/// Replicas of a service start at once against a fresh database: every one of them must
+/// build, though their `CREATE ... IF NOT EXISTS` statements race in the catalog (a
+/// concurrent creation reports "type already exists", SQLSTATE 42710, among others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_creating_the_tables_at_once_all_build() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    for round in 0..10 {
+        let schema = unique("race").replace('-', "_");
+        let builds = (0..8).map(|_| {
+            common::builder(&server.url(), "race")
+                .with_schema(&schema)
+                .with_table("fences")
+                .build()
+        });
+        for (i, built) in futures::future::join_all(builds)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if let Err(err) = built {
+                panic!("round {round}: replica {i} failed to build: {err:?}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrelated_existing_table_is_misconfigured() {
     let Some(server) = shared_server() else {
