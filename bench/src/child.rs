@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use routine::{EventKind, RunOptions, Runner};
+use leasehold::{EventKind, RunOptions, Runner};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -63,7 +63,7 @@ fn watch_stdin(on_line: impl Fn(&str) + Send + 'static) {
 /// `member`: see the module docs.
 pub(crate) async fn member(backend: &str, name: &str, ttl: Duration) -> Result<()> {
     watch_stdin(|_| {});
-    let backend = routine::connect(backend).await?;
+    let backend = leasehold::connect(backend).await?;
     let runner = Runner::builder()
         .shared_backend(backend)
         .lease_ttl(ttl)
@@ -135,7 +135,7 @@ pub(crate) async fn hold(backend: &str, prefix: &str, routines: u64, ttl: Durati
         }
     });
     let started = std::time::Instant::now();
-    let backend = routine::connect(backend).await?;
+    let backend = leasehold::connect(backend).await?;
     let runner = Runner::builder()
         .shared_backend(backend)
         .lease_ttl(ttl)

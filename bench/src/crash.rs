@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use routine::{EventKind, MemoryBackend};
+use leasehold::{EventKind, MemoryBackend};
 use rustix::process::Signal;
 use serde::Serialize;
 

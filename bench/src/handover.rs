@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use routine::{EventKind, MemoryBackend, RunOptions, Runner};
+use leasehold::{EventKind, MemoryBackend, RunOptions, Runner};
 use rustix::process::Signal;
 use serde::Serialize;
 
@@ -113,7 +113,7 @@ pub(crate) fn memory_member(
     backend: &MemoryBackend,
     name: &str,
     ttl: Duration,
-) -> Result<(Runner, tokio::sync::broadcast::Receiver<routine::Event>)> {
+) -> Result<(Runner, tokio::sync::broadcast::Receiver<leasehold::Event>)> {
     let runner = Runner::builder()
         .backend(backend.clone())
         .lease_ttl(ttl)
@@ -130,7 +130,7 @@ pub(crate) fn memory_member(
 
 /// Waits for the first event that `pick` accepts and returns when it happened.
 pub(crate) async fn wait_for(
-    events: &mut tokio::sync::broadcast::Receiver<routine::Event>,
+    events: &mut tokio::sync::broadcast::Receiver<leasehold::Event>,
     pick: impl Fn(&EventKind) -> bool,
 ) -> Result<tokio::time::Instant> {
     let wait = async {

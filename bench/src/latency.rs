@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use routine::{LockBackend, LockKey, Outcome, RunOptions, Runner};
+use leasehold::{LockBackend, LockKey, Outcome, RunOptions, Runner};
 use serde::Serialize;
 use sqlx::Connection as _;
 
@@ -166,7 +166,7 @@ async fn runner_round_trip(runner: &Runner, name: &str) -> Result<()> {
 
 /// Measures `iterations` interleaved rounds of library, floor and runner.
 pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latency> {
-    let backend = routine::connect(&target.url()).await?;
+    let backend = leasehold::connect(&target.url()).await?;
     let runner = Runner::builder()
         .shared_backend(Arc::clone(&backend))
         .lease_ttl(TTL)

@@ -1,8 +1,8 @@
-//! `routine-bench`: benchmarks of `routine` on the memory, Redis, etcd and PostgreSQL
+//! `leasehold-bench`: benchmarks of `leasehold` on the memory, Redis, etcd and PostgreSQL
 //! backends, each against the raw operations of the same server in the same run.
 //!
 //! ```text
-//! cargo run --release -p routine-bench -- [--backends memory,redis,etcd,postgres]
+//! cargo run --release -p leasehold-bench -- [--backends memory,redis,etcd,postgres]
 //!     [--only latency,handover,crash,scale] [--quick] [--json bench/results/latest.json]
 //! ```
 //!
@@ -33,7 +33,7 @@ use crate::args::Args;
 use crate::report::{BackendReport, Machine, Report, Settings};
 use crate::targets::{Kind, Target};
 
-const USAGE: &str = "usage: routine-bench [--backends memory,redis,etcd,postgres] \
+const USAGE: &str = "usage: leasehold-bench [--backends memory,redis,etcd,postgres] \
                      [--only latency,handover,crash,scale] [--quick] [--json PATH]";
 const PARTS: [&str; 4] = ["latency", "handover", "crash", "scale"];
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use routine_conformance::servers::{EtcdServer, PostgresServer, RedisServer};
+use leasehold_conformance::servers::{EtcdServer, PostgresServer, RedisServer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::procfs;

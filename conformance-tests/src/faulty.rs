@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use routine::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
+use leasehold::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
 
 /// A backend that passes everything through to a real one, except that while
 /// [`Faulty::fail_refreshes`] is on, refreshes fail with a transient error without

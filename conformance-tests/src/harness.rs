@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use routine::{Capabilities, LockBackend, LockKey, Runner};
+use leasehold::{Capabilities, LockBackend, LockKey, Runner};
 
 type Factory = Arc<dyn Fn() -> BoxFuture<'static, Arc<dyn LockBackend>> + Send + Sync>;
 

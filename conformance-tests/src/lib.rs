@@ -1,39 +1,44 @@
-//! The behaviour suite every `routine` lease backend must pass, ours and third parties'.
+//! The behaviour suite every `leasehold` lease backend must pass, ours and third parties'.
 //!
 //! Each case is a documented `pub async fn` in [`cases`] taking a [`Harness`]. The
 //! [`conformance_tests!`] macro turns every case into its own named `#[test]`, so a
 //! failure names the behaviour that broke. In a backend crate's `tests/conformance.rs`:
 //!
 //! ```ignore
-//! routine_conformance::conformance_tests!(|| async {
+//! leasehold_conformance::conformance_tests!(|| async {
 //!     MyBackend::connect(&std::env::var("MY_URL").unwrap()).await.unwrap()
 //! });
 //! ```
 //!
 //! The closure is called for every client a case needs (many cases use several, as
-//! separate processes would); it returns any [`routine::LockBackend`]. Each case runs on
+//! separate processes would); it returns any [`leasehold::LockBackend`]. Each case runs on
 //! its own multi-thread tokio runtime, under a key prefix unique to the case and the run,
 //! so cases run in parallel against one server. Cases a backend cannot pass by design
-//! are skipped according to its [`routine::Capabilities`] (release notifications,
+//! are skipped according to its [`leasehold::Capabilities`] (release notifications,
 //! expiry reports), and TTLs are raised to its minimum. For slow backends, scale all
 //! timing:
 //!
 //! ```ignore
-//! routine_conformance::conformance_tests!(|| async { connect().await }, time_scale = 2.0);
+//! leasehold_conformance::conformance_tests!(|| async { connect().await }, time_scale = 2.0);
 //! ```
 //!
 //! To skip every case when the server is missing (outside CI), call [`skip`] from the
 //! factory. [`measure`] holds the timing code the backends' latency benchmarks share. With the `servers` feature, `servers` starts throwaway Redis, etcd and
 //! PostgreSQL servers for tests.
 //!
-//! The runner-level cases use the real `routine::Runner` with short TTLs (one second,
+//! The runner-level cases use the real `leasehold::Runner` with short TTLs (one second,
 //! scaled), and real time: they take a few seconds each.
+//!
+//! # Feature flags
+#![doc = document_features::document_features!()]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cases;
 mod faulty;
 mod harness;
 pub mod measure;
 #[cfg(feature = "servers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "servers")))]
 pub mod servers;
 pub mod wait;
 
@@ -47,8 +52,8 @@ pub use harness::run_case;
 /// against the backend the factory closure returns. See the [crate docs](crate).
 ///
 /// ```ignore
-/// routine_conformance::conformance_tests!(|| async { routine::MemoryBackend::new() });
-/// routine_conformance::conformance_tests!(|| async { connect().await }, time_scale = 2.0);
+/// leasehold_conformance::conformance_tests!(|| async { leasehold::MemoryBackend::new() });
+/// leasehold_conformance::conformance_tests!(|| async { connect().await }, time_scale = 2.0);
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use routine::{LockBackend, LockKey};
+use leasehold::{LockBackend, LockKey};
 
 /// Times `count` graceful handovers of `key` from `holder` to `waiter`: the holder
 /// releases while the waiter (another client, as another process would be) waits for

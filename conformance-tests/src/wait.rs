@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use routine::{Event, EventKind};
+use leasehold::{Event, EventKind};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 

@@ -3,8 +3,8 @@
 
 use std::sync::LazyLock;
 
-use routine::MemoryBackend;
+use leasehold::MemoryBackend;
 
 static SHARED: LazyLock<MemoryBackend> = LazyLock::new(MemoryBackend::new);
 
-routine_conformance::conformance_tests!(|| async { SHARED.clone() });
+leasehold_conformance::conformance_tests!(|| async { SHARED.clone() });

@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use routine::{EventKind, RunOptions, Runner};
+use leasehold::{EventKind, RunOptions, Runner};
 use serde_json::{Value, json};
 
 /// How a member runs.
@@ -99,7 +99,7 @@ pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
 ///
 /// As [`run`].
 pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()> {
-    let backend = routine::connect(&config.backend).await?;
+    let backend = leasehold::connect(&config.backend).await?;
     let runner = Runner::builder()
         .shared_backend(backend)
         .lease_ttl(config.ttl)

@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use routine_examples::faults::checker::ms;
-use routine_examples::faults::scenario::{self, judge};
-use routine_examples::faults::{
+use leasehold_examples::faults::checker::ms;
+use leasehold_examples::faults::scenario::{self, judge};
+use leasehold_examples::faults::{
     BackendKind, Bounds, Cluster, ClusterConfig, EventKind, FaultKind, RedisUser,
 };
 

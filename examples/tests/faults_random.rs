@@ -3,9 +3,9 @@
 //! `FAULTS.md` at the repository root.
 //!
 //! ```text
-//! cargo test -p routine-examples --test faults_random -- --ignored --nocapture
+//! cargo test -p leasehold-examples --test faults_random -- --ignored --nocapture
 //! ROUTINE_FAULTS_MINUTES=10 ROUTINE_FAULTS_SEED=42 ROUTINE_FAULTS_BACKENDS=etcd,postgres \
-//!     cargo test -p routine-examples --test faults_random -- --ignored --nocapture
+//!     cargo test -p leasehold-examples --test faults_random -- --ignored --nocapture
 //! ```
 //!
 //! A seed fixes the order of faults and of the steps between them on each backend (how
@@ -14,9 +14,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use leasehold_examples::faults::soak::{self, SoakResult};
+use leasehold_examples::faults::{BackendKind, ClusterConfig};
 use rand::SeedableRng as _;
-use routine_examples::faults::soak::{self, SoakResult};
-use routine_examples::faults::{BackendKind, ClusterConfig};
 
 /// As in the per-fault tests: no time without a holder outside fault windows.
 const GAP_TOLERANCE: Duration = Duration::from_millis(5);
@@ -62,7 +62,7 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
     let written = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let text = format!(
         "# Fault injection: latest randomized run\n\n\
-         Written by `cargo test -p routine-examples --test faults_random -- --ignored` \
+         Written by `cargo test -p leasehold-examples --test faults_random -- --ignored` \
          ({written}, seed {seed}, `ROUTINE_FAULTS_MINUTES={minutes}`). Each backend runs \
          one cluster of three `member` processes, each behind its own TCP proxy, with \
          50 ms work steps; faults are drawn at random from those valid for the \

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use routine_examples::faults::{BackendKind, Server};
+use leasehold_examples::faults::{BackendKind, Server};
 use tokio::process::Command;
 
 /// Runs the example on `backend` and checks the combined output.

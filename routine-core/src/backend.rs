@@ -24,7 +24,7 @@ use crate::{Capabilities, FencingToken, LockKey, Result};
 /// *received* the request satisfies this. The runner adds its own safety margin for clock
 /// rate differences.
 ///
-/// Implementations must be checked with the `routine-conformance` suite.
+/// Implementations must be checked with the `leasehold-conformance` suite.
 #[async_trait]
 pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// A short lowercase name for logs and errors: `redis`, `etcd`, `postgres`, `memory`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use routine_core::Capabilities;
+/// use leasehold_core::Capabilities;
 ///
 /// let caps = Capabilities::new()
 ///     .with_release_notifications(true)
@@ -97,7 +97,7 @@ impl Capabilities {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use routine_core::Capabilities;
+    /// use leasehold_core::Capabilities;
     ///
     /// let caps = Capabilities::new().with_min_ttl(Duration::from_secs(1));
     /// assert!(caps.check_ttl("postgres", Duration::from_millis(999)).is_err());
@@ -139,7 +139,7 @@ impl Capabilities {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use routine_core::Capabilities;
+    /// use leasehold_core::Capabilities;
     ///
     /// let etcd_like = Capabilities::new()
     ///     .with_min_ttl(Duration::from_secs(2))

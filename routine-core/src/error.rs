@@ -128,7 +128,7 @@ impl Error {
     /// ("redis backend unavailable during acquire") and the cause is in the sources.
     ///
     /// ```
-    /// let error = routine_core::Error::unavailable("redis", "acquire", "connection refused");
+    /// let error = leasehold_core::Error::unavailable("redis", "acquire", "connection refused");
     /// assert_eq!(
     ///     error.chain(),
     ///     format!("{error}: connection refused"),

@@ -17,7 +17,7 @@ use std::fmt;
 /// # Examples
 ///
 /// ```
-/// use routine_core::FencingToken;
+/// use leasehold_core::FencingToken;
 ///
 /// assert!(FencingToken::new(2) > FencingToken::new(1));
 /// assert_eq!(FencingToken::new(7).get(), 7);

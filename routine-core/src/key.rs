@@ -17,7 +17,7 @@ use crate::Error;
 /// # Examples
 ///
 /// ```
-/// use routine_core::LockKey;
+/// use leasehold_core::LockKey;
 ///
 /// let key = LockKey::new("billing-sync").unwrap();
 /// assert_eq!(key.as_str(), "billing-sync");

@@ -1,4 +1,4 @@
-//! The contract between the `routine` runner and the lease backends it runs on.
+//! The contract between the `leasehold` runner and the lease backends it runs on.
 //!
 //! This crate is small and changes rarely, so that backend authors (ours and third
 //! parties') depend on it alone, the way `tower-service` or `tracing-core` work:
@@ -12,9 +12,9 @@
 //!   honours every part of the contract and runs on tokio's clock, so tests with paused
 //!   time work.
 //!
-//! The runner, retry policy, timing and all sleeping live in the `routine` crate: a backend
+//! The runner, retry policy, timing and all sleeping live in the `leasehold` crate: a backend
 //! does I/O only. The behaviour a backend must show is checked by the published
-//! `routine-conformance` suite.
+//! `leasehold-conformance` suite.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)

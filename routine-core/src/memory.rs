@@ -31,9 +31,9 @@ const NAME: &str = "memory";
 ///
 /// ```
 /// use std::time::Duration;
-/// use routine_core::{LockBackend, LockKey, MemoryBackend};
+/// use leasehold_core::{LockBackend, LockKey, MemoryBackend};
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> routine_core::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold_core::Result<()> {
 /// let backend = MemoryBackend::new();
 /// let key = LockKey::new("report")?;
 /// let mut lease = backend.try_acquire(&key, Duration::from_secs(5)).await?.expect("free");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, LockBackend, Result};
+use leasehold_core::{Error, LockBackend, Result};
 
 use crate::Runner;
 use crate::runner::BackendSlot;
@@ -32,7 +32,7 @@ pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(5);
 ///
 /// ```
 /// use std::time::Duration;
-/// use routine::{MemoryBackend, Runner};
+/// use leasehold::{MemoryBackend, Runner};
 ///
 /// let runner = Runner::builder()
 ///     .backend(MemoryBackend::new())
@@ -125,9 +125,9 @@ impl RunnerBuilder {
     /// [`Error::Config`] naming `ROUTINE_BACKEND_URL`.
     ///
     /// ```
-    /// let runner = routine::Runner::builder().backend_url("memory://").build();
+    /// let runner = leasehold::Runner::builder().backend_url("memory://").build();
     /// assert!(runner.is_ok());
-    /// assert!(routine::Runner::builder().backend_url("ftp://x").build().is_err());
+    /// assert!(leasehold::Runner::builder().backend_url("ftp://x").build().is_err());
     /// ```
     pub fn backend_url(mut self, url: impl Into<String>) -> Self {
         match crate::env::lazy_backend(url.into(), "backend_url") {

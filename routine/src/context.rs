@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use routine_core::FencingToken;
+use leasehold_core::FencingToken;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +48,7 @@ pub enum CancelReason {
 ///
 /// ```
 /// # async fn do_work(_: u64) {}
-/// async fn job(ctx: routine::Context) {
+/// async fn job(ctx: leasehold::Context) {
 ///     while !ctx.is_cancelled() {
 ///         tokio::select! {
 ///             _ = ctx.cancelled() => break,
@@ -154,7 +154,7 @@ impl Context {
     ///
     /// ```
     /// # async fn flush(_: u64) {}
-    /// async fn job(ctx: routine::Context) {
+    /// async fn job(ctx: leasehold::Context) {
     ///     let flusher = ctx.spawn({
     ///         let ctx = ctx.clone();
     ///         async move {

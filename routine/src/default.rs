@@ -38,7 +38,7 @@ fn check_config(env: Lookup<'_>) -> crate::Result<()> {
     match backend_from_env(env)? {
         #[cfg(feature = "redis")]
         EnvBackend::RedisFromEnv => {
-            routine_redis::RedisBackendBuilder::from_env_with(|name| {
+            leasehold_redis::RedisBackendBuilder::from_env_with(|name| {
                 env(name).and_then(|value| value.into_string().ok())
             })?;
         }
@@ -81,10 +81,10 @@ fn build_default() -> Runner {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let handle = routine::run(|ctx| async move {
+/// let handle = leasehold::run(|ctx| async move {
 ///     tracing::info!(number = ctx.number(), "working in the background");
 /// });
-/// assert!(matches!(handle.join().await, routine::Outcome::Returned));
+/// assert!(matches!(handle.join().await, leasehold::Outcome::Returned));
 /// # }
 /// ```
 pub fn run<F, Fut>(f: F) -> RoutineHandle

@@ -17,7 +17,7 @@ use crate::runner::{BackendSlot, LazyBackend};
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, LockBackend, MemoryBackend, Result};
+use leasehold_core::{Error, LockBackend, MemoryBackend, Result};
 
 /// The URL schemes [`connect`] understands, whatever features are enabled.
 const SCHEMES: &str =
@@ -43,10 +43,10 @@ const ENV_URL: &str = "ROUTINE_BACKEND_URL";
 /// # Examples
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> routine::Result<()> {
-/// let backend = routine::connect("memory://").await?;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// let backend = leasehold::connect("memory://").await?;
 /// assert_eq!(backend.name(), "memory");
-/// assert!(routine::connect("ftp://example").await.is_err());
+/// assert!(leasehold::connect("ftp://example").await.is_err());
 /// # Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
@@ -58,14 +58,16 @@ async fn connect_as(url: &str, setting: &str) -> Result<Arc<dyn LockBackend>> {
     match scheme_of(url, setting)? {
         Scheme::Memory => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
-        Scheme::Redis => Ok(Arc::new(routine_redis::RedisBackend::from_url(url).await?)),
+        Scheme::Redis => Ok(Arc::new(
+            leasehold_redis::RedisBackend::from_url(url).await?,
+        )),
         #[cfg(feature = "etcd")]
         Scheme::Etcd => Ok(Arc::new(
-            routine_etcd::EtcdBackend::from_url(&etcd_url(url)).await?,
+            leasehold_etcd::EtcdBackend::from_url(&etcd_url(url)).await?,
         )),
         #[cfg(feature = "postgres")]
         Scheme::Postgres => Ok(Arc::new(
-            routine_postgres::PostgresBackend::from_url(url).await?,
+            leasehold_postgres::PostgresBackend::from_url(url).await?,
         )),
     }
 }
@@ -144,7 +146,7 @@ fn scheme_of(url: &str, setting: &str) -> Result<Scheme> {
     backend.ok_or_else(|| {
         Error::config(
             setting,
-            format!("`{scheme}://` needs the `{feature}` feature of the routine crate"),
+            format!("`{scheme}://` needs the `{feature}` feature of the leasehold crate"),
         )
     })
 }
@@ -258,7 +260,7 @@ impl EnvBackend {
             EnvBackend::Url(url, setting)
                 if *setting == ENV_URL && matches!(scheme_of(url, setting)?, Scheme::Postgres) =>
             {
-                let builder = routine_postgres::PostgresBackendBuilder::new()
+                let builder = leasehold_postgres::PostgresBackendBuilder::new()
                     .with_url_from(url.clone(), setting)
                     .with_env_settings(|name| var(&process_env, name))?;
                 Ok(Arc::new(builder.build().await?))
@@ -266,7 +268,7 @@ impl EnvBackend {
             EnvBackend::Url(url, setting) => connect_as(url, setting).await,
             #[cfg(feature = "redis")]
             EnvBackend::RedisFromEnv => {
-                Ok(Arc::new(routine_redis::RedisBackend::from_env().await?))
+                Ok(Arc::new(leasehold_redis::RedisBackend::from_env().await?))
             }
             EnvBackend::None => Err(Error::config(
                 "ROUTINE_BACKEND_URL",

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use routine_core::FencingToken;
+use leasehold_core::FencingToken;
 use tokio::time::Instant;
 
 /// Something that happened to a routine, broadcast by [`Runner::subscribe`](crate::Runner::subscribe).

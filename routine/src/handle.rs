@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use routine_core::Error;
+use leasehold_core::Error;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 

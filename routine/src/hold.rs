@@ -20,11 +20,11 @@
 //! When the instance ends, however it ends, its context is cancelled and the work it
 //! spawned through it is dropped before the lease is given back.
 //!
-//! [`Error::Lost`]: routine_core::Error::Lost
+//! [`Error::Lost`]: leasehold_core::Error::Lost
 
 use std::sync::Arc;
 
-use routine_core::{FencingToken, Lease, LockBackend};
+use leasehold_core::{FencingToken, Lease, LockBackend};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::config::RunnerConfig;

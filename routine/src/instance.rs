@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;

@@ -1,11 +1,16 @@
 // The README is the crate documentation, and its examples are doctests; one of them uses
-// the Redis backend, so without the `redis` feature a shorter text stands in.
-#![cfg_attr(feature = "redis", doc = include_str!("../../README.md"))]
+// the Redis backend, so without the `redis` feature a shorter text stands in. The crate's
+// `README.md` is a link to the repository's, so that the package carries it.
+#![cfg_attr(feature = "redis", doc = include_str!("../README.md"))]
 #![cfg_attr(
     not(feature = "redis"),
     doc = "Background tasks and cluster-wide singleton jobs on pluggable lease backends. \
-           See the README of the `routine` repository for the full guide."
+           See the README of the `leasehold` repository for the full guide."
 )]
+//!
+//! # Feature flags
+#![doc = document_features::document_features!()]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -23,6 +28,7 @@ mod hold;
 mod instance;
 mod keeper;
 mod options;
+mod report;
 mod runner;
 mod signals;
 mod task;
@@ -36,24 +42,27 @@ pub use handle::{Outcome, RoutineHandle};
 pub use options::RunOptions;
 pub use runner::Runner;
 
-pub use routine_core::{
+pub use leasehold_core::{
     BoxError, Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, MemoryBackend, Result,
 };
 
 /// The Redis backend (feature `redis`, on by default).
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
-    pub use routine_redis::*;
+    pub use leasehold_redis::*;
 }
 
 /// The etcd v3 backend (feature `etcd`).
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd {
-    pub use routine_etcd::*;
+    pub use leasehold_etcd::*;
 }
 
 /// The PostgreSQL advisory-lock backend (feature `postgres`).
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
-    pub use routine_postgres::*;
+    pub use leasehold_postgres::*;
 }

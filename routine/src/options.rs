@@ -8,7 +8,7 @@
 /// # Examples
 ///
 /// ```
-/// use routine::RunOptions;
+/// use leasehold::RunOptions;
 ///
 /// let options = RunOptions::keep_running_one_instance();
 /// assert_eq!(options, RunOptions::singleton());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
-use routine_core::{Error, LockBackend, LockKey, Result};
+use leasehold_core::{Error, LockBackend, LockKey, Result};
 use tokio::sync::{OnceCell, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +38,7 @@ pub(crate) const MAX_CONCURRENT_ACQUIRES: usize = 64;
 /// # Examples
 ///
 /// ```
-/// use routine::{MemoryBackend, RunOptions, Runner};
+/// use leasehold::{MemoryBackend, RunOptions, Runner};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let runner = Runner::with_backend(MemoryBackend::new());
@@ -410,7 +410,7 @@ mod tests {
 
     use async_trait::async_trait;
     use futures::FutureExt;
-    use routine_core::{Capabilities, Lease, MemoryBackend};
+    use leasehold_core::{Capabilities, Lease, MemoryBackend};
 
     use super::*;
 

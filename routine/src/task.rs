@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use routine_core::{FencingToken, LockKey};
-use sentry_core::{Hub, SentryFutureExt};
+use leasehold_core::{FencingToken, LockKey};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -81,8 +80,7 @@ impl Task {
             number = self.number,
             name = self.name.as_deref().unwrap_or_default()
         );
-        let hub = Arc::new(Hub::new_from_top(Hub::current()));
-        async move {
+        let task = async move {
             let outcome = match lease {
                 None => self.run_plain(routine).await,
                 Some((key, backend)) => {
@@ -96,8 +94,8 @@ impl Task {
             // The handle may have been dropped: nobody waits for the outcome.
             let _ = self.outcome.send(outcome);
         }
-        .instrument(span)
-        .bind_hub(hub)
+        .instrument(span);
+        crate::report::bind_caller_hub(task)
     }
 
     async fn run_plain(&self, mut routine: RoutineFn) -> Outcome {
@@ -160,23 +158,7 @@ impl Task {
     }
 
     fn report_panic(&self, message: &str) {
-        tracing::error!(panic = message, "routine panicked");
-        let number = self.number;
-        let name = self.name.as_deref().unwrap_or_default().to_owned();
-        sentry_core::with_scope(
-            |scope| {
-                scope.set_tag("routine.number", number);
-                if !name.is_empty() {
-                    scope.set_tag("routine.name", &name);
-                }
-            },
-            || {
-                sentry_core::capture_message(
-                    &format!("routine panicked: {message}"),
-                    sentry_core::Level::Fatal,
-                )
-            },
-        );
+        crate::report::panic(self.number, self.name.as_deref(), message);
     }
 
     /// The context of the instance that `guard` guards.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use routine::{Error, MemoryBackend, Outcome, RunOptions, Runner};
+use leasehold::{Error, MemoryBackend, Outcome, RunOptions, Runner};
 
 #[test]
 fn a_zero_ttl_is_rejected() {
@@ -33,7 +33,7 @@ fn a_ttl_too_short_to_derive_the_timing_from_is_a_ttl_error() {
 #[test]
 fn a_ttl_above_the_backends_maximum_is_rejected() {
     let backend = MemoryBackend::new();
-    let max = routine::LockBackend::capabilities(&backend).max_ttl;
+    let max = leasehold::LockBackend::capabilities(&backend).max_ttl;
     if let Some(too_long) = max.checked_add(Duration::from_secs(1)) {
         let err = Runner::builder()
             .backend(backend)

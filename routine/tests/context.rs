@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{TTL, runner, wait_for};
-use routine::{
+use leasehold::{
     CancelReason, Context, EventKind, FencingToken, LockKey, MemoryBackend, Outcome, RunOptions,
 };
 use tokio::sync::{mpsc, oneshot};

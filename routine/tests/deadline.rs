@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use routine::{CancelReason, Event, EventKind, MemoryBackend, Outcome, RunOptions, Runner};
+use leasehold::{CancelReason, Event, EventKind, MemoryBackend, Outcome, RunOptions, Runner};
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
@@ -89,7 +89,7 @@ struct Starved {
 /// wake `wake`; every refresh fails, so the first deadline is the last.
 async fn run_starved<F, Fut>(backend: &MemoryBackend, wake: &Arc<Notify>, routine: F) -> Starved
 where
-    F: FnMut(routine::Context) -> Fut + Send + 'static,
+    F: FnMut(leasehold::Context) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let runner = runner(backend);
@@ -151,7 +151,7 @@ impl Starved {
 }
 
 /// Records the context's cancel reason when dropped.
-struct OnDrop(routine::Context, Arc<Mutex<Option<Option<CancelReason>>>>);
+struct OnDrop(leasehold::Context, Arc<Mutex<Option<Option<CancelReason>>>>);
 
 impl Drop for OnDrop {
     fn drop(&mut self) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{TTL, idle_singleton, runner, runner_on, wait_acquired, wait_for};
-use routine::{
+use leasehold::{
     Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, Result, Runner,
 };
 

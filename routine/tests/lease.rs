@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{TTL, idle_singleton, runner, wait_for};
-use routine::{
+use leasehold::{
     CancelReason, Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, RunOptions,
     Runner,
 };
@@ -27,7 +27,7 @@ impl Trace {
     /// A routine that notes its cancellation but ignores it and keeps stepping.
     fn stubborn(
         &self,
-    ) -> impl FnMut(routine::Context) -> futures::future::BoxFuture<'static, ()> + Send + 'static
+    ) -> impl FnMut(leasehold::Context) -> futures::future::BoxFuture<'static, ()> + Send + 'static
     {
         let trace = self.clone();
         move |ctx| {
@@ -114,12 +114,12 @@ impl LockBackend for SlowReplies {
         &self,
         key: &LockKey,
         ttl: Duration,
-    ) -> routine::Result<Option<Box<dyn Lease>>> {
+    ) -> leasehold::Result<Option<Box<dyn Lease>>> {
         let lease = self.inner.try_acquire(key, ttl).await;
         tokio::time::sleep(self.delay).await;
         lease
     }
-    async fn released(&self, key: &LockKey) -> routine::Result<()> {
+    async fn released(&self, key: &LockKey) -> leasehold::Result<()> {
         self.inner.released(key).await
     }
 }
@@ -330,7 +330,7 @@ async fn an_answer_between_outages_resets_the_error_backoff() {
 /// the waiter reports.
 async fn outage(
     backend: &MemoryBackend,
-    events: &mut tokio::sync::broadcast::Receiver<routine::Event>,
+    events: &mut tokio::sync::broadcast::Receiver<leasehold::Event>,
 ) -> Duration {
     backend.set_unavailable(true);
     let error = kind!(EventKind::BackendError { .. });

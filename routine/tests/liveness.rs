@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use routine::{
+use leasehold::{
     Capabilities, Error, Lease, LockBackend, LockKey, MemoryBackend, Outcome, Result, RunOptions,
     Runner,
 };
@@ -193,7 +193,7 @@ async fn logged_backend_errors_carry_their_cause() {
     let mut events = runner.subscribe();
     let handle = common::idle_singleton(&runner, "job");
     common::wait_for(&mut events, TTL, "a backend error", |e| {
-        matches!(e.kind, routine::EventKind::BackendError { .. })
+        matches!(e.kind, leasehold::EventKind::BackendError { .. })
     })
     .await;
     handle.cancel();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{runner, wait_for};
-use routine::{CancelReason, MemoryBackend, Outcome, RunOptions, Runner};
+use leasehold::{CancelReason, MemoryBackend, Outcome, RunOptions, Runner};
 
 #[tokio::test(start_paused = true)]
 async fn run_reports_a_routine_that_returns() {
@@ -111,7 +111,7 @@ async fn shutdown_drops_routines_that_ignore_cancellation_after_the_drain_timeou
         &mut events,
         Duration::ZERO,
         "dropped",
-        kind!(routine::EventKind::Dropped),
+        kind!(leasehold::EventKind::Dropped),
     )
     .await;
     assert!(matches!(handle.join().await, Outcome::Cancelled));

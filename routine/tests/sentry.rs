@@ -1,6 +1,7 @@
-//! Sentry reporting of routine panics.
+//! Sentry reporting of routine panics (the `sentry` feature).
+#![cfg(feature = "sentry")]
 
-use routine::{MemoryBackend, Outcome, Runner};
+use leasehold::{MemoryBackend, Outcome, Runner};
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use routine::{CancelReason, MemoryBackend, Outcome, Runner};
+use leasehold::{CancelReason, MemoryBackend, Outcome, Runner};
 
 #[tokio::test]
 async fn sigterm_cancels_every_routine_and_shuts_the_runner_down() {

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routine::{MemoryBackend, Runner};
+use leasehold::{MemoryBackend, Runner};
 
 /// Set in the child's environment.
 const CHILD: &str = "ROUTINE_SIGNALS_TEST_CHILD";

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use routine::{MemoryBackend, Outcome, Runner};
+use leasehold::{MemoryBackend, Outcome, Runner};
 
 fn sigterm_to_self() {
     let status = Command::new("kill")

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Concurrency, TTL, holder_and_waiter, idle_singleton, runner, wait_for};
-use routine::{EventKind, LockKey, MemoryBackend, Outcome, RunOptions, Runner};
+use leasehold::{EventKind, LockKey, MemoryBackend, Outcome, RunOptions, Runner};
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
@@ -165,7 +165,7 @@ async fn a_vanished_holder_is_taken_over_right_when_its_lease_expires() {
     let key = LockKey::new("job").unwrap();
     let crashed_at = Instant::now();
     holder.abort();
-    let left = routine::LockBackend::expires_in(&backend, &key)
+    let left = leasehold::LockBackend::expires_in(&backend, &key)
         .await
         .unwrap()
         .unwrap();

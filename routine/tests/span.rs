@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use routine::{MemoryBackend, Outcome, Runner};
+use leasehold::{MemoryBackend, Outcome, Runner};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -54,7 +54,7 @@ fn a_routine_runs_in_a_span_whose_parent_is_the_callers_span() {
             let runner = Runner::with_backend(MemoryBackend::new());
             let handle = {
                 let _request = tracing::info_span!("request").entered();
-                runner.run_named("sync", |_| async {}, routine::RunOptions::new())
+                runner.run_named("sync", |_| async {}, leasehold::RunOptions::new())
             };
             assert!(matches!(handle.join().await, Outcome::Returned));
         })

@@ -1,7 +1,7 @@
 //! Latency of the etcd backend against a throwaway etcd, next to the raw etcd round trips
 //! it is built from.
 //!
-//! `cargo bench -p routine-etcd --bench latency` prints p50/p99 of:
+//! `cargo bench -p leasehold-etcd --bench latency` prints p50/p99 of:
 //! - library `try_acquire` + `release` on a warm session,
 //! - the raw equivalent: a put-if-absent transaction under a lease plus a delete, with
 //!   `etcd-client` directly,
@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
-use routine_conformance::measure::{self, print_row as row};
-use routine_conformance::servers::EtcdServer;
-use routine_core::{LockBackend, LockKey};
-use routine_etcd::EtcdBackend;
+use leasehold_conformance::measure::{self, print_row as row};
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_core::{LockBackend, LockKey};
+use leasehold_etcd::EtcdBackend;
 
 const TTL: Duration = Duration::from_secs(10);
 

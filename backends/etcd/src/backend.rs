@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use etcd_client::{GetOptions, TxnOpResponse};
-use routine_core::{Capabilities, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{Capabilities, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
 use crate::abandon::Attempt;
@@ -32,10 +32,10 @@ use crate::{key, parse, tls};
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use routine_core::{LockBackend, LockKey};
-/// use routine_etcd::EtcdBackend;
+/// use leasehold_core::{LockBackend, LockKey};
+/// use leasehold_etcd::EtcdBackend;
 ///
-/// # async fn f() -> routine_core::Result<()> {
+/// # async fn f() -> leasehold_core::Result<()> {
 /// let backend = EtcdBackend::from_url("etcd://127.0.0.1:2379").await?;
 /// let key = LockKey::new("report")?;
 /// if let Some(mut lease) = backend.try_acquire(&key, Duration::from_secs(10)).await? {
@@ -92,7 +92,7 @@ impl EtcdBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](routine_core::Error::Config) naming the variable if a value is malformed; otherwise as for
+    /// [`Error::Config`](leasehold_core::Error::Config) naming the variable if a value is malformed; otherwise as for
     /// [`EtcdBackendBuilder::build`].
     ///
     /// # Cancel safety
@@ -122,7 +122,7 @@ impl EtcdBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](routine_core::Error::Config) (never quoting the URL, which may hold a password) if it is
+    /// [`Error::Config`](leasehold_core::Error::Config) (never quoting the URL, which may hold a password) if it is
     /// malformed; otherwise as for [`EtcdBackendBuilder::build`].
     ///
     /// # Cancel safety
@@ -185,7 +185,7 @@ impl EtcdBackend {
         key::unchecked(&self.inner.settings.key_prefix, key)
     }
 
-    /// The etcd key of `key`, or [`Error::InvalidName`](routine_core::Error::InvalidName)
+    /// The etcd key of `key`, or [`Error::InvalidName`](leasehold_core::Error::InvalidName)
     /// if the name is one this backend refuses.
     fn checked_key(&self, key: &LockKey) -> Result<Vec<u8>> {
         key::etcd_key(&self.inner.settings.key_prefix, key)
@@ -388,7 +388,7 @@ impl LockBackend for EtcdBackend {
             }
         }
         // The rest on their own.
-        routine_core::refresh_rest(leases, results, ttl).await
+        leasehold_core::refresh_rest(leases, results, ttl).await
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 
 use crate::EtcdBackend;
 use crate::holder;
@@ -35,9 +35,9 @@ pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use routine_etcd::EtcdBackend;
+/// use leasehold_etcd::EtcdBackend;
 ///
-/// # async fn f() -> routine_core::Result<()> {
+/// # async fn f() -> leasehold_core::Result<()> {
 /// let backend = EtcdBackend::builder()
 ///     .with_endpoints(["10.0.0.1:2379", "10.0.0.2:2379"])
 ///     .with_user("routine", "secret")

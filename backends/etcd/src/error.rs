@@ -1,10 +1,10 @@
-//! Mapping `etcd-client` errors and our own deadlines into [`routine_core::Error`].
+//! Mapping `etcd-client` errors and our own deadlines into [`leasehold_core::Error`].
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{BoxError, Error};
+use leasehold_core::{BoxError, Error};
 
 /// The backend's name in errors and logs.
 pub(crate) const NAME: &str = "etcd";
@@ -20,7 +20,7 @@ mod code {
     pub(super) const UNAUTHENTICATED: i32 = 16;
 }
 
-/// What went wrong in one etcd request, before it becomes a [`routine_core::Error`]:
+/// What went wrong in one etcd request, before it becomes a [`leasehold_core::Error`]:
 /// the client's error or our own deadline. Cheap to clone, so that one keep-alive failure
 /// can be reported to every refresh that waited for it.
 #[derive(Debug, Clone)]

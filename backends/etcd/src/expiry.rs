@@ -1,4 +1,4 @@
-//! What [`expires_in`](routine_core::LockBackend::expires_in) reports for a held key,
+//! What [`expires_in`](leasehold_core::LockBackend::expires_in) reports for a held key,
 //! from what etcd says about the key's lease.
 //!
 //! A key that exists is held, whatever its lease says, and is never reported as free

@@ -12,7 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The values a backend writes: `routine-etcd pid {pid} backend {nonce}` for a key moved
+/// The values a backend writes: `leasehold-etcd pid {pid} backend {nonce}` for a key moved
 /// to another session, and that followed by ` attempt {n}` for each acquire attempt.
 #[derive(Debug)]
 pub(crate) struct Holder {
@@ -37,7 +37,7 @@ impl Holder {
         let pid = overrides.pid.unwrap_or_else(std::process::id);
         let nonce = overrides.nonce.unwrap_or_else(random_nonce);
         Self {
-            name: format!("routine-etcd pid {pid} backend {nonce:016x}"),
+            name: format!("leasehold-etcd pid {pid} backend {nonce:016x}"),
             next_attempt: AtomicU64::new(overrides.first_attempt.unwrap_or(1)),
         }
     }
@@ -96,14 +96,17 @@ mod tests {
             nonce: Some(0xab),
             first_attempt: Some(7),
         });
-        assert_eq!(holder.name(), "routine-etcd pid 1 backend 00000000000000ab");
         assert_eq!(
-            holder.attempt_value(),
-            "routine-etcd pid 1 backend 00000000000000ab attempt 7"
+            holder.name(),
+            "leasehold-etcd pid 1 backend 00000000000000ab"
         );
         assert_eq!(
             holder.attempt_value(),
-            "routine-etcd pid 1 backend 00000000000000ab attempt 8"
+            "leasehold-etcd pid 1 backend 00000000000000ab attempt 7"
+        );
+        assert_eq!(
+            holder.attempt_value(),
+            "leasehold-etcd pid 1 backend 00000000000000ab attempt 8"
         );
     }
 }

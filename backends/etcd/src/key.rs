@@ -13,7 +13,7 @@
 //! old and a new replica would both hold the routine, each under its own key. Every key
 //! that was allowed is unchanged.
 
-use routine_core::{Error, LockKey, Result};
+use leasehold_core::{Error, LockKey, Result};
 
 /// What a key prefix must end with, and a name must not contain.
 const SEPARATOR: char = '/';

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use routine_core::{Error, FencingToken, Lease, LockKey, Result};
+use leasehold_core::{Error, FencingToken, Lease, LockKey, Result};
 use tokio::time::Instant;
 
 use crate::EtcdBackend;

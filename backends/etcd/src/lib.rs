@@ -1,5 +1,5 @@
-//! etcd v3 lease backend for `routine`: [`EtcdBackend`] implements
-//! [`routine_core::LockBackend`] on an etcd cluster through the `etcd-client` crate.
+//! etcd v3 lease backend for `leasehold`: [`EtcdBackend`] implements
+//! [`leasehold_core::LockBackend`] on an etcd cluster through the `etcd-client` crate.
 //!
 //! # How leases map onto etcd
 //!
@@ -10,15 +10,15 @@
 //!   contain one: otherwise two applications under different prefixes could lock
 //!   different routines in one key (prefix `a/` with name `b/c`, prefix `a/b/` with name
 //!   `c`). A prefix without the final `/` is an
-//!   [`Error::Config`](routine_core::Error::Config) at build, a name with a `/` an
-//!   [`Error::InvalidName`](routine_core::Error::InvalidName) from every operation.
+//!   [`Error::Config`](leasehold_core::Error::Config) at build, a name with a `/` an
+//!   [`Error::InvalidName`](leasehold_core::Error::InvalidName) from every operation.
 //! - **Sessions.** A backend holds all its keys through one etcd lease per TTL (usually
 //!   one in all), the *session*: 10,000 held routines cost one keep-alive per refresh
 //!   period, not 10,000. Keep-alives are sent only when the runner refreshes, never on a
 //!   timer; concurrent refreshes share one keep-alive sent after they were all called, so
 //!   each refresh is backed by a keep-alive sent after it started. If the session lease
 //!   is lost (etcd says it is unknown, or no keep-alive was confirmed for a whole TTL),
-//!   every key held through it reports [`Error::Lost`](routine_core::Error::Lost) and the
+//!   every key held through it reports [`Error::Lost`](leasehold_core::Error::Lost) and the
 //!   next acquire grants a new session.
 //! - **Acquire** is one transaction: create the key under the session lease only if it
 //!   does not exist (create revision 0). **Refresh** keeps the session alive and checks
@@ -38,7 +38,7 @@
 //! - **Release notifications**: one watch per backend on the key prefix, for deletes
 //!   only (a release and an expiry both delete the key), dispatched locally to the
 //!   waiters of each key.
-//! - **Expiry reports**: [`expires_in`](routine_core::LockBackend::expires_in) asks the
+//! - **Expiry reports**: [`expires_in`](leasehold_core::LockBackend::expires_in) asks the
 //!   holder's lease for its remaining time (`LeaseTimeToLive`), rounded up to the next
 //!   whole second. A key that is there is never reported free: one whose lease expired
 //!   but which etcd has not deleted yet (etcd revokes expired leases every 500 ms, at
@@ -51,13 +51,13 @@
 //! etcd lease TTLs are whole seconds, and etcd raises any TTL below its minimum (1.5
 //! election timeouts, rounded up: 2 s with the default 1 s election timeout) to that
 //! minimum. This backend asks the cluster its minimum when it connects and declares it
-//! as [`Capabilities::min_ttl`](routine_core::Capabilities::min_ttl). At the other end,
+//! as [`Capabilities::min_ttl`](leasehold_core::Capabilities::min_ttl). At the other end,
 //! etcd refuses leases longer than 9,000,000,000 s (its `MaxLeaseTTL`, about 285 years),
-//! which the backend declares as [`Capabilities::max_ttl`](routine_core::Capabilities::max_ttl).
+//! which the backend declares as [`Capabilities::max_ttl`](leasehold_core::Capabilities::max_ttl).
 //! Every acquire and refresh checks its TTL against both bounds before asking etcd: a TTL
-//! outside them is an [`Error::InvalidTtl`](routine_core::Error::InvalidTtl), not a server
+//! outside them is an [`Error::InvalidTtl`](leasehold_core::Error::InvalidTtl), not a server
 //! error. TTLs within them are rounded up to whole seconds
-//! ([`Capabilities::ttl_granularity`](routine_core::Capabilities::ttl_granularity) is
+//! ([`Capabilities::ttl_granularity`](leasehold_core::Capabilities::ttl_granularity) is
 //! 1 s), so a lease is never shorter than asked.
 //!
 //! # Versions
@@ -76,10 +76,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use routine_core::{LockBackend, LockKey};
-//! use routine_etcd::EtcdBackend;
+//! use leasehold_core::{LockBackend, LockKey};
+//! use leasehold_etcd::EtcdBackend;
 //!
-//! # async fn f() -> routine_core::Result<()> {
+//! # async fn f() -> leasehold_core::Result<()> {
 //! let backend = EtcdBackend::builder()
 //!     .with_endpoints(["127.0.0.1:2379"])
 //!     .build()
@@ -95,6 +95,10 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # Feature flags
+#![doc = document_features::document_features!()]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)

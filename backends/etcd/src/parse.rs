@@ -198,7 +198,7 @@ pub(crate) fn validate(settings: &Settings) -> Result<(), ConfigError> {
     if wants_tls && cfg!(not(feature = "tls")) {
         return Err(bad(
             "tls",
-            "TLS was asked for but routine-etcd was built without its `tls` feature",
+            "TLS was asked for but leasehold-etcd was built without its `tls` feature",
         ));
     }
     Ok(())

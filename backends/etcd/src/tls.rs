@@ -39,6 +39,7 @@ pub(crate) fn apply(options: ConnectOptions, tls: &Tls) -> Result<ConnectOptions
 pub(crate) fn apply(_options: ConnectOptions, _tls: &Tls) -> Result<ConnectOptions, ConfigError> {
     Err(ConfigError {
         setting: "tls".to_owned(),
-        reason: "TLS was asked for but routine-etcd was built without its `tls` feature".to_owned(),
+        reason: "TLS was asked for but leasehold-etcd was built without its `tls` feature"
+            .to_owned(),
     })
 }

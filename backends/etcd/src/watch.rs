@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchFilterType, WatchOptions, WatchStream};
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use common::proxy::{Mode, Proxy};
 use common::{Deadline, key_info, raw, shared_server, unique_key, within};
 use etcd_client::PutOptions;
-use routine_conformance::servers::EtcdServer;
-use routine_core::LockBackend;
-use routine_etcd::EtcdBackend;
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_core::LockBackend;
+use leasehold_etcd::EtcdBackend;
 
 /// Long enough that no lease expires during a test: a key that goes away went because
 /// something deleted it.
@@ -225,7 +225,7 @@ async fn an_unanswered_acquire_that_etcd_applies_after_its_cleanup_is_deleted_to
     tokio::time::sleep(REQUEST_TIMEOUT).await;
     // Now etcd applies the acquire's transaction, as a member that received it and then
     // paused would once it resumes: the key holds the attempt's value on a's session.
-    let value = format!("routine-etcd pid 1 backend {nonce:016x} attempt 2");
+    let value = format!("leasehold-etcd pid 1 backend {nonce:016x} attempt 2");
     raw.put(
         etcd_key.clone(),
         value,

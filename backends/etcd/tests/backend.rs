@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key, within};
-use routine_core::{Error, LockBackend};
+use leasehold_core::{Error, LockBackend};
 
 #[tokio::test]
 async fn acquire_takes_a_free_key_and_a_second_acquire_is_contended() {

@@ -6,18 +6,18 @@
 
 use std::sync::OnceLock;
 
-use routine_conformance::servers::EtcdServer;
-use routine_etcd::EtcdBackend;
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_etcd::EtcdBackend;
 
 fn server() -> Option<&'static EtcdServer> {
     static SERVER: OnceLock<Option<EtcdServer>> = OnceLock::new();
     SERVER.get_or_init(EtcdServer::start).as_ref()
 }
 
-routine_conformance::conformance_tests!(
+leasehold_conformance::conformance_tests!(
     || async {
         let Some(server) = server() else {
-            routine_conformance::skip("etcd is not installed");
+            leasehold_conformance::skip("etcd is not installed");
         };
         EtcdBackend::builder()
             .with_endpoints([server.endpoint()])

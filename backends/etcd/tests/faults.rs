@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key, within};
-use routine_conformance::servers::EtcdServer;
-use routine_core::{Error, Lease, LockBackend};
-use routine_etcd::EtcdBackend;
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_core::{Error, Lease, LockBackend};
+use leasehold_etcd::EtcdBackend;
 
 /// Long enough for etcd to restart within it.
 const LONG_TTL: Duration = Duration::from_secs(10);
@@ -32,7 +32,7 @@ async fn refresh_until_verdict(
 /// Acquires until it succeeds, tolerating transient errors (etcd coming back).
 async fn acquire_until_held(
     backend: &EtcdBackend,
-    key: &routine_core::LockKey,
+    key: &leasehold_core::LockKey,
     ttl: Duration,
 ) -> Box<dyn Lease> {
     let deadline = Deadline::new(LONG_TTL * 2, format!("{key} must be acquired"));
@@ -238,7 +238,7 @@ async fn key_deleted_behind_the_holders_back_reports_lost_for_that_key_only() {
 
 #[tokio::test]
 async fn unreachable_endpoints_give_a_transient_error_without_hanging() {
-    let port = routine_conformance::servers::free_port();
+    let port = leasehold_conformance::servers::free_port();
     let started = EtcdBackend::builder()
         .with_endpoints([format!("127.0.0.1:{port}")])
         .with_connect_timeout(Duration::from_millis(500))

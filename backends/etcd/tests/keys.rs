@@ -7,11 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::{TTL, shared_server, unique_key};
-use routine_conformance::servers::EtcdServer;
-use routine_core::{Error, LockBackend, LockKey};
-use routine_etcd::EtcdBackend;
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_core::{Error, LockBackend, LockKey};
+use leasehold_etcd::EtcdBackend;
 
-async fn with_prefix(server: &EtcdServer, prefix: &str) -> routine_core::Result<EtcdBackend> {
+async fn with_prefix(server: &EtcdServer, prefix: &str) -> leasehold_core::Result<EtcdBackend> {
     EtcdBackend::builder()
         .with_endpoints([server.endpoint()])
         .with_request_timeout(Duration::from_millis(800))

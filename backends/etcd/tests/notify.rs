@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TTL, backend, shared_server, unique_key, within};
 use futures::FutureExt;
-use routine_core::LockBackend;
+use leasehold_core::LockBackend;
 
 #[tokio::test]
 async fn release_wakes_a_waiter_on_another_backend() {

@@ -1,4 +1,4 @@
-//! Runner-level faults: `routine::Runner` on the etcd backend while etcd is paused,
+//! Runner-level faults: `leasehold::Runner` on the etcd backend while etcd is paused,
 //! wiped, or the session lease is revoked behind its back.
 
 mod common;
@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{TTL, backend, key_info, raw, shared_server, unique_key};
-use routine::{Event, EventKind, RunOptions, Runner};
-use routine_conformance::servers::EtcdServer;
-use routine_etcd::EtcdBackend;
+use leasehold::{Event, EventKind, RunOptions, Runner};
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_etcd::EtcdBackend;
 use tokio::sync::broadcast;
 
 fn runner(backend: EtcdBackend) -> Runner {
@@ -22,7 +22,7 @@ fn runner(backend: EtcdBackend) -> Runner {
 }
 
 /// Runs `name` as a kept-running singleton that works until cancelled.
-fn run_forever(runner: &Runner, name: &str) -> routine::RoutineHandle {
+fn run_forever(runner: &Runner, name: &str) -> leasehold::RoutineHandle {
     runner.run_named(
         name,
         |ctx| async move { ctx.cancelled().await },
@@ -156,7 +156,7 @@ async fn revoked_session_stops_every_routine_of_the_runner_and_they_come_back() 
         .collect();
     each_event(&mut events, &names, TTL * 2, acquired).await;
     let mut raw = raw(server).await;
-    let key = routine_core::LockKey::new(&names[0]).unwrap();
+    let key = leasehold_core::LockKey::new(&names[0]).unwrap();
     let (_, session) = key_info(&mut raw, &backend.etcd_key(&key)).await.unwrap();
     // Separate receivers, so that a routine's new acquisition is not consumed while
     // waiting for another's loss.
@@ -166,7 +166,7 @@ async fn revoked_session_stops_every_routine_of_the_runner_and_they_come_back() 
     each_event(&mut after_revoke, &names, TTL * 5, acquired).await;
     let mut sessions = HashSet::new();
     for name in &names {
-        let key = routine_core::LockKey::new(name).unwrap();
+        let key = leasehold_core::LockKey::new(name).unwrap();
         sessions.insert(key_info(&mut raw, &backend.etcd_key(&key)).await.unwrap().1);
     }
     assert_eq!(sessions.len(), 1, "the routines share one new session");

@@ -9,14 +9,14 @@ use std::time::Duration;
 use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key};
 use etcd_client::PutOptions;
 use futures::StreamExt as _;
-use routine_conformance::servers::EtcdServer;
-use routine_core::{Error, LockBackend};
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_core::{Error, LockBackend};
 use tokio::time::Instant;
 
 /// etcd's `MaxLeaseTTL`: the longest lease TTL its lessor grants.
 const ETCD_MAX_LEASE_TTL: Duration = Duration::from_secs(9_000_000_000);
 
-fn assert_invalid_ttl(result: routine_core::Result<()>, what: &str) {
+fn assert_invalid_ttl(result: leasehold_core::Result<()>, what: &str) {
     let err = result.expect_err(what);
     assert!(
         matches!(err, Error::InvalidTtl { .. }),

@@ -7,17 +7,17 @@
 //! would be, awaits `released()`; from the release call to the waiter's successful
 //! acquire), and the connections used while holding 1,000 leases.
 //!
-//! `cargo bench -p routine-postgres --bench latency` runs it in full; under `cargo test`
+//! `cargo bench -p leasehold-postgres --bench latency` runs it in full; under `cargo test`
 //! (no `--bench` argument) it runs a few iterations only, to check that it works.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use routine_conformance::measure::{self, print_row as row};
-use routine_conformance::servers::PostgresServer;
-use routine_core::{LockBackend, LockKey};
-use routine_postgres::PostgresBackend;
+use leasehold_conformance::measure::{self, print_row as row};
+use leasehold_conformance::servers::PostgresServer;
+use leasehold_core::{LockBackend, LockKey};
+use leasehold_postgres::PostgresBackend;
 use sqlx::Connection;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -82,7 +82,7 @@ async fn main() {
     }
 
     println!();
-    println!("routine-postgres latency, PostgreSQL on loopback, {iterations} iterations");
+    println!("leasehold-postgres latency, PostgreSQL on loopback, {iterations} iterations");
     println!("(handover: {handovers} iterations; all-leases refresh: 10 rounds)");
     println!();
     println!("| measurement | p50 | p99 |");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use routine_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
 use tokio::sync::mpsc;
 
 use crate::config::{PostgresBackendBuilder, Settings};
@@ -32,10 +32,10 @@ use crate::ttl::{CAPABILITIES, check_ttl};
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use routine_core::{LockBackend, LockKey};
-/// use routine_postgres::PostgresBackend;
+/// use leasehold_core::{LockBackend, LockKey};
+/// use leasehold_postgres::PostgresBackend;
 ///
-/// # async fn run() -> routine_core::Result<()> {
+/// # async fn run() -> leasehold_core::Result<()> {
 /// let backend = PostgresBackend::from_url("postgres://app:secret@db.internal/app").await?;
 /// let key = LockKey::new("billing-sync")?;
 /// if let Some(mut lease) = backend.try_acquire(&key, Duration::from_secs(15)).await? {
@@ -179,7 +179,7 @@ impl LockBackend for PostgresBackend {
             }
         }
         // Leases this backend did not make: their own refresh.
-        routine_core::refresh_rest(leases, results, ttl).await
+        leasehold_core::refresh_rest(leases, results, ttl).await
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::PostgresBackend;
@@ -48,9 +48,9 @@ impl<T> Sourced<T> {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use routine_postgres::PostgresBackend;
+/// use leasehold_postgres::PostgresBackend;
 ///
-/// # async fn run() -> routine_core::Result<()> {
+/// # async fn run() -> leasehold_core::Result<()> {
 /// let backend = PostgresBackend::builder()
 ///     .with_url("postgres://app:secret@db.internal/app")
 ///     .with_schema("ops")

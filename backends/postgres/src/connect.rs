@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnection;
 use sqlx::{ConnectOptions, Row};
 

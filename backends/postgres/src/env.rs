@@ -1,6 +1,6 @@
 //! Reading a `PostgresBackendBuilder` from environment variables.
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 
 use crate::config::{PostgresBackendBuilder, Sourced};
 
@@ -54,7 +54,7 @@ impl PostgresBackendBuilder {
     /// # Examples
     ///
     /// ```
-    /// use routine_postgres::PostgresBackendBuilder;
+    /// use leasehold_postgres::PostgresBackendBuilder;
     ///
     /// let err = PostgresBackendBuilder::from_env_vars(|name| {
     ///     Ok(match name {
@@ -87,7 +87,7 @@ impl PostgresBackendBuilder {
     /// Applies the optional variables of [`from_env`](Self::from_env) other than the URL
     /// (`ROUTINE_POSTGRES_SCHEMA`, `_TABLE`, `_NAMESPACE`, `_REQUEST_TIMEOUT`), read
     /// through `lookup`, to this builder: for a URL that comes from elsewhere, such as
-    /// `routine`'s `ROUTINE_BACKEND_URL` (see [`with_url_from`](Self::with_url_from)).
+    /// `leasehold`'s `ROUTINE_BACKEND_URL` (see [`with_url_from`](Self::with_url_from)).
     ///
     /// # Errors
     ///

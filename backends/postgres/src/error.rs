@@ -1,9 +1,9 @@
-//! Mapping `sqlx` errors and timeouts into `routine_core::Error`.
+//! Mapping `sqlx` errors and timeouts into `leasehold_core::Error`.
 
 use std::future::Future;
 use std::time::Duration;
 
-use routine_core::Error;
+use leasehold_core::Error;
 use sqlx::postgres::{PgDatabaseError, PgSeverity};
 
 /// The backend's name in errors and logs.

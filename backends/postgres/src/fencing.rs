@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnection;
 
 use crate::config::Settings;

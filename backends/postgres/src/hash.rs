@@ -15,7 +15,7 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// # Examples
 ///
 /// ```
-/// use routine_postgres::fnv1a_64;
+/// use leasehold_postgres::fnv1a_64;
 ///
 /// assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
 /// ```
@@ -45,7 +45,7 @@ pub const fn fnv1a_64(bytes: &[u8]) -> u64 {
 /// # Examples
 ///
 /// ```
-/// use routine_postgres::advisory_lock_key;
+/// use leasehold_postgres::advisory_lock_key;
 ///
 /// assert_eq!(advisory_lock_key("routine", "billing-sync"), -6_966_846_450_831_080_632);
 /// ```

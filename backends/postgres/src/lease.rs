@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use routine_core::{Error, FencingToken, Lease, LockKey, Result};
+use leasehold_core::{Error, FencingToken, Lease, LockKey, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;

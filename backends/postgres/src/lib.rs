@@ -1,14 +1,14 @@
-//! A `routine` lease backend on PostgreSQL session-level advisory locks.
+//! A `leasehold` lease backend on PostgreSQL session-level advisory locks.
 //!
-//! [`PostgresBackend`] implements [`routine_core::LockBackend`]: a routine's lease is a
+//! [`PostgresBackend`] implements [`leasehold_core::LockBackend`]: a routine's lease is a
 //! `pg_try_advisory_lock` held by the backend's *lock session*, its fencing token comes
 //! from a counter row bumped in the same statement, and releases are announced with
 //! `NOTIFY`.
 //!
 //! ```no_run
-//! use routine_postgres::PostgresBackend;
+//! use leasehold_postgres::PostgresBackend;
 //!
-//! # async fn run() -> routine_core::Result<()> {
+//! # async fn run() -> leasehold_core::Result<()> {
 //! // From ROUTINE_POSTGRES_URL or DATABASE_URL (and optional ROUTINE_POSTGRES_* settings):
 //! let backend = PostgresBackend::from_env().await?;
 //! // Or explicitly:
@@ -29,10 +29,10 @@
 //! (as `<name> (routine lock session)`... when the URL sets `application_name=<name>`).
 //! A refresh proves the lock session is alive; if the session is lost (connection error,
 //! request timeout, `pg_terminate_backend`, server restart), every lease on it reports
-//! [`Error::Lost`](routine_core::Error::Lost) and the next acquire opens a new session.
+//! [`Error::Lost`](leasehold_core::Error::Lost) and the next acquire opens a new session.
 //! When the backend itself drops the session (a statement broke the connection or timed
 //! out), every lease on it is told at once through
-//! [`Lease::revoked`](routine_core::Lease::revoked), so the runner stops its routine
+//! [`Lease::revoked`](leasehold_core::Lease::revoked), so the runner stops its routine
 //! without waiting for the next refresh. A statement that fails on a healthy session,
 //! including one cancelled by `pg_cancel_backend` or `statement_timeout` (SQLSTATE
 //! `57014`), ends nothing. Dropping a lease without releasing it unlocks it in the
@@ -50,8 +50,8 @@
 //! names the session that took it. An acquire that gets a free advisory lock but finds
 //! the key named by another session whose heartbeat still runs does not take the key:
 //! it gives the lock back and reports contention, and
-//! [`expires_in`](routine_core::LockBackend::expires_in) tells when the heartbeat runs
-//! out ([`Capabilities::reports_expiry`](routine_core::Capabilities) is `true`). The
+//! [`expires_in`](leasehold_core::LockBackend::expires_in) tells when the heartbeat runs
+//! out ([`Capabilities::reports_expiry`](leasehold_core::Capabilities) is `true`). The
 //! heartbeat outlasts every local deadline, because it counts from when the statement
 //! ran and each deadline from when the request was sent, both in real time.
 //!
@@ -86,7 +86,7 @@
 //!
 //! The last row is by design: leases on one session share its liveness. The runner refreshes
 //! every lease it keeps; one it gives up is released or dropped, which unlocks it.
-//! PostgreSQL before 12 is refused ([`Error::Misconfigured`](routine_core::Error::Misconfigured)).
+//! PostgreSQL before 12 is refused ([`Error::Misconfigured`](leasehold_core::Error::Misconfigured)).
 //! Because the session's settings follow the *longest* TTL, a process mixing very
 //! different TTLs holds its short leases up to the longest TTL after a pause. TTLs below
 //! one second are refused.
@@ -97,7 +97,7 @@
 //! (default `routine`), a zero byte and the name, the same in every version of this crate.
 //! Two names may hash alike; the fencing table stores the namespace and name of each key,
 //! and a mismatch, whether found on acquiring or on contention, is an
-//! [`Error::InvalidName`](routine_core::Error::InvalidName) naming both routines (a lock
+//! [`Error::InvalidName`](leasehold_core::Error::InvalidName) naming both routines (a lock
 //! taken in that statement is given back). Other applications using `bigint` advisory
 //! locks in the same database could still meet our keys unnoticed; give them another
 //! database or the two-`int4` key form.
@@ -109,7 +109,7 @@
 //! the statement that takes the lock also increments the row's `token`, so tokens grow with
 //! every acquisition of a key, across processes, restarts and takeovers. Never delete its
 //! rows. The table (and schema) are created if missing, which needs the `CREATE`
-//! privilege; without it, [`Error::PermissionDenied`](routine_core::Error::PermissionDenied)
+//! privilege; without it, [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied)
 //! (create the tables once as an administrator, then `SELECT, INSERT, UPDATE` on the
 //! fencing table and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
 //! fencing table made by an earlier version gets its `holder_session` column added, which
@@ -144,7 +144,7 @@
 //! clients. Each new session checks this with a probe lock across two statements, and the
 //! two connections must have distinct server backends; either failing, or the pooler
 //! mixing up prepared statements (PgBouncer before 1.21), is an
-//! [`Error::Misconfigured`](routine_core::Error::Misconfigured). A pooler in session mode
+//! [`Error::Misconfigured`](leasehold_core::Error::Misconfigured). A pooler in session mode
 //! works. Both are tested against a real PgBouncer. The `connect` module describes the case
 //! that cannot be detected.
 //!

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use routine_core::{FencingToken, LockKey, Result};
+use leasehold_core::{FencingToken, LockKey, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A reply channel.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::{Notify, oneshot, watch};

@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use routine_core::{Capabilities, Result};
+use leasehold_core::{Capabilities, Result};
 
 /// The shortest lease TTL accepted. Every lease on a session shares its liveness, and
 /// a session idle for the TTL is ended by the server: below a second, a scheduling hiccup

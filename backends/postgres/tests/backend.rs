@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::join_all;
-use routine_core::{Error, LockBackend};
-use routine_postgres::{PostgresBackend, advisory_lock_key};
+use leasehold_core::{Error, LockBackend};
+use leasehold_postgres::{PostgresBackend, advisory_lock_key};
 use sqlx::Connection;
 
 use common::{advisory_lock_held, backend, key, shared_server, unique};

@@ -1,4 +1,4 @@
-//! The whole `routine-conformance` suite on `PostgresBackend`: every client is its own
+//! The whole `leasehold-conformance` suite on `PostgresBackend`: every client is its own
 //! backend (its own lock session and listener) on one throwaway server.
 //!
 //! Time scale 2: a lock session idle for its longest lease TTL is ended by the server, so
@@ -7,10 +7,10 @@
 
 mod common;
 
-routine_conformance::conformance_tests!(
+leasehold_conformance::conformance_tests!(
     || async {
         let Some(server) = common::shared_server() else {
-            routine_conformance::skip("PostgreSQL binaries not found");
+            leasehold_conformance::skip("PostgreSQL binaries not found");
         };
         common::backend(&server.url(), "conformance").await
     },

@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use futures::FutureExt;
-use routine_conformance::servers::{PostgresServer, free_port};
-use routine_core::{Error, LockBackend};
-use routine_postgres::{PostgresBackend, PostgresBackendBuilder};
+use leasehold_conformance::servers::{PostgresServer, free_port};
+use leasehold_core::{Error, LockBackend};
+use leasehold_postgres::{PostgresBackend, PostgresBackendBuilder};
 
 use common::{acquire_within, advisory_lock_held, backend, eventually, holder_pid, key, unique};
 

@@ -1,20 +1,20 @@
-//! Runner-level faults: a `routine::Runner` keeping one routine on `PostgresBackend` while
+//! Runner-level faults: a `leasehold::Runner` keeping one routine on `PostgresBackend` while
 //! the lock session is killed or the server restarts.
 
 mod common;
 
 use std::time::Duration;
 
-use routine::{EventKind, RunOptions, Runner};
-use routine_conformance::servers::PostgresServer;
-use routine_conformance::wait::{self, acquired};
-use routine_core::LockBackend as _;
+use leasehold::{EventKind, RunOptions, Runner};
+use leasehold_conformance::servers::PostgresServer;
+use leasehold_conformance::wait::{self, acquired};
+use leasehold_core::LockBackend as _;
 
 use common::{backend, holder_pid, key};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
-fn runner(backend: routine_postgres::PostgresBackend) -> Runner {
+fn runner(backend: leasehold_postgres::PostgresBackend) -> Runner {
     Runner::builder()
         .backend(backend)
         .lease_ttl(Duration::from_secs(2))
@@ -23,7 +23,7 @@ fn runner(backend: routine_postgres::PostgresBackend) -> Runner {
         .expect("runner builds")
 }
 
-fn token_of(event: &routine::Event) -> u64 {
+fn token_of(event: &leasehold::Event) -> u64 {
     match &event.kind {
         EventKind::Acquired { token } => token.get(),
         other => panic!("expected Acquired, got {other:?}"),
@@ -33,7 +33,7 @@ fn token_of(event: &routine::Event) -> u64 {
 /// Waits for the routine's next `Acquired` event and checks its token is above `first`,
 /// the token it held before `what`.
 async fn acquired_again(
-    events: &mut tokio::sync::broadcast::Receiver<routine::Event>,
+    events: &mut tokio::sync::broadcast::Receiver<leasehold::Event>,
     first: u64,
     what: &str,
 ) {
@@ -170,7 +170,7 @@ async fn a_routine_stops_as_soon_as_its_backend_drops_the_lock_session() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, routine::Error::Timeout { .. }),
+        matches!(err, leasehold::Error::Timeout { .. }),
         "the blocked acquire times out, got {err:?}"
     );
     wait::event(&mut events, WITHIN, "lease lost on revocation", |e| {

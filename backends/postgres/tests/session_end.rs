@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use routine_conformance::servers::PostgresServer;
-use routine_core::{Error, LockBackend};
+use leasehold_conformance::servers::PostgresServer;
+use leasehold_core::{Error, LockBackend};
 use tokio::time::Instant;
 
 use common::{backend, block_acquires_of, eventually, holder_pid, key};

@@ -6,16 +6,16 @@
 //! backend, as another process would be) awaits `released()`; measured from the release
 //! call to the waiter's successful acquire.
 //!
-//! `cargo bench -p routine-redis --bench latency` runs it in full; under `cargo test`
+//! `cargo bench -p leasehold-redis --bench latency` runs it in full; under `cargo test`
 //! (no `--bench` argument) it runs a few iterations only, to check that it works.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_conformance::measure::{self, print_row as row};
-use routine_conformance::servers::RedisServer;
-use routine_core::LockKey;
-use routine_redis::RedisBackend;
+use leasehold_conformance::measure::{self, print_row as row};
+use leasehold_conformance::servers::RedisServer;
+use leasehold_core::LockKey;
+use leasehold_redis::RedisBackend;
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -60,7 +60,7 @@ async fn main() {
     .await;
 
     println!();
-    println!("routine-redis latency, redis-server on loopback, {iterations} iterations");
+    println!("leasehold-redis latency, redis-server on loopback, {iterations} iterations");
     println!("(handover: {handovers} iterations)");
     println!();
     println!("| measurement | p50 | p99 |");

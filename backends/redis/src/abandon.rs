@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use routine_core::{LockKey, Result};
+use leasehold_core::{LockKey, Result};
 
 use crate::client::Client;
 use crate::scripts;

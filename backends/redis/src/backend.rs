@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use routine_core::{Capabilities, FencingToken, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{Capabilities, FencingToken, Lease, LockBackend, LockKey, Result};
 
 use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
@@ -27,10 +27,10 @@ use crate::scripts::{self, Keys};
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use routine_core::{LockBackend, LockKey};
-/// use routine_redis::RedisBackend;
+/// use leasehold_core::{LockBackend, LockKey};
+/// use leasehold_redis::RedisBackend;
 ///
-/// # async fn run() -> routine_core::Result<()> {
+/// # async fn run() -> leasehold_core::Result<()> {
 /// let backend = RedisBackend::from_url("redis://127.0.0.1:6379/0").await?;
 /// let key = LockKey::new("nightly-report")?;
 /// if let Some(mut lease) = backend.try_acquire(&key, Duration::from_secs(5)).await? {
@@ -57,7 +57,7 @@ impl RedisBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](routine_core::Error::Config) naming the variable if one is
+    /// [`Error::Config`](leasehold_core::Error::Config) naming the variable if one is
     /// malformed, then as for [`RedisBackendBuilder::build`].
     ///
     /// # Cancel safety
@@ -72,7 +72,7 @@ impl RedisBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](routine_core::Error::Config) with setting `url` if the URL is
+    /// [`Error::Config`](leasehold_core::Error::Config) with setting `url` if the URL is
     /// malformed, then as for [`RedisBackendBuilder::build`].
     ///
     /// # Cancel safety
@@ -155,8 +155,8 @@ impl RedisBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Unavailable`](routine_core::Error::Unavailable) or
-    /// [`Error::Timeout`](routine_core::Error::Timeout) if the server cannot answer, as
+    /// [`Error::Unavailable`](leasehold_core::Error::Unavailable) or
+    /// [`Error::Timeout`](leasehold_core::Error::Timeout) if the server cannot answer, as
     /// for every request; the counter may or may not have been deleted then.
     ///
     /// # Cancel safety
@@ -323,7 +323,7 @@ impl LockBackend for RedisBackend {
             }
         }
         // Leases this backend did not make: their own refresh.
-        routine_core::refresh_rest(leases, results, ttl).await
+        leasehold_core::refresh_rest(leases, results, ttl).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {

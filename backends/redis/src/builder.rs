@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 
 use crate::RedisBackend;
 use crate::config::{self, Password, Settings};
@@ -19,9 +19,9 @@ use crate::config::{self, Password, Settings};
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use routine_redis::RedisBackend;
+/// use leasehold_redis::RedisBackend;
 ///
-/// # async fn run() -> routine_core::Result<()> {
+/// # async fn run() -> leasehold_core::Result<()> {
 /// let backend = RedisBackend::builder()
 ///     .with_url("redis://:secret@redis.internal:6379/2")
 ///     .with_namespace("billing")
@@ -58,7 +58,7 @@ impl RedisBackendBuilder {
     /// | `REDIS_READ_TIMEOUT` | request timeout | `3s` |
     /// | `REDIS_WRITE_TIMEOUT` | request timeout too: the redis crate sends a request and awaits the reply under one timeout, the larger of the two | `3s` |
     ///
-    /// The lease TTL (`ROUTINE_REDIS_LOCK_TTL`) is a runner setting, read by `routine`.
+    /// The lease TTL (`ROUTINE_REDIS_LOCK_TTL`) is a runner setting, read by `leasehold`.
     ///
     /// # Errors
     ///
@@ -78,7 +78,7 @@ impl RedisBackendBuilder {
     /// # Examples
     ///
     /// ```
-    /// use routine_redis::RedisBackendBuilder;
+    /// use leasehold_redis::RedisBackendBuilder;
     ///
     /// let err = RedisBackendBuilder::from_env_with(|name| {
     ///     (name == "REDIS_DB").then(|| "two".to_owned())

@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use leasehold_core::{Capabilities, Result};
 use redis::aio::ConnectionManager;
-use routine_core::{Capabilities, Result};
 
 use crate::config::Settings;
 use crate::connection::Connection;

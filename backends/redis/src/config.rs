@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use leasehold_core::{Error, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
-use routine_core::{Error, Result};
 
 /// The port used when an address or URL gives none.
 pub(crate) const DEFAULT_PORT: u16 = 6379;

@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use leasehold_core::Result;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use routine_core::Result;
 use tokio::time::Instant;
 
 use crate::error;
@@ -184,7 +184,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_error(self, operation: &'static str, timeout: Duration) -> routine_core::Error {
+    fn into_error(self, operation: &'static str, timeout: Duration) -> leasehold_core::Error {
         match self {
             Failure::Redis(err) => error::from_redis(err, operation, timeout),
             Failure::TimedOut => error::timed_out(operation, timeout),

@@ -1,11 +1,11 @@
-//! How the `redis` crate's errors map into [`routine_core::Error`].
+//! How the `redis` crate's errors map into [`leasehold_core::Error`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_core::Error;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
-use routine_core::Error;
 
 /// The backend's name in errors and logs.
 pub(crate) const NAME: &str = "redis";

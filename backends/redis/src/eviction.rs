@@ -1,7 +1,7 @@
 //! The eviction check at connect: a server that may evict keys can delete a held lock or
 //! a fencing counter.
 
-use routine_core::{Error, Result};
+use leasehold_core::{Error, Result};
 
 use crate::config::Settings;
 use crate::connection::Connection;

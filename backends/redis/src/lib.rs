@@ -1,6 +1,6 @@
-//! The Redis lease backend of `routine`, compatible with the Go original's locks.
+//! The Redis lease backend of `leasehold`, compatible with the Go original's locks.
 //!
-//! [`RedisBackend`] implements [`routine_core::LockBackend`] on one Redis server (or a
+//! [`RedisBackend`] implements [`leasehold_core::LockBackend`] on one Redis server (or a
 //! primary behind a stable address; Redis Cluster is not supported, since a lock and its
 //! fence counter are touched by one script).
 //!
@@ -11,9 +11,9 @@
 //! one atomic Lua script:
 //!
 //! - acquire: `SET key token NX PX ttl`; on success `INCR routine:fence:<name>` gives the
-//!   [fencing token](routine_core::FencingToken) (that key never expires);
+//!   [fencing token](leasehold_core::FencingToken) (that key never expires);
 //! - refresh: if `GET key` is our token, `PEXPIRE key ttl`, else the lease is
-//!   [lost](routine_core::Error::Lost);
+//!   [lost](leasehold_core::Error::Lost);
 //! - release: if `GET key` is our token, `DEL key` and `PUBLISH routine:released:<name>`;
 //!   otherwise nothing is touched.
 //!
@@ -41,7 +41,7 @@
 //! memory pressure (another instance then takes it while the holder still runs) or a
 //! fence counter. At connect the backend reads the policy and logs a warning unless it is
 //! `noeviction`, or refuses to connect with
-//! [`Misconfigured`](routine_core::Error::Misconfigured) if
+//! [`Misconfigured`](leasehold_core::Error::Misconfigured) if
 //! [`RedisBackendBuilder::with_require_noeviction`] is set. A server that does not show
 //! its configuration (a managed service, an ACL user without `CONFIG`) is not checked.
 //!
@@ -59,7 +59,7 @@
 //!   a failure opens the new connection and is sent once more on it; at most one
 //!   replacement is opened per second, so the runner's backoff paces them;
 //! - one pub/sub connection subscribed once to `routine:released:*`, whose messages wake
-//!   the local waiters of [`LockBackend::released`](routine_core::LockBackend::released).
+//!   the local waiters of [`LockBackend::released`](leasehold_core::LockBackend::released).
 //!   If it fails, waiters get an error and the runner polls; acquire, refresh and release
 //!   do not depend on it. The next wait reconnects it, on a new connection each time, so
 //!   credentials fixed on the server are picked up too.
@@ -74,7 +74,7 @@
 //!   the runner's own bound on an acquire (half the TTL by default), so the backend gives
 //!   up first and can undo what it may have taken. The `redis` crate's own response and
 //!   connection timeouts are set to the request and connect timeouts, so a hung or
-//!   paused server yields [`Error::Timeout`](routine_core::Error::Timeout) rather than a
+//!   paused server yields [`Error::Timeout`](leasehold_core::Error::Timeout) rather than a
 //!   call that waits.
 //! - The client does not retry reconnections itself (its retry count is set to zero): a
 //!   request that finds the connection broken starts one reconnection attempt, and is
@@ -86,18 +86,18 @@
 //!   the background by a release of its token, queued behind it on the same connection,
 //!   so a lock we may hold without knowing is not left held for its whole TTL.
 //! - Errors map as: connection refused, reset or other I/O failure →
-//!   [`Unavailable`](routine_core::Error::Unavailable); timeouts →
-//!   [`Timeout`](routine_core::Error::Timeout); `NOAUTH`/`WRONGPASS` →
-//!   [`Auth`](routine_core::Error::Auth) (retried by the runner: an operator may fix the
-//!   password); `NOPERM` → [`PermissionDenied`](routine_core::Error::PermissionDenied);
+//!   [`Unavailable`](leasehold_core::Error::Unavailable); timeouts →
+//!   [`Timeout`](leasehold_core::Error::Timeout); `NOAUTH`/`WRONGPASS` →
+//!   [`Auth`](leasehold_core::Error::Auth) (retried by the runner: an operator may fix the
+//!   password); `NOPERM` → [`PermissionDenied`](leasehold_core::Error::PermissionDenied);
 //!   `READONLY` (the address serves a replica, as during a failover) →
-//!   [`Unavailable`](routine_core::Error::Unavailable), transient, with a source saying
+//!   [`Unavailable`](leasehold_core::Error::Unavailable), transient, with a source saying
 //!   so; a TTL under 1 ms (Redis's expiry precision) or above what `PX` can represent
-//!   (about 146 million years) → [`InvalidTtl`](routine_core::Error::InvalidTtl), both
-//!   declared in the [capabilities](routine_core::LockBackend::capabilities); an
+//!   (about 146 million years) → [`InvalidTtl`](leasehold_core::Error::InvalidTtl), both
+//!   declared in the [capabilities](leasehold_core::LockBackend::capabilities); an
 //!   evicting server when `noeviction` is required →
-//!   [`Misconfigured`](routine_core::Error::Misconfigured); malformed settings →
-//!   [`Config`](routine_core::Error::Config) naming the setting or variable.
+//!   [`Misconfigured`](leasehold_core::Error::Misconfigured); malformed settings →
+//!   [`Config`](leasehold_core::Error::Config) naming the setting or variable.
 //!
 //! The connections' driver tasks run on the tokio runtime the backend was built on:
 //! build and use a backend within one runtime.
@@ -113,10 +113,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use routine_core::{LockBackend, LockKey};
-//! use routine_redis::RedisBackend;
+//! use leasehold_core::{LockBackend, LockKey};
+//! use leasehold_redis::RedisBackend;
 //!
-//! # async fn run() -> routine_core::Result<()> {
+//! # async fn run() -> leasehold_core::Result<()> {
 //! let backend = RedisBackend::from_env().await?;
 //! let key = LockKey::new("cleanup")?;
 //! match backend.try_acquire(&key, Duration::from_secs(5)).await? {

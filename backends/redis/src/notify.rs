@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
+use leasehold_core::{Error, Result};
 use redis::aio::PubSub;
-use routine_core::{Error, Result};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 

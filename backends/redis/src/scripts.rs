@@ -8,8 +8,8 @@
 
 use std::sync::LazyLock;
 
+use leasehold_core::LockKey;
 use redis::Script;
-use routine_core::LockKey;
 
 /// Takes the lock if it is free and counts the acquisition on the fence key.
 ///

@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Deadline, raw, unique_key};
-use routine_conformance::servers::RedisServer;
-use routine_core::{Error, LockBackend};
-use routine_redis::RedisBackend;
+use leasehold_conformance::servers::RedisServer;
+use leasehold_core::{Error, LockBackend};
+use leasehold_redis::RedisBackend;
 
 /// Generous bound for "freed soon": far below the TTLs used here.
 const SOON: Duration = Duration::from_secs(5);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{Deadline, backend, get, raw, shared_server, unique_key, within};
 use futures::FutureExt;
-use routine_core::{Error, LockBackend};
-use routine_redis::RedisBackend;
+use leasehold_core::{Error, LockBackend};
+use leasehold_redis::RedisBackend;
 
 const TTL: Duration = Duration::from_secs(10);
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -376,7 +376,7 @@ async fn namespaces_separate_applications() {
 
 #[tokio::test]
 async fn many_leases_use_two_connections() {
-    let Some(server) = routine_conformance::servers::RedisServer::start() else {
+    let Some(server) = leasehold_conformance::servers::RedisServer::start() else {
         return;
     };
     let backend = backend(&server).await;
@@ -405,7 +405,7 @@ async fn many_leases_use_two_connections() {
 
 #[tokio::test]
 async fn refresh_many_sends_one_script_per_500_leases_and_extends_each() {
-    let Some(server) = routine_conformance::servers::RedisServer::start() else {
+    let Some(server) = leasehold_conformance::servers::RedisServer::start() else {
         return;
     };
     let backend = backend(&server).await;
@@ -465,7 +465,7 @@ async fn refresh_many_sends_one_script_per_500_leases_and_extends_each() {
 #[tokio::test]
 async fn debug_output_never_shows_the_password() {
     let Some(server) =
-        routine_conformance::servers::RedisServer::start_with_password(Some("s3cr3t-pw"))
+        leasehold_conformance::servers::RedisServer::start_with_password(Some("s3cr3t-pw"))
     else {
         return;
     };

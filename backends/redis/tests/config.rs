@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use routine_core::Error;
-use routine_redis::{RedisBackend, RedisBackendBuilder};
+use leasehold_core::Error;
+use leasehold_redis::{RedisBackend, RedisBackendBuilder};
 
 fn setting_of(err: Error) -> String {
     match err {

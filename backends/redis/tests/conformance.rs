@@ -4,17 +4,17 @@
 
 use std::sync::OnceLock;
 
-use routine_conformance::servers::RedisServer;
-use routine_redis::RedisBackend;
+use leasehold_conformance::servers::RedisServer;
+use leasehold_redis::RedisBackend;
 
 fn server() -> Option<&'static RedisServer> {
     static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
     SERVER.get_or_init(RedisServer::start).as_ref()
 }
 
-routine_conformance::conformance_tests!(|| async {
+leasehold_conformance::conformance_tests!(|| async {
     let Some(server) = server() else {
-        routine_conformance::skip("redis-server is not installed");
+        leasehold_conformance::skip("redis-server is not installed");
     };
     RedisBackend::from_url(&server.url())
         .await

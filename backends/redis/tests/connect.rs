@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::within;
 
-use routine_conformance::servers::{RedisServer, free_port};
-use routine_core::Error;
-use routine_redis::RedisBackend;
+use leasehold_conformance::servers::{RedisServer, free_port};
+use leasehold_core::Error;
+use leasehold_redis::RedisBackend;
 
 /// Generous bound for "did not hang": far above every timeout configured here.
 const HANG: Duration = Duration::from_secs(10);

@@ -9,9 +9,9 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use common::raw;
-use routine_conformance::servers::RedisServer;
-use routine_core::Error;
-use routine_redis::RedisBackend;
+use leasehold_conformance::servers::RedisServer;
+use leasehold_core::Error;
+use leasehold_redis::RedisBackend;
 use tracing::field::Field;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::{Deadline, backend, get, raw, unique_key, within};
 use futures::FutureExt;
-use routine_conformance::servers::RedisServer;
-use routine_core::{Error, LockBackend};
-use routine_redis::RedisBackend;
+use leasehold_conformance::servers::RedisServer;
+use leasehold_core::{Error, LockBackend};
+use leasehold_redis::RedisBackend;
 
 const TTL: Duration = Duration::from_secs(10);
 /// Generous bound for "did not hang": far above every timeout configured here.
@@ -102,7 +102,7 @@ async fn killed_server_gives_transient_errors_and_acquire_works_after_restart() 
 
 /// Starts a wait (which subscribes again after a failure) and waits until the backend
 /// reports the subscription live.
-async fn resubscribe(backend: &RedisBackend, key: &routine_core::LockKey) {
+async fn resubscribe(backend: &RedisBackend, key: &leasehold_core::LockKey) {
     assert!(!backend.notifications_active(), "the subscription was lost");
     let _ = backend.released(key).now_or_never();
     let deadline = Deadline::new(HANG, "the subscription is back");

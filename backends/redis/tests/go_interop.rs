@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{backend, get, raw, shared_server, unique_key};
-use routine_core::LockBackend;
+use leasehold_core::LockBackend;
 
 const TTL: Duration = Duration::from_secs(10);
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use common::{Deadline, raw, unique_key, within};
 use futures::FutureExt;
-use routine::{EventKind, RunOptions, Runner};
-use routine_conformance::servers::RedisServer;
-use routine_conformance::wait;
-use routine_core::{Error, LockBackend};
-use routine_redis::RedisBackend;
+use leasehold::{EventKind, RunOptions, Runner};
+use leasehold_conformance::servers::RedisServer;
+use leasehold_conformance::wait;
+use leasehold_core::{Error, LockBackend};
+use leasehold_redis::RedisBackend;
 
 const TTL: Duration = Duration::from_secs(1);
 /// Generous bound for "recovered": far above the rebuild interval and every timeout here.

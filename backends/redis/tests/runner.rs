@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Deadline, get, raw, unique_key};
-use routine::{Event, EventKind, RoutineHandle, RunOptions, Runner};
-use routine_conformance::servers::RedisServer;
-use routine_redis::RedisBackend;
+use leasehold::{Event, EventKind, RoutineHandle, RunOptions, Runner};
+use leasehold_conformance::servers::RedisServer;
+use leasehold_redis::RedisBackend;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 

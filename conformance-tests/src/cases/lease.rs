@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use routine::{Error, Lease};
+use leasehold::{Error, Lease};
 use tokio::time::Instant;
 
 use crate::{Harness, wait};
 
 async fn must_acquire(
     h: &Harness,
-    backend: &dyn routine::LockBackend,
+    backend: &dyn leasehold::LockBackend,
     name: &str,
     ttl: Duration,
 ) -> Box<dyn Lease> {
@@ -23,8 +23,8 @@ async fn must_acquire(
 
 /// Tries to acquire `key` until it succeeds, failing after `within`.
 async fn acquire_within(
-    backend: &dyn routine::LockBackend,
-    key: &routine::LockKey,
+    backend: &dyn leasehold::LockBackend,
+    key: &leasehold::LockKey,
     ttl: Duration,
     within: Duration,
 ) -> Box<dyn Lease> {

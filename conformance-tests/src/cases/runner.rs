@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use routine::{CancelReason, EventKind, FencingToken, Outcome, RunOptions};
+use leasehold::{CancelReason, EventKind, FencingToken, Outcome, RunOptions};
 use tokio::time::Instant;
 
 use crate::wait::{self, acquired};
@@ -34,7 +34,7 @@ impl Concurrency {
     }
 }
 
-async fn wait_cancelled(ctx: routine::Context) {
+async fn wait_cancelled(ctx: leasehold::Context) {
     ctx.cancelled().await;
 }
 
@@ -96,7 +96,7 @@ pub async fn one_instance_across_runners(h: &Harness) {
 
 /// The next acquisition by any runner whose handle is still live, as `(runner index, time)`.
 async fn first_acquisition(
-    events: &mut [tokio::sync::broadcast::Receiver<routine::Event>],
+    events: &mut [tokio::sync::broadcast::Receiver<leasehold::Event>],
     within: Duration,
 ) -> (usize, Instant) {
     wait::until(within, "an acquisition", || {

@@ -16,7 +16,7 @@ use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wa
 /// # Examples
 ///
 /// ```no_run
-/// use routine_conformance::servers::EtcdServer;
+/// use leasehold_conformance::servers::EtcdServer;
 ///
 /// let Some(server) = EtcdServer::start() else { return }; // skipped outside CI
 /// println!("{}", server.endpoint());

@@ -23,7 +23,7 @@ const OS_USER: &str = "postgres";
 /// # Examples
 ///
 /// ```no_run
-/// use routine_conformance::servers::PostgresServer;
+/// use leasehold_conformance::servers::PostgresServer;
 ///
 /// let Some(server) = PostgresServer::start() else { return }; // skipped outside CI
 /// println!("{}", server.url());
@@ -343,7 +343,7 @@ fn remove_stale_dirs() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|name| name.strip_prefix("routine-postgres-"))
+            .and_then(|name| name.strip_prefix("leasehold-postgres-"))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {

@@ -11,7 +11,7 @@ use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wa
 /// # Examples
 ///
 /// ```no_run
-/// use routine_conformance::servers::RedisServer;
+/// use leasehold_conformance::servers::RedisServer;
 ///
 /// let Some(server) = RedisServer::start() else { return }; // skipped outside CI
 /// println!("{}", server.url());

@@ -1,8 +1,8 @@
 //! Several instances of one singleton job, a graceful stop and a crash of the holder.
 //!
 //! ```text
-//! cargo run -p routine-examples --bin cluster                       # in-memory, one process
-//! cargo run -p routine-examples --bin cluster -- --backend redis://127.0.0.1:6379
+//! cargo run -p leasehold-examples --bin cluster                       # in-memory, one process
+//! cargo run -p leasehold-examples --bin cluster -- --backend redis://127.0.0.1:6379
 //! ```
 //!
 //! Without `--backend`, N runners share one in-memory backend inside this process. With
@@ -17,9 +17,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use routine::{EventKind, MemoryBackend, RunOptions, Runner};
-use routine_examples::args::Args;
-use routine_examples::member::{self, MemberConfig, mono_ns};
+use leasehold::{EventKind, MemoryBackend, RunOptions, Runner};
+use leasehold_examples::args::Args;
+use leasehold_examples::member::{self, MemberConfig, mono_ns};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

@@ -3,7 +3,7 @@
 //! [--format json|go] [--exit-with-stdin true]`.
 //!
 //! Keeps the routine `--name` running as one instance across all members and prints one
-//! JSON object per event (see `routine_examples::member`), or with `--format go` only the
+//! JSON object per event (see `leasehold_examples::member`), or with `--format go` only the
 //! `task run N` lines of the Go package's cluster example. SIGTERM drains and releases;
 //! SIGUSR1 starves the member's runtime of CPU until SIGUSR2 (for fault tests).
 //!
@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use routine_examples::args::Args;
-use routine_examples::member::{self, MemberConfig, Output};
+use leasehold_examples::args::Args;
+use leasehold_examples::member::{self, MemberConfig, Output};
 use std::io::Read as _;
 
 const USAGE: &str = "usage: member --backend URL [--name task] [--ttl 2s] [--step 100ms] \

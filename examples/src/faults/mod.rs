@@ -7,7 +7,7 @@
 //! same clock ([`Fault`]): `SIGKILL`, `SIGSTOP`/`SIGCONT` and `SIGTERM` of the holder, a
 //! cut of its network, a cut while its runtime is starved of CPU (the member burns its
 //! own worker threads from `SIGUSR1` to `SIGUSR2`, so its timers fire late, while the
-//! burning tasks keep waking its routine; see `routine_examples::starve`), a kill and
+//! burning tasks keep waking its routine; see `leasehold_examples::starve`), a kill and
 //! restart of the server, a `SIGSTOP` of the server, and on PostgreSQL what an operator
 //! does to the holder's lock session from `psql`: `pg_terminate_backend`, and
 //! `pg_cancel_backend` of its statements for about a TTL, and on Redis a credentials
@@ -29,8 +29,8 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use routine_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, FaultKind};
-//! use routine_examples::faults::scenario::{inject, judge};
+//! use leasehold_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, FaultKind};
+//! use leasehold_examples::faults::scenario::{inject, judge};
 //!
 //! let config = ClusterConfig::new("target/debug/member", BackendKind::Redis);
 //! let step = config.step;

@@ -16,7 +16,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use routine_conformance::servers::{
+use leasehold_conformance::servers::{
     ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };
 
@@ -84,10 +84,10 @@ pub enum Server {
     Redis(DurableRedis),
     /// etcd.
     #[cfg(feature = "etcd")]
-    Etcd(routine_conformance::servers::EtcdServer),
+    Etcd(leasehold_conformance::servers::EtcdServer),
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
-    Postgres(routine_conformance::servers::PostgresServer),
+    Postgres(leasehold_conformance::servers::PostgresServer),
 }
 
 impl Server {
@@ -102,11 +102,11 @@ impl Server {
             BackendKind::Redis => DurableRedis::start().map(Server::Redis),
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => {
-                routine_conformance::servers::EtcdServer::start().map(Server::Etcd)
+                leasehold_conformance::servers::EtcdServer::start().map(Server::Etcd)
             }
             #[cfg(feature = "postgres")]
             BackendKind::Postgres => {
-                routine_conformance::servers::PostgresServer::start().map(Server::Postgres)
+                leasehold_conformance::servers::PostgresServer::start().map(Server::Postgres)
             }
         }
     }

@@ -83,7 +83,7 @@ impl Cluster {
     #[cfg(feature = "postgres")]
     fn lock_held(&self) -> anyhow::Result<String> {
         // The members' backends use the default namespace.
-        let key = routine::postgres::advisory_lock_key("routine", &self.config.name);
+        let key = leasehold::postgres::advisory_lock_key("routine", &self.config.name);
         Ok(format!(
             "locktype = 'advisory' AND objsubid = 1 AND granted \
              AND ((classid::int8 << 32) | objid::int8) = {key}"

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use routine::{Event, EventKind, MemoryBackend, Runner};
+use leasehold::{Event, EventKind, MemoryBackend, Runner};
 use tokio::sync::broadcast;
 
 pub const TTL: Duration = Duration::from_secs(5);
@@ -16,7 +16,7 @@ pub fn runner(backend: &MemoryBackend) -> Runner {
 }
 
 /// [`runner`] on any backend.
-pub fn runner_on(backend: impl routine::LockBackend) -> Runner {
+pub fn runner_on(backend: impl leasehold::LockBackend) -> Runner {
     Runner::builder()
         .backend(backend)
         .lease_ttl(TTL)
@@ -58,7 +58,7 @@ pub async fn wait_acquired(events: &mut broadcast::Receiver<Event>) -> Event {
 #[macro_export]
 macro_rules! kind {
     ($pattern:pat) => {
-        |event: &routine::Event| matches!(event.kind, $pattern)
+        |event: &leasehold::Event| matches!(event.kind, $pattern)
     };
 }
 
@@ -95,11 +95,11 @@ pub fn is(event: &Event, kind: EventKind) -> bool {
 }
 
 /// Starts `name` on `runner` as a singleton that waits for its cancellation.
-pub fn idle_singleton(runner: &Runner, name: &str) -> routine::RoutineHandle {
+pub fn idle_singleton(runner: &Runner, name: &str) -> leasehold::RoutineHandle {
     runner.run_named(
         name,
         |ctx| async move { ctx.cancelled().await },
-        routine::RunOptions::singleton(),
+        leasehold::RunOptions::singleton(),
     )
 }
 
@@ -110,8 +110,8 @@ pub async fn holder_and_waiter(
     holder: &Runner,
     waiter: &Runner,
 ) -> (
-    routine::RoutineHandle,
-    routine::RoutineHandle,
+    leasehold::RoutineHandle,
+    leasehold::RoutineHandle,
     broadcast::Receiver<Event>,
 ) {
     let mut holder_events = holder.subscribe();

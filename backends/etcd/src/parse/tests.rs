@@ -108,10 +108,10 @@ fn malformed_urls_are_config_errors_that_never_quote_the_password() {
         ("etcd://user:secretpw@host/app/locks", "must end with `/`"),
     ] {
         let err = from_url(url).unwrap_err();
-        let err = routine_core::Error::from(err);
+        let err = leasehold_core::Error::from(err);
         let message = err.to_string();
         assert!(
-            matches!(err, routine_core::Error::Config { .. }),
+            matches!(err, leasehold_core::Error::Config { .. }),
             "{url} must be a Config error"
         );
         assert!(
@@ -200,7 +200,7 @@ fn bad_environment_values_name_the_variable() {
             "must end with `/`",
         ),
     ] {
-        let err = routine_core::Error::from(from_env(vars).unwrap_err());
+        let err = leasehold_core::Error::from(from_env(vars).unwrap_err());
         let message = err.to_string();
         assert!(
             message.contains(variable),

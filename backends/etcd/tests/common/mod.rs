@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
-use routine_conformance::servers::EtcdServer;
-use routine_core::LockKey;
-use routine_etcd::EtcdBackend;
+use leasehold_conformance::servers::EtcdServer;
+use leasehold_core::LockKey;
+use leasehold_etcd::EtcdBackend;
 
 /// etcd's default minimum lease TTL, which the throwaway servers run with.
 pub const TTL: Duration = Duration::from_secs(2);
@@ -61,4 +61,4 @@ pub async fn key_info(raw: &mut Client, key: &[u8]) -> Option<(i64, i64)> {
 
 // Not every test binary that includes this module uses both.
 #[allow(unused_imports)]
-pub use routine_conformance::wait::{Deadline, within};
+pub use leasehold_conformance::wait::{Deadline, within};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, FencingToken, LockKey, Result};
+use leasehold_core::{Error, FencingToken, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Held, LeaseId, Session, timed_out};

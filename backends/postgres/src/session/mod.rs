@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use routine_core::{Error, LockKey, Result};
+use leasehold_core::{Error, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, watch};
 

@@ -6,9 +6,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use routine_conformance::servers::PostgresServer;
-use routine_core::{Lease, LockBackend, LockKey};
-use routine_postgres::{PostgresBackend, PostgresBackendBuilder};
+use leasehold_conformance::servers::PostgresServer;
+use leasehold_core::{Lease, LockBackend, LockKey};
+use leasehold_postgres::{PostgresBackend, PostgresBackendBuilder};
 use sqlx::Connection as _;
 
 /// The server shared by the tests of one binary that do not kill, pause or restart it.

@@ -7,7 +7,7 @@ mod pgbouncer;
 
 use std::time::Duration;
 
-use routine_core::{Error, LockBackend};
+use leasehold_core::{Error, LockBackend};
 
 use pgbouncer::PgBouncer;
 

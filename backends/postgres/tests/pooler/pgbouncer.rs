@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use routine_conformance::servers::{
+use leasehold_conformance::servers::{
     PostgresServer, ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };
 

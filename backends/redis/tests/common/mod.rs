@@ -4,9 +4,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use routine_conformance::servers::RedisServer;
-use routine_core::LockKey;
-use routine_redis::RedisBackend;
+use leasehold_conformance::servers::RedisServer;
+use leasehold_core::LockKey;
+use leasehold_redis::RedisBackend;
 
 /// One server shared by the tests of a binary that do not harm it.
 pub fn shared_server() -> Option<&'static RedisServer> {
@@ -44,4 +44,4 @@ pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Opt
 
 // Not every test binary that includes this module uses both.
 #[allow(unused_imports)]
-pub use routine_conformance::wait::{Deadline, within};
+pub use leasehold_conformance::wait::{Deadline, within};
