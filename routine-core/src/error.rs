@@ -154,6 +154,23 @@ impl Error {
         matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
     }
 
+    /// Whether waiting cannot fix this: a configuration error ([`Error::Config`],
+    /// [`Error::InvalidName`], [`Error::InvalidTtl`], [`Error::Misconfigured`]).
+    ///
+    /// The runner ends a routine with such an error instead of retrying it. Everything
+    /// else (outages, timeouts, even rejected credentials, which an operator may fix while
+    /// the process runs) is retried with backoff. Not the opposite of
+    /// [`is_transient`](Self::is_transient): credentials and permissions are neither.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Error::Config { .. }
+                | Error::InvalidName { .. }
+                | Error::InvalidTtl { .. }
+                | Error::Misconfigured { .. }
+        )
+    }
+
     /// Whether this says the lease was lost ([`Error::Lost`]).
     pub fn is_lost(&self) -> bool {
         matches!(self, Error::Lost { .. })
@@ -165,6 +182,41 @@ impl Error {
             setting: setting.into(),
             reason: reason.into(),
             source: None,
+        }
+    }
+
+    /// Builds [`Error::Config`] with the error that made the setting unusable.
+    pub fn config_with_source(
+        setting: impl Into<String>,
+        reason: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Builds [`Error::Lost`] for `key`.
+    pub fn lost(key: &LockKey) -> Self {
+        Error::Lost { key: key.clone() }
+    }
+
+    /// Builds [`Error::Timeout`]: `backend` did not finish `operation` within `timeout`.
+    pub fn timeout(backend: &'static str, operation: &'static str, timeout: Duration) -> Self {
+        Error::Timeout {
+            backend,
+            operation,
+            timeout,
+        }
+    }
+
+    /// Builds [`Error::Misconfigured`].
+    pub fn misconfigured(backend: &'static str, reason: impl Into<String>) -> Self {
+        Error::Misconfigured {
+            backend,
+            reason: reason.into(),
         }
     }
 
@@ -186,6 +238,43 @@ impl Error {
 mod tests {
     use super::*;
     use std::error::Error as _;
+
+    #[test]
+    fn only_configuration_errors_are_permanent() {
+        let key = LockKey::new("job").unwrap();
+        assert!(Error::config("REDIS_DB", "not a number").is_permanent());
+        assert!(Error::misconfigured("redis", "eviction policy").is_permanent());
+        assert!(
+            Error::InvalidTtl {
+                ttl: Duration::ZERO,
+                reason: "zero".into()
+            }
+            .is_permanent()
+        );
+        assert!(!Error::lost(&key).is_permanent());
+        assert!(!Error::timeout("redis", "acquire", Duration::from_secs(1)).is_permanent());
+        assert!(!Error::unavailable("redis", "acquire", "refused").is_permanent());
+        assert!(
+            !Error::Auth {
+                backend: "redis",
+                source: "WRONGPASS".into()
+            }
+            .is_permanent(),
+            "rejected credentials may be fixed while the process runs"
+        );
+    }
+
+    #[test]
+    fn constructors_build_their_variants() {
+        let key = LockKey::new("job").unwrap();
+        assert!(matches!(Error::lost(&key), Error::Lost { key: k } if k == key));
+        let err = Error::config_with_source("REDIS_DB", "not a number", "invalid digit");
+        assert_eq!(err.chain(), "invalid configuration REDIS_DB: not a number: invalid digit");
+        assert!(matches!(
+            Error::timeout("etcd", "refresh", Duration::from_secs(2)),
+            Error::Timeout { backend: "etcd", operation: "refresh", .. }
+        ));
+    }
 
     #[test]
     fn transient_errors_are_unavailable_and_timeout_only() {
