@@ -23,8 +23,14 @@
 //! ```
 //!
 //! To skip every case when the server is missing (outside CI), call [`skip`] from the
-//! factory. [`measure`] holds the timing code the backends' latency benchmarks share. With the `servers` feature, `servers` starts throwaway Redis, etcd and
-//! PostgreSQL servers for tests.
+//! factory. [`measure`] holds the timing code the backends' latency benchmarks share.
+//!
+//! What a backend's own tests share with the suite: [`wait`] (waiting on events and
+//! conditions with a deadline) and [`unique`]/[`unique_key`] (names no other test
+//! uses). With the `servers` feature, `servers` starts throwaway Redis, etcd and
+//! PostgreSQL servers for tests, one per test binary with `shared()`, and
+//! `require_server!` opens a test that needs one (skipped when the server binary is
+//! missing outside CI, failed under CI).
 //!
 //! The runner-level cases use the real `leasehold::Runner` with short TTLs (one second,
 //! scaled), and real time: they take a few seconds each.
@@ -37,6 +43,7 @@ pub mod cases;
 mod faulty;
 mod harness;
 pub mod measure;
+mod names;
 #[cfg(feature = "servers")]
 #[cfg_attr(docsrs, doc(cfg(feature = "servers")))]
 pub mod servers;
@@ -44,6 +51,7 @@ pub mod wait;
 
 pub use faulty::Faulty;
 pub use harness::{Harness, Skipped, skip};
+pub use names::{unique, unique_key};
 
 #[doc(hidden)]
 pub use harness::run_case;
@@ -74,6 +82,7 @@ macro_rules! conformance_tests {
             independent_keys
             fencing_tokens_strictly_increase
             zero_ttl_is_rejected
+            ttls_outside_the_declared_bounds_are_rejected
             release_notification_wakes_a_waiter
             expires_in_reports_the_remaining_ttl
             one_instance_across_runners

@@ -48,6 +48,31 @@ where
     }
 }
 
+/// Polls `condition` every 20 ms until it holds, panicking (naming `what`) after
+/// `within`. For conditions that need no `.await`, such as a query through
+/// `PostgresServer::psql`; see [`until`] for async checks.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(done: impl Fn() -> bool) {
+/// use std::time::Duration;
+///
+/// leasehold_conformance::wait::eventually(Duration::from_secs(5), "the job is done", || done())
+///     .await;
+/// # }
+/// ```
+pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether an event is an acquisition.
 pub fn acquired(event: &Event) -> bool {
     matches!(event.kind, EventKind::Acquired { .. })

@@ -38,11 +38,12 @@ async fn acquire_within(
 }
 
 /// While one client holds a key, neither another client nor the holder's own client
-/// can acquire it.
+/// can acquire it. The lease names the key it holds.
 pub async fn exclusivity(h: &Harness) {
     let (a, b) = (h.backend().await, h.backend().await);
     let ttl = h.ttl(Duration::from_secs(10));
     let mut lease = must_acquire(h, &*a, "k", ttl).await;
+    assert_eq!(lease.key(), &h.key("k"), "the lease must name its key");
     assert!(
         b.try_acquire(&h.key("k"), ttl)
             .await
@@ -98,8 +99,8 @@ pub async fn release_then_immediate_reacquire(h: &Harness) {
     }
 }
 
-/// Releasing twice is fine, and releasing a lease that expired and was taken over
-/// leaves the new holder alone.
+/// Releasing twice is fine, a released lease's refresh reports `Error::Lost`, and
+/// releasing a lease that expired and was taken over leaves the new holder alone.
 pub async fn release_is_idempotent(h: &Harness) {
     let (a, b, c) = (h.backend().await, h.backend().await, h.backend().await);
     let long = h.ttl(Duration::from_secs(10));
@@ -109,6 +110,14 @@ pub async fn release_is_idempotent(h: &Harness) {
         .release()
         .await
         .expect("a second release must succeed too");
+    let err = lease
+        .refresh(long)
+        .await
+        .expect_err("refresh of a released lease must fail");
+    assert!(
+        matches!(err, Error::Lost { .. }),
+        "refresh of a released lease must be Lost, got {err:?}"
+    );
 
     let short = h.ttl(Duration::from_millis(300));
     let mut stale = must_acquire(h, &*a, "stale", short).await;
@@ -278,10 +287,11 @@ pub async fn fencing_tokens_strictly_increase(h: &Harness) {
     }
 }
 
-/// A zero TTL is a clear `Error::InvalidTtl`, not a lease that never expires.
+/// A zero TTL is a clear `Error::InvalidTtl`, not a lease that never expires, for an
+/// acquire and for a refresh; the refused refresh leaves the lease held.
 pub async fn zero_ttl_is_rejected(h: &Harness) {
-    let backend = h.backend().await;
-    let err = backend
+    let (a, b) = (h.backend().await, h.backend().await);
+    let err = a
         .try_acquire(&h.key("k"), Duration::ZERO)
         .await
         .err()
@@ -290,4 +300,61 @@ pub async fn zero_ttl_is_rejected(h: &Harness) {
         matches!(err, Error::InvalidTtl { .. }),
         "zero TTL must give InvalidTtl, got {err:?}"
     );
+    let ttl = h.ttl(Duration::from_secs(10));
+    let mut lease = must_acquire(h, &*a, "k", ttl).await;
+    let err = lease
+        .refresh(Duration::ZERO)
+        .await
+        .expect_err("a refresh with a zero TTL must be rejected");
+    assert!(
+        matches!(err, Error::InvalidTtl { .. }),
+        "refresh with a zero TTL must give InvalidTtl, got {err:?}"
+    );
+    assert!(
+        b.try_acquire(&h.key("k"), ttl)
+            .await
+            .expect("acquire")
+            .is_none(),
+        "a refused refresh must leave the key held"
+    );
+    lease
+        .refresh(ttl)
+        .await
+        .expect("the lease must be intact after the refused refresh");
+    lease.release().await.expect("release");
+}
+
+/// TTLs outside the declared `Capabilities::min_ttl..=max_ttl` are an
+/// `Error::InvalidTtl` naming the TTL, for an acquire and for a refresh, and the refused
+/// refresh leaves the lease held.
+pub async fn ttls_outside_the_declared_bounds_are_rejected(h: &Harness) {
+    let caps = h.capabilities();
+    let backend = h.backend().await;
+    let key = h.key("k");
+    let ttl = h.ttl(Duration::from_secs(10));
+    let mut lease = must_acquire(h, &*backend, "k", ttl).await;
+    let mut outside = vec![caps.min_ttl.saturating_sub(Duration::from_nanos(1))];
+    if let Some(longer) = caps.max_ttl.checked_add(Duration::from_millis(1)) {
+        outside.push(longer);
+    }
+    for bad in outside {
+        let acquired = backend.try_acquire(&key, bad).await.map(drop);
+        let refreshed = lease.refresh(bad).await;
+        for (operation, outcome) in [("acquire", acquired), ("refresh", refreshed)] {
+            match outcome {
+                Err(Error::InvalidTtl { ttl: named, .. }) => {
+                    assert_eq!(named, bad, "the {operation}'s InvalidTtl must name the TTL")
+                }
+                other => panic!(
+                    "{operation} with {bad:?}, outside {:?}..={:?}, must be InvalidTtl, got {other:?}",
+                    caps.min_ttl, caps.max_ttl
+                ),
+            }
+        }
+    }
+    lease
+        .refresh(ttl)
+        .await
+        .expect("the lease must be intact after the refused refreshes");
+    lease.release().await.expect("release");
 }

@@ -7,7 +7,8 @@ use futures::FutureExt;
 use crate::Harness;
 
 /// A waiter that registered (polled `released` once) before the holder released is
-/// woken by the release. Skipped when the backend declares no release notifications.
+/// woken by the release, and then acquires the key. Skipped when the backend declares
+/// no release notifications.
 pub async fn release_notification_wakes_a_waiter(h: &Harness) {
     if !h.capabilities().release_notifications {
         eprintln!("skipped: the backend declares no release notifications");
@@ -33,6 +34,12 @@ pub async fn release_notification_wakes_a_waiter(h: &Harness) {
         .await
         .expect("the release must wake the waiter")
         .expect("the notification must not fail");
+    let mut next = b
+        .try_acquire(&key, ttl)
+        .await
+        .expect("acquire")
+        .unwrap_or_else(|| panic!("the woken waiter must acquire the released key"));
+    next.release().await.expect("release");
 }
 
 /// `expires_in` reports a remaining TTL no longer than granted while the key is held,

@@ -8,12 +8,15 @@
 //!
 //! A missing server binary skips the test (the starter returns `None`) unless services
 //! are required: under CI (`CI=true`) or with `ROUTINE_TEST_REQUIRE_SERVICES=1`, where
-//! it is a failure.
+//! it is a failure. [`require_server!`](crate::require_server) opens a test with that
+//! rule, and each server's `shared()` gives the one server a test binary's harmless
+//! tests share.
 
 mod etcd;
 mod postgres;
 mod process;
 mod redis;
+mod shared;
 
 pub use etcd::EtcdServer;
 pub use postgres::PostgresServer;
