@@ -5,7 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 
 /// Doubles from `min` up to `max`, with ±25% jitter so that a fleet restarted together
-/// does not retry in lockstep (the Go original had no jitter).
+/// does not retry in lockstep.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     min: Duration,

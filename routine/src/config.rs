@@ -1,66 +1,15 @@
-//! `RunnerBuilder`: the runner's timing policy, with defaults derived from the lease TTL.
+//! `RunnerConfig`: a runner's resolved timing, its defaults and the rules that bind them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Error, LockBackend, Result};
+use leasehold_core::{Error, Result};
 
-use crate::Runner;
-use crate::runner::BackendSlot;
-
-/// The Go original's lock TTL.
+/// The lease TTL when none is set: the Go original's, so that Go and Rust replicas of one
+/// service refresh and retry on the same schedule.
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(5);
 
-/// Settings of a [`Runner`], built with [`Runner::builder`].
-///
-/// Every duration left unset is derived from the lease TTL, as in the Go original:
-///
-/// | setting | default |
-/// |---|---|
-/// | `lease_ttl` | 5 s (raised to the backend's minimum) |
-/// | `refresh_interval` | TTL / 5 |
-/// | `retry_interval` | TTL / 5 |
-/// | `safety_margin` | TTL / 10 |
-/// | `grace_period` | TTL / 5 |
-/// | `backoff_min` / `backoff_max` | TTL / 5 / 10 min |
-/// | `request_timeout` | TTL / 2 |
-/// | `release_timeout` | 2 s |
-/// | `drain_timeout` | 10 s |
-/// | `handle_signals` | `true` (with the `signals` feature) |
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use leasehold::{MemoryBackend, Runner};
-///
-/// let runner = Runner::builder()
-///     .backend(MemoryBackend::new())
-///     .lease_ttl(Duration::from_secs(10))
-///     .handle_signals(false)
-///     .build()
-///     .unwrap();
-/// assert_eq!(runner.config().retry_interval, Duration::from_secs(2));
-/// ```
-#[derive(Debug, Default)]
-pub struct RunnerBuilder {
-    backend: Option<BackendSlot>,
-    /// A setter's error, reported by `build`.
-    error: Option<Error>,
-    lease_ttl: Option<Duration>,
-    refresh_interval: Option<Duration>,
-    retry_interval: Option<Duration>,
-    safety_margin: Option<Duration>,
-    grace_period: Option<Duration>,
-    backoff_min: Option<Duration>,
-    backoff_max: Option<Duration>,
-    request_timeout: Option<Duration>,
-    release_timeout: Option<Duration>,
-    drain_timeout: Option<Duration>,
-    handle_signals: Option<bool>,
-}
-
-/// The resolved settings of a runner; see [`RunnerBuilder`] for their meaning and defaults.
+/// The resolved settings of a runner; see [`RunnerBuilder`](crate::RunnerBuilder) for their
+/// meaning and defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunnerConfig {
@@ -74,7 +23,7 @@ pub struct RunnerConfig {
     /// Subtracted from the lease's expiry to get the local deadline, for clock-rate
     /// differences between this host and the server.
     pub safety_margin: Duration,
-    /// How long before the local deadline the routine's token is cancelled, so it can
+    /// How long before the local deadline the routine's context is cancelled, so it can
     /// finish cleanly before its future is dropped.
     pub grace_period: Duration,
     /// First wait after a panic or a backend error.
@@ -84,164 +33,13 @@ pub struct RunnerConfig {
     /// Timeout of an acquire request (refreshes are bounded by the local deadline).
     pub request_timeout: Duration,
     /// Timeout of a release request. It starts when the release starts, so a release
-    /// is sent even when the routine's own token is already cancelled.
+    /// is sent even when the routine's own context is already cancelled.
     pub release_timeout: Duration,
-    /// How long [`Runner::shutdown`] waits for routines to return after cancelling them,
-    /// before it drops them and releases their leases.
+    /// How long [`Runner::shutdown`](crate::Runner::shutdown) waits for routines to return
+    /// after cancelling them, before it drops them and releases their leases.
     pub drain_timeout: Duration,
     /// Whether SIGINT and SIGTERM shut the runner down.
     pub handle_signals: bool,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(mut self, value: Duration) -> Self {
-            self.$name = Some(value);
-            self
-        }
-    )*};
-}
-
-impl RunnerBuilder {
-    /// The lease backend shared by the runner's named routines.
-    pub fn backend(mut self, backend: impl LockBackend) -> Self {
-        self.backend = Some(BackendSlot::Ready(Arc::new(backend)));
-        self
-    }
-
-    /// Like [`RunnerBuilder::backend`], for a backend already behind an `Arc`.
-    pub fn shared_backend(mut self, backend: Arc<dyn LockBackend>) -> Self {
-        self.backend = Some(BackendSlot::Ready(backend));
-        self
-    }
-
-    /// Connects to the backend that `url` names (see [`connect`](crate::connect)) when the
-    /// first leased routine needs it, not now, so a service starts while its lock server
-    /// is still down. Until a connection succeeds, leased routines log the error and try
-    /// again with the error backoff; plain routines are unaffected.
-    ///
-    /// A malformed URL or an unknown scheme makes [`RunnerBuilder::build`] fail with
-    /// [`Error::Config`] naming `ROUTINE_BACKEND_URL`.
-    ///
-    /// ```
-    /// let runner = leasehold::Runner::builder().backend_url("memory://").build();
-    /// assert!(runner.is_ok());
-    /// assert!(leasehold::Runner::builder().backend_url("ftp://x").build().is_err());
-    /// ```
-    pub fn backend_url(mut self, url: impl Into<String>) -> Self {
-        match crate::env::lazy_backend(url.into(), "backend_url") {
-            Ok(slot) => self.backend = Some(slot),
-            Err(error) => self.error = Some(error),
-        }
-        self
-    }
-
-    pub(crate) fn backend_slot(mut self, slot: BackendSlot) -> Self {
-        self.backend = Some(slot);
-        self
-    }
-
-    setters! {
-        /// How long a lease lasts without refresh (default 5 s).
-        lease_ttl;
-        /// How often a held lease is refreshed (default TTL / 5).
-        refresh_interval;
-        /// Wait between attempts without a release notification, and before restarting a
-        /// routine that returned (default TTL / 5).
-        retry_interval;
-        /// Margin subtracted from the lease's expiry for the local deadline (default TTL / 10).
-        safety_margin;
-        /// Time between cancelling the routine's token and dropping it when the lease
-        /// cannot be refreshed (default TTL / 5).
-        grace_period;
-        /// First wait after a panic or backend error (default TTL / 5).
-        backoff_min;
-        /// Longest wait after repeated panics or backend errors (default 10 min).
-        backoff_max;
-        /// Timeout of an acquire request (default TTL / 2).
-        request_timeout;
-        /// Timeout of a release request (default 2 s).
-        release_timeout;
-        /// How long shutdown waits for routines before dropping them (default 10 s).
-        drain_timeout;
-    }
-
-    /// Whether SIGINT and SIGTERM shut the runner down (default `true`; needs the
-    /// `signals` feature and Unix). The handlers are installed when the first routine
-    /// starts. The first signal starts a shutdown (drain, then release) and does not end
-    /// the process: the application decides when to exit, e.g. after
-    /// [`Runner::wait_for_shutdown`] returns. A second signal during the drain ends the
-    /// drain at once. Once the runner has shut down, a further signal has its default
-    /// effect and ends the process. An application that handles these signals itself
-    /// should turn this off and call [`Runner::shutdown`].
-    pub fn handle_signals(mut self, yes: bool) -> Self {
-        self.handle_signals = Some(yes);
-        self
-    }
-
-    /// Validates the settings and builds the runner.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidTtl`] if the TTL is zero or below the backend's minimum, and
-    /// [`Error::Config`] naming the setting if the timings cannot work together (the
-    /// refresh interval must leave room for retries before the grace period starts).
-    pub fn build(mut self) -> Result<Runner> {
-        if let Some(error) = self.error.take() {
-            return Err(error);
-        }
-        let config = self.resolve()?;
-        Ok(Runner::from_parts(self.backend, config))
-    }
-
-    fn resolve(&self) -> Result<RunnerConfig> {
-        let ready = match &self.backend {
-            Some(BackendSlot::Ready(backend)) => Some(backend),
-            _ => None,
-        };
-        let min_ttl = ready.map_or(Duration::ZERO, |backend| backend.capabilities().min_ttl);
-        let ttl = match self.lease_ttl {
-            Some(ttl) if ttl.is_zero() => {
-                return Err(Error::InvalidTtl {
-                    ttl,
-                    reason: "the lease TTL must be greater than zero".into(),
-                });
-            }
-            Some(ttl) => ttl,
-            None => DEFAULT_TTL.max(min_ttl),
-        };
-        if let Some(backend) = ready {
-            backend.capabilities().check_ttl(backend.name(), ttl)?;
-        }
-        let defaults = RunnerConfig::defaults(ttl);
-        let config = RunnerConfig {
-            lease_ttl: ttl,
-            refresh_interval: self.refresh_interval.unwrap_or(defaults.refresh_interval),
-            retry_interval: self.retry_interval.unwrap_or(defaults.retry_interval),
-            safety_margin: self.safety_margin.unwrap_or(defaults.safety_margin),
-            grace_period: self.grace_period.unwrap_or(defaults.grace_period),
-            backoff_min: self.backoff_min.unwrap_or(defaults.backoff_min),
-            backoff_max: self.backoff_max.unwrap_or(defaults.backoff_max),
-            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
-            release_timeout: self.release_timeout.unwrap_or(defaults.release_timeout),
-            drain_timeout: self.drain_timeout.unwrap_or(defaults.drain_timeout),
-            handle_signals: self.handle_signals.unwrap_or(defaults.handle_signals),
-        };
-        let explicit = |setting: &str| match setting {
-            "refresh_interval" => self.refresh_interval.is_some(),
-            "retry_interval" => self.retry_interval.is_some(),
-            "safety_margin" => self.safety_margin.is_some(),
-            "grace_period" => self.grace_period.is_some(),
-            "backoff_min" => self.backoff_min.is_some(),
-            "backoff_max" => self.backoff_max.is_some(),
-            "request_timeout" => self.request_timeout.is_some(),
-            "release_timeout" => self.release_timeout.is_some(),
-            _ => false,
-        };
-        config.validate(explicit)?;
-        Ok(config)
-    }
 }
 
 impl RunnerConfig {
@@ -251,7 +49,8 @@ impl RunnerConfig {
         sent + self.lease_ttl.saturating_sub(self.safety_margin)
     }
 
-    /// The defaults for `ttl` (see [`RunnerBuilder`]); always valid for a non-zero TTL.
+    /// The defaults for `ttl` (see [`RunnerBuilder`](crate::RunnerBuilder)); always valid
+    /// for a non-zero TTL.
     pub(crate) fn defaults(ttl: Duration) -> Self {
         let fifth = ttl / 5;
         Self {
@@ -273,7 +72,7 @@ impl RunnerConfig {
     /// problem with settings that were all derived from the TTL is the TTL's (it is too
     /// short to derive them from), and is reported as such rather than naming a setting
     /// the user never set.
-    fn validate(&self, explicit: impl Fn(&str) -> bool) -> Result<()> {
+    pub(crate) fn validate(&self, explicit: impl Fn(&str) -> bool) -> Result<()> {
         let ttl_too_short = |derived: String| Error::InvalidTtl {
             ttl: self.lease_ttl,
             reason: format!("the lease TTL is too short to derive the runner's timing: {derived}"),

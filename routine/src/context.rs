@@ -61,15 +61,19 @@ pub enum CancelReason {
 pub struct Context {
     pub(crate) number: u64,
     pub(crate) name: Option<Arc<str>>,
-    pub(crate) token: CancellationToken,
-    pub(crate) handle_token: CancellationToken,
-    pub(crate) shutdown_token: CancellationToken,
+    /// This instance's cancellation.
+    pub(crate) cancel: CancellationToken,
+    /// The routine's handle's cancellation, for [`Context::cancel_reason`].
+    pub(crate) handle_cancel: CancellationToken,
+    /// Cancelled when the runner's shutdown begins, for [`Context::cancel_reason`].
+    pub(crate) shutdown: CancellationToken,
     pub(crate) fencing_token: Option<FencingToken>,
     pub(crate) guard: Guard,
 }
 
 impl Context {
-    /// The routine's process-wide number, as in the Go original's log fields.
+    /// The routine's process-wide number: it tells the log lines of one routine from
+    /// another's, whichever runner started them.
     pub fn number(&self) -> u64 {
         self.number
     }
@@ -87,7 +91,7 @@ impl Context {
 
     /// Whether the routine has been asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.cancel.is_cancelled()
     }
 
     /// Resolves when the routine has been asked to stop.
@@ -96,30 +100,30 @@ impl Context {
     ///
     /// Cancel-safe.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.token.cancelled()
+        self.cancel.cancelled()
     }
 
-    /// The underlying token, to hand to code that takes a [`CancellationToken`].
+    /// The underlying cancellation token, to hand to code that takes a [`CancellationToken`].
     /// Cancelling it asks this instance of the routine only to stop: a routine that
     /// then returns counts as returned (one kept running is started again after the
     /// retry interval).
     pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.token
+        &self.cancel
     }
 
     /// Why the context was cancelled, or `None` while it is not. When several causes
     /// came together, the runner's own (lease lost, instance ended) counts if it came
     /// first, then shutdown, then the handle.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        if !self.token.is_cancelled() {
+        if !self.cancel.is_cancelled() {
             None
         } else if self.guard.cancelled_for_lease() {
             Some(CancelReason::LeaseLost)
         } else if self.guard.cancelled_as_ended() {
             Some(CancelReason::Ended)
-        } else if self.shutdown_token.is_cancelled() {
+        } else if self.shutdown.is_cancelled() {
             Some(CancelReason::Shutdown)
-        } else if self.handle_token.is_cancelled() {
+        } else if self.handle_cancel.is_cancelled() {
             Some(CancelReason::Cancelled)
         } else {
             Some(CancelReason::Routine)

@@ -1,11 +1,12 @@
 //! The process-wide default runner behind [`run`](crate::run) and
-//! [`run_named`](crate::run_named), configured from the environment as in Go.
+//! [`run_named`](crate::run_named), configured from the environment (the Go original's
+//! variables among others, so a service ported from Go keeps its deployment settings).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use crate::backend_slot::BackendSlot;
 use crate::env::{EnvBackend, Lookup, backend_from_env, process_env, ttl_from_env};
-use crate::runner::BackendSlot;
 use crate::{Context, RoutineHandle, RunOptions, Runner};
 
 static DEFAULT: OnceLock<Runner> = OnceLock::new();
@@ -22,8 +23,8 @@ pub fn default_runner() -> &'static Runner {
 }
 
 /// Checks the environment the default runner reads, without connecting anywhere: the
-/// TTL, `ROUTINE_BACKEND_URL`'s scheme and, when Redis is configured as in Go, every
-/// `REDIS_*` variable.
+/// TTL, `ROUTINE_BACKEND_URL`'s scheme and, when Redis is configured by the Go original's
+/// variables, every `REDIS_*` variable.
 ///
 /// # Errors
 ///

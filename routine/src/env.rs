@@ -9,15 +9,13 @@
 //! | `ROUTINE_POSTGRES_SCHEMA`, `_TABLE`, `_NAMESPACE`, `_REQUEST_TIMEOUT` | with a `postgres://` `ROUTINE_BACKEND_URL`: where the fencing table lives, and the backend's other settings |
 
 use std::ffi::OsString;
-
-use futures::FutureExt;
-use tokio::sync::OnceCell;
-
-use crate::runner::{BackendSlot, LazyBackend};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use leasehold_core::{Error, LockBackend, MemoryBackend, Result};
+
+use crate::backend_slot::BackendSlot;
 
 /// The URL schemes [`connect`] understands, whatever features are enabled.
 const SCHEMES: &str =
@@ -230,14 +228,10 @@ impl EnvBackend {
     pub(crate) fn into_lazy_slot(self) -> BackendSlot {
         let description = self.description();
         let source = Arc::new(self);
-        BackendSlot::Lazy(Arc::new(LazyBackend {
-            description,
-            cell: OnceCell::new(),
-            connect: Box::new(move || {
-                let source = Arc::clone(&source);
-                async move { source.connect().await }.boxed()
-            }),
-        }))
+        BackendSlot::lazy(description, move || {
+            let source = Arc::clone(&source);
+            async move { source.connect().await }.boxed()
+        })
     }
 
     pub(crate) fn description(&self) -> String {

@@ -8,10 +8,10 @@
 //! and the current deadline, and does not poll at or after it. The deadline is one
 //! atomic that the keeper moves on, so the check costs a clock read and a load.
 //!
-//! The guard also owns the instance's context token (with the reason the runner
-//! cancelled it, if it did) and the tasks spawned with [`Context::spawn`]: when the
-//! instance ends they are aborted, and the runner waits for them to be dropped before it
-//! gives the lease back.
+//! The guard also owns the cancellation of the instance's context (with the reason the
+//! runner cancelled it, if it did) and the tasks spawned with [`Context::spawn`]: when
+//! the instance ends they are aborted, and the runner waits for them to be dropped before
+//! it gives the lease back.
 //!
 //! [`Context::spawn`]: crate::Context::spawn
 
@@ -87,7 +87,7 @@ pub(crate) struct Guard {
 struct Shared {
     /// `None` for a routine without a lease.
     deadline: Option<Arc<Deadline>>,
-    /// The instance's context token.
+    /// The cancellation of the instance's context.
     cancel: CancellationToken,
     /// Why the runner cancelled `cancel`, if it did so first.
     why: AtomicU8,
@@ -114,8 +114,8 @@ fn lock(mutex: &Mutex<Spawned>) -> MutexGuard<'_, Spawned> {
 }
 
 impl Guard {
-    /// A guard for an instance whose context token is `cancel`, bounded by `deadline`
-    /// if it runs under a lease.
+    /// A guard for an instance whose context is cancelled by `cancel`, bounded by
+    /// `deadline` if it runs under a lease.
     pub(crate) fn new(cancel: CancellationToken, deadline: Option<Arc<Deadline>>) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -129,8 +129,8 @@ impl Guard {
         }
     }
 
-    /// The instance's context token.
-    pub(crate) fn cancellation_token(&self) -> &CancellationToken {
+    /// The cancellation of the instance's context.
+    pub(crate) fn cancel(&self) -> &CancellationToken {
         &self.shared.cancel
     }
 
@@ -183,7 +183,7 @@ impl Guard {
 
     fn cancel_for(&self, why: u8) {
         if !self.shared.cancel.is_cancelled() {
-            // Only the first cause counts; a parent token cancelled concurrently may
+            // Only the first cause counts; a parent cancelled concurrently may
             // still win, which is as true.
             let _ = self.shared.why.compare_exchange(
                 NOT_BY_RUNNER,

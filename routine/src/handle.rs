@@ -35,37 +35,49 @@ pub enum Outcome {
 /// Dropping the handle does not cancel the routine (as with `tokio::spawn`).
 #[derive(Debug)]
 pub struct RoutineHandle {
-    pub(crate) number: u64,
-    pub(crate) name: Option<Arc<str>>,
-    pub(crate) token: CancellationToken,
+    number: u64,
+    name: Option<Arc<str>>,
+    /// Cancels the routine (a child of the runner's shutdown).
+    cancel: CancellationToken,
     /// The outcome's channel, or the outcome once [`RoutineHandle::is_finished`] saw it.
-    pub(crate) outcome: Mutex<Received>,
+    outcome: Mutex<Received>,
 }
 
 /// What a handle has received of its outcome.
 #[derive(Debug)]
-pub(crate) enum Received {
+enum Received {
+    /// Not yet looked at: the channel it comes on.
     Waiting(oneshot::Receiver<Outcome>),
-    Done(Outcome),
-}
-
-impl From<oneshot::Receiver<Outcome>> for Received {
-    fn from(receiver: oneshot::Receiver<Outcome>) -> Self {
-        Received::Waiting(receiver)
-    }
+    /// Taken from the channel.
+    Arrived(Outcome),
 }
 
 impl RoutineHandle {
-    pub(crate) fn finished(number: u64, name: Option<Arc<str>>, outcome: Outcome) -> Self {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(outcome);
-        let token = CancellationToken::new();
-        token.cancel();
+    /// The handle of a started routine, cancelled by `cancel`, whose task sends its
+    /// outcome to `outcome`.
+    pub(crate) fn new(
+        number: u64,
+        name: Option<Arc<str>>,
+        cancel: CancellationToken,
+        outcome: oneshot::Receiver<Outcome>,
+    ) -> Self {
         Self {
             number,
             name,
-            token,
-            outcome: Mutex::new(rx.into()),
+            cancel,
+            outcome: Mutex::new(Received::Waiting(outcome)),
+        }
+    }
+
+    /// The handle of a routine that ended before it started, with `outcome`.
+    pub(crate) fn finished(number: u64, name: Option<Arc<str>>, outcome: Outcome) -> Self {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        Self {
+            number,
+            name,
+            cancel,
+            outcome: Mutex::new(Received::Arrived(outcome)),
         }
     }
 
@@ -85,12 +97,12 @@ impl RoutineHandle {
     /// [`RoutineHandle::join`] to wait for the routine to end and its lease to be
     /// released.
     pub fn cancel(&self) {
-        self.token.cancel();
+        self.cancel.cancel();
     }
 
-    /// A token that cancels this routine when cancelled, like [`RoutineHandle::cancel`].
+    /// A cancellation token that cancels this routine when cancelled, like [`RoutineHandle::cancel`].
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.token.clone()
+        self.cancel.clone()
     }
 
     /// Whether the routine has ended, including when its task was dropped with its
@@ -101,14 +113,14 @@ impl RoutineHandle {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let outcome = match &mut *received {
-            Received::Done(_) => return true,
+            Received::Arrived(_) => return true,
             Received::Waiting(receiver) => match receiver.try_recv() {
                 Ok(outcome) => outcome,
                 Err(oneshot::error::TryRecvError::Closed) => Outcome::Aborted,
                 Err(oneshot::error::TryRecvError::Empty) => return false,
             },
         };
-        *received = Received::Done(outcome);
+        *received = Received::Arrived(outcome);
         true
     }
 
@@ -123,7 +135,7 @@ impl RoutineHandle {
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match received {
-            Received::Done(outcome) => outcome,
+            Received::Arrived(outcome) => outcome,
             Received::Waiting(receiver) => receiver.await.unwrap_or(Outcome::Aborted),
         }
     }

@@ -30,7 +30,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::config::RunnerConfig;
 use crate::events::EventKind;
 use crate::guard::{Expired, Guard};
-use crate::keeper::{Change, Kept};
+use crate::keeper::{KeptLease, RefreshNews};
 use crate::task::{EndOnDrop, RoutineFn, RunEnd, Task};
 
 /// How one leased run of the routine ended.
@@ -49,10 +49,10 @@ pub(crate) enum HoldEnd {
     Aborted,
 }
 
-/// Why the lease keeper stopped.
-enum KeeperEnd {
-    /// A refresh said the lease is no longer ours.
-    Lost,
+/// Why the watch over a lease gave it up.
+enum LeaseLoss {
+    /// A refresh said the lease is no longer ours, or the backend revoked it.
+    NotOurs,
     /// The local deadline passed without a successful refresh.
     DeadlinePassed,
 }
@@ -64,8 +64,8 @@ pub(crate) async fn hold(
     sent: Instant,
     routine: &mut RoutineFn,
 ) -> HoldEnd {
-    let inner = &task.runner.inner;
-    let config = &inner.config;
+    let shared = task.shared();
+    let config = shared.config();
     let fencing = lease.fencing_token();
     task.emit(EventKind::Acquired { token: fencing });
     tracing::info!(
@@ -83,8 +83,8 @@ pub(crate) async fn hold(
     }
     // Taken before the keeper takes the lease: it borrows nothing from it.
     let revoked = lease.revoked();
-    let kept = inner.keeper.keep(backend, lease, sent);
-    let guard = Guard::new(task.token.child_token(), Some(kept.shared_deadline()));
+    let kept = shared.keep(backend, lease, sent);
+    let guard = Guard::new(task.cancel().child_token(), Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
     let ctx = task.context(&guard, Some(fencing));
     let end = {
@@ -96,12 +96,12 @@ pub(crate) async fn hold(
         // must not get another poll.
         tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => HoldEnd::Aborted,
+            _ = shared.aborted() => HoldEnd::Aborted,
             why = watch => dropped(task, fencing, why),
             end = run => match end {
-                Err(Expired) => dropped(task, fencing, KeeperEnd::DeadlinePassed),
+                Err(Expired) => dropped(task, fencing, LeaseLoss::DeadlinePassed),
                 Ok(RunEnd::Panicked(message)) => HoldEnd::Panicked(message),
-                Ok(RunEnd::Returned) if task.token.is_cancelled() => HoldEnd::Cancelled,
+                Ok(RunEnd::Returned) if task.cancel().is_cancelled() => HoldEnd::Cancelled,
                 // Cancelled by the watch: the lease is going or gone.
                 Ok(RunEnd::Returned) if guard.cancelled_for_lease() => {
                     task.emit(EventKind::LeaseLost { token: fencing });
@@ -111,7 +111,7 @@ pub(crate) async fn hold(
                 // instance only, like a return.
                 Ok(RunEnd::Returned) => HoldEnd::Returned,
             },
-            _ = inner.hard_stop.cancelled() => {
+            _ = shared.hard_stopped() => {
                 task.emit(EventKind::Dropped);
                 HoldEnd::Cancelled
             }
@@ -140,12 +140,12 @@ pub(crate) async fn hold(
 
 /// The routine is dropped because its lease was lost or its deadline passed (its context
 /// was cancelled before).
-fn dropped(task: &Task, fencing: FencingToken, why: KeeperEnd) -> HoldEnd {
+fn dropped(task: &Task, fencing: FencingToken, why: LeaseLoss) -> HoldEnd {
     task.emit(EventKind::LeaseLost { token: fencing });
     task.emit(EventKind::Dropped);
     match why {
-        KeeperEnd::Lost => tracing::warn!("lease lost; routine dropped"),
-        KeeperEnd::DeadlinePassed => {
+        LeaseLoss::NotOurs => tracing::warn!("lease lost; routine dropped"),
+        LeaseLoss::DeadlinePassed => {
             tracing::warn!(
                 "lease could not be refreshed before its local deadline; routine dropped"
             )
@@ -165,7 +165,7 @@ enum Report {
 
 /// Takes the lease back from the keeper (after a refresh it is in returns) and releases
 /// it.
-async fn give_back(task: &Task, mut kept: Kept, config: &RunnerConfig, report: Report) {
+async fn give_back(task: &Task, mut kept: KeptLease, config: &RunnerConfig, report: Report) {
     if let Some(mut lease) = kept.take_back().await {
         release(task, &mut *lease, config, report).await;
     }
@@ -175,11 +175,11 @@ async fn give_back(task: &Task, mut kept: Kept, config: &RunnerConfig, report: R
 /// cancelled, and the release must be sent anyway so the next holder need not wait for
 /// the TTL. Releasing a lost lease is harmless (releases compare ownership).
 async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, report: Report) {
-    let token = lease.fencing_token();
+    let fencing = lease.fencing_token();
     let result = timeout(config.release_timeout, lease.release()).await;
     if let Report::Quietly = report {
         tracing::debug!(
-            fencing_token = token.get(),
+            fencing_token = fencing.get(),
             ok = matches!(result, Ok(Ok(()))),
             "lease reported lost released"
         );
@@ -187,8 +187,8 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, repo
     }
     match result {
         Ok(Ok(())) => {
-            tracing::debug!(fencing_token = token.get(), "lease released");
-            task.emit(EventKind::Released { token });
+            tracing::debug!(fencing_token = fencing.get(), "lease released");
+            task.emit(EventKind::Released { token: fencing });
         }
         Ok(Err(error)) => {
             tracing::warn!(error = %error.chain(), "lease release failed; it expires by its TTL");
@@ -210,7 +210,12 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, repo
 /// begins, and when it returns. One timer, reset only when it fires: at the grace time,
 /// or at the deadline once the context is cancelled. When it fires it reads the current
 /// deadline, which the keeper has usually moved on.
-async fn watch(task: &Task, kept: &Kept, guard: &Guard, revoked: Option<Revoked>) -> KeeperEnd {
+async fn watch(
+    task: &Task,
+    kept: &KeptLease,
+    guard: &Guard,
+    revoked: Option<Revoked>,
+) -> LeaseLoss {
     let end = watch_lease(task, kept, guard, revoked).await;
     // Before the routine is dropped, so that it can tell why.
     guard.cancel_for_lease();
@@ -222,10 +227,10 @@ type Revoked = futures::future::BoxFuture<'static, ()>;
 
 async fn watch_lease(
     task: &Task,
-    kept: &Kept,
+    kept: &KeptLease,
     guard: &Guard,
     revoked: Option<Revoked>,
-) -> KeeperEnd {
+) -> LeaseLoss {
     let revoked = async move {
         match revoked {
             Some(revoked) => revoked.await,
@@ -233,10 +238,10 @@ async fn watch_lease(
         }
     };
     tokio::pin!(revoked);
-    let config = &task.runner.inner.config;
-    let token = guard.cancellation_token();
+    let config = task.shared().config();
+    let cancel = guard.cancel();
     let wake_at = |deadline: Instant| {
-        if token.is_cancelled() {
+        if cancel.is_cancelled() {
             deadline
         } else {
             deadline
@@ -253,19 +258,19 @@ async fn watch_lease(
                 let deadline = kept.deadline();
                 let now = Instant::now();
                 if now >= deadline {
-                    return KeeperEnd::DeadlinePassed;
+                    return LeaseLoss::DeadlinePassed;
                 }
-                if !token.is_cancelled() && now >= wake_at(deadline) {
+                if !cancel.is_cancelled() && now >= wake_at(deadline) {
                     tracing::warn!("lease deadline near; cancelling routine");
                     guard.cancel_for_lease();
                 }
                 timer.as_mut().reset(wake_at(deadline));
             }
             // The backend dropped what the lease lives on (a PostgreSQL lock session).
-            () = &mut revoked => return KeeperEnd::Lost,
-            change = kept.changed() => match change {
-                Change::Lost => return KeeperEnd::Lost,
-                Change::Failed(error) => {
+            () = &mut revoked => return LeaseLoss::NotOurs,
+            news = kept.next_news() => match news {
+                RefreshNews::Lost => return LeaseLoss::NotOurs,
+                RefreshNews::Failed(error) => {
                     tracing::warn!(error = %error, "lease refresh failed; retrying until the deadline");
                     task.emit(EventKind::RefreshFailed { error });
                 }

@@ -12,26 +12,13 @@ use std::time::Duration;
 use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
+use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
 use crate::events::EventKind;
 use crate::handle::Outcome;
 use crate::hold::{HoldEnd, hold};
 use crate::options::Mode;
-use crate::runner::BackendSlot;
 use crate::task::{RoutineFn, Task};
-
-/// Configuration errors do not heal by waiting: the routine fails instead of retrying.
-/// Everything else (outages, timeouts, even rejected credentials, which an operator may
-/// fix while the process runs) is retried with backoff.
-fn is_permanent(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::Config { .. }
-            | Error::InvalidName { .. }
-            | Error::InvalidTtl { .. }
-            | Error::Misconfigured { .. }
-    )
-}
 
 pub(crate) struct Instance<'a> {
     task: &'a Task,
@@ -39,8 +26,9 @@ pub(crate) struct Instance<'a> {
     backend: BackendSlot,
     /// Backoff after panics of the routine.
     panic_backoff: Backoff,
-    /// Backoff after backend errors. Using one backoff resets the other, as in Go: a
-    /// routine that panics once after an outage starts its panic backoff afresh.
+    /// Backoff after backend errors. Using one backoff resets the other, so that one
+    /// kind of trouble does not lengthen the wait after the other: a routine that panics
+    /// once after an outage starts its panic backoff afresh.
     error_backoff: Backoff,
     /// Whether the last attempt found the key held, so `Contended` is emitted once per
     /// wait rather than once per retry.
@@ -59,9 +47,17 @@ pub(crate) struct Instance<'a> {
     retried_at_once: bool,
 }
 
+/// One try to take the lease.
+struct Attempt {
+    /// The lease, `None` if someone else holds it, or the error.
+    result: Result<Option<Box<dyn Lease>>>,
+    /// When the request was sent: the lease's local deadline counts from then.
+    sent: Instant,
+}
+
 impl<'a> Instance<'a> {
     pub(crate) fn new(task: &'a Task, key: LockKey, backend: BackendSlot) -> Self {
-        let config = &task.runner.inner.config;
+        let config = task.shared().config();
         Self {
             task,
             key,
@@ -86,21 +82,22 @@ impl<'a> Instance<'a> {
     /// are not holding (acquiring, waiting after contention, backing off) are boxed, so
     /// that their state takes memory only while they run.
     pub(crate) async fn run(mut self, mut routine: RoutineFn) -> Outcome {
-        let restart = self.task.mode == Mode::KeepRunning;
+        let restart = self.task.mode() == Mode::KeepRunning;
         let task = self.task;
-        let config = &task.runner.inner.config;
+        let shared = task.shared();
+        let config = shared.config();
         loop {
-            if task.runner.inner.abort.is_cancelled() {
+            if shared.is_aborted() {
                 return Outcome::Aborted;
             }
-            if task.token.is_cancelled() {
+            if task.cancel().is_cancelled() {
                 return Outcome::Cancelled;
             }
             // Connecting is interrupted by cancellation and shutdown like every other wait.
             let connected = tokio::select! {
                 biased;
-                _ = task.runner.inner.abort.cancelled() => None,
-                _ = task.token.cancelled() => None,
+                _ = shared.aborted() => None,
+                _ = task.cancel().cancelled() => None,
                 connected = Box::pin(self.backend.get(config.lease_ttl)) => Some(connected),
             };
             let backend = match connected {
@@ -133,11 +130,10 @@ impl<'a> Instance<'a> {
                     false
                 }
             };
-            let (attempt, sent) = match Box::pin(self.attempt(&*backend)).await {
-                Some(attempt) => attempt,
-                None => return self.stopped(),
+            let Some(Attempt { result, sent }) = Box::pin(self.attempt(&*backend)).await else {
+                return self.stopped();
             };
-            match attempt {
+            match result {
                 Ok(Some(lease)) => {
                     drop(released);
                     self.contended = false;
@@ -195,37 +191,35 @@ impl<'a> Instance<'a> {
         }
     }
 
-    /// Waits for a turn among the runner's acquires in flight, then tries once. Returns
-    /// the outcome and when the request was sent; `None` if the routine was stopped
-    /// while it waited or while the request was in flight (the backend gives back a key
-    /// an abandoned acquire may have taken, or it expires by its TTL).
-    async fn attempt(
-        &self,
-        backend: &dyn LockBackend,
-    ) -> Option<(Result<Option<Box<dyn Lease>>>, Instant)> {
-        let inner = &self.task.runner.inner;
-        let config = &inner.config;
-        // The semaphore is never closed.
+    /// Waits for a turn among the runner's acquires in flight, then tries once. `None` if
+    /// the routine was stopped while it waited or while the request was in flight (the
+    /// backend gives back a key an abandoned acquire may have taken, or it expires by its
+    /// TTL).
+    async fn attempt(&self, backend: &dyn LockBackend) -> Option<Attempt> {
+        let shared = self.task.shared();
+        let config = shared.config();
+        let cancel = self.task.cancel();
         let turn = tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => return None,
-            _ = self.task.token.cancelled() => return None,
-            turn = inner.acquires.acquire() => turn.ok(),
+            _ = shared.aborted() => return None,
+            _ = cancel.cancelled() => return None,
+            turn = shared.acquire_turn() => turn,
         };
         let sent = Instant::now();
         let attempt = tokio::time::timeout(
             config.request_timeout,
             backend.try_acquire(&self.key, config.lease_ttl),
         );
-        let attempt = tokio::select! {
+        let result = tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => return None,
-            _ = self.task.token.cancelled() => return None,
-            attempt = attempt => attempt
-                .unwrap_or_else(|_| Err(timeout_error(backend, "acquire", config.request_timeout))),
+            _ = shared.aborted() => return None,
+            _ = cancel.cancelled() => return None,
+            attempt = attempt => attempt.unwrap_or_else(|_| {
+                Err(Error::timeout(backend.name(), "acquire", config.request_timeout))
+            }),
         };
         drop(turn);
-        Some((attempt, sent))
+        Some(Attempt { result, sent })
     }
 
     /// After contention: waits for the holder's release, for its lease to run out, or
@@ -236,18 +230,19 @@ impl<'a> Instance<'a> {
         released: Pin<&mut (dyn Future<Output = Result<()>> + Send + '_)>,
         notifications: bool,
     ) -> bool {
-        let inner = &self.task.runner.inner;
+        let shared = self.task.shared();
+        let cancel = self.task.cancel();
         let wait = tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => return false,
-            _ = self.task.token.cancelled() => return false,
+            _ = shared.aborted() => return false,
+            _ = cancel.cancelled() => return false,
             wait = self.contended_wait(backend) => wait,
         };
         self.retried_at_once = wait.is_zero();
         let woke = tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => return false,
-            _ = self.task.token.cancelled() => return false,
+            _ = shared.aborted() => return false,
+            _ = cancel.cancelled() => return false,
             woke = released, if notifications => woke,
             _ = tokio::time::sleep(wait) => return true,
         };
@@ -285,7 +280,7 @@ impl<'a> Instance<'a> {
     /// says the holder's lease runs out sooner (a crashed holder is taken over right
     /// when its lease expires, not up to a retry interval later).
     async fn contended_wait(&self, backend: &dyn LockBackend) -> Duration {
-        let config = &self.task.runner.inner.config;
+        let config = self.task.shared().config();
         if !backend.capabilities().reports_expiry {
             return config.retry_interval;
         }
@@ -300,7 +295,10 @@ impl<'a> Instance<'a> {
 
     /// Logs a backend error and waits out the error backoff. `Some` ends the routine.
     async fn backend_error(&mut self, error: Error) -> Option<Outcome> {
-        if is_permanent(&error) {
+        // Configuration errors do not heal by waiting: the routine fails instead. Everything
+        // else (outages, timeouts, even rejected credentials, which an operator may fix while
+        // the process runs) is retried with backoff.
+        if error.is_permanent() {
             tracing::error!(error = %error.chain(), "lease backend misconfigured; routine stops");
             return Some(Outcome::Failed(Arc::new(error)));
         }
@@ -330,30 +328,18 @@ impl<'a> Instance<'a> {
         async move {
             tokio::select! {
                 biased;
-                _ = task.runner.inner.abort.cancelled() => false,
-                _ = task.token.cancelled() => false,
+                _ = task.shared().aborted() => false,
+                _ = task.cancel().cancelled() => false,
                 _ = tokio::time::sleep(wait) => true,
             }
         }
     }
 
     fn stopped(&self) -> Outcome {
-        if self.task.runner.inner.abort.is_cancelled() {
+        if self.task.shared().is_aborted() {
             Outcome::Aborted
         } else {
             Outcome::Cancelled
         }
-    }
-}
-
-pub(crate) fn timeout_error(
-    backend: &dyn LockBackend,
-    operation: &'static str,
-    timeout: Duration,
-) -> Error {
-    Error::Timeout {
-        backend: backend.name(),
-        operation,
-        timeout,
     }
 }

@@ -9,7 +9,7 @@
 //! keep-alive, one statement). Leases refreshed together stay due together, so in a
 //! steady state there is one batch per refresh interval.
 //!
-//! What a hold learns from its [`Kept`]: its current local deadline (`sent + ttl -
+//! What a hold learns from its [`KeptLease`]: its current local deadline (`sent + ttl -
 //! safety_margin`, `sent` being when the `refresh_many` call that confirmed the lease was
 //! *made*), and, pushed, that its lease was lost or that a refresh failed. The hold, not
 //! the keeper, enforces the deadline: a keeper stuck on a hung backend cannot keep a
@@ -24,20 +24,27 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use leasehold_core::{Error, Lease, LockBackend, Result};
+use leasehold_core::{Lease, LockBackend};
 use tokio::sync::Notify;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
 use crate::guard::Deadline;
-use crate::instance::timeout_error;
+
+mod batch;
+mod watch;
+
+use batch::{Batch, Refreshed, RefreshedLease};
+pub(crate) use watch::RefreshNews;
+use watch::Watch;
 
 /// The runner's lease keeper; see the module documentation.
 pub(crate) struct Keeper {
     shared: Arc<Shared>,
 }
 
+/// What the keeper task and the holds' [`KeptLease`]s share.
 struct Shared {
     state: Mutex<State>,
     /// Wakes the keeper task when a lease is added: its first refresh may be due before
@@ -46,9 +53,6 @@ struct Shared {
     config: RunnerConfig,
     abort: CancellationToken,
 }
-
-/// Leases of one backend taken out of their entries for one `refresh_many` call.
-type Batch = (Arc<dyn LockBackend>, Vec<u64>, Vec<Box<dyn Lease>>);
 
 #[derive(Default)]
 struct State {
@@ -72,43 +76,18 @@ struct Entry {
     orphaned: bool,
 }
 
-/// What the keeper tells one hold.
-struct Watch {
-    /// Read by the hold's guard before every poll of the routine, so not under `state`.
-    deadline: Arc<Deadline>,
-    state: Mutex<WatchState>,
-    /// Woken when `state` has news: lost, a failure to report, or the lease came back
-    /// from a batch to a hold waiting in [`Kept::take_back`].
-    changed: Notify,
-}
-
-struct WatchState {
-    lost: bool,
-    failure: Option<String>,
-}
-
-/// What a hold is told by [`Kept::changed`].
-pub(crate) enum Change {
-    /// A refresh said the lease is no longer ours.
-    Lost,
-    /// A refresh failed without a verdict; it is retried until the deadline.
-    Failed(String),
-}
-
 /// A hold's handle on its lease while the keeper keeps it. Dropping it without
-/// [`take_back`](Kept::take_back) drops the lease (as on `Runner::abort`).
-pub(crate) struct Kept {
+/// [`take_back`](KeptLease::take_back) drops the lease (as on `Runner::abort`).
+pub(crate) struct KeptLease {
     id: u64,
     watch: Arc<Watch>,
     shared: Arc<Shared>,
 }
 
-/// A batch that came back from the backend.
-struct Done {
-    sent: Instant,
-    ids: Vec<u64>,
-    leases: Vec<Box<dyn Lease>>,
-    results: Vec<Result<()>>,
+/// The batches due now, and when the keeper must look again.
+struct Due {
+    batches: Vec<Batch>,
+    wake_at: Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,6 +99,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Keeper {
+    /// A keeper refreshing on `config`'s schedule, that stops refreshing when `abort`
+    /// is cancelled.
     pub(crate) fn new(config: &RunnerConfig, abort: CancellationToken) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -138,45 +119,33 @@ impl Keeper {
         backend: Arc<dyn LockBackend>,
         lease: Box<dyn Lease>,
         sent: Instant,
-    ) -> Kept {
-        let watch = Arc::new(Watch {
-            deadline: Arc::new(Deadline::new(self.shared.config.local_deadline(sent))),
-            state: Mutex::new(WatchState {
-                lost: false,
-                failure: None,
-            }),
-            changed: Notify::new(),
-        });
-        let start = {
-            let mut state = lock(&self.shared.state);
-            let id = state.next_id;
-            state.next_id += 1;
-            state.entries.insert(
-                id,
-                Entry {
-                    backend,
-                    lease: Some(lease),
-                    watch: Arc::clone(&watch),
-                    next_due: sent + self.shared.config.refresh_interval,
-                    retired: false,
-                    orphaned: false,
-                },
-            );
-            let start = state.running.is_none().then(|| {
-                state.generations += 1;
-                state.running = Some(state.generations);
-                state.generations
-            });
-            (id, start)
-        };
-        let (id, start) = start;
-        match start {
-            Some(generation) => {
-                tokio::spawn(Arc::clone(&self.shared).run(generation));
-            }
-            None => self.shared.added.notify_one(),
+    ) -> KeptLease {
+        let watch = Arc::new(Watch::new(self.shared.config.local_deadline(sent)));
+        let mut state = lock(&self.shared.state);
+        let id = state.next_id;
+        state.next_id += 1;
+        state.entries.insert(
+            id,
+            Entry {
+                backend,
+                lease: Some(lease),
+                watch: Arc::clone(&watch),
+                next_due: sent + self.shared.config.refresh_interval,
+                retired: false,
+                orphaned: false,
+            },
+        );
+        if state.running.is_none() {
+            state.generations += 1;
+            let generation = state.generations;
+            state.running = Some(generation);
+            drop(state);
+            tokio::spawn(Arc::clone(&self.shared).run(generation));
+        } else {
+            drop(state);
+            self.shared.added.notify_one();
         }
-        Kept {
+        KeptLease {
             id,
             watch,
             shared: Arc::clone(&self.shared),
@@ -184,39 +153,31 @@ impl Keeper {
     }
 }
 
-impl Kept {
+impl KeptLease {
     /// The local deadline: the lease is certainly ours until then.
     pub(crate) fn deadline(&self) -> Instant {
-        self.watch.deadline.get()
+        self.watch.deadline()
     }
 
     /// The local deadline as the keeper moves it on, for the hold's guard.
     pub(crate) fn shared_deadline(&self) -> Arc<Deadline> {
-        Arc::clone(&self.watch.deadline)
+        self.watch.shared_deadline()
     }
 
-    /// Waits for news from the keeper. Cancel-safe.
-    pub(crate) async fn changed(&self) -> Change {
-        loop {
-            let notified = self.watch.changed.notified();
-            {
-                let mut state = lock(&self.watch.state);
-                if state.lost {
-                    return Change::Lost;
-                }
-                if let Some(error) = state.failure.take() {
-                    return Change::Failed(error);
-                }
-            }
-            notified.await;
-        }
+    /// Waits for bad news from the keeper.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub(crate) async fn next_news(&self) -> RefreshNews {
+        self.watch.next_news().await
     }
 
     /// Takes the lease back to release it, waiting for a batch it is in to return.
     /// `None` if the runner was aborted meanwhile (the lease is then dropped unreleased).
     pub(crate) async fn take_back(&mut self) -> Option<Box<dyn Lease>> {
         loop {
-            let notified = self.watch.changed.notified();
+            let woken = self.watch.woken();
             {
                 let mut state = lock(&self.shared.state);
                 let entry = state.entries.get_mut(&self.id)?;
@@ -228,13 +189,13 @@ impl Kept {
             tokio::select! {
                 biased;
                 _ = self.shared.abort.cancelled() => return None,
-                _ = notified => {}
+                _ = woken => {}
             }
         }
     }
 }
 
-impl Drop for Kept {
+impl Drop for KeptLease {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
         if let Some(entry) = state.entries.get_mut(&self.id) {
@@ -265,7 +226,7 @@ impl Drop for Running<'_> {
             state.entries.retain(|_, entry| {
                 let kept = entry.lease.is_some();
                 if !kept {
-                    entry.watch.changed.notify_one();
+                    entry.watch.wake();
                 }
                 kept
             });
@@ -283,6 +244,8 @@ impl Shared {
             shared: &self,
             generation,
         };
+        let ttl = self.config.lease_ttl;
+        let limit = self.config.request_timeout;
         let mut in_flight = FuturesUnordered::new();
         loop {
             let wake_at = {
@@ -291,18 +254,19 @@ impl Shared {
                     state.running = None;
                     return;
                 }
-                let now = Instant::now();
-                let (batches, wake_at) = self.take_due(&mut state, now);
-                for (backend, ids, leases) in batches {
-                    in_flight.push(self.refresh(backend, ids, leases));
+                let due = self.take_due(&mut state, Instant::now());
+                for batch in due.batches {
+                    in_flight.push(batch.refresh(ttl, limit));
                 }
-                wake_at
+                due.wake_at
             };
             tokio::select! {
                 biased;
                 // A crash, as far as everyone else can tell: refresh nothing more.
                 _ = self.abort.cancelled() => return,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => self.apply(done),
+                Some(refreshed) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.apply(refreshed);
+                }
                 () = self.added.notified() => {}
                 _ = sleep_until(wake_at) => {}
             }
@@ -311,9 +275,11 @@ impl Shared {
 
     /// When a lease is due, takes it and every lease due within half a refresh interval
     /// out of their entries, in one batch per backend; says when the next one is due.
-    fn take_due(&self, state: &mut State, now: Instant) -> (Vec<Batch>, Instant) {
-        let mut batches: Vec<Batch> = Vec::new();
-        let mut wake_at = now + self.config.refresh_interval;
+    fn take_due(&self, state: &mut State, now: Instant) -> Due {
+        let mut due = Due {
+            batches: Vec::new(),
+            wake_at: now + self.config.refresh_interval,
+        };
         let waiting = |entry: &Entry| !entry.retired && entry.lease.is_some();
         // A batch starts only when a lease is due; it then takes the leases due soon too.
         let earliest = state
@@ -323,9 +289,12 @@ impl Shared {
             .map(|entry| entry.next_due)
             .min();
         match earliest {
-            Some(due) if due <= now => {}
-            Some(due) => return (batches, due),
-            None => return (batches, wake_at),
+            Some(next_due) if next_due <= now => {}
+            Some(next_due) => {
+                due.wake_at = next_due;
+                return due;
+            }
+            None => return due,
         }
         let horizon = now + self.config.refresh_interval / 2;
         for (&id, entry) in &mut state.entries {
@@ -333,77 +302,32 @@ impl Shared {
                 continue;
             }
             if entry.next_due > horizon {
-                wake_at = wake_at.min(entry.next_due);
+                due.wake_at = due.wake_at.min(entry.next_due);
                 continue;
             }
             let Some(lease) = entry.lease.take() else {
                 continue;
             };
             // A runner has one backend; the search is over a handful at most.
-            match batches
+            match due
+                .batches
                 .iter_mut()
-                .find(|(backend, _, _)| Arc::ptr_eq(backend, &entry.backend))
+                .find(|batch| batch.is_for(&entry.backend))
             {
-                Some((_, ids, leases)) => {
-                    ids.push(id);
-                    leases.push(lease);
-                }
-                None => batches.push((Arc::clone(&entry.backend), vec![id], vec![lease])),
+                Some(batch) => batch.push(id, lease),
+                None => due.batches.push(Batch::new(&entry.backend, id, lease)),
             }
         }
-        (batches, wake_at)
-    }
-
-    /// Refreshes one batch, bounded by the request timeout.
-    fn refresh(
-        &self,
-        backend: Arc<dyn LockBackend>,
-        ids: Vec<u64>,
-        mut leases: Vec<Box<dyn Lease>>,
-    ) -> impl Future<Output = Done> + Send + 'static {
-        let ttl = self.config.lease_ttl;
-        let limit = self.config.request_timeout;
-        async move {
-            let sent = Instant::now();
-            let results = match timeout(limit, backend.refresh_many(&mut leases, ttl)).await {
-                Ok(results) if results.len() == leases.len() => results,
-                Ok(results) => {
-                    let message = format!(
-                        "refresh_many returned {} results for {} leases",
-                        results.len(),
-                        leases.len()
-                    );
-                    leases
-                        .iter()
-                        .map(|_| {
-                            Err(Error::unavailable(
-                                backend.name(),
-                                "refresh",
-                                message.clone(),
-                            ))
-                        })
-                        .collect()
-                }
-                Err(_) => leases
-                    .iter()
-                    .map(|_| Err(timeout_error(&*backend, "refresh", limit)))
-                    .collect(),
-            };
-            Done {
-                sent,
-                ids,
-                leases,
-                results,
-            }
-        }
+        due
     }
 
     /// Puts a returned batch's leases back and tells their holds what happened.
-    fn apply(&self, done: Done) {
+    fn apply(&self, refreshed: Refreshed) {
         let now = Instant::now();
         let retry_after_failure = (self.config.refresh_interval / 4).max(Duration::from_millis(1));
+        let sent = refreshed.sent;
         let mut state = lock(&self.state);
-        for ((id, lease), result) in done.ids.into_iter().zip(done.leases).zip(done.results) {
+        for RefreshedLease { id, lease, result } in refreshed.into_leases() {
             let Some(entry) = state.entries.get_mut(&id) else {
                 continue;
             };
@@ -412,28 +336,23 @@ impl Shared {
                 continue;
             }
             entry.lease = Some(lease);
-            let mut watch = lock(&entry.watch.state);
             match result {
                 Ok(()) => {
-                    entry
-                        .watch
-                        .deadline
-                        .set(self.config.local_deadline(done.sent));
-                    entry.next_due = done.sent + self.config.refresh_interval;
+                    entry.watch.confirmed(self.config.local_deadline(sent));
+                    entry.next_due = sent + self.config.refresh_interval;
                 }
                 Err(error) if error.is_lost() => {
-                    watch.lost = true;
+                    entry.watch.lost();
                     entry.retired = true;
                 }
                 Err(error) => {
-                    watch.failure = Some(error.chain());
+                    entry.watch.failed(error.chain());
                     entry.next_due = now + retry_after_failure;
                 }
             }
-            let news = watch.lost || watch.failure.is_some() || entry.retired;
-            drop(watch);
-            if news {
-                entry.watch.changed.notify_one();
+            // A retired entry's hold may be waiting to take its lease back.
+            if entry.retired || entry.watch.has_news() {
+                entry.watch.wake();
             }
         }
     }

@@ -16,7 +16,9 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod backend_slot;
 mod backoff;
+mod builder;
 mod config;
 mod context;
 mod default;
@@ -27,13 +29,16 @@ mod handle;
 mod hold;
 mod instance;
 mod keeper;
+mod launch;
 mod options;
 mod report;
 mod runner;
+mod shared;
 mod signals;
 mod task;
 
-pub use config::{RunnerBuilder, RunnerConfig};
+pub use builder::RunnerBuilder;
+pub use config::RunnerConfig;
 pub use context::{CancelReason, Context};
 pub use default::{check_default_config, default_runner, run, run_named};
 pub use env::connect;

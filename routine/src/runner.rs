@@ -3,30 +3,26 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::future::BoxFuture;
-use leasehold_core::{Error, LockBackend, LockKey, Result};
-use tokio::sync::{OnceCell, Semaphore, broadcast};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use leasehold_core::{Error, LockBackend, LockKey};
+use tokio::sync::broadcast;
 
-use crate::config::{DEFAULT_TTL, RunnerBuilder, RunnerConfig};
-use crate::events::{Event, EventKind};
+use crate::backend_slot::BackendSlot;
+use crate::builder::RunnerBuilder;
+use crate::config::{DEFAULT_TTL, RunnerConfig};
+use crate::context::Context;
+use crate::events::Event;
 use crate::handle::{Outcome, RoutineHandle};
-use crate::keeper::Keeper;
+use crate::launch::{LeasePlan, launch};
 use crate::options::{Mode, RunOptions};
-use crate::task::{RoutineFn, Task};
+use crate::shared::Shared;
+use crate::signals::{self, Response};
+use crate::task::RoutineFn;
 
-/// Process-wide routine numbers, shared by every runner, as in the Go original.
+/// Process-wide routine numbers, shared by every runner, so that a number names one
+/// routine in the process's logs whichever runner started it.
 static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
-
-/// How many acquire requests one runner has in flight at once. A service starting
-/// thousands of named routines would otherwise send thousands of requests in the same
-/// instant: the server answers them no sooner, the late ones time out, and the client
-/// buffers every one of them at once. A routine waits for a turn before its request is
-/// sent, so the lease's deadline still counts from the send.
-pub(crate) const MAX_CONCURRENT_ACQUIRES: usize = 64;
 
 /// Starts background routines and keeps named ones running as one instance across every
 /// runner that shares its backend.
@@ -54,77 +50,9 @@ pub(crate) const MAX_CONCURRENT_ACQUIRES: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct Runner {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) backend: Option<BackendSlot>,
-    pub(crate) config: RunnerConfig,
-    /// Cancelled when shutdown begins: every routine's context is a child of it.
-    pub(crate) shutdown: CancellationToken,
-    /// Cancelled when the drain timeout has passed: routines still running are dropped
-    /// (their leases are still released).
-    pub(crate) hard_stop: CancellationToken,
-    /// Cancelled by [`Runner::abort`]: routines are dropped and leases are not released.
-    pub(crate) abort: CancellationToken,
-    /// Cancelled when shutdown has finished.
-    pub(crate) done: CancellationToken,
-    shutdown_started: AtomicBool,
-    signals_installed: AtomicBool,
-    pub(crate) tracker: TaskTracker,
-    /// Refreshes every lease the runner holds.
-    pub(crate) keeper: Keeper,
-    /// Bounds the acquire requests in flight at once (see [`MAX_CONCURRENT_ACQUIRES`]).
-    pub(crate) acquires: Semaphore,
-    pub(crate) events: broadcast::Sender<Event>,
-}
-
-/// Where named routines get their backend: given, or connected on first use (the
-/// process-wide default runner, configured from the environment).
-#[derive(Clone)]
-pub(crate) enum BackendSlot {
-    Ready(Arc<dyn LockBackend>),
-    Lazy(Arc<LazyBackend>),
-    /// The configuration was rejected; leased routines fail with this error.
-    Invalid(Arc<Error>),
-}
-
-type Connect = Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn LockBackend>>> + Send + Sync>;
-
-pub(crate) struct LazyBackend {
-    pub(crate) description: String,
-    pub(crate) cell: OnceCell<Arc<dyn LockBackend>>,
-    pub(crate) connect: Connect,
-}
-
-impl BackendSlot {
-    /// The backend, connecting it first if needed. A failed connection is tried again
-    /// on the next call. A backend connected here is checked against the runner's lease
-    /// `ttl`, which the builder could not do before it existed.
-    pub(crate) async fn get(&self, ttl: std::time::Duration) -> Result<Arc<dyn LockBackend>> {
-        match self {
-            BackendSlot::Ready(backend) => Ok(Arc::clone(backend)),
-            BackendSlot::Lazy(lazy) => {
-                let backend = lazy.cell.get_or_try_init(|| (lazy.connect)()).await?;
-                backend.capabilities().check_ttl(backend.name(), ttl)?;
-                Ok(Arc::clone(backend))
-            }
-            BackendSlot::Invalid(error) => Err(Error::config("backend", error.to_string())),
-        }
-    }
-}
-
-impl fmt::Debug for BackendSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BackendSlot::Ready(backend) => fmt::Debug::fmt(backend, f),
-            BackendSlot::Lazy(lazy) => match lazy.cell.get() {
-                Some(backend) => fmt::Debug::fmt(backend, f),
-                None => write!(f, "{} (not connected yet)", lazy.description),
-            },
-            BackendSlot::Invalid(error) => write!(f, "invalid backend configuration: {error}"),
-        }
-    }
+    /// Where named routines get their backend; `None` for a runner without one.
+    backend: Option<BackendSlot>,
+    shared: Arc<Shared>,
 }
 
 impl Runner {
@@ -150,42 +78,28 @@ impl Runner {
         Self::from_parts(None, RunnerConfig::defaults(DEFAULT_TTL))
     }
 
+    /// A runner on `backend` (if any) with the resolved `config`.
     pub(crate) fn from_parts(backend: Option<BackendSlot>, config: RunnerConfig) -> Self {
-        let shutdown = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let keeper = Keeper::new(&config, abort.clone());
         Self {
-            inner: Arc::new(Inner {
-                backend,
-                config,
-                hard_stop: CancellationToken::new(),
-                abort,
-                done: CancellationToken::new(),
-                shutdown,
-                shutdown_started: AtomicBool::new(false),
-                signals_installed: AtomicBool::new(false),
-                tracker: TaskTracker::new(),
-                keeper,
-                acquires: Semaphore::new(MAX_CONCURRENT_ACQUIRES),
-                events: broadcast::channel(1024).0,
-            }),
+            backend,
+            shared: Arc::new(Shared::new(config)),
         }
     }
 
     /// The runner's settings.
     pub fn config(&self) -> &RunnerConfig {
-        &self.inner.config
+        self.shared.config()
     }
 
     /// Events of every routine of this runner, for logs, metrics and tests. A slow
     /// receiver loses the oldest events (see [`broadcast`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+        self.shared.subscribe()
     }
 
     /// Starts `f` in the background and returns at once.
     ///
-    /// `f` gets a [`Context`](crate::Context) that is cancelled by the returned handle,
+    /// `f` gets a [`Context`] that is cancelled by the returned handle,
     /// by [`Runner::shutdown`] and by SIGINT/SIGTERM. It runs in a tracing span
     /// `routine{number}` whose parent is the caller's current span, and in a Sentry hub
     /// derived from the caller's. A panic is caught, logged and sent to Sentry; the
@@ -195,7 +109,7 @@ impl Runner {
     /// [`Outcome::Rejected`].
     pub fn run<F, Fut>(&self, f: F) -> RoutineHandle
     where
-        F: FnOnce(crate::Context) -> Fut + Send + 'static,
+        F: FnOnce(Context) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut f = Some(f);
@@ -218,7 +132,7 @@ impl Runner {
     /// reports [`Outcome::Failed`] with the reason (and an error log).
     pub fn run_named<F, Fut>(&self, name: &str, f: F, options: RunOptions) -> RoutineHandle
     where
-        F: FnMut(crate::Context) -> Fut + Send + 'static,
+        F: FnMut(Context) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut f = f;
@@ -233,7 +147,7 @@ impl Runner {
             tracing::error!(number, name = name.unwrap_or(""), error = %error.chain(), "routine not started");
             RoutineHandle::finished(number, label.clone(), Outcome::Failed(Arc::new(error)))
         };
-        if self.inner.shutdown.is_cancelled() {
+        if self.shared.refuses_routines() {
             return RoutineHandle::finished(number, label, Outcome::Rejected);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -250,7 +164,7 @@ impl Runner {
                     Ok(key) => key,
                     Err(error) => return fail(error),
                 };
-                let Some(backend) = self.inner.backend.clone() else {
+                let Some(backend) = self.backend.clone() else {
                     return fail(Error::config(
                         "backend",
                         "no lease backend configured: use Runner::builder().backend(..) \
@@ -261,14 +175,19 @@ impl Runner {
                     tracing::error!(number, name, error = %error.chain(), "routine not started");
                     return RoutineHandle::finished(number, label, Outcome::Failed(error));
                 }
-                Some((key, backend))
+                Some(LeasePlan { key, backend })
             }
         };
         self.install_signal_handlers(&runtime);
-        let (task, handle) = Task::new(self.clone(), number, label, mode);
-        self.inner
-            .tracker
-            .spawn_on(task.run(routine, lease), &runtime);
+        let (task, handle) = launch(
+            Arc::clone(&self.shared),
+            number,
+            label,
+            mode,
+            routine,
+            lease,
+        );
+        self.shared.spawn_routine(task, &runtime);
         handle
     }
 
@@ -284,67 +203,8 @@ impl Runner {
     /// Cancel-safe: the shutdown runs on a task of its own, so dropping this future only
     /// stops waiting for it; call again, or [`Runner::wait_for_shutdown`], to wait.
     pub async fn shutdown(&self) {
-        self.begin_shutdown();
-        self.inner.done.cancelled().await;
-    }
-
-    /// Starts the shutdown on a task of its own, once; returns at once.
-    pub(crate) fn begin_shutdown(&self) {
-        if self.inner.shutdown_started.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let runner = self.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { runner.drain().await });
-            }
-            Err(_) => {
-                // No runtime to drain on: routines cannot be running either (they need
-                // one), so stop whatever is left at once.
-                self.inner.shutdown.cancel();
-                self.inner.hard_stop.cancel();
-                self.inner.tracker.close();
-                self.inner.done.cancel();
-            }
-        }
-    }
-
-    /// Ends a drain at once: routines still running are dropped (their leases are still
-    /// released). Used by a second signal during a shutdown.
-    #[cfg(all(unix, feature = "signals"))]
-    pub(crate) fn stop_draining(&self) {
-        self.inner.hard_stop.cancel();
-    }
-
-    /// Whether a shutdown has begun (or finished).
-    #[cfg(all(unix, feature = "signals"))]
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.inner.shutdown_started.load(Ordering::SeqCst)
-    }
-
-    /// Whether a shutdown has finished.
-    #[cfg(all(unix, feature = "signals"))]
-    pub(crate) fn is_shut_down(&self) -> bool {
-        self.inner.done.is_cancelled()
-    }
-
-    /// The shutdown itself: cancel, drain up to the drain timeout, then drop the rest.
-    async fn drain(&self) {
-        let inner = &self.inner;
-        tracing::info!(routines = inner.tracker.len(), "shutting down routines");
-        inner.shutdown.cancel();
-        inner.tracker.close();
-        let drained = tokio::time::timeout(inner.config.drain_timeout, inner.tracker.wait()).await;
-        if drained.is_err() {
-            tracing::warn!(
-                still_running = inner.tracker.len(),
-                drain_timeout = ?inner.config.drain_timeout,
-                "routines did not return within the drain timeout; dropping them"
-            );
-            inner.hard_stop.cancel();
-            inner.tracker.wait().await;
-        }
-        inner.done.cancel();
+        self.shared.begin_shutdown();
+        self.shared.wait_for_shutdown().await;
     }
 
     /// Resolves when a shutdown (by [`Runner::shutdown`], SIGINT or SIGTERM) has finished:
@@ -355,7 +215,7 @@ impl Runner {
     ///
     /// Cancel-safe.
     pub async fn wait_for_shutdown(&self) {
-        self.inner.done.cancelled().await;
+        self.shared.wait_for_shutdown().await;
     }
 
     /// Stops every routine at once, without draining and without releasing their leases
@@ -367,98 +227,39 @@ impl Runner {
     /// release), so others take over soon after, not a TTL later. To drill a real crash,
     /// kill the process.
     pub fn abort(&self) {
-        self.inner.shutdown_started.store(true, Ordering::SeqCst);
-        self.inner.abort.cancel();
-        self.inner.shutdown.cancel();
-        self.inner.tracker.close();
-        self.inner.done.cancel();
+        self.shared.abort();
     }
 
-    pub(crate) fn emit(&self, number: u64, name: &Option<Arc<str>>, kind: EventKind) {
-        // No receiver is the normal case: nobody asked for events.
-        let _ = self.inner.events.send(Event {
-            number,
-            name: name.clone(),
-            at: tokio::time::Instant::now(),
-            kind,
-        });
-    }
-
+    /// Installs the SIGINT/SIGTERM handlers, once per runner, if the runner handles
+    /// signals. They hold the runner's state weakly: a dropped runner is not kept alive
+    /// by them, and a signal after it is gone has its default effect.
     fn install_signal_handlers(&self, runtime: &tokio::runtime::Handle) {
-        if self.inner.config.handle_signals
-            && !self.inner.signals_installed.swap(true, Ordering::SeqCst)
-        {
-            crate::signals::install(Arc::downgrade(&self.inner), runtime);
+        if !self.shared.config().handle_signals || !self.shared.claim_signal_handlers() {
+            return;
         }
+        let shared = Arc::downgrade(&self.shared);
+        signals::install(runtime, move || match shared.upgrade() {
+            Some(shared) if !shared.is_shut_down() => {
+                if shared.shutdown_started() {
+                    shared.stop_draining();
+                    Response::DrainEnded
+                } else {
+                    shared.begin_shutdown();
+                    Response::ShutdownBegun
+                }
+            }
+            _ => Response::Gone,
+        });
     }
 }
 
 impl fmt::Debug for Runner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runner")
-            .field("backend", &self.inner.backend)
-            .field("config", &self.inner.config)
-            .field("routines", &self.inner.tracker.len())
-            .field("shutting_down", &self.inner.shutdown.is_cancelled())
+            .field("backend", &self.backend)
+            .field("config", self.shared.config())
+            .field("routines", &self.shared.routines())
+            .field("shutting_down", &self.shared.refuses_routines())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use async_trait::async_trait;
-    use futures::FutureExt;
-    use leasehold_core::{Capabilities, Lease, MemoryBackend};
-
-    use super::*;
-
-    /// A backend that needs a TTL of at least a second and would accept any TTL it is
-    /// asked for, so only the slot's own check can refuse one.
-    #[derive(Debug)]
-    struct SecondAtLeast(MemoryBackend);
-
-    #[async_trait]
-    impl LockBackend for SecondAtLeast {
-        fn name(&self) -> &'static str {
-            "second-at-least"
-        }
-
-        fn capabilities(&self) -> Capabilities {
-            self.0.capabilities().with_min_ttl(Duration::from_secs(1))
-        }
-
-        async fn try_acquire(
-            &self,
-            key: &LockKey,
-            ttl: Duration,
-        ) -> Result<Option<Box<dyn Lease>>> {
-            self.0.try_acquire(key, ttl).await
-        }
-
-        async fn released(&self, key: &LockKey) -> Result<()> {
-            self.0.released(key).await
-        }
-    }
-
-    #[tokio::test]
-    async fn a_lazily_connected_backend_is_checked_against_the_runners_ttl() {
-        let slot = BackendSlot::Lazy(Arc::new(LazyBackend {
-            description: "test".into(),
-            cell: OnceCell::new(),
-            connect: Box::new(|| {
-                async { Ok(Arc::new(SecondAtLeast(MemoryBackend::new())) as Arc<dyn LockBackend>) }
-                    .boxed()
-            }),
-        }));
-        let err = slot.get(Duration::from_millis(500)).await.unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidTtl { .. }),
-            "a TTL below the connected backend's minimum must be refused: {err:?}"
-        );
-        slot.get(Duration::from_secs(1))
-            .await
-            .expect("a TTL within the backend's bounds is accepted");
     }
 }

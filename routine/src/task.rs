@@ -1,36 +1,34 @@
-//! `Task`: one started routine's task: span, Sentry hub, panic catching, outcome.
+//! `Task`: what every run of one started routine shares (its number, name, cancellation
+//! and the runner's shared state), running the routine's future once with panics caught,
+//! and the plain run of a routine without a lease.
 
 use std::any::Any;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use leasehold_core::{FencingToken, LockKey};
-use tokio::sync::oneshot;
+use leasehold_core::FencingToken;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::context::Context;
 use crate::events::EventKind;
 use crate::guard::Guard;
-use crate::handle::{Outcome, RoutineHandle};
+use crate::handle::Outcome;
 use crate::options::Mode;
-use crate::runner::{BackendSlot, Runner};
+use crate::shared::Shared;
 
 /// A routine as the runner calls it: once for `run`, once per restart for `run_named`.
 pub(crate) type RoutineFn = Box<dyn FnMut(Context) -> BoxFuture<'static, ()> + Send>;
 
-/// What a started routine's task carries.
+/// One started routine, as its runs see it.
 pub(crate) struct Task {
-    pub(crate) runner: Runner,
-    pub(crate) number: u64,
-    pub(crate) name: Option<Arc<str>>,
-    pub(crate) mode: Mode,
-    /// Cancelled by the handle; a child of the runner's shutdown token.
-    pub(crate) token: CancellationToken,
-    outcome: oneshot::Sender<Outcome>,
+    shared: Arc<Shared>,
+    number: u64,
+    name: Option<Arc<str>>,
+    mode: Mode,
+    /// Cancelled by the handle; a child of the runner's shutdown.
+    cancel: CancellationToken,
 }
 
 /// How one run of the routine's future ended.
@@ -40,78 +38,61 @@ pub(crate) enum RunEnd {
 }
 
 impl Task {
-    /// A task and the handle that controls it.
+    /// Routine `number`, named `name`, of the runner whose state is `shared`.
     pub(crate) fn new(
-        runner: Runner,
+        shared: Arc<Shared>,
         number: u64,
         name: Option<Arc<str>>,
         mode: Mode,
-    ) -> (Self, RoutineHandle) {
-        let token = runner.inner.shutdown.child_token();
-        let (tx, rx) = oneshot::channel();
-        let handle = RoutineHandle {
-            number,
-            name: name.clone(),
-            token: token.clone(),
-            outcome: std::sync::Mutex::new(rx.into()),
-        };
-        let task = Self {
-            runner,
+    ) -> Self {
+        Self {
+            cancel: shared.routine_cancel(),
+            shared,
             number,
             name,
             mode,
-            token,
-            outcome: tx,
-        };
-        (task, handle)
-    }
-
-    /// The task's whole life: run the routine (under a lease or not), report the outcome.
-    ///
-    /// Not `async fn`: the span and the Sentry hub must be taken from the *caller's*
-    /// context, now, not from whatever thread first polls the task.
-    pub(crate) fn run(
-        self,
-        routine: RoutineFn,
-        lease: Option<(LockKey, BackendSlot)>,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let span = tracing::info_span!(
-            "routine",
-            number = self.number,
-            name = self.name.as_deref().unwrap_or_default()
-        );
-        let task = async move {
-            let outcome = match lease {
-                None => self.run_plain(routine).await,
-                Some((key, backend)) => {
-                    crate::instance::Instance::new(&self, key, backend)
-                        .run(routine)
-                        .await
-                }
-            };
-            tracing::debug!(?outcome, "routine stopped");
-            self.emit(EventKind::Stopped);
-            // The handle may have been dropped: nobody waits for the outcome.
-            let _ = self.outcome.send(outcome);
         }
-        .instrument(span);
-        crate::report::bind_caller_hub(task)
     }
 
-    async fn run_plain(&self, mut routine: RoutineFn) -> Outcome {
-        let guard = Guard::new(self.token.child_token(), None);
+    /// The runner's shared state.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The routine's process-wide number.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The routine's name, if it has one.
+    pub(crate) fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
+    /// How the routine runs.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Cancelled by the routine's handle and by shutdown.
+    pub(crate) fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Runs a routine without a lease, once.
+    pub(crate) async fn run_plain(&self, mut routine: RoutineFn) -> Outcome {
+        let guard = Guard::new(self.cancel.child_token(), None);
         let _end = EndOnDrop(&guard);
         let ctx = self.context(&guard, None);
-        let inner = &self.runner.inner;
         let outcome = tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => Outcome::Aborted,
+            _ = self.shared.aborted() => Outcome::Aborted,
             end = self.run_routine(&mut routine, ctx) => match end {
-                RunEnd::Returned if self.token.is_cancelled() => Outcome::Cancelled,
+                RunEnd::Returned if self.cancel.is_cancelled() => Outcome::Cancelled,
                 RunEnd::Returned => Outcome::Returned,
                 RunEnd::Panicked(message) => Outcome::Panicked(message),
             },
-            _ = inner.hard_stop.cancelled() => {
+            _ = self.shared.hard_stopped() => {
                 self.emit(EventKind::Dropped);
                 Outcome::Cancelled
             }
@@ -125,10 +106,9 @@ impl Task {
     /// aborted (a crash stops nothing gracefully).
     pub(crate) async fn end_instance(&self, guard: &Guard) {
         guard.end();
-        let inner = &self.runner.inner;
         tokio::select! {
             biased;
-            _ = inner.abort.cancelled() => {}
+            _ = self.shared.aborted() => {}
             _ = guard.spawned_gone() => {}
         }
     }
@@ -148,7 +128,7 @@ impl Task {
             }
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
-                self.report_panic(&message);
+                crate::report::panic(self.number, self.name.as_deref(), &message);
                 self.emit(EventKind::Panicked {
                     message: message.clone(),
                 });
@@ -157,25 +137,22 @@ impl Task {
         }
     }
 
-    fn report_panic(&self, message: &str) {
-        crate::report::panic(self.number, self.name.as_deref(), message);
-    }
-
     /// The context of the instance that `guard` guards.
     pub(crate) fn context(&self, guard: &Guard, fencing: Option<FencingToken>) -> Context {
         Context {
             number: self.number,
             name: self.name.clone(),
-            token: guard.cancellation_token().clone(),
-            handle_token: self.token.clone(),
-            shutdown_token: self.runner.inner.shutdown.clone(),
+            cancel: guard.cancel().clone(),
+            handle_cancel: self.cancel.clone(),
+            shutdown: self.shared.shutdown_cancel(),
             fencing_token: fencing,
             guard: guard.clone(),
         }
     }
 
+    /// Broadcasts an event of this routine.
     pub(crate) fn emit(&self, kind: EventKind) {
-        self.runner.emit(self.number, &self.name, kind);
+        self.shared.emit(self.number, &self.name, kind);
     }
 }
 
