@@ -102,9 +102,12 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     ///
     /// The leases normally came from this backend, but a backend must not assume it: one
     /// it does not recognise (see [`Lease::as_any_mut`]) is refreshed with its own
-    /// [`Lease::refresh`]; an override can hand such leases to [`refresh_rest`]. The
-    /// default refreshes every lease that way, concurrently, which is correct for every
-    /// backend and as cheap as refreshing them one at a time.
+    /// [`Lease::refresh`]. A backend that batches implements
+    /// [`BatchRefresh`](crate::BatchRefresh) and overrides this with
+    /// [`refresh_batched`](crate::BatchRefreshExt::refresh_batched), which does that (and
+    /// the rest of the bookkeeping) for it. The default refreshes every lease that way,
+    /// concurrently, which is correct for every backend and as cheap as refreshing them one
+    /// at a time.
     ///
     /// # Errors
     ///
@@ -184,33 +187,4 @@ pub trait Lease: fmt::Debug + Send + Sync {
     ///
     /// If dropped before completion the key may still be held until its TTL runs out.
     async fn release(&mut self) -> Result<()>;
-}
-
-/// For [`LockBackend::refresh_many`] overrides: refreshes with their own
-/// [`Lease::refresh`], concurrently, every lease whose slot in `results` is still `None`
-/// (the leases the backend did not batch: another backend's, or ones it must refresh
-/// alone), and returns all results in order.
-///
-/// `results` should have one slot per lease; missing slots count as `None`, extra ones
-/// are ignored.
-pub async fn refresh_rest(
-    leases: &mut [Box<dyn Lease>],
-    mut results: Vec<Option<Result<()>>>,
-    ttl: Duration,
-) -> Vec<Result<()>> {
-    results.resize_with(leases.len(), || None);
-    let rest = futures::future::join_all(
-        leases
-            .iter_mut()
-            .zip(&results)
-            .filter(|(_, result)| result.is_none())
-            .map(|(lease, _)| lease.refresh(ttl)),
-    )
-    .await;
-    // One refresh per empty slot, in order.
-    let mut rest = rest.into_iter();
-    results
-        .into_iter()
-        .filter_map(|result| result.or_else(|| rest.next()))
-        .collect()
 }

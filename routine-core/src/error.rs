@@ -198,6 +198,15 @@ impl Error {
         }
     }
 
+    /// Builds [`Error::InvalidName`] for `key`, a name valid in itself that a backend
+    /// refuses (it would collide with another, or cannot be stored), for `reason`.
+    pub fn invalid_name(key: &LockKey, reason: impl Into<String>) -> Self {
+        Error::InvalidName {
+            name: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
     /// Builds [`Error::Lost`] for `key`.
     pub fn lost(key: &LockKey) -> Self {
         Error::Lost { key: key.clone() }
@@ -217,6 +226,27 @@ impl Error {
         Error::Misconfigured {
             backend,
             reason: reason.into(),
+        }
+    }
+
+    /// Builds [`Error::Auth`]: `backend` rejected the credentials, as `source` says.
+    pub fn auth(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Auth {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Builds [`Error::PermissionDenied`]: `backend` refused `operation`, as `source` says.
+    pub fn permission_denied(
+        backend: &'static str,
+        operation: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::PermissionDenied {
+            backend,
+            operation,
+            source: source.into(),
         }
     }
 
@@ -255,11 +285,7 @@ mod tests {
         assert!(!Error::timeout("redis", "acquire", Duration::from_secs(1)).is_permanent());
         assert!(!Error::unavailable("redis", "acquire", "refused").is_permanent());
         assert!(
-            !Error::Auth {
-                backend: "redis",
-                source: "WRONGPASS".into()
-            }
-            .is_permanent(),
+            !Error::auth("redis", "WRONGPASS").is_permanent(),
             "rejected credentials may be fixed while the process runs"
         );
     }
@@ -268,11 +294,51 @@ mod tests {
     fn constructors_build_their_variants() {
         let key = LockKey::new("job").unwrap();
         assert!(matches!(Error::lost(&key), Error::Lost { key: k } if k == key));
+        assert!(matches!(
+            Error::invalid_name(&key, "collides"),
+            Error::InvalidName { name, reason } if name == "job" && reason == "collides"
+        ));
         let err = Error::config_with_source("REDIS_DB", "not a number", "invalid digit");
-        assert_eq!(err.chain(), "invalid configuration REDIS_DB: not a number: invalid digit");
+        assert_eq!(
+            err.chain(),
+            "invalid configuration REDIS_DB: not a number: invalid digit"
+        );
         assert!(matches!(
             Error::timeout("etcd", "refresh", Duration::from_secs(2)),
-            Error::Timeout { backend: "etcd", operation: "refresh", .. }
+            Error::Timeout {
+                backend: "etcd",
+                operation: "refresh",
+                ..
+            }
+        ));
+        let err = Error::auth("redis", "WRONGPASS");
+        assert!(matches!(
+            err,
+            Error::Auth {
+                backend: "redis",
+                ..
+            }
+        ));
+        assert_eq!(
+            err.chain(),
+            "redis backend rejected the credentials: WRONGPASS"
+        );
+        let err = Error::permission_denied("postgres", "acquire", "42501");
+        assert!(matches!(
+            err,
+            Error::PermissionDenied {
+                backend: "postgres",
+                operation: "acquire",
+                ..
+            }
+        ));
+        assert_eq!(
+            err.chain(),
+            "postgres backend refused acquire: permission denied: 42501"
+        );
+        assert!(matches!(
+            Error::misconfigured("redis", "eviction"),
+            Error::Misconfigured { backend: "redis", reason } if reason == "eviction"
         ));
     }
 

@@ -8,6 +8,8 @@
 //! - [`LockKey`] is a validated routine name; [`FencingToken`] numbers every acquisition of
 //!   a key so that stale holders can be rejected by whatever they write to.
 //! - [`Error`] is the one error type every backend converts into.
+//! - [`BatchRefresh`] and [`BatchRefreshExt`] let a backend refresh many leases in one
+//!   request while sharing the bookkeeping every such backend needs.
 //! - [`MemoryBackend`] is the reference implementation: a process-local backend that
 //!   honours every part of the contract and runs on tokio's clock, so tests with paused
 //!   time work.
@@ -21,13 +23,15 @@
 )]
 
 mod backend;
+mod batch;
 mod capabilities;
 mod error;
 mod fencing;
 mod key;
 mod memory;
 
-pub use backend::{Lease, LockBackend, refresh_rest};
+pub use backend::{Lease, LockBackend};
+pub use batch::{BatchRefresh, BatchRefreshExt, Started, refresh_rest};
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use fencing::FencingToken;

@@ -302,9 +302,7 @@ impl Lease for MemoryLease {
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {
         check_ttl(ttl)?;
         let sent = Instant::now();
-        let lost = || Error::Lost {
-            key: self.key.clone(),
-        };
+        let lost = || Error::lost(&self.key);
         if self.released {
             return Err(lost());
         }
