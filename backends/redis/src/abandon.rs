@@ -3,12 +3,12 @@
 //! An acquire may take the lock and still not hand a lease out: its request failed or
 //! timed out after it was sent, or the caller dropped the future (the runner does when
 //! its own request timeout passes first). The lock would then stay held, by nobody, for
-//! its whole TTL. So an [`Attempt`] that ends without an answer releases its token's
+//! its whole TTL. So an [`Attempt`] that ends without an answer releases its owner value's
 //! lock in the background.
 //!
 //! The release is sent on the same multiplexed connection as the acquire, so it is
 //! queued behind it: even an acquire still waiting in a paused server is undone after
-//! it runs. The release compares the random token this attempt wrote, which no other
+//! it runs. The release compares the random owner value this attempt wrote, which no other
 //! attempt of any process writes, so a lock held by anyone else is left alone; and it
 //! announces the release, so waiters try at once.
 
@@ -19,30 +19,30 @@ use leasehold_core::{LockKey, Result};
 use crate::client::Client;
 use crate::scripts;
 
-/// One acquire of a key with a fresh token. Dropped without [`Attempt::answered`], it
-/// releases the lock if it holds the token.
+/// One acquire of a key with a fresh owner value. Dropped without [`Attempt::answered`], it
+/// releases the lock if it holds its owner value.
 pub(crate) struct Attempt {
     inner: Arc<Client>,
     key: LockKey,
     lock: String,
-    token: String,
+    owner: String,
     answered: bool,
 }
 
 impl Attempt {
-    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey, lock: String, token: String) -> Self {
+    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey, lock: String, owner: String) -> Self {
         Self {
             inner: Arc::clone(inner),
             key: key.clone(),
             lock,
-            token,
+            owner,
             answered: false,
         }
     }
 
-    /// The lock key and the token this attempt writes into it.
-    pub(crate) fn lock_and_token(&self) -> (&str, &str) {
-        (&self.lock, &self.token)
+    /// The lock key and the owner value this attempt writes into it.
+    pub(crate) fn lock_and_owner(&self) -> (&str, &str) {
+        (&self.lock, &self.owner)
     }
 
     /// The server answered: the lock is ours (now a lease's) or someone else's.
@@ -50,7 +50,7 @@ impl Attempt {
         self.answered = true;
         (
             std::mem::take(&mut self.lock),
-            std::mem::take(&mut self.token),
+            std::mem::take(&mut self.owner),
         )
     }
 }
@@ -67,10 +67,10 @@ impl Drop for Attempt {
         let inner = Arc::clone(&self.inner);
         let channel = inner.keys.channel(&self.key);
         let lock = std::mem::take(&mut self.lock);
-        let token = std::mem::take(&mut self.token);
+        let owner = std::mem::take(&mut self.owner);
         runtime.spawn(async move {
             let mut invocation = scripts::RELEASE.key(&lock);
-            invocation.arg(&token).arg(&channel);
+            invocation.arg(&owner).arg(&channel);
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner

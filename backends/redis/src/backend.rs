@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leasehold_core::{Capabilities, FencingToken, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{
+    BatchRefresh, BatchRefreshExt, Capabilities, Error, FencingToken, Lease, LockBackend, LockKey,
+    Result, Started,
+};
 
 use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
@@ -178,8 +181,8 @@ impl RedisBackend {
     }
 }
 
-/// A fresh random token for one acquisition (bsm/redislock uses 16 random bytes too).
-fn new_token() -> String {
+/// A fresh random owner value for one acquisition (bsm/redislock uses 16 random bytes too).
+fn new_owner() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
@@ -219,12 +222,12 @@ impl LockBackend for RedisBackend {
         let ttl_ms = ttl_millis(ttl)?;
         // From here on, a lock this call may take is given back unless it ends with the
         // server's answer: on an error, a timeout or when this future is dropped.
-        let attempt = Attempt::new(&self.inner, key, self.inner.keys.lock(key), new_token());
-        let (lock, token) = attempt.lock_and_token();
+        let attempt = Attempt::new(&self.inner, key, self.inner.keys.lock(key), new_owner());
+        let (lock, owner) = attempt.lock_and_owner();
         let mut invocation = scripts::ACQUIRE.key(lock);
         invocation
             .key(self.inner.keys.fence(key))
-            .arg(token)
+            .arg(owner)
             .arg(ttl_ms);
         let invocation = &invocation;
         let reply: Vec<i64> = self
@@ -241,12 +244,12 @@ impl LockBackend for RedisBackend {
                 Ok(None)
             }
             &[1, fence] if fence > 0 => {
-                let (lock, token) = attempt.answered();
+                let (lock, owner) = attempt.answered();
                 Ok(Some(Box::new(RedisLease::new(
                     Arc::clone(&self.inner),
                     key.clone(),
                     lock,
-                    token,
+                    owner,
                     FencingToken::new(fence.unsigned_abs()),
                     ttl,
                 ))))
@@ -259,71 +262,7 @@ impl LockBackend for RedisBackend {
     /// `PEXPIRE` as a single refresh, over many keys) per 500 leases, all pipelined on
     /// the command connection; leases of other backends are refreshed one by one.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
-        let ttl_ms = match ttl_millis(ttl) {
-            Ok(ms) => ms,
-            Err(_) => return leases.iter().map(|_| ttl_millis(ttl).map(drop)).collect(),
-        };
-        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
-        let mut ours = Vec::with_capacity(leases.len());
-        let mut invocations = Vec::new();
-        for (index, lease) in leases.iter_mut().enumerate() {
-            let Some(lease) = lease
-                .as_any_mut()
-                .and_then(|lease| lease.downcast_mut::<RedisLease>())
-                .filter(|lease| lease.belongs_to(&self.inner))
-            else {
-                continue;
-            };
-            if !lease.is_held() {
-                results[index] = Some(Err(lease.lost()));
-                continue;
-            }
-            if ours.len() % scripts::REFRESH_MANY_CHUNK == 0 {
-                let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
-                invocation.arg(ttl_ms);
-                invocations.push(invocation);
-            }
-            let (lock, token) = lease.lock_and_token();
-            if let Some(invocation) = invocations.last_mut() {
-                invocation.key(lock).arg(token);
-            }
-            ours.push(index);
-        }
-        let limit = self.inner.lease_limit(ttl);
-        let replies = futures::future::join_all(invocations.iter().map(|invocation| {
-            self.inner
-                .request("refresh", limit, move |mut conn| async move {
-                    invocation.invoke_async::<Vec<i64>>(&mut conn).await
-                })
-        }))
-        .await;
-        for (chunk, reply) in ours.chunks(scripts::REFRESH_MANY_CHUNK).zip(replies) {
-            let outcomes: Vec<Result<i64>> = match reply {
-                Ok(extended) if extended.len() == chunk.len() => {
-                    extended.into_iter().map(Ok).collect()
-                }
-                Ok(extended) => {
-                    let error = error::unexpected_reply("refresh", extended.len());
-                    error::for_each(error, "refresh", chunk.len())
-                        .into_iter()
-                        .map(Err)
-                        .collect()
-                }
-                Err(error) => error::for_each(error, "refresh", chunk.len())
-                    .into_iter()
-                    .map(Err)
-                    .collect(),
-            };
-            for (&index, outcome) in chunk.iter().zip(outcomes) {
-                // Every index in `ours` is a `RedisLease` (checked above).
-                let lease = leases[index]
-                    .as_any_mut()
-                    .and_then(|lease| lease.downcast_mut::<RedisLease>());
-                results[index] = lease.map(|lease| lease.refreshed(outcome?, ttl));
-            }
-        }
-        // Leases this backend did not make: their own refresh.
-        leasehold_core::refresh_rest(leases, results, ttl).await
+        Batched(self).refresh_batched(leases, ttl).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {
@@ -344,5 +283,106 @@ impl LockBackend for RedisBackend {
         // -2: no such key; -1: a key without expiry, which no lock of ours or of
         // bsm/redislock is, so its end is unknown.
         Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
+    }
+}
+
+/// The backend as the batched-refresh skeleton sees it: one
+/// [`REFRESH_MANY`](scripts::REFRESH_MANY) call per
+/// [`REFRESH_MANY_CHUNK`](scripts::REFRESH_MANY_CHUNK) leases, all pipelined.
+struct Batched<'a>(&'a RedisBackend);
+
+impl BatchRefresh for Batched<'_> {
+    const BACKEND: &'static str = NAME;
+    type Lease = RedisLease;
+    /// The lock key and the value our lease wrote into it.
+    type Pending = (String, String);
+    /// The script's reply for the lease: 1 extended, 0 lost.
+    type Answer = Result<i64>;
+
+    fn owns(&self, lease: &RedisLease) -> bool {
+        lease.belongs_to(&self.0.inner)
+    }
+
+    fn refresh_timeout(&self, ttl: Duration) -> Duration {
+        self.0.inner.lease_limit(ttl)
+    }
+
+    fn start_refresh(&self, lease: &mut RedisLease, ttl: Duration) -> Started<Self::Pending> {
+        if let Err(error) = ttl_millis(ttl) {
+            return Started::Done(Err(error));
+        }
+        if !lease.is_held() {
+            return Started::Done(Err(Error::lost(lease.key())));
+        }
+        let (lock, owner) = lease.lock_and_owner();
+        Started::Queued((lock.to_owned(), owner.to_owned()))
+    }
+
+    async fn send_refreshes(
+        &self,
+        pending: Vec<Self::Pending>,
+        ttl: Duration,
+    ) -> Vec<Self::Answer> {
+        let ttl_ms = match ttl_millis(ttl) {
+            Ok(ms) => ms,
+            Err(error) => {
+                return error::for_each(error, "refresh", pending.len())
+                    .into_iter()
+                    .map(Err)
+                    .collect();
+            }
+        };
+        let invocations: Vec<_> = pending
+            .chunks(scripts::REFRESH_MANY_CHUNK)
+            .map(|chunk| {
+                let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
+                invocation.arg(ttl_ms);
+                for (lock, owner) in chunk {
+                    invocation.key(lock).arg(owner);
+                }
+                (chunk.len(), invocation)
+            })
+            .collect();
+        let inner = &self.0.inner;
+        let limit = inner.lease_limit(ttl);
+        let replies = futures::future::join_all(invocations.iter().map(|(_, invocation)| {
+            inner.request("refresh", limit, move |mut conn| async move {
+                invocation.invoke_async::<Vec<i64>>(&mut conn).await
+            })
+        }))
+        .await;
+        let mut answers = Vec::with_capacity(pending.len());
+        for ((count, _), reply) in invocations.iter().zip(replies) {
+            match reply {
+                Ok(extended) if extended.len() == *count => {
+                    answers.extend(extended.into_iter().map(Ok));
+                }
+                Ok(extended) => {
+                    let error = error::unexpected_reply("refresh", extended.len());
+                    answers.extend(
+                        error::for_each(error, "refresh", *count)
+                            .into_iter()
+                            .map(Err),
+                    );
+                }
+                Err(error) => {
+                    answers.extend(
+                        error::for_each(error, "refresh", *count)
+                            .into_iter()
+                            .map(Err),
+                    );
+                }
+            }
+        }
+        answers
+    }
+
+    fn finish_refresh(
+        &self,
+        lease: &mut RedisLease,
+        answer: Self::Answer,
+        ttl: Duration,
+    ) -> Result<()> {
+        lease.refreshed(answer?, ttl)
     }
 }

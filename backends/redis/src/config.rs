@@ -107,10 +107,8 @@ impl Settings {
         if let Some(password) = &self.password {
             redis = redis.set_password(&password.0);
         }
-        let info = addr.into_connection_info().map_err(|err| Error::Config {
-            setting: "address".to_owned(),
-            reason: "rejected by the redis client".to_owned(),
-            source: Some(err.into()),
+        let info = addr.into_connection_info().map_err(|err| {
+            Error::config_with_source("address", "rejected by the redis client", err)
         })?;
         Ok(info.set_redis_settings(redis))
     }
@@ -153,11 +151,8 @@ fn check_timeout(setting: &str, timeout: Duration) -> Result<()> {
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
     let bad = |reason: String| Error::config(setting, reason);
     // The URL may hold a password: errors describe the problem, never echo the input.
-    let parsed = url::Url::parse(url).map_err(|err| Error::Config {
-        setting: setting.to_owned(),
-        reason: "not a valid URL".to_owned(),
-        source: Some(err.into()),
-    })?;
+    let parsed = url::Url::parse(url)
+        .map_err(|err| Error::config_with_source(setting, "not a valid URL", err))?;
     settings.tls = match parsed.scheme() {
         "redis" => false,
         "rediss" => true,
@@ -289,13 +284,12 @@ fn parse_db(db: &str) -> Result<i64, String> {
 
 /// A Go-style duration (`5s`, `500ms`, `1m30s`), as humantime reads it; zero is refused.
 pub(crate) fn parse_timeout(setting: &str, value: &str) -> Result<Duration> {
-    let timeout = humantime::parse_duration(value.trim()).map_err(|err| Error::Config {
-        setting: setting.to_owned(),
-        reason: format!(
+    let timeout = humantime::parse_duration(value.trim()).map_err(|err| {
+        let reason = format!(
             "`{}` is not a duration such as `5s` or `500ms`",
             value.trim()
-        ),
-        source: Some(err.into()),
+        );
+        Error::config_with_source(setting, reason, err)
     })?;
     check_timeout(setting, timeout)?;
     Ok(timeout)

@@ -13,11 +13,11 @@ use std::future::Future;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use leasehold_core::Result;
+use leasehold_core::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use crate::error;
+use crate::error::{self, NAME};
 
 /// The shortest time between two replacements of the manager, so that requests failing
 /// together (every lease of a runner) open one new connection, not one each.
@@ -88,7 +88,7 @@ impl Connection {
     /// is under way), the request is sent once more, which waits for the new connection.
     /// If it failed in a way the connection does not recover from (see the module docs),
     /// it is sent once more on a replacement. Every request this backend makes may be
-    /// repeated: the scripts compare our token, and a repeated acquire recognises the
+    /// repeated: the scripts compare our owner value, and a repeated acquire recognises the
     /// lock it took (see [`crate::scripts::ACQUIRE`]).
     pub(crate) async fn request<T, F, Fut>(
         &self,
@@ -115,7 +115,7 @@ impl Connection {
         match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(err)) => Err(error::from_redis(err, operation, limit)),
-            Err(_) => Err(error::timed_out(operation, limit)),
+            Err(_) => Err(Error::timeout(NAME, operation, limit)),
         }
     }
 
@@ -184,10 +184,10 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_error(self, operation: &'static str, timeout: Duration) -> leasehold_core::Error {
+    fn into_error(self, operation: &'static str, timeout: Duration) -> Error {
         match self {
             Failure::Redis(err) => error::from_redis(err, operation, timeout),
-            Failure::TimedOut => error::timed_out(operation, timeout),
+            Failure::TimedOut => Error::timeout(NAME, operation, timeout),
         }
     }
 }

@@ -21,41 +21,26 @@ pub(crate) const NAME: &str = "redis";
 /// [`needs_new_connection`]).
 pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Duration) -> Error {
     if err.is_timeout() {
-        return Error::Timeout {
-            backend: NAME,
-            operation,
-            timeout,
-        };
+        return Error::timeout(NAME, operation, timeout);
     }
     if is_auth(&err) {
-        return Error::Auth {
-            backend: NAME,
-            source: err.into(),
-        };
+        return Error::auth(NAME, err);
     }
     if is_read_only(&err) {
         return Error::unavailable(NAME, operation, Replica(err));
     }
     match err.kind() {
-        ErrorKind::Server(ServerErrorKind::NoPerm) => Error::PermissionDenied {
-            backend: NAME,
-            operation,
-            source: err.into(),
-        },
-        ErrorKind::InvalidClientConfig => Error::Config {
-            setting: "connection".to_owned(),
-            reason: "rejected by the redis client".to_owned(),
-            source: Some(err.into()),
-        },
+        ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            Error::permission_denied(NAME, operation, err)
+        }
+        ErrorKind::InvalidClientConfig => {
+            Error::config_with_source("connection", "rejected by the redis client", err)
+        }
         _ if err
             .detail()
             .is_some_and(|d| d.contains("DB index is out of range")) =>
         {
-            Error::Config {
-                setting: "db".to_owned(),
-                reason: "the server has no database with that number".to_owned(),
-                source: Some(err.into()),
-            }
+            Error::config_with_source("db", "the server has no database with that number", err)
         }
         _ => Error::unavailable(NAME, operation, err),
     }
@@ -103,15 +88,6 @@ impl std::error::Error for Replica {
     }
 }
 
-/// The outer per-request deadline ran out.
-pub(crate) fn timed_out(operation: &'static str, timeout: Duration) -> Error {
-    Error::Timeout {
-        backend: NAME,
-        operation,
-        timeout,
-    }
-}
-
 /// A script answered something it never returns: the key holds foreign data of another
 /// shape, or a proxy mangled the reply.
 pub(crate) fn unexpected_reply(operation: &'static str, reply: impl fmt::Debug) -> Error {
@@ -144,7 +120,9 @@ impl std::error::Error for SharedError {
 /// anything else becomes `Unavailable` with the error, shared, as its source).
 pub(crate) fn for_each(error: Error, operation: &'static str, count: usize) -> Vec<Error> {
     if let Error::Timeout { timeout, .. } = error {
-        return (0..count).map(|_| timed_out(operation, timeout)).collect();
+        return (0..count)
+            .map(|_| Error::timeout(NAME, operation, timeout))
+            .collect();
     }
     let mut errors = Vec::with_capacity(count);
     if count > 1 {

@@ -42,10 +42,7 @@ pub(crate) async fn check(conn: &Connection, settings: &Settings) -> Result<()> 
          `{SAFE_POLICY}`"
     );
     if settings.require_noeviction {
-        return Err(Error::Misconfigured {
-            backend: NAME,
-            reason,
-        });
+        return Err(Error::misconfigured(NAME, reason));
     }
     tracing::warn!(
         maxmemory_policy = %policy,

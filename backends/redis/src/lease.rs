@@ -1,4 +1,4 @@
-//! `RedisLease`: a held lock key, refreshed and released by comparing its token.
+//! `RedisLease`: a held lock key, refreshed and released by comparing its owner value.
 
 use std::any::Any;
 use std::fmt;
@@ -13,12 +13,12 @@ use crate::error;
 use crate::scripts;
 
 /// A lease handed out by [`RedisBackend`](crate::RedisBackend): the lock key holds
-/// `token` until the TTL runs out.
+/// `owner` until the TTL runs out.
 pub(crate) struct RedisLease {
     inner: Arc<Client>,
     key: LockKey,
     lock: String,
-    token: String,
+    owner: String,
     fence: FencingToken,
     /// The TTL of the last successful acquire or refresh, to bound `release`.
     ttl: Duration,
@@ -29,7 +29,7 @@ pub(crate) struct RedisLease {
 enum State {
     Held,
     Released,
-    /// A refresh found the key gone or someone else's. Our token is random and never
+    /// A refresh found the key gone or someone else's. Our owner value is random and never
     /// reused, so the lock cannot become ours again.
     Lost,
 }
@@ -39,7 +39,7 @@ impl RedisLease {
         inner: Arc<Client>,
         key: LockKey,
         lock: String,
-        token: String,
+        owner: String,
         fence: FencingToken,
         ttl: Duration,
     ) -> Self {
@@ -47,16 +47,10 @@ impl RedisLease {
             inner,
             key,
             lock,
-            token,
+            owner,
             fence,
             ttl,
             state: State::Held,
-        }
-    }
-
-    pub(crate) fn lost(&self) -> Error {
-        Error::Lost {
-            key: self.key.clone(),
         }
     }
 
@@ -70,9 +64,9 @@ impl RedisLease {
         self.state == State::Held
     }
 
-    /// The lock key and our token in it, for a batched refresh.
-    pub(crate) fn lock_and_token(&self) -> (&str, &str) {
-        (&self.lock, &self.token)
+    /// The lock key and our owner value in it, for a batched refresh.
+    pub(crate) fn lock_and_owner(&self) -> (&str, &str) {
+        (&self.lock, &self.owner)
     }
 
     /// Records a refresh's reply: 1 extended to `ttl`, 0 lost.
@@ -84,7 +78,7 @@ impl RedisLease {
             }
             0 => {
                 self.state = State::Lost;
-                Err(self.lost())
+                Err(Error::lost(&self.key))
             }
             other => Err(error::unexpected_reply("refresh", other)),
         }
@@ -93,7 +87,7 @@ impl RedisLease {
 
 impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The token is left out: anyone who has it can release the lock.
+        // The owner value is left out: anyone who has it can release the lock.
         f.debug_struct("RedisLease")
             .field("key", &self.lock)
             .field("fencing_token", &self.fence)
@@ -119,10 +113,10 @@ impl Lease for RedisLease {
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {
         let ttl_ms = ttl_millis(ttl)?;
         if self.state != State::Held {
-            return Err(self.lost());
+            return Err(Error::lost(&self.key));
         }
         let mut invocation = scripts::REFRESH.key(&self.lock);
-        invocation.arg(&self.token).arg(ttl_ms);
+        invocation.arg(&self.owner).arg(ttl_ms);
         let invocation = &invocation;
         let extended: i64 = self
             .inner
@@ -141,7 +135,7 @@ impl Lease for RedisLease {
         }
         let channel = self.inner.keys.channel(&self.key);
         let mut invocation = scripts::RELEASE.key(&self.lock);
-        invocation.arg(&self.token).arg(&channel);
+        invocation.arg(&self.owner).arg(&channel);
         let invocation = &invocation;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self

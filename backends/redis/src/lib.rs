@@ -6,15 +6,15 @@
 //!
 //! # Keys and compatibility with the Go original
 //!
-//! A routine `name` is locked by the key `routine:lock:<name>` holding a random token as a
+//! A routine `name` is locked by the key `routine:lock:<name>` holding a random owner value as a
 //! plain string, exactly as bsm/redislock (used by the Go original) stores it. Each step is
 //! one atomic Lua script:
 //!
-//! - acquire: `SET key token NX PX ttl`; on success `INCR routine:fence:<name>` gives the
+//! - acquire: `SET key <owner> NX PX ttl`; on success `INCR routine:fence:<name>` gives the
 //!   [fencing token](leasehold_core::FencingToken) (that key never expires);
-//! - refresh: if `GET key` is our token, `PEXPIRE key ttl`, else the lease is
+//! - refresh: if `GET key` is our owner value, `PEXPIRE key ttl`, else the lease is
 //!   [lost](leasehold_core::Error::Lost);
-//! - release: if `GET key` is our token, `DEL key` and `PUBLISH routine:released:<name>`;
+//! - release: if `GET key` is our owner value, `DEL key` and `PUBLISH routine:released:<name>`;
 //!   otherwise nothing is touched.
 //!
 //! So a Go instance and a Rust instance of the same routine on one Redis exclude each
@@ -79,11 +79,11 @@
 //! - The client does not retry reconnections itself (its retry count is set to zero): a
 //!   request that finds the connection broken starts one reconnection attempt, and is
 //!   sent once more on the new connection within its time bound (every script is safe
-//!   to repeat: they compare our token). Later attempts are paced by the runner's
+//!   to repeat: they compare our owner value). Later attempts are paced by the runner's
 //!   backoff; the backend keeps no timers.
 //! - An acquire whose outcome is unknown (it failed or timed out after being sent, or its
 //!   future was dropped, as the runner does when its own timeout passes) is undone in
-//!   the background by a release of its token, queued behind it on the same connection,
+//!   the background by a release of its owner value, queued behind it on the same connection,
 //!   so a lock we may hold without knowing is not left held for its whole TTL.
 //! - Errors map as: connection refused, reset or other I/O failure →
 //!   [`Unavailable`](leasehold_core::Error::Unavailable); timeouts →

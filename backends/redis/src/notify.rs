@@ -184,7 +184,7 @@ impl Shared {
             Ok(Err(err)) => {
                 return self.fail(error::from_redis(err, "subscribe", self.connect_timeout));
             }
-            Err(_) => return self.fail(error::timed_out("subscribe", self.connect_timeout)),
+            Err(_) => return self.fail(Error::timeout(NAME, "subscribe", self.connect_timeout)),
         };
         self.status.send_replace(Status::Subscribed);
         tracing::debug!(pattern = %self.pattern, "redis release notifications subscribed");

@@ -1,8 +1,9 @@
 //! The Redis keys of a lock and the Lua scripts that acquire, refresh and release it.
 //!
-//! The lock key holds a random token as a plain string, exactly as bsm/redislock (used by
-//! the Go original) stores it: `SET key token NX PX ttl` to acquire, "if `GET` equals our
-//! token then `PEXPIRE`" to refresh, "if `GET` equals our token then `DEL`" to release.
+//! The lock key holds a random owner value as a plain string, exactly as bsm/redislock
+//! (used by the Go original, which calls the value its "token") stores it: `SET key <owner>
+//! NX PX ttl` to acquire, "if `GET` equals our owner value then `PEXPIRE`" to refresh, "if
+//! `GET` equals our owner value then `DEL`" to release.
 //! A Go instance and a Rust instance of the same routine on one Redis therefore exclude
 //! each other. Each step is one script, so it is atomic on the server.
 
@@ -13,13 +14,13 @@ use redis::Script;
 
 /// Takes the lock if it is free and counts the acquisition on the fence key.
 ///
-/// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` token, `ARGV[2]` TTL in ms.
+/// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` owner value, `ARGV[2]` TTL in ms.
 /// Returns `{1, fencing token}` if the lock is ours, `{0}` if someone else holds it.
 ///
-/// If the lock already holds *our* token, an earlier attempt with the same token took it
-/// but its reply was lost with the connection (the backend repeats a request once when the
+/// If the lock already holds *our* owner value, an earlier attempt with the same owner value
+/// took it but its reply was lost with the connection (the backend repeats a request once when the
 /// connection dropped). The lock is ours; we count it again, as a skipped fencing token
-/// still leaves every token greater than the ones before.
+/// still leaves every fencing token greater than the ones before.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -35,9 +36,9 @@ return {0}
     )
 });
 
-/// Extends the lock if it still holds our token: bsm/redislock's refresh script.
+/// Extends the lock if it still holds our owner value: bsm/redislock's refresh script.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` token, `ARGV[2]` TTL in ms. Returns 1 if extended, 0 if
+/// `KEYS[1]` lock key; `ARGV[1]` owner value, `ARGV[2]` TTL in ms. Returns 1 if extended, 0 if
 /// the lock is gone or someone else's.
 pub(crate) static REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -52,7 +53,7 @@ return 0
 
 /// [`REFRESH`] for many locks in one call: what the runner's shared refresh tick sends.
 ///
-/// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` the token of `KEYS[i]`. Returns
+/// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` the owner value of `KEYS[i]`. Returns
 /// one 1 (extended) or 0 (gone or someone else's) per key, in order.
 pub(crate) static REFRESH_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -74,10 +75,10 @@ return extended
 /// blocks the server for long (Redis runs scripts one at a time): about a millisecond.
 pub(crate) const REFRESH_MANY_CHUNK: usize = 500;
 
-/// Deletes the lock if it still holds our token (bsm/redislock's release script) and
+/// Deletes the lock if it still holds our owner value (bsm/redislock's release script) and
 /// announces the release to waiters.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` token, `ARGV[2]` release channel. Returns 1 if deleted,
+/// `KEYS[1]` lock key; `ARGV[1]` owner value, `ARGV[2]` release channel. Returns 1 if deleted,
 /// 0 if the lock was already gone or someone else's (then nothing is touched).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
