@@ -8,17 +8,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use etcd_client::{GetOptions, TxnOpResponse};
-use leasehold_core::{Capabilities, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{
+    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, Result, Started,
+};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::abandon::Attempt;
-use crate::config::{EtcdBackendBuilder, Settings};
+use crate::config::EtcdBackendBuilder;
 use crate::error::{Failure, NAME, timed};
 use crate::expiry::{self, MAX_TTL};
 use crate::holder::{self, Holder};
-use crate::lease::{EtcdLease, Started};
+use crate::lease::EtcdLease;
 use crate::orphan::Orphan;
-use crate::session::{KeepAlive, Session};
+use crate::session::{Answer, KeepAlive, Session};
+use crate::settings::Settings;
 use crate::watch::WatchHub;
 use crate::{key, parse, tls};
 
@@ -349,46 +353,7 @@ impl LockBackend for EtcdBackend {
     /// then waits for the answers under one timeout. Leases that must move to a session
     /// with a longer TTL, and leases of other backends, are refreshed one by one.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
-        let timeout = self.operation_timeout(ttl);
-        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
-        let mut waiting = Vec::with_capacity(leases.len());
-        for (index, lease) in leases.iter_mut().enumerate() {
-            let Some(lease) = lease
-                .as_any_mut()
-                .and_then(|lease| lease.downcast_mut::<EtcdLease>())
-                .filter(|lease| lease.belongs_to(self))
-            else {
-                continue;
-            };
-            match lease.start_refresh(ttl) {
-                Started::Sent(answer) => waiting.push((index, answer)),
-                Started::Done(result) => results[index] = Some(result),
-                Started::Alone => {}
-            }
-        }
-        let answers = tokio::time::timeout(
-            timeout,
-            futures::future::join_all(waiting.iter_mut().map(|(_, answer)| answer)),
-        )
-        .await;
-        match answers {
-            Ok(answers) => {
-                for ((index, _), answer) in waiting.iter().zip(answers) {
-                    let lease = leases[*index]
-                        .as_any_mut()
-                        .and_then(|lease| lease.downcast_mut::<EtcdLease>());
-                    results[*index] = lease.map(|lease| lease.finish_refresh(answer, timeout));
-                }
-            }
-            Err(_elapsed) => {
-                for (index, _) in &waiting {
-                    results[*index] =
-                        Some(Err(Failure::Timeout(timeout).into_error("refresh", timeout)));
-                }
-            }
-        }
-        // The rest on their own.
-        leasehold_core::refresh_rest(leases, results, ttl).await
+        Batched(self).refresh_batched(leases, ttl).await
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
@@ -461,5 +426,46 @@ impl LockBackend for EtcdBackend {
         .await
         .map_err(|failure: Failure| failure.into_error("expires_in", timeout))?;
         Ok(remaining)
+    }
+}
+
+/// The backend as the batched-refresh skeleton sees it: each lease queues its keep-alive
+/// and key check with its session task (see [`EtcdLease::start_refresh`]), and the batch
+/// waits for all the answers.
+struct Batched<'a>(&'a EtcdBackend);
+
+impl BatchRefresh for Batched<'_> {
+    const BACKEND: &'static str = NAME;
+    type Lease = EtcdLease;
+    type Pending = oneshot::Receiver<Answer>;
+    type Answer = Result<Answer, oneshot::error::RecvError>;
+
+    fn owns(&self, lease: &EtcdLease) -> bool {
+        lease.belongs_to(self.0)
+    }
+
+    fn refresh_timeout(&self, ttl: Duration) -> Duration {
+        self.0.operation_timeout(ttl)
+    }
+
+    fn start_refresh(&self, lease: &mut EtcdLease, ttl: Duration) -> Started<Self::Pending> {
+        lease.start_refresh(ttl)
+    }
+
+    async fn send_refreshes(
+        &self,
+        pending: Vec<Self::Pending>,
+        _ttl: Duration,
+    ) -> Vec<Self::Answer> {
+        futures::future::join_all(pending).await
+    }
+
+    fn finish_refresh(
+        &self,
+        lease: &mut EtcdLease,
+        answer: Self::Answer,
+        ttl: Duration,
+    ) -> Result<()> {
+        lease.finish_refresh(answer, self.0.operation_timeout(ttl))
     }
 }

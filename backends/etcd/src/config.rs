@@ -1,21 +1,16 @@
-//! `EtcdBackendBuilder`: endpoints, credentials, TLS, key prefix and timeouts.
+//! `EtcdBackendBuilder`: endpoints, credentials, TLS, key prefix and timeouts, set one by
+//! one, from a URL or from the environment, into [`Settings`].
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use leasehold_core::{Error, Result};
+use leasehold_core::Result;
 
 use crate::EtcdBackend;
 use crate::holder;
 use crate::parse;
-
-/// The key prefix used when none is configured: a routine named `report` is held in the
-/// key `routine/lock/report`.
-pub const DEFAULT_KEY_PREFIX: &str = "routine/lock/";
-
-/// The endpoint used when none is configured, as for `etcdctl`.
-pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
+use crate::settings::{ConfigError, Settings};
 
 /// Settings of an [`EtcdBackend`], built with [`EtcdBackend::builder`].
 ///
@@ -23,7 +18,8 @@ pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
 /// `127.0.0.1:2379` without TLS or credentials. Settings can be given one by one, from an
 /// `etcd://` URL ([`with_url`](Self::with_url)) or from `ROUTINE_ETCD_*` environment
 /// variables ([`with_env`](Self::with_env)); later calls override earlier ones. A bad
-/// value is reported by [`build`](Self::build) as [`Error::Config`] naming the setting.
+/// value is reported by [`build`](Self::build) as
+/// [`Error::Config`](leasehold_core::Error::Config) naming the setting.
 ///
 /// # Timeouts
 ///
@@ -57,54 +53,6 @@ pub struct EtcdBackendBuilder {
     holder: holder::Overrides,
 }
 
-/// A configuration error kept until `build`: [`Error`] is not `Clone`, this is.
-#[derive(Clone, Debug)]
-pub(crate) struct ConfigError {
-    pub(crate) setting: String,
-    pub(crate) reason: String,
-}
-
-impl From<ConfigError> for Error {
-    fn from(err: ConfigError) -> Self {
-        Error::config(err.setting, err.reason)
-    }
-}
-
-/// The resolved settings.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Settings {
-    /// `host:port` or `scheme://host:port`, as given.
-    pub(crate) endpoints: Vec<String>,
-    pub(crate) user: Option<(String, String)>,
-    pub(crate) tls: Tls,
-    pub(crate) key_prefix: String,
-    pub(crate) request_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-}
-
-/// TLS settings. `enabled` is also switched on by `etcds://` URLs and `https://` endpoints.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Tls {
-    pub(crate) enabled: bool,
-    pub(crate) ca_file: Option<PathBuf>,
-    pub(crate) cert_file: Option<PathBuf>,
-    pub(crate) key_file: Option<PathBuf>,
-    pub(crate) domain: Option<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            endpoints: vec![DEFAULT_ENDPOINT.to_owned()],
-            user: None,
-            tls: Tls::default(),
-            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
-            request_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 impl Default for EtcdBackendBuilder {
     fn default() -> Self {
         Self::new()
@@ -113,7 +61,7 @@ impl Default for EtcdBackendBuilder {
 
 impl EtcdBackendBuilder {
     /// Default settings: `127.0.0.1:2379`, no TLS, no credentials, prefix
-    /// [`DEFAULT_KEY_PREFIX`], 5 s request and connect timeouts.
+    /// [`DEFAULT_KEY_PREFIX`](crate::DEFAULT_KEY_PREFIX), 5 s request and connect timeouts.
     pub fn new() -> Self {
         Self {
             settings: Settings::default(),
@@ -143,7 +91,7 @@ impl EtcdBackendBuilder {
     /// release notifications. Used as given, and must end with `/`, which names must not
     /// contain: so no two applications under different prefixes can share a key (see
     /// the crate docs). [`build`](Self::build) refuses any other prefix with
-    /// [`Error::Config`] naming `key_prefix`.
+    /// [`Error::Config`](leasehold_core::Error::Config) naming `key_prefix`.
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.settings.key_prefix = prefix.into();
         self
@@ -236,8 +184,10 @@ impl EtcdBackendBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a bad setting (naming it), [`Error::Auth`] if the credentials
-    /// are refused, [`Error::Unavailable`] or [`Error::Timeout`] if no endpoint answers.
+    /// [`Error::Config`](leasehold_core::Error::Config) for a bad setting (naming it),
+    /// [`Error::Auth`](leasehold_core::Error::Auth) if the credentials are refused,
+    /// [`Error::Unavailable`](leasehold_core::Error::Unavailable) or
+    /// [`Error::Timeout`](leasehold_core::Error::Timeout) if no endpoint answers.
     ///
     /// # Cancel safety
     ///
@@ -249,31 +199,6 @@ impl EtcdBackendBuilder {
         }
         parse::validate(&self.settings)?;
         EtcdBackend::connect(self.settings, &self.holder).await
-    }
-}
-
-/// Shows the password as `<redacted>`.
-struct Redacted<'a>(&'a Option<(String, String)>);
-
-impl fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some((user, _)) => write!(f, "Some(({user:?}, <redacted>))"),
-            None => f.write_str("None"),
-        }
-    }
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("endpoints", &self.endpoints)
-            .field("user", &Redacted(&self.user))
-            .field("tls", &self.tls)
-            .field("key_prefix", &self.key_prefix)
-            .field("request_timeout", &self.request_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
     }
 }
 

@@ -59,11 +59,7 @@ impl Failure {
     /// Converts into the public error for `operation`, which had `timeout` to complete.
     pub(crate) fn into_error(self, operation: &'static str, timeout: Duration) -> Error {
         match self {
-            Failure::Timeout(timeout) => Error::Timeout {
-                backend: NAME,
-                operation,
-                timeout,
-            },
+            Failure::Timeout(timeout) => Error::timeout(NAME, operation, timeout),
             Failure::Etcd(err) => map_client_error(operation, timeout, err),
         }
     }
@@ -82,40 +78,26 @@ fn map_client_error(
     let status = match &*err {
         E::GRpcStatus(status) => status,
         E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => {
-            return Error::Config {
-                setting: "endpoints".to_owned(),
-                reason: "etcd-client rejected an endpoint".to_owned(),
-                source: Some(source),
-            };
+            return Error::config_with_source(
+                "endpoints",
+                "etcd-client rejected an endpoint",
+                source,
+            );
         }
         _ => return Error::unavailable(NAME, operation, source),
     };
     let message = status.message();
     match status.code() as i32 {
-        code::DEADLINE_EXCEEDED => Error::Timeout {
-            backend: NAME,
-            operation,
-            timeout,
-        },
-        code::UNAUTHENTICATED => Error::Auth {
-            backend: NAME,
-            source,
-        },
-        code::PERMISSION_DENIED => Error::PermissionDenied {
-            backend: NAME,
-            operation,
-            source,
-        },
+        code::DEADLINE_EXCEEDED => Error::timeout(NAME, operation, timeout),
+        code::UNAUTHENTICATED => Error::auth(NAME, source),
+        code::PERMISSION_DENIED => Error::permission_denied(NAME, operation, source),
         // etcd answers a wrong user or password with InvalidArgument ("authentication
         // failed, invalid user ID or password"), and credentials sent to a server without
         // auth with FailedPrecondition ("authentication is not enabled").
         code::INVALID_ARGUMENT | code::FAILED_PRECONDITION
             if message.contains("authentication") || message.contains("user name") =>
         {
-            Error::Auth {
-                backend: NAME,
-                source,
-            }
+            Error::auth(NAME, source)
         }
         _ => Error::unavailable(NAME, operation, source),
     }

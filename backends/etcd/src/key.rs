@@ -37,14 +37,14 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
 pub(crate) fn etcd_key(prefix: &str, key: &LockKey) -> Result<Vec<u8>> {
     let name = key.as_str();
     if name.contains(SEPARATOR) {
-        return Err(Error::InvalidName {
-            name: name.to_owned(),
-            reason: format!(
+        return Err(Error::invalid_name(
+            key,
+            format!(
                 "the etcd backend refuses names with `{SEPARATOR}`: the key prefix ends \
                  with one, and with one in names too, prefix `a/` with name `b/c` and \
                  prefix `a/b/` with name `c` would lock the same key"
             ),
-        });
+        ));
     }
     Ok(unchecked(prefix, key))
 }

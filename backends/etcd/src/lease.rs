@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use leasehold_core::{Error, FencingToken, Lease, LockKey, Result};
+use leasehold_core::{Error, FencingToken, Lease, LockKey, Result, Started};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::EtcdBackend;
@@ -42,12 +43,6 @@ impl EtcdLease {
             create_revision,
             session,
             released: false,
-        }
-    }
-
-    fn lost(&self) -> Error {
-        Error::Lost {
-            key: self.key.clone(),
         }
     }
 
@@ -108,30 +103,23 @@ impl EtcdLease {
     }
 }
 
-/// The first half of a batched refresh (see `EtcdBackend::refresh_many`).
-pub(crate) enum Started {
-    /// Queued with the session task; the answer comes on the receiver.
-    Sent(tokio::sync::oneshot::Receiver<Answer>),
-    /// Answered without asking.
-    Done(Result<()>),
-    /// The key must move to a session with a longer TTL: refresh it on its own.
-    Alone,
-}
-
 impl EtcdLease {
     /// Whether this lease came from `backend`.
     pub(crate) fn belongs_to(&self, backend: &EtcdBackend) -> bool {
         self.backend.same_as(backend)
     }
 
-    /// Queues the keep-alive and key check of a refresh to `ttl` without waiting.
-    pub(crate) fn start_refresh(&self, ttl: Duration) -> Started {
+    /// The first half of a batched refresh (see `EtcdBackend::refresh_many`): queues the
+    /// keep-alive and key check of a refresh to `ttl` with the session task without
+    /// waiting. A key that must move to a session with a longer TTL is left
+    /// [`Started::Alone`], to be refreshed on its own.
+    pub(crate) fn start_refresh(&self, ttl: Duration) -> Started<oneshot::Receiver<Answer>> {
         let secs = match self.backend.lease_seconds(ttl) {
             Ok(secs) => secs,
             Err(error) => return Started::Done(Err(error)),
         };
         if self.released || self.session.is_lost() {
-            return Started::Done(Err(self.lost()));
+            return Started::Done(Err(Error::lost(&self.key)));
         }
         if Duration::from_secs(secs.unsigned_abs()) > self.session.ttl() {
             return Started::Alone;
@@ -140,7 +128,7 @@ impl EtcdLease {
             .session
             .send_confirm(self.etcd_key.clone(), self.create_revision)
         {
-            Ok(answer) => Started::Sent(answer),
+            Ok(answer) => Started::Queued(answer),
             Err(answer) => Started::Done(self.finish_refresh(Ok(answer), Duration::ZERO)),
         }
     }
@@ -149,12 +137,12 @@ impl EtcdLease {
     /// the batch waited under, for the error.
     pub(crate) fn finish_refresh(
         &self,
-        answer: Result<Answer, tokio::sync::oneshot::error::RecvError>,
+        answer: Result<Answer, oneshot::error::RecvError>,
         timeout: Duration,
     ) -> Result<()> {
         let (kept, ours) = self.session.confirmed(answer);
         match (kept, ours) {
-            (KeepAlive::Gone, _) | (_, Ok(false)) => Err(self.lost()),
+            (KeepAlive::Gone, _) | (_, Ok(false)) => Err(Error::lost(&self.key)),
             (_, Err(failure)) | (KeepAlive::Failed(failure), Ok(true)) => {
                 Err(failure.into_error("refresh", timeout))
             }
@@ -204,7 +192,7 @@ impl Lease for EtcdLease {
         let secs = self.backend.lease_seconds(ttl)?;
         let started = Instant::now();
         if self.released || self.session.is_lost() {
-            return Err(self.lost());
+            return Err(Error::lost(&self.key));
         }
         let timeout = self.backend.operation_timeout(ttl);
         let outcome = timed(timeout, async {
@@ -221,7 +209,7 @@ impl Lease for EtcdLease {
         .await;
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Moved::Lost)) => Err(self.lost()),
+            Ok(Err(Moved::Lost)) => Err(Error::lost(&self.key)),
             Ok(Err(Moved::Failed(failure))) | Err(failure) => {
                 Err(failure.into_error("refresh", timeout))
             }

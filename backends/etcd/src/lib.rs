@@ -116,8 +116,10 @@ mod lease;
 mod orphan;
 mod parse;
 mod session;
+mod settings;
 mod tls;
 mod watch;
 
 pub use backend::EtcdBackend;
-pub use config::{DEFAULT_ENDPOINT, DEFAULT_KEY_PREFIX, EtcdBackendBuilder};
+pub use config::EtcdBackendBuilder;
+pub use settings::{DEFAULT_ENDPOINT, DEFAULT_KEY_PREFIX};

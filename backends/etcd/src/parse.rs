@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigError, DEFAULT_KEY_PREFIX, Settings};
 use crate::key;
+use crate::settings::{ConfigError, DEFAULT_KEY_PREFIX, Settings};
 
 /// The etcd client port, used when an endpoint names none.
 const DEFAULT_PORT: u16 = 2379;

@@ -2,7 +2,7 @@
 
 use etcd_client::ConnectOptions;
 
-use crate::config::{ConfigError, Tls};
+use crate::settings::{ConfigError, Tls};
 
 /// Adds TLS to `options`: the CA file if given, else the system's roots; the client
 /// identity and the domain name if given. Files are read here, so a missing or unreadable

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::EtcdBackend;
-use crate::config::Settings;
+use crate::settings::Settings;
 
 fn from_url(url: &str) -> Result<Settings, ConfigError> {
     let mut settings = Settings::default();
