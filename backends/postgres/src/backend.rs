@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leasehold_core::{Capabilities, Error, Lease, LockBackend, LockKey, Result};
-use tokio::sync::mpsc;
+use leasehold_core::{
+    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, Result, Started,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PostgresBackendBuilder, Settings};
 use crate::connect::{self, pooler_detected};
-use crate::error::{Context, with_timeout};
+use crate::error::{Context, NAME, with_timeout};
 use crate::fencing;
-use crate::lease::{PostgresLease, call};
+use crate::lease::{PostgresLease, call, session_stopped};
 use crate::message::Command;
 use crate::notify::Notifier;
 use crate::session;
@@ -128,7 +130,7 @@ impl fmt::Debug for PostgresBackend {
 #[async_trait]
 impl LockBackend for PostgresBackend {
     fn name(&self) -> &'static str {
-        crate::error::NAME
+        NAME
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -139,47 +141,7 @@ impl LockBackend for PostgresBackend {
     /// so the task answers them all with one statement, then waits for the answers
     /// under one timeout; leases of other backends are refreshed one by one.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
-        let timeout = self.inner.settings.timeout_for(ttl);
-        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
-        let mut waiting = Vec::with_capacity(leases.len());
-        for (index, lease) in leases.iter_mut().enumerate() {
-            let Some(lease) = lease
-                .as_any_mut()
-                .and_then(|lease| lease.downcast_mut::<PostgresLease>())
-                .filter(|lease| lease.belongs_to(&self.inner.session))
-            else {
-                continue;
-            };
-            match lease.send_refresh(ttl) {
-                Ok(answer) => waiting.push((index, answer)),
-                Err(error) => results[index] = Some(Err(error)),
-            }
-        }
-        let answers = tokio::time::timeout(
-            timeout,
-            futures::future::join_all(waiting.iter_mut().map(|(_, answer)| answer)),
-        )
-        .await;
-        match answers {
-            Ok(answers) => {
-                for ((index, _), answer) in waiting.iter().zip(answers) {
-                    results[*index] = Some(
-                        answer.unwrap_or_else(|_| Err(crate::lease::session_stopped("refresh"))),
-                    );
-                }
-            }
-            Err(_elapsed) => {
-                for (index, _) in &waiting {
-                    results[*index] = Some(Err(Error::Timeout {
-                        backend: crate::error::NAME,
-                        operation: "refresh",
-                        timeout,
-                    }));
-                }
-            }
-        }
-        // Leases this backend did not make: their own refresh.
-        leasehold_core::refresh_rest(leases, results, ttl).await
+        Batched(self).refresh_batched(leases, ttl).await
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
@@ -223,5 +185,50 @@ impl LockBackend for PostgresBackend {
             }
         })
         .await
+    }
+}
+
+/// The backend as the batched-refresh skeleton sees it: each lease queues its refresh with
+/// the session task (see [`PostgresLease::send_refresh`]), which answers every refresh
+/// queued together with one statement, and the batch waits for all the answers.
+struct Batched<'a>(&'a PostgresBackend);
+
+impl BatchRefresh for Batched<'_> {
+    const BACKEND: &'static str = NAME;
+    type Lease = PostgresLease;
+    type Pending = oneshot::Receiver<Result<()>>;
+    type Answer = Result<Result<()>, oneshot::error::RecvError>;
+
+    fn owns(&self, lease: &PostgresLease) -> bool {
+        lease.belongs_to(&self.0.inner.session)
+    }
+
+    fn refresh_timeout(&self, ttl: Duration) -> Duration {
+        self.0.inner.settings.timeout_for(ttl)
+    }
+
+    fn start_refresh(&self, lease: &mut PostgresLease, ttl: Duration) -> Started<Self::Pending> {
+        match lease.send_refresh(ttl) {
+            Ok(answer) => Started::Queued(answer),
+            Err(error) => Started::Done(Err(error)),
+        }
+    }
+
+    async fn send_refreshes(
+        &self,
+        pending: Vec<Self::Pending>,
+        _ttl: Duration,
+    ) -> Vec<Self::Answer> {
+        futures::future::join_all(pending).await
+    }
+
+    fn finish_refresh(
+        &self,
+        _lease: &mut PostgresLease,
+        answer: Self::Answer,
+        _ttl: Duration,
+    ) -> Result<()> {
+        // A dropped reply means the session task is gone, and the session with it.
+        answer.unwrap_or_else(|_| Err(session_stopped("refresh")))
     }
 }

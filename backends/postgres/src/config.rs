@@ -266,11 +266,8 @@ impl fmt::Debug for Settings {
 }
 
 fn parse_url(url: &Sourced<String>) -> Result<PgConnectOptions> {
-    let parsed = url::Url::parse(&url.value).map_err(|err| Error::Config {
-        setting: url.setting.to_owned(),
-        reason: "not a valid URL".to_owned(),
-        source: Some(Box::new(err)),
-    })?;
+    let parsed = url::Url::parse(&url.value)
+        .map_err(|err| Error::config_with_source(url.setting, "not a valid URL", err))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err(Error::config(
             url.setting,
@@ -280,11 +277,8 @@ fn parse_url(url: &Sourced<String>) -> Result<PgConnectOptions> {
             ),
         ));
     }
-    PgConnectOptions::from_str(&url.value).map_err(|err| Error::Config {
-        setting: url.setting.to_owned(),
-        reason: "not a valid PostgreSQL URL".to_owned(),
-        source: Some(Box::new(err)),
-    })
+    PgConnectOptions::from_str(&url.value)
+        .map_err(|err| Error::config_with_source(url.setting, "not a valid PostgreSQL URL", err))
 }
 
 fn identifier(name: &Sourced<String>) -> Result<String> {

@@ -92,8 +92,10 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         // planned once per session (a generic plan) rather than on each of their first
         // five runs: a new process's first handover would otherwise pay for planning.
         let row = sqlx::query(
-            "SELECT pg_backend_pid(), current_setting('server_version_num')::int4,
-                    pg_is_in_recovery(), pg_try_advisory_lock($1, pg_backend_pid()),
+            "SELECT pg_backend_pid() AS pid,
+                    current_setting('server_version_num')::int4 AS version,
+                    pg_is_in_recovery() AS in_recovery,
+                    pg_try_advisory_lock($1, pg_backend_pid()) AS probed,
                     set_config('statement_timeout', $2, false),
                     set_config('plan_cache_mode', 'force_generic_plan', false),
                     (SELECT set_config('idle_session_timeout', '0', false)
@@ -104,17 +106,18 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         .fetch_one(&mut conn)
         .await
         .map_err(|err| ctx.map(err))?;
-        let (pid, version, in_recovery, probed): (i32, i32, bool, bool) = (
-            row.try_get(0).map_err(|err| ctx.map(err))?,
-            row.try_get(1).map_err(|err| ctx.map(err))?,
-            row.try_get(2).map_err(|err| ctx.map(err))?,
-            row.try_get(3).map_err(|err| ctx.map(err))?,
-        );
+        let pid: i32 = row.try_get("pid").map_err(|err| ctx.map(err))?;
+        let version: i32 = row.try_get("version").map_err(|err| ctx.map(err))?;
+        let in_recovery: bool = row.try_get("in_recovery").map_err(|err| ctx.map(err))?;
+        let probed: bool = row.try_get("probed").map_err(|err| ctx.map(err))?;
         if version < OLDEST_SUPPORTED {
-            return Err(misconfigured(format!(
-                "PostgreSQL {version} (server_version_num) is not supported: 12 or newer is \
+            return Err(Error::misconfigured(
+                NAME,
+                format!(
+                    "PostgreSQL {version} (server_version_num) is not supported: 12 or newer is \
                  needed (tcp_user_timeout; 14 or newer for idle_session_timeout)"
-            )));
+                ),
+            ));
         }
         if in_recovery {
             // A standby now may be promoted, or the address may lead to the new primary
@@ -129,17 +132,20 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
                 ),
             ));
         }
-        let (pid_again, still_held): (i32, bool) = sqlx::query_as(
-            "SELECT pg_backend_pid(), EXISTS (
+        let row = sqlx::query(
+            "SELECT pg_backend_pid() AS pid, EXISTS (
                 SELECT 1 FROM pg_locks
                 WHERE locktype = 'advisory' AND objsubid = 2 AND granted
-                  AND classid::int8 = $1 AND objid::int8 = $2 AND pid = pg_backend_pid())",
+                  AND classid::int8 = $1 AND objid::int8 = $2 AND pid = pg_backend_pid()
+            ) AS still_held",
         )
         .bind(i64::from(PROBE_CLASS))
         .bind(i64::from(pid))
         .fetch_one(&mut conn)
         .await
         .map_err(|err| ctx.map(err))?;
+        let pid_again: i32 = row.try_get("pid").map_err(|err| ctx.map(err))?;
+        let still_held: bool = row.try_get("still_held").map_err(|err| ctx.map(err))?;
         if !probed || pid_again != pid || !still_held {
             return Err(pooler_detected(format!(
                 "a session-level advisory lock taken by backend {pid} was not held by the next \
@@ -173,16 +179,12 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
 
 /// The error for a detected transaction pooler.
 pub(crate) fn pooler_detected(evidence: String) -> Error {
-    misconfigured(format!(
-        "{evidence}: the URL points at a connection pooler in transaction or statement mode, \
-         which would leak session-level advisory locks across clients; connect to PostgreSQL \
-         directly or through a pooler in session mode"
-    ))
-}
-
-fn misconfigured(reason: String) -> Error {
-    Error::Misconfigured {
-        backend: NAME,
-        reason,
-    }
+    Error::misconfigured(
+        NAME,
+        format!(
+            "{evidence}: the URL points at a connection pooler in transaction or statement \
+             mode, which would leak session-level advisory locks across clients; connect to \
+             PostgreSQL directly or through a pooler in session mode"
+        ),
+    )
 }

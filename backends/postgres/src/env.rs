@@ -35,11 +35,9 @@ impl PostgresBackendBuilder {
         Self::from_env_vars(|name| match std::env::var(name) {
             Ok(value) => Ok(Some(value)),
             Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(err @ std::env::VarError::NotUnicode(_)) => Err(Error::Config {
-                setting: name.to_owned(),
-                reason: "not valid UTF-8".to_owned(),
-                source: Some(Box::new(err)),
-            }),
+            Err(err @ std::env::VarError::NotUnicode(_)) => {
+                Err(Error::config_with_source(name, "not valid UTF-8", err))
+            }
         })
     }
 
@@ -110,12 +108,10 @@ impl PostgresBackendBuilder {
             builder.namespace = namespace;
         }
         if let Some(timeout) = set(REQUEST_TIMEOUT)? {
-            let value =
-                humantime::parse_duration(timeout.value.trim()).map_err(|err| Error::Config {
-                    setting: REQUEST_TIMEOUT.to_owned(),
-                    reason: format!("{:?} is not a duration such as `5s`", timeout.value),
-                    source: Some(Box::new(err)),
-                })?;
+            let value = humantime::parse_duration(timeout.value.trim()).map_err(|err| {
+                let reason = format!("{:?} is not a duration such as `5s`", timeout.value);
+                Error::config_with_source(REQUEST_TIMEOUT, reason, err)
+            })?;
             builder.request_timeout = Sourced::new(value, REQUEST_TIMEOUT);
         }
         Ok(self)

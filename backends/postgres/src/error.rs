@@ -22,11 +22,7 @@ pub(crate) async fn with_timeout<T>(
 ) -> Result<T, Error> {
     tokio::time::timeout(timeout, fut)
         .await
-        .unwrap_or(Err(Error::Timeout {
-            backend: NAME,
-            operation,
-            timeout,
-        }))
+        .unwrap_or(Err(Error::timeout(NAME, operation, timeout)))
 }
 
 /// Where an error happened, to name the right setting in `Config` errors.
@@ -58,45 +54,38 @@ impl Context {
         let code = match &err {
             sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
             sqlx::Error::Configuration(_) => {
-                return Error::Config {
-                    setting: self.url_setting.to_owned(),
-                    reason: "the connection settings are not valid".to_owned(),
-                    source: Some(Box::new(err)),
-                };
+                return Error::config_with_source(
+                    self.url_setting,
+                    "the connection settings are not valid",
+                    err,
+                );
             }
             _ => None,
         };
         match code.as_deref() {
-            Some("28P01" | "28000") => Error::Auth {
-                backend: NAME,
-                source: Box::new(err),
-            },
-            Some("3D000") => Error::Config {
-                setting: self.url_setting.to_owned(),
-                reason: "the database named in the URL does not exist on the server".to_owned(),
-                source: Some(Box::new(err)),
-            },
-            Some("42501") => Error::PermissionDenied {
-                backend: NAME,
-                operation,
-                source: Box::new(err),
-            },
-            Some("26000" | "42P05") => Error::Misconfigured {
-                backend: NAME,
-                reason: format!(
+            Some("28P01" | "28000") => Error::auth(NAME, err),
+            Some("3D000") => Error::config_with_source(
+                self.url_setting,
+                "the database named in the URL does not exist on the server",
+                err,
+            ),
+            Some("42501") => Error::permission_denied(NAME, operation, err),
+            Some("26000" | "42P05") => Error::misconfigured(
+                NAME,
+                format!(
                     "this connection's prepared statements are missing or mixed up with \
                      another's ({err}): the URL points at a connection pooler in transaction \
                      or statement mode, which would leak session-level advisory locks across \
                      clients; connect directly or through a pooler in session mode"
                 ),
-            },
-            Some("42P01" | "42703") => Error::Misconfigured {
-                backend: NAME,
-                reason: format!(
+            ),
+            Some("42P01" | "42703") => Error::misconfigured(
+                NAME,
+                format!(
                     "the fencing table is missing or has other columns ({err}); it is created \
                      when a backend is built, and its rows must never be deleted"
                 ),
-            },
+            ),
             Some(READ_ONLY) => Error::unavailable(
                 NAME,
                 operation,

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use leasehold_core::{Error, Result};
+use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use crate::config::Settings;
@@ -28,17 +29,17 @@ use crate::error::{Context, Message, NAME};
 pub(crate) struct Statements {
     /// `$1` key, `$2` namespace, `$3` name, `$4`/`$5` TTL settings, `$6` session id, `$7`
     /// the session's heartbeat in milliseconds. One row: `got` (the advisory lock),
-    /// (settings count), `token`, `namespace`, `name` of the bumped row if the key was
-    /// taken, the `namespace`, `name` of the existing row if the lock was not got, and the
-    /// milliseconds left on the heartbeat of a previous holder's session that may still
-    /// believe it holds the key (then the key was not taken, and the lock must be given
-    /// back).
+    /// `settings_applied` (a count, unused), `token`, `bumped_namespace`, `bumped_name` of
+    /// the bumped row if the key was taken, `holder_namespace`, `holder_name` of the
+    /// existing row if the lock was not got, and `guarded_ms`, the milliseconds left on the
+    /// heartbeat of a previous holder's session that may still believe it holds the key
+    /// (then the key was not taken, and the lock must be given back).
     pub(crate) acquire: Arc<str>,
     /// `$1`/`$2` TTL settings, `$3` session id, `$4` heartbeat in milliseconds: proves the
     /// session alive, moves its heartbeat on and updates its TTL settings.
     pub(crate) refresh: Arc<str>,
     /// `$1` key, `$2` channel, `$3`/`$4` TTL settings, `$5` session id. One row:
-    /// `unlocked`, (settings count), (notifications sent).
+    /// `unlocked`, then the settings count and the notifications sent (unused).
     pub(crate) release: Arc<str>,
     /// `$1` key, `$2` session id: gives a lock back after a failed statement, or when its
     /// lease was dropped.
@@ -106,8 +107,10 @@ impl Statements {
                     SET token = f.token + 1, acquired_at = now(), holder_session = $6
                 RETURNING f.token, f.namespace, f.name
             )
-            SELECT lock.got, settings.n, bump.token, bump.namespace, bump.name,
-                   holder.namespace, holder.name, (SELECT left_ms FROM prev)
+            SELECT lock.got AS got, settings.n AS settings_applied, bump.token AS token,
+                   bump.namespace AS bumped_namespace, bump.name AS bumped_name,
+                   holder.namespace AS holder_namespace, holder.name AS holder_name,
+                   (SELECT left_ms FROM prev) AS guarded_ms
             FROM lock CROSS JOIN settings
             LEFT JOIN bump ON true
             LEFT JOIN {table} AS holder ON holder.lock_key = $1 AND NOT lock.got",
@@ -132,7 +135,7 @@ impl Statements {
                 UPDATE {table} SET holder_session = NULL
                 WHERE lock_key = $1 AND holder_session = $5
             )
-            SELECT unlocked.ok, settings.n,
+            SELECT unlocked.ok AS unlocked, settings.n AS settings_applied,
                    (SELECT count(*) FROM (SELECT pg_notify($2, $1::text) WHERE unlocked.ok) AS sent)
             FROM unlocked CROSS JOIN settings",
             settings = settings(3),
@@ -226,20 +229,15 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
         );
         create(conn, sql, ctx("create the session table")).await?;
     }
-    let (columns, has_holder, writable, sessions_ok): (i64, bool, bool, bool) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass
-                   AND attname IN ('lock_key', 'namespace', 'name', 'token')
-                   AND NOT attisdropped),
-                EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
-                   AND attname = 'holder_session' AND NOT attisdropped),
-                has_table_privilege($1, 'SELECT, INSERT, UPDATE'),
-                has_table_privilege($2, 'SELECT, INSERT, UPDATE, DELETE')",
-    )
-    .bind(table)
-    .bind(sessions)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|err| ctx("check the fencing table").map(err))?;
+    let check = TableCheck::run(conn, table, sessions)
+        .await
+        .map_err(|err| ctx("check the fencing table").map(err))?;
+    let TableCheck {
+        columns,
+        has_holder,
+        writable,
+        sessions_ok,
+    } = check;
     if columns == 4 && !has_holder {
         // Made by a version without session heartbeats.
         let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS holder_session bigint");
@@ -251,31 +249,31 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
         .await?;
     }
     if columns != 4 {
-        return Err(Error::Misconfigured {
-            backend: NAME,
-            reason: format!(
+        return Err(Error::misconfigured(
+            NAME,
+            format!(
                 "table {table} exists but is not a fencing table (it needs columns lock_key, \
                  namespace, name, token); configure another table name"
             ),
-        });
+        ));
     }
     if !writable {
-        return Err(Error::PermissionDenied {
-            backend: NAME,
-            operation: "write the fencing table",
-            source: Box::new(Message(format!(
+        return Err(Error::permission_denied(
+            NAME,
+            "write the fencing table",
+            Message(format!(
                 "the role needs SELECT, INSERT and UPDATE on {table}"
-            ))),
-        });
+            )),
+        ));
     }
     if !sessions_ok {
-        return Err(Error::PermissionDenied {
-            backend: NAME,
-            operation: "write the session table",
-            source: Box::new(Message(format!(
+        return Err(Error::permission_denied(
+            NAME,
+            "write the session table",
+            Message(format!(
                 "the role needs SELECT, INSERT, UPDATE and DELETE on {sessions}"
-            ))),
-        });
+            )),
+        ));
     }
     // Rows of sessions whose heartbeat ran out guard nothing any more.
     let forget = Statements::new(table, sessions).forget_sessions;
@@ -284,6 +282,43 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
         .await
         .map_err(|err| ctx("forget ended sessions").map(err))?;
     Ok(())
+}
+
+/// What the fencing and session tables look like to this role.
+struct TableCheck {
+    /// How many of the columns `lock_key`, `namespace`, `name`, `token` the fencing table
+    /// has: 4 if it is ours.
+    columns: i64,
+    /// Whether it has `holder_session` (tables made before session heartbeats do not).
+    has_holder: bool,
+    /// Whether the role may read and write the fencing table.
+    writable: bool,
+    /// Whether the role may read, write and delete in the session table.
+    sessions_ok: bool,
+}
+
+impl TableCheck {
+    async fn run(conn: &mut PgConnection, table: &str, sessions: &str) -> sqlx::Result<Self> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass
+                       AND attname IN ('lock_key', 'namespace', 'name', 'token')
+                       AND NOT attisdropped) AS columns,
+                    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
+                       AND attname = 'holder_session' AND NOT attisdropped) AS has_holder,
+                    has_table_privilege($1, 'SELECT, INSERT, UPDATE') AS writable,
+                    has_table_privilege($2, 'SELECT, INSERT, UPDATE, DELETE') AS sessions_ok",
+        )
+        .bind(table)
+        .bind(sessions)
+        .fetch_one(conn)
+        .await?;
+        Ok(Self {
+            columns: row.try_get("columns")?,
+            has_holder: row.try_get("has_holder")?,
+            writable: row.try_get("writable")?,
+            sessions_ok: row.try_get("sessions_ok")?,
+        })
+    }
 }
 
 /// Runs a `CREATE ... IF NOT EXISTS` (or `ADD COLUMN IF NOT EXISTS`), accepting the errors of a concurrent creation.

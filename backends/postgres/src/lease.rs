@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;
 use crate::error::{Message, NAME, with_timeout};
-use crate::message::{Command, LeaseLink};
+use crate::message::{Command, LeaseLink, RefreshRequest};
 use crate::ttl::check_ttl;
 
 /// Sends a command built around a reply channel and waits for the answer within
@@ -79,19 +79,17 @@ impl PostgresLease {
     pub(crate) fn send_refresh(&self, ttl: Duration) -> Result<oneshot::Receiver<Result<()>>> {
         check_ttl(ttl)?;
         if self.released {
-            return Err(Error::Lost {
-                key: self.key.clone(),
-            });
+            return Err(Error::lost(&self.key));
         }
         let (reply, answer) = oneshot::channel();
         self.link
             .tx
-            .send(Command::Refresh {
+            .send(Command::Refresh(RefreshRequest {
                 id: self.link.id,
                 key: self.key.clone(),
                 ttl,
                 reply,
-            })
+            }))
             .map_err(|_| session_stopped("refresh"))?;
         Ok(answer)
     }
@@ -136,18 +134,16 @@ impl Lease for PostgresLease {
     async fn refresh(&mut self, ttl: Duration) -> Result<()> {
         check_ttl(ttl)?;
         if self.released {
-            return Err(Error::Lost {
-                key: self.key.clone(),
-            });
+            return Err(Error::lost(&self.key));
         }
         let timeout = self.settings.timeout_for(ttl);
         call(&self.link.tx, "refresh", timeout, |reply| {
-            Command::Refresh {
+            Command::Refresh(RefreshRequest {
                 id: self.link.id,
                 key: self.key.clone(),
                 ttl,
                 reply,
-            }
+            })
         })
         .await
     }

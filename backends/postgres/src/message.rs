@@ -29,12 +29,7 @@ pub(crate) enum Command {
         ttl: Duration,
         reply: Reply<Option<(FencingToken, LeaseLink)>>,
     },
-    Refresh {
-        id: LeaseId,
-        key: LockKey,
-        ttl: Duration,
-        reply: Reply<()>,
-    },
+    Refresh(RefreshRequest),
     /// Without a reply when sent by a dropped lease.
     Release {
         id: LeaseId,
@@ -46,6 +41,15 @@ pub(crate) enum Command {
         timeout: Duration,
         reply: Reply<Option<Duration>>,
     },
+}
+
+/// A lease's request to be refreshed to `ttl`, answered on `reply` by the next statement
+/// the session task sends (refreshes queued together share it).
+pub(crate) struct RefreshRequest {
+    pub(crate) id: LeaseId,
+    pub(crate) key: LockKey,
+    pub(crate) ttl: Duration,
+    pub(crate) reply: Reply<()>,
 }
 
 /// Ties a lease to the session task. Dropped without [`LeaseLink::finish`], it asks the

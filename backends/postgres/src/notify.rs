@@ -175,7 +175,8 @@ async fn connect(settings: &Settings) -> Result<(PgListener, i32)> {
         listener.ignore_pool_close_event(true);
         listener.listen(CHANNEL).await.map_err(|err| ctx.map(err))?;
         // A server-wide idle_session_timeout would end the listener between releases.
-        let (pid, _): (i32, Option<String>) = sqlx::query_as(
+        // The first column, the pid; the second only applies the setting.
+        let pid: i32 = sqlx::query_scalar(
             "SELECT pg_backend_pid(), (SELECT set_config('idle_session_timeout', '0', false)
                                        WHERE current_setting('server_version_num')::int4 >= 140000)",
         )

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{Error, FencingToken, LockKey, Result};
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Held, LeaseId, Session, timed_out};
+use super::{Held, LeaseId, Session, no_session};
 use crate::error::{Message, NAME, breaks_session};
 use crate::message::LeaseLink;
 
@@ -24,19 +25,18 @@ impl Session {
             if held.key == *key {
                 return Ok(None);
             }
-            let namespace = &self.settings.namespace;
-            return Err(self.collision(key, hash, namespace, held.key.as_str()));
+            let other = Routine {
+                namespace: self.settings.namespace.clone(),
+                name: held.key.to_string(),
+            };
+            return Err(self.collision(key, hash, &other));
         }
         let timeout = self.settings.timeout_for(ttl);
         self.ensure_live(timeout).await?;
         let longest = self.longest_ttl().max(ttl);
         let ctx = self.ctx("acquire");
         let Some(live) = self.live.as_mut() else {
-            return Err(Error::unavailable(
-                NAME,
-                "acquire",
-                Message("no session".into()),
-            ));
+            return Err(no_session("acquire"));
         };
         let (names, values) = live.settings_for(longest);
         let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.acquire)))
@@ -64,25 +64,16 @@ impl Session {
             }
             Err(_) => {
                 self.abandon(&"acquire timed out");
-                return Err(timed_out("acquire", timeout));
+                return Err(Error::timeout(NAME, "acquire", timeout));
             }
         };
-        type Decoded = (
-            bool,
-            Option<i64>,
-            Option<(String, String)>,
-            Option<(String, String)>,
-            Option<i64>,
-        );
-        let decoded = (|| -> sqlx::Result<Decoded> {
-            let got = row.try_get(0)?;
-            let token = row.try_get(2)?;
-            let bumped = row.try_get::<Option<String>, _>(3)?.zip(row.try_get(4)?);
-            let holder = row.try_get::<Option<String>, _>(5)?.zip(row.try_get(6)?);
-            let guarded = row.try_get(7)?;
-            Ok((got, token, bumped, holder, guarded))
-        })();
-        let (got, token, bumped, holder, guarded) = match decoded {
+        let AcquireRow {
+            got,
+            token,
+            bumped,
+            holder,
+            guarded_ms,
+        } = match AcquireRow::read(&row) {
             Ok(decoded) => decoded,
             Err(err) => {
                 self.unlock_after_failure(hash, timeout).await;
@@ -90,14 +81,16 @@ impl Session {
             }
         };
         let settings = Arc::clone(&self.settings);
-        let ours = |row: &(String, String)| row.0 == settings.namespace && row.1 == key.as_str();
+        let ours = |routine: &Routine| {
+            routine.namespace == settings.namespace && routine.name == key.as_str()
+        };
         if !got {
             return match holder {
-                Some(row) if !ours(&row) => Err(self.collision(key, hash, &row.0, &row.1)),
+                Some(other) if !ours(&other) => Err(self.collision(key, hash, &other)),
                 _ => Ok(None),
             };
         }
-        if let Some(left_ms) = guarded {
+        if let Some(left_ms) = guarded_ms {
             // The lock was free, but the session that held it last may have ended
             // before its holder knew: the key stays guarded until that session's
             // heartbeat runs out.
@@ -110,11 +103,11 @@ impl Session {
             return Ok(None);
         }
         let token = match (token.and_then(|token| u64::try_from(token).ok()), bumped) {
-            (Some(token), Some(row)) if ours(&row) => token,
+            (Some(token), Some(routine)) if ours(&routine) => token,
             (_, bumped) => {
                 self.unlock_after_failure(hash, timeout).await;
                 return Err(match bumped {
-                    Some(row) if !ours(&row) => self.collision(key, hash, &row.0, &row.1),
+                    Some(other) if !ours(&other) => self.collision(key, hash, &other),
                     _ => Error::unavailable(
                         NAME,
                         "acquire",
@@ -125,11 +118,7 @@ impl Session {
         };
         self.next_serial += 1;
         let Some(session) = self.live.as_ref().map(|live| live.id) else {
-            return Err(Error::unavailable(
-                NAME,
-                "acquire",
-                Message("no session".into()),
-            ));
+            return Err(no_session("acquire"));
         };
         let id = LeaseId {
             generation: self.generation,
@@ -156,15 +145,15 @@ impl Session {
         )))
     }
 
-    fn collision(&self, key: &LockKey, hash: i64, other_ns: &str, other: &str) -> Error {
-        Error::InvalidName {
-            name: key.to_string(),
-            reason: format!(
-                "its advisory-lock key {hash} (namespace {:?}) collides with routine {other:?} \
-                 in namespace {other_ns:?}, recorded in {}; rename one of them",
-                self.settings.namespace, self.settings.qualified_table
+    fn collision(&self, key: &LockKey, hash: i64, other: &Routine) -> Error {
+        Error::invalid_name(
+            key,
+            format!(
+                "its advisory-lock key {hash} (namespace {:?}) collides with routine {:?} \
+                 in namespace {:?}, recorded in {}; rename one of them",
+                self.settings.namespace, other.name, other.namespace, self.settings.qualified_table
             ),
-        }
+        )
     }
 
     /// Gives back a lock a failed statement may have taken; abandons the session if even
@@ -182,5 +171,45 @@ impl Session {
             Ok(Err(err)) => self.abandon(&err),
             Err(_) => self.abandon(&"unlock timed out"),
         }
+    }
+}
+
+/// The one row of the acquire statement (see `Statements::acquire`), by column name.
+struct AcquireRow {
+    /// Whether the advisory lock was taken.
+    got: bool,
+    /// The key's new fencing token, if its row was bumped.
+    token: Option<i64>,
+    /// The routine the bumped row names.
+    bumped: Option<Routine>,
+    /// The routine the key's row names, read when the lock was not got.
+    holder: Option<Routine>,
+    /// Milliseconds left on the heartbeat of another session that may still believe it
+    /// holds the key.
+    guarded_ms: Option<i64>,
+}
+
+/// A routine as the fencing table records it.
+struct Routine {
+    namespace: String,
+    name: String,
+}
+
+impl AcquireRow {
+    fn read(row: &PgRow) -> sqlx::Result<Self> {
+        let routine = |namespace: &str, name: &str| -> sqlx::Result<Option<Routine>> {
+            let namespace = row.try_get::<Option<String>, _>(namespace)?;
+            let name = row.try_get::<Option<String>, _>(name)?;
+            Ok(namespace
+                .zip(name)
+                .map(|(namespace, name)| Routine { namespace, name }))
+        };
+        Ok(Self {
+            got: row.try_get("got")?,
+            token: row.try_get("token")?,
+            bumped: routine("bumped_namespace", "bumped_name")?,
+            holder: routine("holder_namespace", "holder_name")?,
+            guarded_ms: row.try_get("guarded_ms")?,
+        })
     }
 }

@@ -30,7 +30,7 @@ use crate::config::{CHANNEL, Settings};
 use crate::connect::{Live, open};
 use crate::error::{Context, Message, NAME, breaks_session, session_ended};
 use crate::fencing::Statements;
-use crate::message::{Command, LeaseId, Reply};
+use crate::message::{Command, LeaseId, RefreshRequest};
 
 mod acquire;
 
@@ -111,13 +111,8 @@ impl Session {
                         let _ = reply.send(result);
                     }
                 }
-                Command::Refresh {
-                    id,
-                    key,
-                    ttl,
-                    reply,
-                } => {
-                    let mut batch = vec![(id, key, ttl, reply)];
+                Command::Refresh(request) => {
+                    let mut batch = vec![request];
                     self.collect_refreshes(&mut batch);
                     self.refresh(batch).await;
                 }
@@ -152,19 +147,14 @@ impl Session {
 
     /// Moves every refresh already queued into `batch`; they were all called before the
     /// statement that will answer them is sent.
-    fn collect_refreshes(&mut self, batch: &mut Vec<(LeaseId, LockKey, Duration, Reply<()>)>) {
+    fn collect_refreshes(&mut self, batch: &mut Vec<RefreshRequest>) {
         let mut others = VecDeque::new();
         let queued = std::mem::take(&mut self.backlog)
             .into_iter()
             .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
         for command in queued {
             match command {
-                Command::Refresh {
-                    id,
-                    key,
-                    ttl,
-                    reply,
-                } => batch.push((id, key, ttl, reply)),
+                Command::Refresh(request) => batch.push(request),
                 other => others.push_back(other),
             }
         }
@@ -281,7 +271,7 @@ impl Session {
             }
             Err(_) => {
                 self.abandon(&format_args!("{operation} timed out"));
-                Err(timed_out(operation, timeout))
+                Err(Error::timeout(NAME, operation, timeout))
             }
         }
     }
@@ -306,16 +296,17 @@ impl Session {
             }
             Err(_) => {
                 self.abandon(&"expires_in timed out");
-                Err(timed_out("expires_in", timeout))
+                Err(Error::timeout(NAME, "expires_in", timeout))
             }
         }
     }
 
-    async fn refresh(&mut self, batch: Vec<(LeaseId, LockKey, Duration, Reply<()>)>) {
+    async fn refresh(&mut self, batch: Vec<RefreshRequest>) {
         let mut current = Vec::with_capacity(batch.len());
-        for (id, key, ttl, reply) in batch {
-            if self.is_current(id) {
-                let previous = self.held.get_mut(&id.hash).map(|held| {
+        for request in batch {
+            if self.is_current(request.id) {
+                let ttl = request.ttl;
+                let previous = self.held.get_mut(&request.id.hash).map(|held| {
                     let previous = held.ttl;
                     held.ttl = ttl;
                     previous
@@ -324,12 +315,12 @@ impl Session {
                     self.uncount_ttl(previous);
                     self.count_ttl(ttl);
                 }
-                current.push((key, ttl, reply));
+                current.push(request);
             } else {
-                let _ = reply.send(Err(Error::Lost { key }));
+                let _ = request.reply.send(Err(Error::lost(&request.key)));
             }
         }
-        let Some(shortest) = current.iter().map(|(_, ttl, _)| *ttl).min() else {
+        let Some(shortest) = current.iter().map(|request| request.ttl).min() else {
             return;
         };
         let timeout = self.settings.timeout_for(shortest);
@@ -349,27 +340,28 @@ impl Session {
                 live.applied = Some(longest);
                 None
             }
-            // The statement failed on a healthy session (cancelled, a missing table): the
-            // locks are still held, but this refresh vouches for nothing. The holders
-            // retry until their deadlines.
-            Ok(Err(err)) if !breaks_session(&err) => Some((false, err.to_string())),
-            Ok(Err(err)) => Some((true, err.to_string())),
-            Err(_) => Some((true, format!("refresh timed out after {timeout:?}"))),
+            Ok(Err(err)) if !breaks_session(&err) => {
+                Some(RefreshFailure::Statement(err.to_string()))
+            }
+            Ok(Err(err)) => Some(RefreshFailure::Session(err.to_string())),
+            Err(_) => Some(RefreshFailure::Session(format!(
+                "refresh timed out after {timeout:?}"
+            ))),
         };
-        if let Some((true, why)) = &failure {
+        if let Some(RefreshFailure::Session(why)) = &failure {
             // The session can no longer prove its locks: drop it, which makes the server
             // release them, and report every lease on it lost.
             self.abandon(why);
         }
-        for (key, _, reply) in current {
+        for request in current {
             let result = match &failure {
                 None => Ok(()),
-                Some((true, _)) => Err(Error::Lost { key }),
-                Some((false, why)) => {
+                Some(RefreshFailure::Session(_)) => Err(Error::lost(&request.key)),
+                Some(RefreshFailure::Statement(why)) => {
                     Err(Error::unavailable(NAME, "refresh", Message(why.clone())))
                 }
             };
-            let _ = reply.send(result);
+            let _ = request.reply.send(result);
         }
     }
 
@@ -404,7 +396,7 @@ impl Session {
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {
                 live.applied = Some(longest);
-                if !row.try_get::<bool, _>(0).unwrap_or(true) {
+                if !row.try_get::<bool, _>("unlocked").unwrap_or(true) {
                     tracing::warn!(key = %held.key, "the lock session did not hold the lock it released");
                 }
                 Ok(())
@@ -433,10 +425,20 @@ impl Session {
             Err(_) => {
                 self.abandon(&"release timed out");
                 self.forget.push((id.hash, id.session));
-                Err(timed_out("release", timeout))
+                Err(Error::timeout(NAME, "release", timeout))
             }
         }
     }
+}
+
+/// Why a refresh statement vouches for none of the leases waiting on it.
+enum RefreshFailure {
+    /// The statement failed on a healthy session (cancelled, a missing table): the locks
+    /// are still held, but unconfirmed. The holders retry until their deadlines.
+    Statement(String),
+    /// The session broke or did not answer in time: it is dropped, and every lease on it
+    /// is lost.
+    Session(String),
 }
 
 /// A TTL in whole milliseconds, rounded up, for the heartbeat.
@@ -444,14 +446,7 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
 }
 
-fn no_session(operation: &'static str) -> Error {
+/// The error of a statement that found no open session to run on.
+pub(super) fn no_session(operation: &'static str) -> Error {
     Error::unavailable(NAME, operation, Message("no session".into()))
-}
-
-fn timed_out(operation: &'static str, timeout: Duration) -> Error {
-    Error::Timeout {
-        backend: NAME,
-        operation,
-        timeout,
-    }
 }
