@@ -1,7 +1,6 @@
-//! Launching a started routine: the task that runs it (plainly or under a lease) in the
-//! caller's span and Sentry hub and reports its outcome, and the handle that controls it.
+//! Launching a routine: spawning the task that runs it (plainly or under a lease) in the
+//! caller's span and Sentry hub and reports its outcome to the handle that controls it.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use leasehold_core::LockKey;
@@ -12,8 +11,6 @@ use crate::backend_slot::BackendSlot;
 use crate::events::EventKind;
 use crate::handle::RoutineHandle;
 use crate::instance::Instance;
-use crate::options::Mode;
-use crate::shared::Shared;
 use crate::task::{RoutineFn, Task};
 
 /// The lease a named routine runs under: its key, and where the backend comes from.
@@ -22,22 +19,26 @@ pub(crate) struct LeasePlan {
     pub(crate) backend: BackendSlot,
 }
 
-/// The task of routine `number`, to spawn, and the handle that controls it. The task
-/// runs `routine` under `lease`, or plainly without one.
+/// Spawns the task of `task`'s routine on `runtime` and returns the handle that controls
+/// it. The task runs `routine` under `lease`, or plainly without one, and reports the
+/// outcome to the handle.
 ///
-/// The task is built now, not when first polled: the span and the Sentry hub must be
+/// The task is built here, not when first polled: the span and the Sentry hub must be
 /// taken from the *caller's* context, not from whatever thread first polls the task.
 pub(crate) fn launch(
-    shared: Arc<Shared>,
-    number: u64,
-    name: Option<Arc<str>>,
-    mode: Mode,
+    task: Task,
     routine: RoutineFn,
     lease: Option<LeasePlan>,
-) -> (impl Future<Output = ()> + Send + 'static, RoutineHandle) {
-    let task = Task::new(shared, number, name.clone(), mode);
+    runtime: &tokio::runtime::Handle,
+) -> RoutineHandle {
+    let shared = Arc::clone(task.shared());
     let (outcome_tx, outcome_rx) = oneshot::channel();
-    let handle = RoutineHandle::new(number, name, task.cancel().clone(), outcome_rx);
+    let handle = RoutineHandle::new(
+        task.number(),
+        task.name().cloned(),
+        task.cancel().clone(),
+        outcome_rx,
+    );
     let span = tracing::info_span!(
         "routine",
         number = task.number(),
@@ -56,5 +57,6 @@ pub(crate) fn launch(
         let _ = outcome_tx.send(outcome);
     }
     .instrument(span);
-    (crate::report::bind_caller_hub(run), handle)
+    shared.spawn_routine(crate::report::bind_caller_hub(run), runtime);
+    handle
 }

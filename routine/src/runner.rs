@@ -18,7 +18,7 @@ use crate::launch::{LeasePlan, launch};
 use crate::options::{Mode, RunOptions};
 use crate::shared::Shared;
 use crate::signals::{self, Response};
-use crate::task::RoutineFn;
+use crate::task::{RoutineFn, Task};
 
 /// Process-wide routine numbers, shared by every runner, so that a number names one
 /// routine in the process's logs whichever runner started it.
@@ -99,8 +99,8 @@ impl Runner {
 
     /// Starts `f` in the background and returns at once.
     ///
-    /// `f` gets a [`Context`] that is cancelled by the returned handle,
-    /// by [`Runner::shutdown`] and by SIGINT/SIGTERM. It runs in a tracing span
+    /// `f` gets a [`Context`] that is cancelled by the returned handle, by
+    /// [`Runner::shutdown`] and by SIGINT/SIGTERM. It runs in a tracing span
     /// `routine{number}` whose parent is the caller's current span, and in a Sentry hub
     /// derived from the caller's. A panic is caught, logged and sent to Sentry; the
     /// process and the runner go on.
@@ -179,16 +179,8 @@ impl Runner {
             }
         };
         self.install_signal_handlers(&runtime);
-        let (task, handle) = launch(
-            Arc::clone(&self.shared),
-            number,
-            label,
-            mode,
-            routine,
-            lease,
-        );
-        self.shared.spawn_routine(task, &runtime);
-        handle
+        let task = Task::new(Arc::clone(&self.shared), number, label, mode);
+        launch(task, routine, lease, &runtime)
     }
 
     /// Cancels every routine, waits for them to return (up to the drain timeout), drops

@@ -55,7 +55,7 @@ impl Task {
     }
 
     /// The runner's shared state.
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
