@@ -1,6 +1,6 @@
-//! The process-wide default runner behind [`run`](crate::run) and
-//! [`run_named`](crate::run_named), configured from the environment (the Go original's
-//! variables among others, so a service ported from Go keeps its deployment settings).
+//! The process-wide default runner behind [`run`] and [`run_named`], configured from the
+//! environment (the Go original's variables among others, so a service ported from Go
+//! keeps its deployment settings).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
