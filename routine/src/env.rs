@@ -162,10 +162,12 @@ pub(crate) fn duration_var(env: Lookup<'_>, name: &str) -> Result<Option<Duratio
     let Some(value) = var(env, name)? else {
         return Ok(None);
     };
-    let duration = humantime::parse_duration(value.trim()).map_err(|error| Error::Config {
-        setting: name.to_owned(),
-        reason: format!("{value:?} is not a duration (expected e.g. 5s or 1500ms)"),
-        source: Some(Box::new(error)),
+    let duration = humantime::parse_duration(value.trim()).map_err(|error| {
+        Error::config_with_source(
+            name,
+            format!("{value:?} is not a duration (expected e.g. 5s or 1500ms)"),
+            error,
+        )
     })?;
     if duration.is_zero() {
         return Err(Error::config(
