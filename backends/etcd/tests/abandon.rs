@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
-use common::{Deadline, key_info, raw, shared_server, unique_key, within};
+use common::{Deadline, key_info, raw, unique_key, within};
 use etcd_client::PutOptions;
 use leasehold_conformance::servers::EtcdServer;
 use leasehold_core::LockBackend;
@@ -102,18 +102,14 @@ async fn abandoned_attempt_next_to_an_equal_value(server: &EtcdServer, nonce: Op
 
 #[tokio::test]
 async fn cleanup_of_an_abandoned_acquire_leaves_another_replicas_key_alone() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     // Two replicas running as PID 1 and starting the same routines in the same order.
     abandoned_attempt_next_to_an_equal_value(server, None).await;
 }
 
 #[tokio::test]
 async fn cleanup_of_an_abandoned_acquire_leaves_an_equal_value_on_another_lease_alone() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     // Even with equal nonces, so that the values are equal, the key's lease tells them
     // apart.
     abandoned_attempt_next_to_an_equal_value(server, Some(0x5eed)).await;
@@ -121,9 +117,7 @@ async fn cleanup_of_an_abandoned_acquire_leaves_an_equal_value_on_another_lease_
 
 #[tokio::test]
 async fn failed_cleanup_of_an_abandoned_acquire_is_retried_until_the_key_is_free() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let proxy = Proxy::start(server.port()).await;
     let a = replica(proxy.endpoint(), None, 1).await;
     // Refreshing this lease keeps a's session alive, and with it any key left attached.
@@ -187,9 +181,7 @@ async fn failed_cleanup_of_an_abandoned_acquire_is_retried_until_the_key_is_free
 
 #[tokio::test]
 async fn an_unanswered_acquire_that_etcd_applies_after_its_cleanup_is_deleted_too() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let proxy = Proxy::start(server.port()).await;
     let nonce = 0x1a7e;
     // The keeper takes attempt 1, so the acquire below writes attempt 2.

@@ -4,19 +4,12 @@
 //! etcd's minimum lease TTL is 2 s, twice the suite's base runner TTL, so its timing is
 //! scaled by 2.
 
-use std::sync::OnceLock;
-
 use leasehold_conformance::servers::EtcdServer;
 use leasehold_etcd::EtcdBackend;
 
-fn server() -> Option<&'static EtcdServer> {
-    static SERVER: OnceLock<Option<EtcdServer>> = OnceLock::new();
-    SERVER.get_or_init(EtcdServer::start).as_ref()
-}
-
 leasehold_conformance::conformance_tests!(
     || async {
-        let Some(server) = server() else {
+        let Some(server) = EtcdServer::shared() else {
             leasehold_conformance::skip("etcd is not installed");
         };
         EtcdBackend::builder()

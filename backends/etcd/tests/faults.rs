@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key, within};
+use common::{Deadline, TTL, backend, key_info, raw, unique_key, within};
 use leasehold_conformance::servers::EtcdServer;
 use leasehold_core::{Error, Lease, LockBackend};
 use leasehold_etcd::EtcdBackend;
@@ -51,9 +51,7 @@ async fn acquire_until_held(
 
 #[tokio::test]
 async fn restart_with_data_kept_keeps_the_lease_and_requests_fail_fast_while_down() {
-    let Some(mut server) = EtcdServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(EtcdServer::start());
     let a = backend(&server).await;
     let key = unique_key("restart");
     let mut lease = a.try_acquire(&key, LONG_TTL).await.unwrap().expect("free");
@@ -103,9 +101,7 @@ async fn restart_with_data_kept_keeps_the_lease_and_requests_fail_fast_while_dow
 
 #[tokio::test]
 async fn restart_with_data_wiped_reports_lost_and_acquire_works_again() {
-    let Some(mut server) = EtcdServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(EtcdServer::start());
     let a = backend(&server).await;
     let key = unique_key("wiped");
     let mut lease = a.try_acquire(&key, LONG_TTL).await.unwrap().expect("free");
@@ -137,9 +133,7 @@ async fn restart_with_data_wiped_reports_lost_and_acquire_works_again() {
 
 #[tokio::test]
 async fn pause_past_the_ttl_times_out_promptly_then_reports_lost() {
-    let Some(server) = EtcdServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer::start());
     let (a, b) = (backend(&server).await, backend(&server).await);
     let key = unique_key("paused");
     let mut lease = a.try_acquire(&key, TTL).await.unwrap().expect("free");
@@ -177,9 +171,7 @@ async fn pause_past_the_ttl_times_out_promptly_then_reports_lost() {
 
 #[tokio::test]
 async fn revoked_session_loses_every_key_and_later_acquires_use_a_new_session() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let a = backend(server).await;
     let mut raw = raw(server).await;
     let mut leases = Vec::new();
@@ -212,9 +204,7 @@ async fn revoked_session_loses_every_key_and_later_acquires_use_a_new_session() 
 
 #[tokio::test]
 async fn key_deleted_behind_the_holders_back_reports_lost_for_that_key_only() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let a = backend(server).await;
     let mut raw = raw(server).await;
     let mut deleted = a
@@ -262,9 +252,7 @@ async fn unreachable_endpoints_give_a_transient_error_without_hanging() {
 
 #[tokio::test]
 async fn bad_credentials_and_missing_permissions_are_typed_errors() {
-    let Some(server) = EtcdServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer::start());
     let mut raw = raw(&server).await;
     let with_user = |user: &str, password: &str| {
         EtcdBackend::builder()
@@ -329,9 +317,7 @@ async fn bad_credentials_and_missing_permissions_are_typed_errors() {
 
 #[tokio::test]
 async fn keep_alives_are_shared_by_concurrent_refreshes() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let a = backend(server).await;
     let mut leases = Vec::new();
     for _ in 0..200 {
@@ -373,9 +359,7 @@ async fn keep_alives_are_shared_by_concurrent_refreshes() {
 
 #[tokio::test]
 async fn keys_deleted_among_many_concurrent_refreshes_are_lost_and_only_they() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let a = backend(server).await;
     // More keys than one checking transaction takes, so several chunks run, and two
     // deleted keys in different chunks make both fall back to reading key by key.
@@ -410,9 +394,7 @@ async fn keys_deleted_among_many_concurrent_refreshes_are_lost_and_only_they() {
 
 #[tokio::test]
 async fn an_acquire_abandoned_before_its_reply_leaves_the_key_free() {
-    let Some(server) = EtcdServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer::start());
     let a = backend(&server).await;
     let b = backend(&server).await;
     // Refreshing this lease keeps a's session alive: a key left attached to it by the

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TTL, shared_server, unique_key};
+use common::{TTL, unique_key};
 use leasehold_conformance::servers::EtcdServer;
 use leasehold_core::{Error, LockBackend, LockKey};
 use leasehold_etcd::EtcdBackend;
@@ -22,9 +22,7 @@ async fn with_prefix(server: &EtcdServer, prefix: &str) -> leasehold_core::Resul
 
 #[tokio::test]
 async fn a_name_with_a_slash_is_refused_so_nested_prefixes_cannot_share_a_key() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let outer = unique_key("outer");
     let outer_prefix = format!("{outer}/");
     let inner_prefix = format!("{outer}/billing/");
@@ -60,9 +58,7 @@ async fn a_name_with_a_slash_is_refused_so_nested_prefixes_cannot_share_a_key() 
 
 #[tokio::test]
 async fn a_key_prefix_must_end_with_a_slash() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     // `<p>` + `/report` would be `<p>/` + `report`; a prefix `<p>x` would take `<p>` +
     // `xreport` too.
     let prefix = unique_key("unterminated").as_str().to_owned();

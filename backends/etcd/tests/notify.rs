@@ -5,40 +5,13 @@ mod common;
 use std::pin::pin;
 use std::time::Duration;
 
-use common::{TTL, backend, shared_server, unique_key, within};
+use common::{TTL, backend, unique_key, within};
 use futures::FutureExt;
 use leasehold_core::LockBackend;
 
 #[tokio::test]
-async fn release_wakes_a_waiter_on_another_backend() {
-    let Some(server) = shared_server() else {
-        return;
-    };
-    let (holder, waiter) = (backend(server).await, backend(server).await);
-    let key = unique_key("wake");
-    let mut lease = holder.try_acquire(&key, TTL).await.unwrap().expect("free");
-    let mut released = pin!(waiter.released(&key));
-    // The first poll registers interest (and starts the watch): a release after it must
-    // wake the future even though the watch may still be starting.
-    assert!(
-        released.as_mut().now_or_never().is_none(),
-        "the key is held"
-    );
-    lease.release().await.unwrap();
-    within(TTL, "released() after a release", released)
-        .await
-        .expect("the watch must report the release");
-    assert!(
-        waiter.try_acquire(&key, TTL).await.unwrap().is_some(),
-        "the waiter must get the key after the notification"
-    );
-}
-
-#[tokio::test]
 async fn a_waiter_registered_on_a_running_watch_is_woken_by_release() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let (holder, waiter) = (backend(server).await, backend(server).await);
     // Starts the watch with another key, so this waiter joins a running watch.
     let warm_up = unique_key("warm-up");
@@ -60,9 +33,7 @@ async fn a_waiter_registered_on_a_running_watch_is_woken_by_release() {
 
 #[tokio::test]
 async fn released_of_one_key_is_not_woken_by_another_keys_release() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let (holder, waiter) = (backend(server).await, backend(server).await);
     let (first, second) = (unique_key("first"), unique_key("second"));
     let mut first_lease = holder.try_acquire(&first, TTL).await.unwrap().unwrap();
@@ -89,9 +60,7 @@ async fn released_of_one_key_is_not_woken_by_another_keys_release() {
 
 #[tokio::test]
 async fn expiry_of_a_crashed_holder_wakes_a_waiter() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let (holder, waiter) = (backend(server).await, backend(server).await);
     let key = unique_key("expiry");
     // Never refreshed: the session lease runs out after its TTL, and etcd deletes the key.
@@ -110,9 +79,7 @@ async fn expiry_of_a_crashed_holder_wakes_a_waiter() {
 
 #[tokio::test]
 async fn many_waiters_on_many_keys_share_one_watch() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let (holder, waiter) = (backend(server).await, backend(server).await);
     let mut leases = Vec::new();
     for _ in 0..50 {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TTL, backend, key_info, raw, shared_server, unique_key};
+use common::{TTL, backend, key_info, raw, unique_key};
 use leasehold::{Event, EventKind, RunOptions, Runner};
 use leasehold_conformance::servers::EtcdServer;
 use leasehold_etcd::EtcdBackend;
@@ -101,9 +101,7 @@ fn token(event: &Event) -> u64 {
 
 #[tokio::test]
 async fn paused_etcd_stops_the_routine_and_it_runs_again_after_resume() {
-    let Some(server) = EtcdServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer::start());
     let runner = runner(backend(&server).await);
     let mut events = runner.subscribe();
     let name = unique_key("paused").to_string();
@@ -124,9 +122,7 @@ async fn paused_etcd_stops_the_routine_and_it_runs_again_after_resume() {
 
 #[tokio::test]
 async fn wiped_etcd_loses_the_routine_and_it_is_acquired_again() {
-    let Some(mut server) = EtcdServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(EtcdServer::start());
     let runner = runner(backend(&server).await);
     let mut events = runner.subscribe();
     let name = unique_key("wiped").to_string();
@@ -143,9 +139,7 @@ async fn wiped_etcd_loses_the_routine_and_it_is_acquired_again() {
 
 #[tokio::test]
 async fn revoked_session_stops_every_routine_of_the_runner_and_they_come_back() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let backend = backend(server).await;
     let runner = runner(backend.clone());
     let mut events = runner.subscribe();

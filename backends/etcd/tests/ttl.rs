@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Deadline, TTL, backend, key_info, raw, shared_server, unique_key};
+use common::{Deadline, TTL, backend, key_info, raw, unique_key};
 use etcd_client::PutOptions;
 use futures::StreamExt as _;
 use leasehold_conformance::servers::EtcdServer;
@@ -26,9 +26,7 @@ fn assert_invalid_ttl(result: leasehold_core::Result<()>, what: &str) {
 
 #[tokio::test]
 async fn ttls_longer_than_etcd_grants_are_invalid_ttl_errors() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let a = backend(server).await;
     let key = unique_key("too-long");
     for ttl in [ETCD_MAX_LEASE_TTL + Duration::from_millis(1), Duration::MAX] {
@@ -59,9 +57,7 @@ async fn ttls_longer_than_etcd_grants_are_invalid_ttl_errors() {
 #[tokio::test]
 async fn the_longest_ttl_etcd_grants_is_accepted() {
     // A server of its own: the lease granted here outlives the test.
-    let Some(server) = EtcdServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer::start());
     let a = backend(&server).await;
     let key = unique_key("longest");
     let mut lease = a
@@ -83,9 +79,7 @@ async fn the_longest_ttl_etcd_grants_is_accepted() {
 
 #[tokio::test]
 async fn expires_in_of_a_key_without_a_lease_is_not_none() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer);
     let a = backend(server).await;
     let key = unique_key("no-lease");
     let etcd_key = a.etcd_key(&key);
@@ -128,9 +122,7 @@ async fn grant_until(mut lease: etcd_client::LeaseClient, end: Instant) -> i64 {
 #[tokio::test]
 async fn expires_in_of_a_key_whose_lease_expired_but_is_not_revoked_yet_is_not_none() {
     // A server of its own: its revocations lag behind on purpose.
-    let Some(server) = EtcdServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(EtcdServer::start());
     let a = backend(&server).await;
     let mut raw = raw(&server).await;
     // The backlog must expire within a second or so, however long granting it takes,

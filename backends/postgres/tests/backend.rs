@@ -1,4 +1,6 @@
-//! Backend-level behaviour of `PostgresBackend` against a real throwaway server.
+//! What the conformance suite (`tests/conformance.rs`) cannot show about `PostgresBackend`
+//! on a real throwaway server: advisory locks in `pg_locks`, lock sessions, the fencing
+//! table, hashing, connection counts, table creation and configuration.
 
 mod common;
 
@@ -10,30 +12,16 @@ use leasehold_core::{Error, LockBackend};
 use leasehold_postgres::{PostgresBackend, advisory_lock_key};
 use sqlx::Connection;
 
-use common::{advisory_lock_held, backend, key, shared_server, unique};
+use common::{advisory_lock_held, backend, key, unique};
 
 const TTL: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acquire_contend_release_and_reacquire() {
-    let Some(server) = shared_server() else {
-        return;
-    };
-    let ns = unique("basic");
-    let (a, b) = (
-        backend(&server.url(), &ns).await,
-        backend(&server.url(), &ns).await,
-    );
+async fn a_lease_is_an_advisory_lock_in_pg_locks_until_released() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    let a = backend(&server.url(), &unique("basic")).await;
     let k = key("job");
     let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
-    assert!(
-        b.try_acquire(&k, TTL).await.unwrap().is_none(),
-        "another backend must see contention"
-    );
-    assert!(
-        a.try_acquire(&k, TTL).await.unwrap().is_none(),
-        "the holder's own backend must see contention, although advisory locks are reentrant"
-    );
     assert!(
         advisory_lock_held(server, a.lock_key(&k)),
         "the advisory lock must be held on the server"
@@ -43,33 +31,11 @@ async fn acquire_contend_release_and_reacquire() {
         !advisory_lock_held(server, a.lock_key(&k)),
         "release must unlock on the server"
     );
-    let mut again = b.try_acquire(&k, TTL).await.unwrap().expect("released key");
-    again.release().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_is_idempotent_and_refresh_after_release_is_lost() {
-    let Some(server) = shared_server() else {
-        return;
-    };
-    let a = backend(&server.url(), &unique("idem")).await;
-    let k = key("job");
-    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
-    lease.refresh(TTL).await.expect("refresh of a held lease");
-    lease.release().await.unwrap();
-    lease.release().await.expect("a second release must be Ok");
-    let err = lease.refresh(TTL).await.unwrap_err();
-    assert!(
-        err.is_lost(),
-        "refresh after release must be Lost, got {err:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_keeps_the_lock_on_the_same_session() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let a = backend(&server.url(), &unique("refresh")).await;
     let k = key("job");
     let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
@@ -87,9 +53,7 @@ async fn refresh_keeps_the_lock_on_the_same_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_increase_across_clients_and_takeovers() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let ns = unique("fencing");
     let (a, b) = (
         backend(&server.url(), &ns).await,
@@ -127,44 +91,34 @@ async fn fencing_tokens_increase_across_clients_and_takeovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_notification_wakes_a_waiter_registered_on_first_poll() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+async fn dropping_a_lease_wakes_a_waiter_registered_on_first_poll() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let ns = unique("notify");
     let (a, b) = (
         backend(&server.url(), &ns).await,
         backend(&server.url(), &ns).await,
     );
-    for release_by_drop in [false, true] {
-        // A key per round: the first round's release notification may still be on its
-        // way when the second round's waiter registers, and would wake it early.
-        let k = key(&format!("job-{release_by_drop}"));
-        let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
-        let mut waiter = b.released(&k);
-        assert!(
-            (&mut waiter).now_or_never().is_none(),
-            "nothing released yet"
-        );
-        if release_by_drop {
-            drop(lease);
-        } else {
-            lease.release().await.unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("the release must wake the waiter (drop: {release_by_drop})")
-            .expect("notification without error");
-        let mut next = b.try_acquire(&k, TTL).await.unwrap().expect("released");
-        next.release().await.unwrap();
-    }
+    let k = key("job");
+    let lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+    let mut waiter = b.released(&k);
+    assert!(
+        (&mut waiter).now_or_never().is_none(),
+        "nothing released yet"
+    );
+    // The suite shows that a release wakes a waiter; a drop unlocks in the background,
+    // and must notify as well.
+    drop(lease);
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("dropping the lease must wake the waiter")
+        .expect("notification without error");
+    let mut next = b.try_acquire(&k, TTL).await.unwrap().expect("released");
+    next.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_key_is_the_documented_hash() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let ns = unique("hash");
     let a = backend(&server.url(), &ns).await;
     let k = key("billing-sync");
@@ -180,9 +134,7 @@ async fn lock_key_is_the_documented_hash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_collision_is_an_error_and_the_lock_is_given_back() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let ns = unique("collision");
     let a = backend(&server.url(), &ns).await;
     let k = key("victim");
@@ -218,36 +170,37 @@ async fn hash_collision_is_an_error_and_the_lock_is_given_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zero_and_sub_second_ttls_are_invalid() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+async fn declared_ttls_fit_the_int4_milliseconds_of_the_session_settings() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let a = backend(&server.url(), &unique("ttl")).await;
-    let k = key("job");
-    // Below the minimum, and above the int4 milliseconds of the session settings.
-    let too_long = Duration::from_millis(u64::from(i32::MAX.unsigned_abs()) + 1);
-    for ttl in [Duration::ZERO, Duration::from_millis(999), too_long] {
-        let err = a.try_acquire(&k, ttl).await.unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidTtl { .. }),
-            "{ttl:?} must be InvalidTtl, got {err:?}"
-        );
-    }
-    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
-    let err = lease.refresh(Duration::ZERO).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
-    lease.release().await.unwrap();
+    // The suite checks that TTLs outside the declared bounds are refused; here, that the
+    // bounds are PostgreSQL's: whole-second heartbeats, int4 milliseconds of timeouts.
     let caps = a.capabilities();
-    assert!(caps.release_notifications && caps.reports_expiry);
+    assert!(
+        caps.release_notifications && caps.reports_expiry,
+        "PostgreSQL declares both, so the suite's notification and expiry cases run"
+    );
     assert_eq!(caps.min_ttl, Duration::from_secs(1));
-    assert!(caps.max_ttl < too_long);
+    assert!(
+        caps.max_ttl <= Duration::from_millis(u64::from(i32::MAX.unsigned_abs())),
+        "the longest TTL must fit the int4 milliseconds of the session settings: {:?}",
+        caps.max_ttl
+    );
+    let mut lease = a
+        .try_acquire(&key("job"), caps.max_ttl)
+        .await
+        .unwrap()
+        .expect("free");
+    lease
+        .refresh(caps.max_ttl)
+        .await
+        .expect("the longest declared TTL is accepted by the server");
+    lease.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_leases_use_two_connections() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let app = unique("thousand");
     let url = format!("{}?application_name={app}", server.url());
     let a = backend(&url, &app).await;
@@ -286,9 +239,7 @@ async fn thousand_leases_use_two_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_schema_and_table_are_created_idempotently() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let schema = unique("ops").replace('-', "_");
     let build = || {
         common::builder(&server.url(), "custom")
@@ -314,9 +265,7 @@ async fn custom_schema_and_table_are_created_idempotently() {
 /// concurrent creation reports "type already exists", SQLSTATE 42710, among others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_creating_the_tables_at_once_all_build() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     for round in 0..10 {
         let schema = unique("race").replace('-', "_");
         let builds = (0..8).map(|_| {
@@ -339,9 +288,7 @@ async fn replicas_creating_the_tables_at_once_all_build() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrelated_existing_table_is_misconfigured() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let table = unique("unrelated").replace('-', "_");
     server.psql(&format!("CREATE TABLE public.\"{table}\" (id int)"));
     let err = common::builder(&server.url(), "x")
@@ -357,9 +304,7 @@ async fn an_unrelated_existing_table_is_misconfigured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_never_shows_the_password() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let role = unique("debug").replace('-', "_");
     let url = server.create_role_with_password(&role, "Sup3rSecret");
     // Its own table: the role may create one but not write the superuser's.

@@ -9,7 +9,7 @@ mod common;
 
 leasehold_conformance::conformance_tests!(
     || async {
-        let Some(server) = common::shared_server() else {
+        let Some(server) = leasehold_conformance::servers::PostgresServer::shared() else {
             leasehold_conformance::skip("PostgreSQL binaries not found");
         };
         common::backend(&server.url(), "conformance").await

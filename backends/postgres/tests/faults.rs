@@ -20,9 +20,7 @@ const GUARD: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_lock_session_loses_every_lease_and_a_new_session_takes_over() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let a = backend(&server.url(), "terminate").await;
     let keys = [key("one"), key("two"), key("three")];
     let mut leases = Vec::new();
@@ -51,9 +49,7 @@ async fn terminated_lock_session_loses_every_lease_and_a_new_session_takes_over(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_loses_leases_then_locks_and_notifications_work_again() {
-    let Some(mut server) = PostgresServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(PostgresServer::start());
     let (a, b) = (
         backend(&server.url(), "restart").await,
         backend(&server.url(), "restart").await,
@@ -89,9 +85,7 @@ async fn server_restart_loses_leases_then_locks_and_notifications_work_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_server_makes_calls_time_out_and_leases_lost_afterwards() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let a = backend(&server.url(), "pause").await;
     let k = key("job");
     let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
@@ -133,9 +127,7 @@ async fn paused_server_makes_calls_time_out_and_leases_lost_afterwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_holder_loses_its_lock_on_the_server_within_about_the_ttl() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let a = backend(&server.url(), "silent").await;
     let k = key("job");
     let ttl = Duration::from_secs(2);
@@ -168,9 +160,7 @@ async fn silent_holder_loses_its_lock_on_the_server_within_about_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_an_auth_error() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let role = unique("auth").replace('-', "_");
     server.create_role_with_password(&role, "right");
     let url = server.url_for(&role, "wrong", "postgres");
@@ -184,9 +174,7 @@ async fn wrong_password_is_an_auth_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_database_is_a_config_error_naming_the_url_variable() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let url = format!("postgres://postgres@127.0.0.1:{}/no_such_db", server.port());
     let builder = PostgresBackendBuilder::from_env_vars(|name| {
         Ok((name == "ROUTINE_POSTGRES_URL").then(|| url.clone()))
@@ -202,9 +190,7 @@ async fn missing_database_is_a_config_error_naming_the_url_variable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_create_permission_is_permission_denied_until_an_admin_creates_the_table() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let url = server.create_role_without_create("app", "pw");
     let err = PostgresBackend::from_url(&url).await.unwrap_err();
     assert!(
@@ -260,9 +246,7 @@ async fn unreachable_server_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_lease_unlocks_it_on_a_healthy_session() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     let a = backend(&server.url(), &unique("drop")).await;
     let k = key("job");
     let lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");

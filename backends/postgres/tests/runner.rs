@@ -46,9 +46,7 @@ async fn acquired_again(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routine_is_cancelled_when_its_session_is_terminated_and_runs_again() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let backend = backend(&server.url(), "runner-terminate").await;
     let lock_key = backend.lock_key(&key("job"));
     let runner = runner(backend);
@@ -74,9 +72,7 @@ async fn routine_is_cancelled_when_its_session_is_terminated_and_runs_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routine_survives_a_server_restart_on_a_new_session() {
-    let Some(mut server) = PostgresServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(PostgresServer::start());
     let backend = backend(&server.url(), "runner-restart").await;
     let runner = runner(backend);
     let mut events = runner.subscribe();
@@ -98,9 +94,7 @@ async fn routine_survives_a_server_restart_on_a_new_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routine_waits_out_a_read_only_server_and_runs_again_when_it_is_writable() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     // The role's sessions become read-only, as on a standby or a demoted primary (25006),
     // while the superuser's psql stays writable to undo it.
     let url = server.create_role_with_password("app", "pw");
@@ -141,9 +135,7 @@ async fn routine_waits_out_a_read_only_server_and_runs_again_when_it_is_writable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routine_stops_as_soon_as_its_backend_drops_the_lock_session() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let backend = backend(&server.url(), "runner-revoke").await;
     // A refresh only every 40 s: a loss noticed by a refresh would come far too late
     // for the wait below.

@@ -37,9 +37,7 @@ async fn wait_until_blocked(server: &PostgresServer, pid: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_session_keeps_its_keys_from_others_until_the_holders_deadline() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let (a, b) = (
         backend(&server.url(), "terminated").await,
         backend(&server.url(), "terminated").await,
@@ -90,9 +88,7 @@ async fn a_terminated_session_keeps_its_keys_from_others_until_the_holders_deadl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_statement_leaves_the_session_and_its_leases_alone() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let (a, b) = (
         backend(&server.url(), "cancelled").await,
         backend(&server.url(), "cancelled").await,
@@ -147,9 +143,7 @@ async fn a_cancelled_statement_leaves_the_session_and_its_leases_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_session_revokes_its_leases_and_keeps_their_keys_guarded() {
-    let Some(server) = PostgresServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
     let (a, b) = (
         backend(&server.url(), "abandoned").await,
         backend(&server.url(), "abandoned").await,

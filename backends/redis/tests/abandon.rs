@@ -17,9 +17,7 @@ const SOON: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn an_acquire_dropped_in_flight_leaves_the_key_free_soon_after_the_server_answers() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let backend = RedisBackend::builder()
         .with_url(server.url())
         .with_request_timeout(Duration::from_secs(20))
@@ -70,9 +68,7 @@ async fn an_acquire_dropped_in_flight_leaves_the_key_free_soon_after_the_server_
 
 #[tokio::test]
 async fn an_acquire_times_out_before_the_runners_default_bound_of_half_the_ttl() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     // The client's own request timeout is above the TTL: the lease's bound applies.
     let backend = RedisBackend::builder()
         .with_url(server.url())

@@ -2,18 +2,11 @@
 //! `RedisBackend` (its own command and pub/sub connections), as separate processes would
 //! be.
 
-use std::sync::OnceLock;
-
 use leasehold_conformance::servers::RedisServer;
 use leasehold_redis::RedisBackend;
 
-fn server() -> Option<&'static RedisServer> {
-    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start).as_ref()
-}
-
 leasehold_conformance::conformance_tests!(|| async {
-    let Some(server) = server() else {
+    let Some(server) = RedisServer::shared() else {
         leasehold_conformance::skip("redis-server is not installed");
     };
     RedisBackend::from_url(&server.url())

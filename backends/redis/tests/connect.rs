@@ -17,9 +17,8 @@ const HANG: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn wrong_or_missing_password_is_an_auth_error() {
-    let Some(server) = RedisServer::start_with_password(Some("right-pw")) else {
-        return;
-    };
+    let server =
+        leasehold_conformance::require_server!(RedisServer::start_with_password(Some("right-pw")));
     let wrong = format!("redis://:wrong-pw@127.0.0.1:{}", server.port());
     let err = within(
         HANG,
@@ -100,9 +99,7 @@ async fn a_server_that_never_answers_is_a_connect_timeout() {
 
 #[tokio::test]
 async fn rediss_to_a_plain_server_fails_cleanly() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let url = format!("rediss://127.0.0.1:{}", server.port());
     let err = within(
         HANG,

@@ -59,9 +59,7 @@ impl Subscriber for Warnings {
 
 #[tokio::test]
 async fn an_evicting_server_is_reported_with_a_warning_by_default() {
-    let Some(server) = server_with_policy("allkeys-lru").await else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(server_with_policy("allkeys-lru").await);
     let warnings = Warnings::default();
     let backend = {
         let _logged = tracing::subscriber::set_default(warnings.clone());
@@ -78,9 +76,7 @@ async fn an_evicting_server_is_reported_with_a_warning_by_default() {
 
 #[tokio::test]
 async fn an_evicting_server_is_refused_when_noeviction_is_required() {
-    let Some(server) = server_with_policy("volatile-lru").await else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(server_with_policy("volatile-lru").await);
     let err = RedisBackend::builder()
         .with_url(server.url())
         .with_require_noeviction(true)
@@ -98,9 +94,7 @@ async fn an_evicting_server_is_refused_when_noeviction_is_required() {
 
 #[tokio::test]
 async fn a_noeviction_server_is_accepted_when_required() {
-    let Some(server) = server_with_policy("noeviction").await else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(server_with_policy("noeviction").await);
     RedisBackend::builder()
         .with_url(server.url())
         .with_require_noeviction(true)
@@ -111,9 +105,7 @@ async fn a_noeviction_server_is_accepted_when_required() {
 
 #[tokio::test]
 async fn a_server_that_hides_its_policy_is_accepted_without_the_check() {
-    let Some(server) = server_with_policy("allkeys-lru").await else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(server_with_policy("allkeys-lru").await);
     // A user without `CONFIG`, as on managed Redis services.
     let _: () = redis::cmd("ACL")
         .arg(&[

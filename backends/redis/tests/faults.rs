@@ -29,9 +29,7 @@ async fn quick_backend(server: &RedisServer) -> RedisBackend {
 
 #[tokio::test]
 async fn killed_server_gives_transient_errors_and_acquire_works_after_restart() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(RedisServer::start());
     let backend = quick_backend(&server).await;
     let key = unique_key("killed");
     let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
@@ -113,9 +111,7 @@ async fn resubscribe(backend: &RedisBackend, key: &leasehold_core::LockKey) {
 
 #[tokio::test]
 async fn paused_server_times_out_refresh_and_the_lease_is_lost_after_resume() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let backend = backend(&server).await;
     let ttl = Duration::from_secs(1);
     let key = unique_key("paused");
@@ -147,9 +143,7 @@ async fn paused_server_times_out_refresh_and_the_lease_is_lost_after_resume() {
 
 #[tokio::test]
 async fn cut_command_connection_reconnects_and_refresh_still_works() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let backend = backend(&server).await;
     let key = unique_key("cut");
     let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
@@ -175,9 +169,7 @@ async fn cut_command_connection_reconnects_and_refresh_still_works() {
 
 #[tokio::test]
 async fn cut_pubsub_connection_fails_waiters_and_the_next_wait_resubscribes() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let backend = backend(&server).await;
     let key = unique_key("cut-pubsub");
     let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
@@ -217,9 +209,7 @@ async fn cut_pubsub_connection_fails_waiters_and_the_next_wait_resubscribes() {
 
 #[tokio::test]
 async fn key_deleted_behind_the_holders_back_is_reported_lost() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer);
     let backend = backend(server).await;
     let key = unique_key("deleted");
     let mut lease = backend.try_acquire(&key, TTL).await.unwrap().unwrap();
@@ -242,9 +232,7 @@ async fn key_deleted_behind_the_holders_back_is_reported_lost() {
 
 #[tokio::test]
 async fn key_overwritten_behind_the_holders_back_is_lost_and_left_alone() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer);
     let backend = backend(server).await;
     let key = unique_key("overwritten");
     let redis_key = backend.lock_key(&key);
@@ -282,9 +270,7 @@ async fn key_overwritten_behind_the_holders_back_is_lost_and_left_alone() {
 
 #[tokio::test]
 async fn leases_work_when_the_server_refuses_subscriptions() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let mut admin = raw(&server).await;
     // An ACL user allowed everything but pattern subscriptions.
     let _: () = redis::cmd("ACL")

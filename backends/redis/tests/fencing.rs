@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{backend, raw, shared_server, unique_key};
+use common::{backend, raw, unique_key};
 use leasehold_core::LockBackend;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -21,9 +21,7 @@ async fn exists(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> bool
 
 #[tokio::test]
 async fn a_released_name_keeps_only_its_fence_counter_until_forgotten() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer);
     let backend = backend(server).await;
     let mut conn = raw(server).await;
     let key = unique_key("forget");

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{backend, get, raw, shared_server, unique_key};
+use common::{backend, get, raw, unique_key};
 use leasehold_core::LockBackend;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -50,9 +50,7 @@ async fn go_script(
 
 #[tokio::test]
 async fn a_go_holder_keeps_the_rust_backend_waiting_until_it_releases() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer);
     let backend = backend(server).await;
     let mut go = raw(server).await;
     let key = unique_key("go-holds");
@@ -84,9 +82,7 @@ async fn a_go_holder_keeps_the_rust_backend_waiting_until_it_releases() {
 
 #[tokio::test]
 async fn a_rust_holder_excludes_go_style_clients() {
-    let Some(server) = shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer);
     let backend = backend(server).await;
     let mut go = raw(server).await;
     let key = unique_key("rust-holds");

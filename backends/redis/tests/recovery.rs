@@ -123,9 +123,8 @@ async fn kill_clients(admin: &mut redis::aio::MultiplexedConnection, kind: &str)
 
 #[tokio::test]
 async fn commands_work_again_once_a_changed_password_is_restored() {
-    let Some(server) = RedisServer::start_with_password(Some("right-pw")) else {
-        return;
-    };
+    let server =
+        leasehold_conformance::require_server!(RedisServer::start_with_password(Some("right-pw")));
     let backend = quick_backend(&server.url()).await;
     let mut admin = raw(&server).await;
     set_password(&mut admin, "changed-pw").await;
@@ -167,9 +166,8 @@ async fn commands_work_again_once_a_changed_password_is_restored() {
 
 #[tokio::test]
 async fn notifications_resume_once_a_changed_password_is_restored() {
-    let Some(server) = RedisServer::start_with_password(Some("right-pw")) else {
-        return;
-    };
+    let server =
+        leasehold_conformance::require_server!(RedisServer::start_with_password(Some("right-pw")));
     let backend = quick_backend(&server.url()).await;
     assert!(backend.notifications_active(), "subscribed at build");
     let mut admin = raw(&server).await;

@@ -112,9 +112,7 @@ async fn stop(setup: Setup) {
 
 #[tokio::test]
 async fn a_go_holder_keeps_a_rust_runner_waiting_until_it_releases() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let name = unique_key("go-runner");
     let redis_key = format!("routine:lock:{name}");
     let mut go = raw(&server).await;
@@ -161,9 +159,7 @@ async fn a_go_holder_keeps_a_rust_runner_waiting_until_it_releases() {
 
 #[tokio::test]
 async fn a_routine_stops_before_its_lease_ends_on_a_paused_server_and_runs_again_after() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let name = unique_key("paused-runner");
     let mut setup = keep_running(&server, name.as_str()).await;
     assert!(matches!(
@@ -200,9 +196,7 @@ async fn a_routine_stops_before_its_lease_ends_on_a_paused_server_and_runs_again
 
 #[tokio::test]
 async fn a_routine_stops_when_redis_dies_and_runs_again_after_restart() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(RedisServer::start());
     let name = unique_key("killed-runner");
     let mut setup = keep_running(&server, name.as_str()).await;
     assert!(matches!(
@@ -234,9 +228,7 @@ async fn a_routine_stops_when_redis_dies_and_runs_again_after_restart() {
 
 #[tokio::test]
 async fn a_routine_whose_lock_is_overwritten_is_cancelled_and_the_foreign_lock_kept() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let name = unique_key("overwritten-runner");
     let redis_key = format!("routine:lock:{name}");
     let mut setup = keep_running(&server, name.as_str()).await;
@@ -276,9 +268,7 @@ async fn a_routine_whose_lock_is_overwritten_is_cancelled_and_the_foreign_lock_k
 
 #[tokio::test]
 async fn a_routine_keeps_its_lease_when_its_connection_is_cut() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(RedisServer::start());
     let name = unique_key("cut-runner");
     let redis_key = format!("routine:lock:{name}");
     let mut setup = keep_running(&server, name.as_str()).await;
@@ -328,9 +318,7 @@ async fn a_routine_keeps_its_lease_when_its_connection_is_cut() {
 /// clear error, back off and keep trying (no panic), and run as soon as Redis is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_at_start_is_retried_with_backoff_until_it_is_up() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
+    let mut server = leasehold_conformance::require_server!(RedisServer::start());
     let url = server.url();
     server.kill();
     let runner = Runner::builder()

@@ -1,26 +1,18 @@
-//! Helpers shared by the integration tests: throwaway etcd servers, a proxy to hold or cut
-//! a client's traffic, backends, raw clients and deadlines.
+//! etcd helpers of the integration tests: a proxy to hold or cut a client's traffic,
+//! backends and raw clients. Servers, unique names and deadlines come from
+//! `leasehold-conformance`, shared with the other backends.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod proxy;
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 use leasehold_conformance::servers::EtcdServer;
-use leasehold_core::LockKey;
 use leasehold_etcd::EtcdBackend;
 
 /// etcd's default minimum lease TTL, which the throwaway servers run with.
 pub const TTL: Duration = Duration::from_secs(2);
-
-/// One server shared by the tests of a binary that do not harm it.
-pub fn shared_server() -> Option<&'static EtcdServer> {
-    static SERVER: OnceLock<Option<EtcdServer>> = OnceLock::new();
-    SERVER.get_or_init(EtcdServer::start).as_ref()
-}
 
 /// A backend on `server`, with a short request timeout so fault tests end quickly.
 pub async fn backend(server: &EtcdServer) -> EtcdBackend {
@@ -31,13 +23,6 @@ pub async fn backend(server: &EtcdServer) -> EtcdBackend {
         .build()
         .await
         .unwrap_or_else(|err| panic!("backend must connect to {}: {err:?}", server.endpoint()))
-}
-
-/// A lock name no other test uses.
-pub fn unique_key(label: &str) -> LockKey {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    LockKey::new(format!("{label}-{}-{n}", std::process::id())).unwrap()
 }
 
 /// A plain etcd client for looking at and tampering with etcd directly.
@@ -59,6 +44,8 @@ pub async fn key_info(raw: &mut Client, key: &[u8]) -> Option<(i64, i64)> {
         .map(|kv| (kv.create_revision(), kv.lease()))
 }
 
-// Not every test binary that includes this module uses both.
+// Not every test binary that includes this module uses all of them.
+#[allow(unused_imports)]
+pub use leasehold_conformance::unique_key;
 #[allow(unused_imports)]
 pub use leasehold_conformance::wait::{Deadline, within};

@@ -1,9 +1,8 @@
-//! Shared helpers of the integration tests: one PostgreSQL server per test binary, backends
-//! on it, unique names, polling with deadlines.
+//! PostgreSQL helpers of the integration tests: backends, `pg_locks` queries, acquiring
+//! with a deadline, blocking acquires. Servers, unique names and `eventually` come from
+//! `leasehold-conformance`, shared with the other backends.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use leasehold_conformance::servers::PostgresServer;
@@ -11,24 +10,11 @@ use leasehold_core::{Lease, LockBackend, LockKey};
 use leasehold_postgres::{PostgresBackend, PostgresBackendBuilder};
 use sqlx::Connection as _;
 
-/// The server shared by the tests of one binary that do not kill, pause or restart it.
-pub fn shared_server() -> Option<&'static PostgresServer> {
-    static SERVER: OnceLock<Option<PostgresServer>> = OnceLock::new();
-    SERVER.get_or_init(PostgresServer::start).as_ref()
-}
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use leasehold_conformance::{unique, wait::eventually};
 
-/// A name unique to this test run and call, so tests sharing a server and the fencing
-/// table never meet.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}-{:08x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u32>()
-    )
-}
-
+/// `name` as a key; test key names are valid.
 pub fn key(name: &str) -> LockKey {
     LockKey::new(name).expect("test key names are valid")
 }
@@ -73,18 +59,6 @@ pub fn holder_pid(server: &PostgresServer, lock_key: i64) -> Option<i32> {
         ))
         .parse()
         .ok()
-}
-
-/// Polls `condition` every 20 ms until it holds, failing with `what` after `within`.
-pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Tries to acquire `key` on `backend` until it succeeds (errors count as failed tries),

@@ -13,16 +13,12 @@ use pgbouncer::PgBouncer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_and_statement_pooling_are_refused_as_misconfigured() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
     // PgBouncer before 1.21 mixes up sqlx's named prepared statements between server
     // backends, which is how it shows here; newer ones with max_prepared_statements pass
     // them through, and the probe lock tells.
     for mode in ["transaction", "statement"] {
-        let Some(bouncer) = PgBouncer::start(server, mode) else {
-            return;
-        };
+        let bouncer = leasehold_conformance::require_server!(PgBouncer::start(server, mode));
         let err = common::builder(&bouncer.url(), "pooler")
             .build()
             .await
@@ -36,12 +32,8 @@ async fn transaction_and_statement_pooling_are_refused_as_misconfigured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_pooling_works() {
-    let Some(server) = common::shared_server() else {
-        return;
-    };
-    let Some(bouncer) = PgBouncer::start(server, "session") else {
-        return;
-    };
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    let bouncer = leasehold_conformance::require_server!(PgBouncer::start(server, "session"));
     let ns = common::unique("session-pool");
     let a = common::backend(&bouncer.url(), &ns).await;
     let b = common::backend(&bouncer.url(), &ns).await;

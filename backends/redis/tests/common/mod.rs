@@ -1,31 +1,15 @@
-//! Helpers shared by the integration tests: throwaway servers, backends and raw clients.
+//! Redis helpers of the integration tests: backends and raw clients. Servers, unique
+//! names and deadlines come from `leasehold-conformance`, shared with the other backends.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use leasehold_conformance::servers::RedisServer;
-use leasehold_core::LockKey;
 use leasehold_redis::RedisBackend;
-
-/// One server shared by the tests of a binary that do not harm it.
-pub fn shared_server() -> Option<&'static RedisServer> {
-    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start).as_ref()
-}
 
 /// A backend on `server`'s URL.
 pub async fn backend(server: &RedisServer) -> RedisBackend {
     RedisBackend::from_url(&server.url())
         .await
         .unwrap_or_else(|err| panic!("backend must connect to {}: {err:?}", server.port()))
-}
-
-/// A lock name no other test uses.
-pub fn unique_key(label: &str) -> LockKey {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    LockKey::new(format!("{label}-{}-{n}", std::process::id())).unwrap()
 }
 
 /// A plain multiplexed connection for looking at and tampering with Redis directly.
@@ -42,6 +26,8 @@ pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Opt
     redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
 }
 
-// Not every test binary that includes this module uses both.
+// Not every test binary that includes this module uses all of them.
+#[allow(unused_imports)]
+pub use leasehold_conformance::unique_key;
 #[allow(unused_imports)]
 pub use leasehold_conformance::wait::{Deadline, within};
