@@ -5,7 +5,8 @@
 //! our session lease, which the refreshes of every other key keep alive: no lease object
 //! owns it, so nobody releases it, and the routine's next attempts find it held by our
 //! own process for as long as the process lives. With thousands of routines starting at
-//! once, acquires time out and this starved routines for good.
+//! once, acquires do time out, and each key taken that way would starve its routine for
+//! good.
 //!
 //! So the transaction runs on a task of its own, which hands the reply over if the
 //! caller still waits, and otherwise deletes the key if the transaction took it, and

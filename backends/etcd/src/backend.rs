@@ -144,9 +144,9 @@ impl EtcdBackend {
             // open; etcd refuses pings more often than every 5 s or on idle connections.
             .with_keep_alive(Duration::from_secs(10), settings.request_timeout)
             .with_keep_alive_while_idle(false);
-        if let Some((user, password)) = &settings.user {
+        if let Some(credentials) = &settings.user {
             options = options
-                .with_user(user.clone(), password.clone())
+                .with_user(credentials.user.clone(), credentials.password.clone())
                 .with_auto_token_refresh(true);
         }
         if use_tls {

@@ -1,13 +1,12 @@
 //! Checking that held keys are still ours, many keys per request.
 //!
 //! A refresh must find out whether its key was deleted or taken over, which the session's
-//! keep-alive alone cannot tell. One read per refresh made a process holding 10,000
+//! keep-alive alone cannot tell. One read per refresh would have a process holding 10,000
 //! routines send 10,000 reads per refresh period (and keep as many requests in flight).
 //! The session task instead checks every key of a keep-alive batch at once: a transaction
 //! with no operations whose compares say "create revision and lease are still these" for
 //! up to [`KEYS_PER_TXN`] keys. If it succeeds, every key in it is ours. If it fails, or
-//! the cluster refuses that many compares, each key of the chunk is read on its own, as
-//! before.
+//! the cluster refuses that many compares, each key of the chunk is read on its own.
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use leasehold_core::Result;
 use crate::EtcdBackend;
 use crate::holder;
 use crate::parse;
-use crate::settings::{ConfigError, Settings};
+use crate::settings::{ConfigError, Credentials, Settings};
 
 /// Settings of an [`EtcdBackend`], built with [`EtcdBackend::builder`].
 ///
@@ -83,7 +83,7 @@ impl EtcdBackendBuilder {
 
     /// Authenticates as `user` with `password` (etcd's auth must be enabled on the server).
     pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.settings.user = Some((user.into(), password.into()));
+        self.settings.user = Some(Credentials::new(user, password));
         self
     }
 

@@ -8,10 +8,10 @@
 //! `a/b`; prefix `a/` with name `b/c` and prefix `a/b/` with name `c` share `a/b/c`.
 //!
 //! A prefix without the final `/` is refused when the backend is built, and a name with
-//! a `/` by every operation on it. Names are refused rather than escaped: an escaped
-//! name would live under another key than before, and while a deployment rolls out, an
-//! old and a new replica would both hold the routine, each under its own key. Every key
-//! that was allowed is unchanged.
+//! a `/` by every operation on it. Names are refused rather than escaped: every accepted
+//! name keeps the plain `prefix + name` key that other versions of this backend use, while
+//! an escaped name would live under a key of its own, and while a deployment rolls out,
+//! an old and a new replica would both hold the routine, each under its own key.
 
 use leasehold_core::{Error, LockKey, Result};
 

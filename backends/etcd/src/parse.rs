@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::key;
-use crate::settings::{ConfigError, DEFAULT_KEY_PREFIX, Settings};
+use crate::settings::{ConfigError, Credentials, DEFAULT_KEY_PREFIX, Settings};
 
 /// The etcd client port, used when an endpoint names none.
 const DEFAULT_PORT: u16 = 2379;
@@ -47,7 +47,7 @@ pub(crate) fn apply_env(
         lookup("ROUTINE_ETCD_USER")?,
         lookup("ROUTINE_ETCD_PASSWORD")?,
     ) {
-        (Some(user), Some(password)) => settings.user = Some((user, password)),
+        (Some(user), Some(password)) => settings.user = Some(Credentials::new(user, password)),
         (Some(_), None) => {
             return Err(bad(
                 "ROUTINE_ETCD_PASSWORD",
@@ -128,7 +128,7 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str) -> Result<(), Config
         if user.is_empty() {
             return Err(bad(URL, "password without a user name"));
         }
-        settings.user = Some((user, password));
+        settings.user = Some(Credentials::new(user, password));
     }
     if hosts.is_empty() {
         return Err(bad(URL, "no host"));

@@ -35,11 +35,37 @@ impl From<ConfigError> for Error {
 pub(crate) struct Settings {
     /// `host:port` or `scheme://host:port`, as given.
     pub(crate) endpoints: Vec<String>,
-    pub(crate) user: Option<(String, String)>,
+    pub(crate) user: Option<Credentials>,
     pub(crate) tls: Tls,
     pub(crate) key_prefix: String,
     pub(crate) request_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+}
+
+/// A user name and its password.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub(crate) user: String,
+    pub(crate) password: String,
+}
+
+impl Credentials {
+    pub(crate) fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+}
+
+/// Shows the password as `<redacted>`.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 /// TLS settings. `enabled` is also switched on by `etcds://` URLs and `https://` endpoints.
@@ -65,23 +91,11 @@ impl Default for Settings {
     }
 }
 
-/// Shows the password as `<redacted>`.
-struct Redacted<'a>(&'a Option<(String, String)>);
-
-impl fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some((user, _)) => write!(f, "Some(({user:?}, <redacted>))"),
-            None => f.write_str("None"),
-        }
-    }
-}
-
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("endpoints", &self.endpoints)
-            .field("user", &Redacted(&self.user))
+            .field("user", &self.user)
             .field("tls", &self.tls)
             .field("key_prefix", &self.key_prefix)
             .field("request_timeout", &self.request_timeout)

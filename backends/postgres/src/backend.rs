@@ -15,7 +15,7 @@ use crate::connect::{self, pooler_detected};
 use crate::error::{Context, NAME, with_timeout};
 use crate::fencing;
 use crate::lease::{PostgresLease, call, session_stopped};
-use crate::message::Command;
+use crate::message::{Acquired, Command};
 use crate::notify::Notifier;
 use crate::session;
 use crate::ttl::{CAPABILITIES, check_ttl};
@@ -157,7 +157,7 @@ impl LockBackend for PostgresBackend {
             }
         })
         .await?;
-        Ok(acquired.map(|(token, link)| {
+        Ok(acquired.map(|Acquired { token, link }| {
             Box::new(PostgresLease::new(
                 key.clone(),
                 token,

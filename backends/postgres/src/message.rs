@@ -27,7 +27,7 @@ pub(crate) enum Command {
         key: LockKey,
         hash: i64,
         ttl: Duration,
-        reply: Reply<Option<(FencingToken, LeaseLink)>>,
+        reply: Reply<Option<Acquired>>,
     },
     Refresh(RefreshRequest),
     /// Without a reply when sent by a dropped lease.
@@ -41,6 +41,12 @@ pub(crate) enum Command {
         timeout: Duration,
         reply: Reply<Option<Duration>>,
     },
+}
+
+/// A lock taken for a lease: the key's new fencing token and the lease's link to the task.
+pub(crate) struct Acquired {
+    pub(crate) token: FencingToken,
+    pub(crate) link: LeaseLink,
 }
 
 /// A lease's request to be refreshed to `ttl`, answered on `reply` by the next statement

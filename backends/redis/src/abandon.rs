@@ -17,41 +17,36 @@ use std::sync::Arc;
 use leasehold_core::{LockKey, Result};
 
 use crate::client::Client;
-use crate::scripts;
+use crate::scripts::{self, Claim};
 
 /// One acquire of a key with a fresh owner value. Dropped without [`Attempt::answered`], it
 /// releases the lock if it holds its owner value.
 pub(crate) struct Attempt {
     inner: Arc<Client>,
     key: LockKey,
-    lock: String,
-    owner: String,
+    claim: Claim,
     answered: bool,
 }
 
 impl Attempt {
-    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey, lock: String, owner: String) -> Self {
+    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey, claim: Claim) -> Self {
         Self {
             inner: Arc::clone(inner),
             key: key.clone(),
-            lock,
-            owner,
+            claim,
             answered: false,
         }
     }
 
     /// The lock key and the owner value this attempt writes into it.
-    pub(crate) fn lock_and_owner(&self) -> (&str, &str) {
-        (&self.lock, &self.owner)
+    pub(crate) fn claim(&self) -> &Claim {
+        &self.claim
     }
 
     /// The server answered: the lock is ours (now a lease's) or someone else's.
-    pub(crate) fn answered(mut self) -> (String, String) {
+    pub(crate) fn answered(mut self) -> Claim {
         self.answered = true;
-        (
-            std::mem::take(&mut self.lock),
-            std::mem::take(&mut self.owner),
-        )
+        std::mem::take(&mut self.claim)
     }
 }
 
@@ -66,8 +61,7 @@ impl Drop for Attempt {
         };
         let inner = Arc::clone(&self.inner);
         let channel = inner.keys.channel(&self.key);
-        let lock = std::mem::take(&mut self.lock);
-        let owner = std::mem::take(&mut self.owner);
+        let Claim { lock, owner } = std::mem::take(&mut self.claim);
         runtime.spawn(async move {
             let mut invocation = scripts::RELEASE.key(&lock);
             invocation.arg(&owner).arg(&channel);

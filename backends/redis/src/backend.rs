@@ -19,7 +19,7 @@ use crate::error::{self, NAME};
 use crate::eviction;
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
-use crate::scripts::{self, Keys};
+use crate::scripts::{self, Claim, Keys};
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
 ///
@@ -181,11 +181,6 @@ impl RedisBackend {
     }
 }
 
-/// A fresh random owner value for one acquisition (bsm/redislock uses 16 random bytes too).
-fn new_owner() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.inner.settings;
@@ -222,12 +217,12 @@ impl LockBackend for RedisBackend {
         let ttl_ms = ttl_millis(ttl)?;
         // From here on, a lock this call may take is given back unless it ends with the
         // server's answer: on an error, a timeout or when this future is dropped.
-        let attempt = Attempt::new(&self.inner, key, self.inner.keys.lock(key), new_owner());
-        let (lock, owner) = attempt.lock_and_owner();
-        let mut invocation = scripts::ACQUIRE.key(lock);
+        let attempt = Attempt::new(&self.inner, key, Claim::new(self.inner.keys.lock(key)));
+        let claim = attempt.claim();
+        let mut invocation = scripts::ACQUIRE.key(&claim.lock);
         invocation
             .key(self.inner.keys.fence(key))
-            .arg(owner)
+            .arg(&claim.owner)
             .arg(ttl_ms);
         let invocation = &invocation;
         let reply: Vec<i64> = self
@@ -244,12 +239,11 @@ impl LockBackend for RedisBackend {
                 Ok(None)
             }
             &[1, fence] if fence > 0 => {
-                let (lock, owner) = attempt.answered();
+                let claim = attempt.answered();
                 Ok(Some(Box::new(RedisLease::new(
                     Arc::clone(&self.inner),
                     key.clone(),
-                    lock,
-                    owner,
+                    claim,
                     FencingToken::new(fence.unsigned_abs()),
                     ttl,
                 ))))
@@ -294,8 +288,7 @@ struct Batched<'a>(&'a RedisBackend);
 impl BatchRefresh for Batched<'_> {
     const BACKEND: &'static str = NAME;
     type Lease = RedisLease;
-    /// The lock key and the value our lease wrote into it.
-    type Pending = (String, String);
+    type Pending = Claim;
     /// The script's reply for the lease: 1 extended, 0 lost.
     type Answer = Result<i64>;
 
@@ -314,8 +307,7 @@ impl BatchRefresh for Batched<'_> {
         if !lease.is_held() {
             return Started::Done(Err(Error::lost(lease.key())));
         }
-        let (lock, owner) = lease.lock_and_owner();
-        Started::Queued((lock.to_owned(), owner.to_owned()))
+        Started::Queued(lease.claim().clone())
     }
 
     async fn send_refreshes(
@@ -337,8 +329,8 @@ impl BatchRefresh for Batched<'_> {
             .map(|chunk| {
                 let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
                 invocation.arg(ttl_ms);
-                for (lock, owner) in chunk {
-                    invocation.key(lock).arg(owner);
+                for claim in chunk {
+                    invocation.key(&claim.lock).arg(&claim.owner);
                 }
                 (chunk.len(), invocation)
             })

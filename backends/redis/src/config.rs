@@ -9,11 +9,14 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionI
 
 /// The port used when an address or URL gives none.
 pub(crate) const DEFAULT_PORT: u16 = 6379;
-/// The go-redis default for `REDIS_DIAL_TIMEOUT`.
+/// go-redis's default for `REDIS_DIAL_TIMEOUT`, so a deployment of the Go original that
+/// leaves it unset keeps its timing.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The go-redis default for `REDIS_READ_TIMEOUT` (and so for `REDIS_WRITE_TIMEOUT`).
+/// go-redis's default for `REDIS_READ_TIMEOUT` (and so for `REDIS_WRITE_TIMEOUT`), for the
+/// same reason.
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-/// Gives the keys `routine:lock:<name>`, as the Go original uses.
+/// Gives the keys `routine:lock:<name>`, the Go original's layout, so that Go and Rust
+/// instances of a routine exclude each other.
 pub(crate) const DEFAULT_NAMESPACE: &str = "routine";
 /// Long enough for any sensible application name, short enough to keep keys readable.
 const MAX_NAMESPACE_LEN: usize = 100;

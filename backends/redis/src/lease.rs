@@ -10,15 +10,14 @@ use leasehold_core::{Error, FencingToken, Lease, LockKey, Result};
 
 use crate::client::{Client, ttl_millis};
 use crate::error;
-use crate::scripts;
+use crate::scripts::{self, Claim};
 
 /// A lease handed out by [`RedisBackend`](crate::RedisBackend): the lock key holds
 /// `owner` until the TTL runs out.
 pub(crate) struct RedisLease {
     inner: Arc<Client>,
     key: LockKey,
-    lock: String,
-    owner: String,
+    claim: Claim,
     fence: FencingToken,
     /// The TTL of the last successful acquire or refresh, to bound `release`.
     ttl: Duration,
@@ -38,16 +37,14 @@ impl RedisLease {
     pub(crate) fn new(
         inner: Arc<Client>,
         key: LockKey,
-        lock: String,
-        owner: String,
+        claim: Claim,
         fence: FencingToken,
         ttl: Duration,
     ) -> Self {
         Self {
             inner,
             key,
-            lock,
-            owner,
+            claim,
             fence,
             ttl,
             state: State::Held,
@@ -65,8 +62,8 @@ impl RedisLease {
     }
 
     /// The lock key and our owner value in it, for a batched refresh.
-    pub(crate) fn lock_and_owner(&self) -> (&str, &str) {
-        (&self.lock, &self.owner)
+    pub(crate) fn claim(&self) -> &Claim {
+        &self.claim
     }
 
     /// Records a refresh's reply: 1 extended to `ttl`, 0 lost.
@@ -89,7 +86,7 @@ impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The owner value is left out: anyone who has it can release the lock.
         f.debug_struct("RedisLease")
-            .field("key", &self.lock)
+            .field("key", &self.claim.lock)
             .field("fencing_token", &self.fence)
             .field("state", &self.state)
             .finish()
@@ -115,8 +112,8 @@ impl Lease for RedisLease {
         if self.state != State::Held {
             return Err(Error::lost(&self.key));
         }
-        let mut invocation = scripts::REFRESH.key(&self.lock);
-        invocation.arg(&self.owner).arg(ttl_ms);
+        let mut invocation = scripts::REFRESH.key(&self.claim.lock);
+        invocation.arg(&self.claim.owner).arg(ttl_ms);
         let invocation = &invocation;
         let extended: i64 = self
             .inner
@@ -134,8 +131,8 @@ impl Lease for RedisLease {
             return Ok(());
         }
         let channel = self.inner.keys.channel(&self.key);
-        let mut invocation = scripts::RELEASE.key(&self.lock);
-        invocation.arg(&self.owner).arg(&channel);
+        let mut invocation = scripts::RELEASE.key(&self.claim.lock);
+        invocation.arg(&self.claim.owner).arg(&channel);
         let invocation = &invocation;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self

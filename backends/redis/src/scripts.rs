@@ -7,6 +7,7 @@
 //! A Go instance and a Rust instance of the same routine on one Redis therefore exclude
 //! each other. Each step is one script, so it is atomic on the server.
 
+use std::fmt;
 use std::sync::LazyLock;
 
 use leasehold_core::LockKey;
@@ -107,6 +108,36 @@ return redis.call('DEL', KEYS[2])
 ",
     )
 });
+
+/// A lock key and the random owner value one acquisition writes into it: what the
+/// refresh and release scripts compare. `Debug` leaves the owner value out: anyone who
+/// has it can release the lock.
+#[derive(Clone, Default)]
+pub(crate) struct Claim {
+    /// The lock key, `<namespace>:lock:<name>`.
+    pub(crate) lock: String,
+    /// The owner value: 16 random bytes, hex-encoded.
+    pub(crate) owner: String,
+}
+
+impl Claim {
+    /// A claim on `lock` with a fresh random owner value (bsm/redislock uses 16 random
+    /// bytes too).
+    pub(crate) fn new(lock: String) -> Self {
+        Self {
+            lock,
+            owner: format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim")
+            .field("lock", &self.lock)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The names this backend uses in Redis, derived from its namespace.
 ///

@@ -37,7 +37,7 @@ fn url_with_everything_is_parsed() {
     );
     assert_eq!(
         settings.user,
-        Some(("routine".to_owned(), "s@cret+1".to_owned())),
+        Some(Credentials::new("routine", "s@cret+1")),
         "user info is percent-decoded and `+` stays `+`"
     );
     assert_eq!(settings.key_prefix, "billing/locks/");
@@ -145,7 +145,7 @@ fn environment_variables_are_applied() {
     ])
     .unwrap();
     assert_eq!(settings.endpoints, ["a:2379", "https://b:2379"]);
-    assert_eq!(settings.user, Some(("routine".into(), "pw".into())));
+    assert_eq!(settings.user, Some(Credentials::new("routine", "pw")));
     assert_eq!(settings.key_prefix, "app/locks/");
     assert_eq!(settings.request_timeout, Duration::from_millis(1500));
     assert_eq!(settings.connect_timeout, Duration::from_secs(3));

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Held, LeaseId, Session, no_session};
 use crate::error::{Message, NAME, breaks_session};
-use crate::message::LeaseLink;
+use crate::message::{Acquired, LeaseLink};
 
 impl Session {
     pub(super) async fn acquire(
@@ -18,7 +18,7 @@ impl Session {
         key: &LockKey,
         hash: i64,
         ttl: Duration,
-    ) -> Result<Option<(FencingToken, LeaseLink)>> {
+    ) -> Result<Option<Acquired>> {
         // Advisory locks are reentrant within a session: a key held here must be refused
         // here, or two leases of this process would share it.
         if let Some(held) = self.held.get(&hash) {
@@ -139,10 +139,10 @@ impl Session {
                 ttl,
             },
         );
-        Ok(Some((
-            FencingToken::new(token),
-            LeaseLink::new(id, tx, self.revoke.subscribe()),
-        )))
+        Ok(Some(Acquired {
+            token: FencingToken::new(token),
+            link: LeaseLink::new(id, tx, self.revoke.subscribe()),
+        }))
     }
 
     fn collision(&self, key: &LockKey, hash: i64, other: &Routine) -> Error {

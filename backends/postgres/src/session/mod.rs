@@ -74,16 +74,16 @@ struct Session {
     next_serial: u64,
     held: HashMap<i64, Held>,
     /// How many leases in `held` have each TTL: every statement needs the longest, and
-    /// scanning `held` for it made each statement cost O(leases) on the client.
+    /// scanning `held` for it would make each statement cost O(leases) on the client.
     ttls: BTreeMap<Duration, usize>,
     /// Commands received while collecting refreshes, run next in order.
     backlog: VecDeque<Command>,
     /// Set to `true` when the current session is dropped: every lease taken on it watches
     /// this, so its holder learns of the loss at once rather than at its next refresh.
     revoke: watch::Sender<bool>,
-    /// Keys of released leases of ended sessions, with the session ids, whose claims in the
-    /// fencing table the next session clears (see the module docs).
-    forget: Vec<(i64, i64)>,
+    /// Released leases of ended sessions, whose claims on their keys (key and session id)
+    /// in the fencing table the next session clears (see the module docs).
+    forget: Vec<LeaseId>,
 }
 
 impl Session {
@@ -239,7 +239,8 @@ impl Session {
                 .await?;
         }
         if !self.forget.is_empty() {
-            let (keys, sessions): (Vec<i64>, Vec<i64>) = self.forget.iter().copied().unzip();
+            let keys: Vec<i64> = self.forget.iter().map(|id| id.hash).collect();
+            let sessions: Vec<i64> = self.forget.iter().map(|id| id.session).collect();
             let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_holders)))
                 .bind(keys)
                 .bind(sessions);
@@ -372,7 +373,7 @@ impl Session {
             // the session's heartbeat runs out; its holder has stopped now, so the next
             // session clears that claim.
             if id.generation != self.generation || self.live.is_none() {
-                self.forget.push((id.hash, id.session));
+                self.forget.push(id);
             }
             return Ok(());
         }
@@ -405,12 +406,12 @@ impl Session {
                 // The server ended the session (idle timeout, terminated): the lock
                 // expired, which a release accepts.
                 self.abandon(&err);
-                self.forget.push((id.hash, id.session));
+                self.forget.push(id);
                 Ok(())
             }
             Ok(Err(err)) if breaks_session(&err) => {
                 self.abandon(&err);
-                self.forget.push((id.hash, id.session));
+                self.forget.push(id);
                 Err(ctx.map(err))
             }
             Ok(Err(err)) => {
@@ -424,7 +425,7 @@ impl Session {
             }
             Err(_) => {
                 self.abandon(&"release timed out");
-                self.forget.push((id.hash, id.session));
+                self.forget.push(id);
                 Err(Error::timeout(NAME, "release", timeout))
             }
         }
