@@ -9,16 +9,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use leasehold_examples::faults::{BackendKind, Server};
 use tokio::process::Command;
 
-/// Runs the example on `backend` and checks the combined output.
-async fn go_example(backend: BackendKind) -> anyhow::Result<()> {
-    let Some(server) = tokio::task::spawn_blocking(move || Server::start(backend)).await? else {
-        return Ok(()); // the server's binary is missing outside CI
-    };
-    let url = server.url_via(server.port());
-    let ttl = humantime::format_duration(backend.test_ttl()).to_string();
+/// Runs the example against the server at `url`, with lease TTL `ttl`, and checks the
+/// combined output.
+async fn go_example(url: &str, ttl: Duration) -> anyhow::Result<()> {
+    let ttl = humantime::format_duration(ttl).to_string();
     // One pipe for both, as the Go test's shared buffer: lines land in the order they
     // were written.
     let (mut output, writer) = std::io::pipe()?;
@@ -26,7 +22,7 @@ async fn go_example(backend: BackendKind) -> anyhow::Result<()> {
     for _ in 0..2 {
         members.push(
             Command::new(env!("CARGO_BIN_EXE_member"))
-                .args(["--backend", &url, "--name", "task", "--ttl", &ttl])
+                .args(["--backend", url, "--name", "task", "--ttl", &ttl])
                 .args(["--step", "100ms", "--steps", "3", "--format", "go"])
                 .args(["--exit-with-stdin", "true"])
                 .stdin(Stdio::piped())
@@ -54,27 +50,44 @@ async fn go_example(backend: BackendKind) -> anyhow::Result<()> {
         "task run 0\ntask run 1\ntask run 2\n".repeat(2),
         "each member runs the task three times, one member after the other"
     );
-    drop(server);
     Ok(())
 }
 
-/// The example on `$backend`, in module `$module`.
+/// The example on the server `$start` starts (skipped when its binary is missing outside
+/// CI), with lease TTL `$ttl`, in module `$module`.
 macro_rules! go_example_test {
-    ($module:ident, $backend:expr) => {
+    ($module:ident, $start:expr, $ttl:expr) => {
         mod $module {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn two_members_print_task_run_0_1_2_each_one_after_the_other()
             -> anyhow::Result<()> {
-                go_example($backend).await
+                let Some(server) = tokio::task::spawn_blocking(|| $start).await? else {
+                    return Ok(()); // the server's binary is missing outside CI
+                };
+                go_example(&server.url(), $ttl).await
             }
         }
     };
 }
 
-go_example_test!(redis, BackendKind::Redis);
+#[cfg(feature = "redis")]
+go_example_test!(
+    redis,
+    leasehold_conformance::servers::RedisServer::start(),
+    Duration::from_secs(1)
+);
+// etcd's minimum TTL with its default election timeout.
 #[cfg(feature = "etcd")]
-go_example_test!(etcd, BackendKind::Etcd);
+go_example_test!(
+    etcd,
+    leasehold_conformance::servers::EtcdServer::start(),
+    Duration::from_secs(2)
+);
 #[cfg(feature = "postgres")]
-go_example_test!(postgres, BackendKind::Postgres);
+go_example_test!(
+    postgres,
+    leasehold_conformance::servers::PostgresServer::start(),
+    Duration::from_secs(1)
+);

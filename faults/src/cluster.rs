@@ -24,7 +24,7 @@ use super::server::{BackendKind, RedisUser, Server};
 /// How to run a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The `member` program (in tests: `env!("CARGO_BIN_EXE_member")`).
+    /// The `member` program (in tests: `env!("CARGO_BIN_EXE_faults-member")`).
     pub member_exe: PathBuf,
     /// Which server to start.
     pub backend: BackendKind,

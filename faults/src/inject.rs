@@ -131,7 +131,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starves `member`, which holds `token`, of CPU (`SIGUSR1`, see [`crate::starve`]) and
+    /// Starves `member`, which holds `token`, of CPU (`SIGUSR1`, see `leasehold_examples::starve`) and
     /// cuts its network, until [`Cluster::restore_and_feed`].
     ///
     /// # Errors

@@ -1,4 +1,5 @@
-//! A fault-injection harness for clusters of `member` processes.
+//! A fault-injection harness for clusters of `member` processes (the `member` example of
+//! `leasehold-examples`, built by this package as `faults-member`).
 //!
 //! [`Cluster`] starts a throwaway server ([`Server`]: Redis, etcd or PostgreSQL), N
 //! `member` processes, and a TCP [`Proxy`] between each member and the server, so one
@@ -29,10 +30,10 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use leasehold_examples::faults::{BackendKind, Bounds, Cluster, ClusterConfig, FaultKind};
-//! use leasehold_examples::faults::scenario::{inject, judge};
+//! use leasehold_faults::{BackendKind, Bounds, Cluster, ClusterConfig, FaultKind};
+//! use leasehold_faults::scenario::{inject, judge};
 //!
-//! let config = ClusterConfig::new("target/debug/member", BackendKind::Redis);
+//! let config = ClusterConfig::new("target/debug/faults-member", BackendKind::Redis);
 //! let step = config.step;
 //! let Some(mut cluster) = Cluster::start(config).await? else { return Ok(()) };
 //! inject(&mut cluster, FaultKind::Kill).await?;

@@ -13,7 +13,7 @@ pub type Mono = u64;
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 pub fn now() -> Mono {
-    u64::try_from(crate::member::mono_ns()).unwrap_or(u64::MAX)
+    u64::try_from(leasehold_examples::member::mono_ns()).unwrap_or(u64::MAX)
 }
 
 /// The time from `from` to `to` (zero if `to` is earlier).

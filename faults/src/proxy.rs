@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// use leasehold_examples::faults::Proxy;
+/// use leasehold_faults::Proxy;
 ///
 /// let proxy = Proxy::start(6379).await?; // in front of a Redis on port 6379
 /// let url = format!("redis://127.0.0.1:{}", proxy.port());

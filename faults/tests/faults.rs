@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use leasehold_examples::faults::checker::ms;
-use leasehold_examples::faults::scenario::{self, judge};
-use leasehold_examples::faults::{
+use leasehold_faults::checker::ms;
+use leasehold_faults::scenario::{self, judge};
+use leasehold_faults::{
     BackendKind, Bounds, Cluster, ClusterConfig, EventKind, FaultKind, RedisUser,
 };
 
@@ -25,7 +25,7 @@ const GAP_TOLERANCE: Duration = Duration::from_millis(5);
 /// Runs `kind` against a fresh cluster on `backend` and asserts the bounds.
 async fn fault(backend: BackendKind, kind: FaultKind) -> anyhow::Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
-    let config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), backend);
+    let config = ClusterConfig::new(env!("CARGO_BIN_EXE_faults-member"), backend);
     let step = config.step;
     let Some(mut cluster) = Cluster::start(config).await? else {
         return Ok(()); // the server's binary is missing outside CI
@@ -107,7 +107,7 @@ async fn fault(backend: BackendKind, kind: FaultKind) -> anyhow::Result<()> {
 async fn graceful_handover_after_separate_server_outages_is_still_well_under_the_ttl()
 -> anyhow::Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
-    let config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), BackendKind::Redis);
+    let config = ClusterConfig::new(env!("CARGO_BIN_EXE_faults-member"), BackendKind::Redis);
     let step = config.step;
     let Some(mut cluster) = Cluster::start(config).await? else {
         return Ok(());
@@ -150,7 +150,7 @@ async fn graceful_handover_after_separate_server_outages_is_still_well_under_the
 /// crash as on any cluster; the server's command counts show nobody spun.
 async fn members_without_channel_permissions() -> anyhow::Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
-    let mut config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), BackendKind::Redis);
+    let mut config = ClusterConfig::new(env!("CARGO_BIN_EXE_faults-member"), BackendKind::Redis);
     config.redis_user = RedisUser::WithoutChannels;
     let step = config.step;
     let Some(mut cluster) = Cluster::start(config).await? else {

@@ -3,9 +3,9 @@
 //! `FAULTS.md` at the repository root.
 //!
 //! ```text
-//! cargo test -p leasehold-examples --test faults_random -- --ignored --nocapture
+//! cargo test -p leasehold-faults --test faults_random -- --ignored --nocapture
 //! ROUTINE_FAULTS_MINUTES=10 ROUTINE_FAULTS_SEED=42 ROUTINE_FAULTS_BACKENDS=etcd,postgres \
-//!     cargo test -p leasehold-examples --test faults_random -- --ignored --nocapture
+//!     cargo test -p leasehold-faults --test faults_random -- --ignored --nocapture
 //! ```
 //!
 //! A seed fixes the order of faults and of the steps between them on each backend (how
@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use leasehold_examples::faults::soak::{self, SoakResult};
-use leasehold_examples::faults::{BackendKind, ClusterConfig};
+use leasehold_faults::soak::{self, SoakResult};
+use leasehold_faults::{BackendKind, ClusterConfig};
 use rand::SeedableRng as _;
 
 /// As in the per-fault tests: no time without a holder outside fault windows.
@@ -48,7 +48,7 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
         // One generator per backend, so the order on one does not depend on how many
         // faults fitted into the time on another.
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(index as u64));
-        let config = ClusterConfig::new(env!("CARGO_BIN_EXE_member"), backend);
+        let config = ClusterConfig::new(env!("CARGO_BIN_EXE_faults-member"), backend);
         let duration = Duration::from_secs(minutes * 60);
         if let Some(result) = soak::soak(config, duration, GAP_TOLERANCE, &mut rng).await? {
             println!("{}: {}", backend.name(), result.report.summary());
@@ -62,12 +62,12 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
     let written = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let text = format!(
         "# Fault injection: latest randomized run\n\n\
-         Written by `cargo test -p leasehold-examples --test faults_random -- --ignored` \
+         Written by `cargo test -p leasehold-faults --test faults_random -- --ignored` \
          ({written}, seed {seed}, `ROUTINE_FAULTS_MINUTES={minutes}`). Each backend runs \
          one cluster of three `member` processes, each behind its own TCP proxy, with \
          50 ms work steps; faults are drawn at random from those valid for the \
          backend and each is held until it has played out (see \
-         `examples/src/faults/`). Takeover is measured from the fault to the next \
+         `faults/`). Takeover is measured from the fault to the next \
          `acquired` for faults that end the holder's lease, and from the fault's end \
          (the server back, the last cancel, the old password back) to the first step \
          under a live lease for server faults, cancelled statements and rotated \

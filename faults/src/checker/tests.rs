@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::faults::log::FaultKind;
+use crate::log::FaultKind;
 
 const TTL: Duration = Duration::from_secs(1);
 
