@@ -18,7 +18,7 @@ use crate::{Error, Lease, Result};
 
 /// How one lease's part in a batched refresh starts: [`BatchRefresh::start_refresh`].
 #[derive(Debug)]
-pub enum Started<P> {
+pub enum RefreshStart<P> {
     /// Queued for the batched call; `P` is what that call needs for this lease.
     Queued(P),
     /// Answered without asking the server (the lease was released or is known lost, the
@@ -42,6 +42,109 @@ pub enum Started<P> {
 /// queued, under [`refresh_timeout`](Self::refresh_timeout), then
 /// [`finish_refresh`](Self::finish_refresh) for each answer. The lease contract is the
 /// backend's to keep: the batched request must be sent after `refresh_batched` was called.
+///
+/// # Examples
+///
+/// A backend whose server extends many keys in one request:
+///
+/// ```
+/// use std::any::Any;
+/// use std::time::Duration;
+/// use async_trait::async_trait;
+/// use leasehold_core::{
+///     BatchRefresh, BatchRefreshExt, Capabilities, Error, FencingToken, Lease, LockBackend,
+///     LockKey, RefreshStart, Result,
+/// };
+///
+/// #[derive(Debug)]
+/// pub struct KvBackend;
+///
+/// #[derive(Debug)]
+/// struct KvLease {
+///     key: LockKey,
+/// }
+///
+/// /// The backend as the skeleton sees it; private, like `KvLease`.
+/// struct Batched<'a>(&'a KvBackend);
+///
+/// impl BatchRefresh for Batched<'_> {
+///     const BACKEND: &'static str = "kv";
+///     type Lease = KvLease;
+///     type Pending = String;
+///     type Answer = bool;
+///
+///     fn owns(&self, _lease: &KvLease) -> bool {
+///         true // compare connections here
+///     }
+///
+///     fn refresh_timeout(&self, ttl: Duration) -> Duration {
+///         ttl / 2
+///     }
+///
+///     fn start_refresh(&self, lease: &mut KvLease, _ttl: Duration) -> RefreshStart<String> {
+///         RefreshStart::Queued(lease.key.to_string())
+///     }
+///
+///     async fn send_refreshes(&self, keys: Vec<String>, _ttl: Duration) -> Vec<bool> {
+///         // One request that extends every key still ours, one answer per key.
+///         keys.iter().map(|_| true).collect()
+///     }
+///
+///     fn finish_refresh(&self, lease: &mut KvLease, extended: bool, _: Duration) -> Result<()> {
+///         if extended { Ok(()) } else { Err(Error::lost(&lease.key)) }
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl LockBackend for KvBackend {
+///     fn name(&self) -> &'static str {
+///         "kv"
+///     }
+///     fn capabilities(&self) -> Capabilities {
+///         Capabilities::new()
+///     }
+///     async fn try_acquire(&self, key: &LockKey, _: Duration) -> Result<Option<Box<dyn Lease>>> {
+///         Ok(Some(Box::new(KvLease { key: key.clone() })))
+///     }
+///     async fn released(&self, _key: &LockKey) -> Result<()> {
+///         std::future::pending().await
+///     }
+///     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration)
+///         -> Vec<Result<()>> {
+///         Batched(self).refresh_batched(leases, ttl).await
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl Lease for KvLease {
+///     fn key(&self) -> &LockKey {
+///         &self.key
+///     }
+///     fn fencing_token(&self) -> FencingToken {
+///         FencingToken::new(1)
+///     }
+///     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+///         Some(self) // lets `refresh_batched` recognise the lease
+///     }
+///     async fn refresh(&mut self, _ttl: Duration) -> Result<()> {
+///         Ok(())
+///     }
+///     async fn release(&mut self) -> Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+/// let backend = KvBackend;
+/// let ttl = Duration::from_secs(10);
+/// let mut leases = Vec::new();
+/// for name in ["a", "b"] {
+///     leases.push(backend.try_acquire(&LockKey::new(name)?, ttl).await?.expect("free"));
+/// }
+/// let results = backend.refresh_many(&mut leases, ttl).await;
+/// assert!(results.iter().all(Result::is_ok));
+/// # Ok(()) }
+/// ```
 pub trait BatchRefresh: Send + Sync {
     /// The backend's name, as [`LockBackend::name`](crate::LockBackend::name) gives it: the
     /// `backend` of the [`Error::Timeout`] a batch that runs out of time reports.
@@ -66,7 +169,7 @@ pub trait BatchRefresh: Send + Sync {
     fn refresh_timeout(&self, ttl: Duration) -> Duration;
 
     /// Starts the refresh of one of this backend's leases to `ttl` without waiting.
-    fn start_refresh(&self, lease: &mut Self::Lease, ttl: Duration) -> Started<Self::Pending>;
+    fn start_refresh(&self, lease: &mut Self::Lease, ttl: Duration) -> RefreshStart<Self::Pending>;
 
     /// The batched call: answers every queued lease, one answer per element of `pending`,
     /// in the same order. A lease left without an answer (a shorter result) is refreshed on
@@ -96,8 +199,8 @@ pub trait BatchRefreshExt: BatchRefresh {
     /// order, as [`LockBackend::refresh_many`](crate::LockBackend::refresh_many) must:
     /// this backend's own leases in one [`BatchRefresh::send_refreshes`] call under one
     /// [`BatchRefresh::refresh_timeout`], every other lease (another backend's, another
-    /// instance's, or one [`BatchRefresh::start_refresh`] left [`Started::Alone`]) with its
-    /// own [`Lease::refresh`].
+    /// instance's, or one [`BatchRefresh::start_refresh`] left [`RefreshStart::Alone`])
+    /// with its own [`Lease::refresh`].
     ///
     /// # Errors
     ///
@@ -123,12 +226,12 @@ pub trait BatchRefreshExt: BatchRefresh {
                     continue;
                 };
                 match self.start_refresh(lease, ttl) {
-                    Started::Queued(one) => {
+                    RefreshStart::Queued(one) => {
                         queued.push(index);
                         pending.push(one);
                     }
-                    Started::Done(result) => results[index] = Some(result),
-                    Started::Alone => {}
+                    RefreshStart::Done(result) => results[index] = Some(result),
+                    RefreshStart::Alone => {}
                 }
             }
             if !pending.is_empty() {

@@ -31,7 +31,7 @@ mod key;
 mod memory;
 
 pub use backend::{Lease, LockBackend};
-pub use batch::{BatchRefresh, BatchRefreshExt, Started, refresh_rest};
+pub use batch::{BatchRefresh, BatchRefreshExt, RefreshStart, refresh_rest};
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use fencing::FencingToken;

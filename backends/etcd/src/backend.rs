@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use etcd_client::{GetOptions, TxnOpResponse};
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, Result, Started,
+    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, RefreshStart, Result,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -448,7 +448,7 @@ impl BatchRefresh for Batched<'_> {
         self.0.operation_timeout(ttl)
     }
 
-    fn start_refresh(&self, lease: &mut EtcdLease, ttl: Duration) -> Started<Self::Pending> {
+    fn start_refresh(&self, lease: &mut EtcdLease, ttl: Duration) -> RefreshStart<Self::Pending> {
         lease.start_refresh(ttl)
     }
 

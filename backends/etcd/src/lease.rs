@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use leasehold_core::{Error, FencingToken, Lease, LockKey, Result, Started};
+use leasehold_core::{Error, FencingToken, Lease, LockKey, RefreshStart, Result};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -112,24 +112,24 @@ impl EtcdLease {
     /// The first half of a batched refresh (see `EtcdBackend::refresh_many`): queues the
     /// keep-alive and key check of a refresh to `ttl` with the session task without
     /// waiting. A key that must move to a session with a longer TTL is left
-    /// [`Started::Alone`], to be refreshed on its own.
-    pub(crate) fn start_refresh(&self, ttl: Duration) -> Started<oneshot::Receiver<Answer>> {
+    /// [`RefreshStart::Alone`], to be refreshed on its own.
+    pub(crate) fn start_refresh(&self, ttl: Duration) -> RefreshStart<oneshot::Receiver<Answer>> {
         let secs = match self.backend.lease_seconds(ttl) {
             Ok(secs) => secs,
-            Err(error) => return Started::Done(Err(error)),
+            Err(error) => return RefreshStart::Done(Err(error)),
         };
         if self.released || self.session.is_lost() {
-            return Started::Done(Err(Error::lost(&self.key)));
+            return RefreshStart::Done(Err(Error::lost(&self.key)));
         }
         if Duration::from_secs(secs.unsigned_abs()) > self.session.ttl() {
-            return Started::Alone;
+            return RefreshStart::Alone;
         }
         match self
             .session
             .send_confirm(self.etcd_key.clone(), self.create_revision)
         {
-            Ok(answer) => Started::Queued(answer),
-            Err(answer) => Started::Done(self.finish_refresh(Ok(answer), Duration::ZERO)),
+            Ok(answer) => RefreshStart::Queued(answer),
+            Err(answer) => RefreshStart::Done(self.finish_refresh(Ok(answer), Duration::ZERO)),
         }
     }
 

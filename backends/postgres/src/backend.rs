@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, Result, Started,
+    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, RefreshStart, Result,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -207,10 +207,14 @@ impl BatchRefresh for Batched<'_> {
         self.0.inner.settings.timeout_for(ttl)
     }
 
-    fn start_refresh(&self, lease: &mut PostgresLease, ttl: Duration) -> Started<Self::Pending> {
+    fn start_refresh(
+        &self,
+        lease: &mut PostgresLease,
+        ttl: Duration,
+    ) -> RefreshStart<Self::Pending> {
         match lease.send_refresh(ttl) {
-            Ok(answer) => Started::Queued(answer),
-            Err(error) => Started::Done(Err(error)),
+            Ok(answer) => RefreshStart::Queued(answer),
+            Err(error) => RefreshStart::Done(Err(error)),
         }
     }
 

@@ -240,7 +240,9 @@ impl ListenerTask {
                         self.status.send_replace(Status::Up);
                         self.wake_all();
                     }
-                    Err(err) => self.down(format!("cannot reconnect the listener: {err}")),
+                    Err(err) => {
+                        self.down(format!("cannot reconnect the listener: {}", err.chain()))
+                    }
                 },
             }
         }

@@ -79,7 +79,7 @@ impl Drop for Attempt {
                 Ok(_) => {}
                 Err(err) => tracing::debug!(
                     key = %lock,
-                    error = %err,
+                    error = %err.chain(),
                     "could not undo an unanswered acquire; its TTL ends it"
                 ),
             }

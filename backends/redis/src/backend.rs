@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::{
     BatchRefresh, BatchRefreshExt, Capabilities, Error, FencingToken, Lease, LockBackend, LockKey,
-    Result, Started,
+    RefreshStart, Result,
 };
 
 use crate::RedisBackendBuilder;
@@ -300,14 +300,14 @@ impl BatchRefresh for Batched<'_> {
         self.0.inner.lease_limit(ttl)
     }
 
-    fn start_refresh(&self, lease: &mut RedisLease, ttl: Duration) -> Started<Self::Pending> {
+    fn start_refresh(&self, lease: &mut RedisLease, ttl: Duration) -> RefreshStart<Self::Pending> {
         if let Err(error) = ttl_millis(ttl) {
-            return Started::Done(Err(error));
+            return RefreshStart::Done(Err(error));
         }
         if !lease.is_held() {
-            return Started::Done(Err(Error::lost(lease.key())));
+            return RefreshStart::Done(Err(Error::lost(lease.key())));
         }
-        Started::Queued(lease.claim().clone())
+        RefreshStart::Queued(lease.claim().clone())
     }
 
     async fn send_refreshes(

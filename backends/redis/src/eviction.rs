@@ -31,7 +31,7 @@ pub(crate) async fn check(conn: &Connection, settings: &Settings) -> Result<()> 
     let policy = match reply.map(<[String; 2]>::try_from) {
         Ok(Ok([_, policy])) => policy,
         Ok(Err(reply)) => return not_checked(settings, &format!("unexpected reply {reply:?}")),
-        Err(err) => return not_checked(settings, &err),
+        Err(err) => return not_checked(settings, &err.chain()),
     };
     if policy == SAFE_POLICY {
         return Ok(());

@@ -91,7 +91,7 @@ impl Notifier {
             .map(|s| s.clone());
         if let Ok(Status::Failed(err)) = outcome {
             tracing::warn!(
-                error = %err,
+                error = %err.chain(),
                 "redis release notifications unavailable; waiters fall back to polling"
             );
         }
@@ -206,7 +206,7 @@ impl Shared {
     }
 
     fn fail(&self, err: Error) {
-        tracing::debug!(error = %err, "redis release notifications down");
+        tracing::debug!(error = %err.chain(), "redis release notifications down");
         self.status.send_replace(Status::Failed(Arc::new(err)));
     }
 

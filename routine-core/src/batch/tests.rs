@@ -111,13 +111,13 @@ impl BatchRefresh for Batcher {
         ttl / 2
     }
 
-    fn start_refresh(&self, lease: &mut BatchLease, _ttl: Duration) -> Started<LockKey> {
+    fn start_refresh(&self, lease: &mut BatchLease, _ttl: Duration) -> RefreshStart<LockKey> {
         if lease.released {
-            Started::Done(Err(Error::lost(&lease.key)))
+            RefreshStart::Done(Err(Error::lost(&lease.key)))
         } else if lease.alone {
-            Started::Alone
+            RefreshStart::Alone
         } else {
-            Started::Queued(lease.key.clone())
+            RefreshStart::Queued(lease.key.clone())
         }
     }
 
