@@ -102,12 +102,12 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     ///
     /// The leases normally came from this backend, but a backend must not assume it: one
     /// it does not recognise (see [`Lease::as_any_mut`]) is refreshed with its own
-    /// [`Lease::refresh`]. A backend that batches implements
-    /// [`BatchRefresh`](crate::BatchRefresh) and overrides this with
-    /// [`refresh_batched`](crate::BatchRefreshExt::refresh_batched), which does that (and
-    /// the rest of the bookkeeping) for it. The default refreshes every lease that way,
-    /// concurrently, which is correct for every backend and as cheap as refreshing them one
-    /// at a time.
+    /// [`Lease::refresh`]. The default refreshes every lease that way, concurrently, which
+    /// is correct for every backend and as cheap as refreshing them one at a time. A
+    /// backend that can batch implements [`BatchRefresh`](crate::BatchRefresh) and
+    /// overrides this with [`refresh_batched`](crate::BatchRefreshExt::refresh_batched),
+    /// which does the bookkeeping: picking out its own leases, one timeout for the batch,
+    /// a result per lease in order, and the other leases refreshed on their own.
     ///
     /// # Errors
     ///
@@ -139,8 +139,8 @@ pub trait Lease: fmt::Debug + Send + Sync {
 
     /// This lease as [`Any`], so that the backend that made it can recognise it in
     /// [`LockBackend::refresh_many`] and batch its refresh with others. The default,
-    /// `None`, means "refresh me with [`Lease::refresh`]"; a backend that overrides
-    /// `refresh_many` returns `Some(self)`.
+    /// `None`, means "refresh me with [`Lease::refresh`]"; a backend that batches
+    /// (see [`BatchRefresh`](crate::BatchRefresh)) returns `Some(self)`.
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None
     }
