@@ -65,9 +65,9 @@ pub(crate) async fn member(backend: &str, name: &str, ttl: Duration) -> Result<(
     watch_stdin(|_| {});
     let backend = leasehold::connect(backend).await?;
     let runner = Runner::builder()
-        .shared_backend(backend)
-        .lease_ttl(ttl)
-        .handle_signals(true)
+        .with_shared_backend(backend)
+        .with_lease_ttl(ttl)
+        .with_signal_handling(true)
         .build()?;
     let mut events = runner.subscribe();
     let printer = tokio::spawn(async move {
@@ -137,9 +137,9 @@ pub(crate) async fn hold(backend: &str, prefix: &str, routines: u64, ttl: Durati
     let started = std::time::Instant::now();
     let backend = leasehold::connect(backend).await?;
     let runner = Runner::builder()
-        .shared_backend(backend)
-        .lease_ttl(ttl)
-        .handle_signals(false)
+        .with_shared_backend(backend)
+        .with_lease_ttl(ttl)
+        .with_signal_handling(false)
         .build()?;
     let all_running = Arc::new(Notify::new());
     for i in 0..routines {

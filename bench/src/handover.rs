@@ -115,9 +115,9 @@ pub(crate) fn memory_member(
     ttl: Duration,
 ) -> Result<(Runner, tokio::sync::broadcast::Receiver<leasehold::Event>)> {
     let runner = Runner::builder()
-        .backend(backend.clone())
-        .lease_ttl(ttl)
-        .handle_signals(false)
+        .with_backend(backend.clone())
+        .with_lease_ttl(ttl)
+        .with_signal_handling(false)
         .build()?;
     let events = runner.subscribe();
     let _handle = runner.run_named(

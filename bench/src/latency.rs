@@ -168,9 +168,9 @@ async fn runner_round_trip(runner: &Runner, name: &str) -> Result<()> {
 pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latency> {
     let backend = leasehold::connect(&target.url()).await?;
     let runner = Runner::builder()
-        .shared_backend(Arc::clone(&backend))
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_shared_backend(Arc::clone(&backend))
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()?;
     let mut floor = Floor::connect(target).await?;
     let key = LockKey::new("bench-latency")?;

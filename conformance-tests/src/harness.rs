@@ -112,9 +112,9 @@ impl Harness {
     /// A runner on `backend` with [`Harness::runner_ttl`] and no signal handlers.
     pub fn runner_on(&self, backend: Arc<dyn LockBackend>) -> Runner {
         Runner::builder()
-            .shared_backend(backend)
-            .lease_ttl(self.runner_ttl())
-            .handle_signals(false)
+            .with_shared_backend(backend)
+            .with_lease_ttl(self.runner_ttl())
+            .with_signal_handling(false)
             .build()
             .unwrap_or_else(|err| panic!("runner for conformance must build: {err}"))
     }

@@ -101,9 +101,9 @@ pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
 pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()> {
     let backend = leasehold::connect(&config.backend).await?;
     let runner = Runner::builder()
-        .shared_backend(backend)
-        .lease_ttl(config.ttl)
-        .handle_signals(true)
+        .with_shared_backend(backend)
+        .with_lease_ttl(config.ttl)
+        .with_signal_handling(true)
         .build()?;
     // Nothing wakes the routine through `work` until SIGUSR1 (see `crate::starve`).
     let work = crate::starve::Work::default();

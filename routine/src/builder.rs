@@ -35,9 +35,9 @@ use crate::runner::Runner;
 /// use leasehold::{MemoryBackend, Runner};
 ///
 /// let runner = Runner::builder()
-///     .backend(MemoryBackend::new())
-///     .lease_ttl(Duration::from_secs(10))
-///     .handle_signals(false)
+///     .with_backend(MemoryBackend::new())
+///     .with_lease_ttl(Duration::from_secs(10))
+///     .with_signal_handling(false)
 ///     .build()
 ///     .unwrap();
 /// assert_eq!(runner.config().retry_interval, Duration::from_secs(2));
@@ -61,10 +61,10 @@ pub struct RunnerBuilder {
 }
 
 macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+    ($($(#[$doc:meta])* $setter:ident => $field:ident;)*) => {$(
         $(#[$doc])*
-        pub fn $name(mut self, value: Duration) -> Self {
-            self.$name = Some(value);
+        pub fn $setter(mut self, value: Duration) -> Self {
+            self.$field = Some(value);
             self
         }
     )*};
@@ -72,13 +72,13 @@ macro_rules! setters {
 
 impl RunnerBuilder {
     /// The lease backend shared by the runner's named routines.
-    pub fn backend(mut self, backend: impl LockBackend) -> Self {
+    pub fn with_backend(mut self, backend: impl LockBackend) -> Self {
         self.backend = Some(BackendSlot::Ready(Arc::new(backend)));
         self
     }
 
-    /// Like [`RunnerBuilder::backend`], for a backend already behind an `Arc`.
-    pub fn shared_backend(mut self, backend: Arc<dyn LockBackend>) -> Self {
+    /// Like [`RunnerBuilder::with_backend`], for a backend already behind an `Arc`.
+    pub fn with_shared_backend(mut self, backend: Arc<dyn LockBackend>) -> Self {
         self.backend = Some(BackendSlot::Ready(backend));
         self
     }
@@ -92,11 +92,11 @@ impl RunnerBuilder {
     /// [`Error::Config`] naming `ROUTINE_BACKEND_URL`.
     ///
     /// ```
-    /// let runner = leasehold::Runner::builder().backend_url("memory://").build();
+    /// let runner = leasehold::Runner::builder().with_backend_url("memory://").build();
     /// assert!(runner.is_ok());
-    /// assert!(leasehold::Runner::builder().backend_url("ftp://x").build().is_err());
+    /// assert!(leasehold::Runner::builder().with_backend_url("ftp://x").build().is_err());
     /// ```
-    pub fn backend_url(mut self, url: impl Into<String>) -> Self {
+    pub fn with_backend_url(mut self, url: impl Into<String>) -> Self {
         match crate::env::lazy_backend(url.into(), "backend_url") {
             Ok(slot) => self.backend = Some(slot),
             Err(error) => self.error = Some(error),
@@ -111,27 +111,27 @@ impl RunnerBuilder {
 
     setters! {
         /// How long a lease lasts without refresh (default 5 s).
-        lease_ttl;
+        with_lease_ttl => lease_ttl;
         /// How often a held lease is refreshed (default TTL / 5).
-        refresh_interval;
+        with_refresh_interval => refresh_interval;
         /// Wait between attempts without a release notification, and before restarting a
         /// routine that returned (default TTL / 5).
-        retry_interval;
+        with_retry_interval => retry_interval;
         /// Margin subtracted from the lease's expiry for the local deadline (default TTL / 10).
-        safety_margin;
+        with_safety_margin => safety_margin;
         /// Time between cancelling the routine's context and dropping it when the lease
         /// cannot be refreshed (default TTL / 5).
-        grace_period;
+        with_grace_period => grace_period;
         /// First wait after a panic or backend error (default TTL / 5).
-        backoff_min;
+        with_backoff_min => backoff_min;
         /// Longest wait after repeated panics or backend errors (default 10 min).
-        backoff_max;
+        with_backoff_max => backoff_max;
         /// Timeout of an acquire request (default TTL / 2).
-        request_timeout;
+        with_request_timeout => request_timeout;
         /// Timeout of a release request (default 2 s).
-        release_timeout;
+        with_release_timeout => release_timeout;
         /// How long shutdown waits for routines before dropping them (default 10 s).
-        drain_timeout;
+        with_drain_timeout => drain_timeout;
     }
 
     /// Whether SIGINT and SIGTERM shut the runner down (default `true`; needs the
@@ -142,7 +142,7 @@ impl RunnerBuilder {
     /// drain at once. Once the runner has shut down, a further signal has its default
     /// effect and ends the process. An application that handles these signals itself
     /// should turn this off and call [`Runner::shutdown`].
-    pub fn handle_signals(mut self, yes: bool) -> Self {
+    pub fn with_signal_handling(mut self, yes: bool) -> Self {
         self.handle_signals = Some(yes);
         self
     }

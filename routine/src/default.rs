@@ -53,7 +53,7 @@ fn build_default() -> Runner {
     match (ttl_from_env(&process_env), backend_from_env(&process_env)) {
         (Ok(ttl), Ok(backend)) => {
             if let Some(ttl) = ttl {
-                builder = builder.lease_ttl(ttl);
+                builder = builder.with_lease_ttl(ttl);
             }
             if !matches!(backend, EnvBackend::None) {
                 builder = builder.backend_slot(backend.into_lazy_slot());

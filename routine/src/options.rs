@@ -11,7 +11,7 @@
 /// use leasehold::RunOptions;
 ///
 /// let options = RunOptions::keep_running_one_instance();
-/// assert_eq!(options, RunOptions::singleton());
+/// assert_eq!(options, RunOptions::keep_running_one_instance());
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunOptions {
@@ -50,11 +50,6 @@ impl RunOptions {
         Self {
             mode: Mode::KeepRunning,
         }
-    }
-
-    /// Short alias of [`RunOptions::keep_running_one_instance`].
-    pub fn singleton() -> Self {
-        Self::keep_running_one_instance()
     }
 
     /// Waits for the name's lease, runs the routine once under it, then releases it.

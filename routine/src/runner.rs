@@ -29,7 +29,7 @@ static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
 ///
 /// A runner is cheap to clone (clones share everything). It needs a tokio runtime to
 /// start routines. Named routines with a lease need a backend
-/// ([`Runner::with_backend`], [`RunnerBuilder::backend`]); plain ones do not.
+/// ([`Runner::with_backend`], [`RunnerBuilder::with_backend`]); plain ones do not.
 ///
 /// # Examples
 ///
@@ -167,7 +167,7 @@ impl Runner {
                 let Some(backend) = self.backend.clone() else {
                     return fail(Error::config(
                         "backend",
-                        "no lease backend configured: use Runner::builder().backend(..) \
+                        "no lease backend configured: use Runner::builder().with_backend(..) \
                          or set ROUTINE_BACKEND_URL for the default runner",
                     ));
                 };

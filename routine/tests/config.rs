@@ -7,8 +7,8 @@ use leasehold::{Error, MemoryBackend, Outcome, RunOptions, Runner};
 #[test]
 fn a_zero_ttl_is_rejected() {
     let err = Runner::builder()
-        .backend(MemoryBackend::new())
-        .lease_ttl(Duration::ZERO)
+        .with_backend(MemoryBackend::new())
+        .with_lease_ttl(Duration::ZERO)
         .build()
         .unwrap_err();
     assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
@@ -18,8 +18,8 @@ fn a_zero_ttl_is_rejected() {
 fn a_ttl_too_short_to_derive_the_timing_from_is_a_ttl_error() {
     for ttl in [Duration::from_nanos(1), Duration::from_nanos(4)] {
         let err = Runner::builder()
-            .backend(MemoryBackend::new())
-            .lease_ttl(ttl)
+            .with_backend(MemoryBackend::new())
+            .with_lease_ttl(ttl)
             .build()
             .unwrap_err();
         assert!(
@@ -36,8 +36,8 @@ fn a_ttl_above_the_backends_maximum_is_rejected() {
     let max = leasehold::LockBackend::capabilities(&backend).max_ttl;
     if let Some(too_long) = max.checked_add(Duration::from_secs(1)) {
         let err = Runner::builder()
-            .backend(backend)
-            .lease_ttl(too_long)
+            .with_backend(backend)
+            .with_lease_ttl(too_long)
             .build()
             .unwrap_err();
         assert!(matches!(err, Error::InvalidTtl { .. }), "got {err:?}");
@@ -50,9 +50,9 @@ async fn a_lazily_connected_backend_checks_the_runners_ttl_against_its_limits() 
     // routine must then fail with the TTL error rather than retry for ever.
     let too_long = Duration::from_secs(200 * 365 * 24 * 60 * 60);
     let runner = Runner::builder()
-        .backend_url("memory://")
-        .lease_ttl(too_long)
-        .handle_signals(false)
+        .with_backend_url("memory://")
+        .with_lease_ttl(too_long)
+        .with_signal_handling(false)
         .build()
         .expect("the builder accepts the TTL before it knows the backend");
     let handle = runner.run_named(
@@ -73,9 +73,9 @@ async fn a_lazily_connected_backend_checks_the_runners_ttl_against_its_limits() 
 #[test]
 fn a_refresh_interval_too_long_for_the_ttl_names_the_setting() {
     let err = Runner::builder()
-        .backend(MemoryBackend::new())
-        .lease_ttl(Duration::from_secs(5))
-        .refresh_interval(Duration::from_secs(4))
+        .with_backend(MemoryBackend::new())
+        .with_lease_ttl(Duration::from_secs(5))
+        .with_refresh_interval(Duration::from_secs(4))
         .build()
         .unwrap_err();
     assert!(
@@ -87,8 +87,8 @@ fn a_refresh_interval_too_long_for_the_ttl_names_the_setting() {
 #[test]
 fn defaults_follow_the_ttl_as_in_go() {
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .lease_ttl(Duration::from_secs(10))
+        .with_backend(MemoryBackend::new())
+        .with_lease_ttl(Duration::from_secs(10))
         .build()
         .unwrap();
     let config = runner.config();
@@ -112,7 +112,7 @@ async fn invalid_names_fail_the_routine_with_the_reason() {
         ("a\nb", "control character"),
         (&*"x".repeat(500), "500 bytes"),
     ] {
-        let handle = runner.run_named(name, |_| async {}, RunOptions::singleton());
+        let handle = runner.run_named(name, |_| async {}, RunOptions::keep_running_one_instance());
         match handle.join().await {
             Outcome::Failed(error) => {
                 assert!(matches!(*error, Error::InvalidName { .. }), "{error:?}");
@@ -126,7 +126,7 @@ async fn invalid_names_fail_the_routine_with_the_reason() {
 #[tokio::test]
 async fn a_leased_routine_without_a_backend_fails_clearly() {
     let runner = Runner::without_backend();
-    let handle = runner.run_named("job", |_| async {}, RunOptions::singleton());
+    let handle = runner.run_named("job", |_| async {}, RunOptions::keep_running_one_instance());
     match handle.join().await {
         Outcome::Failed(error) => {
             assert!(error.to_string().contains("no lease backend"), "{error}")

@@ -94,7 +94,7 @@ async fn a_routine_that_cancels_its_own_context_returns_and_restarts_after_the_r
                 let _ = tx.send(ctx.cancel_reason());
             }
         },
-        RunOptions::singleton(),
+        RunOptions::keep_running_one_instance(),
     );
     let mut starts = Vec::new();
     let mut lost = 0;

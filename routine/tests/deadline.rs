@@ -55,9 +55,9 @@ impl Busy {
 
 fn runner(backend: &MemoryBackend) -> Runner {
     Runner::builder()
-        .backend(backend.clone())
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_backend(backend.clone())
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .unwrap()
 }

@@ -222,10 +222,10 @@ async fn a_slow_acquire_is_refreshed_in_time_although_the_keeper_planned_its_nex
         delay: Duration::from_millis(3500),
     };
     let runner = Runner::builder()
-        .backend(backend)
-        .lease_ttl(Duration::from_secs(10))
-        .refresh_interval(Duration::from_secs(5))
-        .handle_signals(false)
+        .with_backend(backend)
+        .with_lease_ttl(Duration::from_secs(10))
+        .with_refresh_interval(Duration::from_secs(5))
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let mut events = runner.subscribe();

@@ -61,7 +61,11 @@ async fn a_hung_backend_cancels_the_routine_then_drops_it_at_the_local_deadline(
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let trace = Trace::default();
-    let _handle = runner.run_named("job", trace.stubborn(), RunOptions::singleton());
+    let _handle = runner.run_named(
+        "job",
+        trace.stubborn(),
+        RunOptions::keep_running_one_instance(),
+    );
     let acquired = wait_for(
         &mut events,
         TTL,
@@ -131,16 +135,20 @@ async fn the_local_deadline_counts_from_when_the_acquire_was_sent() {
     // first refresh.
     let delay = Duration::from_millis(500);
     let runner = Runner::builder()
-        .backend(SlowReplies {
+        .with_backend(SlowReplies {
             inner: memory.clone(),
             delay,
         })
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let mut events = runner.subscribe();
-    let _handle = runner.run_named("job", Trace::default().stubborn(), RunOptions::singleton());
+    let _handle = runner.run_named(
+        "job",
+        Trace::default().stubborn(),
+        RunOptions::keep_running_one_instance(),
+    );
     let acquired = wait_for(
         &mut events,
         TTL,
@@ -164,7 +172,11 @@ async fn a_lease_taken_away_drops_the_routine_at_the_next_refresh_and_it_restart
     let backend = MemoryBackend::new();
     let runner = runner(&backend);
     let mut events = runner.subscribe();
-    let _handle = runner.run_named("job", Trace::default().stubborn(), RunOptions::singleton());
+    let _handle = runner.run_named(
+        "job",
+        Trace::default().stubborn(),
+        RunOptions::keep_running_one_instance(),
+    );
     let first = wait_for(
         &mut events,
         TTL,
@@ -206,7 +218,11 @@ async fn a_short_outage_does_not_cancel_the_routine() {
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let trace = Trace::default();
-    let _handle = runner.run_named("job", trace.stubborn(), RunOptions::singleton());
+    let _handle = runner.run_named(
+        "job",
+        trace.stubborn(),
+        RunOptions::keep_running_one_instance(),
+    );
     wait_for(
         &mut events,
         TTL,

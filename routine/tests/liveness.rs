@@ -78,9 +78,9 @@ async fn held_elsewhere(backend: &MemoryBackend, name: &str) -> Box<dyn Lease> {
 /// subscriptions it made.
 async fn waiter_requests(odd: &Odd, for_: Duration) -> (usize, usize) {
     let runner = Runner::builder()
-        .backend(odd.clone())
-        .lease_ttl(Duration::from_secs(1))
-        .handle_signals(false)
+        .with_backend(odd.clone())
+        .with_lease_ttl(Duration::from_secs(1))
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let handle = runner.run_named(
@@ -136,11 +136,11 @@ async fn a_backend_that_says_free_while_the_key_stays_held_does_not_make_the_wai
 async fn shutdown_is_not_held_up_by_an_acquire_in_flight() {
     let backend = MemoryBackend::new();
     let runner = Runner::builder()
-        .backend(backend.clone())
+        .with_backend(backend.clone())
         // A request timeout of 30 s, far beyond the drain timeout.
-        .lease_ttl(Duration::from_secs(60))
-        .drain_timeout(Duration::from_secs(1))
-        .handle_signals(false)
+        .with_lease_ttl(Duration::from_secs(60))
+        .with_drain_timeout(Duration::from_secs(1))
+        .with_signal_handling(false)
         .build()
         .unwrap();
     backend.set_hanging(true);

@@ -86,16 +86,16 @@ async fn shutdown_cancels_every_routine_and_rejects_new_ones() {
     }
     let late = runner.run(|_| async { unreachable!("must not start after shutdown") });
     assert!(matches!(late.join().await, Outcome::Rejected));
-    let late_named = runner.run_named("x", |_| async {}, RunOptions::singleton());
+    let late_named = runner.run_named("x", |_| async {}, RunOptions::keep_running_one_instance());
     assert!(matches!(late_named.join().await, Outcome::Rejected));
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_drops_routines_that_ignore_cancellation_after_the_drain_timeout() {
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .drain_timeout(Duration::from_secs(3))
-        .handle_signals(false)
+        .with_backend(MemoryBackend::new())
+        .with_drain_timeout(Duration::from_secs(3))
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let mut events = runner.subscribe();
@@ -133,9 +133,9 @@ async fn wait_for_shutdown_resolves_after_shutdown_finished() {
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_whose_caller_stopped_waiting_still_finishes() {
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .drain_timeout(Duration::from_secs(3))
-        .handle_signals(false)
+        .with_backend(MemoryBackend::new())
+        .with_drain_timeout(Duration::from_secs(3))
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let handle = runner.run(|_| std::future::pending());
@@ -179,8 +179,8 @@ fn a_routine_dropped_with_its_runtime_is_finished_and_aborted() {
         .build()
         .unwrap();
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .handle_signals(false)
+        .with_backend(MemoryBackend::new())
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let handle = runtime.block_on(async { runner.run(|_| std::future::pending()) });

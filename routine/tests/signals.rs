@@ -8,8 +8,8 @@ use leasehold::{CancelReason, MemoryBackend, Outcome, Runner};
 #[tokio::test]
 async fn sigterm_cancels_every_routine_and_shuts_the_runner_down() {
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .handle_signals(true)
+        .with_backend(MemoryBackend::new())
+        .with_signal_handling(true)
         .build()
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -22,8 +22,8 @@ const SIGTERM: i32 = 15;
 async fn child_shuts_down_then_waits_for_a_signal() {
     assert!(std::env::var_os(CHILD).is_some(), "run only as the child");
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .handle_signals(true)
+        .with_backend(MemoryBackend::new())
+        .with_signal_handling(true)
         .build()
         .unwrap();
     runner.run(|ctx| async move { ctx.cancelled().await });

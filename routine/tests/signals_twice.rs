@@ -18,9 +18,9 @@ fn sigterm_to_self() {
 #[tokio::test]
 async fn a_second_sigterm_during_the_drain_drops_the_routines_still_running() {
     let runner = Runner::builder()
-        .backend(MemoryBackend::new())
-        .drain_timeout(Duration::from_secs(600))
-        .handle_signals(true)
+        .with_backend(MemoryBackend::new())
+        .with_drain_timeout(Duration::from_secs(600))
+        .with_signal_handling(true)
         .build()
         .unwrap();
     let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel();

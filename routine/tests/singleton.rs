@@ -62,7 +62,7 @@ async fn exactly_one_instance_runs_across_several_runners() {
 async fn restarts_after_the_routine_returns_after_the_retry_interval() {
     let runner = runner(&MemoryBackend::new());
     let mut events = runner.subscribe();
-    let _handle = runner.run_named("job", |_| async {}, RunOptions::singleton());
+    let _handle = runner.run_named("job", |_| async {}, RunOptions::keep_running_one_instance());
     let mut starts = Vec::new();
     for _ in 0..3 {
         let event = wait_for(&mut events, TTL, "started", kind!(EventKind::Started)).await;
@@ -84,7 +84,7 @@ async fn restarts_after_a_panic_with_growing_backoff() {
     let _handle = runner.run_named(
         "job",
         |_| async { panic!("always") },
-        RunOptions::singleton(),
+        RunOptions::keep_running_one_instance(),
     );
     let mut starts = Vec::new();
     for _ in 0..5 {

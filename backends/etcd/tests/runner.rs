@@ -14,9 +14,9 @@ use tokio::sync::broadcast;
 
 fn runner(backend: EtcdBackend) -> Runner {
     Runner::builder()
-        .backend(backend)
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_backend(backend)
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .unwrap()
 }

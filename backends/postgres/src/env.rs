@@ -32,7 +32,7 @@ impl PostgresBackendBuilder {
     /// Values that need no parsing (URL, identifiers) are checked by
     /// [`build`](Self::build), whose errors also name the variable.
     pub fn from_env() -> Result<Self> {
-        Self::from_env_vars(|name| match std::env::var(name) {
+        Self::from_env_with(|name| match std::env::var(name) {
             Ok(value) => Ok(Some(value)),
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(err @ std::env::VarError::NotUnicode(_)) => {
@@ -54,7 +54,7 @@ impl PostgresBackendBuilder {
     /// ```
     /// use leasehold_postgres::PostgresBackendBuilder;
     ///
-    /// let err = PostgresBackendBuilder::from_env_vars(|name| {
+    /// let err = PostgresBackendBuilder::from_env_with(|name| {
     ///     Ok(match name {
     ///         "DATABASE_URL" => Some("postgres://db/app".to_owned()),
     ///         "ROUTINE_POSTGRES_REQUEST_TIMEOUT" => Some("soon".to_owned()),
@@ -64,7 +64,7 @@ impl PostgresBackendBuilder {
     /// .unwrap_err();
     /// assert!(err.to_string().contains("ROUTINE_POSTGRES_REQUEST_TIMEOUT"));
     /// ```
-    pub fn from_env_vars(lookup: impl Fn(&str) -> Result<Option<String>>) -> Result<Self> {
+    pub fn from_env_with(lookup: impl Fn(&str) -> Result<Option<String>>) -> Result<Self> {
         let mut builder = Self::new();
         let set = |name: &'static str| -> Result<Option<Sourced<String>>> {
             Ok(lookup(name)?.map(|value| Sourced::new(value, name)))
@@ -130,7 +130,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        PostgresBackendBuilder::from_env_vars(|name| Ok(vars.get(name).cloned()))
+        PostgresBackendBuilder::from_env_with(|name| Ok(vars.get(name).cloned()))
     }
 
     fn setting_of(err: Error) -> String {

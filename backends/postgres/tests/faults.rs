@@ -176,7 +176,7 @@ async fn wrong_password_is_an_auth_error() {
 async fn missing_database_is_a_config_error_naming_the_url_variable() {
     let server = leasehold_conformance::require_server!(PostgresServer);
     let url = format!("postgres://postgres@127.0.0.1:{}/no_such_db", server.port());
-    let builder = PostgresBackendBuilder::from_env_vars(|name| {
+    let builder = PostgresBackendBuilder::from_env_with(|name| {
         Ok((name == "ROUTINE_POSTGRES_URL").then(|| url.clone()))
     })
     .unwrap();

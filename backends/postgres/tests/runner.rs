@@ -16,9 +16,9 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 fn runner(backend: leasehold_postgres::PostgresBackend) -> Runner {
     Runner::builder()
-        .backend(backend)
-        .lease_ttl(Duration::from_secs(2))
-        .handle_signals(false)
+        .with_backend(backend)
+        .with_lease_ttl(Duration::from_secs(2))
+        .with_signal_handling(false)
         .build()
         .expect("runner builds")
 }
@@ -140,10 +140,10 @@ async fn a_routine_stops_as_soon_as_its_backend_drops_the_lock_session() {
     // A refresh only every 40 s: a loss noticed by a refresh would come far too late
     // for the wait below.
     let runner = Runner::builder()
-        .backend(backend.clone())
-        .lease_ttl(Duration::from_secs(60))
-        .refresh_interval(Duration::from_secs(40))
-        .handle_signals(false)
+        .with_backend(backend.clone())
+        .with_lease_ttl(Duration::from_secs(60))
+        .with_refresh_interval(Duration::from_secs(40))
+        .with_signal_handling(false)
         .build()
         .expect("runner builds");
     let mut events = runner.subscribe();

@@ -50,16 +50,16 @@ async fn a_singleton_on_a_demoted_server_retries_and_runs_once_it_is_promoted_ag
     replicaof(&server, Some(primary.port())).await;
 
     let runner = Runner::builder()
-        .backend(backend)
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_backend(backend)
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let mut events = runner.subscribe();
     let handle = runner.run_named(
         unique_key("demoted").as_str(),
         |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
+        RunOptions::keep_running_one_instance(),
     );
     for attempt in 1..=2 {
         let event = wait::event(&mut events, DEADLINE, "backend error on a replica", |e| {

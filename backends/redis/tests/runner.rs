@@ -53,9 +53,9 @@ async fn quick_backend(url: &str) -> RedisBackend {
 /// waits for cancellation (or is dropped by the runner, which also counts as a stop).
 async fn keep_running(server: &RedisServer, name: &str) -> Setup {
     let runner = Runner::builder()
-        .backend(quick_backend(&server.url()).await)
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_backend(quick_backend(&server.url()).await)
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .unwrap();
     let events = runner.subscribe();
@@ -322,16 +322,16 @@ async fn an_unreachable_redis_at_start_is_retried_with_backoff_until_it_is_up() 
     let url = server.url();
     server.kill();
     let runner = Runner::builder()
-        .backend_url(url)
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_backend_url(url)
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .expect("a well-formed URL builds a runner without connecting");
     let mut events = runner.subscribe();
     let handle = runner.run_named(
         unique_key("unreachable").as_str(),
         |ctx| async move { ctx.cancelled().await },
-        RunOptions::singleton(),
+        RunOptions::keep_running_one_instance(),
     );
     let mut errors = Vec::new();
     for _ in 0..3 {

@@ -122,9 +122,17 @@ pub async fn takeover_when_holder_shuts_down(h: &Harness) {
     let within = h.scaled(Duration::from_secs(10)) + ttl * 3;
     let mut holder_events = holder.subscribe();
     let mut waiter_events = waiter.subscribe();
-    let _a = holder.run_named(&name, wait_cancelled, RunOptions::singleton());
+    let _a = holder.run_named(
+        &name,
+        wait_cancelled,
+        RunOptions::keep_running_one_instance(),
+    );
     wait::event(&mut holder_events, within, "holder acquires", acquired).await;
-    let _b = waiter.run_named(&name, wait_cancelled, RunOptions::singleton());
+    let _b = waiter.run_named(
+        &name,
+        wait_cancelled,
+        RunOptions::keep_running_one_instance(),
+    );
     wait::event(&mut waiter_events, within, "waiter contended", |e| {
         e.kind == EventKind::Contended
     })
@@ -152,9 +160,17 @@ pub async fn takeover_when_holder_vanishes(h: &Harness) {
     let within = h.scaled(Duration::from_secs(10)) + ttl * 3;
     let mut holder_events = holder.subscribe();
     let mut waiter_events = waiter.subscribe();
-    let _a = holder.run_named(&name, wait_cancelled, RunOptions::singleton());
+    let _a = holder.run_named(
+        &name,
+        wait_cancelled,
+        RunOptions::keep_running_one_instance(),
+    );
     wait::event(&mut holder_events, within, "holder acquires", acquired).await;
-    let _b = waiter.run_named(&name, wait_cancelled, RunOptions::singleton());
+    let _b = waiter.run_named(
+        &name,
+        wait_cancelled,
+        RunOptions::keep_running_one_instance(),
+    );
     wait::event(&mut waiter_events, within, "waiter contended", |e| {
         e.kind == EventKind::Contended
     })
@@ -209,10 +225,14 @@ pub async fn routine_cancelled_then_stopped_when_lease_lost(h: &Harness) {
                 tokio::join!(watch, work);
             }
         },
-        RunOptions::singleton(),
+        RunOptions::keep_running_one_instance(),
     );
     wait::event(&mut events, within, "holder acquires", acquired).await;
-    let _b = other.run_named(&name, wait_cancelled, RunOptions::singleton());
+    let _b = other.run_named(
+        &name,
+        wait_cancelled,
+        RunOptions::keep_running_one_instance(),
+    );
     faulty.fail_refreshes(true);
 
     let lost = wait::event(&mut events, within, "lease lost", |e| {
@@ -257,7 +277,11 @@ pub async fn restart_after_return(h: &Harness) {
     let runner = h.runner().await;
     let within = h.scaled(Duration::from_secs(10)) + h.runner_ttl() * 3;
     let mut events = runner.subscribe();
-    let handle = runner.run_named(h.key("job").as_str(), |_| async {}, RunOptions::singleton());
+    let handle = runner.run_named(
+        h.key("job").as_str(),
+        |_| async {},
+        RunOptions::keep_running_one_instance(),
+    );
     for _ in 0..3 {
         wait::event(&mut events, within, "acquired", acquired).await;
         wait::event(&mut events, within, "returned", |e| {
@@ -277,7 +301,7 @@ pub async fn restart_after_panic(h: &Harness) {
     let handle = runner.run_named(
         h.key("job").as_str(),
         |_| async { panic!("conformance: routine panics on purpose") },
-        RunOptions::singleton(),
+        RunOptions::keep_running_one_instance(),
     );
     for _ in 0..2 {
         wait::event(&mut events, within, "panicked", |e| {

@@ -56,9 +56,9 @@ async fn in_process(instances: usize, ttl: Duration) -> anyhow::Result<()> {
     let mut runners = Vec::new();
     for index in 0..instances {
         let runner = Runner::builder()
-            .backend(backend.clone())
-            .lease_ttl(ttl)
-            .handle_signals(false)
+            .with_backend(backend.clone())
+            .with_lease_ttl(ttl)
+            .with_signal_handling(false)
             .build()?;
         let mut events = runner.subscribe();
         let tx = tx.clone();

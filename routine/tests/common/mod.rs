@@ -18,9 +18,9 @@ pub fn runner(backend: &MemoryBackend) -> Runner {
 /// [`runner`] on any backend.
 pub fn runner_on(backend: impl leasehold::LockBackend) -> Runner {
     Runner::builder()
-        .backend(backend)
-        .lease_ttl(TTL)
-        .handle_signals(false)
+        .with_backend(backend)
+        .with_lease_ttl(TTL)
+        .with_signal_handling(false)
         .build()
         .unwrap()
 }
@@ -99,7 +99,7 @@ pub fn idle_singleton(runner: &Runner, name: &str) -> leasehold::RoutineHandle {
     runner.run_named(
         name,
         |ctx| async move { ctx.cancelled().await },
-        leasehold::RunOptions::singleton(),
+        leasehold::RunOptions::keep_running_one_instance(),
     )
 }
 
