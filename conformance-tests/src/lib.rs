@@ -85,6 +85,9 @@ macro_rules! conformance_tests {
             ttls_outside_the_declared_bounds_are_rejected
             release_notification_wakes_a_waiter
             expires_in_reports_the_remaining_ttl
+            describe_names_the_holder_and_its_token
+            list_returns_the_held_keys_under_a_prefix
+            force_release_frees_the_key_and_the_holder_learns_it
             one_instance_across_runners
             takeover_when_holder_shuts_down
             takeover_when_holder_vanishes

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, FencingToken, LockKey, Result};
+use crate::{Capabilities, Error, FencingToken, LeaseInfo, LockKey, Result};
 
 /// A store of leases on named keys: Redis, etcd, PostgreSQL, memory, or yours.
 ///
@@ -52,6 +52,96 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// If the future is dropped before it completes, the key may have been taken on the
     /// server; it is then released by its TTL. Callers should not cancel needlessly.
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>>;
+
+    /// [`try_acquire`](LockBackend::try_acquire), storing `holder` as the lease's holder
+    /// identity, so that [`describe`](LockBackend::describe) and [`list`](LockBackend::list)
+    /// can say who holds it. The runner acquires through this with its identity.
+    ///
+    /// `holder` must pass [`check_holder_identity`](crate::check_holder_identity). The
+    /// default ignores it and calls `try_acquire`; a backend that stores identities
+    /// overrides this, and makes `try_acquire` use
+    /// [`process_identity`](crate::process_identity).
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`try_acquire`](LockBackend::try_acquire).
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        let _ = holder;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Who holds `key` now: `Ok(None)` if nobody does.
+    ///
+    /// For operators and tools: it reads, takes nothing and wakes nobody. The answer may
+    /// be stale by the time it arrives. The default knows only what
+    /// [`expires_in`](LockBackend::expires_in) tells, and reports
+    /// [`Error::Unsupported`] for a backend that does not report expiry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] if the backend cannot tell; otherwise as for
+    /// [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
+        if !self.capabilities().reports_expiry {
+            return Err(Error::unsupported(self.name(), "describe"));
+        }
+        Ok(self
+            .expires_in(key)
+            .await?
+            .map(|left| LeaseInfo::new(key.clone()).with_expires_in(left)))
+    }
+
+    /// Every held lease whose name starts with `prefix` (all of them for `""`), in name
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] by default; otherwise as for
+    /// [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let _ = prefix;
+        Err(Error::unsupported(self.name(), "list"))
+    }
+
+    /// Frees `key` whoever holds it, for an operator unsticking a lock. Returns whether it
+    /// was held.
+    ///
+    /// Unsafe for the guarantee: the holder keeps running until it next refreshes and
+    /// learns of the loss ([`Error::Lost`]; a backend may tell it sooner), while a waiter
+    /// may take the key at once, so two instances can overlap for up to a refresh interval.
+    /// Fencing tokens still order their writes. Each backend documents what it does
+    /// (PostgreSQL ends the holder's lock session, which frees every lease of that
+    /// process).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] by default; otherwise as for
+    /// [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped, the key may or may not have been freed.
+    async fn force_release(&self, key: &LockKey) -> Result<bool> {
+        let _ = key;
+        Err(Error::unsupported(self.name(), "force_release"))
+    }
 
     /// Resolves when `key` may have become free: its holder released it.
     ///

@@ -117,6 +117,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The backend cannot do this operation (an operator query such as
+    /// [`LockBackend::describe`](crate::LockBackend::describe) on a backend that does not
+    /// implement it).
+    #[error("the {backend} backend does not support {operation}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
+
     /// The runner is shutting down and starts no new routine.
     #[error("the runner is shutting down")]
     ShuttingDown,
@@ -248,6 +259,11 @@ impl Error {
             operation,
             source: source.into(),
         }
+    }
+
+    /// Builds [`Error::Unsupported`]: `backend` cannot do `operation`.
+    pub fn unsupported(backend: &'static str, operation: &'static str) -> Self {
+        Error::Unsupported { backend, operation }
     }
 
     /// Builds [`Error::Unavailable`].

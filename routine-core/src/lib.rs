@@ -25,6 +25,7 @@
 mod backend;
 mod batch;
 mod capabilities;
+mod describe;
 mod error;
 mod fencing;
 mod key;
@@ -33,6 +34,10 @@ mod memory;
 pub use backend::{Lease, LockBackend};
 pub use batch::{BatchRefresh, BatchRefreshExt, RefreshStart, refresh_rest};
 pub use capabilities::Capabilities;
+pub use describe::{
+    HOLDER_IDENTITY_ENV, LeaseInfo, MAX_HOLDER_IDENTITY_LEN, check_holder_identity,
+    process_identity,
+};
 pub use error::{BoxError, Error, Result};
 pub use fencing::FencingToken;
 pub use key::LockKey;

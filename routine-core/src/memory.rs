@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::{Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, Result};
+use crate::{Capabilities, Error, FencingToken, Lease, LeaseInfo, LockBackend, LockKey, Result};
 
 const NAME: &str = "memory";
 
@@ -74,6 +74,18 @@ struct Holder {
     lease_id: u64,
     token: FencingToken,
     expires_at: Instant,
+    identity: Arc<str>,
+    acquired_at: SystemTime,
+}
+
+impl Holder {
+    fn info(&self, key: &LockKey, now: Instant) -> LeaseInfo {
+        LeaseInfo::new(key.clone())
+            .with_holder(&*self.identity)
+            .with_fencing_token(self.token)
+            .with_acquired_at(self.acquired_at)
+            .with_expires_in(self.expires_at - now)
+    }
 }
 
 impl MemoryBackend {
@@ -178,7 +190,18 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        self.try_acquire_as(key, ttl, crate::process_identity())
+            .await
+    }
+
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
         check_ttl(ttl)?;
+        crate::check_holder_identity(holder)?;
         let sent = Instant::now();
         self.gate("acquire").await?;
         let mut state = self.state();
@@ -203,6 +226,8 @@ impl LockBackend for MemoryBackend {
                 lease_id,
                 token,
                 expires_at: sent + ttl,
+                identity: Arc::from(holder),
+                acquired_at: SystemTime::now(),
             },
         );
         Ok(Some(Box::new(MemoryLease {
@@ -241,6 +266,45 @@ impl LockBackend for MemoryBackend {
             .get(key)
             .filter(|h| h.expires_at > now)
             .map(|h| h.expires_at - now))
+    }
+
+    async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
+        self.gate("describe").await?;
+        let now = Instant::now();
+        Ok(self
+            .state()
+            .holders
+            .get(key)
+            .filter(|h| h.expires_at > now)
+            .map(|h| h.info(key, now)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        self.gate("list").await?;
+        let now = Instant::now();
+        let mut held: Vec<LeaseInfo> = self
+            .state()
+            .holders
+            .iter()
+            .filter(|(key, h)| key.as_str().starts_with(prefix) && h.expires_at > now)
+            .map(|(key, h)| h.info(key, now))
+            .collect();
+        held.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+        Ok(held)
+    }
+
+    /// Removes the holder and wakes the waiters; the holder's next refresh reports
+    /// [`Error::Lost`].
+    async fn force_release(&self, key: &LockKey) -> Result<bool> {
+        self.gate("force_release").await?;
+        let mut state = self.state();
+        let now = Instant::now();
+        let held = state
+            .holders
+            .remove(key)
+            .is_some_and(|h| h.expires_at > now);
+        MemoryBackend::wake_waiters(&mut state, key);
+        Ok(held)
     }
 }
 

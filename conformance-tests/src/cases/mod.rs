@@ -6,8 +6,10 @@
 
 mod lease;
 mod notify;
+mod operator;
 mod runner;
 
 pub use lease::*;
 pub use notify::*;
+pub use operator::*;
 pub use runner::*;
