@@ -83,10 +83,10 @@ pub fn process_identity() -> &'static str {
 }
 
 fn compute_process_identity() -> String {
-    if let Ok(value) = std::env::var(HOLDER_IDENTITY_ENV) {
-        if check_holder_identity(&value).is_ok() {
-            return value;
-        }
+    if let Ok(value) = std::env::var(HOLDER_IDENTITY_ENV)
+        && check_holder_identity(&value).is_ok()
+    {
+        return value;
     }
     let host = std::env::var("HOSTNAME")
         .ok()
