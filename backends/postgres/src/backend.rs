@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, RefreshStart, Result,
+    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LeaseInfo, LockBackend, LockKey,
+    RefreshStart, Result,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +18,7 @@ use crate::fencing;
 use crate::lease::{PostgresLease, call, session_stopped};
 use crate::message::{Acquired, Command};
 use crate::notify::Notifier;
+use crate::operator::Operator;
 use crate::session;
 use crate::ttl::{CAPABILITIES, check_ttl};
 
@@ -55,6 +57,8 @@ struct Inner {
     settings: Arc<Settings>,
     session: mpsc::UnboundedSender<Command>,
     notifier: Notifier,
+    /// Connections for `describe`, `list` and `force_release`, opened on first use.
+    operator: Operator,
 }
 
 impl PostgresBackend {
@@ -101,16 +105,19 @@ impl PostgresBackend {
             fencing::ensure_table(&mut live.conn, &settings).await
         })
         .await?;
-        let (notifier, listener_pid) = Notifier::start(Arc::clone(&settings)).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (notifier, listener_pid) =
+            Notifier::start(Arc::clone(&settings), tx.downgrade()).await?;
         if listener_pid == live.pid {
             return Err(pooler_detected(format!(
                 "the lock session and the listener, two client connections, share server \
                  backend {listener_pid}"
             )));
         }
-        let session = session::spawn(Arc::clone(&settings), live);
+        let session = session::spawn(Arc::clone(&settings), live, (tx, rx));
         Ok(Self {
             inner: Arc::new(Inner {
+                operator: Operator::new(Arc::clone(&settings)),
                 settings,
                 session,
                 notifier,
@@ -144,8 +151,22 @@ impl LockBackend for PostgresBackend {
         Batched(self).refresh_batched(leases, ttl).await
     }
 
+    /// Acquires as [`process_identity`](leasehold_core::process_identity).
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        self.try_acquire_as(key, ttl, leasehold_core::process_identity())
+            .await
+    }
+
+    /// Stores `holder` in the key's fencing row (`holder_identity`), written by the
+    /// statement that takes the lock: no extra round trip.
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
         check_ttl(ttl)?;
+        leasehold_core::check_holder_identity(holder)?;
         let hash = self.lock_key(key);
         let timeout = self.inner.settings.timeout_for(ttl);
         let acquired = call(&self.inner.session, "acquire", timeout, |reply| {
@@ -153,6 +174,7 @@ impl LockBackend for PostgresBackend {
                 key: key.clone(),
                 hash,
                 ttl,
+                holder: Arc::from(holder),
                 reply,
             }
         })
@@ -185,6 +207,65 @@ impl LockBackend for PostgresBackend {
             }
         })
         .await
+    }
+
+    /// The key's holder identity, fencing token and `acquired_at` (the server's clock at
+    /// the acquire) from its fencing row, and `expires_in` from its session's heartbeat.
+    ///
+    /// A key is held when an acquire would meet contention now: its advisory lock is held
+    /// (`pg_locks`), or its row names a session whose heartbeat still runs (a session that
+    /// ended before its holders learned it guards the key until then). `expires_in` is
+    /// `None` only for a lock whose session's heartbeat has run out while it still holds
+    /// it (a paused holder on PostgreSQL 12 or 13). Runs on the backend's operator
+    /// connections (opened on first use), never on the lock session, so it never delays a
+    /// refresh.
+    async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
+        self.inner.operator.describe(key, self.lock_key(key)).await
+    }
+
+    /// The held keys of this backend's namespace (see
+    /// [`describe`](LockBackend::describe) for what held means) whose name starts with
+    /// `prefix`, in byte order of their names. It reads the whole fencing table and
+    /// `pg_locks`: for operators and tools, not for a hot path.
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        self.inner.operator.list(prefix).await
+    }
+
+    /// Frees `key` whoever holds it, on this backend's operator connections.
+    ///
+    /// The lock lives on its holder's lock session, so that session is ended with
+    /// `pg_terminate_backend` (the pid holding the advisory lock in `pg_locks`; on
+    /// PostgreSQL 14 and newer the server waits up to half the request timeout for it to
+    /// exit). **That frees every lease of the holder's backend**, not only this key. This
+    /// key's claim in the fencing table is then cleared, so that it can be taken at once,
+    /// and its waiters are woken; the holder's other keys stay guarded by its session's
+    /// heartbeat until it runs out (or their routines stop and release them), so no other
+    /// instance overlaps with them. The holder learns fast: the ended session is
+    /// announced on `NOTIFY` channel `routine_lock_session_ended`, and a backend hearing
+    /// its own session drops it, which fires [`Lease::revoked`] for all its leases;
+    /// failing that, its next refresh reports [`Error::Lost`](leasehold_core::Error::Lost).
+    /// Until the holder stops, it may still overlap with the next holder of this key, as
+    /// for every backend's `force_release`; fencing tokens order their writes.
+    ///
+    /// A key whose lock is free but whose row names an ended session with a running
+    /// heartbeat is held too: its claim is cleared. Returns whether the key was held.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied) if this role
+    /// may not end the holder's session: that needs membership in `pg_signal_backend` or
+    /// in the holder's role (and a superuser's session, a superuser). Nothing is changed
+    /// then. Otherwise as for [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped, the holder's session may have been ended without the key's claim
+    /// being cleared: the key is then free once the heartbeat runs out.
+    async fn force_release(&self, key: &LockKey) -> Result<bool> {
+        self.inner
+            .operator
+            .force_release(key, self.lock_key(key))
+            .await
     }
 }
 

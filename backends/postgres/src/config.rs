@@ -19,6 +19,9 @@ pub(crate) const DEFAULT_NAMESPACE: &str = "routine";
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `LISTEN`/`NOTIFY` channel for release notifications; the payload is the lock key.
 pub(crate) const CHANNEL: &str = "routine_lock_released";
+/// The `LISTEN`/`NOTIFY` channel on which `force_release` announces the lock session it
+/// ended; the payload is the session's id (`holder_session`).
+pub(crate) const ENDED_CHANNEL: &str = "routine_lock_session_ended";
 /// PostgreSQL truncates longer identifiers (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_LEN: usize = 63;
 /// Appended to the fencing table's name to name the session table beside it.

@@ -1,8 +1,10 @@
 //! The fencing and session tables, and the SQL that takes, keeps and gives back locks.
 //!
 //! The fencing table has one row per lock key: `(lock_key bigint primary key, namespace
-//! text, name text, token bigint, acquired_at timestamptz, holder_session bigint)`. The
-//! holder bumps `token` in the statement that takes the advisory lock, so tokens grow with
+//! text, name text, token bigint, acquired_at timestamptz, holder_session bigint,
+//! holder_identity text)`. The holder bumps `token`, and sets `acquired_at` (the server's
+//! `now()`) and `holder_identity`, in the statement that takes the advisory lock, so tokens
+//! grow with
 //! every acquisition of a key as long as the row is kept: never delete rows (a deleted row
 //! restarts its key's tokens at 1). The stored namespace and name detect hash collisions.
 //!
@@ -28,7 +30,7 @@ use crate::error::{Context, Message, NAME};
 #[derive(Debug)]
 pub(crate) struct Statements {
     /// `$1` key, `$2` namespace, `$3` name, `$4`/`$5` TTL settings, `$6` session id, `$7`
-    /// the session's heartbeat in milliseconds. One row: `got` (the advisory lock),
+    /// the session's heartbeat in milliseconds, `$8` the holder identity. One row: `got` (the advisory lock),
     /// `settings_applied` (a count, unused), `token`, `bumped_namespace`, `bumped_name` of
     /// the bumped row if the key was taken, `holder_namespace`, `holder_name` of the
     /// existing row if the lock was not got, and `guarded_ms`, the milliseconds left on the
@@ -56,7 +58,7 @@ pub(crate) struct Statements {
 }
 
 /// Milliseconds left until `alive_until`, at least 1 (the row is alive).
-const LEFT_MS: &str =
+pub(crate) const LEFT_MS: &str =
     "greatest(ceil(extract(epoch FROM s.alive_until - clock_timestamp()) * 1000), 1)::int8";
 
 /// `alive_until` for a heartbeat of `$N` milliseconds from now.
@@ -101,10 +103,12 @@ impl Statements {
                 SELECT $6, {alive} FROM free WHERE ok
                 ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
             ), bump AS (
-                INSERT INTO {table} AS f (lock_key, namespace, name, token, holder_session)
-                SELECT $1, $2, $3, 1, $6 FROM free WHERE ok
+                INSERT INTO {table} AS f
+                    (lock_key, namespace, name, token, holder_session, holder_identity)
+                SELECT $1, $2, $3, 1, $6, $8 FROM free WHERE ok
                 ON CONFLICT (lock_key) DO UPDATE
-                    SET token = f.token + 1, acquired_at = now(), holder_session = $6
+                    SET token = f.token + 1, acquired_at = now(), holder_session = $6,
+                        holder_identity = $8
                 RETURNING f.token, f.namespace, f.name
             )
             SELECT lock.got AS got, settings.n AS settings_applied, bump.token AS token,
@@ -169,8 +173,8 @@ impl Statements {
     }
 }
 
-/// Creates the schema and the two tables if missing (adding `holder_session` to a fencing
-/// table made by an earlier version), then checks that the tables are ours and that this
+/// Creates the schema and the two tables if missing (adding `holder_session` and
+/// `holder_identity` to a fencing table made by an earlier version), then checks that the tables are ours and that this
 /// role may read and write them.
 ///
 /// # Errors
@@ -209,7 +213,8 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
                 name text NOT NULL,
                 token bigint NOT NULL,
                 acquired_at timestamptz NOT NULL DEFAULT now(),
-                holder_session bigint
+                holder_session bigint,
+                holder_identity text
             )"
         );
         create(conn, sql, ctx("create the fencing table")).await?;
@@ -235,16 +240,20 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
     let TableCheck {
         columns,
         has_holder,
+        has_identity,
         writable,
         sessions_ok,
     } = check;
-    if columns == 4 && !has_holder {
-        // Made by a version without session heartbeats.
-        let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS holder_session bigint");
+    if columns == 4 && !(has_holder && has_identity) {
+        // Made by a version without session heartbeats or holder identities.
+        let sql = format!(
+            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS holder_session bigint,
+                                 ADD COLUMN IF NOT EXISTS holder_identity text"
+        );
         create(
             conn,
             sql,
-            ctx("add column holder_session to the fencing table"),
+            ctx("add columns holder_session and holder_identity to the fencing table"),
         )
         .await?;
     }
@@ -291,6 +300,8 @@ struct TableCheck {
     columns: i64,
     /// Whether it has `holder_session` (tables made before session heartbeats do not).
     has_holder: bool,
+    /// Whether it has `holder_identity` (tables made before operator queries do not).
+    has_identity: bool,
     /// Whether the role may read and write the fencing table.
     writable: bool,
     /// Whether the role may read, write and delete in the session table.
@@ -305,6 +316,8 @@ impl TableCheck {
                        AND NOT attisdropped) AS columns,
                     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
                        AND attname = 'holder_session' AND NOT attisdropped) AS has_holder,
+                    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
+                       AND attname = 'holder_identity' AND NOT attisdropped) AS has_identity,
                     has_table_privilege($1, 'SELECT, INSERT, UPDATE') AS writable,
                     has_table_privilege($2, 'SELECT, INSERT, UPDATE, DELETE') AS sessions_ok",
         )
@@ -315,6 +328,7 @@ impl TableCheck {
         Ok(Self {
             columns: row.try_get("columns")?,
             has_holder: row.try_get("has_holder")?,
+            has_identity: row.try_get("has_identity")?,
             writable: row.try_get("writable")?,
             sessions_ok: row.try_get("sessions_ok")?,
         })

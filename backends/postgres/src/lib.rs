@@ -173,6 +173,7 @@ mod hash;
 mod lease;
 mod message;
 mod notify;
+mod operator;
 mod session;
 mod ttl;
 

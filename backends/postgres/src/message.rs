@@ -3,6 +3,7 @@
 //! ([`LeaseLink`]). A leaf, so the lease and the session depend on it and not on each
 //! other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{FencingToken, LockKey, Result};
@@ -27,6 +28,8 @@ pub(crate) enum Command {
         key: LockKey,
         hash: i64,
         ttl: Duration,
+        /// The holder identity stored in the key's row.
+        holder: Arc<str>,
         reply: Reply<Option<Acquired>>,
     },
     Refresh(RefreshRequest),
@@ -40,6 +43,12 @@ pub(crate) enum Command {
         hash: i64,
         timeout: Duration,
         reply: Reply<Option<Duration>>,
+    },
+    /// An operator ended the session `session` (`force_release`): if it is the current
+    /// one, it is dropped and its leases are revoked now, rather than at the next
+    /// statement.
+    SessionEnded {
+        session: i64,
     },
 }
 

@@ -7,6 +7,11 @@
 //! so every waiter is woken (spurious wake-ups are allowed); the task then stays down
 //! until a `released()` call asks it to reconnect (no retry timer of its own: the runner
 //! sets the pace), and wakes every waiter again once it is back.
+//!
+//! The same connection hears `force_release` announce the lock session it ended
+//! (`routine_lock_session_ended`, payload the session id): the task passes it on to this
+//! backend's session task, which drops that session if it is its own, so its holders are
+//! revoked at once instead of at their next refresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,10 +20,11 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::config::{CHANNEL, Settings};
+use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, Message, NAME, with_timeout};
+use crate::message::Command;
 
 /// `application_name` of listener connections.
 pub(crate) const LISTENER_APPLICATION_NAME: &str = "routine listener";
@@ -77,8 +83,12 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     /// Connects the listener and starts its task; returns it with the listener's server
-    /// backend pid (to compare with the lock session's).
-    pub(crate) async fn start(settings: Arc<Settings>) -> Result<(Self, i32)> {
+    /// backend pid (to compare with the lock session's). Ended sessions are reported to
+    /// `session`, the session task (weak: the listener does not keep it running).
+    pub(crate) async fn start(
+        settings: Arc<Settings>,
+        session: mpsc::WeakUnboundedSender<Command>,
+    ) -> Result<(Self, i32)> {
         let (listener, pid) = connect(&settings).await?;
         let waiters = Waiters::default();
         let (status_tx, status) = watch::channel(Status::Up);
@@ -92,6 +102,7 @@ impl Notifier {
             status: status_tx,
             reconnect: Arc::clone(&reconnect),
             attempt: 0,
+            session,
         };
         let timeout = task.timeout;
         tokio::spawn(task.run(stopped));
@@ -173,7 +184,10 @@ async fn connect(settings: &Settings) -> Result<(PgListener, i32)> {
             .map_err(|err| ctx.map(err))?;
         listener.eager_reconnect(false);
         listener.ignore_pool_close_event(true);
-        listener.listen(CHANNEL).await.map_err(|err| ctx.map(err))?;
+        listener
+            .listen_all([CHANNEL, ENDED_CHANNEL])
+            .await
+            .map_err(|err| ctx.map(err))?;
         // A server-wide idle_session_timeout would end the listener between releases.
         // The first column, the pid; the second only applies the setting.
         let pid: i32 = sqlx::query_scalar(
@@ -196,12 +210,14 @@ struct ListenerTask {
     status: watch::Sender<Status>,
     reconnect: Arc<Notify>,
     attempt: u64,
+    session: mpsc::WeakUnboundedSender<Command>,
 }
 
 /// What woke the task.
 enum Event {
     Stop,
-    Notification(String),
+    /// The channel and the payload.
+    Notification(String, String),
     Lost(String),
     ReconnectRequested,
 }
@@ -214,7 +230,10 @@ impl ListenerTask {
                     _ = &mut stop => Event::Stop,
                     received = listener.try_recv() => match received {
                         Ok(Some(notification)) => {
-                            Event::Notification(notification.payload().to_owned())
+                            Event::Notification(
+                                notification.channel().to_owned(),
+                                notification.payload().to_owned(),
+                            )
                         }
                         Ok(None) => Event::Lost("the listener connection was closed".into()),
                         Err(err) => Event::Lost(err.to_string()),
@@ -227,7 +246,10 @@ impl ListenerTask {
             };
             match event {
                 Event::Stop => return,
-                Event::Notification(payload) => self.dispatch(&payload),
+                Event::Notification(channel, payload) if channel == ENDED_CHANNEL => {
+                    self.session_ended(&payload)
+                }
+                Event::Notification(_, payload) => self.dispatch(&payload),
                 Event::Lost(reason) => {
                     tracing::warn!("release notifications interrupted: {reason}");
                     self.listener = None;
@@ -263,6 +285,19 @@ impl ListenerTask {
         };
         if let Some(notify) = lock(&self.waiters).remove(&hash) {
             notify.notify_waiters();
+        }
+    }
+
+    fn session_ended(&self, payload: &str) {
+        let Ok(session) = payload.parse::<i64>() else {
+            tracing::debug!(
+                payload,
+                "ignoring a foreign notification on {ENDED_CHANNEL}"
+            );
+            return;
+        };
+        if let Some(tx) = self.session.upgrade() {
+            let _ = tx.send(Command::SessionEnded { session });
         }
     }
 

@@ -18,6 +18,7 @@ impl Session {
         key: &LockKey,
         hash: i64,
         ttl: Duration,
+        holder: &str,
     ) -> Result<Option<Acquired>> {
         // Advisory locks are reentrant within a session: a key held here must be refused
         // here, or two leases of this process would share it.
@@ -47,6 +48,7 @@ impl Session {
             .bind(values)
             .bind(live.id)
             .bind(super::millis(longest))
+            .bind(holder)
             .fetch_one(&mut live.conn);
         let row = match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {

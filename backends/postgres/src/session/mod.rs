@@ -41,10 +41,17 @@ struct Held {
     ttl: Duration,
 }
 
-/// Starts the session task on `live` (generation 1) and returns its sender. The task ends
-/// when every sender (the backend's and the leases') is gone, closing the connection.
-pub(crate) fn spawn(settings: Arc<Settings>, live: Live) -> mpsc::UnboundedSender<Command> {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// Starts the session task on `live` (generation 1), receiving the commands sent on `tx`,
+/// and returns `tx`. The task ends when every sender (the backend's and the leases') is
+/// gone, closing the connection.
+pub(crate) fn spawn(
+    settings: Arc<Settings>,
+    live: Live,
+    (tx, rx): (
+        mpsc::UnboundedSender<Command>,
+        mpsc::UnboundedReceiver<Command>,
+    ),
+) -> mpsc::UnboundedSender<Command> {
     let task = Session {
         statements: Statements::new(&settings.qualified_table, &settings.qualified_sessions),
         settings,
@@ -101,13 +108,14 @@ impl Session {
                     key,
                     hash,
                     ttl,
+                    holder,
                     reply,
                 } => {
                     // A caller that gave up while queued is skipped. One that gives up
                     // during the acquire is not answered; the link in the undeliverable
                     // reply then gives the lock back.
                     if !reply.is_closed() {
-                        let result = self.acquire(&key, hash, ttl).await;
+                        let result = self.acquire(&key, hash, ttl, &holder).await;
                         let _ = reply.send(result);
                     }
                 }
@@ -130,6 +138,13 @@ impl Session {
                     if !reply.is_closed() {
                         let result = self.expires_in(hash, timeout).await;
                         let _ = reply.send(result);
+                    }
+                }
+                Command::SessionEnded { session } => {
+                    // The server has ended it (or will in a moment): its locks are gone,
+                    // and its holders must stop now, not at their next refresh.
+                    if self.live.as_ref().is_some_and(|live| live.id == session) {
+                        self.abandon(&"an operator ended the session (force_release)");
                     }
                 }
             }

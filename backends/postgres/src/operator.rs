@@ -1,0 +1,279 @@
+//! Operator queries: `describe`, `list` and `force_release`.
+//!
+//! They run on a small pool of connections of their own, opened on first use and closed
+//! when idle, never on the lock session: a slow `pg_locks` scan or a wait for a terminated
+//! process must not delay the refreshes queued behind it.
+//!
+//! A key is *held* when an acquire would now meet contention: its advisory lock is held
+//! (`pg_locks`, in this database), or its fencing row names a session whose heartbeat
+//! still runs (a session that ended before its holders learned it, see the `fencing`
+//! module). A released key has its claim cleared and its lock given back, so it is not
+//! held; its row keeps the last holder's identity and token.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use leasehold_core::{Error, FencingToken, LeaseInfo, LockKey, Result};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
+use crate::error::{Context, Message, NAME, with_timeout};
+use crate::fencing::LEFT_MS;
+
+/// `application_name` of operator connections.
+pub(crate) const OPERATOR_APPLICATION_NAME: &str = "routine operator";
+
+/// Operator connections idle this long are closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The granted `bigint` advisory locks of this database, as `(lock_key, pid)`.
+const LOCKS: &str = "SELECT ((classid::int8 << 32) | objid::int8) AS lock_key, pid
+    FROM pg_locks
+    WHERE locktype = 'advisory' AND objsubid = 1 AND granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+/// Operator queries on their own connection pool.
+#[derive(Debug)]
+pub(crate) struct Operator {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    /// `$1` namespace, `$2` lock key, `$3` name: the key's row if held.
+    describe: String,
+    /// `$1` namespace, `$2` prefix: the held rows under the prefix, in name order.
+    list: String,
+    /// `$1` lock key, `$2` namespace, `$3` name: the key's claim (`holder_session`),
+    /// whether that session's heartbeat runs (`guarded`), the pids holding its lock, and
+    /// whether the server can wait for a terminated process (`can_wait`, 14 and newer).
+    probe: String,
+    /// `$1` lock key, `$2` the claim to clear (session id), `$3`/`$4` the release and
+    /// ended-session channels: clears the claim, wakes the key's waiters, and names the
+    /// ended session if the claim was still its.
+    clear: String,
+}
+
+impl Operator {
+    /// An operator pool for `settings`; no connection is opened yet.
+    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(settings.request_timeout)
+            .idle_timeout(Some(IDLE))
+            .max_lifetime(None)
+            .connect_lazy_with(settings.options_for(OPERATOR_APPLICATION_NAME));
+        let table = settings.qualified_table.as_str();
+        let sessions = settings.qualified_sessions.as_str();
+        let held = |filter: &str| {
+            format!(
+                "WITH locks AS MATERIALIZED ({LOCKS})
+                 SELECT f.name, f.holder_identity, f.token,
+                        (extract(epoch FROM f.acquired_at) * 1000000)::int8 AS acquired_us,
+                        CASE WHEN s.id IS NOT NULL THEN {LEFT_MS} END AS left_ms
+                 FROM {table} AS f
+                 LEFT JOIN {sessions} AS s
+                     ON s.id = f.holder_session AND s.alive_until > clock_timestamp()
+                 WHERE f.namespace = $1 AND {filter}
+                   AND (s.id IS NOT NULL OR f.lock_key IN (SELECT lock_key FROM locks))
+                 ORDER BY f.name COLLATE \"C\""
+            )
+        };
+        let describe = held("f.lock_key = $2 AND f.name = $3");
+        let list = held("left(f.name, length($2)) = $2");
+        let probe = format!(
+            "SELECT f.holder_session, s.id IS NOT NULL AS guarded,
+                    ARRAY(SELECT pid FROM ({LOCKS}) AS l WHERE l.lock_key = $1) AS pids,
+                    current_setting('server_version_num')::int4 >= 140000 AS can_wait
+             FROM {table} AS f
+             LEFT JOIN {sessions} AS s
+                 ON s.id = f.holder_session AND s.alive_until > clock_timestamp()
+             WHERE f.lock_key = $1 AND f.namespace = $2 AND f.name = $3"
+        );
+        let clear = format!(
+            "WITH cleared AS (
+                UPDATE {table} SET holder_session = NULL
+                WHERE lock_key = $1 AND holder_session = $2
+                RETURNING lock_key
+            )
+            SELECT pg_notify($3, $1::text) AS released,
+                   (SELECT count(pg_notify($4, $2::text)) FROM cleared) AS ended"
+        );
+        Self {
+            pool,
+            settings,
+            describe,
+            list,
+            probe,
+            clear,
+        }
+    }
+
+    fn ctx(&self, operation: &'static str) -> Context {
+        Context {
+            operation,
+            url_setting: self.settings.url_setting,
+        }
+    }
+
+    /// The holder of `key` (lock key `hash`), if it is held.
+    pub(crate) async fn describe(&self, key: &LockKey, hash: i64) -> Result<Option<LeaseInfo>> {
+        let ctx = self.ctx("describe");
+        let row = with_timeout("describe", self.settings.request_timeout, async {
+            sqlx::query(AssertSqlSafe(self.describe.as_str()))
+                .bind(&self.settings.namespace)
+                .bind(hash)
+                .bind(key.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|err| ctx.map(err))
+        })
+        .await?;
+        row.map(|row| info(key.clone(), &row).map_err(|err| ctx.map(err)))
+            .transpose()
+    }
+
+    /// Every held key of this namespace whose name starts with `prefix`, in name order.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let ctx = self.ctx("list");
+        let rows = with_timeout("list", self.settings.request_timeout, async {
+            sqlx::query(AssertSqlSafe(self.list.as_str()))
+                .bind(&self.settings.namespace)
+                .bind(prefix)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|err| ctx.map(err))
+        })
+        .await?;
+        let mut held = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name").map_err(|err| ctx.map(err))?;
+            // Every stored name came from a `LockKey`; a row edited by hand is skipped.
+            let Ok(key) = LockKey::new(&name) else {
+                tracing::warn!(name, "skipping a fencing row whose name is not a valid key");
+                continue;
+            };
+            held.push(info(key, &row).map_err(|err| ctx.map(err))?);
+        }
+        Ok(held)
+    }
+
+    /// Frees `key` (lock key `hash`): terminates the session holding its advisory lock
+    /// and clears its claim. Returns whether it was held. See
+    /// [`PostgresBackend::force_release`](crate::PostgresBackend) for what it costs.
+    pub(crate) async fn force_release(&self, key: &LockKey, hash: i64) -> Result<bool> {
+        let timeout = self.settings.request_timeout;
+        let ctx = self.ctx("force_release");
+        let mut conn = with_timeout("force_release", timeout, async {
+            self.pool.acquire().await.map_err(|err| ctx.map(err))
+        })
+        .await?;
+        let probe = with_timeout("force_release", timeout, async {
+            sqlx::query(AssertSqlSafe(self.probe.as_str()))
+                .bind(hash)
+                .bind(&self.settings.namespace)
+                .bind(key.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|err| ctx.map(err))
+        })
+        .await?;
+        // No row: this name was never acquired, and a lock on its key is not ours.
+        let Some(probe) = probe else {
+            return Ok(false);
+        };
+        let read = |probe: &PgRow| -> sqlx::Result<(Option<i64>, bool, Vec<i32>, bool)> {
+            Ok((
+                probe.try_get("holder_session")?,
+                probe.try_get("guarded")?,
+                probe.try_get("pids")?,
+                probe.try_get("can_wait")?,
+            ))
+        };
+        let (claim, guarded, pids, can_wait) = read(&probe).map_err(|err| ctx.map(err))?;
+        if pids.is_empty() && !guarded {
+            return Ok(false);
+        }
+        // The server waits for the process to exit (14 and newer), so the lock is free
+        // when the waiters are woken; half the request timeout leaves time to clear the
+        // claim afterwards.
+        let wait_ms = i64::try_from((timeout / 2).as_millis()).unwrap_or(i64::MAX);
+        for pid in pids {
+            let terminate = if can_wait {
+                sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1, $2)")
+                    .bind(pid)
+                    .bind(wait_ms)
+            } else {
+                sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)").bind(pid)
+            };
+            let terminated = with_timeout("force_release", timeout, async {
+                terminate
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|err| terminate_error(ctx, pid, err))
+            })
+            .await?;
+            if !terminated {
+                tracing::warn!(
+                    %key,
+                    pid,
+                    "force_release: the lock session did not end in time (or was gone already)"
+                );
+            }
+        }
+        with_timeout("force_release", timeout, async {
+            sqlx::query(AssertSqlSafe(self.clear.as_str()))
+                .bind(hash)
+                .bind(claim)
+                .bind(CHANNEL)
+                .bind(ENDED_CHANNEL)
+                .execute(&mut *conn)
+                .await
+                .map_err(|err| ctx.map(err))
+        })
+        .await?;
+        Ok(true)
+    }
+}
+
+/// A held row as [`LeaseInfo`].
+fn info(key: LockKey, row: &PgRow) -> sqlx::Result<LeaseInfo> {
+    let mut info = LeaseInfo::new(key);
+    if let Some(holder) = row.try_get::<Option<String>, _>("holder_identity")? {
+        info = info.with_holder(holder);
+    }
+    let token: i64 = row.try_get("token")?;
+    if let Ok(token) = u64::try_from(token) {
+        info = info.with_fencing_token(FencingToken::new(token));
+    }
+    let acquired_us: i64 = row.try_get("acquired_us")?;
+    let acquired_at = match u64::try_from(acquired_us) {
+        Ok(after) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(after)),
+        Err(_) => {
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_micros(acquired_us.unsigned_abs()))
+        }
+    };
+    if let Some(at) = acquired_at {
+        info = info.with_acquired_at(at);
+    }
+    if let Some(left_ms) = row.try_get::<Option<i64>, _>("left_ms")? {
+        info = info.with_expires_in(Duration::from_millis(left_ms.max(1).unsigned_abs()));
+    }
+    Ok(info)
+}
+
+/// The error of `pg_terminate_backend(pid)`: missing privilege names what is needed.
+fn terminate_error(ctx: Context, pid: i32, err: sqlx::Error) -> Error {
+    let denied = matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"));
+    if !denied {
+        return ctx.map(err);
+    }
+    Error::permission_denied(
+        NAME,
+        "force_release",
+        Message(format!(
+            "terminating the lock session holding the key (server process {pid}) needs \
+             membership in pg_signal_backend or in the role that session belongs to \
+             (a superuser's session only a superuser may end): {err}"
+        )),
+    )
+}
