@@ -1,13 +1,19 @@
 //! `RunnerBuilder`: the runner's timing policy, with defaults derived from the lease TTL.
 
+use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Error, LockBackend, Result};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use leasehold_core::{Error, LockBackend, Result, check_holder_identity};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend_slot::BackendSlot;
 use crate::config::{DEFAULT_TTL, RunnerConfig};
 use crate::runner::Runner;
+use crate::shared::Setup;
 
 /// Settings of a [`Runner`], built with [`Runner::builder`].
 ///
@@ -26,7 +32,8 @@ use crate::runner::Runner;
 /// | `request_timeout` | TTL / 2 |
 /// | `release_timeout` | 2 s |
 /// | `drain_timeout` | 10 s |
-/// | `handle_signals` | `true` (with the `signals` feature) |
+/// | `handle_signals` | `false` (the process-wide default runner: `true`) |
+/// | `holder_identity` | [`process_identity`](leasehold_core::process_identity) |
 ///
 /// # Examples
 ///
@@ -58,6 +65,19 @@ pub struct RunnerBuilder {
     release_timeout: Option<Duration>,
     drain_timeout: Option<Duration>,
     handle_signals: Option<bool>,
+    holder_identity: Option<String>,
+    shutdown_signals: ShutdownSignals,
+}
+
+/// The application's shutdown signals given to the builder; the first to resolve shuts
+/// the runner down.
+#[derive(Default)]
+struct ShutdownSignals(Vec<BoxFuture<'static, ()>>);
+
+impl fmt::Debug for ShutdownSignals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} shutdown signal(s)", self.0.len())
+    }
 }
 
 macro_rules! setters {
@@ -134,8 +154,50 @@ impl RunnerBuilder {
         with_drain_timeout => drain_timeout;
     }
 
-    /// Whether SIGINT and SIGTERM shut the runner down (default `true`; needs the
-    /// `signals` feature and Unix). The handlers are installed when the first routine
+    /// Who the runner's leases are held as, as [`LockBackend::describe`] and the
+    /// backends' operator tools show the holder (default
+    /// [`process_identity`](leasehold_core::process_identity):
+    /// `$ROUTINE_HOLDER_IDENTITY`, else `<host>:<pid>`). Use the pod or instance name.
+    ///
+    /// An identity that is empty, longer than
+    /// [`MAX_HOLDER_IDENTITY_LEN`](leasehold_core::MAX_HOLDER_IDENTITY_LEN) bytes or
+    /// contains control characters makes [`RunnerBuilder::build`] fail with
+    /// [`Error::Config`] naming `holder_identity`.
+    ///
+    /// ```
+    /// let runner = leasehold::Runner::builder().with_holder_identity("web-7").build().unwrap();
+    /// assert_eq!(runner.holder_identity(), "web-7");
+    /// assert!(leasehold::Runner::builder().with_holder_identity("").build().is_err());
+    /// ```
+    pub fn with_holder_identity(mut self, identity: impl Into<String>) -> Self {
+        self.holder_identity = Some(identity.into());
+        self
+    }
+
+    /// Shuts the runner down (drain, then release every lease) when `cancel` is
+    /// cancelled: the application's own shutdown, so that the runner stops with
+    /// everything else. See [`Runner::shutdown`] and [`Runner::wait_for_shutdown`].
+    pub fn with_shutdown_token(self, cancel: CancellationToken) -> Self {
+        self.with_shutdown_signal(cancel.cancelled_owned())
+    }
+
+    /// Shuts the runner down (drain, then release every lease) when `signal` resolves,
+    /// e.g. the future an HTTP server's graceful shutdown waits for. It is awaited on a
+    /// task of the runtime the runner is built in, or, built outside one, of the runtime
+    /// of its first routine or wait. Given several signals, the first one counts.
+    pub fn with_shutdown_signal(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.shutdown_signals.0.push(signal.boxed());
+        self
+    }
+
+    /// Whether SIGINT and SIGTERM shut the runner down (default `false`, since the
+    /// application usually owns its signals: give the runner its shutdown with
+    /// [`RunnerBuilder::with_shutdown_token`] or [`RunnerBuilder::with_shutdown_signal`].
+    /// The process-wide default runner behind [`run`](crate::run) does handle them.
+    /// Needs the `signals` feature and Unix). The handlers are installed when the first routine
     /// starts. The first signal starts a shutdown (drain, then release) and does not end
     /// the process: the application decides when to exit, e.g. after
     /// [`Runner::wait_for_shutdown`] returns. A second signal during the drain ends the
@@ -159,7 +221,24 @@ impl RunnerBuilder {
             return Err(error);
         }
         let config = self.resolve()?;
-        Ok(Runner::from_parts(self.backend, config))
+        let holder_identity = match self.holder_identity.take() {
+            Some(identity) => {
+                check_holder_identity(&identity)?;
+                identity
+            }
+            None => leasehold_core::process_identity().to_owned(),
+        };
+        let mut signals = std::mem::take(&mut self.shutdown_signals.0);
+        let shutdown_signal = match signals.len() {
+            0 => None,
+            1 => signals.pop(),
+            _ => Some(futures::future::select_all(signals).map(|_| ()).boxed()),
+        };
+        let setup = Setup {
+            holder_identity,
+            shutdown_signal,
+        };
+        Ok(Runner::from_parts(self.backend, config, setup))
     }
 
     fn resolve(&self) -> Result<RunnerConfig> {

@@ -38,7 +38,8 @@ pub struct RunnerConfig {
     /// How long [`Runner::shutdown`](crate::Runner::shutdown) waits for routines to return
     /// after cancelling them, before it drops them and releases their leases.
     pub drain_timeout: Duration,
-    /// Whether SIGINT and SIGTERM shut the runner down.
+    /// Whether SIGINT and SIGTERM shut the runner down (off unless asked for; on for the
+    /// process-wide default runner).
     pub handle_signals: bool,
 }
 
@@ -64,7 +65,7 @@ impl RunnerConfig {
             request_timeout: ttl / 2,
             release_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
-            handle_signals: true,
+            handle_signals: false,
         }
     }
 

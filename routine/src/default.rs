@@ -49,7 +49,9 @@ fn check_config(env: Lookup<'_>) -> crate::Result<()> {
 }
 
 fn build_default() -> Runner {
-    let mut builder = Runner::builder();
+    // The process-wide runner takes over SIGINT and SIGTERM, as the Go original does: a
+    // service that only calls `run_named` still releases its leases when stopped.
+    let mut builder = Runner::builder().with_signal_handling(true);
     match (ttl_from_env(&process_env), backend_from_env(&process_env)) {
         (Ok(ttl), Ok(backend)) => {
             if let Some(ttl) = ttl {
@@ -69,6 +71,7 @@ fn build_default() -> Runner {
         Err(error) => {
             tracing::error!(error = %error.chain(), "default routine runner: bad configuration; leased routines will fail");
             Runner::builder()
+                .with_signal_handling(true)
                 .backend_slot(BackendSlot::Invalid(Arc::new(error)))
                 .build()
                 .unwrap_or_else(|_| Runner::without_backend())

@@ -32,6 +32,15 @@ pub enum EventKind {
     },
     /// The lease is held by someone else; the routine waits.
     Contended,
+    /// Who holds the lease the routine waits for, as the backend described it: emitted
+    /// once per contention streak, right after [`Contended`](EventKind::Contended), when
+    /// the backend could tell (see [`LockBackend::describe`](crate::LockBackend::describe)).
+    HeldBy {
+        /// The holder's identity, if the backend stores one.
+        holder: Option<String>,
+        /// The holder's fencing token, if the backend tells it.
+        token: Option<FencingToken>,
+    },
     /// A lease refresh failed without a verdict; it is retried until the local deadline.
     RefreshFailed {
         /// The error, rendered.

@@ -1,34 +1,12 @@
-//! `RoutineHandle` and `Outcome`: cancelling a routine and learning how it ended.
+//! `RoutineHandle`: cancelling a routine, watching its state and learning how it ended.
 
 use std::sync::{Arc, Mutex};
 
-use leasehold_core::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-/// How a routine ended, from [`RoutineHandle::join`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// The routine returned on its own, without being cancelled.
-    Returned,
-    /// The routine was cancelled (by its handle or by shutdown) and then ended.
-    Cancelled,
-    /// The routine panicked; the panic message, if it was a string.
-    Panicked(String),
-    /// The routine's lease was lost and it was stopped (only for routines run with
-    /// [`RunOptions::exclusive`](crate::RunOptions::exclusive); routines kept running
-    /// try to take the lease again instead).
-    LeaseLost,
-    /// The runner was already shutting down: the routine never started.
-    Rejected,
-    /// The routine could not run because of a configuration error (bad name, bad TTL,
-    /// no backend configured, no tokio runtime).
-    Failed(Arc<Error>),
-    /// The routine's task was dropped before it finished: the tokio runtime shut down,
-    /// or [`Runner::abort`](crate::Runner::abort) was called.
-    Aborted,
-}
+use crate::outcome::Outcome;
+use crate::state::RoutineState;
 
 /// A started routine: cancel it or wait for it to end.
 ///
@@ -41,6 +19,8 @@ pub struct RoutineHandle {
     cancel: CancellationToken,
     /// The outcome's channel, or the outcome once [`RoutineHandle::is_finished`] saw it.
     outcome: Mutex<Received>,
+    /// The routine's state, set by its task.
+    state: watch::Receiver<RoutineState>,
 }
 
 /// What a handle has received of its outcome.
@@ -60,12 +40,14 @@ impl RoutineHandle {
         name: Option<Arc<str>>,
         cancel: CancellationToken,
         outcome: oneshot::Receiver<Outcome>,
+        state: watch::Receiver<RoutineState>,
     ) -> Self {
         Self {
             number,
             name,
             cancel,
             outcome: Mutex::new(Received::Waiting(outcome)),
+            state,
         }
     }
 
@@ -73,11 +55,13 @@ impl RoutineHandle {
     pub(crate) fn finished(number: u64, name: Option<Arc<str>>, outcome: Outcome) -> Self {
         let cancel = CancellationToken::new();
         cancel.cancel();
+        let state = watch::channel(RoutineState::Stopped(outcome.clone())).1;
         Self {
             number,
             name,
             cancel,
             outcome: Mutex::new(Received::Arrived(outcome)),
+            state,
         }
     }
 
@@ -89,6 +73,34 @@ impl RoutineHandle {
     /// The routine's name, if it has one.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// The routine's state now, and each change of it: waiting for its lease (and for
+    /// whom), holding it, backing off, stopped.
+    ///
+    /// The receiver always holds the latest state, whatever was missed; it keeps working
+    /// after the handle is dropped or joined, and after the routine stopped (its last
+    /// value is then [`RoutineState::Stopped`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::{MemoryBackend, RoutineState, RunOptions, Runner};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let runner = Runner::with_backend(MemoryBackend::new());
+    /// let handle = runner.run_named(
+    ///     "report",
+    ///     |ctx| async move { ctx.cancelled().await },
+    ///     RunOptions::keep_running_one_instance(),
+    /// );
+    /// let mut state = handle.state();
+    /// state.wait_for(RoutineState::is_holding).await.unwrap();
+    /// runner.shutdown().await;
+    /// # }
+    /// ```
+    pub fn state(&self) -> watch::Receiver<RoutineState> {
+        self.state.clone()
     }
 
     /// Asks this routine to stop: its [`Context`](crate::Context) is cancelled and, for a

@@ -31,6 +31,7 @@ use crate::config::RunnerConfig;
 use crate::events::EventKind;
 use crate::guard::{Expired, Guard};
 use crate::keeper::{KeptLease, RefreshNews};
+use crate::state::RoutineState;
 use crate::task::{EndOnDrop, RoutineFn, RunEnd, Task};
 
 /// How one leased run of the routine ended.
@@ -87,6 +88,10 @@ pub(crate) async fn hold(
     let guard = Guard::new(task.cancel().child_token(), Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
     let ctx = task.context(&guard, Some(fencing));
+    task.set_state(RoutineState::Holding {
+        fencing_token: fencing,
+        since: sent,
+    });
     let end = {
         let watch = watch(task, &kept, &guard, revoked);
         // The guard reads the clock before every poll of the routine: the watch's timer

@@ -9,15 +9,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{Error, Lease, LeaseInfo, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
 use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
 use crate::events::EventKind;
-use crate::handle::Outcome;
 use crate::hold::{HoldEnd, hold};
 use crate::options::Mode;
+use crate::outcome::Outcome;
+use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
 
 pub(crate) struct Instance<'a> {
@@ -144,24 +145,34 @@ impl<'a> Instance<'a> {
                         HoldEnd::Returned if !restart => return Outcome::Returned,
                         HoldEnd::Returned => {
                             self.panic_backoff.reset();
+                            task.set_state(RoutineState::Starting);
                             config.retry_interval
                         }
                         HoldEnd::Panicked(message) if !restart => {
                             return Outcome::Panicked(message);
                         }
-                        HoldEnd::Panicked(_) => {
+                        HoldEnd::Panicked(message) => {
                             self.error_backoff.reset();
-                            self.panic_backoff.next_wait()
+                            let wait = self.panic_backoff.next_wait();
+                            task.set_state(RoutineState::BackingOff {
+                                error: format!("routine panicked: {message}"),
+                                until: Instant::now() + wait,
+                            });
+                            wait
                         }
                         HoldEnd::LeaseLost if !restart => return Outcome::LeaseLost,
                         // Someone else probably holds it now: the next round finds out.
-                        HoldEnd::LeaseLost => Duration::ZERO,
+                        HoldEnd::LeaseLost => {
+                            task.set_state(RoutineState::Starting);
+                            Duration::ZERO
+                        }
                         HoldEnd::Cancelled => return Outcome::Cancelled,
                         HoldEnd::Aborted => return Outcome::Aborted,
                     };
                     if !Box::pin(self.sleep(wait)).await {
                         return self.stopped();
                     }
+                    task.set_state(RoutineState::Starting);
                 }
                 Ok(None) => {
                     // The backend answered: the outage, if any, is over. Without this reset
@@ -170,6 +181,16 @@ impl<'a> Instance<'a> {
                     if !self.contended {
                         self.contended = true;
                         task.emit(EventKind::Contended);
+                        let info = Box::pin(self.describe_holder(&*backend)).await;
+                        if let Some(info) = &info {
+                            task.emit(EventKind::HeldBy {
+                                holder: info.holder.clone(),
+                                token: info.fencing_token,
+                            });
+                        }
+                        task.set_state(RoutineState::Waiting {
+                            holder: info.and_then(|info| info.holder),
+                        });
                     }
                     let woke = Box::pin(self.wait_after_contention(
                         &*backend,
@@ -208,7 +229,7 @@ impl<'a> Instance<'a> {
         let sent = Instant::now();
         let attempt = tokio::time::timeout(
             config.request_timeout,
-            backend.try_acquire(&self.key, config.lease_ttl),
+            backend.try_acquire_as(&self.key, config.lease_ttl, shared.holder_identity()),
         );
         let result = tokio::select! {
             biased;
@@ -220,6 +241,28 @@ impl<'a> Instance<'a> {
         };
         drop(turn);
         Some(Attempt { result, sent })
+    }
+
+    /// Who holds the key, asked once per contention streak (not per retry: a waiter must
+    /// not double the load it puts on the backend). An error, `Unsupported` included, or
+    /// a timeout just leaves the holder unknown: it is for display only.
+    async fn describe_holder(&self, backend: &dyn LockBackend) -> Option<LeaseInfo> {
+        let shared = self.task.shared();
+        let describe =
+            tokio::time::timeout(shared.config().request_timeout, backend.describe(&self.key));
+        tokio::select! {
+            biased;
+            _ = shared.aborted() => None,
+            _ = self.task.cancel().cancelled() => None,
+            answer = describe => match answer {
+                Ok(Ok(info)) => info,
+                Ok(Err(error)) => {
+                    tracing::debug!(error = %error.chain(), "cannot tell who holds the lease");
+                    None
+                }
+                Err(_) => None,
+            },
+        }
     }
 
     /// After contention: waits for the holder's release, for its lease to run out, or
@@ -314,7 +357,12 @@ impl<'a> Instance<'a> {
         self.contended = false;
         self.panic_backoff.reset();
         let wait = self.error_backoff.next_wait();
+        self.task.set_state(RoutineState::BackingOff {
+            error: error.chain(),
+            until: Instant::now() + wait,
+        });
         if self.sleep(wait).await {
+            self.task.set_state(RoutineState::Starting);
             None
         } else {
             Some(self.stopped())

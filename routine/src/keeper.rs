@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use leasehold_core::{Lease, LockBackend};
+use leasehold_core::{FencingToken, Lease, LockBackend, LockKey};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
 use crate::guard::Deadline;
+use crate::health::LateLease;
 
 mod batch;
 mod watch;
@@ -70,6 +71,12 @@ struct Entry {
     lease: Option<Box<dyn Lease>>,
     watch: Arc<Watch>,
     next_due: Instant,
+    /// The lease's key and token, for health reports (the lease itself is away while
+    /// it is refreshed).
+    key: LockKey,
+    fencing: FencingToken,
+    /// When the last successful acquire or refresh was sent.
+    confirmed_at: Instant,
     /// Refreshed no more: it was lost, or its hold wants it back to release it.
     retired: bool,
     /// Its hold is gone (dropped mid-batch): drop the lease when the batch returns.
@@ -121,6 +128,8 @@ impl Keeper {
         sent: Instant,
     ) -> KeptLease {
         let watch = Arc::new(Watch::new(self.shared.config.local_deadline(sent)));
+        let key = lease.key().clone();
+        let fencing = lease.fencing_token();
         let mut state = lock(&self.shared.state);
         let id = state.next_id;
         state.next_id += 1;
@@ -131,6 +140,9 @@ impl Keeper {
                 lease: Some(lease),
                 watch: Arc::clone(&watch),
                 next_due: sent + self.shared.config.refresh_interval,
+                key,
+                fencing,
+                confirmed_at: sent,
                 retired: false,
                 orphaned: false,
             },
@@ -150,6 +162,30 @@ impl Keeper {
             watch,
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// The held leases whose last confirmation was sent more than a refresh interval
+    /// and a half before `now` (see [`Health`](crate::Health)), most late first.
+    pub(crate) fn late(&self, now: Instant) -> Vec<LateLease> {
+        let interval = self.shared.config.refresh_interval;
+        let allowed = interval + interval / 2;
+        let state = lock(&self.shared.state);
+        let mut late: Vec<LateLease> = state
+            .entries
+            .values()
+            .filter(|entry| !entry.retired)
+            .filter_map(|entry| {
+                let age = now.saturating_duration_since(entry.confirmed_at);
+                (age > allowed).then(|| LateLease {
+                    name: entry.key.clone(),
+                    fencing_token: entry.fencing,
+                    confirmed_at: entry.confirmed_at,
+                    late_by: age - allowed,
+                })
+            })
+            .collect();
+        late.sort_by_key(|lease| std::cmp::Reverse(lease.late_by));
+        late
     }
 }
 
@@ -340,6 +376,7 @@ impl Shared {
                 Ok(()) => {
                     entry.watch.confirmed(self.config.local_deadline(sent));
                     entry.next_due = sent + self.config.refresh_interval;
+                    entry.confirmed_at = sent;
                 }
                 Err(error) if error.is_lost() => {
                     entry.watch.lost();

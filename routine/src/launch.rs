@@ -11,6 +11,7 @@ use crate::backend_slot::BackendSlot;
 use crate::events::EventKind;
 use crate::handle::RoutineHandle;
 use crate::instance::Instance;
+use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
 
 /// The lease a named routine runs under: its key, and where the backend comes from.
@@ -38,6 +39,7 @@ pub(crate) fn launch(
         task.name().cloned(),
         task.cancel().clone(),
         outcome_rx,
+        task.watch_state(),
     );
     let span = tracing::info_span!(
         "routine",
@@ -53,6 +55,7 @@ pub(crate) fn launch(
         };
         tracing::debug!(?outcome, "routine stopped");
         task.emit(EventKind::Stopped);
+        task.set_state(RoutineState::Stopped(outcome.clone()));
         // The handle may have been dropped: nobody waits for the outcome.
         let _ = outcome_tx.send(outcome);
     }

@@ -26,15 +26,19 @@ mod env;
 mod events;
 mod guard;
 mod handle;
+mod health;
 mod hold;
 mod instance;
 mod keeper;
 mod launch;
+mod observe;
 mod options;
+mod outcome;
 mod report;
 mod runner;
 mod shared;
 mod signals;
+mod state;
 mod task;
 
 pub use builder::RunnerBuilder;
@@ -43,12 +47,18 @@ pub use context::{CancelReason, Context};
 pub use default::{check_default_config, default_runner, run, run_named};
 pub use env::connect;
 pub use events::{Event, EventKind};
-pub use handle::{Outcome, RoutineHandle};
+pub use handle::RoutineHandle;
+pub use health::{Health, LateLease};
+pub use observe::observe;
 pub use options::RunOptions;
+pub use outcome::Outcome;
 pub use runner::Runner;
+pub use state::RoutineState;
 
 pub use leasehold_core::{
-    BoxError, Capabilities, Error, FencingToken, Lease, LockBackend, LockKey, MemoryBackend, Result,
+    BoxError, Capabilities, Error, FencingToken, HOLDER_IDENTITY_ENV, Lease, LeaseInfo,
+    LockBackend, LockKey, MAX_HOLDER_IDENTITY_LEN, MemoryBackend, Result, check_holder_identity,
+    process_identity,
 };
 
 /// The Redis backend (feature `redis`, on by default).

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use leasehold_core::{Error, LockBackend, LockKey};
+use futures::stream::BoxStream;
+use leasehold_core::{Error, LeaseInfo, LockBackend, LockKey, Result};
 use tokio::sync::broadcast;
 
 use crate::backend_slot::BackendSlot;
@@ -13,10 +14,12 @@ use crate::builder::RunnerBuilder;
 use crate::config::{DEFAULT_TTL, RunnerConfig};
 use crate::context::Context;
 use crate::events::Event;
-use crate::handle::{Outcome, RoutineHandle};
+use crate::handle::RoutineHandle;
+use crate::health::Health;
 use crate::launch::{LeasePlan, launch};
 use crate::options::{Mode, RunOptions};
-use crate::shared::Shared;
+use crate::outcome::Outcome;
+use crate::shared::{Setup, Shared};
 use crate::signals::{self, Response};
 use crate::task::{RoutineFn, Task};
 
@@ -69,21 +72,77 @@ impl Runner {
         Self::from_parts(
             Some(BackendSlot::Ready(backend)),
             RunnerConfig::defaults(ttl),
+            Setup::default(),
         )
     }
 
     /// A runner without a backend: [`Runner::run`] works, named routines with a lease
     /// end with [`Outcome::Failed`].
     pub fn without_backend() -> Self {
-        Self::from_parts(None, RunnerConfig::defaults(DEFAULT_TTL))
+        Self::from_parts(None, RunnerConfig::defaults(DEFAULT_TTL), Setup::default())
     }
 
-    /// A runner on `backend` (if any) with the resolved `config`.
-    pub(crate) fn from_parts(backend: Option<BackendSlot>, config: RunnerConfig) -> Self {
-        Self {
-            backend,
-            shared: Arc::new(Shared::new(config)),
+    /// A runner on `backend` (if any) with the resolved `config` and `setup`.
+    pub(crate) fn from_parts(
+        backend: Option<BackendSlot>,
+        config: RunnerConfig,
+        setup: Setup,
+    ) -> Self {
+        let shared = Arc::new(Shared::new(config, setup));
+        // Within a runtime the shutdown signal is watched from now on; otherwise from
+        // the first routine or wait on the runner.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            shared.arm_shutdown_signal(&runtime);
         }
+        Self { backend, shared }
+    }
+
+    /// Who this runner's leases are held as, as [`LockBackend::describe`] reports the
+    /// holder: [`RunnerBuilder::with_holder_identity`], else
+    /// [`process_identity`](leasehold_core::process_identity) (`$ROUTINE_HOLDER_IDENTITY`,
+    /// else `<host>:<pid>`).
+    pub fn holder_identity(&self) -> &str {
+        self.shared.holder_identity()
+    }
+
+    /// Whether every lease this runner holds is refreshed on time; see [`Health`]. For a
+    /// liveness probe: a late lease shows a backend that does not answer or a runtime too
+    /// busy to refresh, before the lease is lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let runner = leasehold::Runner::with_backend(leasehold::MemoryBackend::new());
+    /// assert!(runner.health().is_healthy());
+    /// # }
+    /// ```
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// The holders of `name`'s lease as they change, seen from this runner's backend
+    /// without competing for it; see [`observe`](crate::observe), polled at this runner's
+    /// retry interval. A name that is not a valid key, or a runner without a backend,
+    /// gives a stream of one error.
+    pub fn observe(&self, name: &str) -> BoxStream<'static, Result<Option<LeaseInfo>>> {
+        use futures::StreamExt;
+        let key = match LockKey::new(name) {
+            Ok(key) => key,
+            Err(error) => return futures::stream::once(async move { Err(error) }).boxed(),
+        };
+        let Some(slot) = self.backend.clone() else {
+            let error = Error::config("backend", "no lease backend configured");
+            return futures::stream::once(async move { Err(error) }).boxed();
+        };
+        let ttl = self.config().lease_ttl;
+        let poll = self.config().retry_interval;
+        futures::stream::once(async move { slot.get(ttl).await })
+            .flat_map(move |backend| match backend {
+                Ok(backend) => crate::observe::observe(backend, key.clone(), poll).boxed(),
+                Err(error) => futures::stream::once(async move { Err(error) }).boxed(),
+            })
+            .boxed()
     }
 
     /// The runner's settings.
@@ -179,6 +238,7 @@ impl Runner {
             }
         };
         self.install_signal_handlers(&runtime);
+        self.shared.arm_shutdown_signal(&runtime);
         let task = Task::new(Arc::clone(&self.shared), number, label, mode);
         launch(task, routine, lease, &runtime)
     }
@@ -207,7 +267,33 @@ impl Runner {
     ///
     /// Cancel-safe.
     pub async fn wait_for_shutdown(&self) {
+        self.arm_shutdown_signal();
         self.shared.wait_for_shutdown().await;
+    }
+
+    /// Resolves when a shutdown has begun, by [`Runner::shutdown`], the application's
+    /// shutdown signal ([`RunnerBuilder::with_shutdown_token`],
+    /// [`RunnerBuilder::with_shutdown_signal`]), SIGINT/SIGTERM if the runner handles
+    /// them, or [`Runner::abort`]; at once if it has. Routines still drain after it:
+    /// wait for [`Runner::wait_for_shutdown`] before leaving.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn shutdown_started(&self) {
+        self.arm_shutdown_signal();
+        self.shared.shutdown_begun().await;
+    }
+
+    /// Whether a shutdown has begun (or finished); see [`Runner::shutdown_started`].
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown_started()
+    }
+
+    fn arm_shutdown_signal(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.shared.arm_shutdown_signal(&runtime);
+        }
     }
 
     /// Stops every routine at once, without draining and without releasing their leases

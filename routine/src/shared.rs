@@ -3,9 +3,10 @@
 //! shutdown. Its fields are private: routines ask it (`is_aborted`, `emit`, `keep`)
 //! rather than reach into it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use leasehold_core::{Lease, LockBackend};
 use tokio::sync::{Semaphore, SemaphorePermit, broadcast};
 use tokio::time::Instant;
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RunnerConfig;
 use crate::events::{Event, EventKind};
+use crate::health::Health;
 use crate::keeper::{Keeper, KeptLease};
 
 /// How many acquire requests one runner has in flight at once. A service starting
@@ -25,6 +27,23 @@ const MAX_CONCURRENT_ACQUIRES: usize = 64;
 
 /// How many events a slow subscriber may fall behind before it loses the oldest.
 const EVENT_CAPACITY: usize = 1024;
+
+/// What a runner is given besides its timing.
+pub(crate) struct Setup {
+    /// Who the runner's leases are held as.
+    pub(crate) holder_identity: String,
+    /// The application's shutdown signal: the runner shuts down when it resolves.
+    pub(crate) shutdown_signal: Option<BoxFuture<'static, ()>>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            holder_identity: leasehold_core::process_identity().to_owned(),
+            shutdown_signal: None,
+        }
+    }
+}
 
 /// The state shared by a runner's clones and its routines' tasks.
 pub(crate) struct Shared {
@@ -39,6 +58,13 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown has finished.
     shut_down: CancellationToken,
     shutdown_started: AtomicBool,
+    /// Cancelled when shutdown begins (or the runner is aborted), for
+    /// `Runner::shutdown_started`; `shutdown` is cancelled a moment later, by the drain.
+    started: CancellationToken,
+    /// Who the runner's leases are held as.
+    holder_identity: String,
+    /// The application's shutdown signal, until a task on a runtime waits for it.
+    shutdown_signal: Mutex<Option<BoxFuture<'static, ()>>>,
     signals_installed: AtomicBool,
     tracker: TaskTracker,
     /// Refreshes every lease the runner holds.
@@ -50,9 +76,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The state of a new runner with `config`.
-    pub(crate) fn new(config: RunnerConfig) -> Self {
+    pub(crate) fn new(config: RunnerConfig, setup: Setup) -> Self {
         let abort = CancellationToken::new();
         Self {
+            started: CancellationToken::new(),
+            holder_identity: setup.holder_identity,
+            shutdown_signal: Mutex::new(setup.shutdown_signal),
             keeper: Keeper::new(&config, abort.clone()),
             config,
             shutdown: CancellationToken::new(),
@@ -70,6 +99,51 @@ impl Shared {
     /// The runner's settings.
     pub(crate) fn config(&self) -> &RunnerConfig {
         &self.config
+    }
+
+    /// Who the runner's leases are held as.
+    pub(crate) fn holder_identity(&self) -> &str {
+        &self.holder_identity
+    }
+
+    /// The held leases whose refresh is late.
+    pub(crate) fn health(&self) -> Health {
+        Health {
+            late: self.keeper.late(Instant::now()),
+        }
+    }
+
+    /// Starts a task on `runtime` that waits for the application's shutdown signal, if
+    /// one was given and nobody waits for it yet. The task holds the runner weakly: a
+    /// dropped runner is not kept alive by it.
+    pub(crate) fn arm_shutdown_signal(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let signal = self
+            .shutdown_signal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some(signal) = signal else {
+            return;
+        };
+        let shared = Arc::downgrade(self);
+        let started = self.started.clone();
+        runtime.spawn(async move {
+            tokio::select! {
+                // Shutting down anyway: the signal has nothing left to do.
+                _ = started.cancelled() => {}
+                () = signal => {
+                    if let Some(shared) = shared.upgrade() {
+                        tracing::info!("shutdown signal received; shutting down routines");
+                        shared.begin_shutdown();
+                    }
+                }
+            }
+        });
+    }
+
+    /// Resolves when a shutdown has begun (or the runner was aborted).
+    pub(crate) fn shutdown_begun(&self) -> WaitForCancellationFuture<'_> {
+        self.started.cancelled()
     }
 
     /// The cancellation of a new routine: cancelled by its handle, and when shutdown
@@ -165,6 +239,7 @@ impl Shared {
         if self.shutdown_started.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.started.cancel();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let shared = Arc::clone(self);
@@ -223,6 +298,7 @@ impl Shared {
     /// Stops every routine at once, without draining and without releasing leases.
     pub(crate) fn abort(&self) {
         self.shutdown_started.store(true, Ordering::SeqCst);
+        self.started.cancel();
         self.abort.cancel();
         self.shutdown.cancel();
         self.tracker.close();

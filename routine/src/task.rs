@@ -9,14 +9,16 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use leasehold_core::FencingToken;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::events::EventKind;
 use crate::guard::Guard;
-use crate::handle::Outcome;
 use crate::options::Mode;
+use crate::outcome::Outcome;
 use crate::shared::Shared;
+use crate::state::RoutineState;
 
 /// A routine as the runner calls it: once for `run`, once per restart for `run_named`.
 pub(crate) type RoutineFn = Box<dyn FnMut(Context) -> BoxFuture<'static, ()> + Send>;
@@ -29,6 +31,8 @@ pub(crate) struct Task {
     mode: Mode,
     /// Cancelled by the handle; a child of the runner's shutdown.
     cancel: CancellationToken,
+    /// What the routine is doing now, for its handle.
+    state: watch::Sender<RoutineState>,
 }
 
 /// How one run of the routine's future ended.
@@ -51,7 +55,19 @@ impl Task {
             number,
             name,
             mode,
+            state: watch::channel(RoutineState::Starting).0,
         }
+    }
+
+    /// Sets what the routine is doing now.
+    pub(crate) fn set_state(&self, state: RoutineState) {
+        // Kept even without receivers: a handle may subscribe later.
+        self.state.send_replace(state);
+    }
+
+    /// A receiver of the routine's state, for its handle.
+    pub(crate) fn watch_state(&self) -> watch::Receiver<RoutineState> {
+        self.state.subscribe()
     }
 
     /// The runner's shared state.
@@ -84,6 +100,7 @@ impl Task {
         let guard = Guard::new(self.cancel.child_token(), None);
         let _end = EndOnDrop(&guard);
         let ctx = self.context(&guard, None);
+        self.set_state(RoutineState::Running);
         let outcome = tokio::select! {
             biased;
             _ = self.shared.aborted() => Outcome::Aborted,
