@@ -35,6 +35,7 @@ use crate::EtcdBackend;
 use crate::error::{Failure, timed};
 use crate::orphan::Orphan;
 use crate::session::Session;
+use crate::value::Stamp;
 
 /// One acquire attempt of a key. Dropped without [`Attempt::answered`] after its
 /// transaction was sent, it gives the key back in the background if the transaction
@@ -57,11 +58,12 @@ struct Sent {
 }
 
 impl Attempt {
-    pub(crate) fn new(backend: &EtcdBackend, key: &[u8]) -> Self {
+    /// An attempt to take `key` for the acquisition `stamp`.
+    pub(crate) fn new(backend: &EtcdBackend, key: &[u8], stamp: &Stamp) -> Self {
         Self {
             backend: backend.clone(),
             key: key.to_vec(),
-            value: backend.attempt_value(),
+            value: backend.attempt_value(stamp),
             sent: None,
             answered: false,
         }

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use etcd_client::{GetOptions, TxnOpResponse};
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LockBackend, LockKey, RefreshStart, Result,
+    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LeaseInfo, LockBackend, LockKey,
+    RefreshStart, Result, check_holder_identity, process_identity,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -17,14 +18,15 @@ use tokio::time::Instant;
 use crate::abandon::Attempt;
 use crate::config::EtcdBackendBuilder;
 use crate::error::{Failure, NAME, timed};
-use crate::expiry::{self, MAX_TTL};
+use crate::expiry::MAX_TTL;
 use crate::holder::{self, Holder};
 use crate::lease::EtcdLease;
 use crate::orphan::Orphan;
 use crate::session::{Answer, KeepAlive, Session};
 use crate::settings::Settings;
+use crate::value::Stamp;
 use crate::watch::WatchHub;
-use crate::{key, parse, tls};
+use crate::{key, operator, parse, tls};
 
 /// A lease backend on an etcd v3 cluster.
 ///
@@ -191,7 +193,7 @@ impl EtcdBackend {
 
     /// The etcd key of `key`, or [`Error::InvalidName`](leasehold_core::Error::InvalidName)
     /// if the name is one this backend refuses.
-    fn checked_key(&self, key: &LockKey) -> Result<Vec<u8>> {
+    pub(crate) fn checked_key(&self, key: &LockKey) -> Result<Vec<u8>> {
         key::etcd_key(&self.inner.settings.key_prefix, key)
     }
 
@@ -218,14 +220,14 @@ impl EtcdBackend {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    /// The process and backend, as written into a key moved to another session.
-    pub(crate) fn holder(&self) -> &str {
-        self.inner.holder.name()
+    /// The value of a key of the acquisition `stamp` moved to another session.
+    pub(crate) fn moved_value(&self, stamp: &Stamp) -> String {
+        self.inner.holder.moved_value(stamp)
     }
 
-    /// A value for an acquire attempt to write, which no other attempt writes.
-    pub(crate) fn attempt_value(&self) -> String {
-        self.inner.holder.attempt_value()
+    /// A value for an acquire attempt of `stamp` to write, which no other attempt writes.
+    pub(crate) fn attempt_value(&self, stamp: &Stamp) -> String {
+        self.inner.holder.attempt_value(stamp)
     }
 
     /// The live session for `secs`, granting one if there is none (or it was lost).
@@ -305,6 +307,66 @@ impl EtcdBackend {
     pub(crate) fn kv(&self) -> etcd_client::KvClient {
         self.inner.client.kv_client()
     }
+
+    /// Runs `query` on the client under the request timeout, as `operation` in errors.
+    async fn query<'a, T, F>(
+        &'a self,
+        operation: &'static str,
+        query: impl FnOnce(&'a Client) -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let timeout = self.request_timeout();
+        timed(timeout, query(&self.inner.client))
+            .await
+            .map_err(|failure| failure.into_error(operation, timeout))
+    }
+
+    /// Takes `key` for `ttl` in the name of `identity`, which was checked.
+    async fn acquire(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        identity: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        let secs = self.lease_seconds(ttl)?;
+        let etcd_key = self.checked_key(key)?;
+        let started = Instant::now();
+        let timeout = self.operation_timeout(ttl);
+        let stamp = self.inner.holder.stamp(identity);
+        // Gives the key back if this attempt ends without handing out a lease.
+        let mut attempt = Attempt::new(self, &etcd_key, &stamp);
+        let created = timed(timeout, async {
+            // A session that etcd no longer knows is replaced once: it may have expired
+            // while no key was held through it.
+            for _ in 0..2 {
+                let session = self.session(secs).await?;
+                match self
+                    .create(&session, &etcd_key, &mut attempt, started)
+                    .await?
+                {
+                    Created::Ours(revision) => return Ok(Some((session, revision))),
+                    Created::Held => return Ok(None),
+                    Created::SessionGone => session.mark_lost(),
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|failure| failure.into_error("acquire", timeout))?;
+        attempt.answered();
+        Ok(created.map(|(session, revision)| {
+            Box::new(EtcdLease::new(
+                self.clone(),
+                key.clone(),
+                etcd_key,
+                revision,
+                session,
+                stamp,
+            )) as Box<dyn Lease>
+        }))
+    }
 }
 
 /// Grants a 1 s lease and reads what etcd made of it: its minimum TTL.
@@ -356,41 +418,60 @@ impl LockBackend for EtcdBackend {
         Batched(self).refresh_batched(leases, ttl).await
     }
 
+    /// Acquires in the name of [`process_identity`].
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        let secs = self.lease_seconds(ttl)?;
+        self.acquire(key, ttl, process_identity()).await
+    }
+
+    /// Stores `holder` in the key's value, with the holder's wall-clock time (see
+    /// [`describe`](LockBackend::describe)); no request more than `try_acquire`.
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        check_holder_identity(holder)?;
+        self.acquire(key, ttl, holder).await
+    }
+
+    /// One read of the key and one `LeaseTimeToLive` of its etcd lease. The holder and
+    /// `acquired_at` come from the key's value: `acquired_at` is the *holder's* wall
+    /// clock when it acquired the key, since etcd keeps no time with a key. A key written
+    /// by an older version of this backend (or by anything else) is described without
+    /// them. The fencing token is the key's create revision, as the holder's lease has
+    /// it.
+    async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
         let etcd_key = self.checked_key(key)?;
-        let started = Instant::now();
-        let timeout = self.operation_timeout(ttl);
-        // Gives the key back if this attempt ends without handing out a lease.
-        let mut attempt = Attempt::new(self, &etcd_key);
-        let created = timed(timeout, async {
-            // A session that etcd no longer knows is replaced once: it may have expired
-            // while no key was held through it.
-            for _ in 0..2 {
-                let session = self.session(secs).await?;
-                match self
-                    .create(&session, &etcd_key, &mut attempt, started)
-                    .await?
-                {
-                    Created::Ours(revision) => return Ok(Some((session, revision))),
-                    Created::Held => return Ok(None),
-                    Created::SessionGone => session.mark_lost(),
-                }
-            }
-            Ok(None)
+        self.query("describe", |client| {
+            operator::describe(client, key, etcd_key)
         })
         .await
-        .map_err(|failure| failure.into_error("acquire", timeout))?;
-        attempt.answered();
-        Ok(created.map(|(session, revision)| {
-            Box::new(EtcdLease::new(
-                self.clone(),
-                key.clone(),
-                etcd_key,
-                revision,
-                session,
-            )) as Box<dyn Lease>
-        }))
+    }
+
+    /// One range read of every key under the key prefix followed by `prefix`, then one
+    /// `LeaseTimeToLive` per distinct etcd lease among them (a process's keys usually
+    /// share one session lease). Keys under the key prefix that name no routine (a
+    /// nested prefix's) are left out.
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let key_prefix = &self.inner.settings.key_prefix;
+        let mut range = key_prefix.as_bytes().to_vec();
+        range.extend_from_slice(prefix.as_bytes());
+        self.query("list", |client| operator::list(client, key_prefix, range))
+            .await
+    }
+
+    /// Deletes the key, whoever holds it, in one request. The delete wakes the waiters
+    /// of every backend through their release watch. The holder learns of it at its next
+    /// refresh, which checks that its key is still there with its create revision and
+    /// reports [`Error::Lost`](leasehold_core::Error::Lost); until then it runs on. Only
+    /// this key is freed: the holder's session lease and its other keys are untouched.
+    async fn force_release(&self, key: &LockKey) -> Result<bool> {
+        let etcd_key = self.checked_key(key)?;
+        self.query("force_release", |client| {
+            operator::force_release(client, etcd_key)
+        })
+        .await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {
@@ -406,26 +487,20 @@ impl LockBackend for EtcdBackend {
 
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
         let etcd_key = self.checked_key(key)?;
-        let timeout = self.request_timeout();
-        let client = &self.inner.client;
-        let remaining = timed(timeout, async {
-            let mut kv = client.kv_client();
-            let found = kv
+        self.query("expires_in", |client| async move {
+            let found = client
+                .kv_client()
                 .get(etcd_key, Some(GetOptions::new().with_keys_only()))
                 .await?;
-            let Some(lease_id) = found.kvs().first().map(|kv| kv.lease()) else {
+            let Some(lease) = found.kvs().first().map(|kv| kv.lease()) else {
                 return Ok(None);
             };
             // The key is there, so it is held: never `None` from here on (see `expiry`).
-            if lease_id == 0 {
-                return Ok(Some(expiry::no_lease_time_left()));
-            }
-            let ttl = client.lease_client().time_to_live(lease_id, None).await?;
-            Ok(Some(expiry::lease_time_left(ttl.ttl(), ttl.granted_ttl())))
+            Ok(Some(
+                operator::time_left(client.lease_client(), lease).await?,
+            ))
         })
         .await
-        .map_err(|failure: Failure| failure.into_error("expires_in", timeout))?;
-        Ok(remaining)
     }
 }
 

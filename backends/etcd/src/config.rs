@@ -176,7 +176,18 @@ impl EtcdBackendBuilder {
             pid: Some(pid),
             nonce,
             first_attempt: Some(first_attempt),
+            ..self.holder
         };
+        self
+    }
+
+    /// For tests only, not part of the API: every acquire records `acquired_at` as its
+    /// acquire time (see [`LeaseInfo::acquired_at`](leasehold_core::LeaseInfo::acquired_at))
+    /// instead of the wall-clock time, so that a test can spell the value an acquire
+    /// writes.
+    #[doc(hidden)]
+    pub fn with_holder_clock_for_tests(mut self, acquired_at: std::time::SystemTime) -> Self {
+        self.holder.clock = Some(acquired_at);
         self
     }
 

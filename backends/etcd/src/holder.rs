@@ -1,4 +1,5 @@
-//! `Holder`: what a backend writes into the keys it takes.
+//! `Holder`: who a backend is in the keys it takes (see the `value` module for the
+//! format).
 //!
 //! Every acquire attempt writes a value no other attempt writes, in any process, so that
 //! the clean-up of an attempt whose caller stopped waiting (see the `abandon` module)
@@ -12,22 +13,28 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The values a backend writes: `leasehold-etcd pid {pid} backend {nonce}` for a key moved
-/// to another session, and that followed by ` attempt {n}` for each acquire attempt.
+use crate::value::{self, Stamp};
+
+/// The values a backend writes: `pid {pid} backend {nonce}`, then `attempt {n}` for each
+/// acquire attempt or `attempt moved` for a key moved to another session, then the
+/// holder's identity and acquire time.
 #[derive(Debug)]
 pub(crate) struct Holder {
-    name: String,
+    process: String,
     next_attempt: AtomicU64,
+    /// The wall-clock time every acquire is stamped with instead of now; tests only.
+    clock: Option<SystemTime>,
 }
 
-/// Replacements for the process id, the nonce and the first attempt number, so that
-/// tests can make two backends write the same values (see
+/// Replacements for the process id, the nonce, the first attempt number and the clock,
+/// so that tests can make two backends write the same values (see
 /// [`EtcdBackendBuilder::with_holder_values_for_tests`](crate::EtcdBackendBuilder::with_holder_values_for_tests)).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Overrides {
     pub(crate) pid: Option<u32>,
     pub(crate) nonce: Option<u64>,
     pub(crate) first_attempt: Option<u64>,
+    pub(crate) clock: Option<SystemTime>,
 }
 
 impl Holder {
@@ -37,20 +44,30 @@ impl Holder {
         let pid = overrides.pid.unwrap_or_else(std::process::id);
         let nonce = overrides.nonce.unwrap_or_else(random_nonce);
         Self {
-            name: format!("leasehold-etcd pid {pid} backend {nonce:016x}"),
+            process: format!("pid {pid} backend {nonce:016x}"),
             next_attempt: AtomicU64::new(overrides.first_attempt.unwrap_or(1)),
+            clock: overrides.clock,
         }
     }
 
-    /// The process and backend, without an attempt number.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
+    /// An acquisition by `identity` now, on the holder's wall clock.
+    pub(crate) fn stamp(&self, identity: &str) -> Stamp {
+        Stamp {
+            identity: identity.to_owned(),
+            acquired_at: self.clock.unwrap_or_else(SystemTime::now),
+        }
     }
 
-    /// The value of the next acquire attempt.
-    pub(crate) fn attempt_value(&self) -> String {
+    /// The value of the next acquire attempt, for an acquisition `stamp`.
+    pub(crate) fn attempt_value(&self, stamp: &Stamp) -> String {
         let attempt = self.next_attempt.fetch_add(1, Ordering::Relaxed);
-        format!("{} attempt {attempt}", self.name)
+        value::encode(&self.process, &attempt.to_string(), stamp)
+    }
+
+    /// The value of a key moved to another session: the acquisition `stamp` is kept, and
+    /// no attempt's value is equal to it.
+    pub(crate) fn moved_value(&self, stamp: &Stamp) -> String {
+        value::encode(&self.process, "moved", stamp)
     }
 }
 
@@ -73,6 +90,8 @@ fn random_nonce() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -81,10 +100,11 @@ mod tests {
             Holder::new(&Overrides::default()),
             Holder::new(&Overrides::default()),
         );
-        assert_ne!(a.name(), b.name(), "each backend draws its own nonce");
+        let stamp = a.stamp("replica");
+        assert_ne!(a.process, b.process, "each backend draws its own nonce");
         assert_ne!(
-            a.attempt_value(),
-            b.attempt_value(),
+            a.attempt_value(&stamp),
+            b.attempt_value(&stamp),
             "the first attempts of two backends must differ"
         );
     }
@@ -95,18 +115,21 @@ mod tests {
             pid: Some(1),
             nonce: Some(0xab),
             first_attempt: Some(7),
+            clock: Some(UNIX_EPOCH + Duration::from_millis(5)),
         });
+        let stamp = holder.stamp("replica-a:17");
+        let expected = |attempt: &str| {
+            format!(
+                "leasehold-etcd v2 pid 1 backend 00000000000000ab attempt {attempt} \
+                 acquired_ms 5 holder replica-a:17"
+            )
+        };
+        assert_eq!(holder.attempt_value(&stamp), expected("7"));
+        assert_eq!(holder.attempt_value(&stamp), expected("8"));
         assert_eq!(
-            holder.name(),
-            "leasehold-etcd pid 1 backend 00000000000000ab"
-        );
-        assert_eq!(
-            holder.attempt_value(),
-            "leasehold-etcd pid 1 backend 00000000000000ab attempt 7"
-        );
-        assert_eq!(
-            holder.attempt_value(),
-            "leasehold-etcd pid 1 backend 00000000000000ab attempt 8"
+            holder.moved_value(&stamp),
+            expected("moved"),
+            "a moved key keeps its holder and acquire time"
         );
     }
 }

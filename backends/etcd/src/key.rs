@@ -57,9 +57,36 @@ pub(crate) fn unchecked(prefix: &str, key: &LockKey) -> Vec<u8> {
     bytes
 }
 
+/// The name whose key under `prefix` is `etcd_key`, if it is one this backend would lock:
+/// the rest after the prefix, without a `/` (else it is a nested prefix's key), and a
+/// valid [`LockKey`].
+pub(crate) fn name_of(prefix: &str, etcd_key: &[u8]) -> Option<LockKey> {
+    let name = std::str::from_utf8(etcd_key.strip_prefix(prefix.as_bytes())?).ok()?;
+    if name.contains(SEPARATOR) {
+        return None;
+    }
+    LockKey::new(name).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_read_back_from_their_keys_and_nested_keys_are_no_names() {
+        let key = LockKey::new("nightly-report:eu.1").unwrap();
+        assert_eq!(
+            name_of("routine/lock/", &etcd_key("routine/lock/", &key).unwrap()),
+            Some(key)
+        );
+        for other in [
+            &b"routine/lock/billing/report"[..],
+            b"routine/other",
+            b"routine/lock/\xff",
+        ] {
+            assert_eq!(name_of("routine/lock/", other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn ordinary_names_keep_their_keys() {

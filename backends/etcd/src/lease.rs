@@ -15,6 +15,7 @@ use crate::EtcdBackend;
 use crate::error::{Failure, timed};
 use crate::orphan::Orphan;
 use crate::session::{Answer, KeepAlive, Session};
+use crate::value::Stamp;
 
 /// A key held through a session lease. Its fencing token is the key's create revision,
 /// which etcd raises with every write in the cluster, so a later acquisition always has a
@@ -25,6 +26,8 @@ pub(crate) struct EtcdLease {
     etcd_key: Vec<u8>,
     create_revision: i64,
     session: Arc<Session>,
+    /// Who acquired the key and when, kept in its value when it moves to another session.
+    stamp: Stamp,
     released: bool,
 }
 
@@ -35,6 +38,7 @@ impl EtcdLease {
         etcd_key: Vec<u8>,
         create_revision: i64,
         session: Arc<Session>,
+        stamp: Stamp,
     ) -> Self {
         Self {
             backend,
@@ -42,6 +46,7 @@ impl EtcdLease {
             etcd_key,
             create_revision,
             session,
+            stamp,
             released: false,
         }
     }
@@ -62,7 +67,7 @@ impl EtcdLease {
             ])
             .and_then([TxnOp::put(
                 self.etcd_key.clone(),
-                self.backend.holder(),
+                self.backend.moved_value(&self.stamp),
                 Some(PutOptions::new().with_lease(target.id())),
             )]);
         let mut kv = self.backend.kv();

@@ -6,7 +6,10 @@
 //! - **Keys.** A routine named `report` is held in the key `routine/lock/report` (the
 //!   prefix is configurable). Its value names the holder's process, its backend (by a
 //!   random nonce) and the acquire attempt that wrote it, so that an attempt can tell
-//!   its own write from anyone else's. The prefix must end with `/` and names must not
+//!   its own write from anyone else's, then the holder's wall-clock time at acquire and
+//!   its identity, last and verbatim:
+//!   `leasehold-etcd v2 pid 42 backend 00000000000000ab attempt 7 acquired_ms
+//!   1764618145123 holder replica-a:17`. The prefix must end with `/` and names must not
 //!   contain one: otherwise two applications under different prefixes could lock
 //!   different routines in one key (prefix `a/` with name `b/c`, prefix `a/b/` with name
 //!   `c`). A prefix without the final `/` is an
@@ -45,6 +48,15 @@
 //!   most 1,000 a second) is reported as 500 ms from expiry, and one without a lease as
 //!   never expiring (the longest TTL etcd grants), so waiters pause instead of trying
 //!   again at once.
+//! - **Operator queries**: [`describe`](leasehold_core::LockBackend::describe) reads the
+//!   key and asks its lease's remaining time; the holder identity and `acquired_at` (the
+//!   *holder's* clock: etcd keeps no time with a key) come from the value, and a key
+//!   whose value does not name them (an older version's) is described without them.
+//!   [`list`](leasehold_core::LockBackend::list) is one range read under the prefix and
+//!   one `LeaseTimeToLive` per distinct lease.
+//!   [`force_release`](leasehold_core::LockBackend::force_release) deletes the key,
+//!   which wakes waiters; the holder's next refresh reports
+//!   [`Error::Lost`](leasehold_core::Error::Lost).
 //!
 //! # TTLs
 //!
@@ -113,11 +125,13 @@ mod expiry;
 mod holder;
 mod key;
 mod lease;
+mod operator;
 mod orphan;
 mod parse;
 mod session;
 mod settings;
 mod tls;
+mod value;
 mod watch;
 
 pub use backend::EtcdBackend;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::proxy::{Mode, Proxy};
 use common::{Deadline, key_info, raw, unique_key, within};
@@ -27,17 +27,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 /// How long a caller waits for an acquire whose reply is held back before it gives up.
 const CALLER_GIVES_UP: Duration = Duration::from_millis(300);
 
+/// The acquire time the backends here write into their keys, in milliseconds since the
+/// Unix epoch: fixed, so that two backends can write equal values.
+const ACQUIRED_MS: u64 = 1_764_618_145_123;
+
 /// A backend on `endpoint` that writes the values of a process with PID 1, with the
-/// given nonce (random if `None`), numbering its attempts from `first_attempt`.
+/// given nonce (random if `None`), numbering its attempts from `first_attempt`, with the
+/// acquire time [`ACQUIRED_MS`].
 async fn replica(endpoint: String, nonce: Option<u64>, first_attempt: u64) -> EtcdBackend {
     EtcdBackend::builder()
         .with_endpoints([endpoint])
         .with_request_timeout(REQUEST_TIMEOUT)
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_holder_values_for_tests(1, nonce, first_attempt)
+        .with_holder_clock_for_tests(acquired_at())
         .build()
         .await
         .unwrap_or_else(|err| panic!("backend must connect: {err:?}"))
+}
+
+fn acquired_at() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ACQUIRED_MS)
 }
 
 /// Backend `b` holds a key; backend `a`, behind a proxy, writing the same process id and
@@ -217,7 +227,10 @@ async fn an_unanswered_acquire_that_etcd_applies_after_its_cleanup_is_deleted_to
     tokio::time::sleep(REQUEST_TIMEOUT).await;
     // Now etcd applies the acquire's transaction, as a member that received it and then
     // paused would once it resumes: the key holds the attempt's value on a's session.
-    let value = format!("leasehold-etcd pid 1 backend {nonce:016x} attempt 2");
+    let value = format!(
+        "leasehold-etcd v2 pid 1 backend {nonce:016x} attempt 2 acquired_ms {ACQUIRED_MS} holder {}",
+        leasehold_core::process_identity()
+    );
     raw.put(
         etcd_key.clone(),
         value,
