@@ -22,7 +22,8 @@
 //!
 //! # Connections
 //!
-//! One backend uses two connections however many leases it holds: the lock session, owned
+//! One backend uses two connections however many leases it holds (plus operator
+//! connections, opened only for the operator queries below): the lock session, owned
 //! by one task that runs every acquire, refresh and release in turn (concurrent refreshes
 //! share one statement), and a `LISTEN` connection for release notifications. Both show in
 //! `pg_stat_activity` as `application_name` `routine lock session` and `routine listener`
@@ -112,8 +113,8 @@
 //! privilege; without it, [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied)
 //! (create the tables once as an administrator, then `SELECT, INSERT, UPDATE` on the
 //! fencing table and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
-//! fencing table made by an earlier version gets its `holder_session` column added, which
-//! needs its owner.
+//! fencing table made by an earlier version gets its `holder_session` and
+//! `holder_identity` columns added, which needs its owner.
 //!
 //! What stays on the server: one fencing row (about 100 bytes) per routine name ever
 //! acquired, kept for good so that tokens never restart; and one session row per backend
@@ -129,6 +130,33 @@
 //!   AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
 //!                   AND ((classid::int8 << 32) | objid::int8) = lock_key);
 //! ```
+//!
+//! # Operator queries
+//!
+//! [`describe`](leasehold_core::LockBackend::describe) and
+//! [`list`](leasehold_core::LockBackend::list) read the fencing row of each key: the
+//! holder identity (`holder_identity`, written by the acquire statement:
+//! [`process_identity`](leasehold_core::process_identity) for `try_acquire`, the given one
+//! for `try_acquire_as`), the fencing token, `acquired_at` (the server's clock at the
+//! acquire), and `expires_in` from the claiming session's heartbeat. A key counts as held
+//! when an acquire would meet contention now: its advisory lock is held in this database
+//! (`pg_locks`), or its row names a session whose heartbeat still runs. They and
+//! [`force_release`](leasehold_core::LockBackend::force_release) run on a small pool of
+//! operator connections (`application_name` `routine operator`), opened on first use and
+//! closed after a minute idle, never on the lock session, so they never delay a refresh.
+//!
+//! `force_release` ends the holder's lock session with `pg_terminate_backend`, which
+//! **frees every lease of that backend**, not only the key asked for, and needs
+//! membership in `pg_signal_backend` or in the holder's role
+//! ([`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied) otherwise). It
+//! then clears that key's claim, so the key can be taken at once; the holder's other keys
+//! stay guarded by its session's heartbeat until it runs out, so nobody overlaps with the
+//! routines still running on them. It announces the ended session on channel
+//! `routine_lock_session_ended`: the holder's backend hears it on its listener, drops the
+//! session and revokes its leases ([`Lease::revoked`](leasehold_core::Lease::revoked)) at
+//! once; a holder whose listener is cut off learns at its next refresh. On PostgreSQL 12
+//! and 13 the server does not wait for the terminated process to exit, so a waiter woken
+//! by the release may still meet the lock and wait for its retry interval.
 //!
 //! # Release notifications
 //!

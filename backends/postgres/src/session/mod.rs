@@ -9,7 +9,9 @@
 //! session fails (connection error, timeout, terminated backend), the task drops it, every
 //! lease on it is lost and told so at once (its revocation signal fires), and the next
 //! acquire opens a new session; each lease remembers the generation and id of the session
-//! it was taken on. A statement that fails on a healthy session (cancelled by
+//! it was taken on. A session that `force_release` ended (announced on the listener, see
+//! the `notify` module) is dropped the same way when the announcement arrives, without
+//! waiting for a statement to fail on it. A statement that fails on a healthy session (cancelled by
 //! `pg_cancel_backend` or `statement_timeout`, a constraint, a missing table) leaves the
 //! session and its locks alone.
 //!
