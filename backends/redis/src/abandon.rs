@@ -3,50 +3,64 @@
 //! An acquire may take the lock and still not hand a lease out: its request failed or
 //! timed out after it was sent, or the caller dropped the future (the runner does when
 //! its own request timeout passes first). The lock would then stay held, by nobody, for
-//! its whole TTL. So an [`Attempt`] that ends without an answer releases its owner value's
-//! lock in the background.
+//! its whole TTL. So an [`Attempt`] that ends without an answer releases its lock in the
+//! background.
 //!
 //! The release is sent on the same multiplexed connection as the acquire, so it is
 //! queued behind it: even an acquire still waiting in a paused server is undone after
-//! it runs. The release compares the random owner value this attempt wrote, which no other
-//! attempt of any process writes, so a lock held by anyone else is left alone; and it
-//! announces the release, so waiters try at once.
+//! it runs. The release compares the start of the lock's value with the random owner
+//! prefix this attempt wrote (the server completed the rest, see
+//! [`ABANDON`](scripts::ABANDON)), which no other attempt of any process writes, so a lock
+//! held by anyone else is left alone; and it announces the release, so waiters try at once.
 
 use std::sync::Arc;
 
 use leasehold_core::{LockKey, Result};
 
 use crate::client::Client;
-use crate::scripts::{self, Claim};
+use crate::scripts;
+use crate::value;
 
 /// One acquire of a key with a fresh owner value. Dropped without [`Attempt::answered`], it
-/// releases the lock if it holds its owner value.
+/// releases the lock if its value starts with the attempt's owner prefix.
 pub(crate) struct Attempt {
     inner: Arc<Client>,
     key: LockKey,
-    claim: Claim,
+    /// The lock key, `<namespace>:lock:<name>`.
+    lock: String,
+    /// What the value this attempt writes starts with (see
+    /// [`new_owner_prefix`](value::new_owner_prefix)).
+    owner_prefix: String,
     answered: bool,
 }
 
 impl Attempt {
-    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey, claim: Claim) -> Self {
+    /// An attempt on `key` with a fresh owner prefix.
+    pub(crate) fn new(inner: &Arc<Client>, key: &LockKey) -> Self {
         Self {
             inner: Arc::clone(inner),
             key: key.clone(),
-            claim,
+            lock: inner.keys.lock(key),
+            owner_prefix: value::new_owner_prefix(),
             answered: false,
         }
     }
 
-    /// The lock key and the owner value this attempt writes into it.
-    pub(crate) fn claim(&self) -> &Claim {
-        &self.claim
+    /// The lock key this attempt takes.
+    pub(crate) fn lock(&self) -> &str {
+        &self.lock
     }
 
-    /// The server answered: the lock is ours (now a lease's) or someone else's.
-    pub(crate) fn answered(mut self) -> Claim {
+    /// What the value this attempt writes starts with.
+    pub(crate) fn owner_prefix(&self) -> &str {
+        &self.owner_prefix
+    }
+
+    /// The server answered: the lock is ours (now a lease's) or someone else's. Returns
+    /// the lock key.
+    pub(crate) fn answered(mut self) -> String {
         self.answered = true;
-        std::mem::take(&mut self.claim)
+        std::mem::take(&mut self.lock)
     }
 }
 
@@ -61,10 +75,11 @@ impl Drop for Attempt {
         };
         let inner = Arc::clone(&self.inner);
         let channel = inner.keys.channel(&self.key);
-        let Claim { lock, owner } = std::mem::take(&mut self.claim);
+        let lock = std::mem::take(&mut self.lock);
+        let owner_prefix = std::mem::take(&mut self.owner_prefix);
         runtime.spawn(async move {
-            let mut invocation = scripts::RELEASE.key(&lock);
-            invocation.arg(&owner).arg(&channel);
+            let mut invocation = scripts::ABANDON.key(&lock);
+            invocation.arg(&owner_prefix).arg(&channel);
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner

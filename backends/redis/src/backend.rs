@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Error, FencingToken, Lease, LockBackend, LockKey,
+    BatchRefresh, BatchRefreshExt, Capabilities, Error, Lease, LeaseInfo, LockBackend, LockKey,
     RefreshStart, Result,
 };
 
@@ -19,7 +19,9 @@ use crate::error::{self, NAME};
 use crate::eviction;
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
+use crate::operator;
 use crate::scripts::{self, Claim, Keys};
+use crate::value;
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
 ///
@@ -213,19 +215,33 @@ impl LockBackend for RedisBackend {
         CAPABILITIES
     }
 
+    /// Acquires as [`process_identity`](leasehold_core::process_identity).
     async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        self.try_acquire_as(key, ttl, leasehold_core::process_identity())
+            .await
+    }
+
+    /// Stores `holder` in the lock's value, with the fencing token and the server's time
+    /// of the acquisition (see the [crate documentation](crate)); still one script call.
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
         let ttl_ms = ttl_millis(ttl)?;
+        leasehold_core::check_holder_identity(holder)?;
         // From here on, a lock this call may take is given back unless it ends with the
         // server's answer: on an error, a timeout or when this future is dropped.
-        let attempt = Attempt::new(&self.inner, key, Claim::new(self.inner.keys.lock(key)));
-        let claim = attempt.claim();
-        let mut invocation = scripts::ACQUIRE.key(&claim.lock);
+        let attempt = Attempt::new(&self.inner, key);
+        let mut invocation = scripts::ACQUIRE.key(attempt.lock());
         invocation
             .key(self.inner.keys.fence(key))
-            .arg(&claim.owner)
-            .arg(ttl_ms);
+            .arg(attempt.owner_prefix())
+            .arg(ttl_ms)
+            .arg(holder);
         let invocation = &invocation;
-        let reply: Vec<i64> = self
+        let (taken, written): (i64, Option<String>) = self
             .inner
             .request(
                 "acquire",
@@ -233,18 +249,24 @@ impl LockBackend for RedisBackend {
                 |mut conn| async move { invocation.invoke_async(&mut conn).await },
             )
             .await?;
-        match reply.as_slice() {
-            [0] => {
+        match (taken, written) {
+            (0, None) => {
                 attempt.answered();
                 Ok(None)
             }
-            &[1, fence] if fence > 0 => {
-                let claim = attempt.answered();
+            (1, Some(written)) if written.starts_with(attempt.owner_prefix()) => {
+                let Some(stored) = value::parse(written.as_bytes()) else {
+                    return Err(error::unexpected_reply("acquire", written));
+                };
+                let lock = attempt.answered();
                 Ok(Some(Box::new(RedisLease::new(
                     Arc::clone(&self.inner),
                     key.clone(),
-                    claim,
-                    FencingToken::new(fence.unsigned_abs()),
+                    Claim {
+                        lock,
+                        value: written,
+                    },
+                    stored.fence,
                     ttl,
                 ))))
             }
@@ -277,6 +299,36 @@ impl LockBackend for RedisBackend {
         // -2: no such key; -1: a key without expiry, which no lock of ours or of
         // bsm/redislock is, so its end is unknown.
         Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
+    }
+
+    /// One script call reads the lock's value and `PTTL`. A lease taken by a Go instance
+    /// (or by an older version of this backend, which stored no holder) describes with its
+    /// remaining TTL only: no holder, fencing token or start.
+    async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
+        let mut described = operator::describe(&self.inner, std::slice::from_ref(key)).await?;
+        Ok(described.pop().flatten())
+    }
+
+    /// Finds the lock keys under `prefix` with `SCAN` (never `KEYS`, which blocks the
+    /// server), a round trip per thousand keys the server looks at, then describes them
+    /// with one script call per 500. A lock released in between is left out; the list is
+    /// a snapshot of no single instant.
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        operator::list(&self.inner, prefix).await
+    }
+
+    /// Deletes the lock key whoever holds it, a Go instance included, and publishes the
+    /// release, so waiters try at once. Two requests: one reads the lock's value, the other
+    /// deletes the lock if it still holds that value, so that a request repeated after a
+    /// dropped connection never deletes the lock of the holder that came next.
+    ///
+    /// The holder is not told: it learns at its next refresh, which finds its value gone
+    /// and reports [`Error::Lost`](leasehold_core::Error::Lost) (its runner then stops the
+    /// routine). Until then it keeps running while the next holder may already have
+    /// started: fencing tokens order their writes. The fence counter is kept, so the next
+    /// holder's token is greater.
+    async fn force_release(&self, key: &LockKey) -> Result<bool> {
+        operator::force_release(&self.inner, key).await
     }
 }
 
@@ -330,7 +382,7 @@ impl BatchRefresh for Batched<'_> {
                 let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
                 invocation.arg(ttl_ms);
                 for claim in chunk {
-                    invocation.key(&claim.lock).arg(&claim.owner);
+                    invocation.key(&claim.lock).arg(&claim.value);
                 }
                 (chunk.len(), invocation)
             })

@@ -1,4 +1,4 @@
-//! `RedisLease`: a held lock key, refreshed and released by comparing its owner value.
+//! `RedisLease`: a held lock key, refreshed and released by comparing its value.
 
 use std::any::Any;
 use std::fmt;
@@ -13,7 +13,7 @@ use crate::error;
 use crate::scripts::{self, Claim};
 
 /// A lease handed out by [`RedisBackend`](crate::RedisBackend): the lock key holds
-/// `owner` until the TTL runs out.
+/// its value until the TTL runs out.
 pub(crate) struct RedisLease {
     inner: Arc<Client>,
     key: LockKey,
@@ -28,8 +28,8 @@ pub(crate) struct RedisLease {
 enum State {
     Held,
     Released,
-    /// A refresh found the key gone or someone else's. Our owner value is random and never
-    /// reused, so the lock cannot become ours again.
+    /// A refresh found the key gone or someone else's. Our value starts with a random
+    /// owner value, never reused, so the lock cannot become ours again.
     Lost,
 }
 
@@ -61,7 +61,7 @@ impl RedisLease {
         self.state == State::Held
     }
 
-    /// The lock key and our owner value in it, for a batched refresh.
+    /// The lock key and our value in it, for a batched refresh.
     pub(crate) fn claim(&self) -> &Claim {
         &self.claim
     }
@@ -84,7 +84,7 @@ impl RedisLease {
 
 impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The owner value is left out: anyone who has it can release the lock.
+        // The value is left out: anyone who has it can release the lock.
         f.debug_struct("RedisLease")
             .field("key", &self.claim.lock)
             .field("fencing_token", &self.fence)
@@ -113,7 +113,7 @@ impl Lease for RedisLease {
             return Err(Error::lost(&self.key));
         }
         let mut invocation = scripts::REFRESH.key(&self.claim.lock);
-        invocation.arg(&self.claim.owner).arg(ttl_ms);
+        invocation.arg(&self.claim.value).arg(ttl_ms);
         let invocation = &invocation;
         let extended: i64 = self
             .inner
@@ -132,7 +132,7 @@ impl Lease for RedisLease {
         }
         let channel = self.inner.keys.channel(&self.key);
         let mut invocation = scripts::RELEASE.key(&self.claim.lock);
-        invocation.arg(&self.claim.owner).arg(&channel);
+        invocation.arg(&self.claim.value).arg(&channel);
         let invocation = &invocation;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self

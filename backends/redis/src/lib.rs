@@ -6,16 +6,29 @@
 //!
 //! # Keys and compatibility with the Go original
 //!
-//! A routine `name` is locked by the key `routine:lock:<name>` holding a random owner value as a
-//! plain string, exactly as bsm/redislock (used by the Go original) stores it. Each step is
+//! A routine `name` is locked by the key `routine:lock:<name>` holding a plain string
+//! value, as bsm/redislock (used by the Go original) stores its random token. Each step is
 //! one atomic Lua script:
 //!
-//! - acquire: `SET key <owner> NX PX ttl`; on success `INCR routine:fence:<name>` gives the
-//!   [fencing token](leasehold_core::FencingToken) (that key never expires);
-//! - refresh: if `GET key` is our owner value, `PEXPIRE key ttl`, else the lease is
+//! - acquire: if the key is free, `INCR routine:fence:<name>` gives the
+//!   [fencing token](leasehold_core::FencingToken) (that key never expires) and
+//!   `SET key <value> PX ttl` takes it, where the value is
+//!   `leasehold:v1:<owner>:<fencing token>:<server time>:<holder>`: a random owner value
+//!   (16 bytes, hex), the token, the server's `TIME` (`<seconds>.<microseconds>`) and the
+//!   [holder identity](leasehold_core::LockBackend::try_acquire_as);
+//! - refresh: if `GET key` is our whole value, `PEXPIRE key ttl`, else the lease is
 //!   [lost](leasehold_core::Error::Lost);
-//! - release: if `GET key` is our owner value, `DEL key` and `PUBLISH routine:released:<name>`;
-//!   otherwise nothing is touched.
+//! - release: if `GET key` is our whole value, `DEL key` and `PUBLISH
+//!   routine:released:<name>`; otherwise nothing is touched.
+//!
+//! Keeping who holds a lease, its token and its start in the lock's own value means they
+//! live and expire with the lock: no second key to extend on every refresh or to go stale,
+//! and acquire, refresh and release each stay one script call. Go never parses a lock
+//! value, only compares it with its own token, so storing more in ours changes nothing for
+//! it. [`describe`](leasehold_core::LockBackend::describe) and
+//! [`list`](leasehold_core::LockBackend::list) read the value back; a lock held by a Go
+//! instance has a value they do not recognise and is reported with its remaining TTL
+//! only (no holder, token or start).
 //!
 //! So a Go instance and a Rust instance of the same routine on one Redis exclude each
 //! other. [`RedisBackendBuilder::with_namespace`] replaces `routine` to separate
@@ -143,7 +156,9 @@ mod error;
 mod eviction;
 mod lease;
 mod notify;
+mod operator;
 mod scripts;
+mod value;
 
 pub use backend::RedisBackend;
 pub use builder::RedisBackendBuilder;

@@ -1,9 +1,11 @@
 //! The Redis keys of a lock and the Lua scripts that acquire, refresh and release it.
 //!
-//! The lock key holds a random owner value as a plain string, exactly as bsm/redislock
-//! (used by the Go original, which calls the value its "token") stores it: `SET key <owner>
-//! NX PX ttl` to acquire, "if `GET` equals our owner value then `PEXPIRE`" to refresh, "if
-//! `GET` equals our owner value then `DEL`" to release.
+//! The lock key holds a plain string value, as bsm/redislock (used by the Go original)
+//! stores its random token: `SET key <value> PX ttl` if the key is free to acquire, "if
+//! `GET` equals our value then `PEXPIRE`" to refresh, "if `GET` equals our value then
+//! `DEL`" to release. Our value starts with a random owner value and also names the
+//! holder, the fencing token and when it was taken (see the `value` module); Go never
+//! parses it, only compares it with its own token.
 //! A Go instance and a Rust instance of the same routine on one Redis therefore exclude
 //! each other. Each step is one script, so it is atomic on the server.
 
@@ -15,31 +17,44 @@ use redis::Script;
 
 /// Takes the lock if it is free and counts the acquisition on the fence key.
 ///
-/// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` owner value, `ARGV[2]` TTL in ms.
-/// Returns `{1, fencing token}` if the lock is ours, `{0}` if someone else holds it.
+/// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` owner prefix (see
+/// [`new_owner_prefix`](crate::value::new_owner_prefix)), `ARGV[2]` TTL in ms, `ARGV[3]`
+/// holder identity. Returns `{1, value}` if the lock is ours, with the whole value written
+/// (it holds the fencing token), and `{0, nil}` if someone else holds it.
 ///
-/// If the lock already holds *our* owner value, an earlier attempt with the same owner value
-/// took it but its reply was lost with the connection (the backend repeats a request once when the
-/// connection dropped). The lock is ours; we count it again, as a skipped fencing token
-/// still leaves every fencing token greater than the ones before.
+/// The value is completed here, with the counter just incremented and the server's
+/// `TIME`, so that it records the token of this very acquisition: the counter is only
+/// incremented when the lock is taken. `replicate_commands` lets Redis 3.2 to 4 replicate
+/// a script that writes after reading the clock (later versions always do; it is a no-op).
+///
+/// If the lock already holds a value with *our* owner prefix, an earlier attempt with the
+/// same owner value took it but its reply was lost with the connection (the backend
+/// repeats a request once when the connection dropped). The lock is ours, with the
+/// fencing token that attempt was given; it is extended and its value returned.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('INCR', KEYS[2])}
+if redis.replicate_commands then redis.replicate_commands() end
+local held = redis.call('GET', KEYS[1])
+if not held then
+  local fence = redis.call('INCR', KEYS[2])
+  local now = redis.call('TIME')
+  local value = ARGV[1] .. string.format('%d:%s.%06d:', fence, now[1], tonumber(now[2])) .. ARGV[3]
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  return {1, value}
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if string.sub(held, 1, #ARGV[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, redis.call('INCR', KEYS[2])}
+  return {1, held}
 end
-return {0}
+return {0, false}
 ",
     )
 });
 
-/// Extends the lock if it still holds our owner value: bsm/redislock's refresh script.
+/// Extends the lock if it still holds our whole value: bsm/redislock's refresh script.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` owner value, `ARGV[2]` TTL in ms. Returns 1 if extended, 0 if
+/// `KEYS[1]` lock key; `ARGV[1]` our value, `ARGV[2]` TTL in ms. Returns 1 if extended, 0 if
 /// the lock is gone or someone else's.
 pub(crate) static REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -54,7 +69,7 @@ return 0
 
 /// [`REFRESH`] for many locks in one call: what the runner's shared refresh tick sends.
 ///
-/// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` the owner value of `KEYS[i]`. Returns
+/// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` our value in `KEYS[i]`. Returns
 /// one 1 (extended) or 0 (gone or someone else's) per key, in order.
 pub(crate) static REFRESH_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -76,10 +91,10 @@ return extended
 /// blocks the server for long (Redis runs scripts one at a time): about a millisecond.
 pub(crate) const REFRESH_MANY_CHUNK: usize = 500;
 
-/// Deletes the lock if it still holds our owner value (bsm/redislock's release script) and
+/// Deletes the lock if it still holds our whole value (bsm/redislock's release script) and
 /// announces the release to waiters.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` owner value, `ARGV[2]` release channel. Returns 1 if deleted,
+/// `KEYS[1]` lock key; `ARGV[1]` our value, `ARGV[2]` release channel. Returns 1 if deleted,
 /// 0 if the lock was already gone or someone else's (then nothing is touched).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -93,6 +108,52 @@ return 0
 ",
     )
 });
+
+/// Deletes the lock of an acquire whose answer never came, if it holds that acquire's
+/// value, and announces the release to waiters.
+///
+/// `KEYS[1]` lock key; `ARGV[1]` the acquire's owner prefix, `ARGV[2]` release channel.
+/// Returns 1 if deleted, 0 if the lock was gone or someone else's (then nothing is
+/// touched). The acquire's whole value is unknown (the server completed it), but no other
+/// acquisition's value starts with its random owner prefix.
+pub(crate) static ABANDON: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Reads locks for operators: per lock key, `{value, PTTL}` if it is held (by us or
+/// anyone, such as a Go holder) and nil if not.
+///
+/// `KEYS` lock keys. Returns one entry per key, in order.
+pub(crate) static DESCRIBE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value then
+    held[i] = {value, redis.call('PTTL', key)}
+  else
+    held[i] = false
+  end
+end
+return held
+",
+    )
+});
+
+/// How many locks one [`DESCRIBE`] call reads at most, for the same reason as
+/// [`REFRESH_MANY_CHUNK`].
+pub(crate) const DESCRIBE_CHUNK: usize = 500;
 
 /// Deletes a name's fence counter unless its lock is held.
 ///
@@ -109,26 +170,16 @@ return redis.call('DEL', KEYS[2])
     )
 });
 
-/// A lock key and the random owner value one acquisition writes into it: what the
-/// refresh and release scripts compare. `Debug` leaves the owner value out: anyone who
-/// has it can release the lock.
-#[derive(Clone, Default)]
+/// A lock key and the whole value one acquisition wrote into it: what the refresh and
+/// release scripts compare. `Debug` leaves the value out: anyone who has it can release
+/// the lock.
+#[derive(Clone)]
 pub(crate) struct Claim {
     /// The lock key, `<namespace>:lock:<name>`.
     pub(crate) lock: String,
-    /// The owner value: 16 random bytes, hex-encoded.
-    pub(crate) owner: String,
-}
-
-impl Claim {
-    /// A claim on `lock` with a fresh random owner value (bsm/redislock uses 16 random
-    /// bytes too).
-    pub(crate) fn new(lock: String) -> Self {
-        Self {
-            lock,
-            owner: format!("{:032x}", rand::random::<u128>()),
-        }
-    }
+    /// The value written: a random owner value, the fencing token, the time and the
+    /// holder (see the `value` module).
+    pub(crate) value: String,
 }
 
 impl fmt::Debug for Claim {
@@ -173,19 +224,40 @@ impl Keys {
         format!("{}{key}", self.channel)
     }
 
-    /// The `PSUBSCRIBE` pattern matching every release channel of this namespace, with
-    /// the namespace's glob characters escaped so they match only themselves.
-    pub(crate) fn channel_pattern(&self) -> String {
-        let mut pattern = String::with_capacity(self.channel.len() + 2);
-        for c in self.channel.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
+    /// The `SCAN MATCH` pattern of every lock key whose name starts with `prefix`, with
+    /// the glob characters of the namespace and of `prefix` escaped so they match only
+    /// themselves.
+    pub(crate) fn lock_pattern(&self, prefix: &str) -> String {
+        let mut pattern = escape_glob(&self.lock);
+        pattern.push_str(&escape_glob(prefix));
         pattern.push('*');
         pattern
     }
+
+    /// The name of a lock key of this namespace, `None` for any other key.
+    pub(crate) fn name_of_lock<'k>(&self, lock: &'k str) -> Option<&'k str> {
+        lock.strip_prefix(&self.lock)
+    }
+
+    /// The `PSUBSCRIBE` pattern matching every release channel of this namespace, with
+    /// the namespace's glob characters escaped so they match only themselves.
+    pub(crate) fn channel_pattern(&self) -> String {
+        let mut pattern = escape_glob(&self.channel);
+        pattern.push('*');
+        pattern
+    }
+}
+
+/// `text` as a Redis glob pattern that matches only `text` itself.
+fn escape_glob(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
 }
 
 #[cfg(test)]
@@ -206,5 +278,14 @@ mod tests {
     fn channel_pattern_escapes_glob_characters_of_the_namespace() {
         let keys = Keys::new(r"a*b?c[d]e\f");
         assert_eq!(keys.channel_pattern(), r"a\*b\?c\[d\]e\\f:released:*");
+    }
+
+    #[test]
+    fn lock_pattern_escapes_glob_characters_of_the_namespace_and_the_prefix() {
+        let keys = Keys::new("ns?");
+        assert_eq!(keys.lock_pattern(""), r"ns\?:lock:*");
+        assert_eq!(keys.lock_pattern(r"a*b[c]\d"), r"ns\?:lock:a\*b\[c\]\\d*");
+        assert_eq!(keys.name_of_lock("ns?:lock:a:b"), Some("a:b"));
+        assert_eq!(keys.name_of_lock("ns?:fence:a"), None);
     }
 }

@@ -1,0 +1,145 @@
+//! Operator queries on the server: who holds which lock (`describe`, `list`) and freeing
+//! a stuck one (`force_release`). None of them is on the path of acquire, refresh or
+//! release.
+
+use std::time::Duration;
+
+use leasehold_core::{LeaseInfo, LockKey, Result};
+
+use crate::client::Client;
+use crate::error;
+use crate::scripts;
+use crate::value;
+
+/// How many keys one `SCAN` call asks the server to look at: enough to list thousands of
+/// locks in a few round trips, few enough that each call is short for the server.
+const SCAN_COUNT: usize = 1000;
+
+/// Describes each of `keys` as it is now, in order: `None` for a key nobody holds. One
+/// [`DESCRIBE`](scripts::DESCRIBE) call per
+/// [`DESCRIBE_CHUNK`](scripts::DESCRIBE_CHUNK) keys, all pipelined.
+pub(crate) async fn describe(inner: &Client, keys: &[LockKey]) -> Result<Vec<Option<LeaseInfo>>> {
+    let invocations: Vec<_> = keys
+        .chunks(scripts::DESCRIBE_CHUNK)
+        .map(|chunk| {
+            let mut invocation = scripts::DESCRIBE.prepare_invoke();
+            for key in chunk {
+                invocation.key(inner.keys.lock(key));
+            }
+            invocation
+        })
+        .collect();
+    let limit = inner.settings.request_timeout;
+    let replies = futures::future::try_join_all(invocations.iter().map(|invocation| {
+        inner.request("describe", limit, move |mut conn| async move {
+            invocation
+                .invoke_async::<Vec<Option<(Vec<u8>, i64)>>>(&mut conn)
+                .await
+        })
+    }))
+    .await?;
+    let mut described = Vec::with_capacity(keys.len());
+    for (chunk, reply) in keys.chunks(scripts::DESCRIBE_CHUNK).zip(replies) {
+        if reply.len() != chunk.len() {
+            return Err(error::unexpected_reply("describe", reply.len()));
+        }
+        described.extend(
+            chunk
+                .iter()
+                .zip(reply)
+                .map(|(key, held)| held.map(|(value, pttl)| info(key, &value, pttl))),
+        );
+    }
+    Ok(described)
+}
+
+/// What a lock's value and `PTTL` say. A value this backend did not write (a Go holder's)
+/// gives only the remaining TTL.
+fn info(key: &LockKey, value: &[u8], pttl: i64) -> LeaseInfo {
+    let mut info = LeaseInfo::new(key.clone());
+    if let Some(stored) = value::parse(value) {
+        info = info
+            .with_holder(stored.holder)
+            .with_fencing_token(stored.fence)
+            .with_acquired_at(stored.acquired_at);
+    }
+    // -1, a key without expiry, is no lock of ours or of bsm/redislock: its end is unknown.
+    if let Ok(left) = u64::try_from(pttl) {
+        info = info.with_expires_in(Duration::from_millis(left));
+    }
+    info
+}
+
+/// The held locks whose name starts with `prefix`, in name order: the names found by
+/// `SCAN` (never `KEYS`, which blocks the server for as long as it takes), then described
+/// in batches. A lock released between the two is left out.
+pub(crate) async fn list(inner: &Client, prefix: &str) -> Result<Vec<LeaseInfo>> {
+    let pattern = &inner.keys.lock_pattern(prefix);
+    let limit = inner.settings.request_timeout;
+    let mut names = Vec::new();
+    let mut cursor = 0_u64;
+    loop {
+        let (next, found): (u64, Vec<Vec<u8>>) = inner
+            .request("list", limit, |mut conn| async move {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        names.extend(found.iter().filter_map(|lock| {
+            let name = inner.keys.name_of_lock(std::str::from_utf8(lock).ok()?)?;
+            // A key under the namespace that no name could have made is not a lock.
+            LockKey::new(name).ok()
+        }));
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    // `SCAN` may return a key more than once.
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Ok(describe(inner, &names)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Deletes `key`'s lock whoever holds it and wakes its waiters; whether it was held.
+///
+/// It reads the lock's value, then deletes the lock only if it still holds that value
+/// (with the release script), rather than deleting blindly in one step. A request is sent
+/// once more if its connection broke (see [`Client::request`]): a blind `DEL` repeated
+/// after a waiter took the freed key would delete the new holder's lock. A lock that
+/// changed hands in between, or was released, is left alone: the lock asked about is gone
+/// either way.
+pub(crate) async fn force_release(inner: &Client, key: &LockKey) -> Result<bool> {
+    let lock = &inner.keys.lock(key);
+    let limit = inner.settings.request_timeout;
+    let held: Option<Vec<u8>> = inner
+        .request("force_release", limit, |mut conn| async move {
+            redis::cmd("GET").arg(lock).query_async(&mut conn).await
+        })
+        .await?;
+    let Some(held) = held else {
+        return Ok(false);
+    };
+    let mut invocation = scripts::RELEASE.key(lock);
+    invocation.arg(held).arg(inner.keys.channel(key));
+    let invocation = &invocation;
+    let deleted: i64 = inner
+        .request("force_release", limit, |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await?;
+    match deleted {
+        0 | 1 => Ok(true),
+        other => Err(error::unexpected_reply("force_release", other)),
+    }
+}
