@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use leasehold_core::{LeaseInfo, LockBackend, LockKey, Result};
+use leasehold_core::{Error, LeaseInfo, LockBackend, LockKey, Result};
 use tokio::time::{Instant, sleep_until};
 
 /// How soon to look again after a release notification, in turn: the next holder usually
@@ -23,7 +23,8 @@ const AFTER_RELEASE: [Duration; 3] = [
 /// The first item is the state at the start. After it, an item comes only when the
 /// holder's identity or fencing token differs from the last item (a refresh is no
 /// change), and an error only when the last item was not one. The stream never ends;
-/// drop it to stop watching. It takes nothing and wakes no waiter:
+/// drop it to stop watching. A `describe` that takes longer than the poll interval (at
+/// least a second) counts as an error. It takes nothing and wakes no waiter:
 /// [`LockBackend::describe`] and [`LockBackend::released`] only read.
 ///
 /// How fast a change is seen:
@@ -75,6 +76,9 @@ pub fn observe(
     })
 }
 
+/// The shortest time a `describe` may take before it counts as failed.
+const MIN_DESCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What was last reported.
 #[derive(PartialEq, Eq)]
 enum Seen {
@@ -123,7 +127,11 @@ impl Observer {
             } else {
                 drop(released);
             }
-            let answer = self.backend.describe(&self.key).await;
+            // Bounded, so that a hung backend shows as an error rather than as silence.
+            let limit = self.poll_interval.max(MIN_DESCRIBE_TIMEOUT);
+            let answer = tokio::time::timeout(limit, self.backend.describe(&self.key))
+                .await
+                .unwrap_or_else(|_| Err(Error::timeout(self.backend.name(), "describe", limit)));
             let seen = match &answer {
                 Ok(info) => Seen::Held(
                     info.as_ref()

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub mod counting;
+
 use leasehold::{Event, EventKind, MemoryBackend, Runner};
 use tokio::sync::broadcast;
 
