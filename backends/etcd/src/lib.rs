@@ -117,6 +117,7 @@
 )]
 
 mod abandon;
+mod acquire;
 mod backend;
 mod check;
 mod config;
