@@ -138,7 +138,9 @@
 //! holder identity (`holder_identity`, written by the acquire statement:
 //! [`process_identity`](leasehold_core::process_identity) for `try_acquire`, the given one
 //! for `try_acquire_as`), the fencing token, `acquired_at` (the server's clock at the
-//! acquire), and `expires_in` from the claiming session's heartbeat. A key counts as held
+//! acquire), and `expires_in` from the claiming session's heartbeat (while an earlier
+//! version of this crate still takes keys, a key it took shows the identity of the last
+//! holder that stored one). A key counts as held
 //! when an acquire would meet contention now: its advisory lock is held in this database
 //! (`pg_locks`), or its row names a session whose heartbeat still runs. They and
 //! [`force_release`](leasehold_core::LockBackend::force_release) run on a small pool of

@@ -89,6 +89,50 @@ async fn try_acquire_names_the_process_as_holder() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_matches_the_prefix_literally_and_only_in_its_namespace() {
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
+    let (a, elsewhere) = (
+        backend(&server.url(), "listed").await,
+        backend(&server.url(), "elsewhere").await,
+    );
+    let ttl = Duration::from_secs(10);
+    let mut leases = Vec::new();
+    for name in ["job_1", "jobx1", "job%2"] {
+        leases.push(a.try_acquire(&key(name), ttl).await.unwrap().expect("free"));
+    }
+    let mut foreign = elsewhere
+        .try_acquire(&key("job_9"), ttl)
+        .await
+        .unwrap()
+        .expect("free");
+    let names = |listed: Vec<leasehold_core::LeaseInfo>| -> Vec<String> {
+        listed
+            .into_iter()
+            .map(|info| info.key.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(a.list("job_").await.unwrap()),
+        ["job_1"],
+        "_ is not a wildcard, and another namespace's keys are not listed"
+    );
+    assert_eq!(names(a.list("job%").await.unwrap()), ["job%2"], "nor is %");
+    assert_eq!(
+        names(a.list("").await.unwrap()),
+        ["job%2", "job_1", "jobx1"],
+        "the empty prefix lists every held key of the namespace, in byte order"
+    );
+    for lease in &mut leases {
+        lease.release().await.unwrap();
+    }
+    foreign.release().await.unwrap();
+    assert!(
+        a.list("").await.unwrap().is_empty(),
+        "released keys are not held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_release_ends_the_holders_session_and_its_other_keys_stay_guarded() {
     let server = leasehold_conformance::require_server!(PostgresServer::start());
     let (a, b) = (
@@ -114,13 +158,12 @@ async fn force_release_ends_the_holders_session_and_its_other_keys_stay_guarded(
         b.force_release(&forced).await.unwrap(),
         "the forced key was held"
     );
-    assert_eq!(
+    eventually(GUARD, "the holder's lock session has ended", || {
         server.psql(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
-        )),
-        "0",
-        "the holder's lock session has ended (PostgreSQL 14+ waits for it)"
-    );
+        )) == "0"
+    })
+    .await;
     tokio::time::timeout(Duration::from_secs(5), async {
         revoked.0.await;
         revoked.1.await;
