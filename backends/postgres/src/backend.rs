@@ -26,8 +26,10 @@ use crate::ttl::{CAPABILITIES, check_ttl};
 ///
 /// All leases of one backend live on one dedicated connection (the lock session), and
 /// release notifications arrive on a second one (the listener): holding a thousand
-/// routines takes two connections. See the [crate docs](crate) for how TTLs, fencing
-/// tokens, collisions and poolers are handled.
+/// routines takes two connections. The operator queries (`describe`, `list`,
+/// `force_release`) open up to two more, on first use, and close them when idle. See the
+/// [crate docs](crate) for how TTLs, fencing tokens, collisions, poolers and operator
+/// queries are handled.
 ///
 /// Cloning is cheap and clones share the connections. The connections close when the last
 /// clone and the last lease are dropped.
