@@ -6,6 +6,9 @@
 //! - `member`: one cluster member, printing one JSON object per event, for `cluster` and
 //!   for the fault-injection harness (the `leasehold-faults` crate), which runs it as its
 //!   cluster's processes.
+//! - `axum_service`: an HTTP service with a singleton job, `/healthz` from
+//!   `Runner::health`, `/leader` from the backend's `describe`, and one shutdown token
+//!   that stops the server and the runner (drain, release) on SIGTERM.
 //! - `starve`: CPU starvation of a member's own runtime on signals, for the harness.
 
 pub mod args;
