@@ -186,12 +186,13 @@ async fn stop_signal() {
 pub(crate) fn forcing_explained(backend: &str) -> String {
     match backend {
         "redis" | "etcd" => format!(
-            "On {backend}, forcing deletes the lease's key (only this one) and wakes the \
+            "On {}, forcing deletes the lease's key (only this one) and wakes the \
              waiters, so a waiting instance may start at once. The holder is not told: it \
              learns at its next refresh that it lost the lease, and its routine is cancelled \
-             and, after the grace period, dropped. So two instances can overlap for up to a \
+             and then dropped. So two instances can overlap for up to a \
              refresh interval (TTL / 5 by default). Fencing tokens still order their writes: \
-             the new holder's token is greater."
+             the new holder's token is greater.",
+            if backend == "redis" { "Redis" } else { "etcd" }
         ),
         "postgres" => "On PostgreSQL, forcing terminates the holder's lock session \
              (pg_terminate_backend), which frees EVERY lease held by that process, not only \

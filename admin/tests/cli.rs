@@ -472,7 +472,7 @@ backend_tests!(
     "redis",
     "/0",
     "redis",
-    "forcing deletes the lease's key"
+    "forcing deletes the lease's key (only this one)"
 );
 backend_tests!(
     etcd,
@@ -480,7 +480,7 @@ backend_tests!(
     "etcd",
     "",
     "etcd",
-    "forcing deletes the lease's key"
+    "forcing deletes the lease's key (only this one)"
 );
 backend_tests!(
     postgres,
