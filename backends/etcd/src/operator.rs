@@ -19,6 +19,11 @@ use crate::{expiry, key, value};
 /// How many `LeaseTimeToLive` requests `list` keeps in flight at once.
 const LEASE_QUERIES_IN_FLIGHT: usize = 16;
 
+/// The most keys one range read of `list` returns. A key with the longest name and
+/// holder identity takes about 600 bytes in the answer, so a page stays far below the
+/// 4 MiB a gRPC client accepts in one message, however many keys there are.
+const KEYS_PER_PAGE: i64 = 1000;
+
 /// What etcd holds in `etcd_key` (the key of `key`): `None` if it is free.
 pub(crate) async fn describe(
     client: &Client,
@@ -41,12 +46,8 @@ pub(crate) async fn list(
     key_prefix: &str,
     range: Vec<u8>,
 ) -> Result<Vec<LeaseInfo>, Failure> {
-    let found = client
-        .kv_client()
-        .get(range, Some(GetOptions::new().with_prefix()))
-        .await?;
+    let found = keys_under(client, range).await?;
     let held: Vec<(LockKey, &KeyValue)> = found
-        .kvs()
         .iter()
         .filter_map(|kv| Some((key::name_of(key_prefix, kv.key())?, kv)))
         .collect();
@@ -72,6 +73,51 @@ pub(crate) async fn list(
         .collect();
     infos.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
     Ok(infos)
+}
+
+/// Every key that starts with `prefix`, in key order: one range read, or one per
+/// [`KEYS_PER_PAGE`] keys, every page read at the revision of the first so that together
+/// they show one moment.
+async fn keys_under(client: &Client, prefix: Vec<u8>) -> Result<Vec<KeyValue>, Failure> {
+    let end = prefix_end(&prefix);
+    let mut kv = client.kv_client();
+    let (mut from, mut revision) = (prefix, 0);
+    let mut keys = Vec::new();
+    loop {
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(KEYS_PER_PAGE)
+            .with_revision(revision);
+        let mut page = kv.get(from, Some(options)).await?;
+        if revision == 0 {
+            revision = page.header().map_or(0, |header| header.revision());
+        }
+        let more = page.more();
+        let found = page.take_kvs();
+        let Some(last) = found.last() else {
+            break;
+        };
+        // The smallest key after the last one read.
+        from = [last.key(), &[0]].concat();
+        keys.extend(found);
+        if !more {
+            break;
+        }
+    }
+    Ok(keys)
+}
+
+/// The end of the range of keys that start with `prefix`: the prefix with its last byte
+/// below 0xff raised by one and the rest cut off, or `\0` (no end) if there is none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.iter().rposition(|&byte| byte < 0xff) {
+        Some(at) => {
+            let mut end = prefix[..=at].to_vec();
+            end[at] += 1;
+            end
+        }
+        None => vec![0],
+    }
 }
 
 /// Deletes `etcd_key` whoever holds it; whether it was there.
@@ -104,4 +150,16 @@ fn info(key: LockKey, kv: &KeyValue, left: Duration) -> LeaseInfo {
         info = info.with_acquired_at(at);
     }
     info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_range_ends_after_every_key_that_starts_with_it() {
+        assert_eq!(prefix_end(b"routine/lock/a"), b"routine/lock/b");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0", "no end");
+    }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{TTL, key_info, raw, unique_key};
 use etcd_client::PutOptions;
+use futures::StreamExt as _;
 use leasehold_core::{Error, LockBackend, LockKey, MAX_HOLDER_IDENTITY_LEN, process_identity};
 use leasehold_etcd::EtcdBackend;
 
@@ -157,6 +158,15 @@ async fn keys_in_an_older_or_foreign_value_format_are_described_without_a_holder
     raw.lease_revoke(granted.id()).await.unwrap();
 }
 
+/// How many keys the `list` test holds: more than one range read of `list` returns
+/// (1,000), so that it reads two pages.
+const MANY: usize = 1_100;
+
+/// Who holds key `n` of the `list` test: one in 22 (50 keys) `b`, the rest `a`.
+fn holder_of(n: usize) -> &'static str {
+    if n.is_multiple_of(22) { "b" } else { "a" }
+}
+
 #[tokio::test]
 async fn list_covers_many_keys_sharing_session_leases_in_name_order() {
     let server = leasehold_conformance::require_server!(EtcdServer);
@@ -166,46 +176,55 @@ async fn list_covers_many_keys_sharing_session_leases_in_name_order() {
         common::backend(server).await,
     );
     let prefix = unique_key("many-");
-    let mut leases = Vec::new();
-    // 150 keys on a's one session lease, 50 on b's; acquired out of name order.
-    for n in (0..200).rev() {
-        let (backend, holder) = if n % 4 == 0 { (&b, "b") } else { (&a, "a") };
-        let key = named(&prefix, &format!("{n:03}"));
-        leases.push(
-            backend
-                .try_acquire_as(&key, TTL * 5, holder)
-                .await
-                .unwrap()
-                .expect("free"),
-        );
-    }
-    // Keys under the prefix that name no routine of this prefix: a nested prefix's.
+    let name = |n: usize| named(&prefix, &format!("{n:04}"));
+    // Every key of `a` on its one session lease, every key of `b` on its own; acquired
+    // out of name order.
+    let mut leases: Vec<_> = futures::stream::iter((0..MANY).rev())
+        .map(|n| {
+            let (backend, key) = (if holder_of(n) == "b" { &b } else { &a }, name(n));
+            async move {
+                backend
+                    .try_acquire_as(&key, TTL * 5, holder_of(n))
+                    .await
+                    .unwrap()
+                    .expect("free")
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    // A key under the prefix that names no routine of this prefix: a nested prefix's.
     let mut raw = raw(server).await;
     let nested = [operator.etcd_key(&prefix), b"/nested".to_vec()].concat();
     raw.put(nested.clone(), "x", None).await.unwrap();
 
     let listed = operator.list(prefix.as_str()).await.unwrap();
-    let names: Vec<String> = listed.iter().map(|i| i.key.as_str().to_owned()).collect();
-    let expected: Vec<String> = (0..200)
-        .map(|n| named(&prefix, &format!("{n:03}")).as_str().to_owned())
-        .collect();
-    assert_eq!(
-        names, expected,
-        "every held key, in name order, nothing else"
+    let names: Vec<&str> = listed.iter().map(|info| info.key.as_str()).collect();
+    let expected: Vec<LockKey> = (0..MANY).map(name).collect();
+    let expected: Vec<&str> = expected.iter().map(LockKey::as_str).collect();
+    assert!(
+        names == expected,
+        "every held key, in name order, nothing else: {} listed, {} held",
+        names.len(),
+        expected.len()
     );
     for (n, info) in listed.iter().enumerate() {
-        let holder = if n % 4 == 0 { "b" } else { "a" };
-        assert_eq!(info.holder.as_deref(), Some(holder), "{}", info.key);
+        assert_eq!(info.holder.as_deref(), Some(holder_of(n)), "{}", info.key);
         let left = info.expires_in.expect("known");
         assert!(left > Duration::ZERO && left <= TTL * 5, "{left:?}");
         assert!(info.fencing_token.is_some() && info.acquired_at.is_some());
     }
-    let narrower = operator.list(named(&prefix, "19").as_str()).await.unwrap();
-    assert_eq!(narrower.len(), 10, "190..=199: {narrower:?}");
+    let narrower = operator.list(name(109).as_str()).await.unwrap();
+    let narrower: Vec<&str> = narrower.iter().map(|info| info.key.as_str()).collect();
+    assert_eq!(
+        narrower,
+        [name(109).as_str()],
+        "a prefix that is a whole name"
+    );
     raw.delete(nested, None).await.unwrap();
-    for lease in &mut leases {
-        lease.release().await.unwrap();
-    }
+    futures::stream::iter(&mut leases)
+        .for_each_concurrent(64, |lease| async move { lease.release().await.unwrap() })
+        .await;
     assert!(operator.list(prefix.as_str()).await.unwrap().is_empty());
 }
 
