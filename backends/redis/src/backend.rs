@@ -255,8 +255,13 @@ impl LockBackend for RedisBackend {
                 Ok(None)
             }
             (1, Some(written)) if written.starts_with(attempt.owner_prefix()) => {
+                // The value is left out of errors (anyone who has it can release the lock);
+                // the attempt, dropped unanswered, gives the lock back.
                 let Some(stored) = value::parse(written.as_bytes()) else {
-                    return Err(error::unexpected_reply("acquire", written));
+                    return Err(error::unexpected_reply(
+                        "acquire",
+                        "a value that does not parse",
+                    ));
                 };
                 let lock = attempt.answered();
                 Ok(Some(Box::new(RedisLease::new(
@@ -270,7 +275,10 @@ impl LockBackend for RedisBackend {
                     ttl,
                 ))))
             }
-            other => Err(error::unexpected_reply("acquire", other)),
+            (taken, written) => Err(error::unexpected_reply(
+                "acquire",
+                (taken, written.map(|_| "<a lock value>")),
+            )),
         }
     }
 
