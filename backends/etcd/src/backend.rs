@@ -342,10 +342,11 @@ impl LockBackend for EtcdBackend {
         .await
     }
 
-    /// One range read of every key under the key prefix followed by `prefix`, then one
-    /// `LeaseTimeToLive` per distinct etcd lease among them (a process's keys usually
-    /// share one session lease). Keys under the key prefix that name no routine (a
-    /// nested prefix's) are left out.
+    /// One range read of every key under the key prefix followed by `prefix` (one per
+    /// 1,000 keys, all at one revision), then one `LeaseTimeToLive` per distinct etcd
+    /// lease among them: a process's keys usually share one session lease. Keys under
+    /// the key prefix that name no routine (a nested prefix's) are left out. Each entry
+    /// is described as by [`describe`](LockBackend::describe).
     async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
         let key_prefix = &self.inner.settings.key_prefix;
         let mut range = key_prefix.as_bytes().to_vec();
@@ -354,11 +355,13 @@ impl LockBackend for EtcdBackend {
             .await
     }
 
-    /// Deletes the key, whoever holds it, in one request. The delete wakes the waiters
-    /// of every backend through their release watch. The holder learns of it at its next
-    /// refresh, which checks that its key is still there with its create revision and
-    /// reports [`Error::Lost`](leasehold_core::Error::Lost); until then it runs on. Only
-    /// this key is freed: the holder's session lease and its other keys are untouched.
+    /// Deletes the key, whoever holds it, in one request; `true` if it was there. The
+    /// delete wakes the waiters of every backend through their release watch. The holder
+    /// learns of it at its next refresh, which checks that its key is still there with
+    /// its create revision and reports [`Error::Lost`](leasehold_core::Error::Lost);
+    /// until then it runs on, while a waiter may already hold the key with a larger
+    /// fencing token. Only this key is freed: the holder's session lease and its other
+    /// keys are untouched.
     async fn force_release(&self, key: &LockKey) -> Result<bool> {
         let etcd_key = self.checked_key(key)?;
         self.query("force_release", |client| {

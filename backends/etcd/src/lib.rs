@@ -52,8 +52,8 @@
 //!   key and asks its lease's remaining time; the holder identity and `acquired_at` (the
 //!   *holder's* clock: etcd keeps no time with a key) come from the value, and a key
 //!   whose value does not name them (an older version's) is described without them.
-//!   [`list`](leasehold_core::LockBackend::list) is one range read under the prefix and
-//!   one `LeaseTimeToLive` per distinct lease.
+//!   [`list`](leasehold_core::LockBackend::list) is one range read under the prefix (per
+//!   1,000 keys) and one `LeaseTimeToLive` per distinct lease.
 //!   [`force_release`](leasehold_core::LockBackend::force_release) deletes the key,
 //!   which wakes waiters; the holder's next refresh reports
 //!   [`Error::Lost`](leasehold_core::Error::Lost).
