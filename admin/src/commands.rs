@@ -251,3 +251,70 @@ pub(crate) async fn release(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::AdminError;
+    use leasehold::{Capabilities, Error, Lease};
+
+    /// A backend with none of the operator queries: the trait's defaults answer them.
+    #[derive(Debug)]
+    struct Bare;
+
+    #[async_trait::async_trait]
+    impl LockBackend for Bare {
+        fn name(&self) -> &'static str {
+            "bare"
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new()
+        }
+
+        async fn try_acquire(
+            &self,
+            _key: &LockKey,
+            _ttl: Duration,
+        ) -> leasehold::Result<Option<Box<dyn Lease>>> {
+            Ok(None)
+        }
+
+        async fn released(&self, _key: &LockKey) -> leasehold::Result<()> {
+            futures::future::pending().await
+        }
+    }
+
+    fn unsupported(result: Result<(), AdminError>, operation: &str) {
+        let error = result.expect_err("a backend without the query must fail");
+        assert!(
+            matches!(&error, AdminError::Backend(Error::Unsupported { .. })),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.chain(),
+            format!("the bare backend does not support {operation}")
+        );
+        assert_eq!(error.exit_code(), std::process::ExitCode::from(1));
+    }
+
+    #[tokio::test]
+    async fn a_backend_without_operator_queries_is_a_clear_error() {
+        let mut out = Vec::new();
+        unsupported(list(&Bare, "", false, &mut out).await, "list");
+        unsupported(show(&Bare, "job", false, &mut out).await, "describe");
+        unsupported(release(&Bare, "job", true, &mut out).await, "force_release");
+        assert!(out.is_empty(), "nothing is printed on error");
+    }
+
+    #[tokio::test]
+    async fn release_without_force_still_refuses_when_describe_is_unsupported() {
+        let mut out = Vec::new();
+        let error = release(&Bare, "job", false, &mut out).await.unwrap_err();
+        let AdminError::Refused(text) = &error else {
+            panic!("{error:?}");
+        };
+        assert!(text.contains("cannot tell who holds job"), "{text}");
+        assert!(text.contains("On bare, forcing frees the key"), "{text}");
+    }
+}

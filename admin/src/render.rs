@@ -140,7 +140,11 @@ pub(crate) fn detail(out: &mut impl Write, info: &LeaseInfo, now: SystemTime) ->
 
 /// A one-line summary of who holds a lease, for `watch` and `release`.
 pub(crate) fn summary(info: &LeaseInfo) -> String {
-    let mut text = format!("held by {}", holder(info));
+    let mut text = match &info.holder {
+        Some(holder) => format!("held by {holder}"),
+        // A client that stores no identity (the Go original on Redis).
+        None => "held (holder unknown)".to_owned(),
+    };
     if let Some(token) = info.fencing_token {
         text.push_str(&format!(", fencing token {token}"));
     }
@@ -177,6 +181,21 @@ billing-sync  web-7:4242  12     2027-01-15T07:58:30.000Z (1m 30s ago)  4s 200ms
 go-job        -           -      -                                      -
 ";
         assert_eq!(text, expected, "got:\n{text}");
+    }
+
+    #[test]
+    fn a_summary_says_when_the_holder_is_unknown() {
+        let info = lease("job")
+            .with_fencing_token(FencingToken::new(4))
+            .with_expires_in(Duration::from_secs(3));
+        assert_eq!(
+            summary(&info),
+            "held (holder unknown), fencing token 4, expires in 3s"
+        );
+        assert_eq!(
+            summary(&lease("job").with_holder("pod-1:7")),
+            "held by pod-1:7"
+        );
     }
 
     #[test]
