@@ -285,7 +285,6 @@ async fn a_routine_keeps_its_lease_when_its_connection_is_cut() {
         .await
         .unwrap();
     assert_eq!(killed, 1, "the runner's command connection was cut");
-    // A refresh after the cut shows as a PTTL above what is left of the previous one.
     let pttl = |admin: &mut redis::aio::MultiplexedConnection| {
         let mut admin = admin.clone();
         let key = redis_key.clone();
@@ -297,9 +296,17 @@ async fn a_routine_keeps_its_lease_when_its_connection_is_cut() {
                 .unwrap()
         }
     };
-    let left = pttl(&mut admin).await;
+    // PTTL only goes down between refreshes, so a reading above the one before shows a
+    // refresh after that reading, hence after the cut. (Comparing with the first reading
+    // alone misses it when a refresh lands between the cut and that reading.)
+    let mut previous = pttl(&mut admin).await;
     let deadline = Deadline::new(DEADLINE, "a refresh goes through after the cut");
-    while pttl(&mut admin).await <= left {
+    loop {
+        let now = pttl(&mut admin).await;
+        if now > previous {
+            break;
+        }
+        previous = now;
         deadline.tick().await;
     }
     assert_eq!(
