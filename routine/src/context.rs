@@ -15,8 +15,8 @@ use crate::guard::Guard;
 pub enum CancelReason {
     /// [`RoutineHandle::cancel`](crate::RoutineHandle::cancel) was called.
     Cancelled,
-    /// The runner is shutting down ([`Runner::shutdown`](crate::Runner::shutdown), SIGINT
-    /// or SIGTERM).
+    /// The runner is shutting down ([`Runner::shutdown`](crate::Runner::shutdown), the
+    /// application's shutdown signal, or SIGINT/SIGTERM if the runner handles them).
     Shutdown,
     /// The routine's lease was lost or could not be refreshed in time. The routine is
     /// dropped at the local lease deadline even if it does not return.

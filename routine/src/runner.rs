@@ -159,7 +159,8 @@ impl Runner {
     /// Starts `f` in the background and returns at once.
     ///
     /// `f` gets a [`Context`] that is cancelled by the returned handle, by
-    /// [`Runner::shutdown`] and by SIGINT/SIGTERM. It runs in a tracing span
+    /// [`Runner::shutdown`], by the application's shutdown signal given to the builder and,
+    /// if the runner handles them, by SIGINT/SIGTERM. It runs in a tracing span
     /// `routine{number}` whose parent is the caller's current span, and in a Sentry hub
     /// derived from the caller's. A panic is caught, logged and sent to Sentry; the
     /// process and the runner go on.
@@ -259,9 +260,10 @@ impl Runner {
         self.shared.wait_for_shutdown().await;
     }
 
-    /// Resolves when a shutdown (by [`Runner::shutdown`], SIGINT or SIGTERM) has finished:
-    /// every routine has ended and its lease was released. Use it in `main` to exit after
-    /// a signal.
+    /// Resolves when a shutdown (by [`Runner::shutdown`], the application's shutdown signal
+    /// given to the builder, or SIGINT/SIGTERM if the runner handles them) has finished:
+    /// every routine has ended and its lease was released. Use it in `main` to exit once
+    /// the leases are given back.
     ///
     /// # Cancel safety
     ///

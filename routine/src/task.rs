@@ -173,6 +173,20 @@ impl Task {
     }
 }
 
+/// A task dropped before its routine stopped (its runtime went away, or the runner was
+/// aborted) leaves its handle's state stopped, not stuck at what it was doing.
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.state.send_if_modified(|state| {
+            if state.is_stopped() {
+                return false;
+            }
+            *state = RoutineState::Stopped(Outcome::Aborted);
+            true
+        });
+    }
+}
+
 /// Ends an instance whose future was dropped before it could end it (its task dropped
 /// with the runtime): the work it spawned must not outlive it.
 pub(crate) struct EndOnDrop<'a>(pub(crate) &'a Guard);

@@ -122,3 +122,51 @@ async fn a_rejected_routine_is_stopped_from_the_start() {
         RoutineState::Stopped(Outcome::Rejected)
     ));
 }
+
+#[test]
+fn a_routine_dropped_with_its_runtime_is_stopped_as_aborted() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runner = Runner::without_backend();
+    let handle = runtime.block_on(async {
+        let handle = runner.run(|ctx| async move { ctx.cancelled().await });
+        let mut state = handle.state();
+        state
+            .wait_for(|s| matches!(s, RoutineState::Running))
+            .await
+            .unwrap();
+        handle
+    });
+    drop(runtime);
+    assert!(
+        matches!(
+            *handle.state().borrow(),
+            RoutineState::Stopped(Outcome::Aborted)
+        ),
+        "a dropped task leaves its state stopped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_shows_as_backing_off_with_its_message() {
+    let backend = MemoryBackend::new();
+    let runner = runner(&backend);
+    let handle = runner.run_named(
+        "job",
+        |_ctx| async { panic!("boom") },
+        RunOptions::keep_running_one_instance(),
+    );
+    let mut state = handle.state();
+    let backing_off = wait_state(&mut state, TTL, "backing off", |s| {
+        matches!(s, RoutineState::BackingOff { .. })
+    })
+    .await;
+    assert!(
+        matches!(&backing_off, RoutineState::BackingOff { error, .. } if error.contains("boom")),
+        "{backing_off:?}"
+    );
+    handle.cancel();
+    handle.join().await;
+}
