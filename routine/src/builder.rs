@@ -193,17 +193,17 @@ impl RunnerBuilder {
         self
     }
 
-    /// Whether SIGINT and SIGTERM shut the runner down (default `false`, since the
-    /// application usually owns its signals: give the runner its shutdown with
-    /// [`RunnerBuilder::with_shutdown_token`] or [`RunnerBuilder::with_shutdown_signal`].
-    /// The process-wide default runner behind [`run`](crate::run) does handle them.
-    /// Needs the `signals` feature and Unix). The handlers are installed when the first routine
-    /// starts. The first signal starts a shutdown (drain, then release) and does not end
-    /// the process: the application decides when to exit, e.g. after
-    /// [`Runner::wait_for_shutdown`] returns. A second signal during the drain ends the
-    /// drain at once. Once the runner has shut down, a further signal has its default
-    /// effect and ends the process. An application that handles these signals itself
-    /// should turn this off and call [`Runner::shutdown`].
+    /// Whether SIGINT and SIGTERM shut the runner down (default `false`: the application
+    /// usually owns its signals, and hands the runner its shutdown with
+    /// [`RunnerBuilder::with_shutdown_token`] or [`RunnerBuilder::with_shutdown_signal`];
+    /// the process-wide default runner behind [`run`](crate::run) does handle them).
+    /// Needs the `signals` feature and Unix.
+    ///
+    /// The handlers are installed when the first routine starts. The first signal starts
+    /// a shutdown (drain, then release) and does not end the process: the application
+    /// decides when to exit, e.g. after [`Runner::wait_for_shutdown`] returns. A second
+    /// signal during the drain ends the drain at once. Once the runner has shut down, a
+    /// further signal has its default effect and ends the process.
     pub fn with_signal_handling(mut self, yes: bool) -> Self {
         self.handle_signals = Some(yes);
         self

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use leasehold_core::HOLDER_IDENTITY_ENV;
+
 use crate::backend_slot::BackendSlot;
 use crate::env::{EnvBackend, Lookup, backend_from_env, process_env, ttl_from_env};
 use crate::{Context, RoutineHandle, RunOptions, Runner};
@@ -23,8 +25,10 @@ pub fn default_runner() -> &'static Runner {
 }
 
 /// Checks the environment the default runner reads, without connecting anywhere: the
-/// TTL, `ROUTINE_BACKEND_URL`'s scheme and, when Redis is configured by the Go original's
-/// variables, every `REDIS_*` variable.
+/// TTL, `ROUTINE_BACKEND_URL`'s scheme, `ROUTINE_HOLDER_IDENTITY` (which the runner
+/// would otherwise skip for `<host>:<pid>`; see
+/// [`process_identity`](crate::process_identity)) and, when Redis is configured by the
+/// Go original's variables, every `REDIS_*` variable.
 ///
 /// # Errors
 ///
@@ -36,6 +40,15 @@ pub fn check_default_config() -> crate::Result<()> {
 /// [`check_default_config`] on the variables `env` looks up.
 fn check_config(env: Lookup<'_>) -> crate::Result<()> {
     ttl_from_env(env)?;
+    if let Some(identity) = env(HOLDER_IDENTITY_ENV) {
+        let identity = identity.to_string_lossy();
+        if let Err(error) = crate::check_holder_identity(&identity) {
+            return Err(crate::Error::config(
+                HOLDER_IDENTITY_ENV,
+                format!("not a holder identity: {error}"),
+            ));
+        }
+    }
     match backend_from_env(env)? {
         #[cfg(feature = "redis")]
         EnvBackend::RedisFromEnv => {
@@ -52,6 +65,15 @@ fn build_default() -> Runner {
     // The process-wide runner takes over SIGINT and SIGTERM, as the Go original does: a
     // service that only calls `run_named` still releases its leases when stopped.
     let mut builder = Runner::builder().with_signal_handling(true);
+    if let Some(identity) = process_env(HOLDER_IDENTITY_ENV)
+        && crate::check_holder_identity(&identity.to_string_lossy()).is_err()
+    {
+        tracing::warn!(
+            identity = %identity.to_string_lossy(),
+            fallback = crate::process_identity(),
+            "default routine runner: {HOLDER_IDENTITY_ENV} is not a holder identity; using the fallback"
+        );
+    }
     match (ttl_from_env(&process_env), backend_from_env(&process_env)) {
         (Ok(ttl), Ok(backend)) => {
             if let Some(ttl) = ttl {
@@ -133,6 +155,13 @@ mod tests {
             ("REDIS_DB", "2"),
         ]))
         .expect("well-formed variables pass");
+    }
+
+    #[test]
+    fn the_check_names_a_malformed_holder_identity() {
+        let err = check_config(&env(&[(HOLDER_IDENTITY_ENV, "")])).unwrap_err();
+        assert!(err.to_string().contains(HOLDER_IDENTITY_ENV), "{err}");
+        check_config(&env(&[(HOLDER_IDENTITY_ENV, "web-7")])).expect("a valid identity passes");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use leasehold_core::{Error, LeaseInfo, LockBackend, LockKey, Result};
+use futures::future::BoxFuture;
+use leasehold_core::{Error, FencingToken, LeaseInfo, LockBackend, LockKey, Result};
 use tokio::time::{Instant, sleep_until};
 
 /// How soon to look again after a release notification, in turn: the next holder usually
@@ -69,6 +70,7 @@ pub fn observe(
         last: None,
         quick_looks: AFTER_RELEASE.len(),
         first: true,
+        released: None,
     };
     futures::stream::unfold(state, |mut state| async move {
         let item = state.next_change().await;
@@ -82,9 +84,12 @@ const MIN_DESCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What was last reported.
 #[derive(PartialEq, Eq)]
 enum Seen {
-    Held(Option<(Option<String>, Option<leasehold_core::FencingToken>)>),
+    Held(Option<(Option<String>, Option<FencingToken>)>),
     Failed,
 }
+
+/// A release notification being waited for.
+type Released = BoxFuture<'static, Result<()>>;
 
 struct Observer {
     backend: Arc<dyn LockBackend>,
@@ -94,39 +99,19 @@ struct Observer {
     /// How many of the quick looks after a release were taken.
     quick_looks: usize,
     first: bool,
+    /// The release notification registered before the last look, if the backend gives
+    /// them: a release after that look wakes the next wait.
+    released: Option<Released>,
 }
 
 impl Observer {
     /// Looks until something differs from the last item, and returns it.
     async fn next_change(&mut self) -> Result<Option<LeaseInfo>> {
         loop {
-            // Registered before looking, so that a release after the look wakes us.
-            let mut released = self.backend.released(&self.key);
-            // Resolved before anything happened means spurious or broken: poll instead.
-            let notifications =
-                matches!(futures::poll!(released.as_mut()), std::task::Poll::Pending);
             if !std::mem::take(&mut self.first) {
-                let wait = match AFTER_RELEASE.get(self.quick_looks) {
-                    Some(&quick) => quick.min(self.poll_interval),
-                    None => self.poll_interval,
-                };
-                let look_at = Instant::now() + wait;
-                tokio::select! {
-                    woke = released, if notifications => {
-                        // A failed channel: the poll interval finds changes instead.
-                        if woke.is_ok() {
-                            self.quick_looks = 0;
-                        } else {
-                            sleep_until(look_at).await;
-                        }
-                    }
-                    () = sleep_until(look_at) => {
-                        self.quick_looks = (self.quick_looks + 1).min(AFTER_RELEASE.len());
-                    }
-                }
-            } else {
-                drop(released);
+                self.wait().await;
             }
+            self.released = register(Arc::clone(&self.backend), self.key.clone()).await;
             // Bounded, so that a hung backend shows as an error rather than as silence.
             let limit = self.poll_interval.max(MIN_DESCRIBE_TIMEOUT);
             let answer = tokio::time::timeout(limit, self.backend.describe(&self.key))
@@ -144,5 +129,44 @@ impl Observer {
                 return answer;
             }
         }
+    }
+
+    /// Waits for a release notification or the next look: soon after a release, the
+    /// poll interval otherwise.
+    async fn wait(&mut self) {
+        let wait = match AFTER_RELEASE.get(self.quick_looks) {
+            Some(&quick) => quick.min(self.poll_interval),
+            None => self.poll_interval,
+        };
+        let look_at = Instant::now() + wait;
+        let released = async {
+            match self.released.take() {
+                Some(released) => released.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            woke = released => {
+                if woke.is_ok() {
+                    self.quick_looks = 0;
+                } else {
+                    // A failed channel: the poll interval finds changes instead.
+                    sleep_until(look_at).await;
+                }
+            }
+            () = sleep_until(look_at) => {
+                self.quick_looks = (self.quick_looks + 1).min(AFTER_RELEASE.len());
+            }
+        }
+    }
+}
+
+/// Registers for the next release of `key`; `None` if the backend's notification resolved
+/// at once (none, spurious or broken): the poll interval finds changes then.
+async fn register(backend: Arc<dyn LockBackend>, key: LockKey) -> Option<Released> {
+    let mut released: Released = Box::pin(async move { backend.released(&key).await });
+    match futures::poll!(released.as_mut()) {
+        std::task::Poll::Pending => Some(released),
+        std::task::Poll::Ready(_) => None,
     }
 }

@@ -122,3 +122,27 @@ async fn observing_an_invalid_name_is_one_error() {
     assert!(next(&mut changes, TTL, "the error").await.is_err());
     assert!(changes.next().await.is_none(), "and the stream ends");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_holder_is_seen_gone_within_its_ttl_and_a_poll_interval() {
+    let backend = MemoryBackend::new();
+    let a = runner_as(&backend, "a");
+    let poll = Duration::from_secs(1);
+    let mut changes = Box::pin(leasehold::observe(
+        Arc::new(backend.clone()),
+        LockKey::new("job").unwrap(),
+        poll,
+    ));
+    let mut events = a.subscribe();
+    let _held = idle_singleton(&a, "job");
+    wait_acquired(&mut events).await;
+    let mut item = next(&mut changes, TTL, "the holder").await;
+    if holder(&item).is_none() {
+        item = next(&mut changes, poll * 2, "the holder").await;
+    }
+    assert_eq!(holder(&item), Some("a"));
+    // A crash: nothing is released, the lease runs out by its TTL, no notification.
+    a.abort();
+    let gone = next(&mut changes, TTL + poll, "the expiry").await;
+    assert!(matches!(gone, Ok(None)), "{gone:?}");
+}
