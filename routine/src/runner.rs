@@ -121,6 +121,37 @@ impl Runner {
         self.shared.health()
     }
 
+    /// Who holds `name`'s lease now, from this runner's backend
+    /// ([`LockBackend::describe`]): `Ok(None)` if nobody does. It takes nothing and
+    /// wakes nobody; the answer may be stale by the time it arrives.
+    ///
+    /// # Errors
+    ///
+    /// An invalid name, a runner without a backend, a backend that cannot tell
+    /// ([`Error::Unsupported`]), or one that fails or takes longer than the request
+    /// timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn describe(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        let key = LockKey::new(name)?;
+        let Some(slot) = &self.backend else {
+            return Err(Error::config("backend", "no lease backend configured"));
+        };
+        let config = self.config();
+        let backend = slot.get(config.lease_ttl).await?;
+        tokio::time::timeout(config.request_timeout, backend.describe(&key))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::timeout(
+                    backend.name(),
+                    "describe",
+                    config.request_timeout,
+                ))
+            })
+    }
+
     /// The holders of `name`'s lease as they change, seen from this runner's backend
     /// without competing for it; see [`observe`](crate::observe), polled at this runner's
     /// retry interval. A name that is not a valid key, or a runner without a backend,

@@ -150,3 +150,26 @@ async fn a_backend_that_cannot_describe_leaves_the_holder_unknown() {
     waiting.cancel();
     waiting.join().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_runner_describes_who_holds_a_name() {
+    let backend = MemoryBackend::new();
+    let runner = runner_as(backend.clone(), "web-7");
+    assert!(
+        runner.describe("job").await.unwrap().is_none(),
+        "nobody yet"
+    );
+    let mut events = runner.subscribe();
+    let handle = idle_singleton(&runner, "job");
+    wait_acquired(&mut events).await;
+    let info = runner.describe("job").await.unwrap().expect("held");
+    assert_eq!(info.holder.as_deref(), Some("web-7"));
+    assert_eq!(info.fencing_token, backend.holder(&job()));
+    assert!(runner.describe("").await.is_err(), "an invalid name");
+    assert!(
+        Runner::without_backend().describe("job").await.is_err(),
+        "no backend"
+    );
+    handle.cancel();
+    handle.join().await;
+}

@@ -3,8 +3,8 @@
 //! - `GET /healthz`: `200 ok` while every lease the runner holds is refreshed on time,
 //!   `503` naming the late ones otherwise ([`Runner::health`]): a liveness probe that
 //!   restarts a replica whose backend or runtime stopped answering.
-//! - `GET /leader`: who runs the job now (the backend's
-//!   [`describe`](leasehold::LockBackend::describe)), as `holder token`, or `none`.
+//! - `GET /leader`: who runs the job now ([`Runner::describe`]), as `holder token`, or
+//!   `none`.
 //!
 //! On SIGTERM or SIGINT the application's one shutdown token is cancelled. The HTTP
 //! server stops accepting connections and finishes the requests in flight; the runner,
@@ -28,7 +28,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use futures::StreamExt;
 use leasehold::{RunOptions, Runner};
 use leasehold_examples::args::Args;
 use tokio_util::sync::CancellationToken;
@@ -122,9 +121,8 @@ async fn healthz(State(app): State<App>) -> (StatusCode, String) {
 }
 
 async fn leader(State(app): State<App>) -> (StatusCode, String) {
-    // The first item of `observe` is the holder now.
-    match app.runner.observe(&app.name).next().await {
-        Some(Ok(Some(info))) => (
+    match app.runner.describe(&app.name).await {
+        Ok(Some(info)) => (
             StatusCode::OK,
             format!(
                 "{} {}",
@@ -133,8 +131,7 @@ async fn leader(State(app): State<App>) -> (StatusCode, String) {
                     .map_or_else(|| "-".to_owned(), |token| token.get().to_string())
             ),
         ),
-        Some(Ok(None)) => (StatusCode::OK, "none".to_owned()),
-        Some(Err(error)) => (StatusCode::BAD_GATEWAY, error.chain()),
-        None => (StatusCode::INTERNAL_SERVER_ERROR, "no answer".to_owned()),
+        Ok(None) => (StatusCode::OK, "none".to_owned()),
+        Err(error) => (StatusCode::BAD_GATEWAY, error.chain()),
     }
 }
