@@ -74,7 +74,9 @@ pub(crate) async fn member(backend: &str, name: &str, ttl: Duration) -> Result<(
         while let Ok(event) = events.recv().await {
             let at = mono_ns_of(event.at);
             match event.kind {
-                EventKind::Contended => emit("contended", at, json!({})),
+                EventKind::Contended { holder, .. } => {
+                    emit("contended", at, json!({ "holder": holder }))
+                }
                 EventKind::Acquired { token } => {
                     emit("acquired", at, json!({ "token": token.get() }))
                 }

@@ -89,7 +89,7 @@ async fn in_process(ttl: Duration, rounds: usize) -> Result<Samples> {
     for _ in 0..rounds {
         let (waiter, mut waiter_events) = memory_member(&backend, name, ttl)?;
         wait_for(&mut waiter_events, |kind| {
-            matches!(kind, EventKind::Contended)
+            matches!(kind, EventKind::Contended { .. })
         })
         .await?;
         tokio::time::sleep(random_wait(ttl)).await;

@@ -158,7 +158,7 @@ async fn in_process(rounds: usize) -> Result<Handover> {
     for _ in 0..rounds {
         let (waiter, mut waiter_events) = memory_member(&backend, name, TTL)?;
         wait_for(&mut waiter_events, |kind| {
-            matches!(kind, EventKind::Contended)
+            matches!(kind, EventKind::Contended { .. })
         })
         .await?;
         let start = Instant::now();

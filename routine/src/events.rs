@@ -30,12 +30,11 @@ pub enum EventKind {
         /// The lease's fencing token.
         token: FencingToken,
     },
-    /// The lease is held by someone else; the routine waits.
-    Contended,
-    /// Who holds the lease the routine waits for, as the backend described it: emitted
-    /// once per contention streak, right after [`Contended`](EventKind::Contended), when
-    /// the backend could tell (see [`LockBackend::describe`](crate::LockBackend::describe)).
-    HeldBy {
+    /// The lease is held by someone else; the routine waits. Emitted once per contention
+    /// streak, with the holder as the backend describes it (one
+    /// [`LockBackend::describe`](crate::LockBackend::describe) per streak, bounded by the
+    /// request timeout); `None` where the backend cannot tell.
+    Contended {
         /// The holder's identity, if the backend stores one.
         holder: Option<String>,
         /// The holder's fencing token, if the backend tells it.

@@ -180,14 +180,11 @@ impl<'a> Instance<'a> {
                     self.error_backoff.reset();
                     if !self.contended {
                         self.contended = true;
-                        task.emit(EventKind::Contended);
                         let info = Box::pin(self.describe_holder(&*backend)).await;
-                        if let Some(info) = &info {
-                            task.emit(EventKind::HeldBy {
-                                holder: info.holder.clone(),
-                                token: info.fencing_token,
-                            });
-                        }
+                        task.emit(EventKind::Contended {
+                            holder: info.as_ref().and_then(|info| info.holder.clone()),
+                            token: info.as_ref().and_then(|info| info.fencing_token),
+                        });
                         task.set_state(RoutineState::Waiting {
                             holder: info.and_then(|info| info.holder),
                         });

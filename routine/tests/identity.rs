@@ -78,7 +78,7 @@ async fn a_waiter_learns_the_holder_once_per_contention_streak() {
     let token = wait_acquired(&mut holder_events).await;
     let waiting = idle_singleton(&waiter, "job");
     let seen = wait_for(&mut waiter_events, TTL, "holder seen", |e| {
-        matches!(e.kind, EventKind::HeldBy { .. })
+        matches!(e.kind, EventKind::Contended { .. })
     })
     .await;
     let EventKind::Acquired { token } = token.kind else {
@@ -86,7 +86,7 @@ async fn a_waiter_learns_the_holder_once_per_contention_streak() {
     };
     assert_eq!(
         seen.kind,
-        EventKind::HeldBy {
+        EventKind::Contended {
             holder: Some("holder-a".into()),
             token: Some(token),
         }

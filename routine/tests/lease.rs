@@ -325,7 +325,7 @@ async fn an_answer_between_outages_resets_the_error_backoff() {
         &mut events,
         TTL * 4,
         "contended again",
-        kind!(EventKind::Contended),
+        kind!(EventKind::Contended { .. }),
     )
     .await;
     let second_gap = outage(&backend, &mut events).await;

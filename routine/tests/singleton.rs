@@ -128,7 +128,7 @@ async fn a_second_caller_in_the_same_process_waits_then_takes_over_at_once_on_re
         &mut events,
         TTL,
         "second is contended",
-        kind!(EventKind::Contended),
+        kind!(EventKind::Contended { .. }),
     )
     .await;
 

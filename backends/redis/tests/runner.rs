@@ -129,7 +129,7 @@ async fn a_go_holder_keeps_a_rust_runner_waiting_until_it_releases() {
 
     let mut setup = keep_running(&server, name.as_str()).await;
     wait_event(&mut setup.events, "the runner sees contention", |k| {
-        matches!(k, EventKind::Contended)
+        matches!(k, EventKind::Contended { .. })
     })
     .await;
     assert!(
@@ -255,7 +255,7 @@ async fn a_routine_whose_lock_is_overwritten_is_cancelled_and_the_foreign_lock_k
         Life::Stopped(_)
     ));
     wait_event(&mut setup.events, "contended by the foreign holder", |k| {
-        matches!(k, EventKind::Contended)
+        matches!(k, EventKind::Contended { .. })
     })
     .await;
     assert_eq!(

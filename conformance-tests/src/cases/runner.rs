@@ -134,7 +134,7 @@ pub async fn takeover_when_holder_shuts_down(h: &Harness) {
         RunOptions::keep_running_one_instance(),
     );
     wait::event(&mut waiter_events, within, "waiter contended", |e| {
-        e.kind == EventKind::Contended
+        matches!(e.kind, EventKind::Contended { .. })
     })
     .await;
 
@@ -172,7 +172,7 @@ pub async fn takeover_when_holder_vanishes(h: &Harness) {
         RunOptions::keep_running_one_instance(),
     );
     wait::event(&mut waiter_events, within, "waiter contended", |e| {
-        e.kind == EventKind::Contended
+        matches!(e.kind, EventKind::Contended { .. })
     })
     .await;
 

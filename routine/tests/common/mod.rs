@@ -125,7 +125,7 @@ pub async fn holder_and_waiter(
     .await;
     let waiting = idle_singleton(waiter, "job");
     wait_for(&mut waiter_events, TTL, "waiter contended", |e| {
-        e.kind == EventKind::Contended
+        matches!(e.kind, EventKind::Contended { .. })
     })
     .await;
     (held, waiting, waiter_events)
