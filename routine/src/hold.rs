@@ -31,6 +31,7 @@ use crate::config::RunnerConfig;
 use crate::events::EventKind;
 use crate::guard::{Expired, Guard};
 use crate::keeper::{KeptLease, RefreshNews};
+use crate::metrics::{self, LossReason, Operation};
 use crate::state::RoutineState;
 use crate::task::{EndOnDrop, RoutineFn, RunEnd, Task};
 
@@ -52,8 +53,10 @@ pub(crate) enum HoldEnd {
 
 /// Why the watch over a lease gave it up.
 enum LeaseLoss {
-    /// A refresh said the lease is no longer ours, or the backend revoked it.
+    /// A refresh said the lease is no longer ours.
     NotOurs,
+    /// The backend dropped what the lease lives on ([`Lease::revoked`]).
+    Revoked,
     /// The local deadline passed without a successful refresh.
     DeadlinePassed,
 }
@@ -68,6 +71,14 @@ pub(crate) async fn hold(
     let shared = task.shared();
     let config = shared.config();
     let fencing = lease.fencing_token();
+    // The lease's own key and backend label the metrics: `lease` and `backend` are handed
+    // to the keeper below.
+    let key = lease.key().clone();
+    let on = Labels {
+        name: key.as_str(),
+        backend: backend.name(),
+    };
+    metrics::acquired(on.name, on.backend);
     task.emit(EventKind::Acquired { token: fencing });
     tracing::info!(
         fencing_token = fencing.get(),
@@ -78,13 +89,15 @@ pub(crate) async fn hold(
         // The acquire took so long that the lease may already be running out: do not
         // start the routine at all.
         tracing::warn!("lease acquired too late to use; releasing it");
+        metrics::lost(on.name, on.backend, LossReason::Deadline);
         task.emit(EventKind::LeaseLost { token: fencing });
-        Box::pin(release(task, &mut *lease, config, Report::Quietly)).await;
+        Box::pin(release(task, &mut *lease, config, on, Report::Quietly)).await;
         return HoldEnd::LeaseLost;
     }
     // Taken before the keeper takes the lease: it borrows nothing from it.
     let revoked = lease.revoked();
     let kept = shared.keep(backend, lease, sent);
+    let holding = metrics::holding(on.name);
     let guard = Guard::new(task.cancel().child_token(), Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
     let ctx = task.context(&guard, Some(fencing));
@@ -102,13 +115,14 @@ pub(crate) async fn hold(
         tokio::select! {
             biased;
             _ = shared.aborted() => HoldEnd::Aborted,
-            why = watch => dropped(task, fencing, why),
+            why = watch => dropped(task, fencing, on, why),
             end = run => match end {
-                Err(Expired) => dropped(task, fencing, LeaseLoss::DeadlinePassed),
+                Err(Expired) => dropped(task, fencing, on, LeaseLoss::DeadlinePassed),
                 Ok(RunEnd::Panicked(message)) => HoldEnd::Panicked(message),
                 Ok(RunEnd::Returned) if task.cancel().is_cancelled() => HoldEnd::Cancelled,
-                // Cancelled by the watch: the lease is going or gone.
+                // Cancelled by the watch as the deadline neared: the lease is going.
                 Ok(RunEnd::Returned) if guard.cancelled_for_lease() => {
+                    metrics::lost(on.name, on.backend, LossReason::Deadline);
                     task.emit(EventKind::LeaseLost { token: fencing });
                     HoldEnd::LeaseLost
                 }
@@ -126,6 +140,8 @@ pub(crate) async fn hold(
     Box::pin(async {
         task.end_instance(&guard).await;
         drop(end_on_drop);
+        // The routine has stopped, whether or not the lease is given back.
+        drop(holding);
         if let HoldEnd::Aborted = end {
             // A crash, as far as everyone else can tell: the lease runs out by its TTL.
             // Dropping `kept` takes it out of the keeper's care unreleased.
@@ -137,7 +153,7 @@ pub(crate) async fn hold(
             HoldEnd::LeaseLost => Report::Quietly,
             _ => Report::Events,
         };
-        give_back(task, kept, config, report).await;
+        give_back(task, kept, config, on, report).await;
     })
     .await;
     end
@@ -145,11 +161,18 @@ pub(crate) async fn hold(
 
 /// The routine is dropped because its lease was lost or its deadline passed (its context
 /// was cancelled before).
-fn dropped(task: &Task, fencing: FencingToken, why: LeaseLoss) -> HoldEnd {
+fn dropped(task: &Task, fencing: FencingToken, on: Labels<'_>, why: LeaseLoss) -> HoldEnd {
+    let reason = match why {
+        LeaseLoss::NotOurs => LossReason::Refused,
+        LeaseLoss::Revoked => LossReason::Revoked,
+        LeaseLoss::DeadlinePassed => LossReason::Deadline,
+    };
+    metrics::lost(on.name, on.backend, reason);
     task.emit(EventKind::LeaseLost { token: fencing });
     task.emit(EventKind::Dropped);
     match why {
         LeaseLoss::NotOurs => tracing::warn!("lease lost; routine dropped"),
+        LeaseLoss::Revoked => tracing::warn!("lease revoked by the backend; routine dropped"),
         LeaseLoss::DeadlinePassed => {
             tracing::warn!(
                 "lease could not be refreshed before its local deadline; routine dropped"
@@ -157,6 +180,13 @@ fn dropped(task: &Task, fencing: FencingToken, why: LeaseLoss) -> HoldEnd {
         }
     }
     HoldEnd::LeaseLost
+}
+
+/// The labels of a lease's metrics: the routine's name and the backend's.
+#[derive(Clone, Copy)]
+struct Labels<'a> {
+    name: &'a str,
+    backend: &'static str,
 }
 
 /// Whether a release is reported with events.
@@ -170,18 +200,33 @@ enum Report {
 
 /// Takes the lease back from the keeper (after a refresh it is in returns) and releases
 /// it.
-async fn give_back(task: &Task, mut kept: KeptLease, config: &RunnerConfig, report: Report) {
+async fn give_back(
+    task: &Task,
+    mut kept: KeptLease,
+    config: &RunnerConfig,
+    on: Labels<'_>,
+    report: Report,
+) {
     if let Some(mut lease) = kept.take_back().await {
-        release(task, &mut *lease, config, report).await;
+        release(task, &mut *lease, config, on, report).await;
     }
 }
 
 /// Gives the lease back with a fresh timeout: the routine's own context may already be
 /// cancelled, and the release must be sent anyway so the next holder need not wait for
 /// the TTL. Releasing a lost lease is harmless (releases compare ownership).
-async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, report: Report) {
+async fn release(
+    task: &Task,
+    lease: &mut dyn Lease,
+    config: &RunnerConfig,
+    on: Labels<'_>,
+    report: Report,
+) {
     let fencing = lease.fencing_token();
     let result = timeout(config.release_timeout, lease.release()).await;
+    if !matches!(result, Ok(Ok(()))) {
+        metrics::backend_error(on.backend, Operation::Release);
+    }
     if let Report::Quietly = report {
         tracing::debug!(
             fencing_token = fencing.get(),
@@ -192,16 +237,19 @@ async fn release(task: &Task, lease: &mut dyn Lease, config: &RunnerConfig, repo
     }
     match result {
         Ok(Ok(())) => {
+            metrics::released(on.name, on.backend);
             tracing::debug!(fencing_token = fencing.get(), "lease released");
             task.emit(EventKind::Released { token: fencing });
         }
         Ok(Err(error)) => {
+            metrics::release_failed(on.name, on.backend);
             tracing::warn!(error = %error.chain(), "lease release failed; it expires by its TTL");
             task.emit(EventKind::ReleaseFailed {
                 error: error.chain(),
             });
         }
         Err(_) => {
+            metrics::release_failed(on.name, on.backend);
             tracing::warn!(timeout = ?config.release_timeout, "lease release timed out; it expires by its TTL");
             task.emit(EventKind::ReleaseFailed {
                 error: format!("release timed out after {:?}", config.release_timeout),
@@ -272,7 +320,7 @@ async fn watch_lease(
                 timer.as_mut().reset(wake_at(deadline));
             }
             // The backend dropped what the lease lives on (a PostgreSQL lock session).
-            () = &mut revoked => return LeaseLoss::NotOurs,
+            () = &mut revoked => return LeaseLoss::Revoked,
             news = kept.next_news() => match news {
                 RefreshNews::Lost => return LeaseLoss::NotOurs,
                 RefreshNews::Failed(error) => {

@@ -16,6 +16,7 @@ use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
 use crate::events::EventKind;
 use crate::hold::{HoldEnd, hold};
+use crate::metrics::{self, Operation, RestartReason};
 use crate::options::Mode;
 use crate::outcome::Outcome;
 use crate::state::RoutineState;
@@ -87,6 +88,7 @@ impl<'a> Instance<'a> {
         let task = self.task;
         let shared = task.shared();
         let config = shared.config();
+        metrics::not_holding(self.key.as_str());
         loop {
             if shared.is_aborted() {
                 return Outcome::Aborted;
@@ -104,10 +106,13 @@ impl<'a> Instance<'a> {
             let backend = match connected {
                 None => return self.stopped(),
                 Some(Ok(backend)) => backend,
-                Some(Err(error)) => match Box::pin(self.backend_error(error)).await {
-                    Some(outcome) => return outcome,
-                    None => continue,
-                },
+                Some(Err(error)) => {
+                    metrics::connect_failed(&error);
+                    match Box::pin(self.backend_error(error)).await {
+                        Some(outcome) => return outcome,
+                        None => continue,
+                    }
+                }
             };
 
             // Register for the release notification before trying, so a release between
@@ -127,7 +132,7 @@ impl<'a> Instance<'a> {
                 std::task::Poll::Pending => use_notifications,
                 std::task::Poll::Ready(Ok(())) => false,
                 std::task::Poll::Ready(Err(error)) => {
-                    self.notifications_failed(&error);
+                    self.notifications_failed(backend.name(), &error);
                     false
                 }
             };
@@ -144,6 +149,7 @@ impl<'a> Instance<'a> {
                     let wait = match held {
                         HoldEnd::Returned if !restart => return Outcome::Returned,
                         HoldEnd::Returned => {
+                            metrics::restart(key.as_str(), RestartReason::Returned);
                             self.panic_backoff.reset();
                             task.set_state(RoutineState::Starting);
                             config.retry_interval
@@ -152,6 +158,7 @@ impl<'a> Instance<'a> {
                             return Outcome::Panicked(message);
                         }
                         HoldEnd::Panicked(message) => {
+                            metrics::restart(key.as_str(), RestartReason::Panicked);
                             self.error_backoff.reset();
                             let wait = self.panic_backoff.next_wait();
                             task.set_state(RoutineState::BackingOff {
@@ -163,6 +170,7 @@ impl<'a> Instance<'a> {
                         HoldEnd::LeaseLost if !restart => return Outcome::LeaseLost,
                         // Someone else probably holds it now: the next round finds out.
                         HoldEnd::LeaseLost => {
+                            metrics::restart(key.as_str(), RestartReason::Lost);
                             task.set_state(RoutineState::Starting);
                             Duration::ZERO
                         }
@@ -237,6 +245,10 @@ impl<'a> Instance<'a> {
             }),
         };
         drop(turn);
+        metrics::acquire_duration(self.key.as_str(), backend.name(), sent.elapsed());
+        if result.is_err() {
+            metrics::backend_error(backend.name(), Operation::Acquire);
+        }
         Some(Attempt { result, sent })
     }
 
@@ -293,7 +305,7 @@ impl<'a> Instance<'a> {
                 self.notify_warned = false;
             }
             // The channel failed: try now, and wait without notifications for a while.
-            Err(error) => self.notifications_failed(&error),
+            Err(error) => self.notifications_failed(backend.name(), &error),
         }
         true
     }
@@ -301,7 +313,8 @@ impl<'a> Instance<'a> {
     /// Release notifications failed: the next rounds wait without them for a backoff
     /// (doubling from the retry interval while they keep failing). Logged once per
     /// outage at `warn`.
-    fn notifications_failed(&mut self, error: &Error) {
+    fn notifications_failed(&mut self, backend: &'static str, error: &Error) {
+        metrics::backend_error(backend, Operation::Notify);
         let wait = self.notify_backoff.next_wait();
         self.notify_paused_until = Some(Instant::now() + wait);
         if self.notify_warned {
@@ -329,7 +342,11 @@ impl<'a> Instance<'a> {
             Ok(Ok(Some(left))) => (left + Duration::from_millis(1)).min(config.retry_interval),
             // Released in the meantime: try again at once, but not twice in a row.
             Ok(Ok(None)) if !self.retried_at_once => Duration::ZERO,
-            _ => config.retry_interval,
+            Ok(Ok(None)) => config.retry_interval,
+            Ok(Err(_)) | Err(_) => {
+                metrics::backend_error(backend.name(), Operation::ExpiresIn);
+                config.retry_interval
+            }
         }
     }
 

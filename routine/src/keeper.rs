@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RunnerConfig;
 use crate::guard::Deadline;
 use crate::health::LateLease;
+use crate::metrics::{self, Raised};
 
 mod batch;
 mod watch;
@@ -81,6 +82,9 @@ struct Entry {
     retired: bool,
     /// Its hold is gone (dropped mid-batch): drop the lease when the batch returns.
     orphaned: bool,
+    /// Counts the lease in `leasehold_leases_held` while the entry lives, however it is
+    /// removed.
+    _held: Raised,
 }
 
 /// A hold's handle on its lease while the keeper keeps it. Dropping it without
@@ -128,6 +132,7 @@ impl Keeper {
         sent: Instant,
     ) -> KeptLease {
         let watch = Arc::new(Watch::new(self.shared.config.local_deadline(sent)));
+        let backend_name = backend.name();
         let key = lease.key().clone();
         let fencing = lease.fencing_token();
         let mut state = lock(&self.shared.state);
@@ -145,6 +150,7 @@ impl Keeper {
                 confirmed_at: sent,
                 retired: false,
                 orphaned: false,
+                _held: metrics::lease_held(backend_name),
             },
         );
         if state.running.is_none() {
@@ -374,6 +380,7 @@ impl Shared {
             entry.lease = Some(lease);
             match result {
                 Ok(()) => {
+                    metrics::deadline_margin(entry.backend.name(), entry.watch.deadline(), now);
                     entry.watch.confirmed(self.config.local_deadline(sent));
                     entry.next_due = sent + self.config.refresh_interval;
                     entry.confirmed_at = sent;

@@ -31,6 +31,7 @@ mod hold;
 mod instance;
 mod keeper;
 mod launch;
+mod metrics;
 mod observe;
 mod options;
 mod outcome;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use leasehold_core::{Error, Lease, LockBackend, Result};
 use tokio::time::{Instant, timeout};
 
+use crate::metrics::{self, Operation};
+
 /// Leases of one backend, taken out of their entries for one `refresh_many` call.
 pub(super) struct Batch {
     backend: Arc<dyn LockBackend>,
@@ -73,6 +75,14 @@ impl Batch {
                 .map(|_| Err(Error::timeout(backend.name(), "refresh", limit)))
                 .collect(),
         };
+        metrics::refresh_duration(backend.name(), sent.elapsed());
+        // One failed call, however many leases it failed for.
+        if results
+            .iter()
+            .any(|result| result.as_ref().is_err_and(|error| !error.is_lost()))
+        {
+            metrics::backend_error(backend.name(), Operation::Refresh);
+        }
         Refreshed {
             sent,
             ids: self.ids,
