@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use leasehold_core::LockKey;
+use leasehold_core::{Error, LockKey};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -11,13 +11,18 @@ use crate::backend_slot::BackendSlot;
 use crate::events::EventKind;
 use crate::handle::RoutineHandle;
 use crate::instance::Instance;
+use crate::options::ScheduleOptions;
+use crate::outcome::Outcome;
+use crate::schedule::Schedule;
 use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
 
-/// The lease a named routine runs under: its key, and where the backend comes from.
+/// The lease a named routine runs under: its key, where the backend comes from, and,
+/// for a scheduled routine, its schedule.
 pub(crate) struct LeasePlan {
     pub(crate) key: LockKey,
     pub(crate) backend: BackendSlot,
+    pub(crate) schedule: Option<ScheduleOptions>,
 }
 
 /// Spawns the task of `task`'s routine on `runtime` and returns the handle that controls
@@ -49,9 +54,19 @@ pub(crate) fn launch(
     let run = async move {
         let outcome = match lease {
             None => task.run_plain(routine).await,
-            Some(LeasePlan { key, backend }) => {
-                Instance::new(&task, key, backend).run(routine).await
-            }
+            Some(LeasePlan {
+                key,
+                backend,
+                schedule: None,
+            }) => Instance::new(&task, key, backend).run(routine).await,
+            Some(LeasePlan {
+                key,
+                backend,
+                schedule: Some(schedule),
+            }) => match Schedule::new(&task, key, backend, schedule, routine) {
+                Some(schedule) => schedule.run().await,
+                None => Outcome::Failed(Arc::new(Error::config("schedule", "no schedule"))),
+            },
         };
         tracing::debug!(?outcome, "routine stopped");
         task.emit(EventKind::Stopped);

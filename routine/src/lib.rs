@@ -37,6 +37,7 @@ mod options;
 mod outcome;
 mod report;
 mod runner;
+mod schedule;
 mod shared;
 mod signals;
 mod state;
@@ -54,6 +55,8 @@ pub use observe::observe;
 pub use options::RunOptions;
 pub use outcome::Outcome;
 pub use runner::Runner;
+pub use schedule::scheduled_fire;
+pub use schedule::spec::MissedFires;
 pub use state::RoutineState;
 
 pub use leasehold_core::{

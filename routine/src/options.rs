@@ -1,21 +1,37 @@
-//! `RunOptions`: how a named routine runs.
+//! `RunOptions`: how a named routine runs, and, for scheduled routines, when.
+
+use std::time::{Duration, SystemTime};
+
+use leasehold_core::Result;
+
+use crate::schedule::spec::{MissedFires, Timing, WallClock};
 
 /// How a named routine runs, for [`Runner::run_named`](crate::Runner::run_named).
 ///
 /// The default runs the routine once, like [`Runner::run`](crate::Runner::run), with a
-/// name in its logs.
+/// name in its logs. [`RunOptions::keep_running_one_instance`] keeps one instance running
+/// across the cluster; [`RunOptions::every`] and [`RunOptions::cron`] run it on a
+/// schedule, each fire once across the cluster, and take the builder-style settings
+/// below.
 ///
 /// # Examples
 ///
 /// ```
-/// use leasehold::RunOptions;
+/// use std::time::Duration;
+/// use leasehold::{MissedFires, RunOptions};
 ///
-/// let options = RunOptions::keep_running_one_instance();
-/// assert_eq!(options, RunOptions::keep_running_one_instance());
+/// let always = RunOptions::keep_running_one_instance();
+/// let nightly = RunOptions::cron("0 3 * * *", chrono_tz::Europe::Berlin)
+///     .expect("a valid expression")
+///     .missed_fires(MissedFires::RunOnce)
+///     .timeout(Duration::from_secs(3600));
+/// let sync = RunOptions::every(Duration::from_secs(60)).skip_if_held();
+/// # let _ = (always, nightly, sync);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub(crate) mode: Mode,
+    pub(crate) schedule: ScheduleOptions,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +43,67 @@ pub(crate) enum Mode {
     Exclusive,
     /// Run under the lease, restarting forever.
     KeepRunning,
+    /// Run on a schedule, each fire once across the cluster.
+    Scheduled,
+}
+
+/// The settings of a scheduled routine (see the builder methods on [`RunOptions`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ScheduleOptions {
+    /// `None` unless the routine is scheduled (or the schedule was invalid: `error`).
+    pub(crate) timing: Option<Timing>,
+    /// Why the schedule could not be used, reported when the routine starts.
+    pub(crate) error: Option<String>,
+    pub(crate) delay: Duration,
+    pub(crate) missed: MissedFires,
+    pub(crate) tolerance: Duration,
+    pub(crate) catch_up_window: Duration,
+    pub(crate) max_clock_offset: Duration,
+    pub(crate) skip_if_held: bool,
+    pub(crate) hold_at_least: Duration,
+    pub(crate) instances: u32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) clock: WallClock,
+    /// Whether a setting that only a schedule uses was set (an error without one).
+    pub(crate) touched: bool,
+}
+
+/// The default tolerance: how late a member may get to a fire for it to count as on time.
+pub(crate) const DEFAULT_TOLERANCE: Duration = Duration::from_secs(1);
+/// The default catch-up window of [`MissedFires::RunOnce`] and [`MissedFires::RunEach`].
+pub(crate) const DEFAULT_CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
+/// The default bound on the offset between members' wall clocks.
+pub(crate) const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_secs(10);
+
+impl Default for ScheduleOptions {
+    fn default() -> Self {
+        Self {
+            timing: None,
+            error: None,
+            delay: Duration::ZERO,
+            missed: MissedFires::Skip,
+            tolerance: DEFAULT_TOLERANCE,
+            catch_up_window: DEFAULT_CATCH_UP_WINDOW,
+            max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
+            skip_if_held: false,
+            hold_at_least: Duration::ZERO,
+            instances: 1,
+            timeout: None,
+            clock: WallClock::default(),
+            touched: false,
+        }
+    }
+}
+
+impl ScheduleOptions {
+    /// How late after its time a member may still start a fire: the tolerance, or the
+    /// catch-up window when missed fires are caught up.
+    pub(crate) fn late_limit(&self) -> Duration {
+        match self.missed {
+            MissedFires::Skip => self.tolerance,
+            _ => self.tolerance.max(self.catch_up_window),
+        }
+    }
 }
 
 impl RunOptions {
@@ -49,6 +126,7 @@ impl RunOptions {
     pub fn keep_running_one_instance() -> Self {
         Self {
             mode: Mode::KeepRunning,
+            ..Self::default()
         }
     }
 
@@ -58,6 +136,184 @@ impl RunOptions {
     pub fn exclusive() -> Self {
         Self {
             mode: Mode::Exclusive,
+            ..Self::default()
         }
+    }
+
+    /// Runs the routine at every multiple of `period` since the UNIX epoch (UTC), each
+    /// fire once across every runner that shares the backend.
+    ///
+    /// The fires are the same instants on every member whenever it started: `every(60 s)`
+    /// fires at each full minute. A zero period fails the routine at start with
+    /// [`Outcome::Failed`](crate::Outcome::Failed).
+    ///
+    /// # Each fire once
+    ///
+    /// Every member of the schedule waits until its own wall clock reaches the fire's
+    /// time, then claims the fire: it takes the lease `<name>@<fire>` (the fire's instant
+    /// in UTC, RFC 3339, for example `report@2026-12-01T03:00:00Z`) and does **not**
+    /// give it back after the run. The claim is kept for the *retention*,
+    ///
+    /// `late limit + max clock offset + request timeout + safety margin`,
+    ///
+    /// where the late limit is the [tolerance](RunOptions::tolerance) (or the
+    /// [catch-up window](RunOptions::catch_up_window) when missed fires are caught up),
+    /// and only then released. Members that come to the fire later find it claimed and
+    /// skip it. The member that claimed it takes the name's lease (or one of the
+    /// [`instances`](RunOptions::instances) slots), waiting for it unless
+    /// [`skip_if_held`](RunOptions::skip_if_held), and runs the routine under it with the
+    /// keeper and the hard local deadline, as for every leased routine.
+    ///
+    /// - **At most once**: each fire starts at most once across the cluster as long as
+    ///   no two members' wall clocks are further apart than
+    ///   [`max_clock_offset`](RunOptions::max_clock_offset) (default 10 s), and the backend
+    ///   keeps its leases (see the Guarantees in the README: a backend that loses
+    ///   acknowledged writes is outside them). A member starts a fire only within the late
+    ///   limit of its time on its own clock, so the last try at a fire comes at most
+    ///   `late limit + max clock offset` after the first claim, plus the request timeout,
+    ///   and the claim outlasts it. A member whose clock is ahead simply runs the fire
+    ///   early, by its offset; one whose clock is behind finds it claimed. Nothing
+    ///   depends on the clocks beyond that bound; the run itself is timed on each
+    ///   member's monotonic clock.
+    /// - **At least once**: a fire runs if at least one member is running the schedule,
+    ///   can reach the backend, and gets to the fire within the tolerance of its time on
+    ///   its own clock (or within the catch-up window, with
+    ///   [`MissedFires::RunOnce`]/[`RunEach`](MissedFires::RunEach)), and the member
+    ///   that claims it stays alive until the run has started and keeps its lease while
+    ///   it runs. A fire is skipped on purpose when [`skip_if_held`](RunOptions::skip_if_held)
+    ///   finds the name held. A member that claims a fire and then dies, loses its
+    ///   lease, or is shut down before the routine returns does not run it again, and
+    ///   neither does anyone else.
+    ///
+    /// Members must use the same schedule for a name: fires of different schedules have
+    /// different names. Claims are held as leases in the backend, one per fire within
+    /// the retention (about `retention / period` keys per routine).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasehold::{MemoryBackend, RunOptions, Runner};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let runner = Runner::with_backend(MemoryBackend::new());
+    /// let sync = runner.run_named(
+    ///     "sync",
+    ///     |_ctx| async move { /* one sync, once per minute across the cluster */ },
+    ///     RunOptions::every(Duration::from_secs(60)),
+    /// );
+    /// sync.cancel();
+    /// sync.join().await;
+    /// # }
+    /// ```
+    pub fn every(period: Duration) -> Self {
+        let mut options = Self {
+            mode: Mode::Scheduled,
+            ..Self::default()
+        };
+        match Timing::every(period) {
+            Ok(timing) => options.schedule.timing = Some(timing),
+            Err(error) => options.schedule.error = Some(error.to_string()),
+        }
+        options
+    }
+
+    /// Runs the routine at the instants the cron `expression` matches in time zone
+    /// `zone`, each fire once across the cluster, as [`RunOptions::every`] describes.
+    ///
+    /// The expression has five fields (minute, hour, day of month, month, day of week)
+    /// or six with seconds first, as parsed by the `croner` crate (`L`, `W` and `#` are
+    /// supported). A local time that a daylight saving change skips fires when the gap
+    /// ends (02:30 on a spring-forward night fires at 03:00); one it repeats fires once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) if the expression does not parse.
+    pub fn cron(expression: &str, zone: chrono_tz::Tz) -> Result<Self> {
+        let timing = Timing::cron(expression, zone)?;
+        let mut options = Self {
+            mode: Mode::Scheduled,
+            ..Self::default()
+        };
+        options.schedule.timing = Some(timing);
+        Ok(options)
+    }
+
+    fn scheduled(mut self, set: impl FnOnce(&mut ScheduleOptions)) -> Self {
+        set(&mut self.schedule);
+        self.schedule.touched = true;
+        self
+    }
+
+    /// Fires before `delay` has passed since the routine was started are not run on this
+    /// member (they may run on others). Default zero.
+    pub fn delay(self, delay: Duration) -> Self {
+        self.scheduled(|s| s.delay = delay)
+    }
+
+    /// What to do with fires this member could not start on time; see [`MissedFires`].
+    /// Default [`MissedFires::Skip`].
+    pub fn missed_fires(self, policy: MissedFires) -> Self {
+        self.scheduled(|s| s.missed = policy)
+    }
+
+    /// How late after its time, on its own clock, a member may get to a fire for it to
+    /// count as on time (default 1 s). Later, the fire is missed on that member, and
+    /// [`MissedFires`] decides.
+    pub fn tolerance(self, tolerance: Duration) -> Self {
+        self.scheduled(|s| s.tolerance = tolerance)
+    }
+
+    /// How far back [`MissedFires::RunOnce`] and [`MissedFires::RunEach`] look for missed
+    /// fires (default 1 h). Fires are claimed for at least this long, so it bounds how
+    /// long a fire's claim is kept in the backend.
+    pub fn catch_up_window(self, window: Duration) -> Self {
+        self.scheduled(|s| s.catch_up_window = window)
+    }
+
+    /// The largest offset between the wall clocks of any two members running this
+    /// schedule under which each fire still runs at most once (default 10 s). A fire's
+    /// claim is kept this much longer.
+    pub fn max_clock_offset(self, offset: Duration) -> Self {
+        self.scheduled(|s| s.max_clock_offset = offset)
+    }
+
+    /// Tries the name's lease once per fire: if another member holds it (a run that
+    /// outlasted the period, or [`hold_at_least`](RunOptions::hold_at_least)), this fire
+    /// is skipped, as ShedLock does. Without it, the member that claimed a fire waits for
+    /// the lease.
+    pub fn skip_if_held(self) -> Self {
+        self.scheduled(|s| s.skip_if_held = true)
+    }
+
+    /// After a run shorter than `duration`, keeps the name's lease until `duration` has
+    /// passed since the run started, instead of releasing it at once (it is still
+    /// refreshed, and released early if the routine is cancelled). With
+    /// [`skip_if_held`](RunOptions::skip_if_held), other runs of the name are skipped
+    /// meanwhile. Measured on this member's monotonic clock, not on wall clocks.
+    pub fn hold_at_least(self, duration: Duration) -> Self {
+        self.scheduled(|s| s.hold_at_least = duration)
+    }
+
+    /// Up to `n` runs at once across the cluster (default 1): each run takes one of `n`
+    /// lease slots, `<name>#0` to `<name>#<n-1>` (for `n` = 1, the name itself). Fires
+    /// still run once each; this only lets a fire start while earlier runs go on. Zero
+    /// counts as one.
+    pub fn instances(self, n: u32) -> Self {
+        self.scheduled(|s| s.instances = n.max(1))
+    }
+
+    /// Bounds each run: after `timeout` its context is cancelled, and a grace period
+    /// (the runner's) later its future is dropped if it has not returned.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.scheduled(|s| s.timeout = Some(timeout))
+    }
+
+    /// The wall clock the schedule reads, instead of the system clock: for tests and
+    /// simulations (for example a clock offset from tokio's paused time, to run members
+    /// whose clocks disagree).
+    pub fn with_wall_clock(self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        let clock = WallClock::new(now);
+        self.scheduled(|s| s.clock = clock)
     }
 }

@@ -19,6 +19,7 @@ use crate::health::Health;
 use crate::launch::{LeasePlan, launch};
 use crate::options::{Mode, RunOptions};
 use crate::outcome::Outcome;
+use crate::schedule;
 use crate::shared::{Setup, Shared};
 use crate::signals::{self, Response};
 use crate::task::{RoutineFn, Task};
@@ -208,7 +209,7 @@ impl Runner {
             Some(f) => Box::pin(f(ctx)),
             None => Box::pin(async {}),
         });
-        self.start(None, Mode::Once, routine)
+        self.start(None, RunOptions::new(), routine)
     }
 
     /// Starts `f` like [`Runner::run`], with a name and options.
@@ -228,10 +229,11 @@ impl Runner {
     {
         let mut f = f;
         let routine: RoutineFn = Box::new(move |ctx| Box::pin(f(ctx)));
-        self.start(Some(name), options.mode, routine)
+        self.start(Some(name), options, routine)
     }
 
-    fn start(&self, name: Option<&str>, mode: Mode, routine: RoutineFn) -> RoutineHandle {
+    fn start(&self, name: Option<&str>, options: RunOptions, routine: RoutineFn) -> RoutineHandle {
+        let RunOptions { mode, schedule } = options;
         let number = NEXT_NUMBER.fetch_add(1, Ordering::Relaxed);
         let label: Option<Arc<str>> = name.map(Arc::from);
         let fail = |error: Error| {
@@ -247,6 +249,12 @@ impl Runner {
                 "routines must be started from within a tokio runtime",
             ));
         };
+        if mode != Mode::Scheduled && schedule.touched {
+            return fail(Error::config(
+                "schedule",
+                "schedule settings given without RunOptions::every or RunOptions::cron",
+            ));
+        }
         let lease = match (mode, name) {
             (Mode::Once, _) => None,
             (_, None) => return fail(Error::config("name", "a leased routine needs a name")),
@@ -255,6 +263,10 @@ impl Runner {
                     Ok(key) => key,
                     Err(error) => return fail(error),
                 };
+                let schedule = (mode == Mode::Scheduled).then_some(schedule);
+                if let Some(Err(error)) = schedule.as_ref().map(|s| schedule::check(&key, s)) {
+                    return fail(error);
+                }
                 let Some(backend) = self.backend.clone() else {
                     return fail(Error::config(
                         "backend",
@@ -266,7 +278,11 @@ impl Runner {
                     tracing::error!(number, name, error = %error.chain(), "routine not started");
                     return RoutineHandle::finished(number, label, Outcome::Failed(error));
                 }
-                Some(LeasePlan { key, backend })
+                Some(LeasePlan {
+                    key,
+                    backend,
+                    schedule,
+                })
             }
         };
         self.install_signal_handlers(&runtime);

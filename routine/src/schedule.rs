@@ -1,0 +1,557 @@
+//! The scheduling loop: a scheduled routine's task waits for each fire on the wall clock,
+//! claims it cluster-wide, and runs it under the name's lease with [`hold`].
+//!
+//! Each fire is claimed by taking the lease `<name>@<fire>` (see `spec::fire_id`) for
+//! the *retention* and not giving it back after the run: a member whose clock is behind
+//! comes to the fire later and finds it claimed, so a quick run is not repeated (the
+//! failure of a lock held only while the job runs). The claim is released only once
+//! every member's last try at the fire is over; until then a task of its own keeps the
+//! lease object, because dropping it would hand the key back early on backends that
+//! clean up dropped leases in the background (etcd deletes the key, PostgreSQL unlocks
+//! it), while Redis and memory would just let it expire by its TTL.
+//!
+//! The run itself uses the same machinery as every leased routine: [`hold`] refreshes
+//! the name's lease with the keeper and drops the routine at the hard local deadline.
+//! A run's timeout and [`hold_at_least`](crate::RunOptions::hold_at_least) wrap the
+//! routine's future, so the hold sees one future from start to end.
+
+pub(crate) mod spec;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backend_slot::BackendSlot;
+use crate::backoff::Backoff;
+use crate::context::Context;
+use crate::events::EventKind;
+use crate::hold::{HoldEnd, hold};
+use crate::options::ScheduleOptions;
+use crate::outcome::Outcome;
+use crate::state::RoutineState;
+use crate::task::{RoutineFn, Task};
+use spec::{MissedFires, Timing, fire_id};
+
+/// The longest single sleep while waiting for a fire: the wall clock is read again after
+/// it, so a clock stepped forward (NTP, a resumed VM) is noticed within this.
+const LONGEST_NAP: Duration = Duration::from_secs(60);
+
+tokio::task_local! {
+    static FIRE: SystemTime;
+}
+
+/// The scheduled instant of the fire the calling routine runs for, if it runs on a
+/// schedule ([`RunOptions::every`](crate::RunOptions::every),
+/// [`RunOptions::cron`](crate::RunOptions::cron)). Read it from the routine's own future
+/// (a task-local value: work spawned from it does not see it).
+///
+/// # Examples
+///
+/// ```
+/// async fn report(_ctx: leasehold::Context) {
+///     if let Some(fire) = leasehold::scheduled_fire() {
+///         // Report on the period that ends at `fire`, whatever time it is now.
+///         let _ = fire;
+///     }
+/// }
+/// ```
+pub fn scheduled_fire() -> Option<SystemTime> {
+    FIRE.try_with(|fire| *fire).ok()
+}
+
+/// The key of fire `fire` of the routine named `name`.
+pub(crate) fn fire_key(name: &LockKey, fire: SystemTime) -> Result<LockKey> {
+    LockKey::new(format!("{}@{}", name.as_str(), fire_id(fire)))
+}
+
+/// The lease slots runs take: the name for one instance, `<name>#<i>` for more.
+pub(crate) fn slot_keys(name: &LockKey, instances: u32) -> Result<Vec<LockKey>> {
+    if instances <= 1 {
+        return Ok(vec![name.clone()]);
+    }
+    (0..instances)
+        .map(|slot| LockKey::new(format!("{}#{slot}", name.as_str())))
+        .collect()
+}
+
+/// Checks that the keys the schedule will use are valid, before the routine starts.
+pub(crate) fn check(name: &LockKey, options: &ScheduleOptions) -> Result<()> {
+    if let Some(error) = &options.error {
+        return Err(Error::config("schedule", error.clone()));
+    }
+    let Some(timing) = &options.timing else {
+        return Err(Error::config(
+            "schedule",
+            "schedule settings given without RunOptions::every or RunOptions::cron",
+        ));
+    };
+    // The longest fire name: a fraction of a second, if the schedule has one.
+    let sample = timing
+        .next_after(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    fire_key(name, sample + Duration::from_nanos(1))?;
+    slot_keys(name, options.instances)?;
+    Ok(())
+}
+
+/// What the loop does after a fire.
+enum Next {
+    Continue,
+    Stop(Outcome),
+}
+
+/// One scheduled routine's loop on one member.
+pub(crate) struct Schedule<'a> {
+    task: &'a Task,
+    name: LockKey,
+    backend: BackendSlot,
+    options: ScheduleOptions,
+    timing: Timing,
+    /// Shared with the wrapper each run hands to [`hold`].
+    routine: Arc<Mutex<RoutineFn>>,
+    error_backoff: Backoff,
+}
+
+impl<'a> Schedule<'a> {
+    pub(crate) fn new(
+        task: &'a Task,
+        name: LockKey,
+        backend: BackendSlot,
+        options: ScheduleOptions,
+        routine: RoutineFn,
+    ) -> Option<Self> {
+        let config = task.shared().config();
+        Some(Self {
+            task,
+            name,
+            backend,
+            timing: options.timing.clone()?,
+            options,
+            routine: Arc::new(Mutex::new(routine)),
+            error_backoff: Backoff::new(config.backoff_min, config.backoff_max),
+        })
+    }
+
+    /// Runs fires until the routine is cancelled or the schedule has no more fires.
+    pub(crate) async fn run(mut self) -> Outcome {
+        let started = self.options.clock.now();
+        let late_limit = self.options.late_limit();
+        // Fires at or before `floor` are past for this member.
+        let mut floor = if self.options.delay.is_zero() {
+            started.checked_sub(late_limit).unwrap_or(started)
+        } else {
+            (started + self.options.delay)
+                .checked_sub(Duration::from_nanos(1))
+                .unwrap_or(started)
+        };
+        self.task.set_state(RoutineState::Waiting { holder: None });
+        loop {
+            let Some(next) = self.timing.next_after(floor) else {
+                tracing::info!("schedule has no more fires");
+                return Outcome::Returned;
+            };
+            if !Box::pin(self.sleep_until_wall(next)).await {
+                return self.stopped();
+            }
+            let now = self.options.clock.now();
+            let due = self.due(next, now);
+            floor = *due.last().unwrap_or(&next);
+            let chosen = self.choose(&due, now);
+            if chosen.len() < due.len() {
+                tracing::warn!(
+                    missed = due.len() - chosen.len(),
+                    policy = ?self.options.missed,
+                    "fires missed on this member (it got to them late); not run here"
+                );
+            }
+            for fire in chosen {
+                let late = self
+                    .options
+                    .clock
+                    .now()
+                    .duration_since(fire)
+                    .unwrap_or_default();
+                if late > late_limit {
+                    tracing::warn!(fire = %fire_id(fire), ?late, "fire missed on this member");
+                    continue;
+                }
+                if let Next::Stop(outcome) = Box::pin(self.fire(fire)).await {
+                    return outcome;
+                }
+            }
+            self.task.set_state(RoutineState::Waiting { holder: None });
+        }
+    }
+
+    /// The fires from `first` up to `now`, oldest first, without those past the late
+    /// limit (only the last few are kept: no policy runs more).
+    fn due(&self, first: SystemTime, now: SystemTime) -> Vec<SystemTime> {
+        let keep = match self.options.missed {
+            MissedFires::RunEach(n) => n.max(1) as usize,
+            _ => 1,
+        };
+        let oldest = now
+            .checked_sub(self.options.late_limit())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut fire = if first < oldest {
+            // Far behind: start from the first fire within reach (fires before it are
+            // out of reach anyway, and there may be very many of them).
+            let from = oldest
+                .checked_sub(Duration::from_nanos(1))
+                .unwrap_or(oldest);
+            match self.timing.next_after(from) {
+                Some(fire) => fire,
+                None => return vec![first],
+            }
+        } else {
+            first
+        };
+        let mut due = std::collections::VecDeque::new();
+        while fire <= now {
+            if due.len() == keep {
+                due.pop_front();
+            }
+            due.push_back(fire);
+            match self.timing.next_after(fire) {
+                Some(next) => fire = next,
+                None => break,
+            }
+        }
+        if due.is_empty() {
+            // `first` itself was out of reach: it is the one fire that is past.
+            return vec![first];
+        }
+        due.into()
+    }
+
+    /// The fires of `due` this member tries, by the missed-fire policy.
+    fn choose(&self, due: &[SystemTime], now: SystemTime) -> Vec<SystemTime> {
+        let late = |fire: &SystemTime| now.duration_since(*fire).unwrap_or_default();
+        let within = |limit: Duration| move |fire: &&SystemTime| late(fire) <= limit;
+        match self.options.missed {
+            MissedFires::Skip => due
+                .last()
+                .filter(within(self.options.tolerance))
+                .copied()
+                .into_iter()
+                .collect(),
+            MissedFires::RunOnce => due
+                .last()
+                .filter(within(self.options.late_limit()))
+                .copied()
+                .into_iter()
+                .collect(),
+            MissedFires::RunEach(_) => due
+                .iter()
+                .filter(within(self.options.late_limit()))
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// How long a fire's claim is kept: past every member's last try at it (see
+    /// [`RunOptions::every`](crate::RunOptions::every)).
+    fn retention(&self, backend: &dyn LockBackend) -> Duration {
+        let config = self.task.shared().config();
+        let retention = self.options.late_limit()
+            + self.options.max_clock_offset
+            + config.request_timeout
+            + config.safety_margin;
+        backend.capabilities().effective_ttl(retention)
+    }
+
+    /// Claims `fire` and, if this member got it, runs it.
+    async fn fire(&mut self, fire: SystemTime) -> Next {
+        let id = fire_id(fire);
+        let key = match fire_key(&self.name, fire) {
+            Ok(key) => key,
+            Err(error) => return Next::Stop(Outcome::Failed(Arc::new(error))),
+        };
+        let backend = match self.connect().await {
+            Ok(backend) => backend,
+            Err(next) => return next,
+        };
+        let retention = self.retention(&*backend);
+        loop {
+            let Some((result, sent)) = self.attempt(&*backend, &key, retention).await else {
+                return Next::Stop(self.stopped());
+            };
+            match result {
+                Ok(Some(claim)) => {
+                    self.error_backoff.reset();
+                    retain(claim, sent + retention, self.task);
+                    tracing::debug!(fire = %id, "fire claimed");
+                    break;
+                }
+                Ok(None) => {
+                    self.error_backoff.reset();
+                    tracing::debug!(fire = %id, "fire claimed by another member");
+                    return Next::Continue;
+                }
+                Err(error) => {
+                    if let Some(next) = self.backend_error(error).await {
+                        return next;
+                    }
+                    let late = self.options.clock.now().duration_since(fire);
+                    if late.unwrap_or_default() > self.options.late_limit() {
+                        tracing::warn!(fire = %id, "fire missed: the backend did not answer in time");
+                        return Next::Continue;
+                    }
+                }
+            }
+        }
+        let span = tracing::info_span!("fire", fire = %id);
+        Box::pin(self.run_fire(&backend, fire).instrument(span)).await
+    }
+
+    /// Takes a run slot (waiting for one unless `skip_if_held`) and runs the claimed
+    /// `fire` under it.
+    async fn run_fire(&mut self, backend: &Arc<dyn LockBackend>, fire: SystemTime) -> Next {
+        let slots = match slot_keys(&self.name, self.options.instances) {
+            Ok(slots) => slots,
+            Err(error) => return Next::Stop(Outcome::Failed(Arc::new(error))),
+        };
+        let config = self.task.shared().config();
+        let mut contended = false;
+        loop {
+            for slot in &slots {
+                let Some((result, sent)) = self.attempt(&**backend, slot, config.lease_ttl).await
+                else {
+                    return Next::Stop(self.stopped());
+                };
+                match result {
+                    Ok(Some(lease)) => {
+                        self.error_backoff.reset();
+                        return self.hold_run(backend, lease, sent, fire).await;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        if let Some(next) = self.backend_error(error).await {
+                            return next;
+                        }
+                    }
+                }
+            }
+            if self.options.skip_if_held {
+                tracing::info!(
+                    fire = %fire_id(fire),
+                    "name held by another run; fire skipped"
+                );
+                return Next::Continue;
+            }
+            if !contended {
+                contended = true;
+                self.task.emit(EventKind::Contended {
+                    holder: None,
+                    token: None,
+                });
+            }
+            // One slot: wake on its release; more: try them all again after the retry
+            // interval (a release of any of them would do).
+            let released = if slots.len() == 1 {
+                backend.released(&slots[0])
+            } else {
+                Box::pin(std::future::pending())
+            };
+            let task = self.task;
+            tokio::select! {
+                biased;
+                _ = task.shared().aborted() => return Next::Stop(self.stopped()),
+                _ = task.cancel().cancelled() => return Next::Stop(self.stopped()),
+                _ = released => {}
+                _ = tokio::time::sleep(config.retry_interval) => {}
+            }
+        }
+    }
+
+    /// Runs the routine for `fire` under `lease`, with the run's timeout and minimum hold.
+    async fn hold_run(
+        &mut self,
+        backend: &Arc<dyn LockBackend>,
+        lease: Box<dyn Lease>,
+        sent: Instant,
+        fire: SystemTime,
+    ) -> Next {
+        let mut wrapped = self.wrapped(fire);
+        let end = hold(self.task, Arc::clone(backend), lease, sent, &mut wrapped).await;
+        match end {
+            HoldEnd::Returned | HoldEnd::LeaseLost => Next::Continue,
+            // Logged and reported by the task; the next fire runs as scheduled.
+            HoldEnd::Panicked(_) => Next::Continue,
+            HoldEnd::Cancelled => Next::Stop(Outcome::Cancelled),
+            HoldEnd::Aborted => Next::Stop(Outcome::Aborted),
+        }
+    }
+
+    /// The routine as `hold` calls it for one run of `fire`: in the fire's task-local
+    /// scope, cancelled at the run's timeout and dropped a grace period later, and kept
+    /// (holding the lease) until `hold_at_least` has passed since it started.
+    fn wrapped(&self, fire: SystemTime) -> RoutineFn {
+        let routine = Arc::clone(&self.routine);
+        let timeout = self.options.timeout;
+        let at_least = self.options.hold_at_least;
+        let grace = self.task.shared().config().grace_period;
+        Box::new(move |ctx: Context| {
+            let started = Instant::now();
+            let future = {
+                let mut routine = routine
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                FIRE.sync_scope(fire, || (*routine)(ctx.clone()))
+            };
+            async move {
+                let run = FIRE.scope(fire, future);
+                tokio::pin!(run);
+                let finished = match timeout {
+                    None => {
+                        run.as_mut().await;
+                        true
+                    }
+                    Some(timeout) => tokio::select! {
+                        () = run.as_mut() => true,
+                        () = tokio::time::sleep(timeout) => false,
+                    },
+                };
+                if !finished {
+                    tracing::warn!(?timeout, "run timed out; cancelling it");
+                    ctx.cancellation_token().cancel();
+                    tokio::select! {
+                        () = run.as_mut() => {}
+                        () = tokio::time::sleep(grace) => {
+                            tracing::warn!(?grace, "timed-out run did not return within the grace period; dropping it");
+                        }
+                    }
+                    return;
+                }
+                tokio::select! {
+                    () = ctx.cancelled() => {}
+                    () = tokio::time::sleep_until(started + at_least) => {}
+                }
+            }
+            .boxed()
+        })
+    }
+
+    /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`.
+    /// `None` if the routine was stopped meanwhile.
+    async fn attempt(
+        &self,
+        backend: &dyn LockBackend,
+        key: &LockKey,
+        ttl: Duration,
+    ) -> Option<(Result<Option<Box<dyn Lease>>>, Instant)> {
+        let shared = self.task.shared();
+        let config = shared.config();
+        let cancel = self.task.cancel();
+        let turn = tokio::select! {
+            biased;
+            _ = shared.aborted() => return None,
+            _ = cancel.cancelled() => return None,
+            turn = shared.acquire_turn() => turn,
+        };
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(
+            config.request_timeout,
+            backend.try_acquire_as(key, ttl, shared.holder_identity()),
+        );
+        let result = tokio::select! {
+            biased;
+            _ = shared.aborted() => return None,
+            _ = cancel.cancelled() => return None,
+            attempt = attempt => attempt.unwrap_or_else(|_| {
+                Err(Error::timeout(backend.name(), "acquire", config.request_timeout))
+            }),
+        };
+        drop(turn);
+        Some((result, sent))
+    }
+
+    /// The backend, connecting it if needed; backs off on failure.
+    async fn connect(&mut self) -> std::result::Result<Arc<dyn LockBackend>, Next> {
+        let config = self.task.shared().config();
+        loop {
+            let connected = tokio::select! {
+                biased;
+                _ = self.task.shared().aborted() => None,
+                _ = self.task.cancel().cancelled() => None,
+                connected = self.backend.get(config.lease_ttl) => Some(connected),
+            };
+            match connected {
+                None => return Err(Next::Stop(self.stopped())),
+                Some(Ok(backend)) => return Ok(backend),
+                Some(Err(error)) => {
+                    if let Some(next) = self.backend_error(error).await {
+                        return Err(next);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs a backend error and waits out the error backoff. `Some` ends the routine.
+    async fn backend_error(&mut self, error: Error) -> Option<Next> {
+        if error.is_permanent() {
+            tracing::error!(error = %error.chain(), "lease backend misconfigured; routine stops");
+            return Some(Next::Stop(Outcome::Failed(Arc::new(error))));
+        }
+        tracing::warn!(error = %error.chain(), "lease backend request failed; backing off");
+        self.task.emit(EventKind::BackendError {
+            error: error.chain(),
+        });
+        let wait = self.error_backoff.next_wait();
+        self.task.set_state(RoutineState::BackingOff {
+            error: error.chain(),
+            until: Instant::now() + wait,
+        });
+        let task = self.task;
+        tokio::select! {
+            biased;
+            _ = task.shared().aborted() => Some(Next::Stop(self.stopped())),
+            _ = task.cancel().cancelled() => Some(Next::Stop(self.stopped())),
+            _ = tokio::time::sleep(wait) => None,
+        }
+    }
+
+    /// Sleeps until the wall clock reads `at`; `false` if stopped first.
+    async fn sleep_until_wall(&self, at: SystemTime) -> bool {
+        let task = self.task;
+        loop {
+            let Ok(wait) = at.duration_since(self.options.clock.now()) else {
+                return true;
+            };
+            if wait.is_zero() {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                _ = task.shared().aborted() => return false,
+                _ = task.cancel().cancelled() => return false,
+                _ = tokio::time::sleep(wait.min(LONGEST_NAP)) => {}
+            }
+        }
+    }
+
+    fn stopped(&self) -> Outcome {
+        if self.task.shared().is_aborted() {
+            Outcome::Aborted
+        } else {
+            Outcome::Cancelled
+        }
+    }
+}
+
+/// Keeps a fire's claim until `until`, then releases it, on a task of its own: the claim
+/// must outlive the run, and shutdown must not wait for it. If the runtime goes away
+/// first, the lease is dropped: Redis and memory keys expire by their TTL, and an etcd
+/// or PostgreSQL process that exits takes its session, and the claim, with it.
+fn retain(mut claim: Box<dyn Lease>, until: Instant, task: &Task) {
+    let release_timeout = task.shared().config().release_timeout;
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until).await;
+        let _ = tokio::time::timeout(release_timeout, claim.release()).await;
+    });
+}

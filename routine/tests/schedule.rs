@@ -1,0 +1,476 @@
+//! Scheduled routines on `MemoryBackend` with paused time: each fire once across
+//! members, with and without clock offsets; skip_if_held, hold_at_least, timeout,
+//! missed fires and instances.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use leasehold::{
+    LockBackend, LockKey, MemoryBackend, MissedFires, RoutineHandle, RunOptions, Runner,
+};
+use tokio::time::Instant;
+
+/// Where every test's wall clocks start: a whole second, so `every(1 s)` fires at once.
+fn base() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+/// A wall clock that starts at `base() + offset_ms` when the test starts and follows
+/// tokio's paused clock.
+fn clock(start: Instant, offset_ms: i64) -> impl Fn() -> SystemTime + Send + Sync + 'static {
+    move || {
+        let now = base() + start.elapsed();
+        if offset_ms >= 0 {
+            now + Duration::from_millis(offset_ms as u64)
+        } else {
+            now - Duration::from_millis(offset_ms.unsigned_abs())
+        }
+    }
+}
+
+/// Seconds from `base()` to a fire (negative before it).
+fn second(fire: SystemTime) -> i64 {
+    match fire.duration_since(base()) {
+        Ok(after) => after.as_secs() as i64,
+        Err(before) => -(before.duration().as_secs() as i64),
+    }
+}
+
+/// The fires each run was for, in the order the runs started, with the member's index.
+#[derive(Clone, Default)]
+struct Runs(Arc<Mutex<Vec<(usize, i64)>>>);
+
+impl Runs {
+    fn record(&self, member: usize) {
+        let fire = leasehold::scheduled_fire().expect("a scheduled routine knows its fire");
+        self.0.lock().unwrap().push((member, second(fire)));
+    }
+
+    fn fires(&self) -> Vec<i64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, fire)| *fire)
+            .collect()
+    }
+
+    /// How often each fire ran.
+    fn counts(&self) -> BTreeMap<i64, usize> {
+        let mut counts = BTreeMap::new();
+        for fire in self.fires() {
+            *counts.entry(fire).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Starts a quick scheduled routine on a runner of its own for member `member`.
+fn member(
+    backend: &MemoryBackend,
+    member: usize,
+    runs: &Runs,
+    options: RunOptions,
+) -> (Runner, RoutineHandle) {
+    let runner = common::runner(backend);
+    let runs = runs.clone();
+    let handle = runner.run_named(
+        "job",
+        move |_ctx| {
+            runs.record(member);
+            async {}
+        },
+        options,
+    );
+    (runner, handle)
+}
+
+async fn stop(members: Vec<(Runner, RoutineHandle)>) {
+    for (runner, handle) in members {
+        handle.cancel();
+        handle.join().await;
+        runner.shutdown().await;
+    }
+}
+
+fn every_second(start: Instant, offset_ms: i64) -> RunOptions {
+    RunOptions::every(Duration::from_secs(1)).with_wall_clock(clock(start, offset_ms))
+}
+
+fn assert_each_once(runs: &Runs, fires: impl IntoIterator<Item = i64>) {
+    let counts = runs.counts();
+    for fire in fires {
+        assert_eq!(
+            counts.get(&fire).copied().unwrap_or(0),
+            1,
+            "fire {fire} must run exactly once across the members: {counts:?}"
+        );
+    }
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no fire may run twice: {counts:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_sharing_a_backend_run_each_fire_once() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let members = (0..3)
+        .map(|i| member(&backend, i, &runs, every_second(start, 0)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    stop(members).await;
+    assert_each_once(&runs, 0..=10);
+    assert_eq!(runs.fires().len(), 11, "fires 0 to 10, one run each");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clock_offsets_of_a_few_seconds_still_run_each_fire_once() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let members = [-3_000, -1_200, 0, 700, 3_000]
+        .into_iter()
+        .enumerate()
+        .map(|(i, offset)| member(&backend, i, &runs, every_second(start, offset)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stop(members).await;
+    // The member 3 s ahead runs fires up to 23; every fire it reaches, someone runs.
+    assert_each_once(&runs, 1..=22);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_member_does_not_run_a_quick_job_again() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let options =
+        |offset| RunOptions::every(Duration::from_secs(10)).with_wall_clock(clock(start, offset));
+    // The job takes no time; the lagging member comes to each fire 2 s after it ran.
+    let on_time = member(&backend, 0, &runs, options(0));
+    let lagging = member(&backend, 1, &runs, options(-2_000));
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    stop(vec![on_time, lagging]).await;
+    assert_each_once(&runs, [0, 10, 20, 30]);
+    assert!(
+        runs.0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(member, _)| *member == 0),
+        "the member whose clock is ahead runs every fire; the lagging one finds them claimed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_outlives_the_run() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let one = member(
+        &backend,
+        0,
+        &runs,
+        RunOptions::every(Duration::from_secs(60)).with_wall_clock(clock(start, 0)),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(runs.fires(), [0], "the fire at the start ran");
+    let claims = backend.list("job@").await.unwrap();
+    assert_eq!(
+        claims.len(),
+        1,
+        "the fire's claim is still held after its run: {claims:?}"
+    );
+    // Retention: tolerance 1 s + max offset 10 s + request timeout 2.5 s + margin 0.5 s.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        backend.list("job@").await.unwrap().is_empty(),
+        "the claim is released once the retention has passed"
+    );
+    stop(vec![one]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn skip_if_held_skips_fires_while_the_name_is_held() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let name = LockKey::new("job").unwrap();
+    let mut other = backend
+        .try_acquire(&name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let runs = Runs::default();
+    let one = member(&backend, 0, &runs, every_second(start, 0).skip_if_held());
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(
+        runs.fires().is_empty(),
+        "fires 0 to 3 skipped while held: {:?}",
+        runs.fires()
+    );
+    other.release().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(vec![one]).await;
+    assert_eq!(runs.fires(), [4, 5], "fires after the release run");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_skip_if_held_the_claimer_waits_for_the_name() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let name = LockKey::new("job").unwrap();
+    let mut other = backend
+        .try_acquire(&name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let runs = Runs::default();
+    let one = member(
+        &backend,
+        0,
+        &runs,
+        RunOptions::every(Duration::from_secs(10)).with_wall_clock(clock(start, 0)),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(runs.fires().is_empty(), "fire 0 waits for the name");
+    other.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(runs.fires(), [0], "fire 0 runs once the name is released");
+    stop(vec![one]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_at_least_keeps_the_name_after_a_quick_run() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let name = LockKey::new("job").unwrap();
+    let runs = Runs::default();
+    let one = member(
+        &backend,
+        0,
+        &runs,
+        RunOptions::every(Duration::from_secs(60))
+            .with_wall_clock(clock(start, 0))
+            .hold_at_least(Duration::from_secs(8)),
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(runs.fires(), [0], "the quick run is over");
+    assert!(
+        backend.holder(&name).is_some(),
+        "the name is still held 7 s after the start"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        backend.holder(&name).is_none(),
+        "the name is released 8 s after the start"
+    );
+    stop(vec![one]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_cancels_then_drops_a_long_run() {
+    struct Dropped(Arc<Mutex<Option<Instant>>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(Instant::now());
+        }
+    }
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runner = common::runner(&backend);
+    let cancelled_at = Arc::new(Mutex::new(None));
+    let dropped_at = Arc::new(Mutex::new(None));
+    let handle = runner.run_named(
+        "job",
+        {
+            let cancelled_at = Arc::clone(&cancelled_at);
+            let dropped_at = Arc::clone(&dropped_at);
+            move |ctx| {
+                let cancelled_at = Arc::clone(&cancelled_at);
+                let guard = Dropped(Arc::clone(&dropped_at));
+                async move {
+                    let _guard = guard;
+                    ctx.cancelled().await;
+                    *cancelled_at.lock().unwrap() = Some(Instant::now());
+                    // Ignores the cancellation.
+                    std::future::pending::<()>().await;
+                }
+            }
+        },
+        RunOptions::every(Duration::from_secs(60))
+            .with_wall_clock(clock(start, 0))
+            .timeout(Duration::from_secs(3)),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cancelled = cancelled_at.lock().unwrap().expect("the run was cancelled");
+    let dropped = dropped_at.lock().unwrap().expect("the run was dropped");
+    assert_eq!(
+        cancelled - start,
+        Duration::from_secs(3),
+        "cancelled at the timeout"
+    );
+    assert_eq!(
+        dropped - start,
+        Duration::from_secs(4),
+        "dropped a grace period (TTL/5 = 1 s) after the timeout"
+    );
+    assert!(
+        backend.holder(&LockKey::new("job").unwrap()).is_none(),
+        "the name is released after the dropped run"
+    );
+    handle.cancel();
+    handle.join().await;
+    runner.shutdown().await;
+}
+
+/// One member whose runs take 2.5 s of a 1 s period, with a tolerance of 0.2 s.
+async fn slow_runs(policy: MissedFires, delay: Duration) -> Vec<i64> {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runner = common::runner(&backend);
+    let runs = Runs::default();
+    let handle = runner.run_named(
+        "job",
+        {
+            let runs = runs.clone();
+            move |_ctx| {
+                runs.record(0);
+                tokio::time::sleep(Duration::from_millis(2_500))
+            }
+        },
+        every_second(start, 0)
+            .tolerance(Duration::from_millis(200))
+            .missed_fires(policy)
+            .delay(delay),
+    );
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    handle.cancel();
+    handle.join().await;
+    runner.shutdown().await;
+    runs.fires()
+}
+
+#[tokio::test(start_paused = true)]
+async fn missed_fires_are_skipped_by_default() {
+    assert_eq!(
+        slow_runs(MissedFires::Skip, Duration::ZERO).await,
+        [0, 3, 6, 9],
+        "fires that come during a run are skipped; the next on-time fire runs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_once_catches_up_the_latest_missed_fire() {
+    assert_eq!(
+        slow_runs(MissedFires::RunOnce, Duration::ZERO).await,
+        [0, 2, 5, 7],
+        "after each run, the latest missed fire runs once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_each_catches_up_every_missed_fire() {
+    assert_eq!(
+        // The delay keeps the member from catching up fires before it started.
+        slow_runs(MissedFires::RunEach(100), Duration::from_millis(1)).await,
+        [1, 2, 3, 4],
+        "each missed fire runs, oldest first"
+    );
+    assert_eq!(
+        slow_runs(MissedFires::RunEach(1), Duration::ZERO).await,
+        [0, 2, 5, 7],
+        "a limit of one catches up only the latest"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_started_late_catches_up_only_with_a_catch_up_policy() {
+    for (policy, expected) in [
+        (MissedFires::Skip, vec![10]),
+        (MissedFires::RunOnce, vec![0, 10]),
+    ] {
+        let start = Instant::now();
+        let backend = MemoryBackend::new();
+        let runs = Runs::default();
+        // The member starts 3 s after the fire at 0.
+        let one = member(
+            &backend,
+            0,
+            &runs,
+            RunOptions::every(Duration::from_secs(10))
+                .with_wall_clock(clock(start, 3_000))
+                .missed_fires(policy),
+        );
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        stop(vec![one]).await;
+        assert_eq!(runs.fires(), expected, "{policy:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_caps_concurrent_runs_across_members() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let runs = Runs::default();
+    let members: Vec<_> = (0..3)
+        .map(|i| {
+            let runner = common::runner(&backend);
+            let (running, most, runs) = (Arc::clone(&running), Arc::clone(&most), runs.clone());
+            let handle = runner.run_named(
+                "job",
+                move |_ctx| {
+                    runs.record(i);
+                    let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(3_500)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                },
+                every_second(start, 0).instances(2),
+            );
+            (runner, handle)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop(members).await;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "two runs at once, never three"
+    );
+    assert!(
+        runs.counts().values().all(|&n| n == 1),
+        "each fire still runs once: {:?}",
+        runs.counts()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn schedule_settings_without_a_schedule_fail_the_routine() {
+    let runner = common::runner(&MemoryBackend::new());
+    let handle = runner.run_named(
+        "job",
+        |_ctx| async {},
+        RunOptions::keep_running_one_instance().skip_if_held(),
+    );
+    assert!(
+        matches!(handle.join().await, leasehold::Outcome::Failed(_)),
+        "skip_if_held on a routine that is not scheduled is a configuration error"
+    );
+    let handle = runner.run_named("job", |_ctx| async {}, RunOptions::every(Duration::ZERO));
+    assert!(
+        matches!(handle.join().await, leasehold::Outcome::Failed(_)),
+        "a zero period is a configuration error"
+    );
+}
