@@ -94,6 +94,7 @@ macro_rules! conformance_tests {
             routine_cancelled_then_stopped_when_lease_lost
             restart_after_return
             restart_after_panic
+            scheduled_fires_run_once_across_runners
             go_example_two_members
         );
     };

@@ -8,8 +8,10 @@ mod lease;
 mod notify;
 mod operator;
 mod runner;
+mod schedule;
 
 pub use lease::*;
 pub use notify::*;
 pub use operator::*;
 pub use runner::*;
+pub use schedule::*;
