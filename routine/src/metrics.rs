@@ -194,9 +194,10 @@ pub(crate) struct Raised {
     gauge: ::metrics::Gauge,
 }
 
-#[cfg(feature = "metrics")]
+// Also without the feature, so that dropping the guard reads the same either way.
 impl Drop for Raised {
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
         self.gauge.decrement(1.0);
     }
 }
