@@ -9,6 +9,8 @@
 //! - `axum_service`: an HTTP service with a singleton job, `/healthz` from
 //!   `Runner::health`, `/leader` from the backend's `describe`, and one shutdown token
 //!   that stops the server and the runner (drain, release) on SIGTERM.
+//! - `prometheus`: a singleton job with the runner's metrics (feature `metrics`) served
+//!   to Prometheus at `/metrics` by `metrics-exporter-prometheus`.
 //! - `starve`: CPU starvation of a member's own runtime on signals, for the harness.
 
 pub mod args;
