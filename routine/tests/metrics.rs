@@ -10,10 +10,15 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TTL, idle_singleton, runner, wait_for};
-use leasehold::{EventKind, LockKey, MemoryBackend, RunOptions};
+use async_trait::async_trait;
+use common::{TTL, idle_singleton, runner, runner_on, wait_for};
+use leasehold::{
+    Capabilities, EventKind, FencingToken, Lease, LockBackend, LockKey, MemoryBackend, Result,
+    RunOptions,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
+use tokio_util::sync::CancellationToken;
 
 /// The metrics recorded so far. A snapshot of `DebuggingRecorder` takes what was
 /// recorded since the last one (counters and gauges are swapped to zero), so each read
@@ -229,7 +234,7 @@ async fn a_holder_and_a_waiter_in_one_process_count_one_holding() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_revoked_lease_counts_a_loss_and_a_restart() {
+async fn a_refresh_that_finds_the_lease_gone_counts_a_loss_and_a_restart() {
     let recorder = DebuggingRecorder::new();
     let mut recorded = Recorded::new(recorder.snapshotter());
     let _local = metrics::set_default_local_recorder(&recorder);
@@ -417,5 +422,117 @@ async fn restarts_are_counted_by_reason() {
     assert_eq!(
         recorded.gauge("leasehold_routine_holding", &[("name", "job")]),
         Some(1.0)
+    );
+}
+
+/// [`MemoryBackend`] whose leases the test can revoke as a backend does when the session
+/// they live on ends ([`Lease::revoked`]).
+#[derive(Debug, Clone, Default)]
+struct Revocable {
+    inner: MemoryBackend,
+    session_ended: CancellationToken,
+}
+
+#[derive(Debug)]
+struct RevocableLease {
+    inner: Box<dyn Lease>,
+    session_ended: CancellationToken,
+}
+
+impl Revocable {
+    fn wrap(&self, lease: Option<Box<dyn Lease>>) -> Option<Box<dyn Lease>> {
+        lease.map(|inner| {
+            Box::new(RevocableLease {
+                inner,
+                session_ended: self.session_ended.clone(),
+            }) as Box<dyn Lease>
+        })
+    }
+}
+
+#[async_trait]
+impl LockBackend for Revocable {
+    fn name(&self) -> &'static str {
+        "revocable"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        Ok(self.wrap(self.inner.try_acquire(key, ttl).await?))
+    }
+
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        Ok(self.wrap(self.inner.try_acquire_as(key, ttl, holder).await?))
+    }
+
+    async fn released(&self, key: &LockKey) -> Result<()> {
+        self.inner.released(key).await
+    }
+}
+
+#[async_trait]
+impl Lease for RevocableLease {
+    fn key(&self) -> &LockKey {
+        self.inner.key()
+    }
+
+    fn fencing_token(&self) -> FencingToken {
+        self.inner.fencing_token()
+    }
+
+    fn revoked(&self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        Some(Box::pin(self.session_ended.clone().cancelled_owned()))
+    }
+
+    async fn refresh(&mut self, ttl: Duration) -> Result<()> {
+        self.inner.refresh(ttl).await
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        self.inner.release().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_the_backend_revokes_is_lost_for_reason_revoked() {
+    let recorder = DebuggingRecorder::new();
+    let mut recorded = Recorded::new(recorder.snapshotter());
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let backend = Revocable::default();
+    let runner = runner_on(backend.clone());
+    let mut events = runner.subscribe();
+    let _handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::exclusive(),
+    );
+    wait_for(
+        &mut events,
+        TTL,
+        "acquired",
+        kind!(EventKind::Acquired { .. }),
+    )
+    .await;
+    backend.session_ended.cancel();
+    wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
+    let lost = [
+        ("name", "job"),
+        ("backend", "revocable"),
+        ("reason", "revoked"),
+    ];
+    assert_eq!(recorded.counter("leasehold_leases_lost_total", &lost), 1);
+    assert_eq!(
+        recorded.counters_named("leasehold_leases_lost_total").len(),
+        1,
+        "one loss, for one reason"
     );
 }
