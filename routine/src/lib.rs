@@ -65,6 +65,10 @@ pub use leasehold_core::{
     process_identity,
 };
 
+/// Time zones for [`RunOptions::cron`]: the `chrono-tz` crate, re-exported so that its
+/// version matches this crate's.
+pub use chrono_tz;
+
 /// The Redis backend (feature `redis`, on by default).
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
