@@ -53,7 +53,6 @@ impl PostgresServer {
                 "apt-get install postgresql, or set ROUTINE_TEST_PG_BINDIR",
             );
         };
-        remove_stale_dirs();
         let as_os_user = running_as_root();
         let dir = TempDir::new("postgres").unwrap_or_else(|err| panic!("temp dir: {err}"));
         let mut server = Self {
@@ -326,33 +325,6 @@ fn find_bindir() -> Option<PathBuf> {
             .iter()
             .all(|bin| dir.join(bin).is_file())
     })
-}
-
-/// Removes the cluster directories of test processes that are gone. A server kept in a
-/// `static` for a whole test binary is never dropped, so its directory (about 40 MB)
-/// outlives the process; the next start cleans it up.
-fn remove_stale_dirs() {
-    // Without /proc nothing tells a live process from a dead one.
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|name| name.strip_prefix("leasehold-postgres-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 fn running_as_root() -> bool {

@@ -67,11 +67,13 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> io::Result<()> {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates a fresh directory under the system temp dir, named after `label`.
+    /// Creates a fresh directory under the system temp dir, named after `label`, after
+    /// removing the directories of `label` that test processes now gone left behind.
     pub fn new(label: &str) -> io::Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        remove_stale(&std::env::temp_dir(), label);
         let dir = std::env::temp_dir().join(format!(
-            "routine-{label}-{}-{}-{}",
+            "leasehold-{label}-{}-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>()
@@ -83,6 +85,36 @@ impl TempDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+}
+
+/// Removes the directories `leasehold-<label>-<pid>-*` (and `routine-<label>-<pid>-*`, as
+/// earlier versions named them) under `parent` whose process is gone. A server kept in a
+/// `static` for a whole test binary ([`RedisServer::shared`](super::RedisServer::shared)
+/// and the like) is never dropped, so its directory outlives the process (an etcd data
+/// directory preallocates 128 MB); the next start of a server of that kind cleans it up.
+fn remove_stale(parent: &Path, label: &str) {
+    // Without /proc nothing tells a live process from a dead one.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let prefixes = [format!("leasehold-{label}-"), format!("routine-{label}-")];
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| prefixes.iter().find_map(|prefix| name.strip_prefix(prefix)))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -202,5 +234,36 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data directory of a shared server outlives its test binary; the next server of
+    /// that kind removes it, and leaves the directories of live processes alone.
+    #[test]
+    fn directories_of_gone_processes_are_removed_and_live_ones_kept() {
+        let parent = TempDir::new("sweep-parent").unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        let stale = parent.path().join(format!("leasehold-etcd-{gone}-0-1"));
+        let older = parent.path().join(format!("routine-etcd-{gone}-0-2"));
+        let ours = parent.path().join(format!("leasehold-etcd-{live}-0-3"));
+        let other_kind = parent.path().join(format!("leasehold-redis-{gone}-0-4"));
+        for dir in [&stale, &older, &ours, &other_kind] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        remove_stale(parent.path(), "etcd");
+        assert!(!stale.exists(), "a gone process's directory is removed");
+        assert!(!older.exists(), "also under the name earlier versions used");
+        assert!(ours.exists(), "a live process's directory stays");
+        assert!(
+            other_kind.exists(),
+            "only directories of the server kind being started"
+        );
     }
 }
