@@ -15,88 +15,36 @@
 //! A run's timeout and [`hold_at_least`](crate::RunOptions::hold_at_least) wrap the
 //! routine's future, so the hold sees one future from start to end.
 
+mod due;
+mod keys;
 pub(crate) mod spec;
+mod wrap;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::FutureExt;
 use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
-use crate::context::Context;
 use crate::events::EventKind;
 use crate::hold::{HoldEnd, hold};
 use crate::options::ScheduleOptions;
 use crate::outcome::Outcome;
 use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
-use spec::{MissedFires, Timing, fire_id};
+pub(crate) use keys::check;
+use keys::{fire_key, slot_keys};
+use spec::{Timing, fire_id};
+use wrap::{RunBounds, wrap};
+
+pub use wrap::scheduled_fire;
 
 /// The longest single sleep while waiting for a fire: the wall clock is read again after
 /// it, so a clock stepped forward (NTP, a resumed VM) is noticed within this.
 const LONGEST_NAP: Duration = Duration::from_secs(60);
-
-tokio::task_local! {
-    static FIRE: SystemTime;
-}
-
-/// The scheduled instant of the fire the calling routine runs for, if it runs on a
-/// schedule ([`RunOptions::every`](crate::RunOptions::every),
-/// [`RunOptions::cron`](crate::RunOptions::cron)). Read it from the routine's own future
-/// (a task-local value: work spawned from it does not see it).
-///
-/// # Examples
-///
-/// ```
-/// async fn report(_ctx: leasehold::Context) {
-///     if let Some(fire) = leasehold::scheduled_fire() {
-///         // Report on the period that ends at `fire`, whatever time it is now.
-///         let _ = fire;
-///     }
-/// }
-/// ```
-pub fn scheduled_fire() -> Option<SystemTime> {
-    FIRE.try_with(|fire| *fire).ok()
-}
-
-/// The key of fire `fire` of the routine named `name`.
-pub(crate) fn fire_key(name: &LockKey, fire: SystemTime) -> Result<LockKey> {
-    LockKey::new(format!("{}@{}", name.as_str(), fire_id(fire)))
-}
-
-/// The lease slots runs take: the name for one instance, `<name>#<i>` for more.
-pub(crate) fn slot_keys(name: &LockKey, instances: u32) -> Result<Vec<LockKey>> {
-    if instances <= 1 {
-        return Ok(vec![name.clone()]);
-    }
-    (0..instances)
-        .map(|slot| LockKey::new(format!("{}#{slot}", name.as_str())))
-        .collect()
-}
-
-/// Checks that the keys the schedule will use are valid, before the routine starts.
-pub(crate) fn check(name: &LockKey, options: &ScheduleOptions) -> Result<()> {
-    if let Some(error) = &options.error {
-        return Err(Error::config("schedule", error.clone()));
-    }
-    let Some(timing) = &options.timing else {
-        return Err(Error::config(
-            "schedule",
-            "schedule settings given without RunOptions::every or RunOptions::cron",
-        ));
-    };
-    // The longest fire name: a fraction of a second, if the schedule has one.
-    let sample = timing
-        .next_after(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    fire_key(name, sample + Duration::from_nanos(1))?;
-    slot_keys(name, options.instances)?;
-    Ok(())
-}
 
 /// What the loop does after a fire.
 enum Next {
@@ -158,14 +106,19 @@ impl<'a> Schedule<'a> {
                 return self.stopped();
             }
             let now = self.options.clock.now();
-            let due = self.due(next, now);
-            floor = *due.last().unwrap_or(&next);
-            let chosen = self.choose(&due, now);
-            if chosen.len() < due.len() {
+            let due = due::due(&self.timing, &self.options, next, now);
+            // Every fire up to now has been looked at: the newest due one, or all of them
+            // out of reach.
+            floor = due.last().copied().unwrap_or(now);
+            let chosen = due::choose(&self.options, &due, now);
+            if chosen.is_empty()
+                || now.duration_since(next).unwrap_or_default() > self.options.tolerance
+            {
                 tracing::warn!(
-                    missed = due.len() - chosen.len(),
+                    fire = %fire_id(next),
                     policy = ?self.options.missed,
-                    "fires missed on this member (it got to them late); not run here"
+                    "this member got to fires late (a long run, a late start or a pause); \
+                     those it does not catch up are not run here"
                 );
             }
             for fire in chosen {
@@ -184,72 +137,6 @@ impl<'a> Schedule<'a> {
                 }
             }
             self.task.set_state(RoutineState::Waiting { holder: None });
-        }
-    }
-
-    /// The fires from `first` up to `now`, oldest first, without those past the late
-    /// limit (only the last few are kept: no policy runs more).
-    fn due(&self, first: SystemTime, now: SystemTime) -> Vec<SystemTime> {
-        let keep = match self.options.missed {
-            MissedFires::RunEach(n) => n.max(1) as usize,
-            _ => 1,
-        };
-        let oldest = now
-            .checked_sub(self.options.late_limit())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut fire = if first < oldest {
-            // Far behind: start from the first fire within reach (fires before it are
-            // out of reach anyway, and there may be very many of them).
-            let from = oldest
-                .checked_sub(Duration::from_nanos(1))
-                .unwrap_or(oldest);
-            match self.timing.next_after(from) {
-                Some(fire) => fire,
-                None => return vec![first],
-            }
-        } else {
-            first
-        };
-        let mut due = std::collections::VecDeque::new();
-        while fire <= now {
-            if due.len() == keep {
-                due.pop_front();
-            }
-            due.push_back(fire);
-            match self.timing.next_after(fire) {
-                Some(next) => fire = next,
-                None => break,
-            }
-        }
-        if due.is_empty() {
-            // `first` itself was out of reach: it is the one fire that is past.
-            return vec![first];
-        }
-        due.into()
-    }
-
-    /// The fires of `due` this member tries, by the missed-fire policy.
-    fn choose(&self, due: &[SystemTime], now: SystemTime) -> Vec<SystemTime> {
-        let late = |fire: &SystemTime| now.duration_since(*fire).unwrap_or_default();
-        let within = |limit: Duration| move |fire: &&SystemTime| late(fire) <= limit;
-        match self.options.missed {
-            MissedFires::Skip => due
-                .last()
-                .filter(within(self.options.tolerance))
-                .copied()
-                .into_iter()
-                .collect(),
-            MissedFires::RunOnce => due
-                .last()
-                .filter(within(self.options.late_limit()))
-                .copied()
-                .into_iter()
-                .collect(),
-            MissedFires::RunEach(_) => due
-                .iter()
-                .filter(within(self.options.late_limit()))
-                .copied()
-                .collect(),
         }
     }
 
@@ -345,10 +232,19 @@ impl<'a> Schedule<'a> {
             }
             if !contended {
                 contended = true;
+                // Who holds the (first) slot, asked once per wait, for display only.
+                let describe =
+                    tokio::time::timeout(config.request_timeout, backend.describe(&slots[0]));
+                let info = match describe.await {
+                    Ok(Ok(info)) => info,
+                    _ => None,
+                };
+                let holder = info.as_ref().and_then(|info| info.holder.clone());
                 self.task.emit(EventKind::Contended {
-                    holder: None,
-                    token: None,
+                    holder: holder.clone(),
+                    token: info.and_then(|info| info.fencing_token),
                 });
+                self.task.set_state(RoutineState::Waiting { holder });
             }
             // One slot: wake on its release; more: try them all again after the retry
             // interval (a release of any of them would do).
@@ -376,7 +272,12 @@ impl<'a> Schedule<'a> {
         sent: Instant,
         fire: SystemTime,
     ) -> Next {
-        let mut wrapped = self.wrapped(fire);
+        let bounds = RunBounds {
+            timeout: self.options.timeout,
+            at_least: self.options.hold_at_least,
+            grace: self.task.shared().config().grace_period,
+        };
+        let mut wrapped = wrap(&self.routine, fire, bounds);
         let end = hold(self.task, Arc::clone(backend), lease, sent, &mut wrapped).await;
         match end {
             HoldEnd::Returned | HoldEnd::LeaseLost => Next::Continue,
@@ -385,55 +286,6 @@ impl<'a> Schedule<'a> {
             HoldEnd::Cancelled => Next::Stop(Outcome::Cancelled),
             HoldEnd::Aborted => Next::Stop(Outcome::Aborted),
         }
-    }
-
-    /// The routine as `hold` calls it for one run of `fire`: in the fire's task-local
-    /// scope, cancelled at the run's timeout and dropped a grace period later, and kept
-    /// (holding the lease) until `hold_at_least` has passed since it started.
-    fn wrapped(&self, fire: SystemTime) -> RoutineFn {
-        let routine = Arc::clone(&self.routine);
-        let timeout = self.options.timeout;
-        let at_least = self.options.hold_at_least;
-        let grace = self.task.shared().config().grace_period;
-        Box::new(move |ctx: Context| {
-            let started = Instant::now();
-            let future = {
-                let mut routine = routine
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                FIRE.sync_scope(fire, || (*routine)(ctx.clone()))
-            };
-            async move {
-                let run = FIRE.scope(fire, future);
-                tokio::pin!(run);
-                let finished = match timeout {
-                    None => {
-                        run.as_mut().await;
-                        true
-                    }
-                    Some(timeout) => tokio::select! {
-                        () = run.as_mut() => true,
-                        () = tokio::time::sleep(timeout) => false,
-                    },
-                };
-                if !finished {
-                    tracing::warn!(?timeout, "run timed out; cancelling it");
-                    ctx.cancellation_token().cancel();
-                    tokio::select! {
-                        () = run.as_mut() => {}
-                        () = tokio::time::sleep(grace) => {
-                            tracing::warn!(?grace, "timed-out run did not return within the grace period; dropping it");
-                        }
-                    }
-                    return;
-                }
-                tokio::select! {
-                    () = ctx.cancelled() => {}
-                    () = tokio::time::sleep_until(started + at_least) => {}
-                }
-            }
-            .boxed()
-        })
     }
 
     /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`.

@@ -474,3 +474,85 @@ async fn schedule_settings_without_a_schedule_fail_the_routine() {
         "a zero period is a configuration error"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fires_go_on_when_a_member_shuts_down() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let ahead = member(&backend, 0, &runs, every_second(start, 300));
+    let behind = member(&backend, 1, &runs, every_second(start, 0));
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(
+        runs.0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(member, _)| *member == 0),
+        "the member ahead runs the fires while it is there"
+    );
+    stop(vec![ahead]).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop(vec![behind]).await;
+    assert_each_once(&runs, 0..=7);
+    assert!(
+        runs.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(member, fire)| *member == 1 && *fire >= 4),
+        "the other member runs the fires after the first one shut down"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_run_does_not_stop_the_schedule() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runner = common::runner(&backend);
+    let runs = Runs::default();
+    let handle = runner.run_named(
+        "job",
+        {
+            let runs = runs.clone();
+            move |_ctx| {
+                runs.record(0);
+                async { panic!("this run fails") }
+            }
+        },
+        every_second(start, 0),
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    handle.cancel();
+    handle.join().await;
+    runner.shutdown().await;
+    assert_eq!(
+        runs.fires(),
+        [0, 1, 2],
+        "every fire runs, though each run panics"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn clock_offsets_beyond_the_bound_can_run_a_fire_twice() {
+    // The bound is real: with max_clock_offset 1 s the claim is kept for
+    // 1 s + 1 s + 2.5 s + 0.5 s = 5 s, and a member 6 s behind comes after it is gone.
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let options = |offset| {
+        RunOptions::every(Duration::from_secs(20))
+            .with_wall_clock(clock(start, offset))
+            .max_clock_offset(Duration::from_secs(1))
+    };
+    let ahead = member(&backend, 0, &runs, options(0));
+    let behind = member(&backend, 1, &runs, options(-6_000));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stop(vec![ahead, behind]).await;
+    assert_eq!(
+        runs.counts().get(&20),
+        Some(&2),
+        "a member further behind than the bound runs the fire again: {:?}",
+        runs.counts()
+    );
+}
