@@ -46,6 +46,14 @@ pub use wrap::scheduled_fire;
 /// it, so a clock stepped forward (NTP, a resumed VM) is noticed within this.
 const LONGEST_NAP: Duration = Duration::from_secs(60);
 
+/// How one try to take a key went.
+enum Tried {
+    /// The backend's answer, and when the request was sent.
+    Answered(Result<Option<Box<dyn Lease>>>, Instant),
+    /// Not sent: past the fire's late limit.
+    TooLate,
+}
+
 /// What the loop does after a fire.
 enum Next {
     Continue,
@@ -164,8 +172,17 @@ impl<'a> Schedule<'a> {
         };
         let retention = self.retention(&*backend);
         loop {
-            let Some((result, sent)) = self.attempt(&*backend, &key, retention).await else {
-                return Next::Stop(self.stopped());
+            let not_after = fire + self.options.late_limit();
+            let tried = self
+                .attempt(&*backend, &key, retention, Some(not_after))
+                .await;
+            let (result, sent) = match tried {
+                None => return Next::Stop(self.stopped()),
+                Some(Tried::TooLate) => {
+                    tracing::warn!(fire = %id, "fire missed on this member: no turn to claim it in time");
+                    return Next::Continue;
+                }
+                Some(Tried::Answered(result, sent)) => (result, sent),
             };
             match result {
                 Ok(Some(claim)) => {
@@ -206,8 +223,8 @@ impl<'a> Schedule<'a> {
         let mut contended = false;
         loop {
             for slot in &slots {
-                let Some((result, sent)) = self.attempt(&**backend, slot, config.lease_ttl).await
-                else {
+                let tried = self.attempt(&**backend, slot, config.lease_ttl, None).await;
+                let Some(Tried::Answered(result, sent)) = tried else {
                     return Next::Stop(self.stopped());
                 };
                 match result {
@@ -290,12 +307,17 @@ impl<'a> Schedule<'a> {
 
     /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`.
     /// `None` if the routine was stopped meanwhile.
+    ///
+    /// With `not_after`, nothing is sent once the wall clock has passed it (the turn may
+    /// come late on a runner acquiring many leases): a claim sent after the fire's late
+    /// limit could outlive the retention of another member's claim.
     async fn attempt(
         &self,
         backend: &dyn LockBackend,
         key: &LockKey,
         ttl: Duration,
-    ) -> Option<(Result<Option<Box<dyn Lease>>>, Instant)> {
+        not_after: Option<SystemTime>,
+    ) -> Option<Tried> {
         let shared = self.task.shared();
         let config = shared.config();
         let cancel = self.task.cancel();
@@ -305,6 +327,9 @@ impl<'a> Schedule<'a> {
             _ = cancel.cancelled() => return None,
             turn = shared.acquire_turn() => turn,
         };
+        if not_after.is_some_and(|limit| self.options.clock.now() > limit) {
+            return Some(Tried::TooLate);
+        }
         let sent = Instant::now();
         let attempt = tokio::time::timeout(
             config.request_timeout,
@@ -319,7 +344,7 @@ impl<'a> Schedule<'a> {
             }),
         };
         drop(turn);
-        Some((result, sent))
+        Some(Tried::Answered(result, sent))
     }
 
     /// The backend, connecting it if needed; backs off on failure.
