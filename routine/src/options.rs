@@ -26,9 +26,11 @@ use crate::schedule::spec::{MissedFires, Timing, WallClock};
 ///     .missed_fires(MissedFires::RunOnce)
 ///     .timeout(Duration::from_secs(3600));
 /// let sync = RunOptions::every(Duration::from_secs(60)).skip_if_held();
-/// # let _ = (always, nightly, sync);
+/// assert_eq!(always, RunOptions::keep_running_one_instance());
+/// assert_ne!(sync, RunOptions::every(Duration::from_secs(60)));
+/// # let _ = nightly;
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOptions {
     pub(crate) mode: Mode,
     pub(crate) schedule: ScheduleOptions,
@@ -48,7 +50,7 @@ pub(crate) enum Mode {
 }
 
 /// The settings of a scheduled routine (see the builder methods on [`RunOptions`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ScheduleOptions {
     /// `None` unless the routine is scheduled (or the schedule was invalid: `error`).
     pub(crate) timing: Option<Timing>,
@@ -187,7 +189,13 @@ impl RunOptions {
     ///
     /// Members must use the same schedule for a name: fires of different schedules have
     /// different names. Claims are held as leases in the backend, one per fire within
-    /// the retention (about `retention / period` keys per routine).
+    /// the retention (about `retention / period` keys per routine), and are not
+    /// refreshed: each is taken for the whole retention, so a member that crashes after
+    /// claiming a fire does not free it early. On PostgreSQL every lease of one backend
+    /// client lives on one session whose server-side timeouts follow the longest TTL
+    /// held, so while a claim is kept, the process's other leases are taken over after a
+    /// crash only when the retention has passed, not after the lease TTL: give scheduled
+    /// routines a runner with a backend client of their own to keep takeover fast.
     ///
     /// # Examples
     ///

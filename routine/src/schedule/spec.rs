@@ -54,6 +54,22 @@ impl fmt::Debug for Timing {
     }
 }
 
+/// Equal schedules fire at the same instants: the same period, or the same expression
+/// in the same zone.
+impl PartialEq for Timing {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Timing::Every(a), Timing::Every(b)) => a == b,
+            (Timing::Cron { cron: a, zone: x }, Timing::Cron { cron: b, zone: y }) => {
+                a.as_str() == b.as_str() && x == y
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Timing {}
+
 impl Timing {
     /// A period; zero is a configuration error.
     pub(crate) fn every(period: Duration) -> Result<Self> {
@@ -125,6 +141,19 @@ impl WallClock {
         }
     }
 }
+
+/// Clocks are equal when they are the system clock, or the same function.
+impl PartialEq for WallClock {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for WallClock {}
 
 impl fmt::Debug for WallClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
