@@ -556,3 +556,89 @@ async fn clock_offsets_beyond_the_bound_can_run_a_fire_twice() {
         runs.counts()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn members_with_clocks_spread_over_the_bound_run_each_fire_once_for_a_minute() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    // Offsets from -5 s to +5 s: any two members are at most 10 s apart, the default
+    // bound. Runs take up to 0.9 s of the 1 s period (a member busy waiting for the name
+    // when a fire comes does not get to it on time; at least one must be free).
+    let offsets = [
+        -5_000, -3_700, -2_100, -450, 0, 90, 1_300, 2_800, 4_400, 5_000,
+    ];
+    let members = offsets
+        .into_iter()
+        .enumerate()
+        .map(|(i, offset)| {
+            let runner = common::runner(&backend);
+            let runs = runs.clone();
+            let handle = runner.run_named(
+                "job",
+                move |_ctx| {
+                    runs.record(i);
+                    tokio::time::sleep(Duration::from_millis(((i as u64) * 377) % 900))
+                },
+                every_second(start, offset),
+            );
+            (runner, handle)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    stop(members).await;
+    assert_each_once(&runs, 0..=60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn skip_if_held_with_instances_skips_only_when_every_slot_is_held() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let ttl = Duration::from_secs(60);
+    let slot0 = LockKey::new("job#0").unwrap();
+    let slot1 = LockKey::new("job#1").unwrap();
+    let mut held0 = backend.try_acquire(&slot0, ttl).await.unwrap().unwrap();
+    let mut held1 = backend.try_acquire(&slot1, ttl).await.unwrap().unwrap();
+    let runs = Runs::default();
+    let one = member(
+        &backend,
+        0,
+        &runs,
+        every_second(start, 0).instances(2).skip_if_held(),
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        runs.fires().is_empty(),
+        "both slots held: fires 0 and 1 skipped"
+    );
+    held1.release().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(runs.fires(), [2], "one slot free: fire 2 runs in it");
+    held0.release().await.unwrap();
+    stop(vec![one]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cron_schedules_run_each_fire_once_across_members() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let members = [0, -700, 1_500]
+        .into_iter()
+        .enumerate()
+        .map(|(i, offset)| {
+            let options = RunOptions::cron("*/2 * * * * *", leasehold::chrono_tz::Asia::Kolkata)
+                .unwrap()
+                .with_wall_clock(clock(start, offset));
+            member(&backend, i, &runs, options)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    stop(members).await;
+    assert_each_once(&runs, [0, 2, 4, 6, 8]);
+    assert!(
+        runs.fires().iter().all(|fire| fire % 2 == 0),
+        "fires only at even seconds: {:?}",
+        runs.fires()
+    );
+}
