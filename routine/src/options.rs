@@ -21,7 +21,7 @@ use crate::schedule::spec::{MissedFires, Timing, WallClock};
 /// use leasehold::{MissedFires, RunOptions};
 ///
 /// let always = RunOptions::keep_running_one_instance();
-/// let nightly = RunOptions::cron("0 3 * * *", chrono_tz::Europe::Berlin)
+/// let nightly = RunOptions::cron("0 3 * * *", leasehold::chrono_tz::Europe::Berlin)
 ///     .expect("a valid expression")
 ///     .missed_fires(MissedFires::RunOnce)
 ///     .timeout(Duration::from_secs(3600));
@@ -182,10 +182,12 @@ impl RunOptions {
     ///   its own clock (or within the catch-up window, with
     ///   [`MissedFires::RunOnce`]/[`RunEach`](MissedFires::RunEach)), and the member
     ///   that claims it stays alive until the run has started and keeps its lease while
-    ///   it runs. A fire is skipped on purpose when [`skip_if_held`](RunOptions::skip_if_held)
-    ///   finds the name held. A member that claims a fire and then dies, loses its
-    ///   lease, or is shut down before the routine returns does not run it again, and
-    ///   neither does anyone else.
+    ///   it runs. A member waiting for the name's lease (held by an earlier run) gets
+    ///   to later fires only once it has run the one it claimed: when every member is
+    ///   busy so, a fire passes unclaimed. A fire is skipped on purpose when
+    ///   [`skip_if_held`](RunOptions::skip_if_held) finds the name held. A member that
+    ///   claims a fire and then dies, loses its lease, or is shut down before the
+    ///   routine returns does not run it again, and neither does anyone else.
     ///
     /// Members must use the same schedule for a name: fires of different schedules have
     /// different names. Claims are held as leases in the backend, one per fire within
