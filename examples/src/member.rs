@@ -11,12 +11,21 @@
 //! With [`Output::Go`] a member prints only `task run N` for every step instead, like the
 //! routine of the Go package's cluster example.
 //!
+//! With [`run_scheduled`] the member runs the routine on a schedule instead
+//! (`RunOptions::every`, its wall clock offset from the system's by
+//! [`Schedule::clock_offset_ms`] through `RunOptions::with_wall_clock`), each run one
+//! step long. It prints `scheduled` first (with `every_ms`, `clock_offset_ms`,
+//! `max_clock_offset_ms`), then for every run `fire_started` (with `fire_ms`, the run's
+//! `leasehold::scheduled_fire()` in UNIX milliseconds, `token` and `member`, the runner's
+//! holder identity) when it starts and `fire_done` (the same fields, `started_ns`, and
+//! `cancelled`) when it ends.
+//!
 //! For the fault harness, `SIGUSR1` starves the member's runtime of CPU until `SIGUSR2`;
 //! meanwhile the tasks that starve it also hand the routine work, so it does a step
 //! whenever they wake it (see [`crate::starve`]).
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use leasehold::{EventKind, RunOptions, Runner};
 use serde_json::{Value, json};
@@ -34,6 +43,37 @@ pub struct MemberConfig {
     pub step: Duration,
     /// Stop after this many steps in total (0: run until SIGTERM).
     pub steps: u64,
+}
+
+/// A scheduled member's schedule and wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// `RunOptions::every(every)`.
+    pub every: Duration,
+    /// `RunOptions::max_clock_offset`.
+    pub max_clock_offset: Duration,
+    /// This member's wall clock is `SystemTime::now()` plus this many milliseconds
+    /// (negative: behind).
+    pub clock_offset_ms: i64,
+}
+
+impl Schedule {
+    /// This member's wall clock now.
+    pub fn now(&self) -> SystemTime {
+        offset_clock(SystemTime::now(), self.clock_offset_ms)
+    }
+}
+
+/// `time` moved by `offset_ms` milliseconds (negative: back).
+fn offset_clock(time: SystemTime, offset_ms: i64) -> SystemTime {
+    let by = Duration::from_millis(offset_ms.unsigned_abs());
+    if offset_ms >= 0 { time + by } else { time - by }
+}
+
+/// A wall-clock instant in UNIX milliseconds (0 before the epoch).
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a member prints.
@@ -99,6 +139,28 @@ pub async fn run(config: MemberConfig) -> anyhow::Result<()> {
 ///
 /// As [`run`].
 pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()> {
+    run_member(config, output, None).await
+}
+
+/// Like [`run_with`], running the routine on `schedule` instead of keeping it running
+/// (`config.steps` is ignored; each run lasts one `config.step`), until SIGTERM.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_scheduled(
+    config: MemberConfig,
+    schedule: Schedule,
+    output: Output,
+) -> anyhow::Result<()> {
+    run_member(config, output, Some(schedule)).await
+}
+
+async fn run_member(
+    config: MemberConfig,
+    output: Output,
+    schedule: Option<Schedule>,
+) -> anyhow::Result<()> {
     let backend = leasehold::connect(&config.backend).await?;
     let runner = Runner::builder()
         .with_shared_backend(backend)
@@ -139,6 +201,51 @@ pub async fn run_with(config: MemberConfig, output: Output) -> anyhow::Result<()
             }
         }
     });
+
+    if let Some(schedule) = schedule {
+        let member = runner.holder_identity().to_owned();
+        let options = RunOptions::every(schedule.every)
+            .max_clock_offset(schedule.max_clock_offset)
+            .with_wall_clock(move || schedule.now());
+        let step = config.step;
+        output.print(
+            "scheduled",
+            json!({
+                "every_ms": schedule.every.as_millis(),
+                "clock_offset_ms": schedule.clock_offset_ms,
+                "max_clock_offset_ms": schedule.max_clock_offset.as_millis(),
+                "member": member,
+            }),
+        );
+        let _handle = runner.run_named(
+            &config.name,
+            move |ctx| {
+                let member = member.clone();
+                let token = ctx.fencing_token().map_or(0, |t| t.get());
+                let fire_ms = leasehold::scheduled_fire().map_or(0, unix_ms);
+                async move {
+                    let fields = json!({ "fire_ms": fire_ms, "token": token, "member": member });
+                    let started_ns = mono_ns();
+                    output.print("fire_started", fields.clone());
+                    let cancelled = tokio::select! {
+                        _ = ctx.cancelled() => true,
+                        _ = tokio::time::sleep(step) => false,
+                    };
+                    let mut done = fields;
+                    done["started_ns"] = json!(started_ns);
+                    done["cancelled"] = json!(cancelled);
+                    output.print("fire_done", done);
+                }
+            },
+            options,
+        );
+        runner.wait_for_shutdown().await;
+        drop(runner);
+        let _ = printer.await;
+        starver.abort();
+        output.print("stopped", json!({}));
+        return Ok(());
+    }
 
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let step = config.step;

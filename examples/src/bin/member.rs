@@ -1,11 +1,16 @@
 //! One cluster member:
 //! `member --backend URL [--name task] [--ttl 2s] [--step 100ms] [--steps N]
-//! [--format json|go] [--exit-with-stdin true]`.
+//! [--format json|go] [--exit-with-stdin true] [--every 1s [--clock-offset -3000]
+//! [--max-clock-offset 10s]]`.
 //!
 //! Keeps the routine `--name` running as one instance across all members and prints one
 //! JSON object per event (see `leasehold_examples::member`), or with `--format go` only the
 //! `task run N` lines of the Go package's cluster example. SIGTERM drains and releases;
 //! SIGUSR1 starves the member's runtime of CPU until SIGUSR2 (for fault tests).
+//!
+//! With `--every` it runs the routine on that schedule instead, each run one `--step`
+//! long, its wall clock `--clock-offset` milliseconds (signed) off the system's, and
+//! `RunOptions::max_clock_offset` set to `--max-clock-offset` (default 10 s).
 //!
 //! With `--exit-with-stdin true` the member exits at once, without releasing, when its
 //! standard input reaches end of file: a test harness that starts members with a pipe on
@@ -15,11 +20,12 @@ use std::time::Duration;
 
 use anyhow::bail;
 use leasehold_examples::args::Args;
-use leasehold_examples::member::{self, MemberConfig, Output};
+use leasehold_examples::member::{self, MemberConfig, Output, Schedule};
 use std::io::Read as _;
 
 const USAGE: &str = "usage: member --backend URL [--name task] [--ttl 2s] [--step 100ms] \
-                     [--steps N] [--format json|go] [--exit-with-stdin true]";
+                     [--steps N] [--format json|go] [--exit-with-stdin true] \
+                     [--every 1s [--clock-offset MS] [--max-clock-offset 10s]]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -48,7 +54,23 @@ async fn main() -> anyhow::Result<()> {
         step: args.duration("step", Duration::from_millis(100))?,
         steps: args.number("steps", 0)?,
     };
-    member::run_with(config, output).await
+    let schedule = match args.get("every") {
+        None => None,
+        Some(_) => Some(Schedule {
+            every: args.duration("every", Duration::from_secs(1))?,
+            max_clock_offset: args.duration("max-clock-offset", Duration::from_secs(10))?,
+            clock_offset_ms: match args.get("clock-offset") {
+                None => 0,
+                Some(ms) => ms.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("--clock-offset {ms:?} is not whole milliseconds; {USAGE}")
+                })?,
+            },
+        }),
+    };
+    match schedule {
+        Some(schedule) => member::run_scheduled(config, schedule, output).await,
+        None => member::run_with(config, output).await,
+    }
 }
 
 /// Reads stdin until end of file (or an error), then exits like a crash: the parent is
