@@ -1,6 +1,7 @@
 //! `Event`: what happens to routines, for logs, metrics and tests.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use leasehold_core::FencingToken;
 use tokio::time::Instant;
@@ -80,4 +81,54 @@ pub enum EventKind {
     },
     /// The routine will not run again.
     Stopped,
+    /// A scheduled routine: this member claimed the fire at `fire` (its instant on the
+    /// schedule) and will run it once it has the name's lease.
+    FireClaimed {
+        /// The fire's instant on the schedule.
+        fire: SystemTime,
+    },
+    /// A scheduled routine: this member does not run the fire at `fire`, for `reason`.
+    /// Emitted only where this member knows: a fire claimed elsewhere is reported by the
+    /// members that tried it, not by those that never came to it.
+    FireSkipped {
+        /// The fire's instant on the schedule.
+        fire: SystemTime,
+        /// Why it was skipped.
+        reason: FireSkipReason,
+    },
+    /// A scheduled routine: the fire at `fire` passed unclaimed by this member, by its
+    /// [`MissedFires`](crate::MissedFires) policy: it got to the fire after the late
+    /// limit (a long run, a late start, a pause, no acquire turn or no backend answer in
+    /// time). Another member may still have run it.
+    FireMissed {
+        /// The fire's instant on the schedule.
+        fire: SystemTime,
+    },
+}
+
+/// Why a member skipped a scheduled fire ([`EventKind::FireSkipped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FireSkipReason {
+    /// Another member claimed the fire first: it runs there.
+    ClaimedElsewhere,
+    /// With [`skip_if_held`](crate::RunOptions::skip_if_held): the name's lease (every
+    /// slot of it) was held by another run.
+    Held,
+    /// This member claimed the fire but did not get the name's lease (or a slot) while
+    /// its claim lasted (the fire's retention): a long run elsewhere, for example a
+    /// keep-running routine on the same name, held it all along.
+    NoLeaseInTime,
+}
+
+impl FireSkipReason {
+    /// A short stable name, for logs and JSON: `claimed_elsewhere`, `held`,
+    /// `no_lease_in_time`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FireSkipReason::ClaimedElsewhere => "claimed_elsewhere",
+            FireSkipReason::Held => "held",
+            FireSkipReason::NoLeaseInTime => "no_lease_in_time",
+        }
+    }
 }

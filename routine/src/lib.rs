@@ -48,7 +48,7 @@ pub use config::RunnerConfig;
 pub use context::{CancelReason, Context};
 pub use default::{check_default_config, default_runner, run, run_named};
 pub use env::connect;
-pub use events::{Event, EventKind};
+pub use events::{Event, EventKind, FireSkipReason};
 pub use handle::RoutineHandle;
 pub use health::{Health, LateLease};
 pub use observe::observe;

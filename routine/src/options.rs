@@ -183,8 +183,9 @@ impl RunOptions {
     ///   [`MissedFires::RunOnce`]/[`RunEach`](MissedFires::RunEach)), and the member
     ///   that claims it stays alive until the run has started and keeps its lease while
     ///   it runs. A member waiting for the name's lease (held by an earlier run) gets
-    ///   to later fires only once it has run the one it claimed: when every member is
-    ///   busy so, a fire passes unclaimed. A fire is skipped on purpose when
+    ///   to later fires only once it has run the one it claimed, or given it up when its
+    ///   claim ended (the retention after the claim) without the lease: when every
+    ///   member is busy so, a fire passes unclaimed. A fire is skipped on purpose when
     ///   [`skip_if_held`](RunOptions::skip_if_held) finds the name held. A member that
     ///   claims a fire and then dies, loses its lease, or is shut down before the
     ///   routine returns does not run it again, and neither does anyone else.
@@ -291,7 +292,8 @@ impl RunOptions {
     /// Tries the name's lease once per fire: if another member holds it (a run that
     /// outlasted the period, or [`hold_at_least`](RunOptions::hold_at_least)), this fire
     /// is skipped, as ShedLock does. Without it, the member that claimed a fire waits for
-    /// the lease.
+    /// the lease while its claim lasts (the retention, see [`RunOptions::every`]), then
+    /// gives the fire up ([`FireSkipReason::NoLeaseInTime`](crate::FireSkipReason)).
     pub fn skip_if_held(self) -> Self {
         self.scheduled(|s| s.skip_if_held = true)
     }

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
-use crate::events::EventKind;
+use crate::events::{EventKind, FireSkipReason};
 use crate::hold::{HoldEnd, hold};
 use crate::options::ScheduleOptions;
 use crate::outcome::Outcome;
@@ -45,6 +45,11 @@ pub use wrap::scheduled_fire;
 /// The longest single sleep while waiting for a fire: the wall clock is read again after
 /// it, so a clock stepped forward (NTP, a resumed VM) is noticed within this.
 const LONGEST_NAP: Duration = Duration::from_secs(60);
+
+/// How many fires passed during one wait a member reports with
+/// [`EventKind::FireMissed`]; later ones are not reported (the warning still says the
+/// member got to them late).
+const MAX_MISSED_REPORTED: usize = 64;
 
 /// How one try to take a key went.
 enum Tried {
@@ -119,6 +124,18 @@ impl<'a> Schedule<'a> {
             // out of reach.
             floor = due.last().copied().unwrap_or(now);
             let chosen = due::choose(&self.options, &due, now);
+            // The fires this member passed without trying them, reported up to a bound: a
+            // member paused for days must not emit an event per second it slept.
+            let mut passed = Some(next);
+            for _ in 0..MAX_MISSED_REPORTED {
+                let Some(fire) = passed.filter(|fire| *fire <= now) else {
+                    break;
+                };
+                if !chosen.contains(&fire) {
+                    self.missed(fire);
+                }
+                passed = self.timing.next_after(fire);
+            }
             if chosen.is_empty()
                 || now.duration_since(next).unwrap_or_default() > self.options.tolerance
             {
@@ -138,6 +155,7 @@ impl<'a> Schedule<'a> {
                     .unwrap_or_default();
                 if late > late_limit {
                     tracing::warn!(fire = %fire_id(fire), ?late, "fire missed on this member");
+                    self.missed(fire);
                     continue;
                 }
                 if let Next::Stop(outcome) = Box::pin(self.fire(fire)).await {
@@ -146,6 +164,16 @@ impl<'a> Schedule<'a> {
             }
             self.task.set_state(RoutineState::Waiting { holder: None });
         }
+    }
+
+    /// Reports `fire` as passed unclaimed by this member.
+    fn missed(&self, fire: SystemTime) {
+        self.task.emit(EventKind::FireMissed { fire });
+    }
+
+    /// Reports `fire` as skipped on this member for `reason`.
+    fn skipped(&self, fire: SystemTime, reason: FireSkipReason) {
+        self.task.emit(EventKind::FireSkipped { fire, reason });
     }
 
     /// How long a fire's claim is kept: past every member's last try at it (see
@@ -171,7 +199,7 @@ impl<'a> Schedule<'a> {
             Err(next) => return next,
         };
         let retention = self.retention(&*backend);
-        loop {
+        let claimed_until = loop {
             let not_after = fire + self.options.late_limit();
             let tried = self
                 .attempt(&*backend, &key, retention, Some(not_after))
@@ -180,6 +208,7 @@ impl<'a> Schedule<'a> {
                 None => return Next::Stop(self.stopped()),
                 Some(Tried::TooLate) => {
                     tracing::warn!(fire = %id, "fire missed on this member: no turn to claim it in time");
+                    self.missed(fire);
                     return Next::Continue;
                 }
                 Some(Tried::Answered(result, sent)) => (result, sent),
@@ -189,11 +218,13 @@ impl<'a> Schedule<'a> {
                     self.error_backoff.reset();
                     retain(claim, sent + retention, self.task);
                     tracing::debug!(fire = %id, "fire claimed");
-                    break;
+                    self.task.emit(EventKind::FireClaimed { fire });
+                    break sent + retention;
                 }
                 Ok(None) => {
                     self.error_backoff.reset();
                     tracing::debug!(fire = %id, "fire claimed by another member");
+                    self.skipped(fire, FireSkipReason::ClaimedElsewhere);
                     return Next::Continue;
                 }
                 Err(error) => {
@@ -203,18 +234,33 @@ impl<'a> Schedule<'a> {
                     let late = self.options.clock.now().duration_since(fire);
                     if late.unwrap_or_default() > self.options.late_limit() {
                         tracing::warn!(fire = %id, "fire missed: the backend did not answer in time");
+                        self.missed(fire);
                         return Next::Continue;
                     }
                 }
             }
-        }
+        };
         let span = tracing::info_span!("fire", fire = %id);
-        Box::pin(self.run_fire(&backend, fire).instrument(span)).await
+        Box::pin(
+            self.run_fire(&backend, fire, claimed_until)
+                .instrument(span),
+        )
+        .await
     }
 
     /// Takes a run slot (waiting for one unless `skip_if_held`) and runs the claimed
     /// `fire` under it.
-    async fn run_fire(&mut self, backend: &Arc<dyn LockBackend>, fire: SystemTime) -> Next {
+    ///
+    /// The wait ends with the claim, at `claimed_until`: a name held all along (a
+    /// keep-running routine of the same name, a run that does not end) would otherwise
+    /// keep this member from every later fire, while past its claim the fire is no
+    /// longer this member's to run.
+    async fn run_fire(
+        &mut self,
+        backend: &Arc<dyn LockBackend>,
+        fire: SystemTime,
+        claimed_until: Instant,
+    ) -> Next {
         let slots = match slot_keys(&self.name, self.options.instances) {
             Ok(slots) => slots,
             Err(error) => return Next::Stop(Outcome::Failed(Arc::new(error))),
@@ -222,6 +268,14 @@ impl<'a> Schedule<'a> {
         let config = self.task.shared().config();
         let mut contended = false;
         loop {
+            if Instant::now() >= claimed_until {
+                tracing::warn!(
+                    fire = %fire_id(fire),
+                    "name held while the fire's claim lasted; fire skipped"
+                );
+                self.skipped(fire, FireSkipReason::NoLeaseInTime);
+                return Next::Continue;
+            }
             for slot in &slots {
                 let tried = self.attempt(&**backend, slot, config.lease_ttl, None).await;
                 let Some(Tried::Answered(result, sent)) = tried else {
@@ -245,6 +299,7 @@ impl<'a> Schedule<'a> {
                     fire = %fire_id(fire),
                     "name held by another run; fire skipped"
                 );
+                self.skipped(fire, FireSkipReason::Held);
                 return Next::Continue;
             }
             if !contended {
@@ -277,6 +332,7 @@ impl<'a> Schedule<'a> {
                 _ = task.cancel().cancelled() => return Next::Stop(self.stopped()),
                 _ = released => {}
                 _ = tokio::time::sleep(config.retry_interval) => {}
+                _ = tokio::time::sleep_until(claimed_until) => {}
             }
         }
     }

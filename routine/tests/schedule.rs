@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use leasehold::{
-    LockBackend, LockKey, MemoryBackend, MissedFires, RoutineHandle, RunOptions, Runner,
+    Event, EventKind, FireSkipReason, LockBackend, LockKey, MemoryBackend, MissedFires,
+    RoutineHandle, RunOptions, Runner,
 };
 use tokio::time::Instant;
 
@@ -641,4 +642,179 @@ async fn cron_schedules_run_each_fire_once_across_members() {
         "fires only at even seconds: {:?}",
         runs.fires()
     );
+}
+
+/// The fire events of `events` received so far, as (fire second, kind) pairs.
+fn fire_events(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<(i64, FireEvent)> {
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event.kind {
+            EventKind::FireClaimed { fire } => seen.push((second(fire), FireEvent::Claimed)),
+            EventKind::FireSkipped { fire, reason } => {
+                seen.push((second(fire), FireEvent::Skipped(reason)))
+            }
+            EventKind::FireMissed { fire } => seen.push((second(fire), FireEvent::Missed)),
+            _ => {}
+        }
+    }
+    seen
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FireEvent {
+    Claimed,
+    Skipped(FireSkipReason),
+    Missed,
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_claimer_reports_fire_claimed_and_a_later_member_claimed_elsewhere() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let first = member(&backend, 0, &runs, every_second(start, 0));
+    let mut first_events = first.0.subscribe();
+    // Its clock is behind: it comes to each fire after the first member claimed it.
+    let second_member = member(&backend, 1, &runs, every_second(start, -300));
+    let mut second_events = second_member.0.subscribe();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stop(vec![first, second_member]).await;
+    let first_seen = fire_events(&mut first_events);
+    let second_seen = fire_events(&mut second_events);
+    for fire in [0, 1, 2] {
+        assert!(
+            first_seen.contains(&(fire, FireEvent::Claimed)),
+            "the member on time claims fire {fire}: {first_seen:?}"
+        );
+        assert!(
+            second_seen.contains(&(fire, FireEvent::Skipped(FireSkipReason::ClaimedElsewhere))),
+            "the member behind finds fire {fire} claimed elsewhere: {second_seen:?}"
+        );
+    }
+    assert!(
+        !second_seen
+            .iter()
+            .any(|(fire, kind)| *fire >= 0 && *kind == FireEvent::Claimed),
+        "the member behind claims none of the fires from 0 on: {second_seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn skip_if_held_reports_fire_skipped_held() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let name = LockKey::new("job").unwrap();
+    let _other = backend
+        .try_acquire(&name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let runs = Runs::default();
+    let one = member(&backend, 0, &runs, every_second(start, 0).skip_if_held());
+    let mut events = one.0.subscribe();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop(vec![one]).await;
+    let seen = fire_events(&mut events);
+    assert_eq!(
+        seen,
+        [
+            (0, FireEvent::Claimed),
+            (0, FireEvent::Skipped(FireSkipReason::Held)),
+            (1, FireEvent::Claimed),
+            (1, FireEvent::Skipped(FireSkipReason::Held)),
+        ],
+        "each fire is claimed, then skipped because the name is held"
+    );
+    assert!(
+        runs.fires().is_empty(),
+        "nothing runs while the name is held"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fires_passed_during_a_long_run_are_reported_missed() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runner = common::runner(&backend);
+    let mut events = runner.subscribe();
+    let handle = runner.run_named(
+        "job",
+        |_ctx| tokio::time::sleep(Duration::from_millis(3_500)),
+        every_second(start, 0),
+    );
+    tokio::time::sleep(Duration::from_millis(3_700)).await;
+    handle.cancel();
+    handle.join().await;
+    runner.shutdown().await;
+    let seen = fire_events(&mut events);
+    assert_eq!(
+        seen.first(),
+        Some(&(0, FireEvent::Claimed)),
+        "fire 0 is claimed: {seen:?}"
+    );
+    assert!(
+        seen.contains(&(1, FireEvent::Missed)) && seen.contains(&(2, FireEvent::Missed)),
+        "fires 1 and 2 pass during the run of fire 0 (0 to 3.5 s) and are reported missed: {seen:?}"
+    );
+    assert!(
+        !seen.contains(&(1, FireEvent::Claimed)) && !seen.contains(&(2, FireEvent::Claimed)),
+        "missed fires are not claimed: {seen:?}"
+    );
+    assert!(
+        seen.contains(&(3, FireEvent::Claimed)),
+        "fire 3, reached within the tolerance, is claimed: {seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claimer_gives_up_a_name_held_by_a_keep_running_routine_when_its_claim_ends() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let keeper_runner = common::runner(&backend);
+    let mut held = keeper_runner.subscribe();
+    let always = keeper_runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    common::wait_acquired(&mut held).await;
+    let runs = Runs::default();
+    let one = member(
+        &backend,
+        0,
+        &runs,
+        RunOptions::every(Duration::from_secs(30)).with_wall_clock(clock(start, 0)),
+    );
+    let mut events = one.0.subscribe();
+    // The retention for the defaults: tolerance 1 s + clock offset 10 s + request
+    // timeout 2.5 s + safety margin 0.5 s = 14 s from the claim.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(
+        fire_events(&mut events),
+        [(0, FireEvent::Claimed)],
+        "the claimer still waits for the name within its claim"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        fire_events(&mut events),
+        [(0, FireEvent::Skipped(FireSkipReason::NoLeaseInTime))],
+        "the claimer gives the fire up when its claim ends"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        fire_events(&mut events),
+        [
+            (30, FireEvent::Claimed),
+            (30, FireEvent::Skipped(FireSkipReason::NoLeaseInTime))
+        ],
+        "the next fire is claimed again, and given up again"
+    );
+    assert!(
+        runs.fires().is_empty(),
+        "no fire runs while the name is held"
+    );
+    stop(vec![one]).await;
+    always.cancel();
+    always.join().await;
+    keeper_runner.shutdown().await;
 }
