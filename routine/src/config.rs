@@ -69,6 +69,60 @@ impl RunnerConfig {
         }
     }
 
+    /// The settings of one routine: these, with the routine's own lease TTL and backoff
+    /// (see [`RunOptions::lease_ttl`](crate::RunOptions::lease_ttl)).
+    ///
+    /// A routine's TTL replaces every setting derived from a TTL (refresh and retry
+    /// intervals, safety margin, grace period, request timeout) by its defaults for that
+    /// TTL, also where the runner's were set explicitly: those were chosen against the
+    /// runner's TTL, and kept for another they could be unsafe (a safety margin longer
+    /// than a short TTL) or pointless (a refresh interval longer than a short TTL).
+    /// Release and drain timeouts, and the backoff unless the routine sets one, stay the
+    /// runner's: they do not follow from a lease's TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `lease_ttl` or `backoff`, by the rules of
+    /// [`RunnerConfig::validate`].
+    pub(crate) fn for_routine(
+        &self,
+        ttl: Option<Duration>,
+        backoff: Option<(Duration, Duration)>,
+    ) -> Result<Self> {
+        let mut config = self.clone();
+        if let Some((min, max)) = backoff {
+            if min.is_zero() {
+                return Err(Error::config("backoff", "min must be greater than zero"));
+            }
+            if max < min {
+                return Err(Error::config(
+                    "backoff",
+                    format!("max {max:?} is below min {min:?}"),
+                ));
+            }
+            config.backoff_min = min;
+            config.backoff_max = max;
+        }
+        if let Some(ttl) = ttl {
+            if ttl.is_zero() {
+                return Err(Error::config("lease_ttl", "must be greater than zero"));
+            }
+            let defaults = Self::defaults(ttl);
+            config.lease_ttl = ttl;
+            config.refresh_interval = defaults.refresh_interval;
+            config.retry_interval = defaults.retry_interval;
+            config.safety_margin = defaults.safety_margin;
+            config.grace_period = defaults.grace_period;
+            config.request_timeout = defaults.request_timeout;
+        }
+        // Every setting left to check follows from the TTL: a problem is the TTL's.
+        config.validate(|_| false).map_err(|error| match error {
+            Error::InvalidTtl { reason, .. } => Error::config("lease_ttl", reason),
+            other => Error::config("lease_ttl", other.to_string()),
+        })?;
+        Ok(config)
+    }
+
     /// Checks the settings together. `explicit` tells which settings the user set: a
     /// problem with settings that were all derived from the TTL is the TTL's (it is too
     /// short to derive them from), and is reported as such rather than naming a setting

@@ -69,7 +69,7 @@ pub(crate) async fn hold(
     routine: &mut RoutineFn,
 ) -> HoldEnd {
     let shared = task.shared();
-    let config = shared.config();
+    let config = task.config();
     let fencing = lease.fencing_token();
     // The lease's own key and backend label the metrics: `lease` and `backend` are handed
     // to the keeper below.
@@ -96,7 +96,7 @@ pub(crate) async fn hold(
     }
     // Taken before the keeper takes the lease: it borrows nothing from it.
     let revoked = lease.revoked();
-    let kept = shared.keep(backend, lease, sent);
+    let kept = shared.keep(backend, lease, sent, config);
     let holding = metrics::holding(on.name);
     let guard = Guard::new(task.cancel().child_token(), Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
@@ -291,7 +291,7 @@ async fn watch_lease(
         }
     };
     tokio::pin!(revoked);
-    let config = task.shared().config();
+    let config = task.config();
     let cancel = guard.cancel();
     let wake_at = |deadline: Instant| {
         if cancel.is_cancelled() {

@@ -59,7 +59,7 @@ struct Attempt {
 
 impl<'a> Instance<'a> {
     pub(crate) fn new(task: &'a Task, key: LockKey, backend: BackendSlot) -> Self {
-        let config = task.shared().config();
+        let config = task.config();
         Self {
             task,
             key,
@@ -87,7 +87,7 @@ impl<'a> Instance<'a> {
         let restart = self.task.mode() == Mode::KeepRunning;
         let task = self.task;
         let shared = task.shared();
-        let config = shared.config();
+        let config = task.config();
         metrics::not_holding(self.key.as_str());
         loop {
             if shared.is_aborted() {
@@ -223,7 +223,7 @@ impl<'a> Instance<'a> {
     /// TTL).
     async fn attempt(&self, backend: &dyn LockBackend) -> Option<Attempt> {
         let shared = self.task.shared();
-        let config = shared.config();
+        let config = self.task.config();
         let cancel = self.task.cancel();
         let turn = tokio::select! {
             biased;
@@ -257,8 +257,10 @@ impl<'a> Instance<'a> {
     /// a timeout just leaves the holder unknown: it is for display only.
     async fn describe_holder(&self, backend: &dyn LockBackend) -> Option<LeaseInfo> {
         let shared = self.task.shared();
-        let describe =
-            tokio::time::timeout(shared.config().request_timeout, backend.describe(&self.key));
+        let describe = tokio::time::timeout(
+            self.task.config().request_timeout,
+            backend.describe(&self.key),
+        );
         tokio::select! {
             biased;
             _ = shared.aborted() => None,
@@ -333,7 +335,7 @@ impl<'a> Instance<'a> {
     /// says the holder's lease runs out sooner (a crashed holder is taken over right
     /// when its lease expires, not up to a retry interval later).
     async fn contended_wait(&self, backend: &dyn LockBackend) -> Duration {
-        let config = self.task.shared().config();
+        let config = self.task.config();
         if !backend.capabilities().reports_expiry {
             return config.retry_interval;
         }

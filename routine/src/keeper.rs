@@ -16,6 +16,12 @@
 //! routine running past it. Batches run concurrently, each bounded by the request
 //! timeout, so a hung batch does not delay the leases that are not in it.
 //!
+//! Routines may have their own TTL ([`RunOptions::lease_ttl`](crate::RunOptions::lease_ttl)):
+//! each lease keeps its own refresh interval and deadline, and a batch holds leases of
+//! one backend *and one TTL*, since `refresh_many` takes one TTL for all its leases, and
+//! only leases of that TTL join a batch early. A runner whose routines use two TTLs
+//! makes one call per TTL, each at its own interval.
+//!
 //! The task starts with the first lease and ends when there are none left, so an idle
 //! runner has no task and no timer.
 
@@ -78,6 +84,8 @@ struct Entry {
     fencing: FencingToken,
     /// When the last successful acquire or refresh was sent.
     confirmed_at: Instant,
+    /// The lease's own timing (its routine's, see [`RunnerConfig::for_routine`]).
+    timing: LeaseTiming,
     /// Refreshed no more: it was lost, or its hold wants it back to release it.
     retired: bool,
     /// Its hold is gone (dropped mid-batch): drop the lease when the batch returns.
@@ -85,6 +93,38 @@ struct Entry {
     /// Counts the lease in `leasehold_leases_held` while the entry lives, however it is
     /// removed.
     _held: Raised,
+}
+
+impl Entry {
+    /// The batch the lease goes into: its backend's and its TTL's.
+    fn group(&self) -> (*const (), Duration) {
+        (Arc::as_ptr(&self.backend).cast::<()>(), self.timing.ttl)
+    }
+}
+
+/// What the keeper needs of a routine's settings to keep its lease.
+#[derive(Clone, Copy)]
+struct LeaseTiming {
+    ttl: Duration,
+    refresh_interval: Duration,
+    safety_margin: Duration,
+    request_timeout: Duration,
+}
+
+impl LeaseTiming {
+    fn of(config: &RunnerConfig) -> Self {
+        Self {
+            ttl: config.lease_ttl,
+            refresh_interval: config.refresh_interval,
+            safety_margin: config.safety_margin,
+            request_timeout: config.request_timeout,
+        }
+    }
+
+    /// The local deadline of a lease confirmed by a call made at `sent`.
+    fn local_deadline(&self, sent: Instant) -> Instant {
+        sent + self.ttl.saturating_sub(self.safety_margin)
+    }
 }
 
 /// A hold's handle on its lease while the keeper keeps it. Dropping it without
@@ -123,15 +163,18 @@ impl Keeper {
         }
     }
 
-    /// Takes `lease`, acquired (or last refreshed) by a call made at `sent`, into care.
-    /// Must be called within a tokio runtime: it may start the keeper task.
+    /// Takes `lease`, acquired (or last refreshed) by a call made at `sent`, into care,
+    /// to refresh it on the timing of `config` (its routine's settings). Must be called
+    /// within a tokio runtime: it may start the keeper task.
     pub(crate) fn keep(
         &self,
         backend: Arc<dyn LockBackend>,
         lease: Box<dyn Lease>,
         sent: Instant,
+        config: &RunnerConfig,
     ) -> KeptLease {
-        let watch = Arc::new(Watch::new(self.shared.config.local_deadline(sent)));
+        let timing = LeaseTiming::of(config);
+        let watch = Arc::new(Watch::new(timing.local_deadline(sent)));
         let backend_name = backend.name();
         let key = lease.key().clone();
         let fencing = lease.fencing_token();
@@ -144,10 +187,11 @@ impl Keeper {
                 backend,
                 lease: Some(lease),
                 watch: Arc::clone(&watch),
-                next_due: sent + self.shared.config.refresh_interval,
+                next_due: sent + timing.refresh_interval,
                 key,
                 fencing,
                 confirmed_at: sent,
+                timing,
                 retired: false,
                 orphaned: false,
                 _held: metrics::lease_held(backend_name),
@@ -171,16 +215,17 @@ impl Keeper {
     }
 
     /// The held leases whose last confirmation was sent more than a refresh interval
-    /// and a half before `now` (see [`Health`](crate::Health)), most late first.
+    /// (each lease's own) and a half before `now` (see [`Health`](crate::Health)), most
+    /// late first.
     pub(crate) fn late(&self, now: Instant) -> Vec<LateLease> {
-        let interval = self.shared.config.refresh_interval;
-        let allowed = interval + interval / 2;
         let state = lock(&self.shared.state);
         let mut late: Vec<LateLease> = state
             .entries
             .values()
             .filter(|entry| !entry.retired)
             .filter_map(|entry| {
+                let interval = entry.timing.refresh_interval;
+                let allowed = interval + interval / 2;
                 let age = now.saturating_duration_since(entry.confirmed_at);
                 (age > allowed).then(|| LateLease {
                     name: entry.key.clone(),
@@ -286,8 +331,6 @@ impl Shared {
             shared: &self,
             generation,
         };
-        let ttl = self.config.lease_ttl;
-        let limit = self.config.request_timeout;
         let mut in_flight = FuturesUnordered::new();
         loop {
             let wake_at = {
@@ -298,7 +341,7 @@ impl Shared {
                 }
                 let due = self.take_due(&mut state, Instant::now());
                 for batch in due.batches {
-                    in_flight.push(batch.refresh(ttl, limit));
+                    in_flight.push(batch.refresh());
                 }
                 due.wake_at
             };
@@ -315,49 +358,53 @@ impl Shared {
         }
     }
 
-    /// When a lease is due, takes it and every lease due within half a refresh interval
-    /// out of their entries, in one batch per backend; says when the next one is due.
+    /// When a lease is due, takes it and every lease due within half its own refresh
+    /// interval out of their entries, in one batch per backend and TTL; says when the
+    /// next one is due.
     fn take_due(&self, state: &mut State, now: Instant) -> Due {
         let mut due = Due {
             batches: Vec::new(),
             wake_at: now + self.config.refresh_interval,
         };
         let waiting = |entry: &Entry| !entry.retired && entry.lease.is_some();
-        // A batch starts only when a lease is due; it then takes the leases due soon too.
-        let earliest = state
-            .entries
-            .values()
-            .filter(|entry| waiting(entry))
-            .map(|entry| entry.next_due)
-            .min();
-        match earliest {
-            Some(next_due) if next_due <= now => {}
-            Some(next_due) => {
-                due.wake_at = next_due;
-                return due;
+        // A batch starts only when one of its leases is due; it then takes the leases of
+        // its backend and TTL due soon too, so that they stay aligned. Leases of another
+        // TTL wait for their own batch: joining this one early every time would refresh
+        // them at this TTL's pace rather than their own.
+        let mut starting: Vec<(*const (), Duration)> = Vec::new();
+        for entry in state.entries.values().filter(|entry| waiting(entry)) {
+            if entry.next_due <= now && !starting.contains(&entry.group()) {
+                starting.push(entry.group());
             }
-            None => return due,
         }
-        let horizon = now + self.config.refresh_interval / 2;
         for (&id, entry) in &mut state.entries {
             if !waiting(entry) {
                 continue;
             }
-            if entry.next_due > horizon {
+            let joins = starting.contains(&entry.group())
+                && entry.next_due <= now + entry.timing.refresh_interval / 2;
+            if !joins {
                 due.wake_at = due.wake_at.min(entry.next_due);
                 continue;
             }
             let Some(lease) = entry.lease.take() else {
                 continue;
             };
-            // A runner has one backend; the search is over a handful at most.
+            // A runner has one backend and few TTLs; the search is over a handful at most.
+            let timing = entry.timing;
             match due
                 .batches
                 .iter_mut()
-                .find(|batch| batch.is_for(&entry.backend))
+                .find(|batch| batch.is_for(&entry.backend, timing.ttl))
             {
-                Some(batch) => batch.push(id, lease),
-                None => due.batches.push(Batch::new(&entry.backend, id, lease)),
+                Some(batch) => batch.push(id, lease, timing.request_timeout),
+                None => due.batches.push(Batch::new(
+                    &entry.backend,
+                    timing.ttl,
+                    timing.request_timeout,
+                    id,
+                    lease,
+                )),
             }
         }
         due
@@ -366,7 +413,6 @@ impl Shared {
     /// Puts a returned batch's leases back and tells their holds what happened.
     fn apply(&self, refreshed: Refreshed) {
         let now = Instant::now();
-        let retry_after_failure = (self.config.refresh_interval / 4).max(Duration::from_millis(1));
         let sent = refreshed.sent;
         let mut state = lock(&self.state);
         for RefreshedLease { id, lease, result } in refreshed.into_leases() {
@@ -378,11 +424,12 @@ impl Shared {
                 continue;
             }
             entry.lease = Some(lease);
+            let timing = entry.timing;
             match result {
                 Ok(()) => {
                     metrics::deadline_margin(entry.backend.name(), entry.watch.deadline(), now);
-                    entry.watch.confirmed(self.config.local_deadline(sent));
-                    entry.next_due = sent + self.config.refresh_interval;
+                    entry.watch.confirmed(timing.local_deadline(sent));
+                    entry.next_due = sent + timing.refresh_interval;
                     entry.confirmed_at = sent;
                 }
                 Err(error) if error.is_lost() => {
@@ -391,7 +438,8 @@ impl Shared {
                 }
                 Err(error) => {
                     entry.watch.failed(error.chain());
-                    entry.next_due = now + retry_after_failure;
+                    entry.next_due =
+                        now + (timing.refresh_interval / 4).max(Duration::from_millis(1));
                 }
             }
             // A retired entry's hold may be waiting to take its lease back.

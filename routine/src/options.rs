@@ -34,6 +34,28 @@ use crate::schedule::spec::{MissedFires, Timing, WallClock};
 pub struct RunOptions {
     pub(crate) mode: Mode,
     pub(crate) schedule: ScheduleOptions,
+    pub(crate) lease: LeaseOptions,
+}
+
+/// A routine's own lease timing, overriding the runner's (see [`RunOptions::lease_ttl`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LeaseOptions {
+    pub(crate) ttl: Option<Duration>,
+    /// `(min, max)`.
+    pub(crate) backoff: Option<(Duration, Duration)>,
+}
+
+impl LeaseOptions {
+    /// The name of a setting given, for the error of a routine without a lease.
+    pub(crate) fn given(&self) -> Option<&'static str> {
+        if self.ttl.is_some() {
+            Some("lease_ttl")
+        } else if self.backoff.is_some() {
+            Some("backoff")
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -319,6 +341,60 @@ impl RunOptions {
     /// (the runner's) later its future is dropped if it has not returned.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.scheduled(|s| s.timeout = Some(timeout))
+    }
+
+    /// This routine's lease TTL, instead of the runner's
+    /// ([`RunnerBuilder::with_lease_ttl`](crate::RunnerBuilder::with_lease_ttl)), for
+    /// [`keep_running_one_instance`](RunOptions::keep_running_one_instance),
+    /// [`exclusive`](RunOptions::exclusive) and scheduled routines.
+    ///
+    /// Everything a runner derives from its TTL is derived from this one, the same way:
+    /// the refresh and retry intervals (a fifth), the safety margin (a tenth), the grace
+    /// period (a fifth) and the request timeout (a half). This holds also where the
+    /// runner's were set explicitly: they were chosen against the runner's TTL. The
+    /// backoff (unless [`backoff`](RunOptions::backoff) is set) and the release and
+    /// drain timeouts stay the runner's. The runner's keeper still refreshes this lease
+    /// with the others, in a `refresh_many` call of its own for each distinct TTL, at
+    /// this routine's own refresh interval.
+    ///
+    /// A fire's claim of a scheduled routine is kept for a retention that includes this
+    /// TTL's request timeout and safety margin.
+    ///
+    /// The TTL is checked when the routine starts: zero, too short to derive the timing
+    /// from (the runner's own rule), or outside the backend's TTL bounds, the routine
+    /// ends with [`Outcome::Failed`](crate::Outcome::Failed) and an
+    /// [`Error::Config`](crate::Error::Config) naming `lease_ttl`; so does setting it on a
+    /// routine without a lease.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasehold::RunOptions;
+    ///
+    /// // A leader that hands over within seconds on a runner whose TTL is a minute.
+    /// let leader = RunOptions::keep_running_one_instance().lease_ttl(Duration::from_secs(3));
+    /// # let _ = leader;
+    /// ```
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease.ttl = Some(ttl);
+        self
+    }
+
+    /// This routine's backoff, instead of the runner's
+    /// ([`RunnerBuilder::with_backoff_min`](crate::RunnerBuilder::with_backoff_min) and
+    /// [`with_backoff_max`](crate::RunnerBuilder::with_backoff_max)): the first
+    /// wait after a panic or a backend error is `min`, doubling up to `max` while they
+    /// repeat. For the same routines as [`lease_ttl`](RunOptions::lease_ttl) (a scheduled
+    /// routine backs off only after backend errors: a panicking run is followed by the
+    /// next fire).
+    ///
+    /// Checked when the routine starts: a zero `min`, or `max` below `min`, ends the
+    /// routine with [`Outcome::Failed`](crate::Outcome::Failed) and an
+    /// [`Error::Config`](crate::Error::Config) naming `backoff`.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.lease.backoff = Some((min, max));
+        self
     }
 
     /// The wall clock the schedule reads, instead of the system clock: for tests and

@@ -233,7 +233,11 @@ impl Runner {
     }
 
     fn start(&self, name: Option<&str>, options: RunOptions, routine: RoutineFn) -> RoutineHandle {
-        let RunOptions { mode, schedule } = options;
+        let RunOptions {
+            mode,
+            schedule,
+            lease: own_lease,
+        } = options;
         let number = NEXT_NUMBER.fetch_add(1, Ordering::Relaxed);
         let label: Option<Arc<str>> = name.map(Arc::from);
         let fail = |error: Error| {
@@ -255,6 +259,23 @@ impl Runner {
                 "schedule settings given without RunOptions::every or RunOptions::cron",
             ));
         }
+        if mode == Mode::Once
+            && let Some(setting) = own_lease.given()
+        {
+            return fail(Error::config(
+                setting,
+                "only for routines with a lease: keep_running_one_instance, exclusive or a \
+                 schedule",
+            ));
+        }
+        let config = match self
+            .shared
+            .config()
+            .for_routine(own_lease.ttl, own_lease.backoff)
+        {
+            Ok(config) => config,
+            Err(error) => return fail(error),
+        };
         let lease = match (mode, name) {
             (Mode::Once, _) => None,
             (_, None) => return fail(Error::config("name", "a leased routine needs a name")),
@@ -278,6 +299,17 @@ impl Runner {
                     tracing::error!(number, name, error = %error.chain(), "routine not started");
                     return RoutineHandle::finished(number, label, Outcome::Failed(error));
                 }
+                // A backend connected later checks the routine's TTL when it connects.
+                if let (Some(ttl), Some(ready)) = (own_lease.ttl, backend.ready()) {
+                    let checked = ready.capabilities().check_ttl(ready.name(), ttl);
+                    if let Err(error) = checked {
+                        return fail(Error::config_with_source(
+                            "lease_ttl",
+                            "outside the backend's TTL bounds",
+                            error,
+                        ));
+                    }
+                }
                 Some(LeasePlan {
                     key,
                     backend,
@@ -287,7 +319,7 @@ impl Runner {
         };
         self.install_signal_handlers(&runtime);
         self.shared.arm_shutdown_signal(&runtime);
-        let task = Task::new(Arc::clone(&self.shared), number, label, mode);
+        let task = Task::new(Arc::clone(&self.shared), number, label, mode, config);
         launch(task, routine, lease, &runtime)
     }
 

@@ -85,7 +85,7 @@ impl<'a> Schedule<'a> {
         options: ScheduleOptions,
         routine: RoutineFn,
     ) -> Option<Self> {
-        let config = task.shared().config();
+        let config = task.config();
         Some(Self {
             task,
             name,
@@ -179,7 +179,7 @@ impl<'a> Schedule<'a> {
     /// How long a fire's claim is kept: past every member's last try at it (see
     /// [`RunOptions::every`](crate::RunOptions::every)).
     fn retention(&self, backend: &dyn LockBackend) -> Duration {
-        let config = self.task.shared().config();
+        let config = self.task.config();
         let retention = self.options.late_limit()
             + self.options.max_clock_offset
             + config.request_timeout
@@ -265,7 +265,7 @@ impl<'a> Schedule<'a> {
             Ok(slots) => slots,
             Err(error) => return Next::Stop(Outcome::Failed(Arc::new(error))),
         };
-        let config = self.task.shared().config();
+        let config = self.task.config();
         let mut contended = false;
         loop {
             if Instant::now() >= claimed_until {
@@ -348,7 +348,7 @@ impl<'a> Schedule<'a> {
         let bounds = RunBounds {
             timeout: self.options.timeout,
             at_least: self.options.hold_at_least,
-            grace: self.task.shared().config().grace_period,
+            grace: self.task.config().grace_period,
         };
         let mut wrapped = wrap(&self.routine, fire, bounds);
         let end = hold(self.task, Arc::clone(backend), lease, sent, &mut wrapped).await;
@@ -375,7 +375,7 @@ impl<'a> Schedule<'a> {
         not_after: Option<SystemTime>,
     ) -> Option<Tried> {
         let shared = self.task.shared();
-        let config = shared.config();
+        let config = self.task.config();
         let cancel = self.task.cancel();
         let turn = tokio::select! {
             biased;
@@ -405,7 +405,7 @@ impl<'a> Schedule<'a> {
 
     /// The backend, connecting it if needed; backs off on failure.
     async fn connect(&mut self) -> std::result::Result<Arc<dyn LockBackend>, Next> {
-        let config = self.task.shared().config();
+        let config = self.task.config();
         loop {
             let connected = tokio::select! {
                 biased;
@@ -482,7 +482,7 @@ impl<'a> Schedule<'a> {
 /// first, the lease is dropped: Redis and memory keys expire by their TTL, and an etcd
 /// or PostgreSQL process that exits takes its session, and the claim, with it.
 fn retain(mut claim: Box<dyn Lease>, until: Instant, task: &Task) {
-    let release_timeout = task.shared().config().release_timeout;
+    let release_timeout = task.config().release_timeout;
     tokio::spawn(async move {
         tokio::time::sleep_until(until).await;
         let _ = tokio::time::timeout(release_timeout, claim.release()).await;

@@ -179,14 +179,16 @@ impl Shared {
         self.hard_stop.cancelled()
     }
 
-    /// Hands `lease`, acquired by a call made at `sent`, to the runner's keeper.
+    /// Hands `lease`, acquired by a call made at `sent`, to the runner's keeper, to
+    /// refresh on the timing of `config` (its routine's settings).
     pub(crate) fn keep(
         &self,
         backend: Arc<dyn LockBackend>,
         lease: Box<dyn Lease>,
         sent: Instant,
+        config: &RunnerConfig,
     ) -> KeptLease {
-        self.keeper.keep(backend, lease, sent)
+        self.keeper.keep(backend, lease, sent, config)
     }
 
     /// Waits for a turn among the runner's acquire requests; the turn ends when the

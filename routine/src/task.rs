@@ -12,6 +12,7 @@ use leasehold_core::FencingToken;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RunnerConfig;
 use crate::context::Context;
 use crate::events::EventKind;
 use crate::guard::Guard;
@@ -29,6 +30,8 @@ pub(crate) struct Task {
     number: u64,
     name: Option<Arc<str>>,
     mode: Mode,
+    /// The runner's settings with the routine's own lease TTL and backoff.
+    config: RunnerConfig,
     /// Cancelled by the handle; a child of the runner's shutdown.
     cancel: CancellationToken,
     /// What the routine is doing now, for its handle.
@@ -48,8 +51,10 @@ impl Task {
         number: u64,
         name: Option<Arc<str>>,
         mode: Mode,
+        config: RunnerConfig,
     ) -> Self {
         Self {
+            config,
             cancel: shared.routine_cancel(),
             shared,
             number,
@@ -83,6 +88,12 @@ impl Task {
     /// The routine's name, if it has one.
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
         self.name.as_ref()
+    }
+
+    /// The routine's settings: the runner's, with its own lease TTL and backoff
+    /// (see [`RunnerConfig::for_routine`]).
+    pub(crate) fn config(&self) -> &RunnerConfig {
+        &self.config
     }
 
     /// How the routine runs.

@@ -1,5 +1,5 @@
-//! `Batch`: the leases of one backend that the keeper refreshes with one `refresh_many`
-//! call, and what comes back.
+//! `Batch`: the leases of one backend and one TTL that the keeper refreshes with one
+//! `refresh_many` call, and what comes back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,14 @@ use tokio::time::{Instant, timeout};
 
 use crate::metrics::{self, Operation};
 
-/// Leases of one backend, taken out of their entries for one `refresh_many` call.
+/// Leases of one backend and one TTL, taken out of their entries for one `refresh_many`
+/// call.
 pub(super) struct Batch {
     backend: Arc<dyn LockBackend>,
+    ttl: Duration,
+    /// The shortest request timeout of the leases' routines: the call must answer in
+    /// time for each of them.
+    limit: Duration,
     /// The keeper's entry of each lease, in the order of `leases`.
     ids: Vec<u64>,
     leases: Vec<Box<dyn Lease>>,
@@ -28,29 +33,41 @@ pub(super) struct Refreshed {
 }
 
 impl Batch {
-    /// A batch of one lease, of entry `id`, on `backend`.
-    pub(super) fn new(backend: &Arc<dyn LockBackend>, id: u64, lease: Box<dyn Lease>) -> Self {
+    /// A batch of one lease, of entry `id`, on `backend`, refreshed for `ttl` within
+    /// `limit`.
+    pub(super) fn new(
+        backend: &Arc<dyn LockBackend>,
+        ttl: Duration,
+        limit: Duration,
+        id: u64,
+        lease: Box<dyn Lease>,
+    ) -> Self {
         Self {
             backend: Arc::clone(backend),
+            ttl,
+            limit,
             ids: vec![id],
             leases: vec![lease],
         }
     }
 
-    /// Whether leases of `backend` go into this batch.
-    pub(super) fn is_for(&self, backend: &Arc<dyn LockBackend>) -> bool {
-        Arc::ptr_eq(&self.backend, backend)
+    /// Whether leases of `backend` refreshed for `ttl` go into this batch.
+    pub(super) fn is_for(&self, backend: &Arc<dyn LockBackend>, ttl: Duration) -> bool {
+        Arc::ptr_eq(&self.backend, backend) && self.ttl == ttl
     }
 
-    /// Adds the lease of entry `id`.
-    pub(super) fn push(&mut self, id: u64, lease: Box<dyn Lease>) {
+    /// Adds the lease of entry `id`, whose request timeout is `limit`.
+    pub(super) fn push(&mut self, id: u64, lease: Box<dyn Lease>, limit: Duration) {
+        self.limit = self.limit.min(limit);
         self.ids.push(id);
         self.leases.push(lease);
     }
 
-    /// Refreshes the batch for `ttl`, bounded by `limit`. Every lease gets a result: a
-    /// timeout, or a backend that answers for the wrong number of leases, fails them all.
-    pub(super) async fn refresh(mut self, ttl: Duration, limit: Duration) -> Refreshed {
+    /// Refreshes the batch for its TTL, bounded by its limit. Every lease gets a result:
+    /// a timeout, or a backend that answers for the wrong number of leases, fails them
+    /// all.
+    pub(super) async fn refresh(mut self) -> Refreshed {
+        let (ttl, limit) = (self.ttl, self.limit);
         let sent = Instant::now();
         let backend = &self.backend;
         let count = self.leases.len();
