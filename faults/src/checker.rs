@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use super::log::{Event, EventKind, Fault, Mono, between};
 
+pub mod fires;
 #[cfg(test)]
 mod tests;
 
@@ -219,7 +220,11 @@ pub fn tenures(events: &[Event]) -> Vec<Tenure> {
                     t.end.get_or_insert(event.at);
                 }
             }
-            EventKind::Cancelled { .. } | EventKind::Other { .. } => {}
+            EventKind::Cancelled { .. }
+            | EventKind::Other { .. }
+            | EventKind::Scheduled { .. }
+            | EventKind::FireStarted { .. }
+            | EventKind::FireDone { .. } => {}
         }
     }
     tenures.sort_by_key(|t| t.acquired);

@@ -38,6 +38,21 @@ pub struct ClusterConfig {
     pub step: Duration,
     /// The ACL user members connect as on Redis (ignored by the other backends).
     pub redis_user: RedisUser,
+    /// Run the routine on a schedule instead of keeping it running (each run one
+    /// `step`).
+    pub schedule: Option<ScheduleConfig>,
+}
+
+/// A scheduled cluster's schedule and its members' wall clocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    /// `RunOptions::every`.
+    pub every: Duration,
+    /// `RunOptions::max_clock_offset`.
+    pub max_clock_offset: Duration,
+    /// Member `i`'s wall clock is offset from the system's by entry `i % len` of this,
+    /// in milliseconds (negative: behind); empty: no offsets.
+    pub clock_offsets_ms: Vec<i64>,
 }
 
 impl ClusterConfig {
@@ -51,6 +66,7 @@ impl ClusterConfig {
             ttl: backend.test_ttl(),
             step: Duration::from_millis(50),
             redis_user: RedisUser::Default,
+            schedule: None,
         }
     }
 }
@@ -66,6 +82,9 @@ pub struct Run {
     pub end: Mono,
     /// The lease TTL.
     pub ttl: Duration,
+    /// The system's wall clock and `CLOCK_MONOTONIC` read together when the cluster
+    /// started: wall-clock instants (scheduled fires) map to the events' clock through it.
+    pub clock_origin: (std::time::SystemTime, Mono),
 }
 
 impl Run {
@@ -121,6 +140,7 @@ pub struct Cluster {
     pub(super) members: Vec<Member>,
     pub(super) shared: Arc<Shared>,
     pub(super) faults: Vec<Fault>,
+    clock_origin: (std::time::SystemTime, Mono),
 }
 
 impl Cluster {
@@ -147,6 +167,7 @@ impl Cluster {
                 changed: watch::channel(0).0,
             }),
             faults: Vec::new(),
+            clock_origin: (std::time::SystemTime::now(), now()),
             config,
         };
         for _ in 0..cluster.config.members {
@@ -166,12 +187,33 @@ impl Cluster {
     ///
     /// If the proxy or the process cannot be started.
     pub async fn add_member(&mut self) -> anyhow::Result<usize> {
+        let offset = self.config.schedule.as_ref().and_then(|s| {
+            let offsets = &s.clock_offsets_ms;
+            (!offsets.is_empty()).then(|| offsets[self.members.len() % offsets.len()])
+        });
+        self.add_member_with_clock_offset(offset.unwrap_or(0)).await
+    }
+
+    /// Starts one more member whose wall clock is offset by `offset_ms` (only scheduled
+    /// clusters use it); returns its index.
+    ///
+    /// # Errors
+    ///
+    /// If the proxy or the process cannot be started.
+    pub async fn add_member_with_clock_offset(&mut self, offset_ms: i64) -> anyhow::Result<usize> {
         let index = self.members.len();
         let server = self.server()?;
         let proxy = Proxy::start(server.port()).await?;
         let url = server.url_as(proxy.port(), self.config.redis_user);
         let format = |d: Duration| humantime::format_duration(d).to_string();
-        let mut child = Command::new(&self.config.member_exe)
+        let mut command = Command::new(&self.config.member_exe);
+        if let Some(schedule) = &self.config.schedule {
+            command
+                .args(["--every", &format(schedule.every)])
+                .args(["--max-clock-offset", &format(schedule.max_clock_offset)])
+                .args(["--clock-offset", &offset_ms.to_string()]);
+        }
+        let mut child = command
             .args(["--backend", &url, "--name", &self.config.name])
             .args(["--ttl", &format(self.config.ttl)])
             .args(["--step", &format(self.config.step)])
@@ -340,6 +382,7 @@ impl Cluster {
             faults: self.faults.clone(),
             end,
             ttl: self.config.ttl,
+            clock_origin: self.clock_origin,
         };
         stopped.map(|()| run)
     }

@@ -25,7 +25,10 @@
 //! [`Cluster::redis_command_counts`] reads the server's `INFO commandstats` to show it.
 //! [`scenario::inject`] plays one fault out; the [`checker`] reports overlaps, stale
 //! steps and whether fencing would have rejected them, takeover times and gaps, and
-//! [`scenario::judge`] holds them against the design's [`Bounds`]. [`soak`] injects
+//! [`scenario::judge`] holds them against the design's [`Bounds`]. [`scheduled`] runs
+//! members on a schedule (`RunOptions::every`) with wall clocks offset from each other
+//! and a runner killed mid-run; [`checker::fires`] checks that each fire ran at most
+//! once and none was missed while every member was up. [`soak`] injects
 //! random faults for minutes and writes the results as Markdown.
 //!
 //! ```no_run
@@ -51,13 +54,14 @@ mod inject;
 mod log;
 mod proxy;
 pub mod scenario;
+pub mod scheduled;
 mod server;
 mod session;
 pub mod soak;
 mod waits;
 
 pub use checker::{Report, StaleStep, Takeover, Tenure};
-pub use cluster::{Cluster, ClusterConfig, Run};
+pub use cluster::{Cluster, ClusterConfig, Run, ScheduleConfig};
 pub use credentials::CommandCount;
 pub use inject::FaultId;
 pub use log::{Event, EventKind, Fault, FaultKind, Mono, between, now};

@@ -67,6 +67,27 @@ pub enum EventKind {
     Stopped,
     /// The process exited (recorded by the harness when it reaped it).
     Exited,
+    /// A scheduled member started its schedule (`--every`).
+    Scheduled {
+        /// Its wall clock's offset from the system's, in milliseconds.
+        clock_offset_ms: i64,
+    },
+    /// A scheduled run started.
+    FireStarted {
+        /// The fire it runs (`leasehold::scheduled_fire()`), in UNIX milliseconds.
+        fire_ms: u64,
+        /// The run's fencing token (of the name's lease).
+        token: u64,
+    },
+    /// A scheduled run ended (`at` is its end).
+    FireDone {
+        /// The fire, in UNIX milliseconds.
+        fire_ms: u64,
+        /// When the run started.
+        started: Mono,
+        /// Whether the run saw its cancellation instead of finishing its step.
+        cancelled: bool,
+    },
     /// Any other line (`backend_error`, `refresh_failed`, ...), by its `event` name.
     Other {
         /// The `event` field.
@@ -91,6 +112,18 @@ impl Event {
             ("lost", Some(token)) => EventKind::Lost { token },
             ("released", Some(token)) => EventKind::Released { token },
             ("stopped", _) => EventKind::Stopped,
+            ("scheduled", _) => EventKind::Scheduled {
+                clock_offset_ms: value["clock_offset_ms"].as_i64()?,
+            },
+            ("fire_started", Some(token)) => EventKind::FireStarted {
+                fire_ms: value["fire_ms"].as_u64()?,
+                token,
+            },
+            ("fire_done", Some(_)) => EventKind::FireDone {
+                fire_ms: value["fire_ms"].as_u64()?,
+                started: value["started_ns"].as_u64()?,
+                cancelled: value["cancelled"].as_bool()?,
+            },
             (other, _) => EventKind::Other {
                 event: other.to_owned(),
             },

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use leasehold_faults::checker::ms;
 use leasehold_faults::scenario::{self, judge};
+use leasehold_faults::scheduled::{self, ScheduledConfig};
 use leasehold_faults::{
     BackendKind, Bounds, Cluster, ClusterConfig, EventKind, FaultKind, RedisUser,
 };
@@ -235,6 +236,53 @@ async fn members_without_channel_permissions() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scheduled fires under clock skew (-3 s, 0, +3 s within the default 10 s bound),
+/// with the member running a fire killed mid-run once: no fire runs twice, only the
+/// killed runner's fire is lost, and no fire is missed while every member is up and no
+/// fault is near.
+async fn scheduled_clock_skew(backend: BackendKind) -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let config =
+        ScheduledConfig::clock_skew_with_kill(env!("CARGO_BIN_EXE_faults-member"), backend);
+    let Some(result) = scheduled::run(config).await? else {
+        return Ok(());
+    };
+    println!("{}", result.row());
+    println!("{}: {}", backend.name(), result.report.summary());
+    let problems = result.problems();
+    assert!(
+        problems.is_empty(),
+        "{problems:?}
+{:?}",
+        result.report
+    );
+    assert!(
+        result.report.expected.len() >= 8,
+        "about ten fires must have been watched: {}",
+        result.report.summary()
+    );
+    Ok(())
+}
+
+/// The negative control: the same clocks with `max_clock_offset` 1 s, below their 6 s
+/// spread. Claims expire before the members behind get to the fire, so fires run more
+/// than once, and the check must see it.
+async fn scheduled_beyond_the_bound(backend: BackendKind) -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let config = ScheduledConfig::beyond_the_bound(env!("CARGO_BIN_EXE_faults-member"), backend);
+    let Some(result) = scheduled::run(config).await? else {
+        return Ok(());
+    };
+    println!("{}", result.row());
+    println!("{}: {}", backend.name(), result.report.summary());
+    assert!(
+        !result.report.duplicates.is_empty(),
+        "clocks further apart than max_clock_offset must run some fire twice: {}",
+        result.report.summary()
+    );
+    Ok(())
+}
+
 /// One test per fault for `$backend`, in module `$module`, and after a `;` the tests of
 /// faults only that backend has.
 macro_rules! fault_tests {
@@ -282,6 +330,18 @@ macro_rules! fault_tests {
             async fn paused_server_has_a_holder_again_within_the_bound_without_overlap()
             -> anyhow::Result<()> {
                 fault($backend, FaultKind::ServerPause).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn scheduled_fires_run_once_under_clock_skew_and_a_runner_killed_mid_run()
+            -> anyhow::Result<()> {
+                scheduled_clock_skew($backend).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn scheduled_fires_run_twice_when_clocks_are_beyond_the_bound()
+            -> anyhow::Result<()> {
+                scheduled_beyond_the_bound($backend).await
             }
 
             $($($only)*)?

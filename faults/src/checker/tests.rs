@@ -229,3 +229,105 @@ fn a_token_not_above_an_earlier_one_is_a_regression() {
     let report = check(&events, &[], t(300), TTL);
     assert_eq!(report.token_regressions, vec![(t(200), 3, 8)]);
 }
+
+mod fires {
+    use std::time::{Duration, SystemTime};
+
+    use super::{ev, fault, t};
+    use crate::checker::fires::{FireParams, check};
+    use crate::log::{Event, EventKind, FaultKind};
+
+    /// Wall-clock second 1000 (fire 1_000_000 ms) is monotonic 0.
+    const ORIGIN: u64 = 1_000_000;
+
+    fn params(members: usize) -> FireParams {
+        FireParams {
+            period: Duration::from_secs(1),
+            tolerance: Duration::from_millis(100),
+            members,
+            settle: Duration::from_secs(2),
+            origin: (SystemTime::UNIX_EPOCH + Duration::from_secs(1000), t(0)),
+        }
+    }
+
+    fn scheduled(member: usize, ms: u64, offset: i64) -> Event {
+        ev(
+            member,
+            ms,
+            EventKind::Scheduled {
+                clock_offset_ms: offset,
+            },
+        )
+    }
+
+    /// A run of fire `second` (from the origin) by `member` from `from` to `to` ms.
+    fn run(member: usize, second: u64, from: u64, to: u64) -> [Event; 2] {
+        let fire_ms = ORIGIN + second * 1000;
+        [
+            ev(member, from, EventKind::FireStarted { fire_ms, token: 1 }),
+            ev(
+                member,
+                to,
+                EventKind::FireDone {
+                    fire_ms,
+                    started: t(from),
+                    cancelled: false,
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_fire_started_by_two_members_is_a_duplicate() {
+        let mut events = vec![scheduled(0, 0, 0), scheduled(1, 0, -500)];
+        events.extend(run(0, 1, 1000, 1100));
+        events.extend(run(1, 1, 1500, 1600));
+        events.extend(run(0, 2, 2000, 2100));
+        let report = check(&events, &[], t(3000), &params(2));
+        assert_eq!(report.duplicates, [ORIGIN + 1000]);
+        assert_eq!(report.expected, [ORIGIN + 1000, ORIGIN + 2000]);
+        assert!(report.missed.is_empty() && report.lost.is_empty());
+    }
+
+    #[test]
+    fn a_fire_missed_while_every_member_was_up_fails_unless_a_fault_was_near() {
+        let mut events = vec![scheduled(0, 0, 0), scheduled(1, 0, 0)];
+        events.extend(run(0, 1, 1000, 1100));
+        events.extend(run(0, 3, 3000, 3100));
+        let report = check(&events, &[], t(4000), &params(2));
+        assert_eq!(report.missed, [ORIGIN + 2000]);
+        assert_eq!(report.missed_unexcused, [ORIGIN + 2000]);
+
+        let kill = fault(FaultKind::Kill, Some(1), Some(1), 500, 500);
+        let report = check(&events, &[kill], t(4000), &params(2));
+        assert_eq!(report.missed, [ORIGIN + 2000]);
+        assert!(report.missed_unexcused.is_empty());
+
+        // Only one member up: a figure, not a failure.
+        let report = check(&events, &[], t(4000), &params(3));
+        assert!(report.missed_unexcused.is_empty());
+    }
+
+    #[test]
+    fn a_run_cut_short_before_the_stop_loses_its_fire_and_one_cut_by_the_stop_does_not() {
+        let mut events = vec![scheduled(0, 0, 0), scheduled(1, 0, 0)];
+        events.extend(run(1, 1, 1000, 1100));
+        let fire_ms = ORIGIN + 2000;
+        events.push(ev(0, 2000, EventKind::FireStarted { fire_ms, token: 2 }));
+        events.push(ev(0, 2050, EventKind::Exited));
+        let fire_ms = ORIGIN + 3000;
+        events.push(ev(1, 3000, EventKind::FireStarted { fire_ms, token: 3 }));
+        events.push(ev(
+            1,
+            3200,
+            EventKind::FireDone {
+                fire_ms,
+                started: t(2999),
+                cancelled: true,
+            },
+        ));
+        let report = check(&events, &[], t(3100), &params(1));
+        assert_eq!(report.lost, [ORIGIN + 2000]);
+        assert!(report.duplicates.is_empty());
+    }
+}
