@@ -41,9 +41,11 @@ use crate::health::LateLease;
 use crate::metrics::{self, Raised};
 
 mod batch;
+mod timing;
 mod watch;
 
 use batch::{Batch, Refreshed, RefreshedLease};
+use timing::LeaseTiming;
 pub(crate) use watch::RefreshNews;
 use watch::Watch;
 
@@ -99,31 +101,6 @@ impl Entry {
     /// The batch the lease goes into: its backend's and its TTL's.
     fn group(&self) -> (*const (), Duration) {
         (Arc::as_ptr(&self.backend).cast::<()>(), self.timing.ttl)
-    }
-}
-
-/// What the keeper needs of a routine's settings to keep its lease.
-#[derive(Clone, Copy)]
-struct LeaseTiming {
-    ttl: Duration,
-    refresh_interval: Duration,
-    safety_margin: Duration,
-    request_timeout: Duration,
-}
-
-impl LeaseTiming {
-    fn of(config: &RunnerConfig) -> Self {
-        Self {
-            ttl: config.lease_ttl,
-            refresh_interval: config.refresh_interval,
-            safety_margin: config.safety_margin,
-            request_timeout: config.request_timeout,
-        }
-    }
-
-    /// The local deadline of a lease confirmed by a call made at `sent`.
-    fn local_deadline(&self, sent: Instant) -> Instant {
-        sent + self.ttl.saturating_sub(self.safety_margin)
     }
 }
 

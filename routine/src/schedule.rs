@@ -1,5 +1,6 @@
 //! The scheduling loop: a scheduled routine's task waits for each fire on the wall clock,
-//! claims it cluster-wide, and runs it under the name's lease with [`hold`].
+//! claims it cluster-wide, and runs it under the name's lease with
+//! [`hold`](crate::hold::hold) (`run.rs`).
 //!
 //! Each fire is claimed by taking the lease `<name>@<fire>` (see `spec::fire_id`) for
 //! the *retention* and not giving it back after the run: a member whose clock is behind
@@ -10,13 +11,14 @@
 //! clean up dropped leases in the background (etcd deletes the key, PostgreSQL unlocks
 //! it), while Redis and memory would just let it expire by its TTL.
 //!
-//! The run itself uses the same machinery as every leased routine: [`hold`] refreshes
-//! the name's lease with the keeper and drops the routine at the hard local deadline.
+//! The run itself uses the same machinery as every leased routine: `hold` refreshes the
+//! name's lease with the keeper and drops the routine at the hard local deadline.
 //! A run's timeout and [`hold_at_least`](crate::RunOptions::hold_at_least) wrap the
 //! routine's future, so the hold sees one future from start to end.
 
 mod due;
 mod keys;
+mod run;
 pub(crate) mod spec;
 mod wrap;
 
@@ -30,15 +32,13 @@ use tracing::Instrument;
 use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
 use crate::events::{EventKind, FireSkipReason};
-use crate::hold::{HoldEnd, hold};
 use crate::options::ScheduleOptions;
 use crate::outcome::Outcome;
 use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
 pub(crate) use keys::check;
-use keys::{fire_key, slot_keys};
+use keys::fire_key;
 use spec::{Timing, fire_id};
-use wrap::{RunBounds, wrap};
 
 pub use wrap::scheduled_fire;
 
@@ -72,7 +72,7 @@ pub(crate) struct Schedule<'a> {
     backend: BackendSlot,
     options: ScheduleOptions,
     timing: Timing,
-    /// Shared with the wrapper each run hands to [`hold`].
+    /// Shared with the wrapper each run hands to [`hold`](crate::hold::hold).
     routine: Arc<Mutex<RoutineFn>>,
     error_backoff: Backoff,
 }
@@ -246,119 +246,6 @@ impl<'a> Schedule<'a> {
                 .instrument(span),
         )
         .await
-    }
-
-    /// Takes a run slot (waiting for one unless `skip_if_held`) and runs the claimed
-    /// `fire` under it.
-    ///
-    /// The wait ends with the claim, at `claimed_until`: a name held all along (a
-    /// keep-running routine of the same name, a run that does not end) would otherwise
-    /// keep this member from every later fire, while past its claim the fire is no
-    /// longer this member's to run.
-    async fn run_fire(
-        &mut self,
-        backend: &Arc<dyn LockBackend>,
-        fire: SystemTime,
-        claimed_until: Instant,
-    ) -> Next {
-        let slots = match slot_keys(&self.name, self.options.instances) {
-            Ok(slots) => slots,
-            Err(error) => return Next::Stop(Outcome::Failed(Arc::new(error))),
-        };
-        let config = self.task.config();
-        let mut contended = false;
-        loop {
-            if Instant::now() >= claimed_until {
-                tracing::warn!(
-                    fire = %fire_id(fire),
-                    "name held while the fire's claim lasted; fire skipped"
-                );
-                self.skipped(fire, FireSkipReason::NoLeaseInTime);
-                return Next::Continue;
-            }
-            for slot in &slots {
-                let tried = self.attempt(&**backend, slot, config.lease_ttl, None).await;
-                let Some(Tried::Answered(result, sent)) = tried else {
-                    return Next::Stop(self.stopped());
-                };
-                match result {
-                    Ok(Some(lease)) => {
-                        self.error_backoff.reset();
-                        return self.hold_run(backend, lease, sent, fire).await;
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        if let Some(next) = self.backend_error(error).await {
-                            return next;
-                        }
-                    }
-                }
-            }
-            if self.options.skip_if_held {
-                tracing::info!(
-                    fire = %fire_id(fire),
-                    "name held by another run; fire skipped"
-                );
-                self.skipped(fire, FireSkipReason::Held);
-                return Next::Continue;
-            }
-            if !contended {
-                contended = true;
-                // Who holds the (first) slot, asked once per wait, for display only.
-                let describe =
-                    tokio::time::timeout(config.request_timeout, backend.describe(&slots[0]));
-                let info = match describe.await {
-                    Ok(Ok(info)) => info,
-                    _ => None,
-                };
-                let holder = info.as_ref().and_then(|info| info.holder.clone());
-                self.task.emit(EventKind::Contended {
-                    holder: holder.clone(),
-                    token: info.and_then(|info| info.fencing_token),
-                });
-                self.task.set_state(RoutineState::Waiting { holder });
-            }
-            // One slot: wake on its release; more: try them all again after the retry
-            // interval (a release of any of them would do).
-            let released = if slots.len() == 1 {
-                backend.released(&slots[0])
-            } else {
-                Box::pin(std::future::pending())
-            };
-            let task = self.task;
-            tokio::select! {
-                biased;
-                _ = task.shared().aborted() => return Next::Stop(self.stopped()),
-                _ = task.cancel().cancelled() => return Next::Stop(self.stopped()),
-                _ = released => {}
-                _ = tokio::time::sleep(config.retry_interval) => {}
-                _ = tokio::time::sleep_until(claimed_until) => {}
-            }
-        }
-    }
-
-    /// Runs the routine for `fire` under `lease`, with the run's timeout and minimum hold.
-    async fn hold_run(
-        &mut self,
-        backend: &Arc<dyn LockBackend>,
-        lease: Box<dyn Lease>,
-        sent: Instant,
-        fire: SystemTime,
-    ) -> Next {
-        let bounds = RunBounds {
-            timeout: self.options.timeout,
-            at_least: self.options.hold_at_least,
-            grace: self.task.config().grace_period,
-        };
-        let mut wrapped = wrap(&self.routine, fire, bounds);
-        let end = hold(self.task, Arc::clone(backend), lease, sent, &mut wrapped).await;
-        match end {
-            HoldEnd::Returned | HoldEnd::LeaseLost => Next::Continue,
-            // Logged and reported by the task; the next fire runs as scheduled.
-            HoldEnd::Panicked(_) => Next::Continue,
-            HoldEnd::Cancelled => Next::Stop(Outcome::Cancelled),
-            HoldEnd::Aborted => Next::Stop(Outcome::Aborted),
-        }
     }
 
     /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`.
