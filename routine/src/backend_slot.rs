@@ -53,8 +53,9 @@ impl BackendSlot {
     }
 
     /// The backend, connecting it first if needed. A failed connection is tried again
-    /// on the next call. A backend connected here is checked against the runner's lease
-    /// `ttl`, which the builder could not do before it existed.
+    /// on the next call. A backend connected here is checked against the lease `ttl` (the
+    /// routine's, which is the runner's unless the routine sets its own), which the
+    /// builder could not do before it existed.
     pub(crate) async fn get(&self, ttl: Duration) -> Result<Arc<dyn LockBackend>> {
         match self {
             BackendSlot::Ready(backend) => Ok(Arc::clone(backend)),

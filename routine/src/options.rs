@@ -12,7 +12,8 @@ use crate::schedule::spec::{MissedFires, Timing, WallClock};
 /// name in its logs. [`RunOptions::keep_running_one_instance`] keeps one instance running
 /// across the cluster; [`RunOptions::every`] and [`RunOptions::cron`] run it on a
 /// schedule, each fire once across the cluster, and take the builder-style settings
-/// below.
+/// below. Every leased routine may also have its own [lease TTL](RunOptions::lease_ttl)
+/// and [backoff](RunOptions::backoff), instead of the runner's.
 ///
 /// # Examples
 ///
@@ -180,7 +181,9 @@ impl RunOptions {
     ///
     /// `late limit + max clock offset + request timeout + safety margin`,
     ///
-    /// where the late limit is the [tolerance](RunOptions::tolerance) (or the
+    /// where the request timeout and safety margin are the routine's (see
+    /// [`lease_ttl`](RunOptions::lease_ttl)), the late limit is the
+    /// [tolerance](RunOptions::tolerance) (or the
     /// [catch-up window](RunOptions::catch_up_window) when missed fires are caught up),
     /// and only then released. Members that come to the fire later find it claimed and
     /// skip it. The member that claimed it takes the name's lease (or one of the
@@ -364,7 +367,9 @@ impl RunOptions {
     /// from (the runner's own rule), or outside the backend's TTL bounds, the routine
     /// ends with [`Outcome::Failed`](crate::Outcome::Failed) and an
     /// [`Error::Config`](crate::Error::Config) naming `lease_ttl`; so does setting it on a
-    /// routine without a lease.
+    /// routine without a lease. A backend the runner connects lazily (from a URL) is
+    /// checked when it connects: a TTL outside its bounds then fails the routine with
+    /// [`Error::InvalidTtl`](crate::Error::InvalidTtl).
     ///
     /// # Examples
     ///
