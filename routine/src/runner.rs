@@ -177,7 +177,9 @@ impl Runner {
             .boxed()
     }
 
-    /// The runner's settings.
+    /// The runner's settings. A routine started with its own
+    /// [`lease_ttl`](RunOptions::lease_ttl) or [`backoff`](RunOptions::backoff) uses
+    /// settings derived from those instead (see [`RunOptions::lease_ttl`]).
     pub fn config(&self) -> &RunnerConfig {
         self.shared.config()
     }

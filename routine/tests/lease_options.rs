@@ -243,6 +243,44 @@ async fn the_routines_backoff_bounds_the_restart_delay_after_panics() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_routines_backoff_bounds_the_wait_after_backend_errors() {
+    let backend = MemoryBackend::new();
+    backend.set_unavailable(true);
+    let runner = Runner::builder()
+        .with_backend(backend.clone())
+        .with_lease_ttl(Duration::from_secs(60))
+        .with_signal_handling(false)
+        .build()
+        .unwrap();
+    let mut events = runner.subscribe();
+    let _waiting = idle(
+        &runner,
+        "unlucky",
+        RunOptions::keep_running_one_instance()
+            .backoff(Duration::from_millis(100), Duration::from_millis(200)),
+    );
+    let mut errors = Vec::new();
+    while errors.len() < 6 {
+        let error = wait_for(
+            &mut events,
+            Duration::from_secs(1),
+            "backend error",
+            kind!(EventKind::BackendError { .. }),
+        )
+        .await;
+        errors.push(error.at);
+    }
+    for pair in errors.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(100) && gap <= Duration::from_millis(200),
+            "each retry after a backend error waits within the routine's backoff \
+             [100 ms, 200 ms] (the runner's starts at 12 s), waited {gap:?}"
+        );
+    }
+}
+
 /// The setting named by the `Config` error `options` fail the routine with.
 async fn failing_setting(runner: &Runner, options: RunOptions) -> String {
     let outcome = idle(runner, "bad", options).join().await;
