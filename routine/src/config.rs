@@ -114,12 +114,12 @@ impl RunnerConfig {
             config.safety_margin = defaults.safety_margin;
             config.grace_period = defaults.grace_period;
             config.request_timeout = defaults.request_timeout;
+            // Every setting left to check follows from the TTL: a problem is the TTL's.
+            config.validate(|_| false).map_err(|error| match error {
+                Error::InvalidTtl { reason, .. } => Error::config("lease_ttl", reason),
+                other => Error::config("lease_ttl", other.to_string()),
+            })?;
         }
-        // Every setting left to check follows from the TTL: a problem is the TTL's.
-        config.validate(|_| false).map_err(|error| match error {
-            Error::InvalidTtl { reason, .. } => Error::config("lease_ttl", reason),
-            other => Error::config("lease_ttl", other.to_string()),
-        })?;
         Ok(config)
     }
 
