@@ -272,10 +272,11 @@ mod tests {
             Capabilities::new()
         }
 
-        async fn try_acquire(
+        async fn try_acquire_as(
             &self,
             _key: &LockKey,
             _ttl: Duration,
+            _holder: &str,
         ) -> leasehold::Result<Option<Box<dyn Lease>>> {
             Ok(None)
         }

@@ -33,11 +33,18 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// What this backend supports.
     fn capabilities(&self) -> Capabilities;
 
-    /// Tries once to take `key` for `ttl`.
+    /// Tries once to take `key` for `ttl`, as the holder named `holder`.
     ///
     /// Returns `Ok(Some(lease))` if the key was free and is now ours, and `Ok(None)` if
     /// someone else holds it. Contention is never an error. Every successful acquisition
     /// carries a [`FencingToken`] greater than that of every earlier acquisition of `key`.
+    ///
+    /// A backend stores `holder` with the lease, so that [`describe`](LockBackend::describe)
+    /// and [`list`](LockBackend::list) can say who holds it (one that cannot may ignore
+    /// it). The runner acquires with its identity; a backend that wraps another passes
+    /// `holder` on. `holder` must pass
+    /// [`check_holder_identity`](crate::check_holder_identity), or the call fails with
+    /// [`Error::Config`](crate::Error::Config) and takes nothing.
     ///
     /// # Errors
     ///
@@ -51,32 +58,26 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     ///
     /// If the future is dropped before it completes, the key may have been taken on the
     /// server; it is then released by its TTL. Callers should not cancel needlessly.
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>>;
-
-    /// [`try_acquire`](LockBackend::try_acquire), storing `holder` as the lease's holder
-    /// identity, so that [`describe`](LockBackend::describe) and [`list`](LockBackend::list)
-    /// can say who holds it. The runner acquires through this with its identity.
-    ///
-    /// `holder` must pass [`check_holder_identity`](crate::check_holder_identity). The
-    /// default ignores it and calls `try_acquire`; a backend that stores identities
-    /// overrides this, and makes `try_acquire` use
-    /// [`process_identity`](crate::process_identity).
-    ///
-    /// # Errors
-    ///
-    /// As for [`try_acquire`](LockBackend::try_acquire).
-    ///
-    /// # Cancel safety
-    ///
-    /// As for [`try_acquire`](LockBackend::try_acquire).
     async fn try_acquire_as(
         &self,
         key: &LockKey,
         ttl: Duration,
         holder: &str,
-    ) -> Result<Option<Box<dyn Lease>>> {
-        let _ = holder;
-        self.try_acquire(key, ttl).await
+    ) -> Result<Option<Box<dyn Lease>>>;
+
+    /// [`try_acquire_as`](LockBackend::try_acquire_as) as this process
+    /// ([`process_identity`](crate::process_identity)).
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire_as`](LockBackend::try_acquire_as).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`try_acquire_as`](LockBackend::try_acquire_as).
+    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        self.try_acquire_as(key, ttl, crate::process_identity())
+            .await
     }
 
     /// Who holds `key` now: `Ok(None)` if nobody does.

@@ -103,7 +103,12 @@ pub enum RefreshStart<P> {
 ///     fn capabilities(&self) -> Capabilities {
 ///         Capabilities::new()
 ///     }
-///     async fn try_acquire(&self, key: &LockKey, _: Duration) -> Result<Option<Box<dyn Lease>>> {
+///     async fn try_acquire_as(
+///         &self,
+///         key: &LockKey,
+///         _: Duration,
+///         _holder: &str,
+///     ) -> Result<Option<Box<dyn Lease>>> {
 ///         Ok(Some(Box::new(KvLease { key: key.clone() })))
 ///     }
 ///     async fn released(&self, _key: &LockKey) -> Result<()> {

@@ -189,11 +189,6 @@ impl LockBackend for MemoryBackend {
         CAPABILITIES
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.try_acquire_as(key, ttl, crate::process_identity())
-            .await
-    }
-
     async fn try_acquire_as(
         &self,
         key: &LockKey,

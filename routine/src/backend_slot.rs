@@ -105,12 +105,13 @@ mod tests {
             self.0.capabilities().with_min_ttl(Duration::from_secs(1))
         }
 
-        async fn try_acquire(
+        async fn try_acquire_as(
             &self,
             key: &LockKey,
             ttl: Duration,
+            holder: &str,
         ) -> Result<Option<Box<dyn Lease>>> {
-            self.0.try_acquire(key, ttl).await
+            self.0.try_acquire_as(key, ttl, holder).await
         }
 
         async fn released(&self, key: &LockKey) -> Result<()> {

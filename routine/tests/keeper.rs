@@ -35,8 +35,13 @@ impl LockBackend for Counting {
         self.inner.capabilities()
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.inner.try_acquire(key, ttl).await
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        self.inner.try_acquire_as(key, ttl, holder).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {
@@ -200,11 +205,16 @@ impl LockBackend for SlowAcquire {
         self.inner.capabilities()
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
         if *key == self.slow {
             tokio::time::sleep(self.delay).await;
         }
-        self.inner.try_acquire(key, ttl).await
+        self.inner.try_acquire_as(key, ttl, holder).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {

@@ -114,12 +114,13 @@ impl LockBackend for SlowReplies {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn try_acquire(
+    async fn try_acquire_as(
         &self,
         key: &LockKey,
         ttl: Duration,
+        holder: &str,
     ) -> leasehold::Result<Option<Box<dyn Lease>>> {
-        let lease = self.inner.try_acquire(key, ttl).await;
+        let lease = self.inner.try_acquire_as(key, ttl, holder).await;
         tokio::time::sleep(self.delay).await;
         lease
     }

@@ -52,8 +52,13 @@ impl LockBackend for Recording {
             .with_min_ttl(Duration::from_millis(500))
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.inner.try_acquire(key, ttl).await
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        self.inner.try_acquire_as(key, ttl, holder).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {

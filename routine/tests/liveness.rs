@@ -37,9 +37,14 @@ impl LockBackend for Odd {
         self.inner.capabilities()
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
         self.acquires.fetch_add(1, Ordering::Relaxed);
-        self.inner.try_acquire(key, ttl).await
+        self.inner.try_acquire_as(key, ttl, holder).await
     }
 
     async fn released(&self, key: &LockKey) -> Result<()> {

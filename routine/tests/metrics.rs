@@ -460,10 +460,6 @@ impl LockBackend for Revocable {
         self.inner.capabilities()
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        Ok(self.wrap(self.inner.try_acquire(key, ttl).await?))
-    }
-
     async fn try_acquire_as(
         &self,
         key: &LockKey,

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use leasehold_core::{
     BatchRefresh, BatchRefreshExt, Capabilities, Lease, LeaseInfo, LockBackend, LockKey,
-    RefreshStart, Result, check_holder_identity, process_identity,
+    RefreshStart, Result, check_holder_identity,
 };
 use tokio::sync::oneshot;
 
@@ -309,11 +309,6 @@ impl LockBackend for EtcdBackend {
     /// with a longer TTL, and leases of other backends, are refreshed one by one.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
         Batched(self).refresh_batched(leases, ttl).await
-    }
-
-    /// Acquires in the name of [`process_identity`].
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.acquire(key, ttl, process_identity()).await
     }
 
     /// Stores `holder` in the key's value, with the holder's wall-clock time (see

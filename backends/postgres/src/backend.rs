@@ -153,12 +153,6 @@ impl LockBackend for PostgresBackend {
         Batched(self).refresh_batched(leases, ttl).await
     }
 
-    /// Acquires as [`process_identity`](leasehold_core::process_identity).
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.try_acquire_as(key, ttl, leasehold_core::process_identity())
-            .await
-    }
-
     /// Stores `holder` in the key's fencing row (`holder_identity`), written by the
     /// statement that takes the lock: no extra round trip.
     async fn try_acquire_as(

@@ -215,12 +215,6 @@ impl LockBackend for RedisBackend {
         CAPABILITIES
     }
 
-    /// Acquires as [`process_identity`](leasehold_core::process_identity).
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.try_acquire_as(key, ttl, leasehold_core::process_identity())
-            .await
-    }
-
     /// Stores `holder` in the lock's value, with the fencing token and the server's time
     /// of the acquisition (see the [crate documentation](crate)); still one script call.
     async fn try_acquire_as(

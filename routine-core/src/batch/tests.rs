@@ -59,7 +59,12 @@ impl LockBackend for Batcher {
         Capabilities::new()
     }
 
-    async fn try_acquire(&self, key: &LockKey, _ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        _ttl: Duration,
+        _holder: &str,
+    ) -> Result<Option<Box<dyn Lease>>> {
         Ok(Some(self.lease(key.as_str())))
     }
 

@@ -34,10 +34,6 @@ impl LockBackend for Counting {
         self.inner.capabilities()
     }
 
-    async fn try_acquire(&self, key: &LockKey, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        self.inner.try_acquire(key, ttl).await
-    }
-
     async fn try_acquire_as(
         &self,
         key: &LockKey,
