@@ -111,7 +111,7 @@ pub struct ScheduledResult {
 
 impl ScheduledResult {
     /// What breaks the guarantee within the bound: duplicates, fires lost other than the
-    /// killed runner's, unexcused misses. Empty if none. (For a negative control the
+    /// killed runner's, unexcused misses; and a kill that missed its run. Empty if none. (For a negative control the
     /// caller asserts duplicates instead.)
     pub fn problems(&self) -> Vec<String> {
         let r = &self.report;
@@ -126,6 +126,14 @@ impl ScheduledResult {
                     "fire {fire} was lost without its runner being killed"
                 ));
             }
+        }
+        if let Some((member, fire)) = self.killed
+            && !r.lost.contains(&fire)
+        {
+            problems.push(format!(
+                "member {member} was killed running fire {fire}, but that run was not cut \
+                 short (the kill missed the run)"
+            ));
         }
         for fire in &r.missed_unexcused {
             problems.push(format!(
