@@ -3,12 +3,10 @@
 use std::io::Write;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use futures::FutureExt;
+use futures::{FutureExt as _, StreamExt as _};
 use leasehold::{LockBackend, LockKey};
-use leasehold_core::LeaseInfo;
 
 use crate::error::AdminError;
 use crate::render::{self, LeaseJson};
@@ -61,27 +59,12 @@ pub(crate) async fn show(
     Ok(())
 }
 
-/// Who holds a lease, as far as `watch` tells changes apart: a new acquisition has a new
-/// fencing token, so holder and token together name one holding (`None`: free).
-type Holding = Option<(Option<String>, Option<u64>)>;
-
-fn holding(info: &Option<LeaseInfo>) -> Holding {
-    info.as_ref()
-        .map(|info| (info.holder.clone(), info.fencing_token.map(u64::from)))
-}
-
-/// The least time between two reads, so that a backend whose release notification wakes
-/// spuriously cannot make `watch` spin.
-const MIN_READ_GAP: Duration = Duration::from_millis(50);
-
 /// `watch`: prints the lease's state, then a line each time its holder changes, until
 /// Ctrl-C (or SIGTERM).
 ///
-/// It reads with `describe` at every `interval` and at once when the backend pushes a
-/// release (`released`). The release future is polled once before each read, so that a
-/// release that happens between the read and the wait still wakes it (the contract of
-/// `released`). Transient errors (the server restarting) are printed and the watch goes
-/// on; any other error ends it.
+/// The changes come from [`leasehold::observe`]: a release at once through the backend's
+/// notification, anything else within `interval`. Transient errors (the server
+/// restarting) are printed and the watch goes on; any other error ends it.
 pub(crate) async fn watch(
     backend: Arc<dyn LockBackend>,
     name: &str,
@@ -90,74 +73,29 @@ pub(crate) async fn watch(
 ) -> Result<(), AdminError> {
     let key = LockKey::new(name)?;
     let mut stop = pin!(stop_signal());
-    let mut last: Option<Holding> = None;
-    let mut notifications = true;
-    let mut failing = false;
+    let mut changes = pin!(leasehold::observe(backend, key.clone(), interval));
     loop {
-        let listen = notifications;
-        let (backend, key) = (&backend, &key);
-        let mut released = pin!(async move {
-            if listen {
-                backend.released(key).await
-            } else {
-                futures::future::pending().await
-            }
-        });
-        // Register interest before reading, so that a release between the read and the
-        // wait still wakes the wait.
-        let early = futures::poll!(released.as_mut());
-        match backend.describe(key).await {
-            Ok(info) => {
-                failing = false;
-                let now = holding(&info);
-                if last.as_ref() != Some(&now) {
-                    let stamp = render::rfc3339(SystemTime::now());
-                    match &info {
-                        Some(info) => writeln!(out, "{stamp}  {key} {}", render::summary(info))?,
-                        None => writeln!(out, "{stamp}  {key} is free")?,
-                    }
-                    out.flush()?;
-                    last = Some(now);
-                }
-            }
-            Err(error) if error.is_transient() => {
-                if !failing {
-                    eprintln!(
-                        "leasehold-admin: {} (retrying every {})",
-                        error.chain(),
-                        render::human(interval)
-                    );
-                    failing = true;
-                }
-            }
-            Err(error) => return Err(error.into()),
-        }
-        let woken = async {
-            match early {
-                Poll::Ready(result) => result,
-                Poll::Pending => released.await,
-            }
-        };
-        let wait = async {
-            tokio::select! {
-                result = woken => {
-                    if let Err(error) = result {
-                        eprintln!(
-                            "leasehold-admin: release notifications failed, polling every {} \
-                             instead: {}",
-                            render::human(interval),
-                            error.chain()
-                        );
-                        notifications = false;
-                    }
-                    tokio::time::sleep(MIN_READ_GAP).await;
-                }
-                () = tokio::time::sleep(interval) => {}
-            }
-        };
-        tokio::select! {
-            () = wait => {}
+        let change = tokio::select! {
+            change = changes.next() => change,
             () = &mut stop => return Ok(()),
+        };
+        match change {
+            // The stream of changes does not end.
+            None => return Ok(()),
+            Some(Ok(info)) => {
+                let stamp = render::rfc3339(SystemTime::now());
+                match &info {
+                    Some(info) => writeln!(out, "{stamp}  {key} {}", render::summary(info))?,
+                    None => writeln!(out, "{stamp}  {key} is free")?,
+                }
+                out.flush()?;
+            }
+            Some(Err(error)) if error.is_transient() => eprintln!(
+                "leasehold-admin: {} (retrying every {})",
+                error.chain(),
+                render::human(interval)
+            ),
+            Some(Err(error)) => return Err(error.into()),
         }
     }
 }

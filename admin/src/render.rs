@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
-use leasehold_core::LeaseInfo;
+use leasehold::LeaseInfo;
 use serde::Serialize;
 
 /// What is shown for a field the backend cannot know.
