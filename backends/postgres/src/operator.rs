@@ -181,15 +181,12 @@ impl Operator {
         let Some(probe) = probe else {
             return Ok(false);
         };
-        let read = |probe: &PgRow| -> sqlx::Result<(Option<i64>, bool, Vec<i32>, bool)> {
-            Ok((
-                probe.try_get("holder_session")?,
-                probe.try_get("guarded")?,
-                probe.try_get("pids")?,
-                probe.try_get("can_wait")?,
-            ))
-        };
-        let (claim, guarded, pids, can_wait) = read(&probe).map_err(|err| ctx.map(err))?;
+        let Probe {
+            claim,
+            guarded,
+            pids,
+            can_wait,
+        } = Probe::read(&probe).map_err(|err| ctx.map(err))?;
         if pids.is_empty() && !guarded {
             return Ok(false);
         }
@@ -232,6 +229,29 @@ impl Operator {
         })
         .await?;
         Ok(true)
+    }
+}
+
+/// What `force_release` reads about a key before it ends anything.
+struct Probe {
+    /// The session that claims the key in its fencing row, if any.
+    claim: Option<i64>,
+    /// Whether that session's heartbeat still runs (its holders may believe they hold).
+    guarded: bool,
+    /// The server processes holding the key's advisory lock.
+    pids: Vec<i32>,
+    /// Whether `pg_terminate_backend` can wait for the process to exit (14 and newer).
+    can_wait: bool,
+}
+
+impl Probe {
+    fn read(row: &PgRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            claim: row.try_get("holder_session")?,
+            guarded: row.try_get("guarded")?,
+            pids: row.try_get("pids")?,
+            can_wait: row.try_get("can_wait")?,
+        })
     }
 }
 
