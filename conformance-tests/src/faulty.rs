@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::{
-    Capabilities, Error, FencingToken, Lease, LeaseInfo, LockBackend, LockKey, Result,
+    Capabilities, Error, FencingToken, Lease, LeaseInfo, LockBackend, LockKey, RecordWrite, Result,
 };
 
 /// A backend that passes everything through to a real one, except that while
@@ -73,6 +73,18 @@ impl LockBackend for Faulty {
     }
     async fn force_release(&self, key: &LockKey) -> Result<bool> {
         self.inner.force_release(key).await
+    }
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        self.inner.read_record(key).await
+    }
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<RecordWrite> {
+        self.inner.write_record(key, token, expected, value).await
     }
 }
 

@@ -88,6 +88,9 @@ macro_rules! conformance_tests {
             describe_names_the_holder_and_its_token
             list_returns_the_held_keys_under_a_prefix
             force_release_frees_the_key_and_the_holder_learns_it
+            records_are_compare_and_set_by_the_holder
+            record_writes_of_an_earlier_holder_are_fenced
+            record_values_up_to_the_limit_are_kept_exactly
             one_instance_across_runners
             takeover_when_holder_shuts_down
             takeover_when_holder_vanishes

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, Error, FencingToken, LeaseInfo, LockKey, Result};
+use crate::{Capabilities, Error, FencingToken, LeaseInfo, LockKey, RecordWrite, Result};
 
 /// A store of leases on named keys: Redis, etcd, PostgreSQL, memory, or yours.
 ///
@@ -142,6 +142,55 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     async fn force_release(&self, key: &LockKey) -> Result<bool> {
         let _ = key;
         Err(Error::unsupported(self.name(), "force_release"))
+    }
+
+    /// The record kept beside `key`'s lease (see [`write_record`](LockBackend::write_record)),
+    /// `None` if none was written. Records outlive leases: releasing or losing the key
+    /// keeps its record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] by default (a backend that stores records declares
+    /// [`Capabilities::records`]); otherwise as for
+    /// [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        let _ = key;
+        Err(Error::unsupported(self.name(), "read_record"))
+    }
+
+    /// Replaces `key`'s record with `value` if it holds `expected` (`None`: no record),
+    /// as the holder of the lease on `key` with fencing token `token`, in one atomic step
+    /// on the server.
+    ///
+    /// The write is refused with [`RecordWrite::Fenced`] once the key has been acquired
+    /// again after that lease (a later token exists), so a holder that lost its lease
+    /// without knowing cannot overwrite what the next holder wrote; backends that can tell
+    /// also refuse it once that lease is no longer held. A record whose value differs from
+    /// `expected` is left alone and reported as [`RecordWrite::Conflict`] with its value.
+    /// Values are at most [`MAX_RECORD_LEN`](crate::MAX_RECORD_LEN) bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] by default; [`Error::Config`] for a value longer than
+    /// [`MAX_RECORD_LEN`](crate::MAX_RECORD_LEN); otherwise as for
+    /// [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped, the record may or may not have been written: read it again.
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<RecordWrite> {
+        let _ = (key, token, expected, value);
+        Err(Error::unsupported(self.name(), "write_record"))
     }
 
     /// Resolves when `key` may have become free: its holder released it.

@@ -47,6 +47,12 @@ pub struct Capabilities {
     /// live (a refresh reports [`Error::Lost`](crate::Error::Lost) instead of hanging).
     /// Every backend in this repository does.
     pub detects_takeover: bool,
+    /// The backend stores a record per key ([`LockBackend::read_record`],
+    /// [`LockBackend::write_record`]); scheduled routines need it.
+    ///
+    /// [`LockBackend::read_record`]: crate::LockBackend::read_record
+    /// [`LockBackend::write_record`]: crate::LockBackend::write_record
+    pub records: bool,
 }
 
 impl Capabilities {
@@ -60,6 +66,7 @@ impl Capabilities {
             max_ttl: Duration::MAX,
             ttl_granularity: Duration::from_millis(1),
             detects_takeover: true,
+            records: false,
         }
     }
 
@@ -125,6 +132,12 @@ impl Capabilities {
     /// Sets [`Capabilities::ttl_granularity`].
     pub const fn with_ttl_granularity(mut self, granularity: Duration) -> Self {
         self.ttl_granularity = granularity;
+        self
+    }
+
+    /// Sets [`Capabilities::records`].
+    pub const fn with_records(mut self, yes: bool) -> Self {
+        self.records = yes;
         self
     }
 

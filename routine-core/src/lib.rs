@@ -30,6 +30,7 @@ mod error;
 mod fencing;
 mod key;
 mod memory;
+mod record;
 
 pub use backend::{Lease, LockBackend};
 pub use batch::{BatchRefresh, BatchRefreshExt, RefreshStart, refresh_rest};
@@ -42,3 +43,4 @@ pub use error::{BoxError, Error, Result};
 pub use fencing::FencingToken;
 pub use key::LockKey;
 pub use memory::MemoryBackend;
+pub use record::{MAX_RECORD_LEN, RecordWrite, check_record};

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::{Capabilities, Error, FencingToken, Lease, LeaseInfo, LockBackend, LockKey, Result};
+use crate::{
+    Capabilities, Error, FencingToken, Lease, LeaseInfo, LockBackend, LockKey, RecordWrite, Result,
+};
 
 const NAME: &str = "memory";
 
@@ -66,6 +68,8 @@ struct State {
     /// One counter for all keys: strictly increasing per key is all the contract asks,
     /// and one counter needs no per-key state that outlives the holder.
     last_token: u64,
+    /// Records by key ([`LockBackend::write_record`]); kept like a server keeps them.
+    records: HashMap<LockKey, Vec<u8>>,
     unavailable: bool,
     hanging: bool,
 }
@@ -164,7 +168,8 @@ const CAPABILITIES: Capabilities = Capabilities::new()
     .with_reports_expiry(true)
     .with_ttl_granularity(Duration::from_nanos(1))
     .with_min_ttl(Duration::from_nanos(1))
-    .with_max_ttl(Duration::from_secs(100 * 365 * 24 * 60 * 60));
+    .with_max_ttl(Duration::from_secs(100 * 365 * 24 * 60 * 60))
+    .with_records(true);
 
 fn check_ttl(ttl: Duration) -> Result<()> {
     CAPABILITIES.check_ttl(NAME, ttl)
@@ -286,6 +291,41 @@ impl LockBackend for MemoryBackend {
             .collect();
         held.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
         Ok(held)
+    }
+
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        self.gate("read_record").await?;
+        Ok(self.state().records.get(key).cloned())
+    }
+
+    /// Written only while the lease with `token` is the key's live lease (tokens come from
+    /// one counter, so a later lease has another token).
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<RecordWrite> {
+        crate::check_record(key, value)?;
+        self.gate("write_record").await?;
+        let mut state = self.state();
+        let now = Instant::now();
+        let holds = state
+            .holders
+            .get(key)
+            .is_some_and(|h| h.token == token && h.expires_at > now);
+        if !holds {
+            return Ok(RecordWrite::Fenced);
+        }
+        let current = state.records.get(key);
+        if current.map(Vec::as_slice) != expected {
+            return Ok(RecordWrite::Conflict {
+                current: current.cloned(),
+            });
+        }
+        state.records.insert(key.clone(), value.to_vec());
+        Ok(RecordWrite::Written)
     }
 
     /// Removes the holder and wakes the waiters; the holder's next refresh reports

@@ -61,8 +61,8 @@ pub use state::RoutineState;
 
 pub use leasehold_core::{
     BoxError, Capabilities, Error, FencingToken, HOLDER_IDENTITY_ENV, Lease, LeaseInfo,
-    LockBackend, LockKey, MAX_HOLDER_IDENTITY_LEN, MemoryBackend, Result, check_holder_identity,
-    process_identity,
+    LockBackend, LockKey, MAX_HOLDER_IDENTITY_LEN, MAX_RECORD_LEN, MemoryBackend, RecordWrite,
+    Result, check_holder_identity, check_record, process_identity,
 };
 
 /// Time zones for [`RunOptions::cron`]: the `chrono-tz` crate, re-exported so that its

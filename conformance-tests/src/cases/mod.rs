@@ -7,11 +7,13 @@
 mod lease;
 mod notify;
 mod operator;
+mod record;
 mod runner;
 mod schedule;
 
 pub use lease::*;
 pub use notify::*;
 pub use operator::*;
+pub use record::*;
 pub use runner::*;
 pub use schedule::*;
