@@ -27,8 +27,11 @@ pub fn default_runner() -> &'static Runner {
 /// Checks the environment the default runner reads, without connecting anywhere: the
 /// TTL, `ROUTINE_BACKEND_URL`'s scheme, `ROUTINE_HOLDER_IDENTITY` (which the runner
 /// would otherwise skip for `<host>:<pid>`; see
-/// [`process_identity`](crate::process_identity)) and, when Redis is configured by the
-/// Go original's variables, every `REDIS_*` variable.
+/// [`process_identity`](crate::process_identity)), when Redis is configured by the Go
+/// original's variables every `REDIS_*` variable, and with a `postgres://`
+/// `ROUTINE_BACKEND_URL` (and the `postgres` feature) `ROUTINE_POSTGRES_SCHEMA`,
+/// `_TABLE`, `_NAMESPACE` and `_REQUEST_TIMEOUT` (that each is UTF-8 and parses; the
+/// backend checks identifier lengths when it connects).
 ///
 /// # Errors
 ///
@@ -49,16 +52,7 @@ fn check_config(env: Lookup<'_>) -> crate::Result<()> {
             ));
         }
     }
-    match backend_from_env(env)? {
-        #[cfg(feature = "redis")]
-        EnvBackend::RedisFromEnv => {
-            leasehold_redis::RedisBackendBuilder::from_env_with(|name| {
-                env(name).and_then(|value| value.into_string().ok())
-            })?;
-        }
-        _ => {}
-    }
-    Ok(())
+    backend_from_env(env)?.check_settings(env)
 }
 
 fn build_default() -> Runner {
@@ -155,6 +149,33 @@ mod tests {
             ("REDIS_DB", "2"),
         ]))
         .expect("well-formed variables pass");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_check_covers_the_postgres_variables_of_a_postgres_backend_url() {
+        let url = ("ROUTINE_BACKEND_URL", "postgres://db.internal/app");
+        let err =
+            check_config(&env(&[url, ("ROUTINE_POSTGRES_REQUEST_TIMEOUT", "soon")])).unwrap_err();
+        assert!(
+            matches!(&err, crate::Error::Config { setting, .. }
+                if setting == "ROUTINE_POSTGRES_REQUEST_TIMEOUT"),
+            "a malformed ROUTINE_POSTGRES_REQUEST_TIMEOUT must be reported naming it: {err}"
+        );
+        check_config(&env(&[
+            url,
+            ("ROUTINE_POSTGRES_SCHEMA", "ops"),
+            ("ROUTINE_POSTGRES_TABLE", "fences"),
+            ("ROUTINE_POSTGRES_NAMESPACE", "billing"),
+            ("ROUTINE_POSTGRES_REQUEST_TIMEOUT", "1500ms"),
+        ]))
+        .expect("well-formed variables pass");
+        // Another backend does not read them.
+        check_config(&env(&[
+            ("ROUTINE_BACKEND_URL", "memory://"),
+            ("ROUTINE_POSTGRES_REQUEST_TIMEOUT", "soon"),
+        ]))
+        .expect("the PostgreSQL variables are only read for a postgres:// URL");
     }
 
     #[test]

@@ -248,20 +248,45 @@ impl EnvBackend {
         }
     }
 
+    /// Checks, without connecting, the variables `env` holds that this backend reads
+    /// besides its URL: every `REDIS_*` variable for Redis from the Go variables, and
+    /// the `ROUTINE_POSTGRES_*` ones for a `postgres://` `ROUTINE_BACKEND_URL` (whether
+    /// each is UTF-8 and parses; the limits on identifiers are the backend's, checked
+    /// when it connects).
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres")),
+        allow(unused_variables)
+    )]
+    pub(crate) fn check_settings(&self, env: Lookup<'_>) -> Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            EnvBackend::Url(url, setting) => {
+                if let Some(builder) = postgres_from_env(url, setting, env) {
+                    builder?;
+                }
+            }
+            #[cfg(feature = "redis")]
+            EnvBackend::RedisFromEnv => {
+                leasehold_redis::RedisBackendBuilder::from_env_with(|name| {
+                    env(name).and_then(|value| value.into_string().ok())
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     pub(crate) async fn connect(&self) -> Result<Arc<dyn LockBackend>> {
         match self {
             // The PostgreSQL backend's own variables (schema, table, namespace, request
             // timeout) apply to a URL from the environment too.
-            #[cfg(feature = "postgres")]
-            EnvBackend::Url(url, setting)
-                if *setting == ENV_URL && matches!(scheme_of(url, setting)?, Scheme::Postgres) =>
-            {
-                let builder = leasehold_postgres::PostgresBackendBuilder::new()
-                    .with_url_from(url.clone(), setting)
-                    .with_env_settings(|name| var(&process_env, name))?;
-                Ok(Arc::new(builder.build().await?))
+            EnvBackend::Url(url, setting) => {
+                #[cfg(feature = "postgres")]
+                if let Some(builder) = postgres_from_env(url, setting, &process_env) {
+                    return Ok(Arc::new(builder?.build().await?));
+                }
+                connect_as(url, setting).await
             }
-            EnvBackend::Url(url, setting) => connect_as(url, setting).await,
             #[cfg(feature = "redis")]
             EnvBackend::RedisFromEnv => {
                 Ok(Arc::new(leasehold_redis::RedisBackend::from_env().await?))
@@ -272,6 +297,24 @@ impl EnvBackend {
             )),
         }
     }
+}
+
+/// For a `postgres://` URL from `ROUTINE_BACKEND_URL` (`setting`), a PostgreSQL builder
+/// with the backend's other variables read through `env`; `None` for any other URL.
+#[cfg(feature = "postgres")]
+fn postgres_from_env(
+    url: &str,
+    setting: &'static str,
+    env: Lookup<'_>,
+) -> Option<Result<leasehold_postgres::PostgresBackendBuilder>> {
+    if setting != ENV_URL || !matches!(scheme_of(url, setting), Ok(Scheme::Postgres)) {
+        return None;
+    }
+    Some(
+        leasehold_postgres::PostgresBackendBuilder::new()
+            .with_url_from(url.to_owned(), setting)
+            .with_env_settings(|name| var(env, name)),
+    )
 }
 
 #[cfg(test)]
