@@ -53,6 +53,30 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
 
 /// [`connect`], naming `setting` in errors about the URL itself.
 async fn connect_as(url: &str, setting: &str) -> Result<Arc<dyn LockBackend>> {
+    connect_url(url, setting)
+        .await
+        .map_err(|error| renamed_url_error(error, setting))
+}
+
+/// A backend's `from_url` names the URL `url` in its errors about the part after the
+/// scheme; the URL came from `setting` (`ROUTINE_BACKEND_URL`, a builder's
+/// `backend_url`), so name that instead, keeping the reason and the cause.
+fn renamed_url_error(error: Error, setting: &str) -> Error {
+    match error {
+        Error::Config {
+            setting: named,
+            reason,
+            source,
+        } if named == CODE_URL => Error::Config {
+            setting: setting.to_owned(),
+            reason,
+            source,
+        },
+        other => other,
+    }
+}
+
+async fn connect_url(url: &str, setting: &str) -> Result<Arc<dyn LockBackend>> {
     match scheme_of(url, setting)? {
         Scheme::Memory => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
@@ -399,6 +423,48 @@ pub(crate) mod tests {
         assert!(
             matches!(&err, Error::Config { setting, .. } if setting == "backend_url"),
             "{err:?}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_bad_url_after_the_scheme_is_named_by_the_setting_it_came_from() {
+        let url = "redis://h/notanumber";
+        let setting_of = |err: Error| match err {
+            Error::Config {
+                setting,
+                reason,
+                source,
+            } => {
+                assert!(!reason.is_empty(), "the backend's reason is kept");
+                (setting, source.is_some())
+            }
+            other => panic!("expected a Config error, got {other:?}"),
+        };
+        let from_env = backend_from_env(&env(&[(ENV_URL, url)])).ok().unwrap();
+        let (setting, _) = setting_of(from_env.connect().await.err().unwrap());
+        assert_eq!(
+            setting, ENV_URL,
+            "a bad ROUTINE_BACKEND_URL names that variable"
+        );
+        let (setting, _) = setting_of(connect_as(url, "backend_url").await.err().unwrap());
+        assert_eq!(setting, "backend_url");
+        let (setting, _) = setting_of(connect(url).await.err().unwrap());
+        assert_eq!(setting, CODE_URL);
+        let kept = renamed_url_error(
+            Error::config_with_source(CODE_URL, "bad port", std::fmt::Error),
+            ENV_URL,
+        );
+        assert_eq!(
+            setting_of(kept),
+            (ENV_URL.to_owned(), true),
+            "the cause is kept"
+        );
+        let other = renamed_url_error(Error::config("REDIS_DB", "bad"), ENV_URL);
+        assert_eq!(
+            setting_of(other).0,
+            "REDIS_DB",
+            "other settings keep their name"
         );
     }
 
