@@ -33,6 +33,20 @@ const ENV_URL: &str = "ROUTINE_BACKEND_URL";
 /// to that backend's `from_url`. etcd's own form, `http://host:2379` or
 /// `https://host:2379` (as `etcdctl --endpoints` takes it), names an etcd member too.
 ///
+/// # PostgreSQL schema and other settings
+///
+/// A URL names a server, not the backend's settings: a `postgres://` URL given here (or
+/// to [`RunnerBuilder::with_backend_url`](crate::RunnerBuilder::with_backend_url))
+/// connects with the backend's defaults, the fencing table `routine_fencing` in the
+/// schema `public`, namespace `routine`, request timeout 5 s. The `ROUTINE_POSTGRES_*`
+/// variables apply only to the default runner's `ROUTINE_BACKEND_URL` (see
+/// [`check_default_config`](crate::check_default_config)), never to a URL passed in
+/// code, whose behaviour does not change with the environment. To choose the schema
+/// (or the table, namespace or request timeout) in code, build the backend instead and
+/// hand it to [`RunnerBuilder::with_backend`](crate::RunnerBuilder::with_backend):
+/// `leasehold::postgres::PostgresBackend::builder().with_url(url).with_schema("ops")`,
+/// then `.build().await?` (feature `postgres`).
+///
 /// # Errors
 ///
 /// [`Error::Config`] naming the setting `url` for a malformed URL, an unknown scheme or a
