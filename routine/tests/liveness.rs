@@ -23,8 +23,11 @@ struct Odd {
     inner: MemoryBackend,
     failing_notifications: bool,
     says_free: bool,
+    /// `expires_in` never answers (a request lost on its way), after saying it was asked.
+    hanging_expiry: bool,
     acquires: Arc<AtomicUsize>,
     subscriptions: Arc<AtomicUsize>,
+    expiry_asked: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
@@ -63,6 +66,10 @@ impl LockBackend for Odd {
     }
 
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
+        if self.hanging_expiry {
+            self.expiry_asked.notify_one();
+            return std::future::pending().await;
+        }
         if self.says_free {
             return Ok(None);
         }
@@ -160,6 +167,97 @@ async fn shutdown_is_not_held_up_by_an_acquire_in_flight() {
     assert!(
         started.elapsed() <= Duration::from_secs(1),
         "shutdown must not wait for the hung acquire's 30 s timeout: took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(handle.join().await, Outcome::Cancelled));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_not_held_up_by_an_expiry_query_in_flight_during_a_contended_wait() {
+    let odd = Odd {
+        hanging_expiry: true,
+        ..Odd::default()
+    };
+    assert!(
+        odd.capabilities().reports_expiry,
+        "the waiter asks a backend for the holder's expiry only if it reports it"
+    );
+    let _holder = held_elsewhere(&odd.inner, "job").await;
+    let runner = Runner::builder()
+        .with_backend(odd.clone())
+        // A request timeout of 30 s, far beyond the drain timeout.
+        .with_lease_ttl(Duration::from_secs(60))
+        .with_drain_timeout(Duration::from_secs(1))
+        .with_signal_handling(false)
+        .build()
+        .unwrap();
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    // The waiter found the key held and is now asking when it expires.
+    odd.expiry_asked.notified().await;
+    let started = tokio::time::Instant::now();
+    runner.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shutdown must neither wait for the hung expires_in's 30 s timeout nor run into \
+         the 1 s drain timeout: took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(handle.join().await, Outcome::Cancelled));
+    assert_eq!(odd.acquires.load(Ordering::Relaxed), 1);
+}
+
+/// Accepts connections on a local port and never answers on them, as a server behind a
+/// black-holing firewall or a hung process would; says when the first one came in.
+#[cfg(feature = "redis")]
+async fn silent_server() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+            if let Some(tx) = connected_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    (address, connected_rx)
+}
+
+// Real time and a real socket: the Redis client's connect and PING timeouts (5 s and
+// 3 s) are what a shutdown must not wait for.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_up_by_a_lazily_connected_backend_whose_connect_hangs() {
+    let (address, connected) = silent_server().await;
+    let runner = Runner::builder()
+        .with_backend_url(format!("redis://{address}"))
+        .with_drain_timeout(Duration::from_secs(600))
+        .with_signal_handling(false)
+        .build()
+        .unwrap();
+    let handle = runner.run_named(
+        "job",
+        |ctx| async move { ctx.cancelled().await },
+        RunOptions::keep_running_one_instance(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), connected)
+        .await
+        .expect("the routine starts connecting its backend")
+        .unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), runner.shutdown())
+        .await
+        .expect("shutdown ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown must not wait for the hung connection's 5 s timeout: took {:?}",
         started.elapsed()
     );
     assert!(matches!(handle.join().await, Outcome::Cancelled));
