@@ -117,8 +117,22 @@ async fn failing_release_notifications_fall_back_to_polling_without_spinning() {
         ..Odd::default()
     };
     let _holder = held_elsewhere(&odd.inner, "job").await;
+    // The runner's tasks run on the runtime's worker threads, where a thread-local
+    // subscriber does not reach: count the warning process-wide. Only this test's backend
+    // fails its notifications, so only its waiter logs it.
+    let warnings = WarningCounter::install();
     // TTL 1 s: a retry every 200 ms, so about 5 acquires in a second.
     let (acquires, subscriptions) = waiter_requests(&odd, Duration::from_secs(1)).await;
+    assert!(
+        subscriptions >= 2,
+        "the notifications must have failed more than once for the test to mean anything: \
+         {subscriptions}"
+    );
+    assert_eq!(
+        warnings.count(),
+        1,
+        "failing release notifications must be warned about once, not at every retry"
+    );
     assert!(
         acquires <= 12,
         "a waiter whose notifications fail must poll at the retry interval, made {acquires} \
@@ -128,6 +142,50 @@ async fn failing_release_notifications_fall_back_to_polling_without_spinning() {
         subscriptions <= 12,
         "failing subscriptions must be retried with backoff, made {subscriptions} in 1 s"
     );
+}
+
+/// Counts the warning the runner logs when release notifications fail, in every thread
+/// (the global subscriber; set once per test binary).
+#[derive(Clone, Default)]
+struct WarningCounter(Arc<AtomicUsize>);
+
+impl WarningCounter {
+    fn install() -> Self {
+        use tracing_subscriber::layer::SubscriberExt;
+        let counter = WarningCounter::default();
+        let subscriber = tracing_subscriber::registry().with(counter.clone());
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("only this test installs a global subscriber");
+        counter
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(Option<String>);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        if *event.metadata().level() != tracing::Level::WARN {
+            return;
+        }
+        let mut message = Message(None);
+        event.record(&mut message);
+        if message
+            .0
+            .is_some_and(|m| m.starts_with("release notifications failed"))
+        {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
