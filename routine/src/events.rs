@@ -82,7 +82,8 @@ pub enum EventKind {
     /// The routine will not run again.
     Stopped,
     /// A scheduled routine: this member claimed the fire at `fire` (its instant on the
-    /// schedule) and will run it once it has the name's lease.
+    /// schedule) in the name's record, holding the name's lease (or a slot), and runs it
+    /// now.
     FireClaimed {
         /// The fire's instant on the schedule.
         fire: SystemTime,
@@ -104,6 +105,17 @@ pub enum EventKind {
         /// The fire's instant on the schedule.
         fire: SystemTime,
     },
+    /// A scheduled routine: this member, taking the name, found that the run of the fire
+    /// at `fire` was cut off before it ended (its member died, was paused past its lease,
+    /// lost its lease or was shut down). With `retried` this member runs it again
+    /// ([`RunOptions::retry_interrupted`](crate::RunOptions::retry_interrupted));
+    /// otherwise it is recorded as failed in the name's record.
+    FireInterrupted {
+        /// The fire's instant on the schedule.
+        fire: SystemTime,
+        /// Whether this member runs it again.
+        retried: bool,
+    },
 }
 
 /// Why a member skipped a scheduled fire ([`EventKind::FireSkipped`]).
@@ -115,9 +127,10 @@ pub enum FireSkipReason {
     /// With [`skip_if_held`](crate::RunOptions::skip_if_held): the name's lease (every
     /// slot of it) was held by another run.
     Held,
-    /// This member claimed the fire but did not get the name's lease (or a slot) while
-    /// its claim lasted (the fire's retention): a long run elsewhere, for example a
-    /// keep-running routine on the same name, held it all along.
+    /// This member did not get the name's lease (or a slot) before the fire's late limit
+    /// or the next fire, whichever is later:
+    /// a long run elsewhere, for example a keep-running routine on the same name, held it
+    /// all along. Another member may still run the fire.
     NoLeaseInTime,
 }
 

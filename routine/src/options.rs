@@ -83,7 +83,7 @@ pub(crate) struct ScheduleOptions {
     pub(crate) missed: MissedFires,
     pub(crate) tolerance: Duration,
     pub(crate) catch_up_window: Duration,
-    pub(crate) max_clock_offset: Duration,
+    pub(crate) retry_interrupted: Option<Duration>,
     pub(crate) skip_if_held: bool,
     pub(crate) hold_at_least: Duration,
     pub(crate) instances: u32,
@@ -97,8 +97,6 @@ pub(crate) struct ScheduleOptions {
 pub(crate) const DEFAULT_TOLERANCE: Duration = Duration::from_secs(1);
 /// The default catch-up window of [`MissedFires::RunOnce`] and [`MissedFires::RunEach`].
 pub(crate) const DEFAULT_CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
-/// The default bound on the offset between members' wall clocks.
-pub(crate) const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_secs(10);
 
 impl Default for ScheduleOptions {
     fn default() -> Self {
@@ -109,7 +107,7 @@ impl Default for ScheduleOptions {
             missed: MissedFires::Skip,
             tolerance: DEFAULT_TOLERANCE,
             catch_up_window: DEFAULT_CATCH_UP_WINDOW,
-            max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
+            retry_interrupted: None,
             skip_if_held: false,
             hold_at_least: Duration::ZERO,
             instances: 1,
@@ -175,55 +173,48 @@ impl RunOptions {
     /// # Each fire once
     ///
     /// Every member of the schedule waits until its own wall clock reaches the fire's
-    /// time, then claims the fire: it takes the lease `<name>@<fire>` (the fire's instant
-    /// in UTC, RFC 3339, for example `report@2026-12-01T03:00:00Z`) and does **not**
-    /// give it back after the run. The claim is kept for the *retention*,
+    /// time, then takes the name's lease (or one of the
+    /// [`instances`](RunOptions::instances) slots), waiting for it until the fire's late
+    /// limit (the [tolerance](RunOptions::tolerance), or the
+    /// [catch-up window](RunOptions::catch_up_window) when missed fires are caught up) or
+    /// the next fire, whichever is later, unless
+    /// [`skip_if_held`](RunOptions::skip_if_held). Holding it, the member reads
+    /// the name's *record* in the backend
+    /// ([`LockBackend::write_record`](crate::LockBackend::write_record)): the newest fire
+    /// any member claimed, and the runs going on. If the fire is not claimed yet, the
+    /// member claims it by moving the record forward with a compare-and-set guarded by
+    /// its lease's fencing token, runs the routine under the lease with the keeper and
+    /// the hard local deadline, as for every leased routine, and takes its run out of
+    /// the record when the routine ends (still under the lease). Members that come to the
+    /// fire later find it claimed and skip it.
     ///
-    /// `late limit + max clock offset + request timeout + safety margin`,
-    ///
-    /// where the request timeout and safety margin are the routine's (see
-    /// [`lease_ttl`](RunOptions::lease_ttl)), the late limit is the
-    /// [tolerance](RunOptions::tolerance) (or the
-    /// [catch-up window](RunOptions::catch_up_window) when missed fires are caught up),
-    /// and only then released. Members that come to the fire later find it claimed and
-    /// skip it. The member that claimed it takes the name's lease (or one of the
-    /// [`instances`](RunOptions::instances) slots), waiting for it unless
-    /// [`skip_if_held`](RunOptions::skip_if_held), and runs the routine under it with the
-    /// keeper and the hard local deadline, as for every leased routine.
-    ///
-    /// - **At most once**: each fire starts at most once across the cluster as long as
-    ///   no two members' wall clocks are further apart than
-    ///   [`max_clock_offset`](RunOptions::max_clock_offset) (default 10 s), and the backend
-    ///   keeps its leases (see the Guarantees in the README: a backend that loses
-    ///   acknowledged writes is outside them). A member starts a fire only within the late
-    ///   limit of its time on its own clock, so the last try at a fire comes at most
-    ///   `late limit + max clock offset` after the first claim, plus the request timeout,
-    ///   and the claim outlasts it. A member whose clock is ahead simply runs the fire
-    ///   early, by its offset; one whose clock is behind finds it claimed. Nothing
-    ///   depends on the clocks beyond that bound; the run itself is timed on each
-    ///   member's monotonic clock.
+    /// - **At most once, whatever the clocks say**: a fire is claimed only by moving the
+    ///   record past it, once, so it starts at most once across the cluster however far
+    ///   apart the members' wall clocks are. A member whose clock is ahead runs fires
+    ///   early by its offset, one whose clock is behind finds them claimed. The backend
+    ///   must keep its writes (see the Guarantees in the README: a backend that loses
+    ///   acknowledged writes is outside them). The one exception is opt-in:
+    ///   [`retry_interrupted`](RunOptions::retry_interrupted) starts again a fire whose
+    ///   run was cut off.
     /// - **At least once**: a fire runs if at least one member is running the schedule,
-    ///   can reach the backend, and gets to the fire within the tolerance of its time on
-    ///   its own clock (or within the catch-up window, with
-    ///   [`MissedFires::RunOnce`]/[`RunEach`](MissedFires::RunEach)), and the member
-    ///   that claims it stays alive until the run has started and keeps its lease while
-    ///   it runs. A member waiting for the name's lease (held by an earlier run) gets
-    ///   to later fires only once it has run the one it claimed, or given it up when its
-    ///   claim ended (the retention after the claim) without the lease: when every
-    ///   member is busy so, a fire passes unclaimed. A fire is skipped on purpose when
-    ///   [`skip_if_held`](RunOptions::skip_if_held) finds the name held. A member that
-    ///   claims a fire and then dies, loses its lease, or is shut down before the
-    ///   routine returns does not run it again, and neither does anyone else.
+    ///   can reach the backend, and gets the name's lease in that wait, unless a member
+    ///   has claimed 16 later fires before any member got to it (the record lists the 16
+    ///   newest claims; older fires count as claimed). With [`MissedFires::RunEach`] the member that
+    ///   claims a fire runs the unclaimed fires before it first, oldest first, within
+    ///   the late limit. A fire is skipped on purpose when
+    ///   [`skip_if_held`](RunOptions::skip_if_held) finds the name held.
+    /// - **Runs cut off** (the member died, was paused past its lease, lost its lease or
+    ///   was shut down before the routine returned) stay listed in the record; the next
+    ///   member to take the name finds them and reports
+    ///   [`EventKind::FireInterrupted`](crate::EventKind::FireInterrupted). By default
+    ///   the fire is recorded as failed and not run again;
+    ///   [`retry_interrupted`](RunOptions::retry_interrupted) runs it again instead.
+    /// - **Handover mid-schedule** neither repeats nor skips a fire: the record, not the
+    ///   member, knows the last fire claimed.
     ///
-    /// Members must use the same schedule for a name: fires of different schedules have
-    /// different names. Claims are held as leases in the backend, one per fire within
-    /// the retention (about `retention / period` keys per routine), and are not
-    /// refreshed: each is taken for the whole retention, so a member that crashes after
-    /// claiming a fire does not free it early. On PostgreSQL every lease of one backend
-    /// client lives on one session whose server-side timeouts follow the longest TTL
-    /// held, so while a claim is kept, the process's other leases are taken over after a
-    /// crash only when the retention has passed, not after the lease TTL: give scheduled
-    /// routines a runner with a backend client of their own to keep takeover fast.
+    /// Members must use the same schedule for a name. What stays in the backend is one
+    /// lease and one record per name (and one lease per slot with several instances); no
+    /// key per fire. The record is a line of text of at most about 800 bytes.
     ///
     /// # Examples
     ///
@@ -301,24 +292,31 @@ impl RunOptions {
     }
 
     /// How far back [`MissedFires::RunOnce`] and [`MissedFires::RunEach`] look for missed
-    /// fires (default 1 h). Fires are claimed for at least this long, so it bounds how
-    /// long a fire's claim is kept in the backend.
+    /// fires (default 1 h): a member still tries a fire this long after its time.
     pub fn catch_up_window(self, window: Duration) -> Self {
         self.scheduled(|s| s.catch_up_window = window)
     }
 
-    /// The largest offset between the wall clocks of any two members running this
-    /// schedule under which each fire still runs at most once (default 10 s). A fire's
-    /// claim is kept this much longer.
-    pub fn max_clock_offset(self, offset: Duration) -> Self {
-        self.scheduled(|s| s.max_clock_offset = offset)
+    /// Runs again a fire whose run was cut off (its member died, was paused past its
+    /// lease, lost its lease, or was shut down before the routine returned), if the next
+    /// member to take the name finds it within `within` of the fire's time on its own
+    /// clock. Without it (the default) such a fire is recorded as failed and reported
+    /// ([`EventKind::FireInterrupted`](crate::EventKind::FireInterrupted)), never run
+    /// again.
+    ///
+    /// This trades "at most once" for "at least once" in that one case: the fire starts a
+    /// second time, and also when the first run did finish but its end could not be
+    /// recorded before its lease was lost. Use it for idempotent work.
+    pub fn retry_interrupted(self, within: Duration) -> Self {
+        self.scheduled(|s| s.retry_interrupted = Some(within))
     }
 
     /// Tries the name's lease once per fire: if another member holds it (a run that
     /// outlasted the period, or [`hold_at_least`](RunOptions::hold_at_least)), this fire
-    /// is skipped, as ShedLock does. Without it, the member that claimed a fire waits for
-    /// the lease while its claim lasts (the retention, see [`RunOptions::every`]), then
-    /// gives the fire up ([`FireSkipReason::NoLeaseInTime`](crate::FireSkipReason)).
+    /// is skipped, as ShedLock does. Without it, a member waits for the lease until the
+    /// fire's late limit or the next fire (see [`RunOptions::every`]), then gives the
+    /// fire up on its side
+    /// ([`FireSkipReason::NoLeaseInTime`](crate::FireSkipReason)).
     pub fn skip_if_held(self) -> Self {
         self.scheduled(|s| s.skip_if_held = true)
     }
@@ -335,7 +333,10 @@ impl RunOptions {
     /// Up to `n` runs at once across the cluster (default 1): each run takes one of `n`
     /// lease slots, `<name>#0` to `<name>#<n-1>` (for `n` = 1, the name itself). Fires
     /// still run once each; this only lets a fire start while earlier runs go on. Zero
-    /// counts as one.
+    /// counts as one; more than 8 fails the routine at start with an
+    /// [`Error::Config`](crate::Error::Config) naming `instances` (the name's record lists
+    /// every run going on). With several instances a run takes the name's own lease only
+    /// for the moment it claims its fire and records its end.
     pub fn instances(self, n: u32) -> Self {
         self.scheduled(|s| s.instances = n.max(1))
     }
@@ -359,9 +360,6 @@ impl RunOptions {
     /// drain timeouts stay the runner's. The runner's keeper still refreshes this lease
     /// with the others, in a `refresh_many` call of its own for each distinct TTL, at
     /// this routine's own refresh interval.
-    ///
-    /// A fire's claim of a scheduled routine is kept for a retention that includes this
-    /// TTL's request timeout and safety margin.
     ///
     /// The TTL is checked when the routine starts: zero, too short to derive the timing
     /// from (the runner's own rule), or outside the backend's TTL bounds, the routine

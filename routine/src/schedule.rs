@@ -1,15 +1,15 @@
-//! The scheduling loop: a scheduled routine's task waits for each fire on the wall clock,
-//! claims it cluster-wide, and runs it under the name's lease with
-//! [`hold`](crate::hold::hold) (`run.rs`).
+//! The scheduling loop: a scheduled routine's task waits for each fire on the wall clock
+//! and runs it under the name's lease with [`hold`](crate::hold::hold) (`run.rs`) unless
+//! another member has run it.
 //!
-//! Each fire is claimed by taking the lease `<name>@<fire>` (see `spec::fire_id`) for
-//! the *retention* and not giving it back after the run: a member whose clock is behind
-//! comes to the fire later and finds it claimed, so a quick run is not repeated (the
-//! failure of a lock held only while the job runs). The claim is released only once
-//! every member's last try at the fire is over; until then a task of its own keeps the
-//! lease object, because dropping it would hand the key back early on backends that
-//! clean up dropped leases in the background (etcd deletes the key, PostgreSQL unlocks
-//! it), while Redis and memory would just let it expire by its TTL.
+//! Which member runs a fire is decided by the name's record in the backend
+//! (`record.rs`, `ledger.rs`), not by clocks: the run holding the name's lease moves the
+//! record's last claimed fire forward with a compare-and-set guarded by the lease's
+//! fencing token, lists itself as running, and takes itself out when it ends. A member
+//! whose clock is behind comes to a fire later and finds it claimed; one whose clock is
+//! ahead runs it early. A run still listed when the next member takes the name was cut
+//! off (its member died, lost the lease, or was stopped): it is retried or recorded as
+//! failed, by [`RunOptions::retry_interrupted`](crate::RunOptions::retry_interrupted).
 //!
 //! The run itself uses the same machinery as every leased routine: `hold` refreshes the
 //! name's lease with the keeper and drops the routine at the hard local deadline.
@@ -18,6 +18,8 @@
 
 mod due;
 mod keys;
+mod ledger;
+mod record;
 mod run;
 pub(crate) mod spec;
 mod wrap;
@@ -27,7 +29,6 @@ use std::time::{Duration, SystemTime};
 
 use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
@@ -37,7 +38,6 @@ use crate::outcome::Outcome;
 use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
 pub(crate) use keys::check;
-use keys::fire_key;
 use spec::{Timing, fire_id};
 
 pub use wrap::scheduled_fire;
@@ -50,14 +50,6 @@ const LONGEST_NAP: Duration = Duration::from_secs(60);
 /// [`EventKind::FireMissed`]; later ones are not reported (the warning still says the
 /// member got to them late).
 const MAX_MISSED_REPORTED: usize = 64;
-
-/// How one try to take a key went.
-enum Tried {
-    /// The backend's answer, and when the request was sent.
-    Answered(Result<Option<Box<dyn Lease>>>, Instant),
-    /// Not sent: past the fire's late limit.
-    TooLate,
-}
 
 /// What the loop does after a fire.
 enum Next {
@@ -75,6 +67,8 @@ pub(crate) struct Schedule<'a> {
     /// Shared with the wrapper each run hands to [`hold`](crate::hold::hold).
     routine: Arc<Mutex<RoutineFn>>,
     error_backoff: Backoff,
+    /// Fires at or before this were past when this member's schedule began.
+    since: SystemTime,
 }
 
 impl<'a> Schedule<'a> {
@@ -94,6 +88,7 @@ impl<'a> Schedule<'a> {
             options,
             routine: Arc::new(Mutex::new(routine)),
             error_backoff: Backoff::new(config.backoff_min, config.backoff_max),
+            since: SystemTime::UNIX_EPOCH,
         })
     }
 
@@ -109,6 +104,7 @@ impl<'a> Schedule<'a> {
                 .checked_sub(Duration::from_nanos(1))
                 .unwrap_or(started)
         };
+        self.since = floor;
         self.task.set_state(RoutineState::Waiting { holder: None });
         loop {
             let Some(next) = self.timing.next_after(floor) else {
@@ -176,91 +172,30 @@ impl<'a> Schedule<'a> {
         self.task.emit(EventKind::FireSkipped { fire, reason });
     }
 
-    /// How long a fire's claim is kept: past every member's last try at it (see
-    /// [`RunOptions::every`](crate::RunOptions::every)).
-    fn retention(&self, backend: &dyn LockBackend) -> Duration {
-        let config = self.task.config();
-        let retention = self.options.late_limit()
-            + self.options.max_clock_offset
-            + config.request_timeout
-            + config.safety_margin;
-        backend.capabilities().effective_ttl(retention)
-    }
-
-    /// Claims `fire` and, if this member got it, runs it.
+    /// Runs `fire` unless another member claimed it (see `run.rs`).
     async fn fire(&mut self, fire: SystemTime) -> Next {
-        let id = fire_id(fire);
-        let key = match fire_key(&self.name, fire) {
-            Ok(key) => key,
-            Err(error) => return Next::Stop(Outcome::Failed(Arc::new(error))),
-        };
         let backend = match self.connect().await {
             Ok(backend) => backend,
             Err(next) => return next,
         };
-        let retention = self.retention(&*backend);
-        let claimed_until = loop {
-            let not_after = fire + self.options.late_limit();
-            let tried = self
-                .attempt(&*backend, &key, retention, Some(not_after))
-                .await;
-            let (result, sent) = match tried {
-                None => return Next::Stop(self.stopped()),
-                Some(Tried::TooLate) => {
-                    tracing::warn!(fire = %id, "fire missed on this member: no turn to claim it in time");
-                    self.missed(fire);
-                    return Next::Continue;
-                }
-                Some(Tried::Answered(result, sent)) => (result, sent),
-            };
-            match result {
-                Ok(Some(claim)) => {
-                    self.error_backoff.reset();
-                    retain(claim, sent + retention, self.task);
-                    tracing::debug!(fire = %id, "fire claimed");
-                    self.task.emit(EventKind::FireClaimed { fire });
-                    break sent + retention;
-                }
-                Ok(None) => {
-                    self.error_backoff.reset();
-                    tracing::debug!(fire = %id, "fire claimed by another member");
-                    self.skipped(fire, FireSkipReason::ClaimedElsewhere);
-                    return Next::Continue;
-                }
-                Err(error) => {
-                    if let Some(next) = self.backend_error(error).await {
-                        return next;
-                    }
-                    let late = self.options.clock.now().duration_since(fire);
-                    if late.unwrap_or_default() > self.options.late_limit() {
-                        tracing::warn!(fire = %id, "fire missed: the backend did not answer in time");
-                        self.missed(fire);
-                        return Next::Continue;
-                    }
-                }
-            }
-        };
-        let span = tracing::info_span!("fire", fire = %id);
-        Box::pin(
-            self.run_fire(&backend, fire, claimed_until)
-                .instrument(span),
-        )
-        .await
+        if !backend.capabilities().records {
+            let error =
+                Error::unsupported(backend.name(), "records, which scheduled routines need");
+            tracing::error!(error = %error, "the backend cannot run scheduled routines; routine stops");
+            return Next::Stop(Outcome::Failed(Arc::new(error)));
+        }
+        Box::pin(self.run_fire(&backend, fire)).await
     }
 
-    /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`.
-    /// `None` if the routine was stopped meanwhile.
-    ///
-    /// With `not_after`, nothing is sent once the wall clock has passed it (the turn may
-    /// come late on a runner acquiring many leases): a claim sent after the fire's late
-    /// limit could outlive the retention of another member's claim.
-    async fn attempt(
+    /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`,
+    /// bounded by the request timeout. `None` if the routine was stopped meanwhile;
+    /// otherwise the backend's answer and when the request was sent.
+    async fn try_take(
         &self,
         backend: &dyn LockBackend,
         key: &LockKey,
         ttl: Duration,
-        not_after: Option<SystemTime>,
-    ) -> Option<Tried> {
+    ) -> Option<(Result<Option<Box<dyn Lease>>>, Instant)> {
         let shared = self.task.shared();
         let config = self.task.config();
         let cancel = self.task.cancel();
@@ -270,9 +205,6 @@ impl<'a> Schedule<'a> {
             _ = cancel.cancelled() => return None,
             turn = shared.acquire_turn() => turn,
         };
-        if not_after.is_some_and(|limit| self.options.clock.now() > limit) {
-            return Some(Tried::TooLate);
-        }
         let sent = Instant::now();
         let attempt = tokio::time::timeout(
             config.request_timeout,
@@ -287,7 +219,7 @@ impl<'a> Schedule<'a> {
             }),
         };
         drop(turn);
-        Some(Tried::Answered(result, sent))
+        Some((result, sent))
     }
 
     /// The backend, connecting it if needed; backs off on failure.
@@ -362,16 +294,4 @@ impl<'a> Schedule<'a> {
             Outcome::Cancelled
         }
     }
-}
-
-/// Keeps a fire's claim until `until`, then releases it, on a task of its own: the claim
-/// must outlive the run, and shutdown must not wait for it. If the runtime goes away
-/// first, the lease is dropped: Redis and memory keys expire by their TTL, and an etcd
-/// or PostgreSQL process that exits takes its session, and the claim, with it.
-fn retain(mut claim: Box<dyn Lease>, until: Instant, task: &Task) {
-    let release_timeout = task.config().release_timeout;
-    tokio::spawn(async move {
-        tokio::time::sleep_until(until).await;
-        let _ = tokio::time::timeout(release_timeout, claim.release()).await;
-    });
 }

@@ -171,7 +171,7 @@ async fn a_lagging_member_does_not_run_a_quick_job_again() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_claim_outlives_the_run() {
+async fn the_record_keeps_the_last_fire_and_no_key_is_left_per_fire() {
     let start = Instant::now();
     let backend = MemoryBackend::new();
     let runs = Runs::default();
@@ -183,17 +183,19 @@ async fn a_claim_outlives_the_run() {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(runs.fires(), [0], "the fire at the start ran");
-    let claims = backend.list("job@").await.unwrap();
-    assert_eq!(
-        claims.len(),
-        1,
-        "the fire's claim is still held after its run: {claims:?}"
-    );
-    // Retention: tolerance 1 s + max offset 10 s + request timeout 2.5 s + margin 0.5 s.
-    tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(
-        backend.list("job@").await.unwrap().is_empty(),
-        "the claim is released once the retention has passed"
+        backend.list("").await.unwrap().is_empty(),
+        "no lease is left after the run: {:?}",
+        backend.list("").await.unwrap()
+    );
+    let name = LockKey::new("job").unwrap();
+    let record = backend.read_record(&name).await.unwrap().expect("a record");
+    let record = String::from_utf8(record).unwrap();
+    let fire_ns = base().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    assert_eq!(
+        record,
+        format!("leasehold-schedule v1 floor=- claimed={fire_ns} failed=- run=-"),
+        "the record names the fire claimed and no run going on"
     );
     stop(vec![one]).await;
 }
@@ -535,27 +537,20 @@ async fn a_panicking_run_does_not_stop_the_schedule() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn clock_offsets_beyond_the_bound_can_run_a_fire_twice() {
-    // The bound is real: with max_clock_offset 1 s the claim is kept for
-    // 1 s + 1 s + 2.5 s + 0.5 s = 5 s, and a member 6 s behind comes after it is gone.
+async fn clock_offsets_of_any_size_run_each_fire_once() {
+    // Members 6 s and 45 s behind a quick job's member, with a 20 s period: each comes to
+    // every fire long after it ran, and finds it in the record.
     let start = Instant::now();
     let backend = MemoryBackend::new();
     let runs = Runs::default();
-    let options = |offset| {
-        RunOptions::every(Duration::from_secs(20))
-            .with_wall_clock(clock(start, offset))
-            .max_clock_offset(Duration::from_secs(1))
-    };
+    let options =
+        |offset| RunOptions::every(Duration::from_secs(20)).with_wall_clock(clock(start, offset));
     let ahead = member(&backend, 0, &runs, options(0));
     let behind = member(&backend, 1, &runs, options(-6_000));
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    stop(vec![ahead, behind]).await;
-    assert_eq!(
-        runs.counts().get(&20),
-        Some(&2),
-        "a member further behind than the bound runs the fire again: {:?}",
-        runs.counts()
-    );
+    let far_behind = member(&backend, 2, &runs, options(-45_000));
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    stop(vec![ahead, behind, far_behind]).await;
+    assert_each_once(&runs, [0, 20, 40, 60]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -654,6 +649,9 @@ fn fire_events(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<(i64
                 seen.push((second(fire), FireEvent::Skipped(reason)))
             }
             EventKind::FireMissed { fire } => seen.push((second(fire), FireEvent::Missed)),
+            EventKind::FireInterrupted { fire, retried } => {
+                seen.push((second(fire), FireEvent::Interrupted { retried }))
+            }
             _ => {}
         }
     }
@@ -665,6 +663,7 @@ enum FireEvent {
     Claimed,
     Skipped(FireSkipReason),
     Missed,
+    Interrupted { retried: bool },
 }
 
 #[tokio::test(start_paused = true)]
@@ -718,12 +717,10 @@ async fn skip_if_held_reports_fire_skipped_held() {
     assert_eq!(
         seen,
         [
-            (0, FireEvent::Claimed),
             (0, FireEvent::Skipped(FireSkipReason::Held)),
-            (1, FireEvent::Claimed),
             (1, FireEvent::Skipped(FireSkipReason::Held)),
         ],
-        "each fire is claimed, then skipped because the name is held"
+        "each fire is skipped because the name is held, without a claim"
     );
     assert!(
         runs.fires().is_empty(),
@@ -767,7 +764,7 @@ async fn fires_passed_during_a_long_run_are_reported_missed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_claimer_gives_up_a_name_held_by_a_keep_running_routine_when_its_claim_ends() {
+async fn a_member_gives_up_a_name_held_by_a_keep_running_routine_at_the_next_fire() {
     let start = Instant::now();
     let backend = MemoryBackend::new();
     let keeper_runner = common::runner(&backend);
@@ -786,28 +783,24 @@ async fn a_claimer_gives_up_a_name_held_by_a_keep_running_routine_when_its_claim
         RunOptions::every(Duration::from_secs(30)).with_wall_clock(clock(start, 0)),
     );
     let mut events = one.0.subscribe();
-    // The retention for the defaults: tolerance 1 s + clock offset 10 s + request
-    // timeout 2.5 s + safety margin 0.5 s = 14 s from the claim.
-    tokio::time::sleep(Duration::from_secs(13)).await;
+    // The wait ends at the next fire (30 s), later than the late limit (1 s).
+    tokio::time::sleep(Duration::from_millis(29_900)).await;
     assert_eq!(
         fire_events(&mut events),
-        [(0, FireEvent::Claimed)],
-        "the claimer still waits for the name within its claim"
+        [],
+        "the member still waits for the name until the next fire"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         fire_events(&mut events),
         [(0, FireEvent::Skipped(FireSkipReason::NoLeaseInTime))],
-        "the claimer gives the fire up when its claim ends"
+        "the member gives the fire up at the next fire"
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
         fire_events(&mut events),
-        [
-            (30, FireEvent::Claimed),
-            (30, FireEvent::Skipped(FireSkipReason::NoLeaseInTime))
-        ],
-        "the next fire is claimed again, and given up again"
+        [(30, FireEvent::Skipped(FireSkipReason::NoLeaseInTime))],
+        "the next fire is waited for, and given up again"
     );
     assert!(
         runs.fires().is_empty(),
@@ -817,4 +810,148 @@ async fn a_claimer_gives_up_a_name_held_by_a_keep_running_routine_when_its_claim
     always.cancel();
     always.join().await;
     keeper_runner.shutdown().await;
+}
+
+/// A member whose run of a fire is cut off by its crash ([`Runner::abort`]: the lease is
+/// not released) and a second member that takes the name after the TTL, with `options`.
+/// Returns the runs and the second member's fire events.
+async fn crash_mid_run(options: RunOptions) -> (Runs, Vec<(i64, FireEvent)>) {
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    let crashing = common::runner(&backend);
+    let started = Arc::new(tokio::sync::Notify::new());
+    let _long = crashing.run_named(
+        "job",
+        {
+            let runs = runs.clone();
+            let started = Arc::clone(&started);
+            move |_ctx| {
+                runs.record(0);
+                started.notify_one();
+                std::future::pending::<()>()
+            }
+        },
+        options.clone(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the first member starts fire 0");
+    crashing.abort();
+    let other = member(&backend, 1, &runs, options);
+    let mut events = other.0.subscribe();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let seen = fire_events(&mut events);
+    stop(vec![other]).await;
+    (runs, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_whose_run_was_cut_off_is_recorded_failed_by_default() {
+    let start = Instant::now();
+    let options = RunOptions::every(Duration::from_secs(5)).with_wall_clock(clock(start, 0));
+    let (runs, seen) = crash_mid_run(options).await;
+    assert!(
+        seen.contains(&(0, FireEvent::Interrupted { retried: false })),
+        "the member taking the name reports fire 0 cut off and not retried: {seen:?}"
+    );
+    assert_eq!(
+        runs.counts().get(&0),
+        Some(&1),
+        "fire 0 is not run again: {:?}",
+        runs.counts()
+    );
+    assert_each_once(&runs, [0, 5, 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_whose_run_was_cut_off_is_run_again_with_retry_interrupted() {
+    let start = Instant::now();
+    let options = RunOptions::every(Duration::from_secs(5))
+        .with_wall_clock(clock(start, 0))
+        .retry_interrupted(Duration::from_secs(30));
+    let (runs, seen) = crash_mid_run(options).await;
+    assert!(
+        seen.contains(&(0, FireEvent::Interrupted { retried: true })),
+        "the member taking the name reports fire 0 cut off and retried: {seen:?}"
+    );
+    let members_of_zero: Vec<usize> = runs
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, fire)| *fire == 0)
+        .map(|(member, _)| *member)
+        .collect();
+    assert_eq!(
+        members_of_zero,
+        [0, 1],
+        "fire 0 started on the crashed member and ran again on the other"
+    );
+    let counts = runs.counts();
+    for fire in [5, 10] {
+        assert_eq!(counts.get(&fire), Some(&1), "fire {fire} once: {counts:?}");
+    }
+}
+
+/// A memory backend that declares no records (and so has none).
+#[derive(Debug)]
+struct NoRecords(MemoryBackend);
+
+#[async_trait::async_trait]
+impl LockBackend for NoRecords {
+    fn name(&self) -> &'static str {
+        "no-records"
+    }
+    fn capabilities(&self) -> leasehold::Capabilities {
+        let mut capabilities = self.0.capabilities();
+        capabilities.records = false;
+        capabilities
+    }
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> leasehold::Result<Option<Box<dyn leasehold::Lease>>> {
+        self.0.try_acquire_as(key, ttl, holder).await
+    }
+    async fn released(&self, key: &LockKey) -> leasehold::Result<()> {
+        self.0.released(key).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_without_records_fails_a_scheduled_routine_with_unsupported() {
+    let runner = Runner::with_backend(NoRecords(MemoryBackend::new()));
+    let handle = runner.run_named(
+        "job",
+        |_ctx| async {},
+        RunOptions::every(Duration::from_secs(1)),
+    );
+    match handle.join().await {
+        leasehold::Outcome::Failed(error) => assert!(
+            matches!(*error, leasehold::Error::Unsupported { .. }),
+            "the error says records are unsupported: {error:?}"
+        ),
+        other => panic!("a backend without records cannot run a schedule: {other:?}"),
+    }
+    runner.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_instances_than_a_record_lists_fail_the_routine() {
+    let runner = common::runner(&MemoryBackend::new());
+    let handle = runner.run_named(
+        "job",
+        |_ctx| async {},
+        RunOptions::every(Duration::from_secs(1)).instances(9),
+    );
+    match handle.join().await {
+        leasehold::Outcome::Failed(error) => assert!(
+            error.to_string().contains("instances"),
+            "the error names the setting: {error}"
+        ),
+        other => panic!("9 instances must fail the routine: {other:?}"),
+    }
+    runner.shutdown().await;
 }

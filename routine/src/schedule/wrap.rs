@@ -34,6 +34,10 @@ pub fn scheduled_fire() -> Option<SystemTime> {
     FIRE.try_with(|fire| *fire).ok()
 }
 
+/// Records the end of a run in the name's record (see `Ledger::finish`), called by the
+/// run's own future while the lease is still held.
+pub(crate) type Finish = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// How one run is bounded.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunBounds {
@@ -48,11 +52,14 @@ pub(crate) struct RunBounds {
 /// The routine as `hold` calls it for one run of `fire`: in the fire's task-local scope,
 /// cancelled at the run's timeout and dropped a grace period later, and kept (holding the
 /// lease) until `at_least` has passed since it started. A run that times out counts as
-/// returned: its context was cancelled by the run itself, not by the lease.
+/// returned: its context was cancelled by the run itself, not by the lease. When the run
+/// returns, times out or panics, `finish` records its end, still under the lease; a run
+/// dropped by the lease's deadline is not recorded as ended, so it counts as cut off.
 pub(crate) fn wrap(
     routine: &Arc<Mutex<RoutineFn>>,
     fire: SystemTime,
     bounds: RunBounds,
+    finish: Finish,
 ) -> RoutineFn {
     let routine = Arc::clone(routine);
     let RunBounds {
@@ -68,16 +75,21 @@ pub(crate) fn wrap(
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             FIRE.sync_scope(fire, || (*routine)(ctx.clone()))
         };
+        let finish = Arc::clone(&finish);
         async move {
-            let run = FIRE.scope(fire, future);
+            let run = std::panic::AssertUnwindSafe(FIRE.scope(fire, future)).catch_unwind();
             tokio::pin!(run);
+            let mut panicked = None;
             let finished = match timeout {
                 None => {
-                    run.as_mut().await;
+                    panicked = run.as_mut().await.err();
                     true
                 }
                 Some(timeout) => tokio::select! {
-                    () = run.as_mut() => true,
+                    end = run.as_mut() => {
+                        panicked = end.err();
+                        true
+                    }
                     () = tokio::time::sleep(timeout) => false,
                 },
             };
@@ -85,11 +97,17 @@ pub(crate) fn wrap(
                 tracing::warn!(?timeout, "run timed out; cancelling it");
                 ctx.cancellation_token().cancel();
                 tokio::select! {
-                    () = run.as_mut() => {}
+                    end = run.as_mut() => panicked = end.err(),
                     () = tokio::time::sleep(grace) => {
                         tracing::warn!(?grace, "timed-out run did not return within the grace period; dropping it");
                     }
                 }
+            }
+            finish().await;
+            if let Some(panic) = panicked {
+                std::panic::resume_unwind(panic);
+            }
+            if !finished {
                 return;
             }
             tokio::select! {
