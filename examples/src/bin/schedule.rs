@@ -1,17 +1,17 @@
 //! A scheduled routine on several members: each fire runs once, on one of them.
 //!
 //! ```text
-//! cargo run -p leasehold-examples --bin scheduled                       # in-memory, one process
-//! cargo run -p leasehold-examples --bin scheduled -- --backend redis://127.0.0.1:6379
-//! cargo run -p leasehold-examples --bin scheduled -- --cron "*/2 * * * * *" --zone Europe/Berlin
+//! cargo run -p leasehold-examples --bin schedule                       # in-memory, one process
+//! cargo run -p leasehold-examples --bin schedule -- --backend redis://127.0.0.1:6379
+//! cargo run -p leasehold-examples --bin schedule -- --cron "*/2 * * * * *" --zone Europe/Berlin
 //! ```
 //!
 //! `--members` runners (default 3), each with its own client of the backend (in-memory
 //! unless `--backend URL`), run one routine `--every` period (default 2 s) or on a
 //! `--cron` expression in `--zone` (default UTC), and print which member ran each fire.
-//! The run takes no time, so without a claim per fire a member whose clock is a little
-//! behind would run it again; here each fire's claim (`report@<fire in UTC>`) is kept
-//! after the run. After `--fires` fires (default 5) the members shut down and the program
+//! The run takes no time, so with a lock held only while the job runs a member whose clock
+//! is a little behind would run it again; here each fire is claimed in the name's record
+//! in the backend, which the members behind find. After `--fires` fires (default 5) the members shut down and the program
 //! checks that no fire ran twice. With `--skew 1s`, member `i`'s clock runs `i` seconds
 //! behind: the member ahead runs every fire, and the ones behind find them claimed. Start
 //! it in two terminals against one server to see two processes share the fires.
