@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LeaseInfo, LockBackend, LockKey,
-    RefreshStart, Result, check_holder_identity,
+    BatchRefresh, BatchRefreshExt, Capabilities, FencingToken, Lease, LeaseInfo, LockBackend,
+    LockKey, RecordWrite, RefreshStart, Result, check_holder_identity,
 };
 use tokio::sync::oneshot;
 
@@ -22,7 +22,7 @@ use crate::session::{Answer, Session};
 use crate::settings::Settings;
 use crate::value::Stamp;
 use crate::watch::WatchHub;
-use crate::{key, operator, parse, tls};
+use crate::{key, operator, parse, record, tls};
 
 /// A lease backend on an etcd v3 cluster.
 ///
@@ -180,6 +180,24 @@ impl EtcdBackend {
         key::unchecked(&self.inner.settings.key_prefix, key)
     }
 
+    /// The etcd key that holds `key`'s [record](LockBackend::write_record): under a
+    /// sibling of the key prefix, never under it (`routine/record/<name>` for the default
+    /// prefix `routine/lock/`; see the [crate docs](crate#records)).
+    ///
+    /// Names with a `/` are refused by every operation; for them this is the key they
+    /// would have.
+    pub fn record_key(&self, key: &LockKey) -> Vec<u8> {
+        key::unchecked(&key::record_prefix(&self.inner.settings.key_prefix), key)
+    }
+
+    /// The etcd key of `key`'s record, or
+    /// [`Error::InvalidName`](leasehold_core::Error::InvalidName) if the name is one this
+    /// backend refuses.
+    fn checked_record_key(&self, key: &LockKey) -> Result<Vec<u8>> {
+        let prefix = &self.inner.settings.key_prefix;
+        key::record_key(prefix, &key::record_prefix(prefix), key)
+    }
+
     /// The etcd key of `key`, or [`Error::InvalidName`](leasehold_core::Error::InvalidName)
     /// if the name is one this backend refuses.
     pub(crate) fn checked_key(&self, key: &LockKey) -> Result<Vec<u8>> {
@@ -301,6 +319,7 @@ impl LockBackend for EtcdBackend {
             .with_min_ttl(self.inner.min_ttl)
             .with_max_ttl(MAX_TTL)
             .with_ttl_granularity(Duration::from_secs(1))
+            .with_records(true)
     }
 
     /// Queues every lease's keep-alive and key check with its session task at once, so
@@ -361,6 +380,35 @@ impl LockBackend for EtcdBackend {
         let etcd_key = self.checked_key(key)?;
         self.query("force_release", |client| {
             operator::force_release(client, etcd_key)
+        })
+        .await
+    }
+
+    /// One read of the record key (see [`record_key`](EtcdBackend::record_key)).
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        let record_key = self.checked_record_key(key)?;
+        self.query("read_record", |client| record::read(client, record_key))
+            .await
+    }
+
+    /// One transaction: the record is put (with no etcd lease, so it persists) if the
+    /// lock key's create revision is `token`, which is the case only while the lease with
+    /// that token holds it, and the record holds `expected` (does not exist, for `None`).
+    /// When either comparison fails, the same transaction reads the lock key and the
+    /// record to answer [`RecordWrite::Fenced`] or [`RecordWrite::Conflict`]. A record
+    /// write never wakes a waiter: the record key is outside the watched key prefix.
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<RecordWrite> {
+        leasehold_core::check_record(key, value)?;
+        let lock_key = self.checked_key(key)?;
+        let record_key = self.checked_record_key(key)?;
+        self.query("write_record", |client| {
+            record::write(client, lock_key, record_key, token, expected, value)
         })
         .await
     }

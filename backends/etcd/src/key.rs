@@ -57,6 +57,38 @@ pub(crate) fn unchecked(prefix: &str, key: &LockKey) -> Vec<u8> {
     bytes
 }
 
+/// What the record keys of a backend with the key prefix `prefix` start with: a sibling
+/// of the prefix, never under it, so that the release watch on the prefix never sees a
+/// record and `list` never reads one.
+///
+/// The prefix's last segment is replaced: `lock` by `record` (the default
+/// `routine/lock/` gives `routine/record/`), any other segment `s` by `s.record`
+/// (`billing/locks/` gives `billing/locks.record/`, `/` gives `.record/`). Two different
+/// prefixes give two different record prefixes, and a record prefix never starts with
+/// the prefix it comes from.
+pub(crate) fn record_prefix(prefix: &str) -> String {
+    let trimmed = prefix.strip_suffix(SEPARATOR).unwrap_or(prefix);
+    let (parent, last) = match trimmed.rfind(SEPARATOR) {
+        Some(at) => trimmed.split_at(at + 1),
+        None => ("", trimmed),
+    };
+    if last == "lock" {
+        format!("{parent}record{SEPARATOR}")
+    } else {
+        format!("{parent}{last}.record{SEPARATOR}")
+    }
+}
+
+/// The etcd key of `key`'s record under `record_prefix` (see [`record_prefix`]).
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] if the name contains a `/`, as for [`etcd_key`].
+pub(crate) fn record_key(prefix: &str, record_prefix: &str, key: &LockKey) -> Result<Vec<u8>> {
+    etcd_key(prefix, key)?;
+    Ok(unchecked(record_prefix, key))
+}
+
 /// The name whose key under `prefix` is `etcd_key`, if it is one this backend would lock:
 /// the rest after the prefix, without a `/` (else it is a nested prefix's key), and a
 /// valid [`LockKey`].
@@ -86,6 +118,29 @@ mod tests {
         ] {
             assert_eq!(name_of("routine/lock/", other), None, "{other:?}");
         }
+    }
+
+    #[test]
+    fn record_keys_are_siblings_of_the_lock_keys_never_under_them() {
+        for (prefix, records) in [
+            ("routine/lock/", "routine/record/"),
+            ("lock/", "record/"),
+            ("billing/locks/", "billing/locks.record/"),
+            ("a/b/", "a/b.record/"),
+            ("a/", "a.record/"),
+            ("/", ".record/"),
+            ("a//", "a/.record/"),
+        ] {
+            let got = record_prefix(prefix);
+            assert_eq!(got, records, "{prefix:?}");
+            assert!(!got.starts_with(prefix), "{prefix:?} watches {got:?}");
+        }
+        let key = LockKey::new("report").unwrap();
+        assert_eq!(
+            record_key("routine/lock/", "routine/record/", &key).unwrap(),
+            b"routine/record/report"
+        );
+        assert!(record_key("a/", "a.record/", &LockKey::new("b/c").unwrap()).is_err());
     }
 
     #[test]

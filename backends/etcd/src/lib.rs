@@ -58,6 +58,21 @@
 //!   which wakes waiters; the holder's next refresh reports
 //!   [`Error::Lost`](leasehold_core::Error::Lost).
 //!
+//! # Records
+//!
+//! The [record](leasehold_core::LockBackend::write_record) of a name lives in a key of its
+//! own, under a sibling of the key prefix: the prefix's last segment `lock` becomes
+//! `record` (`routine/lock/report` keeps its record in `routine/record/report`), any
+//! other last segment `s` becomes `s.record` (prefix `billing/locks/` keeps records
+//! under `billing/locks.record/`). Record keys are never under the key prefix, so the
+//! release watch and [`list`](leasehold_core::LockBackend::list) never see them; do not
+//! configure another application's key prefix to be this record prefix. A record has no
+//! etcd lease: it **persists** after every lease is gone, until deleted by hand
+//! (`etcdctl del routine/record/<name>`). A write is one transaction comparing the lock
+//! key's create revision with the writer's fencing token (so it is
+//! [fenced](leasehold_core::RecordWrite::Fenced) once the key was released, expired or
+//! acquired again) and the record with the expected value, then putting the value.
+//!
 //! # TTLs
 //!
 //! etcd lease TTLs are whole seconds, and etcd raises any TTL below its minimum (1.5
@@ -129,6 +144,7 @@ mod lease;
 mod operator;
 mod orphan;
 mod parse;
+mod record;
 mod session;
 mod settings;
 mod tls;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Error, Lease, LeaseInfo, LockBackend, LockKey,
-    RefreshStart, Result,
+    BatchRefresh, BatchRefreshExt, Capabilities, Error, FencingToken, Lease, LeaseInfo,
+    LockBackend, LockKey, RecordWrite, RefreshStart, Result,
 };
 
 use crate::RedisBackendBuilder;
@@ -144,9 +144,16 @@ impl RedisBackend {
         self.inner.keys.fence(key)
     }
 
-    /// Deletes `key`'s fencing counter if nobody holds `key` right now, and says whether
-    /// there was one to delete. `false` if the name is held (nothing is touched then) or
-    /// has no counter.
+    /// The Redis key holding `key`'s [record](LockBackend::write_record), such as
+    /// `routine:record:<name>`. It never expires: see [`forget_fencing`](Self::forget_fencing).
+    pub fn record_key(&self, key: &LockKey) -> String {
+        self.inner.keys.record(key)
+    }
+
+    /// Deletes `key`'s fencing counter, and its [record](LockBackend::write_record), if
+    /// nobody holds `key` right now, and says whether there was a counter to delete.
+    /// `false` if the name is held (nothing is touched then) or has no counter (its
+    /// record, if any, is deleted all the same).
     ///
     /// Every name ever acquired keeps one counter on the server, a small integer key
     /// (under 100 bytes with Redis's overhead), so that its tokens keep increasing
@@ -157,6 +164,7 @@ impl RedisBackend {
     /// **The name's tokens start again from 1** at its next acquisition. Only forget a
     /// name that will not be used again, or whose tokens nothing compares with tokens
     /// handed out before. A Go instance of the original library keeps no counters.
+    /// The record goes too, since the tokens guarding its writes start over.
     ///
     /// # Errors
     ///
@@ -169,7 +177,9 @@ impl RedisBackend {
     /// Dropping the future may or may not delete the counter, under the same condition.
     pub async fn forget_fencing(&self, key: &LockKey) -> Result<bool> {
         let mut invocation = scripts::FORGET.key(self.inner.keys.lock(key));
-        invocation.key(self.inner.keys.fence(key));
+        invocation
+            .key(self.inner.keys.fence(key))
+            .key(self.inner.keys.record(key));
         let invocation = &invocation;
         let deleted: i64 = self
             .inner
@@ -331,6 +341,59 @@ impl LockBackend for RedisBackend {
     /// holder's token is greater.
     async fn force_release(&self, key: &LockKey) -> Result<bool> {
         operator::force_release(&self.inner, key).await
+    }
+
+    /// `GET <namespace>:record:<name>`.
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        let record = &self.inner.keys.record(key);
+        self.inner
+            .request(
+                "read_record",
+                self.inner.settings.request_timeout,
+                |mut conn| async move { redis::cmd("GET").arg(record).query_async(&mut conn).await },
+            )
+            .await
+    }
+
+    /// One script call (see the [crate documentation](crate)): fenced unless the lock is
+    /// held by the acquisition with `token` (the fence counter equals `token` and the
+    /// lock's value carries it, so a lock held by a Go instance fences every write), then
+    /// compare and `SET` of `<namespace>:record:<name>`, with no expiry.
+    ///
+    /// Like every request, the call is sent once more if the connection dropped before
+    /// its answer came; if the first one was written, the second reports
+    /// [`RecordWrite::Conflict`] with `value` itself as the current value.
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<RecordWrite> {
+        leasehold_core::check_record(key, value)?;
+        let mut invocation = scripts::WRITE_RECORD.key(self.inner.keys.lock(key));
+        invocation
+            .key(self.inner.keys.fence(key))
+            .key(self.inner.keys.record(key))
+            .arg(token.get())
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(value);
+        let invocation = &invocation;
+        let (outcome, current): (i64, Option<Vec<u8>>) = self
+            .inner
+            .request(
+                "write_record",
+                self.inner.settings.request_timeout,
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
+        match outcome {
+            scripts::RECORD_WRITTEN => Ok(RecordWrite::Written),
+            scripts::RECORD_CONFLICT => Ok(RecordWrite::Conflict { current }),
+            scripts::RECORD_FENCED => Ok(RecordWrite::Fenced),
+            other => Err(error::unexpected_reply("write_record", other)),
+        }
     }
 }
 

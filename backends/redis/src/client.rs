@@ -18,13 +18,14 @@ use crate::scripts::Keys;
 /// What this backend declares. The shortest TTL is Redis's expiry precision, one
 /// millisecond; the longest is what `PX` and `PEXPIRE` accept with room to spare (the
 /// server adds its clock to it and refuses a sum beyond a signed 64-bit millisecond
-/// count): about 146 million years.
+/// count): about 146 million years. Records are stored (see the crate documentation).
 pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
     .with_release_notifications(true)
     .with_reports_expiry(true)
     .with_min_ttl(Duration::from_millis(1))
     .with_max_ttl(Duration::from_millis(i64::MAX.unsigned_abs() / 2))
-    .with_ttl_granularity(Duration::from_millis(1));
+    .with_ttl_granularity(Duration::from_millis(1))
+    .with_records(true);
 
 /// What a backend and its leases share: the settings, the key layout and the two
 /// connections.

@@ -37,6 +37,18 @@
 //! a server restarted without persistence, or one that evicts keys (see below), counts
 //! from 1 again.
 //!
+//! # Records
+//!
+//! The [record](leasehold_core::LockBackend::write_record) of a name is the plain string
+//! key `routine:record:<name>` (same namespace rule as the lock), holding the value's
+//! bytes as given. It has no TTL: it outlives every lease and stays until
+//! [`RedisBackend::forget_fencing`] deletes it. A write is one Lua script: it is
+//! [fenced](leasehold_core::RecordWrite::Fenced) unless the lock key is held, the fence
+//! counter equals the writer's token (every acquire increments it, so no later one
+//! exists) and the lock's value carries that token; then it compares the record with the
+//! expected value (`nil` for none) and `SET`s it. A lock held by a Go instance (which
+//! counts nothing on the fence key) therefore fences every write.
+//!
 //! # What stays on the server
 //!
 //! A lock key lives as long as its lease: it is deleted on release and expires with its
@@ -44,9 +56,11 @@
 //! backend, so that tokens keep increasing: **one small key per distinct name ever
 //! acquired** (under 100 bytes with Redis's overhead). With a fixed set of routines that
 //! is nothing; with names made up at run time (one per customer or job id) they add up.
-//! [`RedisBackend::forget_fencing`] deletes the counter of a name nobody holds (its
-//! tokens then start from 1 again); to see them all:
-//! `redis-cli --scan --pattern 'routine:fence:*'`.
+//! A name whose holder wrote a record also keeps its record key `routine:record:<name>`
+//! (the value, at most 1024 bytes, plus Redis's overhead), which never expires either.
+//! [`RedisBackend::forget_fencing`] deletes the counter and the record of a name nobody
+//! holds (its tokens then start from 1 again); to see them all:
+//! `redis-cli --scan --pattern 'routine:fence:*'` (and `'routine:record:*'`).
 //!
 //! # Eviction
 //!

@@ -155,17 +155,67 @@ return held
 /// [`REFRESH_MANY_CHUNK`].
 pub(crate) const DESCRIBE_CHUNK: usize = 500;
 
-/// Deletes a name's fence counter unless its lock is held.
+/// Deletes a name's fence counter, and its record, unless its lock is held.
 ///
-/// `KEYS[1]` lock key, `KEYS[2]` fence key. Returns 1 if the counter was deleted, 0 if
-/// the lock is held (nothing is touched) or there was no counter.
+/// `KEYS[1]` lock key, `KEYS[2]` fence key, `KEYS[3]` record key. Returns 1 if the
+/// counter was deleted, 0 if the lock is held (nothing is touched) or there was no
+/// counter. The record goes with the counter: the tokens that guard its writes start
+/// again from 1, so a record kept across that would be guarded by tokens that no
+/// longer order its writers.
 pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
+redis.call('DEL', KEYS[3])
 return redis.call('DEL', KEYS[2])
+",
+    )
+});
+
+/// What [`WRITE_RECORD`] answers first: the record now holds the new value.
+pub(crate) const RECORD_WRITTEN: i64 = 0;
+/// What [`WRITE_RECORD`] answers first: the record held another value (the second
+/// element, nil for no record) and was left alone.
+pub(crate) const RECORD_CONFLICT: i64 = 1;
+/// What [`WRITE_RECORD`] answers first: the lease with the writer's token is not the
+/// key's live lease, and nothing was written.
+pub(crate) const RECORD_FENCED: i64 = 2;
+
+/// Compare-and-set of a name's record by the holder of the lease with a given fencing
+/// token, in one step.
+///
+/// `KEYS[1]` lock key, `KEYS[2]` fence key, `KEYS[3]` record key; `ARGV[1]` the
+/// writer's fencing token (decimal), `ARGV[2]` `1` if a value is expected and `0` for
+/// no record, `ARGV[3]` the expected value (empty when none is), `ARGV[4]` the new
+/// value. Returns `{RECORD_FENCED, nil}` unless the lock is held, the fence counter
+/// equals the token (every acquisition increments it, so no later acquisition exists)
+/// and the lock's value is one of ours carrying that token (so the live lease is that
+/// acquisition, not a Go holder's lock, which never counts on the fence key);
+/// otherwise `{RECORD_CONFLICT, current}` if the record differs from the expected value
+/// (a missing record is nil); otherwise sets the record, with no expiry, and returns
+/// `{RECORD_WRITTEN, nil}`. Values are binary-safe.
+pub(crate) static WRITE_RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if not held or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return {2, false}
+end
+if string.match(held, '^leasehold:v1:%x+:(%d+):') ~= ARGV[1] then
+  return {2, false}
+end
+local current = redis.call('GET', KEYS[3])
+if ARGV[2] == '1' then
+  if current ~= ARGV[3] then
+    return {1, current}
+  end
+elseif current then
+  return {1, current}
+end
+redis.call('SET', KEYS[3], ARGV[4])
+return {0, false}
 ",
     )
 });
@@ -194,12 +244,14 @@ impl fmt::Debug for Claim {
 ///
 /// With namespace `ns` a routine `name` has the lock key `ns:lock:name` (so the default
 /// namespace `routine` gives the Go original's `routine:lock:name`), the fence counter
-/// `ns:fence:name` (never expires, only incremented), and its releases are published on
-/// the channel `ns:released:name`.
+/// `ns:fence:name` (never expires, only incremented), the record `ns:record:name` (no
+/// expiry, written only by the holder), and its releases are published on the channel
+/// `ns:released:name`.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     lock: String,
     fence: String,
+    record: String,
     channel: String,
 }
 
@@ -208,8 +260,14 @@ impl Keys {
         Self {
             lock: format!("{namespace}:lock:"),
             fence: format!("{namespace}:fence:"),
+            record: format!("{namespace}:record:"),
             channel: format!("{namespace}:released:"),
         }
+    }
+
+    /// The record key of `key`: `<namespace>:record:<name>`.
+    pub(crate) fn record(&self, key: &LockKey) -> String {
+        format!("{}{key}", self.record)
     }
 
     pub(crate) fn lock(&self, key: &LockKey) -> String {
@@ -270,6 +328,7 @@ mod tests {
         let key = LockKey::new("billing").unwrap();
         assert_eq!(keys.lock(&key), "routine:lock:billing");
         assert_eq!(keys.fence(&key), "routine:fence:billing");
+        assert_eq!(keys.record(&key), "routine:record:billing");
         assert_eq!(keys.channel(&key), "routine:released:billing");
         assert_eq!(keys.channel_pattern(), "routine:released:*");
     }
