@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold_core::{
-    BatchRefresh, BatchRefreshExt, Capabilities, Lease, LeaseInfo, LockBackend, LockKey,
-    RefreshStart, Result,
+    BatchRefresh, BatchRefreshExt, Capabilities, FencingToken, Lease, LeaseInfo, LockBackend,
+    LockKey, RecordWrite, RefreshStart, Result,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +19,7 @@ use crate::lease::{PostgresLease, call, session_stopped};
 use crate::message::{Acquired, Command};
 use crate::notify::Notifier;
 use crate::operator::Operator;
+use crate::record::Records;
 use crate::session;
 use crate::ttl::{CAPABILITIES, check_ttl};
 
@@ -27,7 +28,8 @@ use crate::ttl::{CAPABILITIES, check_ttl};
 /// All leases of one backend live on one dedicated connection (the lock session), and
 /// release notifications arrive on a second one (the listener): holding a thousand
 /// routines takes two connections. The operator queries (`describe`, `list`,
-/// `force_release`) open up to two more, on first use, and close them when idle. See the
+/// `force_release`) and records (`read_record`, `write_record`) open up to two more, on
+/// first use, and close them when idle. See the
 /// [crate docs](crate) for how TTLs, fencing tokens, collisions, poolers and operator
 /// queries are handled.
 ///
@@ -61,6 +63,8 @@ struct Inner {
     notifier: Notifier,
     /// Connections for `describe`, `list` and `force_release`, opened on first use.
     operator: Operator,
+    /// The record statements, run on the operator connections.
+    records: Records,
 }
 
 impl PostgresBackend {
@@ -120,6 +124,7 @@ impl PostgresBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 operator: Operator::new(Arc::clone(&settings)),
+                records: Records::new(&settings.qualified_table, &settings.qualified_sessions),
                 settings,
                 session,
                 notifier,
@@ -261,6 +266,53 @@ impl LockBackend for PostgresBackend {
         self.inner
             .operator
             .force_release(key, self.lock_key(key))
+            .await
+    }
+
+    /// The `record` column of the key's fencing row, read on this backend's operator
+    /// connections. A key never acquired under this namespace (or whose row belongs to a
+    /// colliding name) has no record.
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        let inner = &self.inner;
+        inner
+            .records
+            .read(
+                inner.operator.pool(),
+                &inner.settings,
+                key,
+                self.lock_key(key),
+            )
+            .await
+    }
+
+    /// Writes the `record` column of the key's fencing row in one statement on this
+    /// backend's operator connections (not the lock session, so it never delays a
+    /// refresh): the statement locks the row, and stores `value` only if the row's token
+    /// is `token`, the row still names a lock session whose heartbeat runs, and the
+    /// record is `expected`.
+    ///
+    /// [`RecordWrite::Fenced`] if the key was acquired again since (its token moved on),
+    /// was released (the claim is cleared) or its holder's session heartbeat has run out,
+    /// or if it was never acquired under this name; [`RecordWrite::Conflict`] with the
+    /// stored record if that differs from `expected`.
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<RecordWrite> {
+        let inner = &self.inner;
+        inner
+            .records
+            .write(
+                inner.operator.pool(),
+                &inner.settings,
+                (key, self.lock_key(key)),
+                token,
+                expected,
+                value,
+            )
             .await
     }
 }

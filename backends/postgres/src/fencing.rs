@@ -2,7 +2,7 @@
 //!
 //! The fencing table has one row per lock key: `(lock_key bigint primary key, namespace
 //! text, name text, token bigint, acquired_at timestamptz, holder_session bigint,
-//! holder_identity text)`. The holder bumps `token`, and sets `acquired_at` (the server's
+//! holder_identity text, record bytea)`. The holder bumps `token`, and sets `acquired_at` (the server's
 //! `now()`) and `holder_identity`, in the statement that takes the advisory lock, so tokens
 //! grow with
 //! every acquisition of a key as long as the row is kept: never delete rows (a deleted row
@@ -16,6 +16,9 @@
 //! session may have ended (terminated, restarted, cut off by a pooler) before its holders
 //! learned it, and they may run until their local deadlines, which the heartbeat
 //! outlasts. A release clears `holder_session`, so a graceful handover does not wait.
+//!
+//! `record` is the key's record (the `record` module), written only by its holder and
+//! never touched by the lock statements: it outlives every lease of the key.
 
 use std::sync::Arc;
 
@@ -173,9 +176,9 @@ impl Statements {
     }
 }
 
-/// Creates the schema and the two tables if missing (adding `holder_session` and
-/// `holder_identity` to a fencing table made by an earlier version), then checks that the tables are ours and that this
-/// role may read and write them.
+/// Creates the schema and the two tables if missing (adding `holder_session`,
+/// `holder_identity` and `record` to a fencing table made by an earlier version), then
+/// checks that the tables are ours and that this role may read and write them.
 ///
 /// # Errors
 ///
@@ -214,7 +217,8 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
                 token bigint NOT NULL,
                 acquired_at timestamptz NOT NULL DEFAULT now(),
                 holder_session bigint,
-                holder_identity text
+                holder_identity text,
+                record bytea
             )"
         );
         create(conn, sql, ctx("create the fencing table")).await?;
@@ -241,19 +245,24 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
         columns,
         has_holder,
         has_identity,
+        has_record,
         writable,
         sessions_ok,
     } = check;
-    if columns == 4 && !(has_holder && has_identity) {
-        // Made by a version without session heartbeats or holder identities.
+    if columns == 4 && !(has_holder && has_identity && has_record) {
+        // Made by a version without session heartbeats, holder identities or records.
+        // Replicas upgrading at once: `IF NOT EXISTS` skips a column another one added
+        // (its `ALTER` waits for the other's to commit), and `create` accepts the
+        // "already exists" errors of a closer race.
         let sql = format!(
             "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS holder_session bigint,
-                                 ADD COLUMN IF NOT EXISTS holder_identity text"
+                                 ADD COLUMN IF NOT EXISTS holder_identity text,
+                                 ADD COLUMN IF NOT EXISTS record bytea"
         );
         create(
             conn,
             sql,
-            ctx("add columns holder_session and holder_identity to the fencing table"),
+            ctx("add columns holder_session, holder_identity and record to the fencing table"),
         )
         .await?;
     }
@@ -302,6 +311,8 @@ struct TableCheck {
     has_holder: bool,
     /// Whether it has `holder_identity` (tables made before operator queries do not).
     has_identity: bool,
+    /// Whether it has `record` (tables made before records do not).
+    has_record: bool,
     /// Whether the role may read and write the fencing table.
     writable: bool,
     /// Whether the role may read, write and delete in the session table.
@@ -318,6 +329,8 @@ impl TableCheck {
                        AND attname = 'holder_session' AND NOT attisdropped) AS has_holder,
                     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
                        AND attname = 'holder_identity' AND NOT attisdropped) AS has_identity,
+                    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
+                       AND attname = 'record' AND NOT attisdropped) AS has_record,
                     has_table_privilege($1, 'SELECT, INSERT, UPDATE') AS writable,
                     has_table_privilege($2, 'SELECT, INSERT, UPDATE, DELETE') AS sessions_ok",
         )
@@ -329,6 +342,7 @@ impl TableCheck {
             columns: row.try_get("columns")?,
             has_holder: row.try_get("has_holder")?,
             has_identity: row.try_get("has_identity")?,
+            has_record: row.try_get("has_record")?,
             writable: row.try_get("writable")?,
             sessions_ok: row.try_get("sessions_ok")?,
         })

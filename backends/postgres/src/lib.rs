@@ -23,7 +23,7 @@
 //! # Connections
 //!
 //! One backend uses two connections however many leases it holds (plus operator
-//! connections, opened only for the operator queries below): the lock session, owned
+//! connections, opened only for the operator queries and records below): the lock session, owned
 //! by one task that runs every acquire, refresh and release in turn (concurrent refreshes
 //! share one statement), and a `LISTEN` connection for release notifications. Both show in
 //! `pg_stat_activity` as `application_name` `routine lock session` and `routine listener`
@@ -113,16 +113,20 @@
 //! privilege; without it, [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied)
 //! (create the tables once as an administrator, then `SELECT, INSERT, UPDATE` on the
 //! fencing table and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
-//! fencing table made by an earlier version gets its `holder_session` and
-//! `holder_identity` columns added, which needs its owner.
+//! fencing table made by an earlier version gets its `holder_session`,
+//! `holder_identity` and `record` columns added, which needs its owner (or run
+//! `ALTER TABLE public.routine_fencing ADD COLUMN IF NOT EXISTS record bytea` once as
+//! the owner before upgrading).
 //!
-//! What stays on the server: one fencing row (about 100 bytes) per routine name ever
-//! acquired, kept for good so that tokens never restart; and one session row per backend
-//! connection, deleted once its heartbeat has run out. An application that makes routine
+//! What stays on the server: one fencing row (about 100 bytes, plus its record: see
+//! *Records*) per routine name ever acquired, kept for good so that tokens never
+//! restart; and one session row per backend connection, deleted once its heartbeat has
+//! run out. An application that makes routine
 //! names dynamically (one per tenant, per job id) grows the fencing table by one row per
 //! name. To clean up names that are gone for good, delete their rows while nothing holds
 //! them, accepting that their tokens restart at 1 if a name ever comes back (harmless
-//! only if nothing downstream still remembers a token of that name):
+//! only if nothing downstream still remembers a token of that name), and that their
+//! records go with them:
 //!
 //! ```sql
 //! DELETE FROM public.routine_fencing
@@ -130,6 +134,9 @@
 //!   AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
 //!                   AND ((classid::int8 << 32) | objid::int8) = lock_key);
 //! ```
+//!
+//! A record (a scheduled routine's last fire, say) is deleted with its row; add
+//! `AND record IS NULL` to keep the rows of names whose records must survive.
 //!
 //! # Operator queries
 //!
@@ -159,6 +166,27 @@
 //! once; a holder whose listener is cut off learns at its next refresh. On PostgreSQL 12
 //! and 13 the server does not wait for the terminated process to exit, so a waiter woken
 //! by the release may still meet the lock and wait for its retry interval.
+//!
+//! # Records
+//!
+//! [`read_record`](leasehold_core::LockBackend::read_record) and
+//! [`write_record`](leasehold_core::LockBackend::write_record) keep a key's record (at most
+//! [`MAX_RECORD_LEN`](leasehold_core::MAX_RECORD_LEN) bytes) in the `record` column
+//! (`bytea`, NULL for none) of its fencing row. The record has no TTL: it stays when the
+//! lease is released or lost, for as long as the row ([`Capabilities::records`] is
+//! `true`). A write is one statement that locks the key's row and stores the value only
+//! if the row's token is the writer's fencing token, the row still names a lock session
+//! whose heartbeat runs (the lease was not released, nor its session's heartbeat run out)
+//! and the record holds the expected value; otherwise it reports
+//! [`RecordWrite::Fenced`](leasehold_core::RecordWrite::Fenced) (the key was acquired
+//! again, released, or never acquired under this name) or
+//! [`RecordWrite::Conflict`](leasehold_core::RecordWrite::Conflict) with the stored value.
+//! An acquire that bumps the token waits for a write in progress, or the write sees the
+//! new token: never both. Both run on the operator connections, never on the lock session,
+//! so they never delay a refresh. A name whose key collides with another name's row has
+//! no record, and its writes are fenced.
+//!
+//! [`Capabilities::records`]: leasehold_core::Capabilities::records
 //!
 //! # Release notifications
 //!
@@ -204,6 +232,7 @@ mod lease;
 mod message;
 mod notify;
 mod operator;
+mod record;
 mod session;
 mod ttl;
 

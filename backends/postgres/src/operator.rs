@@ -2,7 +2,8 @@
 //!
 //! They run on a small pool of connections of their own, opened on first use and closed
 //! when idle, never on the lock session: a slow `pg_locks` scan or a wait for a terminated
-//! process must not delay the refreshes queued behind it.
+//! process must not delay the refreshes queued behind it. Records (the `record` module)
+//! are read and written on the same pool.
 //!
 //! A key is *held* when an acquire would now meet contention: its advisory lock is held
 //! (`pg_locks`, in this database), or its fencing row names a session whose heartbeat
@@ -106,6 +107,12 @@ impl Operator {
             probe,
             clear,
         }
+    }
+
+    /// The operator connections, shared with the record statements (the `record`
+    /// module), which must not wait behind the lock session either.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     fn ctx(&self, operation: &'static str) -> Context {

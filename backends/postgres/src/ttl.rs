@@ -39,7 +39,8 @@ pub(crate) const CAPABILITIES: Capabilities = Capabilities::new()
     .with_min_ttl(MIN_TTL)
     .with_max_ttl(MAX_TTL)
     .with_ttl_granularity(Duration::from_millis(1))
-    .with_detects_takeover(true);
+    .with_detects_takeover(true)
+    .with_records(true);
 
 /// Rejects TTLs the backend cannot honour.
 pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {

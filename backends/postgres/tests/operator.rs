@@ -1,14 +1,15 @@
-//! Operator queries beyond the shared suite: a fencing table of an earlier version gains
-//! `holder_identity`; `force_release` ends the holder's lock session, which revokes every
-//! lease of that backend at once while its other keys stay guarded by the session's
-//! heartbeat; and it needs the privilege to end that session.
+//! Operator queries and records beyond the shared suite: a fencing table of an earlier
+//! version gains `holder_identity` and `record`; `force_release` ends the holder's lock
+//! session, which revokes every lease of that backend at once while its other keys stay
+//! guarded by the session's heartbeat; and it needs the privilege to end that session. A
+//! record write of a released lease is fenced.
 
 mod common;
 
 use std::time::Duration;
 
 use leasehold_conformance::servers::PostgresServer;
-use leasehold_core::{Error, LockBackend};
+use leasehold_core::{Error, LockBackend, RecordWrite};
 use tokio::time::Instant;
 
 use common::{backend, builder, eventually, holder_pid, key};
@@ -20,10 +21,15 @@ const GUARD: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tables_of_earlier_versions_gain_holder_identity_and_keep_their_tokens() {
     let server = leasehold_conformance::require_server!(PostgresServer::start());
-    // Without heartbeats (four columns), and with heartbeats but without identities.
+    // Without heartbeats (four columns), with heartbeats but without identities, and
+    // with both but without records.
     for (table, extra) in [
         ("fencing_v1", ""),
         ("fencing_v2", ", holder_session bigint"),
+        (
+            "fencing_v3",
+            ", holder_session bigint, holder_identity text",
+        ),
     ] {
         server.psql(&format!(
             "CREATE TABLE public.{table} (lock_key bigint PRIMARY KEY, namespace text NOT NULL,
@@ -44,9 +50,10 @@ async fn fencing_tables_of_earlier_versions_gain_holder_identity_and_keep_their_
         assert_eq!(
             server.psql(&format!(
                 "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.{table}'::regclass
-                 AND attname IN ('holder_session', 'holder_identity') AND NOT attisdropped"
+                 AND attname IN ('holder_session', 'holder_identity', 'record')
+                 AND NOT attisdropped"
             )),
-            "2",
+            "3",
             "{table} gained the new columns"
         );
         let mut lease = backend
@@ -62,8 +69,82 @@ async fn fencing_tables_of_earlier_versions_gain_holder_identity_and_keep_their_
         let info = backend.describe(&k).await.unwrap().expect("held");
         assert_eq!(info.holder.as_deref(), Some("replica-7"), "{table}");
         assert_eq!(info.fencing_token, Some(lease.fencing_token()), "{table}");
+        assert_eq!(
+            backend
+                .write_record(&k, lease.fencing_token(), None, b"kept")
+                .await
+                .unwrap(),
+            RecordWrite::Written,
+            "{table}: the holder writes a record"
+        );
         lease.release().await.unwrap();
+        assert_eq!(
+            backend.read_record(&k).await.unwrap().as_deref(),
+            Some(&b"kept"[..]),
+            "{table}: the record outlives the lease"
+        );
     }
+}
+
+/// Replicas of a new version starting at once on a table of the previous one (without
+/// `record`) all build: their `ADD COLUMN IF NOT EXISTS` statements race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_upgrading_a_fencing_table_at_once_all_build() {
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
+    for round in 0..5 {
+        let table = format!("fencing_upgrade_{round}");
+        server.psql(&format!(
+            "CREATE TABLE public.{table} (lock_key bigint PRIMARY KEY, namespace text NOT NULL,
+             name text NOT NULL, token bigint NOT NULL,
+             acquired_at timestamptz NOT NULL DEFAULT now(), holder_session bigint,
+             holder_identity text)"
+        ));
+        let builds = (0..6).map(|_| builder(&server.url(), "upgrade").with_table(&table).build());
+        for (i, built) in futures::future::join_all(builds)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if let Err(err) = built {
+                panic!("round {round}: replica {i} failed to build: {err:?}");
+            }
+        }
+    }
+}
+
+/// PostgreSQL can tell a released lease: its claim is cleared, so its record writes are
+/// fenced even before anyone acquires the key again, and the record stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_writes_of_a_released_lease_are_fenced() {
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
+    let a = backend(&server.url(), "records").await;
+    let k = key("job");
+    let mut lease = a
+        .try_acquire(&k, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("free");
+    let token = lease.fencing_token();
+    assert!(
+        a.write_record(&k, token, None, b"1")
+            .await
+            .unwrap()
+            .is_written()
+    );
+    lease.release().await.unwrap();
+    assert_eq!(
+        a.write_record(&k, token, Some(b"1"), b"2").await.unwrap(),
+        RecordWrite::Fenced,
+        "a released lease no longer writes"
+    );
+    assert_eq!(
+        a.write_record(&key("never"), token, None, b"x")
+            .await
+            .unwrap(),
+        RecordWrite::Fenced,
+        "a key never acquired has no holder"
+    );
+    assert_eq!(a.read_record(&k).await.unwrap().as_deref(), Some(&b"1"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
