@@ -4,8 +4,9 @@
 //! text, name text, token bigint, acquired_at timestamptz, holder_session bigint,
 //! holder_identity text, record bytea)`. The holder bumps `token`, and sets `acquired_at`
 //! (the server's `now()`) and `holder_identity`, in the statement that takes the advisory
-//! lock, so tokens grow with every acquisition of a key as long as the row is kept: never delete rows (a deleted row
-//! restarts its key's tokens at 1). The stored namespace and name detect hash collisions.
+//! lock, so tokens grow with every acquisition of a key as long as the row is kept: never
+//! delete rows (a deleted row restarts its key's tokens at 1). The stored namespace and
+//! name detect hash collisions.
 //!
 //! `holder_session` names the lock session that took the key, and the session table (the
 //! fencing table's name with `_sessions` appended) holds each session's heartbeat: `(id
