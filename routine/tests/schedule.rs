@@ -955,3 +955,91 @@ async fn more_instances_than_a_record_lists_fail_the_routine() {
     }
     runner.shutdown().await;
 }
+
+/// A memory backend whose first record write goes through but answers with a timeout,
+/// as when the reply is lost on the way back.
+#[derive(Debug)]
+struct LostReply {
+    inner: MemoryBackend,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl LockBackend for LostReply {
+    fn name(&self) -> &'static str {
+        "lost-reply"
+    }
+    fn capabilities(&self) -> leasehold::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire_as(
+        &self,
+        key: &LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> leasehold::Result<Option<Box<dyn leasehold::Lease>>> {
+        self.inner.try_acquire_as(key, ttl, holder).await
+    }
+    async fn released(&self, key: &LockKey) -> leasehold::Result<()> {
+        self.inner.released(key).await
+    }
+    async fn read_record(&self, key: &LockKey) -> leasehold::Result<Option<Vec<u8>>> {
+        self.inner.read_record(key).await
+    }
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: leasehold::FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> leasehold::Result<leasehold::RecordWrite> {
+        let written = self.inner.write_record(key, token, expected, value).await?;
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(leasehold::Error::timeout(
+                "lost-reply",
+                "write_record",
+                Duration::from_millis(1),
+            ));
+        }
+        Ok(written)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_reply_was_lost_still_runs_its_fire_once() {
+    let start = Instant::now();
+    let backend = LostReply {
+        inner: MemoryBackend::new(),
+        lost: Default::default(),
+    };
+    let runner = Runner::builder()
+        .with_backend(backend)
+        .with_lease_ttl(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut events = runner.subscribe();
+    let runs = Runs::default();
+    let handle = runner.run_named(
+        "job",
+        {
+            let runs = runs.clone();
+            move |_ctx| {
+                runs.record(0);
+                async {}
+            }
+        },
+        RunOptions::every(Duration::from_secs(5)).with_wall_clock(clock(start, 0)),
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    handle.cancel();
+    handle.join().await;
+    runner.shutdown().await;
+    let seen = fire_events(&mut events);
+    assert_eq!(runs.fires(), [0, 5], "each fire runs once: {seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, kind)| matches!(kind, FireEvent::Interrupted { .. })),
+        "the claim is found as ours, not as a run cut off: {seen:?}"
+    );
+}

@@ -103,6 +103,15 @@ impl Ledger {
     ) -> Result<(Claim, Vec<Interrupted>)> {
         for _ in 0..WRITE_TRIES {
             let (bytes, record) = self.read().await?;
+            // Our own claim, from a write whose answer was lost (a resent write then
+            // reports a conflict with our own value).
+            if let Some(ours) = record
+                .running
+                .iter()
+                .find(|run| run.slot == slot && run.token == slot_token)
+            {
+                return Ok((Claim::Run(ours.fire), Vec::new()));
+            }
             let mut next = record.clone();
             let mut interrupted = Vec::new();
             for run in &record.running {

@@ -175,19 +175,36 @@ impl Schedule<'_> {
         until: Instant,
     ) -> Taken {
         let slot_token = lease.fencing_token();
-        let now = self.options.clock.now();
-        let claimed = if ledger.slots.len() <= 1 {
-            ledger
-                .claim(slot_token, slot, slot_token, fire, now)
-                .await
-                .map(Some)
-        } else {
-            ledger
-                .with_name(until, |token| {
-                    ledger.claim(token, slot, slot_token, fire, now)
-                })
-                .await
-                .and_then(|claimed| claimed.transpose())
+        let config = self.task.config();
+        // A claim whose answer was lost is tried again under the same lease while it is
+        // surely live (a new lease would make our own claim look cut off): a write that
+        // went through is then found in the record as ours.
+        let retry_until = sent + config.lease_ttl / 2;
+        let claimed = loop {
+            let now = self.options.clock.now();
+            let claimed = if ledger.slots.len() <= 1 {
+                ledger
+                    .claim(slot_token, slot, slot_token, fire, now)
+                    .await
+                    .map(Some)
+            } else {
+                ledger
+                    .with_name(until, |token| {
+                        ledger.claim(token, slot, slot_token, fire, now)
+                    })
+                    .await
+                    .and_then(|claimed| claimed.transpose())
+            };
+            match claimed {
+                Err(error)
+                    if error.is_transient()
+                        && Instant::now() + config.retry_interval < retry_until =>
+                {
+                    tracing::debug!(error = %error.chain(), "claiming the fire failed; trying again under the same lease");
+                    tokio::time::sleep(config.retry_interval / 2).await;
+                }
+                claimed => break claimed,
+            }
         };
         let (claim, interrupted) = match claimed {
             Ok(Some(claimed)) => claimed,
