@@ -22,7 +22,10 @@ fn run_example(args: &[&str]) -> anyhow::Result<String> {
 }
 
 fn assert_each_fire_once(stdout: &str) {
-    let ran: Vec<&str> = stdout.lines().filter(|line| line.contains(" ran on member ")).collect();
+    let ran: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains(" ran on member "))
+        .collect();
     assert_eq!(ran.len(), 3, "three fires reported: {stdout}");
     assert!(
         stdout.contains("3 fires, each ran once"),

@@ -9,9 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Error, Lease, LeaseInfo, LockBackend, LockKey, Result};
+use leasehold_core::{Error, LeaseInfo, LockBackend, LockKey, Result};
 use tokio::time::Instant;
 
+use crate::attempt::{Attempt, attempt};
 use crate::backend_slot::BackendSlot;
 use crate::backoff::Backoff;
 use crate::events::EventKind;
@@ -47,14 +48,6 @@ pub(crate) struct Instance<'a> {
     /// key was free: a second such answer in a row waits the retry interval, so a backend
     /// that says "free" while the key stays held cannot make the waiter spin.
     retried_at_once: bool,
-}
-
-/// One try to take the lease.
-struct Attempt {
-    /// The lease, `None` if someone else holds it, or the error.
-    result: Result<Option<Box<dyn Lease>>>,
-    /// When the request was sent: the lease's local deadline counts from then.
-    sent: Instant,
 }
 
 impl<'a> Instance<'a> {
@@ -217,39 +210,9 @@ impl<'a> Instance<'a> {
         }
     }
 
-    /// Waits for a turn among the runner's acquires in flight, then tries once. `None` if
-    /// the routine was stopped while it waited or while the request was in flight (the
-    /// backend gives back a key an abandoned acquire may have taken, or it expires by its
-    /// TTL).
+    /// One bounded, interruptible try at the key (see [`attempt`]).
     async fn attempt(&self, backend: &dyn LockBackend) -> Option<Attempt> {
-        let shared = self.task.shared();
-        let config = self.task.config();
-        let cancel = self.task.cancel();
-        let turn = tokio::select! {
-            biased;
-            _ = shared.aborted() => return None,
-            _ = cancel.cancelled() => return None,
-            turn = shared.acquire_turn() => turn,
-        };
-        let sent = Instant::now();
-        let attempt = tokio::time::timeout(
-            config.request_timeout,
-            backend.try_acquire_as(&self.key, config.lease_ttl, shared.holder_identity()),
-        );
-        let result = tokio::select! {
-            biased;
-            _ = shared.aborted() => return None,
-            _ = cancel.cancelled() => return None,
-            attempt = attempt => attempt.unwrap_or_else(|_| {
-                Err(Error::timeout(backend.name(), "acquire", config.request_timeout))
-            }),
-        };
-        drop(turn);
-        metrics::acquire_duration(self.key.as_str(), backend.name(), sent.elapsed());
-        if result.is_err() {
-            metrics::backend_error(backend.name(), Operation::Acquire);
-        }
-        Some(Attempt { result, sent })
+        attempt(self.task, backend, &self.key, self.task.config().lease_ttl).await
     }
 
     /// Who holds the key, asked once per contention streak (not per retry: a waiter must

@@ -16,6 +16,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod attempt;
 mod backend_slot;
 mod backoff;
 mod builder;

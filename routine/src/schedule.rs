@@ -27,7 +27,7 @@ mod wrap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use leasehold_core::{Error, Lease, LockBackend, LockKey, Result};
+use leasehold_core::{Error, LockBackend, LockKey};
 use tokio::time::Instant;
 
 use crate::backend_slot::BackendSlot;
@@ -185,41 +185,6 @@ impl<'a> Schedule<'a> {
             return Next::Stop(Outcome::Failed(Arc::new(error)));
         }
         Box::pin(self.run_fire(&backend, fire)).await
-    }
-
-    /// Waits for a turn among the runner's acquires, then tries `key` once for `ttl`,
-    /// bounded by the request timeout. `None` if the routine was stopped meanwhile;
-    /// otherwise the backend's answer and when the request was sent.
-    async fn try_take(
-        &self,
-        backend: &dyn LockBackend,
-        key: &LockKey,
-        ttl: Duration,
-    ) -> Option<(Result<Option<Box<dyn Lease>>>, Instant)> {
-        let shared = self.task.shared();
-        let config = self.task.config();
-        let cancel = self.task.cancel();
-        let turn = tokio::select! {
-            biased;
-            _ = shared.aborted() => return None,
-            _ = cancel.cancelled() => return None,
-            turn = shared.acquire_turn() => turn,
-        };
-        let sent = Instant::now();
-        let attempt = tokio::time::timeout(
-            config.request_timeout,
-            backend.try_acquire_as(key, ttl, shared.holder_identity()),
-        );
-        let result = tokio::select! {
-            biased;
-            _ = shared.aborted() => return None,
-            _ = cancel.cancelled() => return None,
-            attempt = attempt => attempt.unwrap_or_else(|_| {
-                Err(Error::timeout(backend.name(), "acquire", config.request_timeout))
-            }),
-        };
-        drop(turn);
-        Some((result, sent))
     }
 
     /// The backend, connecting it if needed; backs off on failure.

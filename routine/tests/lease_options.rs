@@ -69,6 +69,20 @@ impl LockBackend for Recording {
         self.calls.lock().unwrap().push((ttl, leases.len()));
         self.inner.refresh_many(leases, ttl).await
     }
+
+    async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
+        self.inner.read_record(key).await
+    }
+
+    async fn write_record(
+        &self,
+        key: &LockKey,
+        token: leasehold::FencingToken,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<leasehold::RecordWrite> {
+        self.inner.write_record(key, token, expected, value).await
+    }
 }
 
 /// A runner on `backend` with a lease TTL of a minute (refreshed every 12 s).

@@ -532,3 +532,42 @@ async fn a_lease_the_backend_revokes_is_lost_for_reason_revoked() {
         "one loss, for one reason"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_routines_acquires_are_timed_under_its_name() {
+    let recorder = DebuggingRecorder::new();
+    let mut recorded = Recorded::new(recorder.snapshotter());
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let backend = MemoryBackend::new();
+    let runner = runner(&backend);
+    // Two instances: each run takes a slot `job#<i>`, still counted as `job`. The wall
+    // clock follows tokio's paused clock.
+    let start = tokio::time::Instant::now();
+    let base = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let handle = runner.run_named(
+        "job",
+        |_ctx| async {},
+        RunOptions::every(Duration::from_secs(1))
+            .instances(2)
+            .with_wall_clock(move || base + start.elapsed()),
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    handle.cancel();
+    handle.join().await;
+    runner.shutdown().await;
+    let acquires = recorded.histogram("leasehold_acquire_duration_seconds", &JOB);
+    assert!(
+        acquires.len() >= 2,
+        "each fire's acquire is timed under the routine's name: {acquires:?}"
+    );
+    assert!(
+        recorded
+            .histogram(
+                "leasehold_acquire_duration_seconds",
+                &[("name", "job#0"), ("backend", "memory")]
+            )
+            .is_empty(),
+        "no series per slot"
+    );
+}

@@ -15,6 +15,7 @@ use super::ledger::{Claim, Ledger};
 use super::spec::fire_id;
 use super::wrap::{RunBounds, wrap};
 use super::{Next, Schedule};
+use crate::attempt::{Attempt, attempt};
 use crate::events::{EventKind, FireSkipReason};
 use crate::hold::{HoldEnd, hold};
 use crate::outcome::Outcome;
@@ -78,7 +79,8 @@ impl Schedule<'_> {
             }
             let mut all_held = true;
             for (slot, key) in slots.iter().enumerate() {
-                let Some((result, sent)) = self.try_take(&**backend, key, config.lease_ttl).await
+                let Some(Attempt { result, sent }) =
+                    attempt(self.task, &**backend, key, config.lease_ttl).await
                 else {
                     return Next::Stop(self.stopped());
                 };
