@@ -1,6 +1,7 @@
 //! Scheduled routines on `MemoryBackend` with paused time: each fire once across
 //! members, with and without clock offsets; skip_if_held, hold_at_least, timeout,
-//! missed fires and instances.
+//! missed fires and the catch-up window, instances, runs cut off, handover mid-run, lost
+//! replies.
 
 mod common;
 
@@ -1041,5 +1042,69 @@ async fn a_claim_whose_reply_was_lost_still_runs_its_fire_once() {
             .iter()
             .any(|(_, kind)| matches!(kind, FireEvent::Interrupted { .. })),
         "the claim is found as ours, not as a run cut off: {seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_catch_up_window_bounds_how_far_back_a_starting_member_catches_up() {
+    for (window_ms, expected) in [(3_500, vec![-3, -2, -1, 0]), (1_500, vec![-1, 0])] {
+        let start = Instant::now();
+        let backend = MemoryBackend::new();
+        let runs = Runs::default();
+        let one = member(
+            &backend,
+            0,
+            &runs,
+            every_second(start, 0)
+                .missed_fires(MissedFires::RunEach(100))
+                .catch_up_window(Duration::from_millis(window_ms)),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop(vec![one]).await;
+        assert_eq!(
+            runs.fires(),
+            expected,
+            "a member started at fire 0 with a {window_ms} ms window catches up the fires \
+             no member ran within it, oldest first"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handover_in_the_middle_of_a_run_neither_repeats_nor_skips_a_fire() {
+    let start = Instant::now();
+    let backend = MemoryBackend::new();
+    let runs = Runs::default();
+    // Runs take 600 ms and end early when cancelled, as a well-behaved job does.
+    let slow_member = |member: usize, offset_ms: i64| {
+        let runner = common::runner(&backend);
+        let runs = runs.clone();
+        let handle = runner.run_named(
+            "job",
+            move |ctx: leasehold::Context| {
+                runs.record(member);
+                async move {
+                    tokio::select! {
+                        () = ctx.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_millis(600)) => {}
+                    }
+                }
+            },
+            every_second(start, offset_ms),
+        );
+        (runner, handle)
+    };
+    let first = slow_member(0, 0);
+    let second = slow_member(1, -100);
+    // Shut the first member down 300 ms into its run of fire 3.
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    stop(vec![first]).await;
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    stop(vec![second]).await;
+    assert_each_once(&runs, 0..=7);
+    let members: Vec<(usize, i64)> = runs.0.lock().unwrap().clone();
+    assert!(
+        members.iter().all(|&(m, fire)| (m == 0) == (fire <= 3)),
+        "the first member runs fires 0 to 3, the second takes over from 4: {members:?}"
     );
 }
