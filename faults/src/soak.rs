@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use rand::Rng;
-use rand::seq::IndexedRandom as _;
+use rand::seq::SliceRandom as _;
 use tokio::time::Instant;
 
 use super::checker::{Report, ms};
@@ -36,9 +36,10 @@ pub struct SoakResult {
 }
 
 /// Injects random faults, drawn from those valid for the backend
-/// ([`FaultKind::for_backend`]), into a cluster for `duration`, replacing killed and
-/// terminated members so the cluster keeps its size, then stops it and judges the whole
-/// run.
+/// ([`FaultKind::for_backend`]) in shuffled rounds ([`FaultRounds`]: every class once per
+/// round), into a cluster for `duration` and at least one whole round, replacing killed
+/// and terminated members so the cluster keeps its size, then stops it and judges the
+/// whole run.
 /// `Ok(None)` if the server's binary is missing outside CI.
 ///
 /// # Errors
@@ -58,11 +59,11 @@ pub async fn soak(
     let Some(mut cluster) = Cluster::start(config).await? else {
         return Ok(None);
     };
-    let kinds = FaultKind::for_backend(backend);
+    let mut faults = FaultRounds::new(backend);
     let mut problems = Vec::new();
     let until = Instant::now() + duration;
-    while Instant::now() < until {
-        let Some(&kind) = kinds.choose(rng) else {
+    while Instant::now() < until || faults.rounds_done() == 0 {
+        let Some(kind) = faults.next(rng) else {
             break;
         };
         // Anywhere in the refresh cycle: up to a TTL's worth of steps before the fault.
@@ -107,6 +108,49 @@ pub async fn soak(
         problems,
         excerpts,
     }))
+}
+
+/// The order of a randomized run's faults: the backend's fault classes
+/// ([`FaultKind::for_backend`]) in rounds, each round all of them in an order shuffled
+/// with the run's generator. Unlike drawing each fault independently, no class can be
+/// left out of a run by a short duration or an unlucky seed, and the order still
+/// depends only on the seed.
+#[derive(Debug, Clone)]
+pub struct FaultRounds {
+    kinds: Vec<FaultKind>,
+    /// What is left of the current round, taken from the back.
+    round: Vec<FaultKind>,
+    rounds_begun: usize,
+}
+
+impl FaultRounds {
+    /// The rounds for `backend`, none begun yet.
+    pub fn new(backend: BackendKind) -> Self {
+        Self {
+            kinds: FaultKind::for_backend(backend),
+            round: Vec::new(),
+            rounds_begun: 0,
+        }
+    }
+
+    /// The next fault: the next of this round, or the first of a new round shuffled with
+    /// `rng`. `None` only if the backend has no fault classes.
+    pub fn next(&mut self, rng: &mut impl Rng) -> Option<FaultKind> {
+        if self.round.is_empty() {
+            if self.kinds.is_empty() {
+                return None;
+            }
+            self.round = self.kinds.clone();
+            self.round.shuffle(rng);
+            self.rounds_begun += 1;
+        }
+        self.round.pop()
+    }
+
+    /// How many rounds have been drawn in full.
+    pub fn rounds_done(&self) -> usize {
+        self.rounds_begun - usize::from(!self.round.is_empty())
+    }
 }
 
 /// The events from `around` before `at` to `around` after it, without work steps, with
@@ -207,4 +251,67 @@ pub fn markdown(results: &[SoakResult]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use rand::SeedableRng as _;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn draws(backend: BackendKind, seed: u64, count: usize) -> Vec<FaultKind> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut faults = FaultRounds::new(backend);
+        (0..count)
+            .map(|_| faults.next(&mut rng).expect("every backend has faults"))
+            .collect()
+    }
+
+    #[test]
+    fn every_fault_class_of_each_backend_comes_up_in_the_first_round() {
+        for backend in BackendKind::all() {
+            let kinds = FaultKind::for_backend(backend);
+            for seed in 0..64 {
+                let drawn = draws(backend, seed, 2 * kinds.len());
+                for (number, round) in drawn.chunks(kinds.len()).enumerate() {
+                    let classes: HashSet<_> = round.iter().copied().collect();
+                    assert_eq!(
+                        classes,
+                        kinds.iter().copied().collect::<HashSet<_>>(),
+                        "{}: round {number} with seed {seed} must hold every fault class \
+                         once: {round:?}",
+                        backend.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_order_is_shuffled_and_depends_only_on_the_seed() {
+        for backend in BackendKind::all() {
+            let count = 3 * FaultKind::for_backend(backend).len();
+            assert_eq!(draws(backend, 7, count), draws(backend, 7, count));
+            let orders: HashSet<Vec<FaultKind>> =
+                (0..16).map(|seed| draws(backend, seed, count)).collect();
+            assert!(
+                orders.len() > 1,
+                "{}: the rounds must be shuffled",
+                backend.name()
+            );
+        }
+        let mut faults = FaultRounds::new(BackendKind::Redis);
+        let mut rng = StdRng::seed_from_u64(1);
+        let classes = FaultKind::for_backend(BackendKind::Redis).len();
+        for _ in 0..classes {
+            assert_eq!(faults.rounds_done(), 0);
+            faults.next(&mut rng);
+        }
+        assert_eq!(faults.rounds_done(), 1, "a run goes on until this is 1");
+        faults.next(&mut rng);
+        assert_eq!(faults.rounds_done(), 1);
+    }
 }
