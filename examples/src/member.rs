@@ -14,11 +14,16 @@
 //! With [`run_scheduled`] the member runs the routine on a schedule instead
 //! (`RunOptions::every`, its wall clock offset from the system's by
 //! [`Schedule::clock_offset_ms`] through `RunOptions::with_wall_clock`), each run one
-//! step long. It prints `scheduled` first (with `every_ms`, `clock_offset_ms`,
-//! `max_clock_offset_ms`), then for every run `fire_started` (with `fire_ms`, the run's
-//! `leasehold::scheduled_fire()` in UNIX milliseconds, `token` and `member`, the runner's
-//! holder identity) when it starts and `fire_done` (the same fields, `started_ns`, and
-//! `cancelled`) when it ends.
+//! step long, with [`Schedule::missed`], [`Schedule::catch_up_window`] and
+//! [`Schedule::retry_interrupted`] as its missed-fire policy and retry of cut-off runs. It
+//! prints `scheduled` first (with `every_ms`, `clock_offset_ms`, `missed`,
+//! `catch_up_window_ms` and `retry_interrupted_ms`, null when not set), then for every run
+//! `fire_started` (with `fire_ms`, the run's `leasehold::scheduled_fire()` in UNIX
+//! milliseconds, `token` and `member`, the runner's holder identity) when it starts and
+//! `fire_done` (the same fields, `started_ns`, and `cancelled`) when it ends. From the
+//! runner's events it prints `fire_interrupted` (with `fire_ms` and `retried`: this member
+//! found that fire's run cut off and runs it again, or recorded it failed) and
+//! `fire_missed` (with `fire_ms`).
 //!
 //! For the fault harness, `SIGUSR1` starves the member's runtime of CPU until `SIGUSR2`;
 //! meanwhile the tasks that starve it also hand the routine work, so it does a step
@@ -27,7 +32,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use leasehold::{EventKind, RunOptions, Runner};
+use leasehold::{EventKind, MissedFires, RunOptions, Runner};
 use serde_json::{Value, json};
 
 /// How a member runs.
@@ -50,11 +55,69 @@ pub struct MemberConfig {
 pub struct Schedule {
     /// `RunOptions::every(every)`.
     pub every: Duration,
-    /// `RunOptions::max_clock_offset`.
-    pub max_clock_offset: Duration,
     /// This member's wall clock is `SystemTime::now()` plus this many milliseconds
     /// (negative: behind).
     pub clock_offset_ms: i64,
+    /// `RunOptions::missed_fires`.
+    pub missed: MissedFires,
+    /// `RunOptions::catch_up_window`, if set.
+    pub catch_up_window: Option<Duration>,
+    /// `RunOptions::retry_interrupted`, if set.
+    pub retry_interrupted: Option<Duration>,
+}
+
+impl Schedule {
+    /// `every`, no clock offset, the default missed-fire policy, no retries.
+    pub fn every(every: Duration) -> Self {
+        Self {
+            every,
+            clock_offset_ms: 0,
+            missed: MissedFires::Skip,
+            catch_up_window: None,
+            retry_interrupted: None,
+        }
+    }
+
+    /// The options this schedule runs with.
+    pub fn options(&self) -> RunOptions {
+        let schedule = *self;
+        let mut options = RunOptions::every(self.every)
+            .missed_fires(self.missed)
+            .with_wall_clock(move || schedule.now());
+        if let Some(window) = self.catch_up_window {
+            options = options.catch_up_window(window);
+        }
+        if let Some(within) = self.retry_interrupted {
+            options = options.retry_interrupted(within);
+        }
+        options
+    }
+}
+
+/// Parses a missed-fire policy: `skip`, `run-once` or `run-each:N`.
+///
+/// # Errors
+///
+/// If `text` is none of those.
+pub fn parse_missed(text: &str) -> anyhow::Result<MissedFires> {
+    match text.trim() {
+        "skip" => Ok(MissedFires::Skip),
+        "run-once" => Ok(MissedFires::RunOnce),
+        other => match other.strip_prefix("run-each:").map(str::parse::<u32>) {
+            Some(Ok(n)) => Ok(MissedFires::RunEach(n)),
+            _ => anyhow::bail!("{text:?} is not skip, run-once or run-each:N"),
+        },
+    }
+}
+
+/// The name [`parse_missed`] reads back.
+fn missed_name(missed: MissedFires) -> String {
+    match missed {
+        MissedFires::Skip => "skip".to_owned(),
+        MissedFires::RunOnce => "run-once".to_owned(),
+        MissedFires::RunEach(n) => format!("run-each:{n}"),
+        other => format!("{other:?}"),
+    }
 }
 
 impl Schedule {
@@ -197,6 +260,13 @@ async fn run_member(
                 EventKind::ReleaseFailed { error } => {
                     output.print("release_failed", json!({ "error": error }))
                 }
+                EventKind::FireInterrupted { fire, retried } => output.print(
+                    "fire_interrupted",
+                    json!({ "fire_ms": unix_ms(fire), "retried": retried }),
+                ),
+                EventKind::FireMissed { fire } => {
+                    output.print("fire_missed", json!({ "fire_ms": unix_ms(fire) }))
+                }
                 _ => {}
             }
         }
@@ -204,16 +274,16 @@ async fn run_member(
 
     if let Some(schedule) = schedule {
         let member = runner.holder_identity().to_owned();
-        let options = RunOptions::every(schedule.every)
-            .max_clock_offset(schedule.max_clock_offset)
-            .with_wall_clock(move || schedule.now());
+        let options = schedule.options();
         let step = config.step;
         output.print(
             "scheduled",
             json!({
                 "every_ms": schedule.every.as_millis(),
                 "clock_offset_ms": schedule.clock_offset_ms,
-                "max_clock_offset_ms": schedule.max_clock_offset.as_millis(),
+                "missed": missed_name(schedule.missed),
+                "catch_up_window_ms": schedule.catch_up_window.map(|d| d.as_millis()),
+                "retry_interrupted_ms": schedule.retry_interrupted.map(|d| d.as_millis()),
                 "member": member,
             }),
         );

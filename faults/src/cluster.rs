@@ -48,8 +48,13 @@ pub struct ClusterConfig {
 pub struct ScheduleConfig {
     /// `RunOptions::every`.
     pub every: Duration,
-    /// `RunOptions::max_clock_offset`.
-    pub max_clock_offset: Duration,
+    /// `RunOptions::missed_fires`, as the member's `--missed` reads it (`skip`,
+    /// `run-once`, `run-each:N`); `None`: the default.
+    pub missed: Option<String>,
+    /// `RunOptions::catch_up_window`; `None`: the default.
+    pub catch_up_window: Option<Duration>,
+    /// `RunOptions::retry_interrupted`; `None`: runs cut off are recorded failed.
+    pub retry_interrupted: Option<Duration>,
     /// Member `i`'s wall clock is offset from the system's by entry `i % len` of this,
     /// in milliseconds (negative: behind); empty: no offsets.
     pub clock_offsets_ms: Vec<i64>,
@@ -210,8 +215,16 @@ impl Cluster {
         if let Some(schedule) = &self.config.schedule {
             command
                 .args(["--every", &format(schedule.every)])
-                .args(["--max-clock-offset", &format(schedule.max_clock_offset)])
                 .args(["--clock-offset", &offset_ms.to_string()]);
+            if let Some(missed) = &schedule.missed {
+                command.args(["--missed", missed]);
+            }
+            if let Some(window) = schedule.catch_up_window {
+                command.args(["--catch-up-window", &format(window)]);
+            }
+            if let Some(within) = schedule.retry_interrupted {
+                command.args(["--retry-interrupted", &format(within)]);
+            }
         }
         let mut child = command
             .args(["--backend", &url, "--name", &self.config.name])

@@ -1,12 +1,14 @@
-//! The scheduled-fire scenario: members running `RunOptions::every` with wall clocks
-//! offset from each other ("clock skew"), optionally with the member that runs a fire
-//! killed mid-run, judged by [`fires::check`].
+//! The scheduled-fire scenario: three members running `RunOptions::every(1 s)` with
+//! wall clocks -2 s, 0 and +2 s off the system's, while the harness kills and pauses the
+//! member running a fire, mid-run; judged by [`fires::check`].
 //!
-//! The guarantee under test (README, Guarantees): each fire runs at most once across the
-//! cluster while no two members' wall clocks are further apart than `max_clock_offset`;
-//! a fire whose runner dies mid-run is not run again. A negative control runs with
-//! offsets beyond the bound, where duplicates must show up, so the check is known to be
-//! able to fail.
+//! The guarantee under test (`RunOptions::every`, README): each fire is claimed in the
+//! name's record with a compare-and-set under the lease's fencing token, so it starts at
+//! most once whatever the clocks say; a run cut off (its member killed, or paused past its
+//! lease) stays listed in the record, and the next member to take the name runs it again
+//! (`retry_interrupted`); fires nobody could run meanwhile are caught up
+//! (`MissedFires::RunEach`) within the catch-up window. So every fire completes exactly
+//! once, and no two runs overlap.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -15,11 +17,8 @@ use std::time::Duration;
 use super::checker::fires::{self, FireParams, FireReport};
 use super::checker::ms;
 use super::cluster::{Cluster, ClusterConfig, ScheduleConfig};
-use super::log::{EventKind, now};
+use super::log::{Event, EventKind, FaultKind, Mono, now};
 use super::server::BackendKind;
-
-/// The schedule's default tolerance (`RunOptions::tolerance`).
-const TOLERANCE: Duration = Duration::from_secs(1);
 
 /// One scheduled run of a cluster.
 #[derive(Debug, Clone)]
@@ -30,43 +29,44 @@ pub struct ScheduledConfig {
     pub backend: BackendKind,
     /// `RunOptions::every`.
     pub every: Duration,
-    /// `RunOptions::max_clock_offset`.
-    pub max_clock_offset: Duration,
-    /// One member per entry, its wall clock offset by this many milliseconds.
+    /// One member per entry, its wall clock offset by this many milliseconds; a member
+    /// killed is replaced by one with the same offset.
     pub clock_offsets_ms: Vec<i64>,
     /// How long each run takes.
     pub run: Duration,
-    /// How many periods to watch (before the kill, and again after it).
-    pub fires: u32,
-    /// Kill (`SIGKILL`) the member running a fire, mid-run, once, and start a
-    /// replacement with its clock offset.
-    pub kill: bool,
+    /// `MissedFires::RunEach(n)`.
+    pub run_each: u32,
+    /// `RunOptions::catch_up_window`.
+    pub catch_up_window: Duration,
+    /// `RunOptions::retry_interrupted`.
+    pub retry_interrupted: Duration,
+    /// How long faults go on, from when every member is up.
+    pub duration: Duration,
+    /// The time between the end of one fault and the next (kills and pauses alternate,
+    /// a kill first).
+    pub fault_every: Duration,
 }
 
 impl ScheduledConfig {
-    /// Three members with clocks at -3 s, 0 and +3 s (within the default 10 s bound),
-    /// `every(1 s)`, 250 ms runs, about ten fires, and one runner killed mid-run.
-    pub fn clock_skew_with_kill(member_exe: impl Into<PathBuf>, backend: BackendKind) -> Self {
+    /// Three members with clocks at -2 s, 0 and +2 s, `every(1 s)`, 250 ms runs,
+    /// `MissedFires::RunEach(10)` within a 10 s catch-up window, `retry_interrupted(10 s)`,
+    /// a kill or a pause of the member running a fire every 3 s, for `duration`.
+    pub fn with_faults(
+        member_exe: impl Into<PathBuf>,
+        backend: BackendKind,
+        duration: Duration,
+    ) -> Self {
         Self {
             member_exe: member_exe.into(),
             backend,
             every: Duration::from_secs(1),
-            max_clock_offset: Duration::from_secs(10),
-            clock_offsets_ms: vec![-3000, 0, 3000],
+            clock_offsets_ms: vec![-2000, 0, 2000],
             run: Duration::from_millis(250),
-            fires: 10,
-            kill: true,
-        }
-    }
-
-    /// The negative control: the same clocks with `max_clock_offset` 1 s, so fires'
-    /// claims expire before the members behind get to them; no kill.
-    pub fn beyond_the_bound(member_exe: impl Into<PathBuf>, backend: BackendKind) -> Self {
-        Self {
-            max_clock_offset: Duration::from_secs(1),
-            kill: false,
-            fires: 8,
-            ..Self::clock_skew_with_kill(member_exe, backend)
+            run_each: 10,
+            catch_up_window: Duration::from_secs(10),
+            retry_interrupted: Duration::from_secs(10),
+            duration,
+            fault_every: Duration::from_secs(3),
         }
     }
 
@@ -77,6 +77,12 @@ impl ScheduledConfig {
         Duration::from_millis(max.abs_diff(min))
     }
 
+    /// How late a fire may still start: the catch-up window (or the default 1 s
+    /// tolerance, if larger).
+    pub fn late_limit(&self) -> Duration {
+        self.catch_up_window.max(Duration::from_secs(1))
+    }
+
     /// A short name for tables.
     pub fn name(&self) -> String {
         let offsets: Vec<String> = self
@@ -85,10 +91,9 @@ impl ScheduledConfig {
             .map(|o| format!("{:+}", *o as f64 / 1000.0))
             .collect();
         format!(
-            "clocks {} s, max_clock_offset {}{}",
+            "clocks {} s, {} s of kills and pauses",
             offsets.join("/"),
-            humantime::format_duration(self.max_clock_offset),
-            if self.kill { ", runner SIGKILL" } else { "" }
+            self.duration.as_secs()
         )
     }
 }
@@ -102,46 +107,59 @@ pub struct ScheduledResult {
     pub ttl: Duration,
     /// The fire check.
     pub report: FireReport,
-    /// The member killed and the fire it was running, if any.
-    pub killed: Option<(usize, u64)>,
-    /// How long from the kill to the next run that completed (the name's lease of the
-    /// killed runner must run out first).
-    pub after_kill: Option<Duration>,
+    /// How many members were killed mid-run.
+    pub kills: usize,
+    /// How many members were paused mid-run (past the TTL).
+    pub pauses: usize,
 }
 
 impl ScheduledResult {
-    /// What breaks the guarantee within the bound: duplicates, fires lost other than the
-    /// killed runner's, unexcused misses; and a kill that missed its run. Empty if none. (For a negative control the
-    /// caller asserts duplicates instead.)
+    /// What breaks the guarantee: duplicates, lost fires, overlapping runs, runs cut off
+    /// that were not retried elsewhere or that no member reported; and a run without a
+    /// kill and a pause, or without a fire retried. Empty if none.
     pub fn problems(&self) -> Vec<String> {
         let r = &self.report;
         let mut problems = Vec::new();
         for fire in &r.duplicates {
-            problems.push(format!("fire {fire} ran {} times", r.runs[fire].len()));
+            problems.push(format!(
+                "fire {fire} ran more than once: {:?}",
+                r.runs[fire]
+            ));
         }
-        let killed_fire = self.killed.map(|k| k.1);
         for fire in &r.lost {
-            if Some(*fire) != killed_fire {
-                problems.push(format!(
-                    "fire {fire} was lost without its runner being killed"
-                ));
-            }
-        }
-        if let Some((member, fire)) = self.killed
-            && !r.lost.contains(&fire)
-        {
             problems.push(format!(
-                "member {member} was killed running fire {fire}, but that run was not cut \
-                 short (the kill missed the run)"
+                "fire {fire} never completed: {:?}",
+                r.runs.get(fire).cloned().unwrap_or_default()
             ));
         }
-        for fire in &r.missed_unexcused {
+        for overlap in &r.overlaps {
+            problems.push(format!("runs overlapped: {overlap:?}"));
+        }
+        for fire in r.interrupted.iter().filter(|f| !r.retried.contains(f)) {
             problems.push(format!(
-                "fire {fire} was missed while every member was up and no fault was near"
+                "fire {fire} was cut off and not completed on another member: {:?}",
+                r.runs[fire]
             ));
         }
-        if r.expected.is_empty() {
-            problems.push("no fire ran".to_owned());
+        if r.interrupted_reported < r.interrupted.len() {
+            problems.push(format!(
+                "{} fires were cut off ({:?}) but members reported {} interrupted",
+                r.interrupted.len(),
+                r.interrupted,
+                r.interrupted_reported
+            ));
+        }
+        if r.window.len() < 5 {
+            problems.push(format!("only {} fires in the window", r.window.len()));
+        }
+        if self.kills == 0 || self.pauses == 0 {
+            problems.push(format!(
+                "{} kills and {} pauses: the run needs at least one of each",
+                self.kills, self.pauses
+            ));
+        }
+        if r.retried.is_empty() {
+            problems.push("no interrupted fire was retried".to_owned());
         }
         problems
     }
@@ -149,21 +167,38 @@ impl ScheduledResult {
     /// One Markdown table row (see [`markdown`]).
     pub fn row(&self) -> String {
         let r = &self.report;
+        let takeover = |kind| {
+            r.longest_takeover(kind)
+                .map_or("-".to_owned(), |d| format!("{:.0} ms", ms(d)))
+        };
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} ({} unexcused) | {} |",
+            "| {} | {} | {} kills, {} pauses | {} | {} | {} | {} | {} ({} retried) | {:.0} ms | {} | {} |",
             self.config.backend.name(),
             self.config.name(),
-            r.expected.len(),
-            r.runs.len(),
-            r.run_count(),
+            self.kills,
+            self.pauses,
+            r.window.len(),
+            r.completed.len(),
             r.duplicates.len(),
             r.lost.len(),
-            r.missed.len(),
-            r.missed_unexcused.len(),
-            self.after_kill
-                .map_or("-".to_owned(), |d| format!("{:.0} ms", ms(d))),
+            r.interrupted.len(),
+            r.retried.len(),
+            ms(r.overlap()),
+            takeover(FaultKind::Kill),
+            takeover(FaultKind::Pause),
         )
     }
+}
+
+/// The first `fire_started` from `since` on of a member not exited: `(member, fire_ms,
+/// token, at)`.
+fn running(events: &[Event], exited: &[usize]) -> Option<(usize, u64, u64, Mono)> {
+    events.iter().find_map(|e| match e.kind {
+        EventKind::FireStarted { fire_ms, token } if !exited.contains(&e.member) => {
+            Some((e.member, fire_ms, token, e.at))
+        }
+        _ => None,
+    })
 }
 
 /// Runs `config` on a fresh cluster and checks its fires. `Ok(None)` if the server's
@@ -171,8 +206,8 @@ impl ScheduledResult {
 ///
 /// # Errors
 ///
-/// If the cluster cannot be started, or a wait runs out (no fire runs, no member to
-/// kill, no run after the kill).
+/// If the cluster cannot be started, or a wait runs out (a member does not start its
+/// schedule, no run starts for a fault).
 pub async fn run(config: ScheduledConfig) -> anyhow::Result<Option<ScheduledResult>> {
     let mut cluster_config = ClusterConfig::new(&config.member_exe, config.backend);
     cluster_config.members = config.clock_offsets_ms.len();
@@ -180,72 +215,77 @@ pub async fn run(config: ScheduledConfig) -> anyhow::Result<Option<ScheduledResu
     cluster_config.name = "scheduled".to_owned();
     cluster_config.schedule = Some(ScheduleConfig {
         every: config.every,
-        max_clock_offset: config.max_clock_offset,
+        missed: Some(format!("run-each:{}", config.run_each)),
+        catch_up_window: Some(config.catch_up_window),
+        retry_interrupted: Some(config.retry_interrupted),
         clock_offsets_ms: config.clock_offsets_ms.clone(),
     });
     let ttl = cluster_config.ttl;
     let Some(mut cluster) = Cluster::start(cluster_config).await? else {
         return Ok(None);
     };
-    // How long the claims are kept, and so at most how long a dead runner's leases
-    // (PostgreSQL: its session's heartbeat) keep the name taken: tolerance + bound +
-    // request timeout (TTL/2) + safety margin (TTL/10).
-    let retention = TOLERANCE + config.max_clock_offset + ttl / 2 + ttl / 10;
-    let patience = retention + ttl * 4 + Duration::from_secs(15);
-    let watch = config.every * config.fires;
-
-    let first = cluster
-        .wait_for(0, patience, "a first scheduled run", |events| {
-            events
+    // Generous: these waits only end a hung run; the checker judges the timing.
+    let patience = ttl * 6 + config.late_limit() + Duration::from_secs(10);
+    let mut offsets = config.clock_offsets_ms.clone();
+    let members = offsets.len();
+    let from = cluster
+        .wait_for(0, patience, "every member's schedule", |events| {
+            let up: Vec<Mono> = events
                 .iter()
-                .find(|e| matches!(e.kind, EventKind::FireStarted { .. }))
+                .filter(|e| matches!(e.kind, EventKind::Scheduled { .. }))
                 .map(|e| e.at)
+                .collect();
+            (up.len() >= members).then(|| up.into_iter().max().unwrap_or(0))
         })
         .await?;
-    let mut killed = None;
-    let mut after_kill = None;
-    if config.kill {
-        tokio::time::sleep(watch / 2).await;
-        // The next run to start: kill its member while it runs.
+    let until = from + u64::try_from(config.duration.as_nanos()).unwrap_or(u64::MAX);
+    let (mut kills, mut pauses) = (0, 0);
+    let mut exited = Vec::new();
+    // The first members catch up the fires of the catch-up window before they started:
+    // begin the faults once that is over.
+    tokio::time::sleep(config.fault_every).await;
+    while now() < until {
+        let kill = kills <= pauses;
         let since = now();
-        let (victim, fire, token) = cluster
-            .wait_for(since, patience, "a run to kill", |events| {
-                events.iter().find_map(|e| match e.kind {
-                    EventKind::FireStarted { fire_ms, token } => Some((e.member, fire_ms, token)),
-                    _ => None,
-                })
+        let (victim, fire, token, started) = cluster
+            .wait_for(since, patience, "a run to cut off", |events| {
+                running(events, &exited)
             })
             .await?;
-        let id = cluster.kill(victim, token).await?;
-        let at = cluster.fault(id).at;
-        killed = Some((victim, fire));
-        let offset = config.clock_offsets_ms[victim % config.clock_offsets_ms.len()];
-        cluster.add_member_with_clock_offset(offset).await?;
-        let next = cluster
-            .wait_for(at, patience, "a completed run after the kill", |events| {
-                events.iter().find_map(|e| match e.kind {
-                    EventKind::FireDone {
-                        cancelled: false, ..
-                    } => Some(e.at),
-                    _ => None,
-                })
-            })
-            .await?;
-        after_kill = Some(super::log::between(at, next));
-        tokio::time::sleep(watch / 2).await;
-    } else {
-        let elapsed = super::log::between(first, now());
-        tokio::time::sleep(watch.saturating_sub(elapsed)).await;
+        // Mid-run: a third of the way in (the run is only seen once it has started).
+        tokio::time::sleep(config.run / 3).await;
+        let finished = cluster.events().iter().any(|e| {
+            e.member == victim
+                && e.at >= started
+                && matches!(e.kind, EventKind::FireDone { fire_ms, .. } if fire_ms == fire)
+        });
+        if finished {
+            continue;
+        }
+        if kill {
+            cluster.kill(victim, token).await?;
+            exited.push(victim);
+            kills += 1;
+            let offset = offsets[victim];
+            cluster.add_member_with_clock_offset(offset).await?;
+            offsets.push(offset);
+        } else {
+            let id = cluster.pause(victim, token)?;
+            pauses += 1;
+            // Past the lease: the others take the name over meanwhile.
+            tokio::time::sleep(ttl * 2 + Duration::from_secs(1)).await;
+            cluster.resume(id)?;
+        }
+        tokio::time::sleep(config.fault_every).await;
     }
-    // Let the members behind get to the last fires before stopping.
-    tokio::time::sleep(config.spread() + TOLERANCE).await;
-    let members = config.clock_offsets_ms.len();
+    // Let the fires of the faults' time be caught up before stopping.
+    tokio::time::sleep(config.late_limit() + config.spread() + ttl * 2).await;
     let run = cluster.stop().await?;
     let params = FireParams {
         period: config.every,
-        tolerance: TOLERANCE,
-        members,
-        settle: retention + ttl + Duration::from_secs(1),
+        late_limit: config.late_limit(),
+        from,
+        until: until.min(run.end),
         origin: run.clock_origin,
     };
     let report = fires::check(&run.events, &run.faults, run.end, &params);
@@ -253,17 +293,18 @@ pub async fn run(config: ScheduledConfig) -> anyhow::Result<Option<ScheduledResu
         config,
         ttl,
         report,
-        killed,
-        after_kill,
+        kills,
+        pauses,
     }))
 }
 
 /// The results as a Markdown section: one table row per run.
 pub fn markdown(results: &[ScheduledResult]) -> String {
     let mut text = String::from(
-        "| backend | clocks, bound, fault | fires expected | fires started | runs | \
-         duplicates | lost | missed | kill to next completed run |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| backend | clocks, faults | faults | fires in window | completed once | \
+         duplicates | lost | interrupted | overlap | kill to next run (max) | \
+         pause to next run (max) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for result in results {
         let _ = writeln!(text, "{}", result.row());

@@ -1,7 +1,7 @@
 //! One cluster member:
 //! `member --backend URL [--name task] [--ttl 2s] [--step 100ms] [--steps N]
-//! [--format json|go] [--exit-with-stdin true] [--every 1s [--clock-offset -3000]
-//! [--max-clock-offset 10s]]`.
+//! [--format json|go] [--exit-with-stdin true] [--every 1s [--clock-offset -2000]
+//! [--missed skip|run-once|run-each:N] [--catch-up-window 10s] [--retry-interrupted 10s]]]`.
 //!
 //! Keeps the routine `--name` running as one instance across all members and prints one
 //! JSON object per event (see `leasehold_examples::member`), or with `--format go` only the
@@ -9,8 +9,11 @@
 //! SIGUSR1 starves the member's runtime of CPU until SIGUSR2 (for fault tests).
 //!
 //! With `--every` it runs the routine on that schedule instead, each run one `--step`
-//! long, its wall clock `--clock-offset` milliseconds (signed) off the system's, and
-//! `RunOptions::max_clock_offset` set to `--max-clock-offset` (default 10 s).
+//! long, its wall clock `--clock-offset` milliseconds (signed) off the system's, missed
+//! fires handled by `--missed` (`RunOptions::missed_fires`, default skip) within
+//! `--catch-up-window` (`RunOptions::catch_up_window`, default the library's), and runs
+//! found cut off run again within `--retry-interrupted` of their fire
+//! (`RunOptions::retry_interrupted`; default: recorded failed, not run again).
 //!
 //! With `--exit-with-stdin true` the member exits at once, without releasing, when its
 //! standard input reaches end of file: a test harness that starts members with a pipe on
@@ -19,13 +22,15 @@
 use std::time::Duration;
 
 use anyhow::bail;
+use leasehold::MissedFires;
 use leasehold_examples::args::Args;
 use leasehold_examples::member::{self, MemberConfig, Output, Schedule};
 use std::io::Read as _;
 
 const USAGE: &str = "usage: member --backend URL [--name task] [--ttl 2s] [--step 100ms] \
                      [--steps N] [--format json|go] [--exit-with-stdin true] \
-                     [--every 1s [--clock-offset MS] [--max-clock-offset 10s]]";
+                     [--every 1s [--clock-offset MS] [--missed skip|run-once|run-each:N] \
+                     [--catch-up-window 10s] [--retry-interrupted 10s]]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -57,14 +62,26 @@ async fn main() -> anyhow::Result<()> {
     let schedule = match args.get("every") {
         None => None,
         Some(_) => Some(Schedule {
-            every: args.duration("every", Duration::from_secs(1))?,
-            max_clock_offset: args.duration("max-clock-offset", Duration::from_secs(10))?,
             clock_offset_ms: match args.get("clock-offset") {
                 None => 0,
                 Some(ms) => ms.trim().parse().map_err(|_| {
                     anyhow::anyhow!("--clock-offset {ms:?} is not whole milliseconds; {USAGE}")
                 })?,
             },
+            missed: match args.get("missed") {
+                None => MissedFires::Skip,
+                Some(text) => member::parse_missed(text)
+                    .map_err(|error| anyhow::anyhow!("--missed: {error}; {USAGE}"))?,
+            },
+            catch_up_window: match args.get("catch-up-window") {
+                None => None,
+                Some(_) => Some(args.duration("catch-up-window", Duration::ZERO)?),
+            },
+            retry_interrupted: match args.get("retry-interrupted") {
+                None => None,
+                Some(_) => Some(args.duration("retry-interrupted", Duration::ZERO)?),
+            },
+            ..Schedule::every(args.duration("every", Duration::from_secs(1))?)
         }),
     };
     match schedule {

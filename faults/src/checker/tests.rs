@@ -234,100 +234,205 @@ mod fires {
     use std::time::{Duration, SystemTime};
 
     use super::{ev, fault, t};
-    use crate::checker::fires::{FireParams, check};
+    use crate::checker::fires::{FireParams, FireReport, check};
     use crate::log::{Event, EventKind, FaultKind};
 
     /// Wall-clock second 1000 (fire 1_000_000 ms) is monotonic 0.
     const ORIGIN: u64 = 1_000_000;
 
-    fn params(members: usize) -> FireParams {
+    /// Fire `second` (from the origin) in UNIX milliseconds.
+    fn fire(second: u64) -> u64 {
+        ORIGIN + second * 1000
+    }
+
+    /// The window from 500 ms to 4500 ms (fires 1 to 4 on clocks with no offset), a late
+    /// limit of 1 s.
+    fn params() -> FireParams {
         FireParams {
             period: Duration::from_secs(1),
-            tolerance: Duration::from_millis(100),
-            members,
-            settle: Duration::from_secs(2),
+            late_limit: Duration::from_secs(1),
+            from: t(500),
+            until: t(4500),
             origin: (SystemTime::UNIX_EPOCH + Duration::from_secs(1000), t(0)),
         }
     }
 
-    fn scheduled(member: usize, ms: u64, offset: i64) -> Event {
+    fn scheduled(member: usize, offset: i64) -> Event {
         ev(
             member,
-            ms,
+            0,
             EventKind::Scheduled {
                 clock_offset_ms: offset,
             },
         )
     }
 
-    /// A run of fire `second` (from the origin) by `member` from `from` to `to` ms.
+    fn started(member: usize, second: u64, at: u64) -> Event {
+        let fire_ms = fire(second);
+        ev(member, at, EventKind::FireStarted { fire_ms, token: 1 })
+    }
+
+    fn done(member: usize, second: u64, from: u64, to: u64) -> Event {
+        ev(
+            member,
+            to,
+            EventKind::FireDone {
+                fire_ms: fire(second),
+                started: t(from),
+                cancelled: false,
+            },
+        )
+    }
+
+    /// A completed run of fire `second` by `member` from `from` to `to` ms.
     fn run(member: usize, second: u64, from: u64, to: u64) -> [Event; 2] {
-        let fire_ms = ORIGIN + second * 1000;
         [
-            ev(member, from, EventKind::FireStarted { fire_ms, token: 1 }),
-            ev(
-                member,
-                to,
-                EventKind::FireDone {
-                    fire_ms,
-                    started: t(from),
-                    cancelled: false,
-                },
-            ),
+            started(member, second, from),
+            done(member, second, from, to),
         ]
     }
 
-    #[test]
-    fn a_fire_started_by_two_members_is_a_duplicate() {
-        let mut events = vec![scheduled(0, 0, 0), scheduled(1, 0, -500)];
-        events.extend(run(0, 1, 1000, 1100));
-        events.extend(run(1, 1, 1500, 1600));
-        events.extend(run(0, 2, 2000, 2100));
-        let report = check(&events, &[], t(3000), &params(2));
-        assert_eq!(report.duplicates, [ORIGIN + 1000]);
-        assert_eq!(report.expected, [ORIGIN + 1000, ORIGIN + 2000]);
-        assert!(report.missed.is_empty() && report.lost.is_empty());
+    /// Two members, every fire from 1 to 4 run once by member 1 at its time, except
+    /// `except`.
+    fn healthy(except: &[u64]) -> Vec<Event> {
+        let mut events = vec![scheduled(0, 0), scheduled(1, 0)];
+        for second in 1..=4 {
+            if !except.contains(&second) {
+                events.extend(run(1, second, second * 1000, second * 1000 + 250));
+            }
+        }
+        events
+    }
+
+    fn interrupted() -> Event {
+        ev(
+            1,
+            0,
+            EventKind::Other {
+                event: "fire_interrupted".to_owned(),
+            },
+        )
+    }
+
+    fn clean(report: &FireReport) -> bool {
+        report.duplicates.is_empty() && report.lost.is_empty() && report.overlaps.is_empty()
     }
 
     #[test]
-    fn a_fire_missed_while_every_member_was_up_fails_unless_a_fault_was_near() {
-        let mut events = vec![scheduled(0, 0, 0), scheduled(1, 0, 0)];
-        events.extend(run(0, 1, 1000, 1100));
-        events.extend(run(0, 3, 3000, 3100));
-        let report = check(&events, &[], t(4000), &params(2));
-        assert_eq!(report.missed, [ORIGIN + 2000]);
-        assert_eq!(report.missed_unexcused, [ORIGIN + 2000]);
-
-        let kill = fault(FaultKind::Kill, Some(1), Some(1), 500, 500);
-        let report = check(&events, &[kill], t(4000), &params(2));
-        assert_eq!(report.missed, [ORIGIN + 2000]);
-        assert!(report.missed_unexcused.is_empty());
-
-        // Only one member up: a figure, not a failure.
-        let report = check(&events, &[], t(4000), &params(3));
-        assert!(report.missed_unexcused.is_empty());
+    fn every_fire_in_the_window_run_once_is_clean() {
+        let report = check(&healthy(&[]), &[], t(6000), &params());
+        assert_eq!(report.window, [fire(1), fire(2), fire(3), fire(4)]);
+        assert_eq!(report.completed, report.window);
+        assert!(clean(&report), "{report:?}");
+        assert!(report.interrupted.is_empty());
     }
 
     #[test]
-    fn a_run_cut_short_before_the_stop_loses_its_fire_and_one_cut_by_the_stop_does_not() {
-        let mut events = vec![scheduled(0, 0, 0), scheduled(1, 0, 0)];
-        events.extend(run(1, 1, 1000, 1100));
-        let fire_ms = ORIGIN + 2000;
-        events.push(ev(0, 2000, EventKind::FireStarted { fire_ms, token: 2 }));
-        events.push(ev(0, 2050, EventKind::Exited));
-        let fire_ms = ORIGIN + 3000;
-        events.push(ev(1, 3000, EventKind::FireStarted { fire_ms, token: 3 }));
+    fn the_window_ends_a_late_limit_before_the_stop() {
+        let report = check(&healthy(&[]), &[], t(4500), &params());
+        assert_eq!(report.window, [fire(1), fire(2), fire(3)]);
+        // A clock 1 s ahead reaches fire 1 at 0 ms, before the window opens.
+        let mut events = healthy(&[]);
+        events.push(scheduled(2, 1000));
+        let report = check(&events, &[], t(6000), &params());
+        assert_eq!(report.window[0], fire(2));
+    }
+
+    #[test]
+    fn a_fire_completed_by_two_members_is_a_duplicate() {
+        let mut events = healthy(&[]);
+        events.extend(run(0, 2, 2500, 2750));
+        let report = check(&events, &[], t(6000), &params());
+        assert_eq!(report.duplicates, [fire(2)]);
+        assert!(report.lost.is_empty() && report.overlaps.is_empty());
+        assert!(!report.completed.contains(&fire(2)));
+    }
+
+    #[test]
+    fn a_fire_started_again_after_a_run_not_cut_off_is_a_duplicate() {
+        // Member 0 starts fire 2 again after member 1 completed it, and is killed.
+        let mut events = healthy(&[]);
+        events.push(started(0, 2, 2500));
+        let kill = fault(FaultKind::Kill, Some(0), Some(1), 2600, 2600);
+        let report = check(&events, &[kill], t(6000), &params());
+        assert_eq!(report.duplicates, [fire(2)]);
+    }
+
+    #[test]
+    fn a_fire_never_completed_is_lost() {
+        let mut events = healthy(&[3]);
+        // Cancelled is not completed.
+        events.push(started(1, 3, 3000));
         events.push(ev(
             1,
-            3200,
+            3100,
             EventKind::FireDone {
-                fire_ms,
-                started: t(2999),
+                fire_ms: fire(3),
+                started: t(3000),
                 cancelled: true,
             },
         ));
-        let report = check(&events, &[], t(3100), &params(1));
-        assert_eq!(report.lost, [ORIGIN + 2000]);
+        let report = check(&events, &[], t(6000), &params());
+        assert_eq!(report.lost, [fire(3)]);
+        assert_eq!(report.interrupted, [fire(3)]);
+        assert_eq!(report.cut_without_fault, [fire(3)]);
+        assert!(report.retried.is_empty() && report.duplicates.is_empty());
+
+        let report = check(&healthy(&[2]), &[], t(6000), &params());
+        assert_eq!(report.lost, [fire(2)]);
+        assert!(report.interrupted.is_empty());
+    }
+
+    #[test]
+    fn a_run_killed_mid_run_and_retried_elsewhere_is_interrupted_not_duplicate() {
+        let mut events = healthy(&[2]);
+        events.push(started(0, 2, 2000));
+        events.push(ev(0, 2120, EventKind::Exited));
+        events.push(interrupted());
+        events.extend(run(1, 2, 2600, 2850));
+        let kill = fault(FaultKind::Kill, Some(0), Some(1), 2100, 2100);
+        let report = check(&events, &[kill], t(6000), &params());
+        assert!(clean(&report), "{report:?}");
+        assert_eq!(report.interrupted, [fire(2)]);
+        assert_eq!(report.retried, [fire(2)]);
+        assert_eq!(report.interrupted_reported, 1);
+        assert!(report.cut_without_fault.is_empty());
+        assert!(report.completed.contains(&fire(2)));
+        assert_eq!(
+            report.takeovers,
+            [(FaultKind::Kill, Duration::from_millis(500))]
+        );
+    }
+
+    #[test]
+    fn a_paused_run_is_open_until_the_pause_and_its_later_done_overlaps_the_retry() {
+        // Member 0 paused mid-run at 2100 for 2 s; member 1 retries fire 2 at 2600.
+        let mut events = healthy(&[2]);
+        events.push(started(0, 2, 2000));
+        events.extend(run(1, 2, 2600, 2850));
+        let pause = [fault(FaultKind::Pause, Some(0), Some(1), 2100, 4100)];
+        let report = check(&events, &pause, t(6000), &params());
+        assert!(clean(&report), "{report:?}");
+        assert_eq!(report.retried, [fire(2)]);
+
+        // Had the resumed routine been polled again, it would have printed its end: the
+        // run went on until then, across the retry and the runs of fires 3 and 4.
+        events.push(done(0, 2, 2000, 4150));
+        let report = check(&events, &pause, t(6000), &params());
+        assert_eq!(report.duplicates, [fire(2)]);
+        assert_eq!(report.overlaps.len(), 3, "{:?}", report.overlaps);
+        let retry = &report.overlaps[0];
+        assert_eq!((retry.first, retry.second), ((fire(2), 0), (fire(2), 1)));
+        assert_eq!(retry.overlap, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn runs_of_different_fires_at_once_overlap() {
+        let mut events = healthy(&[]);
+        events.extend(run(0, 5, 3100, 3400));
+        let report = check(&events, &[], t(6000), &params());
         assert!(report.duplicates.is_empty());
+        assert_eq!(report.overlaps.len(), 1);
+        assert_eq!(report.overlaps[0].overlap, Duration::from_millis(150));
     }
 }
