@@ -30,7 +30,9 @@
 //! uses). With the `servers` feature, `servers` starts throwaway Redis, etcd and
 //! PostgreSQL servers for tests, one per test binary with `shared()`, and
 //! `require_server!` opens a test that needs one (skipped when the server binary is
-//! missing outside CI, failed under CI).
+//! missing outside CI, failed under CI). With the `containers` feature, `containers`
+//! starts the same servers as containers of their official images (or of images built
+//! from Debian's packages), for running the suite the way a backend's users deploy.
 //!
 //! The runner-level cases use the real `leasehold::Runner` with short TTLs (one second,
 //! scaled), and real time: they take a few seconds each.
@@ -40,6 +42,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cases;
+#[cfg(feature = "containers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "containers")))]
+pub mod containers;
 mod faulty;
 mod harness;
 pub mod measure;
