@@ -221,6 +221,7 @@ pub fn tenures(events: &[Event]) -> Vec<Tenure> {
                 }
             }
             EventKind::Cancelled { .. }
+            | EventKind::FireInterrupted { .. }
             | EventKind::Other { .. }
             | EventKind::Scheduled { .. }
             | EventKind::FireStarted { .. }

@@ -26,9 +26,10 @@
 //! [`scenario::inject`] plays one fault out; the [`checker`] reports overlaps, stale
 //! steps and whether fencing would have rejected them, takeover times and gaps, and
 //! [`scenario::judge`] holds them against the design's [`Bounds`]. [`scheduled`] runs
-//! members on a schedule (`RunOptions::every`) with wall clocks offset from each other
-//! and a runner killed mid-run; [`checker::fires`] checks that each fire ran at most
-//! once and none was missed while every member was up. [`soak`] injects
+//! members on a schedule (`RunOptions::every`) with wall clocks up to 2 s apart while the
+//! member running a fire is killed or paused mid-run; [`checker::fires`] checks that
+//! every fire in the window completed exactly once, that runs cut off were reported and
+//! retried elsewhere, and that no two runs overlapped. [`soak`] injects
 //! random faults for minutes and writes the results as Markdown.
 //!
 //! ```no_run

@@ -88,6 +88,14 @@ pub enum EventKind {
         /// Whether the run saw its cancellation instead of finishing its step.
         cancelled: bool,
     },
+    /// A scheduled member found the run of a fire cut off on another member
+    /// (`EventKind::FireInterrupted` of the runner).
+    FireInterrupted {
+        /// The fire, in UNIX milliseconds.
+        fire_ms: u64,
+        /// Whether this member runs it again.
+        retried: bool,
+    },
     /// Any other line (`backend_error`, `refresh_failed`, ...), by its `event` name.
     Other {
         /// The `event` field.
@@ -123,6 +131,10 @@ impl Event {
                 fire_ms: value["fire_ms"].as_u64()?,
                 started: value["started_ns"].as_u64()?,
                 cancelled: value["cancelled"].as_bool()?,
+            },
+            ("fire_interrupted", _) => EventKind::FireInterrupted {
+                fire_ms: value["fire_ms"].as_u64()?,
+                retried: value["retried"].as_bool()?,
             },
             (other, _) => EventKind::Other {
                 event: other.to_owned(),

@@ -141,12 +141,10 @@ impl ScheduledResult {
                 r.runs[fire]
             ));
         }
-        if r.interrupted_reported < r.interrupted.len() {
+        if !r.unreported.is_empty() {
             problems.push(format!(
-                "{} fires were cut off ({:?}) but members reported {} interrupted",
-                r.interrupted.len(),
-                r.interrupted,
-                r.interrupted_reported
+                "fires {:?} were cut off but no member reported them interrupted",
+                r.unreported
             ));
         }
         if r.window.len() < 5 {

@@ -111,6 +111,8 @@ pub struct FireReport {
     pub cut_without_fault: Vec<u64>,
     /// `fire_interrupted` lines the members printed.
     pub interrupted_reported: usize,
+    /// Interrupted fires that no member reported with `fire_interrupted`.
+    pub unreported: Vec<u64>,
     /// Runs going on at once.
     pub overlaps: Vec<Overlap>,
     /// For every kill or pause of a member running a fire: the time from the fault to
@@ -166,6 +168,8 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, params: &FireParams)
     let mut report = FireReport::default();
     let mut exited: HashMap<usize, Mono> = HashMap::new();
     let mut offsets: HashMap<usize, i64> = HashMap::new();
+    // The fires members reported finding cut off.
+    let mut reported = std::collections::BTreeSet::new();
     for e in &events {
         match &e.kind {
             EventKind::Scheduled { clock_offset_ms } => {
@@ -174,8 +178,9 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, params: &FireParams)
             EventKind::Exited => {
                 exited.entry(e.member).or_insert(e.at);
             }
-            EventKind::Other { event } if event == "fire_interrupted" => {
+            &EventKind::FireInterrupted { fire_ms, .. } => {
                 report.interrupted_reported += 1;
+                reported.insert(fire_ms);
             }
             &EventKind::FireStarted { fire_ms, token } => {
                 report.runs.entry(fire_ms).or_default().push(FireRun {
@@ -248,6 +253,9 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, params: &FireParams)
         }
         if let Some(cut) = runs.iter().position(|r| r.cut_off) {
             report.interrupted.push(fire);
+            if !reported.contains(&fire) {
+                report.unreported.push(fire);
+            }
             if runs.iter().any(|r| r.fault.is_none() && r.cut_off) {
                 report.cut_without_fault.push(fire);
             }

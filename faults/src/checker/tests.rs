@@ -308,8 +308,9 @@ mod fires {
         ev(
             1,
             0,
-            EventKind::Other {
-                event: "fire_interrupted".to_owned(),
+            EventKind::FireInterrupted {
+                fire_ms: fire(2),
+                retried: true,
             },
         )
     }
@@ -384,6 +385,18 @@ mod fires {
     }
 
     #[test]
+    fn a_run_cut_off_that_no_member_reports_is_unreported() {
+        let mut events = healthy(&[2]);
+        events.push(started(0, 2, 2000));
+        events.push(ev(0, 2120, EventKind::Exited));
+        events.extend(run(1, 2, 2600, 2850));
+        let kill = fault(FaultKind::Kill, Some(0), Some(1), 2100, 2100);
+        let report = check(&events, &[kill], t(6000), &params());
+        assert_eq!(report.interrupted, [fire(2)]);
+        assert_eq!(report.unreported, [fire(2)], "{report:?}");
+    }
+
+    #[test]
     fn a_run_killed_mid_run_and_retried_elsewhere_is_interrupted_not_duplicate() {
         let mut events = healthy(&[2]);
         events.push(started(0, 2, 2000));
@@ -396,6 +409,7 @@ mod fires {
         assert_eq!(report.interrupted, [fire(2)]);
         assert_eq!(report.retried, [fire(2)]);
         assert_eq!(report.interrupted_reported, 1);
+        assert!(report.unreported.is_empty(), "{report:?}");
         assert!(report.cut_without_fault.is_empty());
         assert!(report.completed.contains(&fire(2)));
         assert_eq!(
