@@ -9,9 +9,9 @@ use leasehold::RunOptions;
 use crate::Harness;
 
 /// Two runners, each with its own client, run one routine every second: each fire runs
-/// once, on one of them. The fire's claim (the lease `<name>@<fire>`) is kept after the
-/// run, so the runner that comes to a fire second finds it taken, even for a run that
-/// takes no time.
+/// once, on one of them. Each fire is claimed in the name's record (the backend's
+/// `write_record`), so the runner that comes to a fire second finds it claimed, even for
+/// a run that takes no time.
 pub async fn scheduled_fires_run_once_across_runners(h: &Harness) {
     let runs: Arc<Mutex<Vec<SystemTime>>> = Arc::default();
     let name = h.key("every").to_string();

@@ -15,8 +15,8 @@ use leasehold_core::{Error, Result};
 ///
 /// A fire counts as missed on a member that gets to it more than the tolerance
 /// ([`RunOptions::tolerance`](crate::RunOptions::tolerance)) after its time, on that
-/// member's clock. Catching up only ever starts a fire that no member has run: its
-/// fire key is still taken otherwise (see [`RunOptions::every`](crate::RunOptions::every)).
+/// member's clock. Catching up only ever starts a fire that no member has claimed: the
+/// name's record lists it otherwise (see [`RunOptions::every`](crate::RunOptions::every)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MissedFires {
