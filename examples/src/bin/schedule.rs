@@ -13,7 +13,8 @@
 //! is a little behind would run it again; here each fire is claimed in the name's record
 //! in the backend, which the members behind find. After `--fires` fires (default 5) the members shut down and the program
 //! checks that no fire ran twice. With `--skew 1s`, member `i`'s clock runs `i` seconds
-//! behind: the member ahead runs every fire, and the ones behind find them claimed. Start
+//! behind: the member ahead runs every fire from its start on, and the ones behind find them
+//! claimed (at the start they run the fires from before the one ahead began). Start
 //! it in two terminals against one server to see two processes share the fires.
 #![allow(clippy::print_stdout)]
 
