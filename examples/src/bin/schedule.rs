@@ -11,11 +11,12 @@
 //! `--cron` expression in `--zone` (default UTC), and print which member ran each fire.
 //! The run takes no time, so with a lock held only while the job runs a member whose clock
 //! is a little behind would run it again; here each fire is claimed in the name's record
-//! in the backend, which the members behind find. After `--fires` fires (default 5) the members shut down and the program
-//! checks that no fire ran twice. With `--skew 1s`, member `i`'s clock runs `i` seconds
-//! behind: the member ahead runs every fire from its start on, and the ones behind find them
-//! claimed (at the start they run the fires from before the one ahead began). Start
-//! it in two terminals against one server to see two processes share the fires.
+//! in the backend, which the members behind find. After `--fires` fires (default 5) the
+//! members shut down and the program checks that no fire ran twice. With `--skew 1s`,
+//! member `i`'s clock runs `i` seconds behind: the member ahead runs every fire from its
+//! start on, and the ones behind find them claimed (at the start they run the fires from
+//! before the one ahead began). Start it in two terminals against one server to see two
+//! processes share the fires.
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
