@@ -29,6 +29,9 @@ use crate::targets::{Kind, Target};
 
 /// Long enough that no lease expires during a measurement.
 const TTL: Duration = Duration::from_secs(10);
+
+/// How long the etcd floor's lease is granted for: longer than any measurement.
+const FLOOR_LEASE: Duration = Duration::from_secs(3600);
 const WARM_UP: usize = 50;
 /// Round trips per phase of the server-time split.
 const SERVER_ROUNDS: usize = 500;
@@ -73,7 +76,14 @@ impl Floor {
             Kind::Etcd => {
                 let endpoint = target.etcd_endpoint().context("etcd endpoint")?;
                 let mut client = etcd_client::Client::connect([endpoint], None).await?;
-                let lease = client.lease_grant(TTL.as_secs() as i64, None).await?.id();
+                // Granted for the whole measurement (revoked at its end): the floor's
+                // puts must not outlive an unrefreshed lease, which a TTL-long grant
+                // did once the rounds took longer than the TTL ("requested lease not
+                // found").
+                let lease = client
+                    .lease_grant(FLOOR_LEASE.as_secs() as i64, None)
+                    .await?
+                    .id();
                 Floor::Etcd(Box::new(client), lease)
             }
             Kind::Postgres => {
