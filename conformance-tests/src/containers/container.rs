@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::servers::{free_port, require_services};
@@ -345,6 +345,29 @@ impl Drop for Container {
             drop(stdin);
             let _ = child.wait();
         }
+    }
+}
+
+/// The value of `cell`, started by the first call with `start`. A start that panics
+/// (docker is required but missing, the server does not come up) is not tried again by
+/// every test of the binary, each waiting out the startup timeout: they all fail at once
+/// with its message.
+pub(crate) fn shared<T: Send + Sync>(
+    cell: &'static OnceLock<Result<Option<T>, String>>,
+    start: fn() -> Option<T>,
+) -> Option<&'static T> {
+    let started = cell.get_or_init(|| {
+        std::panic::catch_unwind(start).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the container did not start".to_owned())
+        })
+    });
+    match started {
+        Ok(container) => container.as_ref(),
+        Err(message) => panic!("{message}"),
     }
 }
 

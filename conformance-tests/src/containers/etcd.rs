@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::OnceLock;
 
+use super::container::shared;
 use super::{Container, image, probe};
 
 /// A single-member `etcd` in a container with etcd's default timing (so a minimum lease
@@ -51,14 +52,15 @@ impl EtcdContainer {
     }
 
     /// The one shared by the tests of this test binary, started by the first call. A
-    /// test that harms its server starts its own with [`EtcdContainer::start`].
+    /// test that harms its server starts its own with [`EtcdContainer::start`]. If the first start
+    /// fails, every call fails at once with its message.
     ///
     /// # Panics
     ///
     /// As [`EtcdContainer::start`].
     pub fn shared() -> Option<&'static Self> {
-        static SHARED: OnceLock<Option<EtcdContainer>> = OnceLock::new();
-        SHARED.get_or_init(Self::start).as_ref()
+        static SHARED: OnceLock<Result<Option<EtcdContainer>, String>> = OnceLock::new();
+        shared(&SHARED, Self::start)
     }
 
     /// `127.0.0.1:<port>`, the form `etcd-client` and `ROUTINE_ETCD_ENDPOINTS` take.

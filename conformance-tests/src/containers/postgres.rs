@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::OnceLock;
 
+use super::container::shared;
 use super::{Container, image, probe};
 
 /// A PostgreSQL server in a container, reachable on `127.0.0.1` with trust
@@ -41,14 +42,15 @@ impl PostgresContainer {
     }
 
     /// The one shared by the tests of this test binary, started by the first call. A
-    /// test that harms its server starts its own with [`PostgresContainer::start`].
+    /// test that harms its server starts its own with [`PostgresContainer::start`]. If the first start
+    /// fails, every call fails at once with its message.
     ///
     /// # Panics
     ///
     /// As [`PostgresContainer::start`].
     pub fn shared() -> Option<&'static Self> {
-        static SHARED: OnceLock<Option<PostgresContainer>> = OnceLock::new();
-        SHARED.get_or_init(Self::start).as_ref()
+        static SHARED: OnceLock<Result<Option<PostgresContainer>, String>> = OnceLock::new();
+        shared(&SHARED, Self::start)
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`: the superuser, no password needed.

@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::OnceLock;
 
+use super::container::shared;
 use super::{Container, image, probe};
 
 /// A `redis-server` in a container, without persistence, reachable on `127.0.0.1`.
@@ -41,14 +42,15 @@ impl RedisContainer {
     }
 
     /// The one shared by the tests of this test binary, started by the first call. A
-    /// test that harms its server starts its own with [`RedisContainer::start`].
+    /// test that harms its server starts its own with [`RedisContainer::start`]. If the first start
+    /// fails, every call fails at once with its message.
     ///
     /// # Panics
     ///
     /// As [`RedisContainer::start`].
     pub fn shared() -> Option<&'static Self> {
-        static SHARED: OnceLock<Option<RedisContainer>> = OnceLock::new();
-        SHARED.get_or_init(Self::start).as_ref()
+        static SHARED: OnceLock<Result<Option<RedisContainer>, String>> = OnceLock::new();
+        shared(&SHARED, Self::start)
     }
 
     /// `redis://127.0.0.1:<port>`.
