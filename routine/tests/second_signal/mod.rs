@@ -17,7 +17,9 @@ fn signal_self(signal: &str) {
 
 /// A routine that sees its cancellation and then ignores it: the first `signal` starts the
 /// drain (600 s), the second must end it at once and drop the routine.
-pub async fn a_second_signal_during_the_drain_drops_the_routines_still_running(signal: &str) {
+pub(crate) async fn a_second_signal_during_the_drain_drops_the_routines_still_running(
+    signal: &str,
+) {
     let runner = Runner::builder()
         .with_backend(MemoryBackend::new())
         .with_drain_timeout(Duration::from_secs(600))
