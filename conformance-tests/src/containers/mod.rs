@@ -7,7 +7,8 @@
 //! when dropped or when the test process exits. Each has a `shared()` for the tests of a
 //! binary that do not harm their server, and [`Container`] helpers for fault tests:
 //! `pause`/`unpause` (the cgroup freezer), `restart` (a crash and a start) and
-//! `disconnect_network`/`connect_network`. [`Container::builder`] starts any other image,
+//! `disconnect_network`/`connect_network`, and [`faults`] checks that a held routine
+//! stops within its TTL when they hit its server. [`Container::builder`] starts any other image,
 //! with a readiness check from [`probe`] or of its own.
 //!
 //! # Images
@@ -32,6 +33,7 @@
 
 mod container;
 mod etcd;
+pub mod faults;
 mod postgres;
 pub mod probe;
 mod redis;
