@@ -184,7 +184,11 @@ impl ContainerBuilder {
     }
 
     fn run_args(&self, host_port: u16) -> Vec<String> {
-        let mut run: Vec<String> = ["run", "-d", "--rm", "--label"].map(String::from).into();
+        // No `--rm`: docker may remove an auto-removed container while `docker restart`
+        // stops it, so a restart fault could lose its server. Containers are removed by
+        // `Drop`, by the supervisor when the test process exits, and by
+        // `scripts/container-images stop` (by label).
+        let mut run: Vec<String> = ["run", "-d", "--label"].map(String::from).into();
         run.push(format!("{LABEL}={}", std::process::id()));
         run.push("-p".into());
         run.push(format!("127.0.0.1:{host_port}:{}", self.port));
