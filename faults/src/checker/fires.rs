@@ -106,6 +106,10 @@ pub struct FireReport {
     pub interrupted: Vec<u64>,
     /// Interrupted fires completed later on another member.
     pub retried: Vec<u64>,
+    /// Interrupted fires not retried that a member recorded as failed (reported with
+    /// `retried: false`): what `retry_interrupted` does with a fire found later than its
+    /// window.
+    pub recorded_failed: Vec<u64>,
     /// Runs cut off without a kill or pause of their member (cancelled, e.g. a lease
     /// lost to a slow backend): a figure.
     pub cut_without_fault: Vec<u64>,
@@ -144,8 +148,8 @@ impl FireReport {
     pub fn summary(&self) -> String {
         format!(
             "fires in window {}, completed once {} ({} runs in all), duplicates {}, lost {}, \
-             interrupted {} (retried {}, reported {}, cut off without a fault {}), \
-             overlap {:.0} ms",
+             interrupted {} (retried {}, recorded failed {}, reported {}, cut off without a \
+             fault {}), overlap {:.0} ms",
             self.window.len(),
             self.completed.len(),
             self.run_count(),
@@ -153,6 +157,7 @@ impl FireReport {
             self.lost.len(),
             self.interrupted.len(),
             self.retried.len(),
+            self.recorded_failed.len(),
             self.interrupted_reported,
             self.cut_without_fault.len(),
             super::ms(self.overlap()),
@@ -170,6 +175,8 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, params: &FireParams)
     let mut offsets: HashMap<usize, i64> = HashMap::new();
     // The fires members reported finding cut off.
     let mut reported = std::collections::BTreeSet::new();
+    // The fires a member reported cut off and recorded as failed (not retried).
+    let mut failed = std::collections::BTreeSet::new();
     for e in &events {
         match &e.kind {
             EventKind::Scheduled { clock_offset_ms } => {
@@ -178,9 +185,12 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, params: &FireParams)
             EventKind::Exited => {
                 exited.entry(e.member).or_insert(e.at);
             }
-            &EventKind::FireInterrupted { fire_ms, .. } => {
+            &EventKind::FireInterrupted { fire_ms, retried } => {
                 report.interrupted_reported += 1;
                 reported.insert(fire_ms);
+                if !retried {
+                    failed.insert(fire_ms);
+                }
             }
             &EventKind::FireStarted { fire_ms, token } => {
                 report.runs.entry(fire_ms).or_default().push(FireRun {
@@ -265,6 +275,8 @@ pub fn check(events: &[Event], faults: &[Fault], end: Mono, params: &FireParams)
                 .any(|r| r.completed() && r.member != member)
             {
                 report.retried.push(fire);
+            } else if failed.contains(&fire) {
+                report.recorded_failed.push(fire);
             }
         }
     }

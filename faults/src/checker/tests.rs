@@ -385,6 +385,27 @@ mod fires {
     }
 
     #[test]
+    fn a_run_cut_off_and_reported_not_retried_is_recorded_failed() {
+        let mut events = healthy(&[2]);
+        events.push(started(0, 2, 2000));
+        events.push(ev(0, 2120, EventKind::Exited));
+        events.push(ev(
+            1,
+            3200,
+            EventKind::FireInterrupted {
+                fire_ms: fire(2),
+                retried: false,
+            },
+        ));
+        let kill = fault(FaultKind::Kill, Some(0), Some(1), 2100, 2100);
+        let report = check(&events, &[kill], t(6000), &params());
+        assert_eq!(report.interrupted, [fire(2)]);
+        assert!(report.retried.is_empty(), "{report:?}");
+        assert_eq!(report.recorded_failed, [fire(2)], "{report:?}");
+        assert!(report.unreported.is_empty(), "{report:?}");
+    }
+
+    #[test]
     fn a_run_cut_off_that_no_member_reports_is_unreported() {
         let mut events = healthy(&[2]);
         events.push(started(0, 2, 2000));
