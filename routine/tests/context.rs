@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TTL, runner, wait_for};
+use common::{TTL, runner, wait_acquired, wait_for};
 use leasehold::{
     CancelReason, Context, EventKind, FencingToken, LockKey, MemoryBackend, Outcome, RunOptions,
 };
@@ -182,13 +182,7 @@ async fn a_routine_dropped_for_a_lost_lease_can_tell_why_while_it_is_dropped() {
         },
         RunOptions::exclusive(),
     );
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     backend.revoke(&LockKey::new("job").unwrap());
     wait_for(&mut events, TTL, "dropped", kind!(EventKind::Dropped)).await;
     let drops = drops.all();
@@ -297,13 +291,7 @@ async fn work_spawned_through_the_context_is_dropped_with_a_routine_that_lost_it
     let (tx, _handles) = mpsc::unbounded_channel();
     let spawner = spawner(&backend, &drops, &steps, tx, Duration::MAX);
     let handle = runner.run_named("job", spawner, RunOptions::exclusive());
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     backend.revoke(&LockKey::new("job").unwrap());
     let dropped = wait_for(&mut events, TTL, "dropped", kind!(EventKind::Dropped)).await;
     assert!(matches!(handle.join().await, Outcome::LeaseLost));

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{TTL, idle_singleton, runner, wait_for};
+use common::{TTL, idle_singleton, runner, wait_acquired, wait_for};
 use leasehold::{
     CancelReason, Capabilities, EventKind, Lease, LockBackend, LockKey, MemoryBackend, RunOptions,
     Runner,
@@ -66,13 +66,7 @@ async fn a_hung_backend_cancels_the_routine_then_drops_it_at_the_local_deadline(
         trace.stubborn(),
         RunOptions::keep_running_one_instance(),
     );
-    let acquired = wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    let acquired = wait_acquired(&mut events).await;
     backend.set_hanging(true);
 
     let dropped = wait_for(&mut events, TTL * 2, "dropped", kind!(EventKind::Dropped)).await;
@@ -150,13 +144,7 @@ async fn the_local_deadline_counts_from_when_the_acquire_was_sent() {
         Trace::default().stubborn(),
         RunOptions::keep_running_one_instance(),
     );
-    let acquired = wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    let acquired = wait_acquired(&mut events).await;
     memory.set_hanging(true);
     let dropped = wait_for(&mut events, TTL * 2, "dropped", kind!(EventKind::Dropped)).await;
     let sent = acquired.at - delay;
@@ -178,13 +166,7 @@ async fn a_lease_taken_away_drops_the_routine_at_the_next_refresh_and_it_restart
         Trace::default().stubborn(),
         RunOptions::keep_running_one_instance(),
     );
-    let first = wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    let first = wait_acquired(&mut events).await;
     let key = LockKey::new("job").unwrap();
     backend.revoke(&key);
     let lost = wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
@@ -224,13 +206,7 @@ async fn a_short_outage_does_not_cancel_the_routine() {
         trace.stubborn(),
         RunOptions::keep_running_one_instance(),
     );
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     backend.set_unavailable(true);
     wait_for(
         &mut events,
@@ -362,13 +338,7 @@ async fn a_lease_reported_lost_is_not_reported_released() {
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let _handle = idle_singleton(&runner, "job");
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     backend.revoke(&LockKey::new("job").unwrap());
     let lost = wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
     let EventKind::LeaseLost { token: lost_token } = lost.kind else {

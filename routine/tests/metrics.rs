@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{TTL, idle_singleton, runner, runner_on, wait_for};
+use common::{TTL, idle_singleton, runner, runner_on, wait_acquired, wait_for};
 use leasehold::{
     Capabilities, EventKind, FencingToken, Lease, LockBackend, LockKey, MemoryBackend, Result,
     RunOptions,
@@ -124,13 +124,7 @@ async fn a_held_lease_is_counted_once_and_holds_until_released() {
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let handle = idle_singleton(&runner, "job");
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     // Several refreshes.
     tokio::time::sleep(TTL * 2).await;
 
@@ -243,13 +237,7 @@ async fn a_refresh_that_finds_the_lease_gone_counts_a_loss_and_a_restart() {
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let _handle = idle_singleton(&runner, "job");
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     backend.revoke(&LockKey::new("job").unwrap());
     wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
     wait_for(
@@ -511,13 +499,7 @@ async fn a_lease_the_backend_revokes_is_lost_for_reason_revoked() {
         |ctx| async move { ctx.cancelled().await },
         RunOptions::exclusive(),
     );
-    wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    wait_acquired(&mut events).await;
     backend.session_ended.cancel();
     wait_for(&mut events, TTL, "lost", kind!(EventKind::LeaseLost { .. })).await;
     let lost = [

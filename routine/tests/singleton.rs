@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Concurrency, TTL, holder_and_waiter, idle_singleton, runner, wait_for};
+use common::{
+    Concurrency, TTL, holder_and_waiter, idle_singleton, runner, wait_acquired, wait_for,
+};
 use leasehold::{EventKind, LockKey, MemoryBackend, Outcome, RunOptions, Runner};
 use tokio::time::Instant;
 
@@ -189,13 +191,7 @@ async fn cancelling_the_holder_releases_with_a_fresh_timeout() {
     let runner = runner(&backend);
     let mut events = runner.subscribe();
     let handle = idle_singleton(&runner, "job");
-    let acquired = wait_for(
-        &mut events,
-        TTL,
-        "acquired",
-        kind!(EventKind::Acquired { .. }),
-    )
-    .await;
+    let acquired = wait_acquired(&mut events).await;
     handle.cancel();
     let released = wait_for(
         &mut events,
