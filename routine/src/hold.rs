@@ -182,7 +182,8 @@ fn dropped(task: &Task, fencing: FencingToken, on: Labels<'_>, why: LeaseLoss) -
     HoldEnd::LeaseLost
 }
 
-/// The labels of a lease's metrics: the routine's name and the backend's.
+/// The labels of a lease's metrics: the lease's key (the routine's name, or a scheduled
+/// routine's slot `<name>#<i>`) and the backend's name.
 #[derive(Clone, Copy)]
 struct Labels<'a> {
     name: &'a str,

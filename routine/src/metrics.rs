@@ -7,6 +7,10 @@
 //! They are recorded at the sites rather than derived from the event broadcast: a
 //! broadcast receiver that falls behind loses events, and a counter must not.
 //!
+//! The `name` label is the routine's name; for the lease metrics (taken, lost,
+//! released, release failures) of a scheduled routine with several
+//! [`instances`](crate::RunOptions::instances) it is the slot's key, `<name>#<i>`.
+//!
 //! | metric | type | labels | what |
 //! | --- | --- | --- | --- |
 //! | `leasehold_leases_acquired_total` | counter | `name`, `backend` | leases taken |

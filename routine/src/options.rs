@@ -180,16 +180,16 @@ impl RunOptions {
     /// the next fire, whichever is later, unless
     /// [`skip_if_held`](RunOptions::skip_if_held). Holding it, the member reads
     /// the name's *record* in the backend
-    /// ([`LockBackend::write_record`](crate::LockBackend::write_record)): the newest fire
-    /// any member claimed, and the runs going on. If the fire is not claimed yet, the
-    /// member claims it by moving the record forward with a compare-and-set guarded by
-    /// its lease's fencing token, runs the routine under the lease with the keeper and
+    /// ([`LockBackend::write_record`](crate::LockBackend::write_record)): the fires
+    /// claimed (the 16 newest; older ones count as claimed), and the runs going on. If
+    /// the fire is not claimed yet, the member claims it by adding it to the record with
+    /// a compare-and-set guarded by its lease's fencing token, runs the routine under the lease with the keeper and
     /// the hard local deadline, as for every leased routine, and takes its run out of
     /// the record when the routine ends (still under the lease). Members that come to the
     /// fire later find it claimed and skip it.
     ///
-    /// - **At most once, whatever the clocks say**: a fire is claimed only by moving the
-    ///   record past it, once, so it starts at most once across the cluster however far
+    /// - **At most once, whatever the clocks say**: a fire is claimed only by adding it
+    ///   to the record, once, so it starts at most once across the cluster however far
     ///   apart the members' wall clocks are. A member whose clock is ahead runs fires
     ///   early by its offset, one whose clock is behind finds them claimed. The backend
     ///   must keep its writes (see the Guarantees in the README: a backend that loses

@@ -3,8 +3,8 @@
 //! another member has run it.
 //!
 //! Which member runs a fire is decided by the name's record in the backend
-//! (`record.rs`, `ledger.rs`), not by clocks: the run holding the name's lease moves the
-//! record's last claimed fire forward with a compare-and-set guarded by the lease's
+//! (`record.rs`, `ledger.rs`), not by clocks: the run holding the name's lease adds the
+//! fire to the record's claimed fires with a compare-and-set guarded by the lease's
 //! fencing token, lists itself as running, and takes itself out when it ends. A member
 //! whose clock is behind comes to a fire later and finds it claimed; one whose clock is
 //! ahead runs it early. A run still listed when the next member takes the name was cut

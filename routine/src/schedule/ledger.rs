@@ -159,6 +159,12 @@ impl Ledger {
                 _ => {}
             }
         }
+        // Every write conflicted: other writers keep changing the record while we
+        // hold the name, which only a holder that lost the lease can do.
+        tracing::warn!(
+            tries = WRITE_TRIES,
+            "the schedule record kept changing under our writes; taking the name's lease as lost"
+        );
         Err(Error::lost(&self.name))
     }
 
@@ -268,6 +274,12 @@ impl Ledger {
                 _ => {}
             }
         }
+        // Every write conflicted: other writers keep changing the record while we
+        // hold the name, which only a holder that lost the lease can do.
+        tracing::warn!(
+            tries = WRITE_TRIES,
+            "the schedule record kept changing under our writes; taking the name's lease as lost"
+        );
         Err(Error::lost(&self.name))
     }
 
