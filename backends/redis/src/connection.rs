@@ -88,8 +88,9 @@ impl Connection {
     /// is under way), the request is sent once more, which waits for the new connection.
     /// If it failed in a way the connection does not recover from (see the module docs),
     /// it is sent once more on a replacement. Every request this backend makes may be
-    /// repeated: the scripts compare our owner value, and a repeated acquire recognises the
-    /// lock it took (see [`crate::scripts::ACQUIRE`]).
+    /// repeated: refresh and release compare our lock value, a repeated acquire recognises
+    /// the lock it took (see [`crate::scripts::ACQUIRE`]), and a repeated record write
+    /// whose first send was written answers a conflict carrying its own value.
     pub(crate) async fn request<T, F, Fut>(
         &self,
         operation: &'static str,

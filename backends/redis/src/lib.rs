@@ -57,7 +57,8 @@
 //! acquired** (under 100 bytes with Redis's overhead). With a fixed set of routines that
 //! is nothing; with names made up at run time (one per customer or job id) they add up.
 //! A name whose holder wrote a record also keeps its record key `routine:record:<name>`
-//! (the value, at most 1024 bytes, plus Redis's overhead), which never expires either.
+//! (the value, at most [`MAX_RECORD_LEN`](leasehold_core::MAX_RECORD_LEN) bytes, plus
+//! Redis's overhead), which never expires either.
 //! [`RedisBackend::forget_fencing`] deletes the counter and the record of a name nobody
 //! holds (its tokens then start from 1 again); to see them all:
 //! `redis-cli --scan --pattern 'routine:fence:*'` (and `'routine:record:*'`).
@@ -105,12 +106,15 @@
 //!   call that waits.
 //! - The client does not retry reconnections itself (its retry count is set to zero): a
 //!   request that finds the connection broken starts one reconnection attempt, and is
-//!   sent once more on the new connection within its time bound (every script is safe
-//!   to repeat: they compare our owner value). Later attempts are paced by the runner's
-//!   backoff; the backend keeps no timers.
+//!   sent once more on the new connection within its time bound (the scripts are safe
+//!   to repeat: refresh and release compare our lock value, a repeated acquire recognises
+//!   the lock it took; a repeated [`write_record`](leasehold_core::LockBackend::write_record)
+//!   whose first send was written answers a conflict with its own value). Later attempts
+//!   are paced by the runner's backoff; the backend keeps no timers.
 //! - An acquire whose outcome is unknown (it failed or timed out after being sent, or its
 //!   future was dropped, as the runner does when its own timeout passes) is undone in
-//!   the background by a release of its owner value, queued behind it on the same connection,
+//!   the background by a script that deletes the lock if it carries our owner prefix
+//!   (the server wrote the rest of the value), queued behind it on the same connection,
 //!   so a lock we may hold without knowing is not left held for its whole TTL.
 //! - Errors map as: connection refused, reset or other I/O failure →
 //!   [`Unavailable`](leasehold_core::Error::Unavailable); timeouts →

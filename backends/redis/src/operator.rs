@@ -41,7 +41,10 @@ pub(crate) async fn describe(inner: &Client, keys: &[LockKey]) -> Result<Vec<Opt
     let mut described = Vec::with_capacity(keys.len());
     for (chunk, reply) in keys.chunks(scripts::DESCRIBE_CHUNK).zip(replies) {
         if reply.len() != chunk.len() {
-            return Err(error::unexpected_reply("describe", reply.len()));
+            return Err(error::unexpected_reply(
+                "describe",
+                format_args!("{} entries for {} keys", reply.len(), chunk.len()),
+            ));
         }
         described.extend(
             chunk
