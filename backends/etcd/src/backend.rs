@@ -406,7 +406,8 @@ impl LockBackend for EtcdBackend {
     ) -> Result<RecordWrite> {
         leasehold_core::check_record(key, value)?;
         let lock_key = self.checked_key(key)?;
-        let record_key = self.checked_record_key(key)?;
+        // The name was checked with the lock key; the record key shares it.
+        let record_key = self.record_key(key);
         self.query("write_record", |client| {
             record::write(client, lock_key, record_key, token, expected, value)
         })
