@@ -259,9 +259,7 @@ async fn scheduled_with_faults(backend: BackendKind) -> anyhow::Result<()> {
         "{problems:#?}\n{}",
         result.report.summary()
     );
-    assert!(result.report.duplicates.is_empty());
-    assert!(result.report.lost.is_empty());
-    assert!(result.report.overlaps.is_empty());
+    // `problems` covers duplicates, lost fires and overlaps; this one it does not.
     assert!(!result.report.retried.is_empty());
     Ok(())
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -422,23 +422,20 @@ async fn a_member_started_late_catches_up_only_with_a_catch_up_policy() {
 async fn instances_caps_concurrent_runs_across_members() {
     let start = Instant::now();
     let backend = MemoryBackend::new();
-    let running = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    let concurrency = common::Concurrency::default();
     let runs = Runs::default();
     let members: Vec<_> = (0..3)
         .map(|i| {
             let runner = common::runner(&backend);
-            let (running, most, runs) = (Arc::clone(&running), Arc::clone(&most), runs.clone());
+            let (concurrency, runs) = (concurrency.clone(), runs.clone());
             let handle = runner.run_named(
                 "job",
                 move |_ctx| {
                     runs.record(i);
-                    let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                    let running = concurrency.enter();
                     async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
+                        let _running = running;
                         tokio::time::sleep(Duration::from_millis(3_500)).await;
-                        running.fetch_sub(1, Ordering::SeqCst);
                     }
                 },
                 every_second(start, 0).instances(2),
@@ -448,11 +445,7 @@ async fn instances_caps_concurrent_runs_across_members() {
         .collect();
     tokio::time::sleep(Duration::from_secs(8)).await;
     stop(members).await;
-    assert_eq!(
-        most.load(Ordering::SeqCst),
-        2,
-        "two runs at once, never three"
-    );
+    assert_eq!(concurrency.max(), 2, "two runs at once, never three");
     assert!(
         runs.counts().values().all(|&n| n == 1),
         "each fire still runs once: {:?}",
