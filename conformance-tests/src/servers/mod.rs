@@ -13,14 +13,20 @@
 //! tests share.
 
 mod etcd;
+mod etcd_cluster;
 mod postgres;
+mod postgres_pair;
 mod process;
 mod redis;
 mod shared;
+mod tls;
 
 pub use etcd::EtcdServer;
+pub use etcd_cluster::*;
 pub use postgres::PostgresServer;
+pub use postgres_pair::*;
 pub use process::{
     ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };
 pub use redis::RedisServer;
+pub use tls::*;

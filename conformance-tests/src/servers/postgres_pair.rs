@@ -1,0 +1,1 @@
+//! A PostgreSQL primary with a streaming standby (filled in by the failover work).

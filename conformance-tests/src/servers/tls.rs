@@ -1,0 +1,1 @@
+//! Certificates for TLS-enabled throwaway servers (filled in by the TLS work).
