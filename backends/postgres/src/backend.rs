@@ -112,9 +112,11 @@ impl PostgresBackend {
         })
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let (notifier, listener_pid) =
+        let (notifier, listener_pid, listener_server) =
             Notifier::start(Arc::clone(&settings), tx.downgrade()).await?;
-        if listener_pid == live.pid {
+        // Pids are only comparable on one server (with several in the URL, the listener
+        // may have met another after a failover in between).
+        if listener_pid == live.pid && listener_server == live.server {
             return Err(pooler_detected(format!(
                 "the lock session and the listener, two client connections, share server \
                  backend {listener_pid}"
@@ -221,7 +223,9 @@ impl LockBackend for PostgresBackend {
     /// connections (opened on first use), never on the lock session, so it never delays a
     /// refresh.
     async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
-        self.inner.operator.describe(key, self.lock_key(key)).await
+        let operator = &self.inner.operator;
+        let result = operator.describe(key, self.lock_key(key)).await;
+        operator.after(result).await
     }
 
     /// The held keys of this backend's namespace (see
@@ -229,7 +233,9 @@ impl LockBackend for PostgresBackend {
     /// `prefix`, in byte order of their names. It reads the whole fencing table and
     /// `pg_locks`: for operators and tools, not for a hot path.
     async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
-        self.inner.operator.list(prefix).await
+        let operator = &self.inner.operator;
+        let result = operator.list(prefix).await;
+        operator.after(result).await
     }
 
     /// Frees `key` whoever holds it, on this backend's operator connections.
@@ -263,10 +269,9 @@ impl LockBackend for PostgresBackend {
     /// If dropped, the holder's session may have been ended without the key's claim
     /// being cleared: the key is then free once the heartbeat runs out.
     async fn force_release(&self, key: &LockKey) -> Result<bool> {
-        self.inner
-            .operator
-            .force_release(key, self.lock_key(key))
-            .await
+        let operator = &self.inner.operator;
+        let result = operator.force_release(key, self.lock_key(key)).await;
+        operator.after(result).await
     }
 
     /// The `record` column of the key's fencing row, read on this backend's operator
@@ -274,15 +279,16 @@ impl LockBackend for PostgresBackend {
     /// colliding name) has no record.
     async fn read_record(&self, key: &LockKey) -> Result<Option<Vec<u8>>> {
         let inner = &self.inner;
-        inner
+        let result = inner
             .records
             .read(
-                inner.operator.pool(),
+                &inner.operator.pool(),
                 &inner.settings,
                 key,
                 self.lock_key(key),
             )
-            .await
+            .await;
+        inner.operator.after(result).await
     }
 
     /// Writes the `record` column of the key's fencing row in one statement on this
@@ -303,17 +309,18 @@ impl LockBackend for PostgresBackend {
         value: &[u8],
     ) -> Result<RecordWrite> {
         let inner = &self.inner;
-        inner
+        let result = inner
             .records
             .write(
-                inner.operator.pool(),
+                &inner.operator.pool(),
                 &inner.settings,
                 (key, self.lock_key(key)),
                 token,
                 expected,
                 value,
             )
-            .await
+            .await;
+        inner.operator.after(result).await
     }
 }
 

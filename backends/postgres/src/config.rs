@@ -1,13 +1,13 @@
 //! `PostgresBackendBuilder`: the settings of a backend, validated into `Settings`.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::PostgresBackend;
+use crate::hosts::{Hosts, Target};
 
 /// The schema of the fencing table unless configured.
 pub(crate) const DEFAULT_SCHEMA: &str = "public";
@@ -95,6 +95,18 @@ impl PostgresBackendBuilder {
     /// The server to use: `postgres://user:password@host:port/database?sslmode=...`
     /// (`postgresql://` works too; see `sqlx`'s `PgConnectOptions` for the parameters).
     /// Required.
+    ///
+    /// Several servers (a primary and its standbys) are written as libpq writes them:
+    /// `postgres://user@h1:5432,h2:5433/db?target_session_attrs=read-write`, or
+    /// `postgres://user@/db?host=h1,h2&port=5432,5433` (one port for all, or one per
+    /// host), or a URL without a host and the lists in `PGHOST` and `PGPORT`. Every
+    /// connection (lock session, listener, operator connections) tries them in turn,
+    /// starting with the one that last worked, and passes over any that is unreachable,
+    /// a standby or read-only, so after a failover the backend finds the new primary. The
+    /// backend writes on each connection, so it needs a writable primary whatever
+    /// `target_session_attrs` says: `any` (the default), `read-write` and `primary` are
+    /// accepted; `read-only`, `standby` and `prefer-standby` are an [`Error::Config`].
+    /// See the [crate docs](crate#failover) for what a failover keeps.
     pub fn with_url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(Sourced::new(url.into(), "url"));
         self
@@ -159,7 +171,7 @@ impl PostgresBackendBuilder {
         let url = self.url.ok_or_else(|| {
             Error::config("url", "no PostgreSQL URL given (use with_url or from_env)")
         })?;
-        let options = parse_url(&url)?;
+        let hosts = Hosts::parse(&url, |name| std::env::var(name).ok())?;
         let schema = identifier(&self.schema)?;
         let table = identifier(&self.table)?;
         if table.len() + SESSIONS_SUFFIX.len() > MAX_IDENTIFIER_LEN {
@@ -193,7 +205,7 @@ impl PostgresBackendBuilder {
         }
         Ok(Settings {
             redacted_url: redact_url(&url.value),
-            options,
+            hosts,
             url_setting: url.setting,
             qualified_table: format!("{}.{}", quote(&schema), quote(&table)),
             qualified_sessions: format!(
@@ -223,7 +235,8 @@ impl fmt::Debug for PostgresBackendBuilder {
 
 /// Validated settings of a running backend.
 pub(crate) struct Settings {
-    pub(crate) options: PgConnectOptions,
+    /// The servers of the URL, each with every connection setting.
+    pub(crate) hosts: Hosts,
     pub(crate) url_setting: &'static str,
     pub(crate) schema: String,
     pub(crate) table: String,
@@ -240,12 +253,12 @@ impl Settings {
     /// Connection options for one of our connections, named `role` in
     /// `pg_stat_activity`: `routine lock session`, or `<application_name> (routine lock
     /// session)` when the URL sets an `application_name`.
-    pub(crate) fn options_for(&self, role: &str) -> PgConnectOptions {
-        let name = match self.options.get_application_name() {
+    pub(crate) fn options_for(&self, target: &Target, role: &str) -> PgConnectOptions {
+        let name = match self.hosts.first().get_application_name() {
             Some(app) => format!("{app} ({role})"),
             None => role.to_owned(),
         };
-        self.options.clone().application_name(&name)
+        target.options.clone().application_name(&name)
     }
 
     /// The request timeout for an operation on a lease of `ttl`: at most half the lease,
@@ -260,28 +273,14 @@ impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("url", &self.redacted_url)
+            .field("servers", &self.hosts.len())
+            .field("target_session_attrs", &self.hosts.attrs())
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("namespace", &self.namespace)
             .field("request_timeout", &self.request_timeout)
             .finish()
     }
-}
-
-fn parse_url(url: &Sourced<String>) -> Result<PgConnectOptions> {
-    let parsed = url::Url::parse(&url.value)
-        .map_err(|err| Error::config_with_source(url.setting, "not a valid URL", err))?;
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(Error::config(
-            url.setting,
-            format!(
-                "the scheme must be postgres:// or postgresql://, not {}://",
-                parsed.scheme()
-            ),
-        ));
-    }
-    PgConnectOptions::from_str(&url.value)
-        .map_err(|err| Error::config_with_source(url.setting, "not a valid PostgreSQL URL", err))
 }
 
 fn identifier(name: &Sourced<String>) -> Result<String> {
@@ -305,7 +304,9 @@ pub(crate) fn quote(identifier: &str) -> String {
 
 /// The URL with its password (in the user info or a `password` parameter) replaced.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
+    // A host list (`h1:1,h2:2`) is no valid URL authority: redact with the first host.
+    let (list, single) = split_host_list(url);
+    let Ok(mut parsed) = url::Url::parse(&single) else {
         return "<not a valid URL; not shown>".to_owned();
     };
     if parsed.password().is_some() {
@@ -325,7 +326,34 @@ pub(crate) fn redact_url(url: &str) -> String {
             .collect();
         parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    parsed.to_string()
+    let shown = parsed.to_string();
+    match list {
+        Some((first, all)) => shown.replacen(&first, &all, 1),
+        None => shown,
+    }
+}
+
+/// For a URL whose authority holds a host list: `Some((first host, whole list))` and the
+/// URL with the first host only.
+fn split_host_list(url: &str) -> (Option<(String, String)>, String) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (None, url.to_owned());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, hosts) = match authority.rsplit_once('@') {
+        Some((user, hosts)) => (format!("{user}@"), hosts),
+        None => (String::new(), authority),
+    };
+    // The host list follows the user info's `@`, or the scheme's `://` without one.
+    let before = if user.is_empty() { "://" } else { "@" };
+    match hosts.split_once(',') {
+        Some((first, _)) => (
+            Some((format!("{before}{first}"), format!("{before}{hosts}"))),
+            format!("{scheme}://{user}{first}{tail}"),
+        ),
+        None => (None, url.to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +395,7 @@ mod tests {
         for url in [
             "postgres://app:s3cret@db/app",
             "postgres://app@db/app?password=s3cret&sslmode=disable",
+            "postgres://app:s3cret@h1:5432,h2:5433/app?target_session_attrs=read-write",
         ] {
             let builder = PostgresBackendBuilder::new().with_url(url);
             let shown = format!("{builder:?} {:?}", builder.clone().settings().unwrap());

@@ -29,6 +29,7 @@ use sqlx::{ConnectOptions, Row};
 
 use crate::config::Settings;
 use crate::error::{Context, NAME, with_timeout};
+use crate::hosts::{Target, not_writable};
 use crate::ttl::ServerTtl;
 
 /// `application_name` of lock sessions, to find them in `pg_stat_activity` (prefixed by the
@@ -48,6 +49,8 @@ pub(crate) struct Live {
     /// The session's id in the fencing table's `holder_session` and the session table:
     /// random, so no other session, of any process or server, has it.
     pub(crate) id: i64,
+    /// The index in the URL of the server it is on.
+    pub(crate) server: usize,
     pub(crate) ttl: ServerTtl,
     /// The longest lease TTL whose settings (see the `ttl` module) this session already
     /// has, set by an earlier statement that succeeded; `None` when unknown. Statements
@@ -67,20 +70,34 @@ impl Live {
     }
 }
 
-/// Connects a lock session and checks it (see the module docs), within `timeout`.
+/// Connects a lock session and checks it (see the module docs), within `timeout`, on
+/// the first usable server of the URL (see the `hosts` module).
 ///
 /// # Errors
 ///
 /// [`Error::Misconfigured`] behind a transaction pooler or before PostgreSQL 12;
-/// [`Error::Unavailable`] on a standby; otherwise as mapped by [`Context::map`].
+/// [`Error::Unavailable`] on a standby or read-only server; otherwise as mapped by
+/// [`Context::map`]. With several servers, an error naming each one (see
+/// [`Hosts::connect`](crate::hosts::Hosts::connect)).
 pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live> {
+    let (live, server) = settings
+        .hosts
+        .connect("connect", timeout, |target, share| {
+            open_on(settings, target, share)
+        })
+        .await?;
+    Ok(Live { server, ..live })
+}
+
+/// [`open`] on one server.
+async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Result<Live> {
     let ctx = Context {
         operation: "connect",
         url_setting: settings.url_setting,
     };
     with_timeout("connect", timeout, async {
         let mut conn = settings
-            .options_for(SESSION_APPLICATION_NAME)
+            .options_for(target, SESSION_APPLICATION_NAME)
             .connect()
             .await
             .map_err(|err| ctx.map(err))?;
@@ -95,6 +112,7 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
             "SELECT pg_backend_pid() AS pid,
                     current_setting('server_version_num')::int4 AS version,
                     pg_is_in_recovery() AS in_recovery,
+                    current_setting('transaction_read_only')::bool AS read_only,
                     pg_try_advisory_lock($1, pg_backend_pid()) AS probed,
                     set_config('statement_timeout', $2, false),
                     set_config('plan_cache_mode', 'force_generic_plan', false),
@@ -109,6 +127,7 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
         let pid: i32 = row.try_get("pid").map_err(|err| ctx.map(err))?;
         let version: i32 = row.try_get("version").map_err(|err| ctx.map(err))?;
         let in_recovery: bool = row.try_get("in_recovery").map_err(|err| ctx.map(err))?;
+        let read_only: bool = row.try_get("read_only").map_err(|err| ctx.map(err))?;
         let probed: bool = row.try_get("probed").map_err(|err| ctx.map(err))?;
         if version < OLDEST_SUPPORTED {
             return Err(Error::misconfigured(
@@ -119,18 +138,10 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
                 ),
             ));
         }
-        if in_recovery {
+        if in_recovery || read_only {
             // A standby now may be promoted, or the address may lead to the new primary
             // after a failover: retried, not a configuration error.
-            return Err(Error::unavailable(
-                NAME,
-                "connect",
-                crate::error::Message(
-                    "the server is a standby in recovery; retried until the address leads to \
-                     a primary"
-                        .to_owned(),
-                ),
-            ));
+            return Err(not_writable("connect", in_recovery));
         }
         let row = sqlx::query(
             "SELECT pg_backend_pid() AS pid, EXISTS (
@@ -170,6 +181,7 @@ pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live>
             conn,
             pid,
             id: rand::random(),
+            server: 0,
             ttl,
             applied: None,
         })

@@ -24,6 +24,10 @@ impl PostgresBackendBuilder {
     /// | `ROUTINE_POSTGRES_NAMESPACE` | key namespace | `routine` |
     /// | `ROUTINE_POSTGRES_REQUEST_TIMEOUT` | request timeout, e.g. `3s`, `500ms` (`humantime`) | `5s` |
     ///
+    /// A URL without a host (`postgres:///app`) takes it from `PGHOST` and `PGPORT`, as
+    /// libpq does, lists included (`PGHOST=db1,db2`, `PGPORT=5432,5433`: one port for
+    /// all, or one per host); see [`with_url`](Self::with_url) for several servers.
+    ///
     /// Setters called afterwards override the environment.
     ///
     /// # Errors

@@ -228,6 +228,7 @@ mod env;
 mod error;
 mod fencing;
 mod hash;
+mod hosts;
 mod lease;
 mod message;
 mod notify;

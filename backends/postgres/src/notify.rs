@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 use sqlx::ConnectOptions as _;
+use sqlx::Row as _;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, Message, NAME, with_timeout};
+use crate::hosts::{Target, not_writable};
 use crate::message::Command;
 
 /// `application_name` of listener connections.
@@ -83,13 +85,14 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     /// Connects the listener and starts its task; returns it with the listener's server
-    /// backend pid (to compare with the lock session's). Ended sessions are reported to
-    /// `session`, the session task (weak: the listener does not keep it running).
+    /// backend pid and server index in the URL (to compare with the lock session's).
+    /// Ended sessions are reported to `session`, the session task (weak: the listener
+    /// does not keep it running).
     pub(crate) async fn start(
         settings: Arc<Settings>,
         session: mpsc::WeakUnboundedSender<Command>,
-    ) -> Result<(Self, i32)> {
-        let (listener, pid) = connect(&settings).await?;
+    ) -> Result<(Self, i32, usize)> {
+        let ((listener, pid), server) = connect(&settings).await?;
         let waiters = Waiters::default();
         let (status_tx, status) = watch::channel(Status::Up);
         let reconnect = Arc::new(Notify::new());
@@ -113,7 +116,7 @@ impl Notifier {
             timeout,
             _stop: stop,
         };
-        Ok((notifier, pid))
+        Ok((notifier, pid, server))
     }
 
     /// Resolves when a release of `hash` is announced, or when the listener reconnects
@@ -160,22 +163,40 @@ fn listener_error(reason: String) -> Error {
     Error::unavailable(NAME, "wait for release", Message(reason))
 }
 
-/// Opens a listener connection, `LISTEN`s, and reads its server backend pid.
-async fn connect(settings: &Settings) -> Result<(PgListener, i32)> {
+/// Opens a listener connection on the first usable server of the URL (see the `hosts`
+/// module), `LISTEN`s, and reads its server backend pid; returns them and the server's
+/// index.
+async fn connect(settings: &Settings) -> Result<((PgListener, i32), usize)> {
+    settings
+        .hosts
+        .connect(
+            "listen for releases",
+            settings.request_timeout,
+            |target, share| connect_on(settings, target, share),
+        )
+        .await
+}
+
+/// [`connect`] on one server.
+async fn connect_on(
+    settings: &Settings,
+    target: &Target,
+    timeout: Duration,
+) -> Result<(PgListener, i32)> {
     let ctx = Context {
         operation: "listen for releases",
         url_setting: settings.url_setting,
     };
-    with_timeout("listen for releases", settings.request_timeout, async {
+    with_timeout("listen for releases", timeout, async {
         let options = settings
-            .options_for(LISTENER_APPLICATION_NAME)
+            .options_for(target, LISTENER_APPLICATION_NAME)
             .disable_statement_logging();
         // A pool of one, as PgListener wants; a fresh one per connection so that a broken
         // connection is never handed back.
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
-            .acquire_timeout(settings.request_timeout)
+            .acquire_timeout(timeout)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_lazy_with(options);
@@ -189,14 +210,21 @@ async fn connect(settings: &Settings) -> Result<(PgListener, i32)> {
             .await
             .map_err(|err| ctx.map(err))?;
         // A server-wide idle_session_timeout would end the listener between releases.
-        // The first column, the pid; the second only applies the setting.
-        let pid: i32 = sqlx::query_scalar(
-            "SELECT pg_backend_pid(), (SELECT set_config('idle_session_timeout', '0', false)
-                                       WHERE current_setting('server_version_num')::int4 >= 140000)",
+        // A standby would take the LISTEN but never hear a release: the primary's NOTIFY
+        // is not replicated.
+        let row = sqlx::query(
+            "SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS in_recovery,
+                    (SELECT set_config('idle_session_timeout', '0', false)
+                     WHERE current_setting('server_version_num')::int4 >= 140000)",
         )
         .fetch_one(&mut listener)
         .await
         .map_err(|err| ctx.map(err))?;
+        let pid: i32 = row.try_get("pid").map_err(|err| ctx.map(err))?;
+        let in_recovery: bool = row.try_get("in_recovery").map_err(|err| ctx.map(err))?;
+        if in_recovery {
+            return Err(not_writable("listen for releases", true));
+        }
         Ok((listener, pid))
     })
     .await
@@ -257,7 +285,7 @@ impl ListenerTask {
                     self.wake_all();
                 }
                 Event::ReconnectRequested => match connect(&self.settings).await {
-                    Ok((listener, _pid)) => {
+                    Ok(((listener, _pid), _server)) => {
                         self.listener = Some(listener);
                         self.status.send_replace(Status::Up);
                         self.wake_all();

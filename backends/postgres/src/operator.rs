@@ -11,22 +11,61 @@
 //! module). A released key has its claim cleared and its lock given back, so it is not
 //! held; its row keeps the last holder's identity and token.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use leasehold_core::{Error, FencingToken, LeaseInfo, LockKey, Result};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row};
 
 use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, Message, NAME, with_timeout};
 use crate::fencing::LEFT_MS;
+use crate::hosts::{Target, not_writable};
 
 /// `application_name` of operator connections.
 pub(crate) const OPERATOR_APPLICATION_NAME: &str = "routine operator";
 
 /// Operator connections idle this long are closed.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// A lazy pool of operator connections to `target`.
+fn new_pool(settings: &Settings, target: &Target) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .acquire_timeout(settings.request_timeout)
+        .idle_timeout(Some(IDLE))
+        .max_lifetime(None)
+        .connect_lazy_with(settings.options_for(target, OPERATOR_APPLICATION_NAME))
+}
+
+/// Whether `target` is a writable primary, on a connection of its own, closed after.
+async fn probe(settings: &Settings, target: &Target, timeout: Duration) -> Result<()> {
+    let ctx = Context {
+        operation: "find the primary",
+        url_setting: settings.url_setting,
+    };
+    with_timeout(ctx.operation, timeout, async {
+        let mut conn = settings
+            .options_for(target, OPERATOR_APPLICATION_NAME)
+            .connect()
+            .await
+            .map_err(|err| ctx.map(err))?;
+        let (in_recovery, read_only): (bool, bool) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')::bool",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|err| ctx.map(err))?;
+        let _ = conn.close().await;
+        if in_recovery || read_only {
+            return Err(not_writable(ctx.operation, in_recovery));
+        }
+        Ok(())
+    })
+    .await
+}
 
 /// The granted `bigint` advisory locks of this database, as `(lock_key, pid)`.
 const LOCKS: &str = "SELECT ((classid::int8 << 32) | objid::int8) AS lock_key, pid
@@ -37,7 +76,9 @@ const LOCKS: &str = "SELECT ((classid::int8 << 32) | objid::int8) AS lock_key, p
 /// Operator queries on their own connection pool.
 #[derive(Debug)]
 pub(crate) struct Operator {
-    pool: PgPool,
+    /// The pool for the server the URL's host selection last chose, and that server's
+    /// index: a pool reaches one server, so a failover to another means a new pool.
+    pool: Mutex<(usize, PgPool)>,
     settings: Arc<Settings>,
     /// `$1` namespace, `$2` lock key, `$3` name: the key's row if held.
     describe: String,
@@ -56,13 +97,8 @@ pub(crate) struct Operator {
 impl Operator {
     /// An operator pool for `settings`; no connection is opened yet.
     pub(crate) fn new(settings: Arc<Settings>) -> Self {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .acquire_timeout(settings.request_timeout)
-            .idle_timeout(Some(IDLE))
-            .max_lifetime(None)
-            .connect_lazy_with(settings.options_for(OPERATOR_APPLICATION_NAME));
+        let (server, target) = settings.hosts.preferred();
+        let pool = Mutex::new((server, new_pool(&settings, target)));
         let table = settings.qualified_table.as_str();
         let sessions = settings.qualified_sessions.as_str();
         let held = |filter: &str| {
@@ -110,9 +146,39 @@ impl Operator {
     }
 
     /// The operator connections, shared with the record statements (the `record`
-    /// module), which must not wait behind the lock session either.
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+    /// module), which must not wait behind the lock session either: on the server that
+    /// the last connection of this backend chose (see the `hosts` module).
+    pub(crate) fn pool(&self) -> PgPool {
+        let (server, target) = self.settings.hosts.preferred();
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.0 != server {
+            *pool = (server, new_pool(&self.settings, target));
+        }
+        pool.1.clone()
+    }
+
+    /// Passes `result` on; when it is a transient failure and the URL names several
+    /// servers, first looks for the primary (see the `hosts` module), so that the next
+    /// operator call, and this backend's next connections, try it first: the server
+    /// may have gone, or been demoted, in a failover.
+    pub(crate) async fn after<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(err) = &result {
+            if err.is_transient() && self.settings.hosts.len() > 1 {
+                let settings = &self.settings;
+                let found = settings
+                    .hosts
+                    .connect(
+                        "find the primary",
+                        settings.request_timeout,
+                        |target, share| probe(settings, target, share),
+                    )
+                    .await;
+                if let Err(err) = found {
+                    tracing::debug!(error = %err.chain(), "no PostgreSQL primary found");
+                }
+            }
+        }
+        result
     }
 
     fn ctx(&self, operation: &'static str) -> Context {
@@ -130,7 +196,7 @@ impl Operator {
                 .bind(&self.settings.namespace)
                 .bind(hash)
                 .bind(key.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await
                 .map_err(|err| ctx.map(err))
         })
@@ -146,7 +212,7 @@ impl Operator {
             sqlx::query(AssertSqlSafe(self.list.as_str()))
                 .bind(&self.settings.namespace)
                 .bind(prefix)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pool())
                 .await
                 .map_err(|err| ctx.map(err))
         })
@@ -171,7 +237,7 @@ impl Operator {
         let timeout = self.settings.request_timeout;
         let ctx = self.ctx("force_release");
         let mut conn = with_timeout("force_release", timeout, async {
-            self.pool.acquire().await.map_err(|err| ctx.map(err))
+            self.pool().acquire().await.map_err(|err| ctx.map(err))
         })
         .await?;
         let probe = with_timeout("force_release", timeout, async {
