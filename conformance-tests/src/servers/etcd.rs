@@ -26,6 +26,10 @@ pub struct EtcdServer {
     binary: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// TLS arguments (see `servers::tls`): with them the client URL is `https://` and
+    /// health is checked on a plaintext metrics port, `metrics_port`.
+    tls_args: Option<Vec<String>>,
+    metrics_port: u16,
     process: Option<ServerProcess>,
     dir: TempDir,
 }
@@ -37,6 +41,12 @@ impl EtcdServer {
     ///
     /// If the binary is missing under CI, or the server does not become healthy.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`EtcdServer::start`], serving clients over TLS when `tls_args` (certificate
+    /// files and the like) are given.
+    pub(crate) fn start_with(tls_args: Option<Vec<String>>) -> Option<Self> {
         let binary = match find_binary("etcd", &["/usr/local/bin", "/opt/etcd"]) {
             Some(binary) => binary,
             None => return missing("etcd", "apt-get install etcd-server"),
@@ -49,6 +59,8 @@ impl EtcdServer {
                 binary: binary.clone(),
                 client_port: free_port(),
                 peer_port: free_port(),
+                tls_args: tls_args.clone(),
+                metrics_port: free_port(),
                 process: None,
                 dir: TempDir::new("etcd").unwrap_or_else(|err| panic!("temp dir: {err}")),
             };
@@ -65,9 +77,14 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls_args.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--name",
             "routine-test",
             "--data-dir",
@@ -94,10 +111,17 @@ impl EtcdServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let mut health_port = self.client_port;
+        if let Some(tls_args) = &self.tls_args {
+            args.extend(tls_args.iter().cloned());
+            args.push("--listen-metrics-urls".into());
+            args.push(format!("http://127.0.0.1:{}", self.metrics_port));
+            health_port = self.metrics_port;
+        }
         let log = self.dir.path().join("etcd.log");
         self.process = Some(ServerProcess::spawn("etcd", &self.binary, &args, &log)?);
         wait_for_port(self.client_port, Duration::from_secs(10))?;
-        wait_for_health(self.client_port, Duration::from_secs(20)).map_err(|err| {
+        wait_for_health(health_port, Duration::from_secs(20)).map_err(|err| {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             io::Error::new(err.kind(), format!("{err}; etcd log:\n{log}"))
         })

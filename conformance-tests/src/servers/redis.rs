@@ -21,6 +21,9 @@ pub struct RedisServer {
     binary: PathBuf,
     port: u16,
     password: Option<String>,
+    /// TLS arguments (see `servers::tls`): with them the port is the TLS port and the
+    /// plaintext port is off.
+    tls_args: Option<Vec<String>>,
     process: Option<ServerProcess>,
     dir: TempDir,
 }
@@ -37,6 +40,15 @@ impl RedisServer {
 
     /// Like [`RedisServer::start`], with `requirepass` set.
     pub fn start_with_password(password: Option<&str>) -> Option<Self> {
+        Self::start_with(password, None)
+    }
+
+    /// Like [`RedisServer::start_with_password`], serving TLS only on its port when
+    /// `tls_args` (certificate files and the like) are given.
+    pub(crate) fn start_with(
+        password: Option<&str>,
+        tls_args: Option<Vec<String>>,
+    ) -> Option<Self> {
         let binary = match find_binary("redis-server", &[]) {
             Some(binary) => binary,
             None => return missing("redis-server", "apt-get install redis-server"),
@@ -45,6 +57,7 @@ impl RedisServer {
             binary,
             port: free_port(),
             password: password.map(str::to_owned),
+            tls_args,
             process: None,
             dir: TempDir::new("redis").unwrap_or_else(|err| panic!("temp dir: {err}")),
         };
@@ -73,6 +86,12 @@ impl RedisServer {
         if let Some(password) = &self.password {
             args.push("--requirepass".into());
             args.push(password.clone());
+        }
+        if let Some(tls_args) = &self.tls_args {
+            // A later `--port` wins over the one above.
+            args.extend(["--port".into(), "0".into(), "--tls-port".into()]);
+            args.push(self.port.to_string());
+            args.extend(tls_args.iter().cloned());
         }
         let log = self.dir.path().join("redis.log");
         self.process = Some(ServerProcess::spawn(
