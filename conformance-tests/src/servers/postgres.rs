@@ -47,6 +47,16 @@ impl PostgresServer {
     ///
     /// If the binaries are missing under CI, or the server does not come up.
     pub fn start() -> Option<Self> {
+        Self::start_with("initdb", Self::init)
+    }
+
+    /// Like [`start`](Self::start), with `prepare` (named `what` in the panic message) in
+    /// place of `initdb`: it must fill [`data_dir`](Self::data_dir), which is in a temp
+    /// dir owned by the cluster's OS user.
+    pub(crate) fn start_with(
+        what: &str,
+        prepare: impl FnOnce(&Self) -> io::Result<()>,
+    ) -> Option<Self> {
         let Some(bindir) = find_bindir() else {
             return missing(
                 "postgres",
@@ -62,21 +72,31 @@ impl PostgresServer {
             process: None,
             dir,
         };
-        server
-            .init()
-            .unwrap_or_else(|err| panic!("initdb failed: {err}"));
+        if server.as_os_user {
+            run(Command::new("chown")
+                .arg(format!("{OS_USER}:"))
+                .arg(server.dir.path()))
+            .unwrap_or_else(|err| panic!("chown of the temp dir failed: {err}"));
+        }
+        prepare(&server).unwrap_or_else(|err| panic!("{what} failed: {err}"));
         server
             .spawn()
             .unwrap_or_else(|err| panic!("postgres did not start: {err}"));
         Some(server)
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The cluster's data directory.
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
+    /// The directory of the PostgreSQL binaries.
+    pub(crate) fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
     /// Runs `program args...` as the cluster's OS user.
-    fn command(&self, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    pub(crate) fn command(&self, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
         if !self.as_os_user {
             return (program.to_owned(), args.to_vec());
         }
@@ -92,11 +112,6 @@ impl PostgresServer {
     }
 
     fn init(&self) -> io::Result<()> {
-        if self.as_os_user {
-            run(Command::new("chown")
-                .arg(format!("{OS_USER}:"))
-                .arg(self.dir.path()))?;
-        }
         let args: Vec<String> = [
             "-D",
             &self.data_dir().display().to_string(),
@@ -158,7 +173,10 @@ impl PostgresServer {
             let text = std::fs::read(log).unwrap_or_default();
             let start = usize::try_from(skip).unwrap_or(usize::MAX).min(text.len());
             let new = String::from_utf8_lossy(&text[start..]);
-            if new.contains("database system is ready to accept connections") {
+            // A standby says "ready to accept read-only connections".
+            if new.contains("database system is ready to accept connections")
+                || new.contains("database system is ready to accept read-only connections")
+            {
                 return Ok(());
             }
             let alive = self.process.as_ref().is_some_and(ServerProcess::is_alive);
@@ -334,7 +352,8 @@ fn running_as_root() -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-fn run(command: &mut Command) -> io::Result<()> {
+/// Runs `command` to its end; an error with its output if it fails.
+pub(crate) fn run(command: &mut Command) -> io::Result<()> {
     let output = command.stdin(Stdio::null()).output()?;
     if output.status.success() {
         Ok(())
