@@ -14,9 +14,9 @@ use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
 use crate::client::{CAPABILITIES, Client, ttl_millis};
 use crate::config::{self, Settings};
-use crate::connection::Connection;
 use crate::error::{self, NAME};
 use crate::eviction;
+use crate::handshake;
 use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
 use crate::operator;
@@ -96,10 +96,13 @@ impl RedisBackend {
             config::install_crypto_provider();
         }
         let connect_timeout = settings.connect_timeout;
-        let client = redis::Client::open(settings.connection_info()?)
-            .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
-        let conn =
-            Connection::open(client.clone(), connect_timeout, settings.request_timeout).await?;
+        let info = settings.connection_info()?;
+        let client = match settings.tls_files.certificates()? {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates),
+            None => redis::Client::open(info),
+        }
+        .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
+        let conn = handshake::open(client.clone(), &settings).await?;
         // A server with `requirepass` accepts a connection without credentials and
         // refuses only its first command: find that out now, not at the first acquire.
         conn.request("connect", settings.request_timeout, |mut conn| async move {

@@ -1,12 +1,14 @@
 //! `RedisBackendBuilder`: settings from code, a URL or the Go original's environment.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 
 use crate::RedisBackend;
 use crate::config::{self, Password, Settings};
+use crate::tls::TlsFile;
 
 /// Configures and connects a [`RedisBackend`].
 ///
@@ -57,13 +59,19 @@ impl RedisBackendBuilder {
     /// | `REDIS_DIAL_TIMEOUT` | connect timeout, Go syntax (`5s`, `500ms`) | `5s` |
     /// | `REDIS_READ_TIMEOUT` | request timeout | `3s` |
     /// | `REDIS_WRITE_TIMEOUT` | request timeout too: the redis crate sends a request and awaits the reply under one timeout, the larger of the two | `3s` |
+    /// | `ROUTINE_REDIS_TLS` | `true` to connect with TLS (not in the Go original) | `false` |
+    /// | `ROUTINE_REDIS_CA_FILE` | PEM CA file to trust instead of the system's roots; turns TLS on | none |
+    /// | `ROUTINE_REDIS_CERT_FILE` | PEM client certificate; turns TLS on; needs `ROUTINE_REDIS_KEY_FILE` | none |
+    /// | `ROUTINE_REDIS_KEY_FILE` | PEM private key of the client certificate | none |
     ///
     /// The lease TTL (`ROUTINE_REDIS_LOCK_TTL`) is a runner setting, read by `leasehold`.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming the variable, if one is malformed (a zero or unparsable
-    /// duration, a negative database, a bad port).
+    /// duration, a negative database, a bad port, a boolean that is not one). The TLS
+    /// files are read by [`build`](Self::build), which names the variable of a file it
+    /// cannot read.
     pub fn from_env() -> Result<Self> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -94,8 +102,15 @@ impl RedisBackendBuilder {
 
     /// Takes address, TLS, credentials and database from a URL:
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS (rustls, with
-    /// the system's root certificates). Percent-encode special characters in the user
-    /// and password. The port defaults to 6379, the database to 0.
+    /// the system's root certificates unless a CA file is given). Percent-encode special
+    /// characters in the user, the password and the parameters. The port defaults to
+    /// 6379, the database to 0.
+    ///
+    /// A `rediss://` URL takes the TLS files as parameters, read by
+    /// [`build`](Self::build) as with [`with_ca_file`](Self::with_ca_file) and
+    /// [`with_client_identity_files`](Self::with_client_identity_files):
+    /// `rediss://redis.internal:6380/0?ca_file=/etc/ssl/ca.pem&cert_file=/etc/ssl/app.pem&key_file=/etc/ssl/app.key`.
+    /// Any other parameter, or a file with `redis://`, is [`Error::Config`].
     pub fn with_url(mut self, url: impl AsRef<str>) -> Self {
         if let Err(err) = config::apply_url(&mut self.settings, url.as_ref(), "url") {
             self.record(err);
@@ -115,9 +130,54 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Whether to connect with TLS (rustls, system root certificates). Default `false`.
+    /// Whether to connect with TLS (rustls; the system's root certificates unless
+    /// [`with_ca_file`](Self::with_ca_file) names a CA). Default `false`.
     pub fn with_tls(mut self, tls: bool) -> Self {
         self.settings.tls = tls;
+        self
+    }
+
+    /// Trusts the certificate authorities in the PEM file at `path` instead of the
+    /// system's roots, and turns TLS on. The file is read by [`build`](Self::build): a
+    /// missing or unreadable file, or one without a PEM certificate, is
+    /// [`Error::Config`] naming `ca_file`.
+    ///
+    /// The server's certificate must be issued for the host of the address connected to
+    /// (a name, or an IP address in its subject alternative names): the `redis` crate
+    /// offers no way to check it against another name.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use leasehold_redis::RedisBackend;
+    ///
+    /// # async fn run() -> leasehold_core::Result<()> {
+    /// let backend = RedisBackend::builder()
+    ///     .with_url("rediss://redis.internal:6380")
+    ///     .with_ca_file("/etc/ssl/private-ca.pem")
+    ///     .with_client_identity_files("/etc/ssl/app.pem", "/etc/ssl/app.key")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.tls = true;
+        self.settings.tls_files.ca_file = Some(TlsFile::new(path, "ca_file"));
+        self
+    }
+
+    /// Presents the PEM client certificate (chain) in `cert` with the private key in
+    /// `key` when the server asks for one, and turns TLS on. The files are read by
+    /// [`build`](Self::build): a missing or unreadable file, or one without the expected
+    /// PEM block, is [`Error::Config`] naming `cert_file` or `key_file`.
+    pub fn with_client_identity_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.settings.tls = true;
+        self.settings.tls_files.cert_file = Some(TlsFile::new(cert, "cert_file"));
+        self.settings.tls_files.key_file = Some(TlsFile::new(key, "key_file"));
         self
     }
 
@@ -195,6 +255,14 @@ impl RedisBackendBuilder {
     /// cannot be reached; [`Error::Timeout`] if it does not answer within the connect or
     /// request timeout; [`Error::Auth`] for rejected credentials;
     /// [`Error::Misconfigured`] if `noeviction` is required and the server may evict.
+    ///
+    /// With TLS: [`Error::Config`] naming the setting of a TLS file that is missing,
+    /// unreadable or holds no PEM certificate or key; [`Error::Unavailable`] saying the
+    /// server's certificate was not trusted; [`Error::Auth`] if the server requires a
+    /// client certificate and none was given, or refused the one given;
+    /// [`Error::Misconfigured`] if the server does not speak TLS while TLS is on, or
+    /// speaks only TLS while it is off (found out quickly, not by waiting out the connect
+    /// timeout).
     ///
     /// # Cancel safety
     ///

@@ -7,6 +7,8 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
+use crate::tls::{self, TlsFiles};
+
 /// The port used when an address or URL gives none.
 pub(crate) const DEFAULT_PORT: u16 = 6379;
 /// go-redis's default for `REDIS_DIAL_TIMEOUT`, so a deployment of the Go original that
@@ -37,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) tls: bool,
+    /// A CA to trust and a client certificate; only with `tls`.
+    pub(crate) tls_files: TlsFiles,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Password>,
     pub(crate) db: i64,
@@ -53,6 +57,7 @@ impl Default for Settings {
             host: "127.0.0.1".to_owned(),
             port: DEFAULT_PORT,
             tls: false,
+            tls_files: TlsFiles::default(),
             username: None,
             password: None,
             db: 0,
@@ -85,6 +90,14 @@ impl Settings {
                 format!("database {} is negative", self.db),
             ));
         }
+        if !self.tls && self.tls_files.any() {
+            return Err(Error::config(
+                "tls",
+                "a CA file or client certificate is set but TLS is off \
+                 (a redis:// URL, or TLS turned off): use rediss://",
+            ));
+        }
+        self.tls_files.validate()?;
         check_namespace(&self.namespace)?;
         check_timeout("connect_timeout", self.connect_timeout)?;
         check_timeout("request_timeout", self.request_timeout)?;
@@ -186,8 +199,14 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
         "" => 0,
         db => parse_db(db).map_err(|reason| bad(format!("database in the path: {reason}")))?,
     };
-    if let Some((name, _)) = parsed.query_pairs().next() {
-        return Err(bad(format!("unsupported URL parameter `{name}`")));
+    for (name, value) in parsed.query_pairs() {
+        let file = || tls::path(&name, &value);
+        match &*name {
+            "ca_file" => settings.tls_files.ca_file = Some(file()?),
+            "cert_file" => settings.tls_files.cert_file = Some(file()?),
+            "key_file" => settings.tls_files.key_file = Some(file()?),
+            _ => return Err(bad(format!("unsupported URL parameter `{name}`"))),
+        }
     }
     if parsed.fragment().is_some() {
         return Err(bad("URL fragments (`#...`) are not supported".to_owned()));
@@ -240,6 +259,22 @@ pub(crate) fn apply_env(
         settings.request_timeout = read
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
             .max(write.unwrap_or(Duration::ZERO));
+    }
+    // The Go original has no TLS settings; these follow the etcd backend's
+    // `ROUTINE_ETCD_*` names. A file turns TLS on, as the builder's setters do.
+    for (name, slot) in [
+        ("ROUTINE_REDIS_CA_FILE", &mut settings.tls_files.ca_file),
+        ("ROUTINE_REDIS_CERT_FILE", &mut settings.tls_files.cert_file),
+        ("ROUTINE_REDIS_KEY_FILE", &mut settings.tls_files.key_file),
+    ] {
+        if let Some(value) = var(name) {
+            *slot = Some(tls::path(name, &value)?);
+            settings.tls = true;
+        }
+    }
+    if let Some(value) = var("ROUTINE_REDIS_TLS") {
+        settings.tls =
+            tls::parse_bool(&value).map_err(|reason| Error::config("ROUTINE_REDIS_TLS", reason))?;
     }
     Ok(())
 }

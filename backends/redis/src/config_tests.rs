@@ -181,3 +181,90 @@ fn builder_settings_are_validated() {
     assert_eq!(setting, "request_timeout");
     assert!(reason.contains("greater than zero"));
 }
+
+#[test]
+fn rediss_url_takes_the_tls_files_as_parameters() {
+    let s = from_url(
+        "rediss://cache.internal:6380/1?ca_file=/etc/ssl/ca.pem\
+         &cert_file=/etc/ssl/app%20one.pem&key_file=/etc/ssl/app.key",
+    )
+    .unwrap();
+    assert!(s.tls);
+    let path = |file: &Option<crate::tls::TlsFile>| {
+        file.as_ref()
+            .map(|file| (file.path.display().to_string(), file.setting.clone()))
+    };
+    assert_eq!(
+        path(&s.tls_files.ca_file),
+        Some(("/etc/ssl/ca.pem".to_owned(), "ca_file".to_owned()))
+    );
+    assert_eq!(
+        path(&s.tls_files.cert_file),
+        Some(("/etc/ssl/app one.pem".to_owned(), "cert_file".to_owned())),
+        "parameters are percent-decoded"
+    );
+    assert_eq!(
+        path(&s.tls_files.key_file),
+        Some(("/etc/ssl/app.key".to_owned(), "key_file".to_owned()))
+    );
+    s.validate().unwrap();
+}
+
+#[test]
+fn tls_files_without_tls_or_half_a_client_identity_are_refused() {
+    let plain = from_url("redis://cache.internal?ca_file=/etc/ssl/ca.pem").unwrap();
+    let (setting, reason) = config_error(plain.validate().map(|()| plain.clone()));
+    assert_eq!(setting, "tls");
+    assert!(reason.contains("rediss://"), "says what to use: {reason}");
+
+    let half = from_url("rediss://cache.internal?cert_file=/etc/ssl/app.pem").unwrap();
+    let (setting, _) = config_error(half.validate().map(|()| half.clone()));
+    assert_eq!(setting, "cert_file/key_file");
+
+    let (setting, reason) = config_error(from_url("rediss://cache.internal?ca_file="));
+    assert_eq!(
+        (setting.as_str(), reason.as_str()),
+        ("ca_file", "the path is empty")
+    );
+}
+
+#[test]
+fn env_tls_files_turn_tls_on_and_name_their_variable() {
+    let s = from_env(&[
+        ("REDIS_HOSTS", "cache.internal:6380"),
+        ("ROUTINE_REDIS_CA_FILE", "/etc/ssl/ca.pem"),
+        ("ROUTINE_REDIS_CERT_FILE", "/etc/ssl/app.pem"),
+        ("ROUTINE_REDIS_KEY_FILE", "/etc/ssl/app.key"),
+    ])
+    .unwrap();
+    assert!(s.tls, "a CA file turns TLS on");
+    let ca = s.tls_files.ca_file.as_ref().unwrap();
+    assert_eq!(
+        ca.setting, "ROUTINE_REDIS_CA_FILE",
+        "errors name the variable"
+    );
+    assert_eq!(
+        s.tls_files.key_file.as_ref().unwrap().setting,
+        "ROUTINE_REDIS_KEY_FILE"
+    );
+    s.validate().unwrap();
+
+    assert!(from_env(&[("ROUTINE_REDIS_TLS", "true")]).unwrap().tls);
+    assert!(!from_env(&[]).unwrap().tls, "TLS is off by default");
+    let (setting, _) = config_error(from_env(&[("ROUTINE_REDIS_TLS", "maybe")]));
+    assert_eq!(setting, "ROUTINE_REDIS_TLS");
+}
+
+#[test]
+fn debug_shows_the_tls_file_paths_not_their_contents() {
+    let mut s = Settings::default();
+    apply_url(
+        &mut s,
+        "rediss://:secret@host?ca_file=/etc/ssl/ca.pem",
+        "url",
+    )
+    .unwrap();
+    let debug = format!("{s:?}");
+    assert!(debug.contains("/etc/ssl/ca.pem"), "{debug}");
+    assert!(!debug.contains("secret"), "{debug}");
+}

@@ -23,6 +23,9 @@ pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Dura
     if err.is_timeout() {
         return Error::timeout(NAME, operation, timeout);
     }
+    if let Some(tls) = crate::handshake::classify(&err, operation) {
+        return tls;
+    }
     if is_auth(&err) {
         return Error::auth(NAME, err);
     }

@@ -140,6 +140,33 @@
 //! `REDIS_*` variables, see [`RedisBackendBuilder::from_env`]). `Debug` output never
 //! shows the password.
 //!
+//! # TLS
+//!
+//! `rediss://` (or [`RedisBackendBuilder::with_tls`], `ROUTINE_REDIS_TLS=true`) connects
+//! with TLS, trusting the system's root certificates. A private CA and a client
+//! certificate are given as PEM files: [`RedisBackendBuilder::with_ca_file`] and
+//! [`RedisBackendBuilder::with_client_identity_files`], the URL parameters `ca_file`,
+//! `cert_file` and `key_file`, or `ROUTINE_REDIS_CA_FILE`, `ROUTINE_REDIS_CERT_FILE`
+//! and `ROUTINE_REDIS_KEY_FILE`. The files are read when the backend connects; one that
+//! is missing or holds no PEM certificate or key is
+//! [`Config`](leasehold_core::Error::Config) naming its setting.
+//!
+//! The server's certificate is checked against the host connected to: the `redis` crate
+//! has no setting for another server name, so connect by a name (or IP address) that
+//! the certificate carries.
+//!
+//! A failed handshake says why: a certificate not signed by a trusted CA is
+//! [`Unavailable`](leasehold_core::Error::Unavailable) saying the certificate was not
+//! trusted; a server that requires a client certificate and gets none, or refuses the
+//! one it gets, is [`Auth`](leasehold_core::Error::Auth); TLS on against a plaintext
+//! server, or off against a TLS-only one, is
+//! [`Misconfigured`](leasehold_core::Error::Misconfigured). A plaintext server may sit
+//! on a TLS hello without answering, so while connecting with TLS the backend also sends
+//! a plaintext `PING` on a second connection: a Redis reply to it means the server does
+//! not speak TLS, reported at once rather than after the connect timeout. The same check
+//! runs the other way after a plaintext connection fails (a TLS hello answered with a TLS
+//! record means the server wants TLS).
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -172,10 +199,12 @@ mod config;
 mod connection;
 mod error;
 mod eviction;
+mod handshake;
 mod lease;
 mod notify;
 mod operator;
 mod scripts;
+mod tls;
 mod value;
 
 pub use backend::RedisBackend;

@@ -1,0 +1,223 @@
+//! What a failed TLS handshake means, and the probes that tell a plaintext server from a
+//! TLS one when client and server disagree.
+//!
+//! A TLS client's hello sent to a plaintext Redis is read as an inline command that Redis
+//! keeps buffering until a newline, which the hello may not contain: the handshake then
+//! waits out the connect timeout. So while a TLS connection is being opened, a second
+//! connection sends a plaintext `PING`: a plaintext server answers it at once (`+PONG`,
+//! or `-NOAUTH`), a TLS server drops it. The other way round, a TLS server closes a
+//! plaintext client's connection, which looks like any dropped connection; after such a
+//! failure a TLS hello on a new connection tells whether the server speaks TLS.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use leasehold_core::{Error, Result};
+use redis::RedisError;
+use rustls::AlertDescription;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::Settings;
+use crate::connection::Connection;
+use crate::error::NAME;
+
+/// Opens the command connection as [`Connection::open`] does, and turns a TLS mismatch
+/// between client and server into [`Error::Misconfigured`] saying so, quickly.
+pub(crate) async fn open(client: redis::Client, settings: &Settings) -> Result<Connection> {
+    let (connect, request) = (settings.connect_timeout, settings.request_timeout);
+    let open = Connection::open(client, connect, request);
+    if settings.tls {
+        tokio::pin!(open);
+        tokio::select! {
+            opened = &mut open => return opened,
+            plaintext = answers_plaintext(settings) => if plaintext {
+                return Err(Error::misconfigured(
+                    NAME,
+                    format!(
+                        "TLS is on but the server at {} does not speak TLS (it answered a \
+                         plaintext PING): connect with redis://, or turn TLS on in the server",
+                        settings.address()
+                    ),
+                ));
+            }
+        }
+        return open.await;
+    }
+    match open.await {
+        Err(Error::Unavailable { .. }) if answers_tls(settings).await => Err(Error::misconfigured(
+            NAME,
+            format!(
+                "the server at {} speaks TLS only (it answered a TLS hello) but TLS is \
+                     off: connect with rediss://",
+                settings.address()
+            ),
+        )),
+        other => other,
+    }
+}
+
+/// Whether the server answers a plaintext `PING` with a Redis reply, within the connect
+/// timeout. A TLS server reads the `PING` as a malformed record and closes the connection.
+async fn answers_plaintext(settings: &Settings) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect((settings.host.as_str(), settings.port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await?;
+        std::io::Result::Ok(matches!(first[0], b'+' | b'-'))
+    };
+    matches!(
+        tokio::time::timeout(settings.connect_timeout, probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Whether the server answers a TLS client hello with a TLS record (a handshake or an
+/// alert), within the connect timeout. No certificate is checked: only the first bytes
+/// of the answer are read.
+async fn answers_tls(settings: &Settings) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect((settings.host.as_str(), settings.port)).await?;
+        stream.write_all(&client_hello(&settings.host)?).await?;
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await?;
+        // Content type 22 (handshake) or 21 (alert), then the major version 3.
+        std::io::Result::Ok(matches!(header, [22 | 21, 3]))
+    };
+    matches!(
+        tokio::time::timeout(settings.connect_timeout, probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// The first flight of a TLS client for `host`.
+fn client_hello(host: &str) -> std::io::Result<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello)?;
+    Ok(hello)
+}
+
+/// The error a TLS failure of `operation` maps to, or `None` if `err` is not one.
+///
+/// - The server's certificate was not trusted: [`Error::Unavailable`], saying so (a
+///   server whose certificate is fixed or rotated is reached again by the runner's
+///   retries).
+/// - The server refused our client certificate, or asked for one we do not have:
+///   [`Error::Auth`], as a refused password is.
+/// - The answer was not TLS at all: [`Error::Misconfigured`], the server does not speak
+///   TLS.
+pub(crate) fn classify(err: &RedisError, operation: &'static str) -> Option<Error> {
+    let tls = rustls_error(err)?;
+    let problem = match tls {
+        rustls::Error::InvalidCertificate(_) => TlsProblem::Untrusted,
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            TlsProblem::CertificateRequired
+        }
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::AccessDenied,
+        ) => TlsProblem::CertificateRefused,
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            return Some(Error::misconfigured(
+                NAME,
+                format!(
+                    "TLS is on but the server does not speak TLS (its answer to the TLS \
+                     hello was not TLS: {tls}): connect with redis://, or turn TLS on in \
+                     the server"
+                ),
+            ));
+        }
+        _ => return None,
+    };
+    let source = TlsFailure {
+        problem,
+        source: tls.clone(),
+    };
+    Some(match problem {
+        TlsProblem::Untrusted => Error::unavailable(NAME, operation, source),
+        TlsProblem::CertificateRequired | TlsProblem::CertificateRefused => {
+            Error::auth(NAME, source)
+        }
+    })
+}
+
+/// The rustls error somewhere in `err`'s sources. The `redis` crate keeps an I/O error
+/// in an `Arc`, and `io::Error::source` skips the error it wraps, so both are opened by
+/// hand.
+fn rustls_error(err: &RedisError) -> Option<&rustls::Error> {
+    let mut source: Option<&(dyn StdError + 'static)> = err.source();
+    while let Some(current) = source {
+        let current = match current.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
+            Some(shared) => &**shared as &(dyn StdError + 'static),
+            None => current,
+        };
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = current.source();
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TlsProblem {
+    Untrusted,
+    CertificateRequired,
+    CertificateRefused,
+}
+
+/// The source of a TLS handshake error: what went wrong in words, with rustls's error
+/// as its own source.
+#[derive(Debug)]
+struct TlsFailure {
+    problem: TlsProblem,
+    source: rustls::Error,
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.problem {
+            TlsProblem::Untrusted => {
+                "TLS handshake failed: the server's certificate was not trusted (it is not \
+                 signed by a CA of the CA file, or the system's roots without one, or is \
+                 not issued for the host connected to)"
+            }
+            TlsProblem::CertificateRequired => {
+                "TLS handshake refused by the server: it requires a client certificate \
+                 (set the client certificate and key files)"
+            }
+            TlsProblem::CertificateRefused => {
+                "TLS handshake refused by the server: it did not accept the client \
+                 certificate"
+            }
+        })
+    }
+}
+
+impl StdError for TlsFailure {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.source)
+    }
+}
