@@ -196,6 +196,44 @@
 //! runner's retry interval, or when the holder's session heartbeat runs out, whichever
 //! comes first.
 //!
+//! # Failover
+//!
+//! A URL may name a primary and its standbys, as libpq writes them:
+//! `postgres://app@db1:5432,db2:5432/app?target_session_attrs=read-write`, or
+//! `?host=db1,db2&port=5432,5433`, or a URL without a host and the lists in `PGHOST` and
+//! `PGPORT` (see [`PostgresBackendBuilder::with_url`]). Each connection of the backend
+//! (lock session, listener, operator connections) tries the servers in turn, starting
+//! with the one that last worked, and passes over a server that is unreachable, in
+//! recovery (a standby) or read-only; each server gets an equal share of the time left,
+//! so one that never answers cannot leave the others untried. The backend writes on
+//! every connection, so it wants a writable primary whatever `target_session_attrs`
+//! says; values asking for a standby are a configuration error. When no server is
+//! usable, the error names each one and why it was passed over.
+//!
+//! When the primary dies, the lock session's next statement fails, every lease on it is
+//! lost (and told so, see [`Lease::revoked`](leasehold_core::Lease::revoked)), and the
+//! next acquire opens a session on whichever server is primary by then. Advisory locks
+//! are not replicated, so the promoted server holds none; what keeps others out is the
+//! replicated lease state: the session's heartbeat row and the fencing row naming the
+//! session (see *Lock sessions and heartbeats*). How much of it the promoted server has
+//! depends on the replication:
+//!
+//! - **Synchronous** (the standby in `synchronous_standby_names`, `synchronous_commit`
+//!   `on` or `remote_apply`, and the failover promotes a standby that was synchronous):
+//!   every acquire and refresh the holder saw succeed was on the standby before the
+//!   holder heard of it. Nobody takes a key on the promoted server before the previous
+//!   holder's deadline (its last acknowledged refresh's send time plus the TTL), and
+//!   fencing tokens keep growing.
+//! - **Asynchronous**: the standby may miss the last commits before the crash. A missed
+//!   refresh leaves an older heartbeat, so another process may take the key up to the
+//!   replication lag before the holder's deadline; a missed acquire leaves the key free,
+//!   or guarded by its previous holder's heartbeat, and the next holder may get the same
+//!   fencing token again. Both are bounded by how far the standby was behind.
+//!
+//! In both, the heartbeat written by the old primary's clock is read by the new
+//! primary's: their clocks must agree to well within the TTL (a new primary whose clock
+//! runs ahead frees keys that much early).
+//!
 //! # Poolers
 //!
 //! Behind a pooler in transaction or statement mode, session-level locks would leak across
@@ -213,9 +251,12 @@
 //! (`3D000`): `Config` naming the URL setting, because it does not fix itself. Missing
 //! privilege (`42501`): `PermissionDenied`. A standby or a demoted primary (in recovery,
 //! or `25006` read-only): `Unavailable`, retried on a new connection, since after a
-//! failover the same address may lead to the new primary. Every request times out after the request
-//! timeout (default 5 s) or half the lease TTL, whichever is shorter; the backend never sleeps
-//! or retries.
+//! failover the same address, or another server of the URL, may lead to the new
+//! primary. With several servers in the URL and none usable: an error of the kind of
+//! the first failure that is not transient (credentials, a missing database...), else
+//! `Unavailable`, naming each server and why it was passed over. Every request times
+//! out after the request timeout (default 5 s) or half the lease TTL, whichever is
+//! shorter; the backend never sleeps or retries.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)

@@ -162,20 +162,21 @@ impl Operator {
     /// operator call, and this backend's next connections, try it first: the server
     /// may have gone, or been demoted, in a failover.
     pub(crate) async fn after<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(err) = &result {
-            if err.is_transient() && self.settings.hosts.len() > 1 {
-                let settings = &self.settings;
-                let found = settings
-                    .hosts
-                    .connect(
-                        "find the primary",
-                        settings.request_timeout,
-                        |target, share| probe(settings, target, share),
-                    )
-                    .await;
-                if let Err(err) = found {
-                    tracing::debug!(error = %err.chain(), "no PostgreSQL primary found");
-                }
+        if let Err(err) = &result
+            && err.is_transient()
+            && self.settings.hosts.len() > 1
+        {
+            let settings = &self.settings;
+            let found = settings
+                .hosts
+                .connect(
+                    "find the primary",
+                    settings.request_timeout,
+                    |target, share| probe(settings, target, share),
+                )
+                .await;
+            if let Err(err) = found {
+                tracing::debug!(error = %err.chain(), "no PostgreSQL primary found");
             }
         }
         result

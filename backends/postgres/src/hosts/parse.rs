@@ -139,11 +139,11 @@ pub(crate) fn parse(url: &Sourced<String>, env: impl Fn(&str) -> Option<String>)
                 .map(|host| plain_host(host, PGHOST))
                 .collect::<Result<_>>()?;
         }
-        if query_ports.is_none() {
-            if let Some(list) = env(PGPORT).filter(|list| list.contains(',')) {
-                query_ports = Some(list);
-                ports_setting = PGPORT;
-            }
+        if query_ports.is_none()
+            && let Some(list) = env(PGPORT).filter(|list| list.contains(','))
+        {
+            query_ports = Some(list);
+            ports_setting = PGPORT;
         }
     }
     if let Some(list) = query_ports {
