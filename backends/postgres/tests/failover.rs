@@ -141,8 +141,13 @@ impl Takeover {
 }
 
 /// A (on the pair's multi-host URL) holds a key and refreshes it; B tries to take it in a
-/// loop; the primary is killed and the standby promoted.
-async fn fail_over_under_a_held_lease(replication: Replication) -> Option<Takeover> {
+/// loop; the primary is killed and the standby promoted. With `lag`, the primary's WAL
+/// senders are stopped that long before the kill, so the standby misses what A wrote
+/// meanwhile.
+async fn fail_over_under_a_held_lease(
+    replication: Replication,
+    lag: Option<Duration>,
+) -> Option<Takeover> {
     let pair = PostgresPair::start(replication)?;
     let ns = unique("failover");
     let (a, b) = (
@@ -190,6 +195,10 @@ async fn fail_over_under_a_held_lease(replication: Replication) -> Option<Takeov
     };
     let (pair, killed, writable) = tokio::task::spawn_blocking(move || {
         let mut pair = pair;
+        if let Some(lag) = lag {
+            pair.pause_replication();
+            std::thread::sleep(lag);
+        }
         let killed = pair.kill_primary();
         pair.promote();
         (pair, killed, Instant::now())
@@ -227,7 +236,7 @@ async fn fail_over_under_a_held_lease(replication: Replication) -> Option<Takeov
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_synchronous_replication_a_failover_lets_nobody_in_before_the_holders_deadline() {
     let takeover = leasehold_conformance::require_server!(
-        fail_over_under_a_held_lease(Replication::Synchronous).await
+        fail_over_under_a_held_lease(Replication::Synchronous, None).await
     );
     takeover.print("synchronous");
     assert!(
@@ -249,8 +258,40 @@ async fn with_asynchronous_replication_a_failover_is_measured_and_the_key_is_tak
     // The last acquire or heartbeat may not have reached the standby, so B may get in
     // before A's deadline, or with A's token: printed, not asserted.
     let takeover = leasehold_conformance::require_server!(
-        fail_over_under_a_held_lease(Replication::Asynchronous).await
+        fail_over_under_a_held_lease(Replication::Asynchronous, None).await
     );
     takeover.print("asynchronous");
     assert!(takeover.a_lost, "A must learn that its lease is lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_asynchronous_standby_a_second_behind_the_key_is_taken_again_overlap_measured() {
+    // The standby misses A's last refreshes: B may take the key up to the lag before A's
+    // deadline. Printed, not asserted: it is what asynchronous replication allows.
+    let lag = Duration::from_secs(1);
+    let takeover = leasehold_conformance::require_server!(
+        fail_over_under_a_held_lease(Replication::Asynchronous, Some(lag)).await
+    );
+    takeover.print("asynchronous, standby 1 s behind,");
+    assert!(takeover.a_lost, "A must learn that its lease is lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_synchronous_replication_a_stalled_standby_still_lets_nobody_in_before_the_deadline() {
+    // The primary's commits wait for the stalled standby, so A's refreshes are not
+    // acknowledged and its deadline does not move past what the standby has.
+    let takeover = leasehold_conformance::require_server!(
+        fail_over_under_a_held_lease(Replication::Synchronous, Some(Duration::from_secs(1))).await
+    );
+    takeover.print("synchronous, standby stalled 1 s,");
+    assert!(
+        takeover.acquired >= takeover.deadline,
+        "B took the key {:?} before A's deadline ({takeover:?})",
+        takeover.deadline - takeover.acquired
+    );
+    assert!(takeover.a_lost, "A must learn that its lease is lost");
+    assert!(
+        takeover.tokens.1 > takeover.tokens.0,
+        "B's fencing token must be greater than A's ({takeover:?})"
+    );
 }

@@ -261,6 +261,11 @@ impl PostgresServer {
             .unwrap_or_else(|| panic!("postgres is not running"))
     }
 
+    /// The postmaster's pid, unless it was killed.
+    pub(crate) fn running_pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
     /// The postmaster and every process it started (backends, checkpointer, ...).
     fn all_pids(&self) -> Vec<u32> {
         let Some(process) = &self.process else {
@@ -368,7 +373,7 @@ pub(crate) fn run(command: &mut Command) -> io::Result<()> {
 
 /// The direct children of `parent`, from `/proc/<pid>/stat` (field 4 is the parent pid;
 /// field 2, the command name, is in parentheses and may contain spaces).
-fn children_of(parent: u32) -> Vec<u32> {
+pub(crate) fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -393,7 +398,8 @@ fn is_running(pid: u32) -> bool {
     })
 }
 
-fn signal(pids: &[u32], signal: &str) {
+/// Sends `signal` (`STOP`, `KILL`...) to `pids`; gone processes are skipped.
+pub(crate) fn signal(pids: &[u32], signal: &str) {
     if pids.is_empty() {
         return;
     }

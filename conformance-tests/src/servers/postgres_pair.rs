@@ -4,7 +4,7 @@ use std::io;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::postgres::{PostgresServer, run};
+use super::postgres::{PostgresServer, children_of, run, signal};
 
 /// How the primary waits for the standby when it commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,9 +142,12 @@ impl PostgresPair {
     }
 
     /// Kills the primary's postmaster and all its children with `SIGKILL` and waits
-    /// until they are gone; returns when the kill was sent.
+    /// until they are gone; returns when the kill was sent. Its WAL senders die first,
+    /// so that one stopped by [`pause_replication`](Self::pause_replication) sends
+    /// nothing more (killing a server resumes its stopped processes first).
     pub fn kill_primary(&mut self) -> Instant {
         let sent = Instant::now();
+        signal(&self.wal_senders(), "KILL");
         self.primary.kill();
         sent
     }
@@ -181,6 +184,40 @@ impl PostgresPair {
     /// Resumes a primary paused with [`pause_primary`](Self::pause_primary).
     pub fn resume_primary(&self) {
         self.primary.resume();
+    }
+
+    /// Stops the primary's WAL senders with `SIGSTOP`: the standby falls behind, as an
+    /// asynchronous standby does under load or on a slow link, and what the primary
+    /// commits meanwhile never reaches it if the primary is then killed. With
+    /// [`Replication::Synchronous`] every commit on the primary waits meanwhile. Undone
+    /// by [`resume_replication`](Self::resume_replication) (or by killing the primary).
+    ///
+    /// # Panics
+    ///
+    /// If the primary has no WAL sender (the standby is not connected).
+    pub fn pause_replication(&self) {
+        let senders = self.wal_senders();
+        assert!(!senders.is_empty(), "the primary has no walsender process");
+        signal(&senders, "STOP");
+    }
+
+    /// Resumes WAL senders stopped by [`pause_replication`](Self::pause_replication).
+    pub fn resume_replication(&self) {
+        signal(&self.wal_senders(), "CONT");
+    }
+
+    /// The pids of the primary's WAL sender processes.
+    fn wal_senders(&self) -> Vec<u32> {
+        let Some(postmaster) = self.primary.running_pid() else {
+            return Vec::new();
+        };
+        children_of(postmaster)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|title| String::from_utf8_lossy(&title).contains("walsender"))
+            })
+            .collect()
     }
 
     /// Runs `sql` on the primary as the superuser (see [`PostgresServer::psql`]).
