@@ -7,7 +7,7 @@ use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::PostgresBackend;
-use crate::hosts::{Hosts, Target};
+use crate::hosts::{Hosts, Target, UrlParts};
 
 /// The schema of the fencing table unless configured.
 pub(crate) const DEFAULT_SCHEMA: &str = "public";
@@ -304,8 +304,11 @@ pub(crate) fn quote(identifier: &str) -> String {
 
 /// The URL with its password (in the user info or a `password` parameter) replaced.
 pub(crate) fn redact_url(url: &str) -> String {
-    // A host list (`h1:1,h2:2`) is no valid URL authority: redact with the first host.
-    let (list, single) = split_host_list(url);
+    // A host list (`h1:1,h2:2`) is no valid URL authority: redact with a placeholder
+    // host, then put the list back.
+    const PLACEHOLDER: &str = "hosts.invalid";
+    let list = UrlParts::split(url).filter(|parts| parts.hosts.contains(','));
+    let single = list.map_or_else(|| url.to_owned(), |parts| parts.with_hosts(PLACEHOLDER));
     let Ok(mut parsed) = url::Url::parse(&single) else {
         return "<not a valid URL; not shown>".to_owned();
     };
@@ -328,31 +331,8 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
     let shown = parsed.to_string();
     match list {
-        Some((first, all)) => shown.replacen(&first, &all, 1),
+        Some(parts) => shown.replacen(PLACEHOLDER, parts.hosts, 1),
         None => shown,
-    }
-}
-
-/// For a URL whose authority holds a host list: `Some((first host, whole list))` and the
-/// URL with the first host only.
-fn split_host_list(url: &str) -> (Option<(String, String)>, String) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (None, url.to_owned());
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (user, hosts) = match authority.rsplit_once('@') {
-        Some((user, hosts)) => (format!("{user}@"), hosts),
-        None => (String::new(), authority),
-    };
-    // The host list follows the user info's `@`, or the scheme's `://` without one.
-    let before = if user.is_empty() { "://" } else { "@" };
-    match hosts.split_once(',') {
-        Some((first, _)) => (
-            Some((format!("{before}{first}"), format!("{before}{hosts}"))),
-            format!("{scheme}://{user}{first}{tail}"),
-        ),
-        None => (None, url.to_owned()),
     }
 }
 
@@ -402,6 +382,8 @@ mod tests {
             assert!(!shown.contains("s3cret"), "password leaked: {shown}");
             assert!(shown.contains("***"), "redaction must be visible: {shown}");
         }
+        let shown = redact_url("postgres://app:s3cret@h1:5432,h2:5433/app");
+        assert_eq!(shown, "postgres://app:***@h1:5432,h2:5433/app");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! finds the promoted server, wherever it is in the list.
 
 mod parse;
+mod url_parts;
 
 use std::fmt;
 use std::future::Future;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use crate::config::Sourced;
 use crate::error::{Message, NAME, with_timeout};
 pub(crate) use parse::SessionAttrs;
+pub(crate) use url_parts::UrlParts;
 
 /// One server and the options to reach it.
 #[derive(Debug, Clone)]
@@ -202,4 +204,58 @@ pub(crate) fn not_writable(operation: &'static str, in_recovery: bool) -> Error 
          transaction_read_only is on); the backend needs a writable primary"
     };
     Error::unavailable(NAME, operation, Message(why.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failures(errors: Vec<Error>) -> Vec<(String, Error)> {
+        errors
+            .into_iter()
+            .enumerate()
+            .map(|(n, err)| (format!("h{n}:5432"), err))
+            .collect()
+    }
+
+    #[test]
+    fn no_usable_server_names_each_server_and_keeps_the_lasting_kind() {
+        let down = || Error::unavailable(NAME, "connect", Message("connection refused".into()));
+        let err = no_usable_server(
+            "connect",
+            failures(vec![down(), not_writable("connect", true)]),
+        );
+        assert!(err.is_transient(), "only transient failures: {err:?}");
+        let text = err.chain();
+        for part in ["h0:5432", "connection refused", "h1:5432", "standby"] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+        let err = no_usable_server(
+            "connect",
+            failures(vec![
+                down(),
+                Error::auth(NAME, Message("bad password".into())),
+            ]),
+        );
+        assert!(matches!(err, Error::Auth { .. }), "got {err:?}");
+        assert!(err.chain().contains("h0:5432"), "{}", err.chain());
+        let err = no_usable_server(
+            "connect",
+            failures(vec![Error::config("url", "no such database"), down()]),
+        );
+        assert!(
+            matches!(&err, Error::Config { setting, .. } if setting == "url"),
+            "got {err:?}"
+        );
+    }
+
+    #[test]
+    fn servers_are_labelled_and_tried_from_the_last_that_worked() {
+        let url = Sourced::new("postgres://u@a:1,b:2/db".to_owned(), "url");
+        let hosts = Hosts::parse(&url, |_| None).unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts.preferred().1.label, "a:1");
+        hosts.preferred.store(1, Ordering::Relaxed);
+        assert_eq!(hosts.preferred().1.label, "b:2");
+    }
 }

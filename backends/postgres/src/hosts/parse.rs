@@ -11,6 +11,7 @@ use std::str::FromStr;
 use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
+use super::UrlParts;
 use crate::config::Sourced;
 
 /// The libpq parameter naming the kind of server wanted.
@@ -63,10 +64,9 @@ pub(crate) struct Parsed {
 pub(crate) fn parse(url: &Sourced<String>, env: impl Fn(&str) -> Option<String>) -> Result<Parsed> {
     let setting = url.setting;
     let bad = |reason: String| Error::config(setting, reason);
-    let (scheme, rest) = url
-        .value
-        .split_once("://")
+    let parts = UrlParts::split(&url.value)
         .ok_or_else(|| bad("not a valid URL: no scheme such as postgres://".to_owned()))?;
+    let scheme = parts.scheme;
     if !matches!(
         scheme.to_ascii_lowercase().as_str(),
         "postgres" | "postgresql"
@@ -75,16 +75,11 @@ pub(crate) fn parse(url: &Sourced<String>, env: impl Fn(&str) -> Option<String>)
             "the scheme must be postgres:// or postgresql://, not {scheme}://"
         )));
     }
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (user_info, host_part) = match authority.rsplit_once('@') {
-        Some((user, hosts)) => (Some(user), hosts),
-        None => (None, authority),
-    };
     let mut hosts: Vec<HostEntry> = Vec::new();
-    let mut first = host_part;
-    if host_part.contains(',') {
-        hosts = host_part
+    let mut first = parts.hosts;
+    if parts.hosts.contains(',') {
+        hosts = parts
+            .hosts
             .split(',')
             .map(|entry| host_entry(entry, setting))
             .collect::<Result<_>>()?;
@@ -92,10 +87,7 @@ pub(crate) fn parse(url: &Sourced<String>, env: impl Fn(&str) -> Option<String>)
         // for the entries that name none.
         first = hosts.first().map_or("", |entry| entry.host.as_str());
     }
-    let single = match user_info {
-        Some(user) => format!("{scheme}://{user}@{first}{tail}"),
-        None => format!("{scheme}://{first}{tail}"),
-    };
+    let single = parts.with_hosts(first);
     let mut parsed = url::Url::parse(&single)
         .map_err(|err| Error::config_with_source(setting, "not a valid URL", err))?;
 
