@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p leasehold-bench -- [--backends memory,redis,etcd,postgres]
-//!     [--only latency,handover,crash,scale] [--quick] [--json bench/results/latest.json]
+//!     [--only latency,handover,crash,expiry,scale] [--quick] [--json bench/results/latest.json]
 //! ```
 //!
 //! It starts its own throwaway servers (the conformance crate's), re-executes itself as
@@ -14,6 +14,7 @@
 mod args;
 mod child;
 mod crash;
+mod expiry;
 mod handover;
 mod latency;
 mod procfs;
@@ -34,8 +35,8 @@ use crate::report::{BackendReport, Machine, Report, Settings};
 use crate::targets::{Kind, Target};
 
 const USAGE: &str = "usage: leasehold-bench [--backends memory,redis,etcd,postgres] \
-                     [--only latency,handover,crash,scale] [--quick] [--json PATH]";
-const PARTS: [&str; 4] = ["latency", "handover", "crash", "scale"];
+                     [--only latency,handover,crash,expiry,scale] [--quick] [--json PATH]";
+const PARTS: [&str; 5] = ["latency", "handover", "crash", "expiry", "scale"];
 
 fn main() -> Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;
@@ -155,6 +156,13 @@ async fn benchmark(args: &Args) -> Result<()> {
             crash,
             crash::measure(&target, settings.crash_rounds)
         );
+        if kind == Kind::Etcd {
+            part!(
+                "expiry",
+                expiry,
+                expiry::measure(&target, settings.crash_rounds * 4)
+            );
+        }
         let plan = scale::Plan {
             counts: settings.scale_routines,
             settle: Duration::from_secs_f64(settings.scale_settle_s),

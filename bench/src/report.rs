@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::crash::Crash;
+use crate::expiry::Expiry;
 use crate::handover::Handover;
 use crate::latency::Latency;
 use crate::scale::Scale;
@@ -41,6 +42,7 @@ pub(crate) struct BackendReport {
     pub(crate) latency: Option<Latency>,
     pub(crate) handover: Option<Handover>,
     pub(crate) crash: Option<Crash>,
+    pub(crate) expiry: Option<Expiry>,
     pub(crate) scale: Option<Scale>,
     pub(crate) errors: Vec<String>,
 }

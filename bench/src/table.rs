@@ -226,6 +226,26 @@ pub(crate) fn markdown(report: &Report) -> String {
             );
         }
     }
+    for b in &report.backends {
+        if let Some(e) = &b.expiry {
+            let _ = writeln!(
+                out,
+                "\n### Where {}'s crash takeover goes ({} rounds, TTL {} ms, raw client)\n\n\
+                 | lease expired → key deleted (min) | p50 | max | grant round trip p50 | \
+                 LeaseRevoke → key deleted p50 | max |\n|---|---|---|---|---|---|\n\
+                 | {} | {} | {} | {} | {} | {} |",
+                b.backend,
+                e.lag.count,
+                e.ttl_ms,
+                time(e.lag_min_us),
+                time(e.lag.p50_us),
+                time(e.lag.max_us),
+                time(e.grant_rtt.p50_us),
+                time(e.revoke.p50_us),
+                time(e.revoke.max_us),
+            );
+        }
+    }
     scale_tables(&mut out, report);
     out.push_str("\n### Goals\n\n| backend | goal | measured | met |\n|---|---|---|---|\n");
     for g in &report.goals {
