@@ -8,6 +8,7 @@ use std::time::Duration;
 use leasehold_core::Result;
 
 use crate::EtcdBackend;
+use crate::handshake;
 use crate::holder;
 use crate::parse;
 use crate::settings::{ConfigError, Credentials, Settings};
@@ -209,7 +210,10 @@ impl EtcdBackendBuilder {
             return Err(err.into());
         }
         parse::validate(&self.settings)?;
-        EtcdBackend::connect(self.settings, &self.holder).await
+        match EtcdBackend::connect(self.settings.clone(), &self.holder).await {
+            Err(err) => Err(handshake::explain(&self.settings, err).await),
+            connected => connected,
+        }
     }
 }
 

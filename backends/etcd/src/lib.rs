@@ -138,6 +138,7 @@ mod check;
 mod config;
 mod error;
 mod expiry;
+mod handshake;
 mod holder;
 mod key;
 mod lease;
