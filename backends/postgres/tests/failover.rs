@@ -154,6 +154,8 @@ async fn fail_over_under_a_held_lease(
         backend(&pair.url(), &ns).await,
         backend(&pair.url(), &ns).await,
     );
+    // C only asks who holds the key, on its operator connections, before and after.
+    let c = backend(&pair.url(), &ns).await;
     let k = key("job");
     let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
     let a_token = lease.fencing_token();
@@ -183,7 +185,8 @@ async fn fail_over_under_a_held_lease(
             let give_up = Instant::now() + WITHIN;
             let mut last = String::new();
             while Instant::now() < give_up {
-                match b.try_acquire(&k, TTL).await {
+                // Long enough for B to hold the key, unrefreshed, to the test's end.
+                match b.try_acquire(&k, WITHIN).await {
                     Ok(Some(lease)) => return Ok((Instant::now(), lease, b)),
                     Ok(None) => last = "contention".to_owned(),
                     Err(err) => last = err.chain(),
@@ -227,6 +230,17 @@ async fn fail_over_under_a_held_lease(
             .expect("describe after the failover")
             .is_some(),
         "B's backend must reach the new primary"
+    );
+    // C's operator connections find the new primary by themselves: the first call
+    // after the failover may fail (its server is gone), not every one.
+    let holder = leasehold_conformance::wait::until(WITHIN, "C describes the key", || async {
+        c.describe(&k).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        holder.fencing_token,
+        Some(takeover.tokens.1),
+        "C must see B as the holder on the new primary"
     );
     b_lease.release().await.expect("release on the new primary");
     drop(pair);
