@@ -1,6 +1,7 @@
 //! `PostgresBackendBuilder`: the settings of a backend, validated into `Settings`.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use leasehold_core::{Error, Result};
@@ -8,6 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::PostgresBackend;
 use crate::hosts::{Hosts, Target, UrlParts};
+use crate::tls::{self, TlsSettings};
 
 /// The schema of the fencing table unless configured.
 pub(crate) const DEFAULT_SCHEMA: &str = "public";
@@ -71,6 +73,7 @@ pub struct PostgresBackendBuilder {
     pub(crate) table: Sourced<String>,
     pub(crate) namespace: Sourced<String>,
     pub(crate) request_timeout: Sourced<Duration>,
+    pub(crate) tls: TlsSettings,
 }
 
 impl Default for PostgresBackendBuilder {
@@ -81,6 +84,7 @@ impl Default for PostgresBackendBuilder {
             table: Sourced::new(DEFAULT_TABLE.to_owned(), "table"),
             namespace: Sourced::new(DEFAULT_NAMESPACE.to_owned(), "namespace"),
             request_timeout: Sourced::new(DEFAULT_REQUEST_TIMEOUT, "request_timeout"),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -119,6 +123,55 @@ impl PostgresBackendBuilder {
         self
     }
 
+    /// libpq's `sslmode`: `disable`, `allow`, `prefer` (the default), `require`,
+    /// `verify-ca` or `verify-full`, overriding the URL's `sslmode` and `PGSSLMODE`. An
+    /// unknown mode is an [`Error::Config`] naming `ssl_mode` from
+    /// [`build`](Self::build).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use leasehold_postgres::PostgresBackend;
+    ///
+    /// # async fn run() -> leasehold_core::Result<()> {
+    /// let backend = PostgresBackend::builder()
+    ///     .with_url("postgres://app@db.internal/app")
+    ///     .with_ssl_mode("verify-full")
+    ///     .with_ca_file("/etc/ssl/private-ca.pem")
+    ///     .with_client_identity_files("/etc/ssl/app.pem", "/etc/ssl/app.key")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_ssl_mode(mut self, mode: impl Into<String>) -> Self {
+        self.tls.ssl_mode = Some(mode.into());
+        self
+    }
+
+    /// Trusts the certificate authorities in the PEM file at `path` (libpq's
+    /// `sslrootcert`), overriding the URL's parameter and `PGSSLROOTCERT`. With
+    /// `sslmode=verify-full` the server's certificate must also be issued for the host
+    /// connected to; no other server name can be given. A missing or unreadable file is
+    /// an [`Error::Config`] naming `ca_file` from [`build`](Self::build).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the PEM client certificate in `cert` with the private key in `key`
+    /// (libpq's `sslcert` and `sslkey`), overriding the URL's parameters and
+    /// `PGSSLCERT`/`PGSSLKEY`. A missing or unreadable file is an [`Error::Config`]
+    /// naming `cert_file` or `key_file` from [`build`](Self::build).
+    pub fn with_client_identity_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls.cert_file = Some(cert.into());
+        self.tls.key_file = Some(key.into());
+        self
+    }
+
     /// The schema of the fencing table (default `public`). Created if missing, which
     /// needs the `CREATE` privilege on the database.
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
@@ -153,7 +206,8 @@ impl PostgresBackendBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the setting (or environment variable) at fault;
+    /// [`Error::Config`] naming the setting (or environment variable) at fault, a TLS
+    /// certificate file that cannot be read included;
     /// [`Error::Unavailable`]/[`Error::Timeout`] if the server cannot be reached;
     /// [`Error::Auth`] for rejected credentials; [`Error::PermissionDenied`] if the fencing
     /// table cannot be created or written; [`Error::Misconfigured`] behind a pooler in
@@ -171,6 +225,8 @@ impl PostgresBackendBuilder {
         let url = self.url.ok_or_else(|| {
             Error::config("url", "no PostgreSQL URL given (use with_url or from_env)")
         })?;
+        let url = Sourced::new(self.tls.apply_to(&url.value)?, url.setting);
+        tls::check_files(&url.value, url.setting, |name| std::env::var(name).ok())?;
         let hosts = Hosts::parse(&url, |name| std::env::var(name).ok())?;
         let schema = identifier(&self.schema)?;
         let table = identifier(&self.table)?;
@@ -229,6 +285,7 @@ impl fmt::Debug for PostgresBackendBuilder {
             .field("table", &self.table.value)
             .field("namespace", &self.namespace.value)
             .field("request_timeout", &self.request_timeout.value)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -47,10 +47,18 @@ impl Context {
     /// - `25006` (read-only transaction) is [`Error::Unavailable`]: the server is a
     ///   standby or was demoted in a failover, and the address may lead to the new
     ///   primary on the next connection, so it is retried.
-    /// - Everything else (refused or broken connections, TLS failures, server shutdown,
-    ///   unexpected SQL errors) is [`Error::Unavailable`] with the `sqlx` error as source.
+    /// - TLS failures are named first (see [`crate::tls::classify`]): an untrusted server
+    ///   certificate is [`Error::Unavailable`], a required client certificate or TLS
+    ///   refused by `pg_hba.conf` [`Error::Auth`], a server without TLS when `sslmode`
+    ///   requires it [`Error::Misconfigured`].
+    /// - Everything else (refused or broken connections, server shutdown, unexpected SQL
+    ///   errors) is [`Error::Unavailable`] with the `sqlx` error as source.
     pub(crate) fn map(self, err: sqlx::Error) -> Error {
         let operation = self.operation;
+        let err = match crate::tls::classify(err, operation) {
+            Ok(tls) => return tls,
+            Err(err) => err,
+        };
         let code = match &err {
             sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
             sqlx::Error::Configuration(_) => {

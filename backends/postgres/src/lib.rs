@@ -276,6 +276,7 @@ mod notify;
 mod operator;
 mod record;
 mod session;
+mod tls;
 mod ttl;
 
 pub use backend::PostgresBackend;

@@ -4,12 +4,12 @@
 //! [`TestCertificates::generate`] writes PEM files to a temp dir: a CA, a server
 //! certificate for `127.0.0.1` and `localhost` signed by it, a client certificate signed
 //! by it, and a second, unrelated CA, for tests where the client trusts the wrong
-//! authority. The servers ([`RedisTlsServer`], [`EtcdTlsServer`])
+//! authority. The servers ([`RedisTlsServer`], [`EtcdTlsServer`], [`PostgresTlsServer`])
 //! present the server certificate, trust the CA for client certificates, and with
 //! [`ClientAuth::Required`] refuse clients without one.
 
 mod etcd;
-// mod postgres;
+mod postgres;
 mod redis;
 
 use std::io;
@@ -21,7 +21,7 @@ use rcgen::{
 };
 
 pub use etcd::EtcdTlsServer;
-// pub use postgres::PostgresTlsServer;
+pub use postgres::PostgresTlsServer;
 pub use redis::RedisTlsServer;
 
 use super::process::TempDir;
