@@ -201,6 +201,13 @@ impl EtcdBackendBuilder {
     /// [`Error::Unavailable`](leasehold_core::Error::Unavailable) or
     /// [`Error::Timeout`](leasehold_core::Error::Timeout) if no endpoint answers.
     ///
+    /// A failed connect that TLS explains says so (the first endpoint is asked once what
+    /// it speaks): [`Error::Unavailable`](leasehold_core::Error::Unavailable) saying the
+    /// server's certificate was not trusted; [`Error::Auth`](leasehold_core::Error::Auth)
+    /// if the server closed the connection after the handshake, as one that requires a
+    /// client certificate does; [`Error::Misconfigured`](leasehold_core::Error::Misconfigured)
+    /// if TLS is on and the server speaks plaintext, or the other way round.
+    ///
     /// # Cancel safety
     ///
     /// Cancel-safe: nothing is created on the server that outlives a dropped future

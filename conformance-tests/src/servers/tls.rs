@@ -4,9 +4,9 @@
 //! [`TestCertificates::generate`] writes PEM files to a temp dir: a CA, a server
 //! certificate for `127.0.0.1` and `localhost` signed by it, a client certificate signed
 //! by it, and a second, unrelated CA, for tests where the client trusts the wrong
-//! authority. The servers ([`RedisTlsServer`], [`EtcdTlsServer`], [`PostgresTlsServer`])
-//! present the server certificate, trust the CA for client certificates, and with
-//! [`ClientAuth::Required`] refuse clients without one.
+//! authority. The servers ([`RedisTlsServer`], [`EtcdTlsServer`],
+//! [`PostgresTlsServer`]) present the server certificate, trust the CA for client
+//! certificates, and with [`ClientAuth::Required`] refuse clients without one.
 
 mod etcd;
 mod postgres;
