@@ -18,6 +18,7 @@ mod postgres;
 mod postgres_pair;
 mod process;
 mod redis;
+mod redis_sentinel;
 mod shared;
 mod tls;
 
@@ -29,4 +30,5 @@ pub use process::{
     ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };
 pub use redis::RedisServer;
+pub use redis_sentinel::*;
 pub use tls::*;
