@@ -44,13 +44,31 @@ async fn a_multi_host_url_passes_over_a_down_server_and_a_standby_to_the_primary
     let pair =
         leasehold_conformance::require_server!(PostgresPair::start(Replication::Asynchronous));
     let down = free_port();
-    for (order, ports) in [
-        ("down server first", [down, pair.primary_port()]),
-        ("standby first", [pair.standby_port(), pair.primary_port()]),
+    for (order, ports, attrs) in [
+        (
+            "down server first",
+            [down, pair.primary_port()],
+            "read-write",
+        ),
+        (
+            "standby first",
+            [pair.standby_port(), pair.primary_port()],
+            "read-write",
+        ),
+        // libpq's default would take the standby; the backend needs the primary.
+        (
+            "standby first, any",
+            [pair.standby_port(), pair.primary_port()],
+            "any",
+        ),
     ] {
         // application_name marks this backend's connections in pg_stat_activity.
         let marker = unique("multi");
-        let url = format!("{}&application_name={marker}", pair.url_for_ports(&ports));
+        let url = pair.url_for_ports(&ports).replace(
+            "target_session_attrs=read-write",
+            &format!("target_session_attrs={attrs}"),
+        );
+        let url = format!("{url}&application_name={marker}");
         let ns = unique("multi");
         let a = backend(&url, &ns).await;
         let k = key("job");
