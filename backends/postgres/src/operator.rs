@@ -5,6 +5,12 @@
 //! process must not delay the refreshes queued behind it. Records (the `record` module)
 //! are read and written on the same pool.
 //!
+//! With several servers in the URL (the `hosts` module), the pool reaches the server the
+//! backend's last connection chose, and is replaced when that changes. A transient
+//! failure makes the call look for the primary (a connection of its own, closed after),
+//! so the call after it reaches the new primary of a failover even if no lease of this
+//! backend has reconnected yet; the failed call itself is not retried.
+//!
 //! A key is *held* when an acquire would now meet contention: its advisory lock is held
 //! (`pg_locks`, in this database), or its fencing row names a session whose heartbeat
 //! still runs (a session that ended before its holders learned it, see the `fencing`

@@ -1,10 +1,12 @@
 //! The servers a backend may connect to, and choosing among them: a URL may name several
 //! (libpq's multi-host form), of which one at a time is the primary.
 //!
-//! Every connection of the backend (the lock session, the listener, the operator pool) is
-//! opened through [`Hosts::connect`]: it tries the servers in turn, starting with the one
-//! that last gave a usable connection, and passes over any that is unreachable, a standby
-//! (in recovery) or read-only, since the backend writes on each of its connections. The
+//! The lock session and the listener are opened through [`Hosts::connect`]: it tries the
+//! servers in turn, starting with the one that last gave a usable connection, and passes
+//! over any that is unreachable, a standby (in recovery) or read-only, since the backend
+//! writes on each of its connections. The operator pool connects to that preferred
+//! server, and after a transient failure looks for the primary the same way (see the
+//! `operator` module), so that its next call, and every next connection, goes there. The
 //! time allowed is shared out: each server gets the time left divided by the number of
 //! servers still to try, so a server that never answers (a dead host) cannot use up the
 //! whole timeout and leave the others untried. After a failover the next connection
@@ -130,13 +132,15 @@ impl Hosts {
             match with_timeout(operation, share, attempt(target, share)).await {
                 Ok(value) => {
                     if index != first {
-                        tracing::info!(server = %target.label, "connected to another PostgreSQL server of the URL");
+                        let server = target.label.as_str();
+                        tracing::info!(server, "connected to another PostgreSQL server of the URL");
                     }
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok((value, index));
                 }
                 Err(err) => {
-                    tracing::debug!(server = %target.label, error = %err.chain(), "passing over a PostgreSQL server");
+                    let (server, error) = (target.label.as_str(), err.chain());
+                    tracing::debug!(server, error, "passing over a PostgreSQL server");
                     failures.push((target.label.clone(), err));
                 }
             }
