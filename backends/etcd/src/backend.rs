@@ -13,6 +13,7 @@ use leasehold_core::{
 };
 use tokio::sync::oneshot;
 
+use crate::channel::FailoverBuilder;
 use crate::config::EtcdBackendBuilder;
 use crate::error::{Failure, NAME, timed};
 use crate::expiry::MAX_TTL;
@@ -134,7 +135,11 @@ impl EtcdBackend {
             // HTTP/2 pings find a dead connection while streams (watch, keep-alive) are
             // open; etcd refuses pings more often than every 5 s or on idle connections.
             .with_keep_alive(Duration::from_secs(10), settings.request_timeout)
-            .with_keep_alive_while_idle(false);
+            .with_keep_alive_while_idle(false)
+            // A member cut off from the others answers `Unavailable` ("no leader") at
+            // once instead of holding requests until their deadline; the channel then
+            // moves to the next member.
+            .with_require_leader(true);
         if let Some(credentials) = &settings.user {
             options = options
                 .with_user(credentials.user.clone(), credentials.password.clone())
@@ -145,9 +150,13 @@ impl EtcdBackend {
         }
         let timeout = settings.connect_timeout + settings.request_timeout;
         let client = timed(timeout, async {
-            Client::connect(&endpoints, Some(options))
-                .await
-                .map_err(Failure::from)
+            Client::connect_with_balanced_channel(
+                &endpoints,
+                Some(options),
+                FailoverBuilder::default(),
+            )
+            .await
+            .map_err(Failure::from)
         })
         .await
         .map_err(|failure| failure.into_error("connect", timeout))?;

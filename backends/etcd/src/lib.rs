@@ -87,9 +87,26 @@
 //! ([`Capabilities::ttl_granularity`](leasehold_core::Capabilities::ttl_granularity) is
 //! 1 s), so a lease is never shorter than asked.
 //!
+//! # Clusters
+//!
+//! Give every member's client endpoint (`etcd://a:2379,b:2379,c:2379/prefix/`, or
+//! `ROUTINE_ETCD_ENDPOINTS=a:2379,b:2379,c:2379`). A backend sends its requests to one
+//! member at a time, the first endpoint at first, and moves to the next when that member
+//! refuses connections (the request is then sent to the next member at once, unseen by
+//! the caller), breaks a connection, answers that it has no leader (requests carry
+//! etcd's `hasleader` requirement, so a member cut off from the others says so instead
+//! of holding them), or does not answer within the request's deadline (a paused or
+//! partitioned member: that refresh fails with a timeout, and the next one goes to the
+//! next member). A member that fails is thus left within one refresh, and a held lease
+//! survives the loss of a minority of members that keeps the leader. While the cluster
+//! elects a new leader (one to two election timeouts, 1 s each by default, after the leader is
+//! gone), no member renews a lease: a TTL shorter than that plus a refresh interval may
+//! be lost to a leader's death; etcd itself extends every lease by an election timeout
+//! when a new leader takes over, so the key outlives the election on the server.
+//!
 //! # Versions
 //!
-//! Tested against etcd 3.4; it uses only the v3 KV, lease and watch APIs that etcd has
+//! Tested against etcd 3.4 (a single member, and a three-member cluster); it uses only the v3 KV, lease and watch APIs that etcd has
 //! had since 3.0 (and 3.5 and 3.6 keep), so any etcd 3.x server is expected to work.
 //!
 //! # Configuration
@@ -134,6 +151,7 @@
 mod abandon;
 mod acquire;
 mod backend;
+mod channel;
 mod check;
 mod config;
 mod error;

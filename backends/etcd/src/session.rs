@@ -26,6 +26,7 @@ use etcd_client::{KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::channel;
 use crate::check::{Check, keys_are_ours};
 use crate::error::{Failure, timed};
 use crate::orphan::Orphan;
@@ -388,8 +389,17 @@ async fn keep_alive_once(
             Ok(None) | Err(_) => {}
         }
     }
-    // Opening the stream sends a keep-alive and waits for its answer.
-    match lease.keep_alive(id).await {
+    // Opening the stream sends a keep-alive and waits for its answer. A stream is not
+    // sent again by the channel when its member refuses the connection (see the
+    // `channel` module), but the channel moved on to the next member: it is opened once
+    // more, there.
+    let mut opened = lease.keep_alive(id).await;
+    if let Err(err) = &opened
+        && channel::client_error_never_sent(err)
+    {
+        opened = lease.keep_alive(id).await;
+    }
+    match opened {
         Ok(opened) => {
             *stream = Some(opened);
             Ok(KeepAlive::Alive)
