@@ -112,7 +112,8 @@ async fn rediss_to_a_plain_server_fails_cleanly() {
     .await
     .unwrap_err();
     assert!(
-        err.is_transient(),
-        "a failed TLS handshake is Unavailable or Timeout: {err:?}"
+        matches!(err, Error::Misconfigured { .. }),
+        "TLS to a plain server is Misconfigured (the server does not speak TLS), found \
+         out before the connect timeout: {err:?}"
     );
 }
