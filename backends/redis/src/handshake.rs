@@ -3,11 +3,13 @@
 //!
 //! A TLS client's hello sent to a plaintext Redis is read as an inline command that Redis
 //! keeps buffering until a newline, which the hello may not contain: the handshake then
-//! waits out the connect timeout. So while a TLS connection is being opened, a second
-//! connection sends a plaintext `PING`: a plaintext server answers it at once (`+PONG`,
-//! or `-NOAUTH`), a TLS server drops it. The other way round, a TLS server closes a
-//! plaintext client's connection, which looks like any dropped connection; after such a
-//! failure a TLS hello on a new connection tells whether the server speaks TLS.
+//! waits out the connect timeout. So when a TLS connection is not open after a tenth of
+//! the connect timeout, a second connection sends a plaintext `PING`: a plaintext server
+//! answers it at once (`+PONG`, or `-NOAUTH`), a TLS server drops it. A TLS server also
+//! logs a warning for it, which is why the probe waits for a slow handshake instead of
+//! going with every one. The other way round, a TLS server closes a plaintext client's
+//! connection, which looks like any dropped connection; after such a failure a TLS hello
+//! on a new connection tells whether the server speaks TLS.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use crate::config::Settings;
 use crate::connection::Connection;
 use crate::error::NAME;
 
+/// The plaintext probe starts after the connect timeout divided by this.
+const PROBE_DELAY_DIVISOR: u32 = 10;
+
 /// Opens the command connection as [`Connection::open`] does, and turns a TLS mismatch
 /// between client and server into [`Error::Misconfigured`] saying so, quickly.
 pub(crate) async fn open(client: redis::Client, settings: &Settings) -> Result<Connection> {
@@ -29,9 +34,16 @@ pub(crate) async fn open(client: redis::Client, settings: &Settings) -> Result<C
     let open = Connection::open(client, connect, request);
     if settings.tls {
         tokio::pin!(open);
+        // A TLS server logs a warning for every connection that does not speak TLS, so
+        // the probe waits for a tenth of the connect timeout first: a handshake with a
+        // TLS server is over by then, one with a plaintext server is still waiting.
+        let probe = async {
+            tokio::time::sleep(settings.connect_timeout / PROBE_DELAY_DIVISOR).await;
+            answers_plaintext(settings).await
+        };
         tokio::select! {
             opened = &mut open => return opened,
-            plaintext = answers_plaintext(settings) => if plaintext {
+            plaintext = probe => if plaintext {
                 return Err(Error::misconfigured(
                     NAME,
                     format!(

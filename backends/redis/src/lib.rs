@@ -161,11 +161,11 @@
 //! one it gets, is [`Auth`](leasehold_core::Error::Auth); TLS on against a plaintext
 //! server, or off against a TLS-only one, is
 //! [`Misconfigured`](leasehold_core::Error::Misconfigured). A plaintext server may sit
-//! on a TLS hello without answering, so while connecting with TLS the backend also sends
-//! a plaintext `PING` on a second connection: a Redis reply to it means the server does
-//! not speak TLS, reported at once rather than after the connect timeout. The same check
-//! runs the other way after a plaintext connection fails (a TLS hello answered with a TLS
-//! record means the server wants TLS).
+//! on a TLS hello without answering, so a TLS connect still under way after a tenth of
+//! the connect timeout is joined by a plaintext `PING` on a second connection: a Redis
+//! reply to it means the server does not speak TLS, reported then rather than after the
+//! whole connect timeout. The same check runs the other way after a plaintext connection
+//! fails (a TLS hello answered with a TLS record means the server wants TLS).
 //!
 //! # Examples
 //!
