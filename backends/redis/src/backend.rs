@@ -14,6 +14,8 @@ use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
 use crate::client::{CAPABILITIES, Client, ttl_millis};
 use crate::config::{self, Settings};
+use crate::connection::Connection;
+use crate::durability;
 use crate::error::{self, NAME};
 use crate::eviction;
 use crate::handshake;
@@ -21,6 +23,7 @@ use crate::lease::RedisLease;
 use crate::notify::{Notifier, Status};
 use crate::operator;
 use crate::scripts::{self, Claim, Keys};
+use crate::sentinel::{SentinelTarget, Target};
 use crate::value;
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
@@ -96,13 +99,30 @@ impl RedisBackend {
             config::install_crypto_provider();
         }
         let connect_timeout = settings.connect_timeout;
-        let info = settings.connection_info()?;
-        let client = match settings.tls_files.certificates()? {
-            Some(certificates) => redis::Client::build_with_tls(info, certificates),
-            None => redis::Client::open(info),
-        }
-        .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
-        let conn = handshake::open(client.clone(), &settings).await?;
+        let (target, conn) = match &settings.sentinel {
+            Some(sentinel) => {
+                let target = Arc::new(Target::Sentinel(Box::new(SentinelTarget::new(
+                    &settings, sentinel,
+                )?)));
+                let conn = Connection::open_target(
+                    Arc::clone(&target),
+                    connect_timeout,
+                    settings.request_timeout,
+                )
+                .await?;
+                (target, conn)
+            }
+            None => {
+                let info = settings.connection_info()?;
+                let client = match settings.tls_files.certificates()? {
+                    Some(certificates) => redis::Client::build_with_tls(info, certificates),
+                    None => redis::Client::open(info),
+                }
+                .map_err(|err| error::from_redis(err, "connect", connect_timeout))?;
+                let conn = handshake::open(client, &settings).await?;
+                (Arc::clone(conn.target()), conn)
+            }
+        };
         // A server with `requirepass` accepts a connection without credentials and
         // refuses only its first command: find that out now, not at the first acquire.
         conn.request("connect", settings.request_timeout, |mut conn| async move {
@@ -111,7 +131,7 @@ impl RedisBackend {
         .await?;
         eviction::check(&conn, &settings).await?;
         let keys = Keys::new(&settings.namespace);
-        let notifier = Notifier::start(client, keys.channel_pattern(), connect_timeout).await;
+        let notifier = Notifier::start(target, keys.channel_pattern(), connect_timeout).await;
         Ok(Self {
             inner: Arc::new(Client {
                 settings,
@@ -241,21 +261,31 @@ impl LockBackend for RedisBackend {
         // From here on, a lock this call may take is given back unless it ends with the
         // server's answer: on an error, a timeout or when this future is dropped.
         let attempt = Attempt::new(&self.inner, key);
-        let mut invocation = scripts::ACQUIRE.key(attempt.lock());
-        invocation
-            .key(self.inner.keys.fence(key))
-            .arg(attempt.owner_prefix())
-            .arg(ttl_ms)
-            .arg(holder);
-        let invocation = &invocation;
-        let (taken, written): (i64, Option<String>) = self
+        let limit = self.inner.lease_limit(ttl);
+        let wait = self.inner.wait(limit);
+        let (lock, fence, owner) = (
+            attempt.lock(),
+            self.inner.keys.fence(key),
+            attempt.owner_prefix(),
+        );
+        let fence = &fence;
+        let ((taken, written), acked): ((i64, Option<String>), _) = self
             .inner
-            .request(
-                "acquire",
-                self.inner.lease_limit(ttl),
-                |mut conn| async move { invocation.invoke_async(&mut conn).await },
-            )
+            .request_at("acquire", limit, |conn, epoch| {
+                let mut invocation = scripts::ACQUIRE.key(lock);
+                invocation
+                    .key(fence)
+                    .arg(owner)
+                    .arg(ttl_ms)
+                    .arg(holder)
+                    .arg(scripts::fence_floor(epoch));
+                async move { durability::invoke(conn, &invocation, wait).await }
+            })
             .await?;
+        if taken == 1 {
+            // Not confirmed: the attempt, dropped unanswered, gives the lock back.
+            self.inner.confirmed("acquire", wait, acked)?;
+        }
         match (taken, written) {
             (0, None) => {
                 attempt.answered();
@@ -457,19 +487,34 @@ impl BatchRefresh for Batched<'_> {
             .collect();
         let inner = &self.0.inner;
         let limit = inner.lease_limit(ttl);
+        let wait = inner.wait(limit);
         let replies = futures::future::join_all(invocations.iter().map(|(_, invocation)| {
-            inner.request("refresh", limit, move |mut conn| async move {
-                invocation.invoke_async::<Vec<i64>>(&mut conn).await
+            inner.request("refresh", limit, move |conn| async move {
+                durability::invoke::<Vec<i64>>(conn, invocation, wait).await
             })
         }))
         .await;
         let mut answers = Vec::with_capacity(pending.len());
         for ((count, _), reply) in invocations.iter().zip(replies) {
             match reply {
-                Ok(extended) if extended.len() == *count => {
-                    answers.extend(extended.into_iter().map(Ok));
+                Ok((extended, acked)) if extended.len() == *count => {
+                    let short = match (wait, acked) {
+                        (Some(wait), Some(acked)) => inner
+                            .confirmed("refresh", Some(wait), Some(acked))
+                            .is_err()
+                            .then_some((wait, acked)),
+                        _ => None,
+                    };
+                    // A lock found gone is lost whatever the replicas say; an extension
+                    // counts only once confirmed.
+                    answers.extend(extended.into_iter().map(|reply| match short {
+                        Some((wait, acked)) if reply == 1 => {
+                            Err(wait.unconfirmed("refresh", acked))
+                        }
+                        _ => Ok(reply),
+                    }));
                 }
-                Ok(extended) => {
+                Ok((extended, _)) => {
                     let error = error::unexpected_reply("refresh", extended.len());
                     answers.extend(
                         error::for_each(error, "refresh", *count)

@@ -8,6 +8,8 @@ use leasehold_core::{Error, Result};
 
 use crate::RedisBackend;
 use crate::config::{self, Password, Settings};
+use crate::durability::Durability;
+use crate::sentinel_config::{self, SentinelSettings};
 use crate::tls::TlsFile;
 
 /// Configures and connects a [`RedisBackend`].
@@ -63,6 +65,12 @@ impl RedisBackendBuilder {
     /// | `ROUTINE_REDIS_CA_FILE` | PEM CA file to trust instead of the system's roots; turns TLS on | none |
     /// | `ROUTINE_REDIS_CERT_FILE` | PEM client certificate; turns TLS on; needs `ROUTINE_REDIS_KEY_FILE` | none |
     /// | `ROUTINE_REDIS_KEY_FILE` | PEM private key of the client certificate | none |
+    /// | `ROUTINE_REDIS_SENTINELS` | comma-separated sentinel `host:port` list (port 26379 by default): follow the master they name instead of `REDIS_HOSTS`; needs `ROUTINE_REDIS_SENTINEL_MASTER` | none |
+    /// | `ROUTINE_REDIS_SENTINEL_MASTER` | the master name the sentinels monitor | none |
+    /// | `ROUTINE_REDIS_SENTINEL_USERNAME` | ACL user for the sentinels (the master takes `REDIS_PASSWORD`) | none |
+    /// | `ROUTINE_REDIS_SENTINEL_PASSWORD` | password for the sentinels | none |
+    /// | `ROUTINE_REDIS_DURABLE_REPLICAS` | durable mode: replicas that must confirm an acquire or refresh with `WAIT` (see [`Durability`]); `0` is off | `0` |
+    /// | `ROUTINE_REDIS_DURABLE_TIMEOUT` | the `WAIT` timeout of durable mode | `500ms` |
     ///
     /// The lease TTL (`ROUTINE_REDIS_LOCK_TTL`) is a runner setting, read by `leasehold`.
     ///
@@ -111,6 +119,15 @@ impl RedisBackendBuilder {
     /// [`with_client_identity_files`](Self::with_client_identity_files):
     /// `rediss://redis.internal:6380/0?ca_file=/etc/ssl/ca.pem&cert_file=/etc/ssl/app.pem&key_file=/etc/ssl/app.key`.
     /// Any other parameter, or a file with `redis://`, is [`Error::Config`].
+    ///
+    /// `redis+sentinel://[user[:password]@]host1[:port],host2[:port],.../<master name>[/db]`
+    /// (or `redis-sentinel://`), the form the Redis ecosystem writes (redis-rs, Lettuce,
+    /// go-redis's failover options) follows the master that the listed sentinels name
+    /// (port 26379 by default): see [`with_sentinels`](Self::with_sentinels). The user
+    /// and password are the master's; the parameters `sentinel_username` and
+    /// `sentinel_password` log in to the sentinels. Any URL takes `durable_replicas=<n>`
+    /// and `durable_timeout=<duration>` (see [`with_durability`](Self::with_durability)):
+    /// `redis+sentinel://:secret@s1:26379,s2:26379,s3:26379/main/0?durable_replicas=2&durable_timeout=500ms`.
     pub fn with_url(mut self, url: impl AsRef<str>) -> Self {
         if let Err(err) = config::apply_url(&mut self.settings, url.as_ref(), "url") {
             self.record(err);
@@ -126,6 +143,89 @@ impl RedisBackendBuilder {
                 self.settings.port = port;
             }
             Err(reason) => self.record(Error::config("address", reason)),
+        }
+        self
+    }
+
+    /// Follows the master that these sentinels (`host:port`, port 26379 by default) name
+    /// for [`with_master_name`](Self::with_master_name), instead of one fixed address:
+    /// the backend asks the sentinels at connect, and again whenever a request fails in
+    /// a way a failover explains (the connection refused, reset or timed out, or
+    /// `READONLY` from a demoted master); commands, scripts (loaded again on the new
+    /// master), release notifications and batched refreshes all move to the new master.
+    /// TLS with Sentinel is not supported.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use leasehold_redis::{Durability, RedisBackend};
+    ///
+    /// # async fn run() -> leasehold_core::Result<()> {
+    /// let backend = RedisBackend::builder()
+    ///     .with_sentinels(["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"])
+    ///     .with_master_name("main")
+    ///     .with_password("secret")
+    ///     .with_durability(Durability::Replicas { count: 2, timeout: Duration::from_millis(500) })
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_sentinels<I>(mut self, sentinels: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let list: Vec<String> = sentinels
+            .into_iter()
+            .map(|s| s.as_ref().trim().to_owned())
+            .collect();
+        match sentinel_config::parse_sentinels(&list.join(",")) {
+            Ok(parsed) => self.sentinel().sentinels = parsed,
+            Err(reason) => self.record(Error::config("sentinels", reason)),
+        }
+        self
+    }
+
+    /// The name under which the sentinels monitor the master to follow (`sentinel
+    /// monitor <name> ...`); needed with [`with_sentinels`](Self::with_sentinels).
+    pub fn with_master_name(mut self, name: impl Into<String>) -> Self {
+        self.sentinel().master_name = name.into();
+        self
+    }
+
+    /// The ACL user and password to log in to the sentinels with, if they require
+    /// one (`requirepass` in their configuration); the master and replicas take
+    /// [`with_username`](Self::with_username) and [`with_password`](Self::with_password).
+    pub fn with_sentinel_credentials(
+        mut self,
+        username: Option<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        let sentinel = self.sentinel();
+        sentinel.username = username;
+        sentinel.password = Some(Password(password.into()));
+        self
+    }
+
+    /// When an acquire or a refresh counts: once the master acknowledges it
+    /// ([`Durability::Master`], the default) or once `WAIT` confirms it on replicas
+    /// ([`Durability::Replicas`]). A count of 0 or a timeout under 1 ms is refused by
+    /// [`build`](Self::build) with [`Error::Config`] naming `durability`.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        match durability {
+            Durability::Replicas { count, timeout } => {
+                // 0 would mean "off" in the URL and variables: refuse it here instead.
+                self.settings.durable_replicas = count;
+                self.settings.durable_timeout = timeout;
+                if count == 0 {
+                    self.record(Error::config(
+                        "durability",
+                        "the number of replicas to confirm must be at least 1",
+                    ));
+                }
+            }
+            _ => self.settings.durable_replicas = 0,
         }
         self
     }
@@ -272,6 +372,12 @@ impl RedisBackendBuilder {
             return Err(err);
         }
         RedisBackend::connect(self.settings).await
+    }
+
+    fn sentinel(&mut self) -> &mut SentinelSettings {
+        self.settings
+            .sentinel
+            .get_or_insert_with(SentinelSettings::default)
     }
 
     fn record(&mut self, err: Error) {

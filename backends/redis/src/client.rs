@@ -11,6 +11,7 @@ use redis::aio::ConnectionManager;
 
 use crate::config::Settings;
 use crate::connection::Connection;
+use crate::durability::Wait;
 use crate::error::NAME;
 use crate::notify::Notifier;
 use crate::scripts::Keys;
@@ -49,6 +50,45 @@ impl Client {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.conn.request(operation, limit, send).await
+    }
+
+    /// [`Client::request`], with the epoch of the master it goes to (see
+    /// [`Connection::request_at`]).
+    pub(crate) async fn request_at<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(ConnectionManager, u64) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.conn.request_at(operation, limit, send).await
+    }
+
+    /// The `WAIT` that must follow a write bounded by `limit`, in durable mode.
+    pub(crate) fn wait(&self, limit: Duration) -> Option<Wait> {
+        self.settings.durability().wait(limit)
+    }
+
+    /// Checks how many replicas confirmed a write of `operation` (`None`: not asked).
+    /// Too few marks the connection suspect: behind Sentinel, a master that lost its
+    /// replicas may have been replaced.
+    pub(crate) fn confirmed(
+        &self,
+        operation: &'static str,
+        wait: Option<Wait>,
+        acked: Option<i64>,
+    ) -> Result<()> {
+        let (Some(wait), Some(acked)) = (wait, acked) else {
+            return Ok(());
+        };
+        let checked = wait.check(operation, acked);
+        if checked.is_err() {
+            self.conn.suspect();
+        }
+        checked
     }
 
     /// The bound on a request made for a lease of `ttl`: the request timeout, but at most

@@ -7,6 +7,8 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
+use crate::durability::Durability;
+use crate::sentinel_config::{self, SentinelSettings};
 use crate::tls::{self, TlsFiles};
 
 /// The port used when an address or URL gives none.
@@ -49,6 +51,12 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     /// Refuse to connect unless the server's `maxmemory-policy` is `noeviction`.
     pub(crate) require_noeviction: bool,
+    /// Follow the master the sentinels name instead of `host:port`.
+    pub(crate) sentinel: Option<SentinelSettings>,
+    /// Replicas a write must reach (`WAIT`) before it counts; 0 for the master alone.
+    pub(crate) durable_replicas: u32,
+    /// The `WAIT` timeout when `durable_replicas` is set.
+    pub(crate) durable_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -65,6 +73,9 @@ impl Default for Settings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             require_noeviction: false,
+            sentinel: None,
+            durable_replicas: 0,
+            durable_timeout: sentinel_config::DEFAULT_WAIT_TIMEOUT,
         }
     }
 }
@@ -98,10 +109,31 @@ impl Settings {
             ));
         }
         self.tls_files.validate()?;
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.validate()?;
+            if self.tls {
+                return Err(Error::config(
+                    "tls",
+                    "TLS with Sentinel is not supported: use redis+sentinel:// without TLS",
+                ));
+            }
+        }
+        self.durability().validate()?;
         check_namespace(&self.namespace)?;
         check_timeout("connect_timeout", self.connect_timeout)?;
         check_timeout("request_timeout", self.request_timeout)?;
         Ok(())
+    }
+
+    /// When an acquire or a refresh counts.
+    pub(crate) fn durability(&self) -> Durability {
+        match self.durable_replicas {
+            0 => Durability::Master,
+            count => Durability::Replicas {
+                count,
+                timeout: self.durable_timeout,
+            },
+        }
     }
 
     /// The `redis` crate's view of these settings.
@@ -165,6 +197,10 @@ fn check_timeout(setting: &str, timeout: Duration) -> Result<()> {
 
 /// The parts of a `redis://` or `rediss://` URL; `setting` names the URL in errors.
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
+    if sentinel_config::is_sentinel_url(url) {
+        return sentinel_config::apply_url(settings, url, setting);
+    }
+    settings.sentinel = None;
     let bad = |reason: String| Error::config(setting, reason);
     // The URL may hold a password: errors describe the problem, never echo the input.
     let parsed = url::Url::parse(url)
@@ -174,7 +210,7 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
         "rediss" => true,
         other => {
             return Err(bad(format!(
-                "unsupported scheme `{other}`: use redis:// or rediss://"
+                "unsupported scheme `{other}`: use redis://, rediss:// or redis+sentinel://"
             )));
         }
     };
@@ -205,7 +241,10 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
             "ca_file" => settings.tls_files.ca_file = Some(file()?),
             "cert_file" => settings.tls_files.cert_file = Some(file()?),
             "key_file" => settings.tls_files.key_file = Some(file()?),
-            _ => return Err(bad(format!("unsupported URL parameter `{name}`"))),
+            other => match sentinel_config::apply_param(settings, other, &value) {
+                Some(applied) => applied?,
+                None => return Err(bad(format!("unsupported URL parameter `{name}`"))),
+            },
         }
     }
     if parsed.fragment().is_some() {
@@ -276,7 +315,7 @@ pub(crate) fn apply_env(
         settings.tls =
             tls::parse_bool(&value).map_err(|reason| Error::config("ROUTINE_REDIS_TLS", reason))?;
     }
-    Ok(())
+    sentinel_config::apply_env(settings, var)
 }
 
 /// `host`, `host:port` or `[v6]:port`.
@@ -313,7 +352,7 @@ pub(crate) fn parse_host_port(entry: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-fn parse_db(db: &str) -> Result<i64, String> {
+pub(crate) fn parse_db(db: &str) -> Result<i64, String> {
     db.parse::<i64>()
         .ok()
         .filter(|&n| n >= 0)
@@ -334,7 +373,7 @@ pub(crate) fn parse_timeout(setting: &str, value: &str) -> Result<Duration> {
 }
 
 /// Decodes `%XX` escapes; `None` if they are malformed or not UTF-8.
-fn percent_decode(input: &str) -> Option<String> {
+pub(crate) fn percent_decode(input: &str) -> Option<String> {
     let mut bytes = Vec::with_capacity(input.len());
     let mut rest = input.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {

@@ -8,9 +8,16 @@
 //! the manager with a new one and is sent once more on it. Replacements happen only
 //! within requests, which the runner paces with its backoff, and at most once per
 //! [`RENEW_INTERVAL`]: the backend keeps no timers of its own.
+//!
+//! Behind Sentinel the master itself moves. A request that fails in a way a failover
+//! explains (the connection refused, reset or timed out, or `READONLY` from a demoted
+//! master) asks the sentinels where the master is now, and moves to it if it moved (see
+//! [`Target`]); a request bounded by its own limit before any such answer marks the
+//! connection suspect, so that the next request asks first.
 
 use std::future::Future;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use leasehold_core::{Error, Result};
@@ -18,6 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
 use crate::error::{self, NAME};
+use crate::sentinel::{Located, Target};
 
 /// The shortest time between two replacements of the manager, so that requests failing
 /// together (every lease of a runner) open one new connection, not one each.
@@ -25,19 +33,25 @@ const RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The multiplexed command connection of one backend, replaced when it cannot recover.
 pub(crate) struct Connection {
-    client: redis::Client,
+    target: Arc<Target>,
     config: ConnectionManagerConfig,
     connect_timeout: Duration,
     current: RwLock<Current>,
     /// When the last replacement started; locked while one is under way.
     renewed: tokio::sync::Mutex<Option<Instant>>,
+    /// A request ran out of time without an answer: the master may have moved, so the
+    /// next request asks the sentinels first.
+    suspect: AtomicBool,
 }
 
-/// The manager in use, and how many replacements came before it.
+/// The manager in use, where it goes, and how many replacements came before it.
 #[derive(Clone)]
 struct Current {
     generation: u64,
     manager: ConnectionManager,
+    address: String,
+    /// The master's epoch (see [`crate::sentinel`]); 0 without Sentinel.
+    epoch: u64,
 }
 
 impl Connection {
@@ -51,23 +65,56 @@ impl Connection {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Self> {
+        Self::open_target(
+            Arc::new(Target::Fixed(client)),
+            connect_timeout,
+            request_timeout,
+        )
+        .await
+    }
+
+    /// Opens the first connection to where `target` says, bounded by `connect_timeout`
+    /// (and, behind Sentinel, by the time to ask the sentinels).
+    pub(crate) async fn open_target(
+        target: Arc<Target>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(request_timeout))
             .set_number_of_retries(0);
-        let manager = new_manager(&client, &config, connect_timeout)
+        let located = target.locate().await?;
+        let manager = new_manager(&located.client, &config, connect_timeout)
             .await
             .map_err(|err| err.into_error("connect", connect_timeout))?;
         Ok(Self {
-            client,
+            target,
             config,
             connect_timeout,
             current: RwLock::new(Current {
                 generation: 0,
                 manager,
+                address: located.address,
+                epoch: located.epoch,
             }),
             renewed: tokio::sync::Mutex::new(None),
+            suspect: AtomicBool::new(false),
         })
+    }
+
+    /// Where commands go.
+    pub(crate) fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    /// Marks the connection suspect: behind Sentinel, the next request asks the
+    /// sentinels whether the master moved before it is sent (a `WAIT` that found too few
+    /// replicas may mean this master was replaced).
+    pub(crate) fn suspect(&self) {
+        if self.target.follows_master() {
+            self.suspect.store(true, Ordering::Relaxed);
+        }
     }
 
     fn current(&self) -> Current {
@@ -101,11 +148,38 @@ impl Connection {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.request_at(operation, limit, |manager, _| send(manager))
+            .await
+    }
+
+    /// [`request`](Self::request), with the epoch of the master it is sent to (0
+    /// without Sentinel) given to `send` along with the connection.
+    pub(crate) async fn request_at<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(ConnectionManager, u64) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let follows = self.target.follows_master();
         let attempt = async {
+            if follows && self.suspect.swap(false, Ordering::Relaxed) {
+                let generation = self.read().generation;
+                self.renew(generation, true).await;
+            }
             let current = self.current();
-            match send_on(&current.manager, operation, &send).await {
+            match send_on(&current, operation, &send).await {
                 Err(err) if error::needs_new_connection(&err) => {
-                    match self.renew(current.generation).await {
+                    match self.renew(current.generation, false).await {
+                        Some(fresh) => send_on(&fresh, operation, &send).await,
+                        None => Err(err),
+                    }
+                }
+                Err(err) if follows && may_have_moved(&err) => {
+                    match self.renew(current.generation, true).await {
                         Some(fresh) => send_on(&fresh, operation, &send).await,
                         None => Err(err),
                     }
@@ -116,39 +190,64 @@ impl Connection {
         match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(err)) => Err(error::from_redis(err, operation, limit)),
-            Err(_) => Err(Error::timeout(NAME, operation, limit)),
+            Err(_) => {
+                self.suspect();
+                Err(Error::timeout(NAME, operation, limit))
+            }
         }
     }
 
     /// A manager to use instead of generation `failed`: one that replaced it meanwhile,
     /// or a new one. `None` if another request is replacing it right now, if the last
-    /// replacement is less than [`RENEW_INTERVAL`] ago, or if a new one cannot connect.
-    async fn renew(&self, failed: u64) -> Option<ConnectionManager> {
-        let replaced =
-            |current: &Current| (current.generation != failed).then(|| current.manager.clone());
-        if let Some(manager) = replaced(&self.read()) {
-            return Some(manager);
+    /// replacement is less than [`RENEW_INTERVAL`] ago, or if a new one cannot connect;
+    /// with `moved_only`, also if the target is where the failed one went (asking the
+    /// sentinels again found the same master in the same epoch).
+    async fn renew(&self, failed: u64, moved_only: bool) -> Option<Current> {
+        let replaced = |current: &Current| (current.generation != failed).then(|| current.clone());
+        if let Some(current) = replaced(&self.read()) {
+            return Some(current);
         }
         let mut renewed = self.renewed.try_lock().ok()?;
-        if let Some(manager) = replaced(&self.read()) {
-            return Some(manager);
+        if let Some(current) = replaced(&self.read()) {
+            return Some(current);
         }
         if renewed.is_some_and(|at| at.elapsed() < RENEW_INTERVAL) {
             return None;
         }
         *renewed = Some(Instant::now());
-        match new_manager(&self.client, &self.config, self.connect_timeout).await {
+        let located = match self.target.locate().await {
+            Ok(located) => located,
+            Err(err) => {
+                tracing::debug!(error = %err.chain(), "could not locate the redis master");
+                return None;
+            }
+        };
+        if moved_only {
+            let current = self.read();
+            if current.address == located.address && current.epoch == located.epoch {
+                return None;
+            }
+        }
+        let Located {
+            client,
+            address,
+            epoch,
+        } = located;
+        match new_manager(&client, &self.config, self.connect_timeout).await {
             Ok(manager) => {
-                tracing::info!("redis command connection replaced");
+                tracing::info!(%address, epoch, "redis command connection replaced");
+                let fresh = Current {
+                    generation: failed + 1,
+                    manager,
+                    address,
+                    epoch,
+                };
                 let mut current = self
                     .current
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                *current = Current {
-                    generation: failed + 1,
-                    manager: manager.clone(),
-                };
-                Some(manager)
+                *current = fresh.clone();
+                Some(fresh)
             }
             Err(err) => {
                 tracing::debug!(error = ?err, "could not replace the redis command connection");
@@ -158,20 +257,30 @@ impl Connection {
     }
 }
 
+/// Whether `err` is one a failover explains: the server is gone, refuses, closed the
+/// connection or does not answer.
+fn may_have_moved(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+}
+
 /// Sends once, and once more if the connection turned out to be dropped.
 async fn send_on<T, F, Fut>(
-    manager: &ConnectionManager,
+    current: &Current,
     operation: &'static str,
     send: &F,
 ) -> redis::RedisResult<T>
 where
-    F: Fn(ConnectionManager) -> Fut,
+    F: Fn(ConnectionManager, u64) -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
 {
-    match send(manager.clone()).await {
+    match send(current.manager.clone(), current.epoch).await {
         Err(err) if err.is_connection_dropped() => {
             tracing::debug!(operation, error = %err, "redis connection dropped, sending again");
-            send(manager.clone()).await
+            send(current.manager.clone(), current.epoch).await
         }
         other => other,
     }

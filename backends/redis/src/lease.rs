@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use leasehold_core::{Error, FencingToken, Lease, LockKey, Result};
 
 use crate::client::{Client, ttl_millis};
+use crate::durability;
 use crate::error;
 use crate::scripts::{self, Claim};
 
@@ -115,14 +116,18 @@ impl Lease for RedisLease {
         let mut invocation = scripts::REFRESH.key(&self.claim.lock);
         invocation.arg(&self.claim.value).arg(ttl_ms);
         let invocation = &invocation;
-        let extended: i64 = self
+        let limit = self.inner.lease_limit(ttl);
+        let wait = self.inner.wait(limit);
+        let (extended, acked): (i64, _) = self
             .inner
-            .request(
-                "refresh",
-                self.inner.lease_limit(ttl),
-                |mut conn| async move { invocation.invoke_async(&mut conn).await },
-            )
+            .request("refresh", limit, |conn| async move {
+                durability::invoke(conn, invocation, wait).await
+            })
             .await?;
+        if extended == 1 {
+            // Not confirmed: the deadline stays where the last confirmed refresh left it.
+            self.inner.confirmed("refresh", wait, acked)?;
+        }
         self.refreshed(extended, ttl)
     }
 

@@ -15,6 +15,11 @@
 //! by the next wait, and works once it is fixed on the server.
 //! Waiters that were registered while the subscription was down wake spuriously once it
 //! is back, since a release published in between was missed.
+//!
+//! Behind Sentinel each attempt subscribes on the master the sentinels name at that
+//! moment, so after a failover that closed the old master's connection the next wait
+//! follows the master. A subscription left on a demoted master still hears releases:
+//! replicas pass on what their master publishes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +32,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::{self, NAME, SharedError};
+use crate::sentinel::Target;
 
 const OPERATION: &str = "wait for release";
 
@@ -49,7 +55,7 @@ pub(crate) struct Notifier {
 
 #[derive(Debug)]
 struct Shared {
-    client: redis::Client,
+    target: Arc<Target>,
     pattern: String,
     connect_timeout: Duration,
     /// Release channel -> its waiters. An entry lives while someone waits on it.
@@ -63,7 +69,7 @@ impl Notifier {
     /// waiters registered once the backend is built are not missed. A failure is logged,
     /// not returned: the backend works without notifications, and the next wait retries.
     pub(crate) async fn start(
-        client: redis::Client,
+        target: Arc<Target>,
         pattern: String,
         connect_timeout: Duration,
     ) -> Self {
@@ -74,7 +80,7 @@ impl Notifier {
         ))));
         let notifier = Self {
             shared: Arc::new(Shared {
-                client,
+                target,
                 pattern,
                 connect_timeout,
                 waiters: Mutex::new(HashMap::new()),
@@ -181,9 +187,7 @@ impl Shared {
         let connected = tokio::time::timeout(self.connect_timeout, self.subscribe()).await;
         let pubsub = match connected {
             Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(err)) => {
-                return self.fail(error::from_redis(err, "subscribe", self.connect_timeout));
-            }
+            Ok(Err(err)) => return self.fail(err),
             Err(_) => return self.fail(Error::timeout(NAME, "subscribe", self.connect_timeout)),
         };
         self.status.send_replace(Status::Subscribed);
@@ -199,10 +203,16 @@ impl Shared {
         ));
     }
 
-    async fn subscribe(&self) -> redis::RedisResult<PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.psubscribe(&self.pattern).await?;
-        Ok(pubsub)
+    async fn subscribe(&self) -> Result<PubSub> {
+        let client = self.target.locate().await?.client;
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe(&self.pattern).await?;
+            Ok(pubsub)
+        };
+        subscribed
+            .await
+            .map_err(|err| error::from_redis(err, "subscribe", self.connect_timeout))
     }
 
     fn fail(&self, err: Error) {

@@ -19,8 +19,16 @@ use redis::Script;
 ///
 /// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` owner prefix (see
 /// [`new_owner_prefix`](crate::value::new_owner_prefix)), `ARGV[2]` TTL in ms, `ARGV[3]`
-/// holder identity. Returns `{1, value}` if the lock is ours, with the whole value written
-/// (it holds the fencing token), and `{0, nil}` if someone else holds it.
+/// holder identity, `ARGV[4]` the fence floor (decimal; `0` for none). Returns `{1,
+/// value}` if the lock is ours, with the whole value written (it holds the fencing
+/// token), and `{0, nil}` if someone else holds it.
+///
+/// Behind Sentinel the floor is the master's epoch shifted left by
+/// [`EPOCH_SHIFT`] bits: a counter below it is first raised to it, so the token is
+/// above every token of an earlier epoch even if this master lost increments in the
+/// failover (see [`crate::sentinel`]). The counter is compared and read back as a
+/// string: Lua's numbers are doubles, exact only up to 2^53, and `INCR` is exact up to
+/// 2^63.
 ///
 /// The value is completed here, with the counter just incremented and the server's
 /// `TIME`, so that it records the token of this very acquisition: the counter is only
@@ -37,9 +45,17 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 if redis.replicate_commands then redis.replicate_commands() end
 local held = redis.call('GET', KEYS[1])
 if not held then
-  local fence = redis.call('INCR', KEYS[2])
+  local floor = ARGV[4]
+  if floor ~= '0' then
+    local counter = redis.call('GET', KEYS[2])
+    if not counter or #counter < #floor or (#counter == #floor and counter < floor) then
+      redis.call('SET', KEYS[2], floor)
+    end
+  end
+  redis.call('INCR', KEYS[2])
+  local fence = redis.call('GET', KEYS[2])
   local now = redis.call('TIME')
-  local value = ARGV[1] .. string.format('%d:%s.%06d:', fence, now[1], tonumber(now[2])) .. ARGV[3]
+  local value = ARGV[1] .. fence .. string.format(':%s.%06d:', now[1], tonumber(now[2])) .. ARGV[3]
   redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
   return {1, value}
 end
@@ -51,6 +67,21 @@ return {0, false}
 ",
     )
 });
+
+/// How far the epoch is shifted in a fence floor: 2^40 (about 10^12) acquisitions of a
+/// name per epoch, and 2^23 epochs (failovers) before `INCR`'s 2^63 limit.
+pub(crate) const EPOCH_SHIFT: u32 = 40;
+
+/// The fence floor of a master in `epoch`: `epoch << EPOCH_SHIFT`, 0 for epoch 0 (no
+/// Sentinel, or a master no failover has touched).
+pub(crate) fn fence_floor(epoch: u64) -> u64 {
+    // Past 2^23 epochs the floor would not fit `INCR`'s signed 64 bits: it stays at the
+    // last one that does.
+    epoch.min(MAX_EPOCH) << EPOCH_SHIFT
+}
+
+/// The highest epoch whose floor, plus 2^40 acquisitions, fits in an `i64`.
+const MAX_EPOCH: u64 = (1 << (63 - EPOCH_SHIFT)) - 2;
 
 /// Extends the lock if it still holds our whole value: bsm/redislock's refresh script.
 ///

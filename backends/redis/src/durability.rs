@@ -1,0 +1,189 @@
+//! `Durability`: whether an acquire or a refresh counts once the master acknowledges it,
+//! or only once `WAIT` confirms it on replicas; and the request that sends a script with
+//! its `WAIT`.
+
+use std::fmt;
+use std::time::Duration;
+
+use leasehold_core::{Error, Result};
+use redis::aio::ConnectionManager;
+use redis::{ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind};
+
+use crate::error::NAME;
+
+/// When an acquire (with its fencing increment) or a refresh counts.
+///
+/// Redis replicates asynchronously: a master acknowledges a write before any replica has
+/// it, and a failover to a replica that had not received it loses it. For a lease that
+/// means a lock key lost in a failover (a second process acquires while the first still
+/// holds) or a fencing increment lost (the next token repeats one already handed out).
+/// [`Durability::Replicas`] closes that gap with `WAIT`; see the crate documentation's
+/// *Sentinel* section for exactly what each mode guarantees.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use leasehold_redis::Durability;
+///
+/// let durability = Durability::Replicas { count: 2, timeout: Duration::from_millis(500) };
+/// assert_ne!(durability, Durability::Master);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The master's acknowledgement is enough (the default, and the Go original's
+    /// behaviour): fast, but a failover can lose what the master acknowledged.
+    #[default]
+    Master,
+    /// An acquire (and its fencing increment) or a refresh counts only once `WAIT count
+    /// timeout` confirms it on `count` replicas. An acquire that is not confirmed is
+    /// undone (the lock is released) and reported as
+    /// [`Error::Unavailable`](leasehold_core::Error::Unavailable); a refresh that is not
+    /// confirmed is reported the same way, so the holder's deadline is not extended.
+    ///
+    /// `timeout` bounds each `WAIT` (and is cut to half a request's own bound, so that
+    /// the request still gets its answer): with replicas in sync `WAIT` answers within a
+    /// round trip; it takes the whole timeout only when a replica lags or is gone. While
+    /// it waits, later requests of the backend queue behind it on the command connection.
+    Replicas {
+        /// How many replicas must confirm: at least 1. With every replica of the master
+        /// (`count` = their number), no failover to any of them loses a confirmed write.
+        count: u32,
+        /// How long one `WAIT` may take: at least 1 ms.
+        timeout: Duration,
+    },
+}
+
+impl Durability {
+    /// Checks `count` and `timeout` of [`Durability::Replicas`].
+    pub(crate) fn validate(&self) -> Result<()> {
+        match *self {
+            Durability::Master => Ok(()),
+            Durability::Replicas { count: 0, .. } => Err(Error::config(
+                "durability",
+                "the number of replicas to confirm must be at least 1",
+            )),
+            Durability::Replicas { timeout, .. } if timeout < Duration::from_millis(1) => Err(
+                Error::config("durability", "the WAIT timeout must be at least 1 ms"),
+            ),
+            Durability::Replicas { .. } => Ok(()),
+        }
+    }
+
+    /// The `WAIT` to send after a write bounded by `limit`, if any.
+    pub(crate) fn wait(&self, limit: Duration) -> Option<Wait> {
+        match *self {
+            Durability::Master => None,
+            Durability::Replicas { count, timeout } => {
+                let timeout = timeout.min(limit / 2).max(Duration::from_millis(1));
+                Some(Wait { count, timeout })
+            }
+        }
+    }
+}
+
+/// One `WAIT count timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    pub(crate) count: u32,
+    pub(crate) timeout: Duration,
+}
+
+impl Wait {
+    /// Whether `acked` replicas are enough; otherwise the error to report for `operation`.
+    pub(crate) fn check(&self, operation: &'static str, acked: i64) -> Result<()> {
+        if acked >= i64::from(self.count) {
+            return Ok(());
+        }
+        Err(self.unconfirmed(operation, acked))
+    }
+
+    /// The error of a write of `operation` that only `acked` replicas confirmed.
+    pub(crate) fn unconfirmed(&self, operation: &'static str, acked: i64) -> Error {
+        Error::unavailable(
+            NAME,
+            operation,
+            Unconfirmed {
+                operation,
+                acked,
+                wait: *self,
+            },
+        )
+    }
+}
+
+/// Runs `invocation`, then `WAIT` if `wait` is set, pipelined on one connection: `WAIT`
+/// counts the replicas that have every write *its connection* made, so it must follow
+/// the script on the same connection, with no reconnection in between. Returns the
+/// script's reply and how many replicas confirmed (`None` without `wait`).
+///
+/// A script missing from the server's cache (a new master after a failover has none of
+/// the scripts loaded on the old one) is loaded and the pair sent again, as
+/// `invoke_async` does for a script alone.
+pub(crate) async fn invoke<T: FromRedisValue>(
+    mut conn: ConnectionManager,
+    invocation: &ScriptInvocation<'_>,
+    wait: Option<Wait>,
+) -> RedisResult<(T, Option<i64>)> {
+    let Some(wait) = wait else {
+        return Ok((invocation.invoke_async(&mut conn).await?, None));
+    };
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(invocation)
+        .cmd("WAIT")
+        .arg(wait.count)
+        .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+    let sent: RedisResult<(T, i64)> = pipe.query_async(&mut conn).await;
+    let (reply, acked) = match sent {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            invocation.load_async(&mut conn).await?;
+            pipe.query_async(&mut conn).await.map_err(on_replica)?
+        }
+        other => other.map_err(on_replica)?,
+    };
+    Ok((reply, Some(acked)))
+}
+
+/// `WAIT` refused by a replica (a script that only read ran before it) is what
+/// `READONLY` says of a write: the connection reached a replica, as a connection
+/// re-established to the address of a demoted master does. It is reported as
+/// `READONLY`, so that the request moves to the master (see [`crate::connection`]).
+fn on_replica(err: redis::RedisError) -> redis::RedisError {
+    if err
+        .to_string()
+        .contains("WAIT cannot be used with replica instances")
+    {
+        return redis::RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "WAIT refused: the server is a replica",
+            err.to_string(),
+        ));
+    }
+    err
+}
+
+/// The source of the error of a write that `WAIT` did not confirm on enough replicas.
+#[derive(Debug)]
+struct Unconfirmed {
+    operation: &'static str,
+    acked: i64,
+    wait: Wait,
+}
+
+impl fmt::Display for Unconfirmed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = match self.operation {
+            "acquire" => "the lock was given back",
+            "refresh" => "the lease's deadline is not extended",
+            _ => "it does not count",
+        };
+        write!(
+            f,
+            "durable mode: WAIT confirmed the {} on {} of the {} replicas required within {:?}; {outcome}",
+            self.operation, self.acked, self.wait.count, self.wait.timeout
+        )
+    }
+}
+
+impl std::error::Error for Unconfirmed {}

@@ -1,0 +1,231 @@
+//! Sentinel settings: the `redis+sentinel://` URL, the `ROUTINE_REDIS_SENTINEL*` and
+//! `ROUTINE_REDIS_DURABLE_*` variables, and the durability URL parameters.
+
+use std::time::Duration;
+
+use leasehold_core::{Error, Result};
+
+use crate::config::{self, Password, Settings};
+
+/// The port of a sentinel address that gives none: Sentinel's default.
+pub(crate) const DEFAULT_SENTINEL_PORT: u16 = 26379;
+/// The `WAIT` timeout of durable mode when only the replica count is given.
+pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where the sentinels are, which master to follow, and how to log in to the sentinels
+/// (the master and replicas take the backend's own username and password).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SentinelSettings {
+    pub(crate) sentinels: Vec<(String, u16)>,
+    pub(crate) master_name: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Password>,
+}
+
+impl SentinelSettings {
+    /// `host:port,host:port,...`, for logs, `Debug` and errors.
+    pub(crate) fn addresses(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|(host, port)| address(host, *port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.sentinels.is_empty() {
+            return Err(Error::config("sentinels", "no sentinel address is given"));
+        }
+        if self.master_name.trim().is_empty() {
+            return Err(Error::config(
+                "master_name",
+                "the master name the sentinels monitor is empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+pub(crate) fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Whether `url` is a Sentinel URL (`redis+sentinel://` or `redis-sentinel://`).
+pub(crate) fn is_sentinel_url(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "redis+sentinel" | "redis-sentinel"
+    )
+}
+
+/// Parses `redis+sentinel://[user[:password]@]host1[:port],host2[:port]/<master>[/db][?...]`
+/// into `settings`; `setting` names the URL in errors, which never echo it (it may hold
+/// a password).
+pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
+    let bad = |reason: String| Error::config(setting, reason);
+    let Some((_, rest)) = url.split_once("://") else {
+        return Err(bad("not a URL".to_owned()));
+    };
+    if rest.contains('#') {
+        return Err(bad("URL fragments (`#...`) are not supported".to_owned()));
+    }
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let decode = |text: &str, what: &str| {
+        config::percent_decode(text).ok_or_else(|| bad(format!("bad {what} encoding")))
+    };
+    if let Some(userinfo) = userinfo {
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (userinfo, None),
+        };
+        settings.username = (!user.is_empty())
+            .then(|| decode(user, "username"))
+            .transpose()?;
+        settings.password = match password {
+            None | Some("") => None,
+            Some(password) => Some(Password(decode(password, "password")?)),
+        };
+    }
+    let sentinels = parse_sentinels(hosts).map_err(bad)?;
+    let mut segments = path.split('/');
+    let master_name = decode(segments.next().unwrap_or_default(), "master name")?;
+    if master_name.is_empty() {
+        return Err(bad(
+            "the URL has no master name: redis+sentinel://host1:26379,host2:26379/<master name>"
+                .to_owned(),
+        ));
+    }
+    settings.db = match segments.next() {
+        None | Some("") => 0,
+        Some(db) => config::parse_db(db).map_err(|reason| bad(format!("database: {reason}")))?,
+    };
+    if segments.any(|segment| !segment.is_empty()) {
+        return Err(bad(
+            "the path is `/<master name>[/db]`: nothing may follow the database".to_owned(),
+        ));
+    }
+    let mut sentinel = SentinelSettings {
+        sentinels,
+        master_name,
+        ..SentinelSettings::default()
+    };
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode(value, "parameter")?;
+        match name {
+            "sentinel_username" => sentinel.username = Some(value),
+            "sentinel_password" => sentinel.password = Some(Password(value)),
+            _ => match apply_param(settings, name, &value) {
+                Some(applied) => applied?,
+                None => return Err(bad(format!("unsupported URL parameter `{name}`"))),
+            },
+        }
+    }
+    settings.tls = false;
+    settings.sentinel = Some(sentinel);
+    Ok(())
+}
+
+/// Applies a durability parameter of any Redis URL: `durable_replicas=<n>` (0 turns
+/// durable mode off) and `durable_timeout=<duration>`. `None` if `name` is not one.
+pub(crate) fn apply_param(settings: &mut Settings, name: &str, value: &str) -> Option<Result<()>> {
+    let applied = match name {
+        "durable_replicas" => parse_count(name, value).map(|count| {
+            settings.durable_replicas = count;
+        }),
+        "durable_timeout" => config::parse_timeout(name, value).map(|timeout| {
+            settings.durable_timeout = timeout;
+        }),
+        _ => return None,
+    };
+    Some(applied)
+}
+
+/// Reads `ROUTINE_REDIS_SENTINELS`, `ROUTINE_REDIS_SENTINEL_MASTER`,
+/// `ROUTINE_REDIS_SENTINEL_USERNAME`, `ROUTINE_REDIS_SENTINEL_PASSWORD`,
+/// `ROUTINE_REDIS_DURABLE_REPLICAS` and `ROUTINE_REDIS_DURABLE_TIMEOUT`.
+pub(crate) fn apply_env(
+    settings: &mut Settings,
+    mut var: impl FnMut(&str) -> Option<String>,
+) -> Result<()> {
+    let sentinels = var("ROUTINE_REDIS_SENTINELS");
+    let master = var("ROUTINE_REDIS_SENTINEL_MASTER");
+    match (sentinels, master) {
+        (Some(sentinels), Some(master)) => {
+            settings.sentinel = Some(SentinelSettings {
+                sentinels: parse_sentinels(&sentinels)
+                    .map_err(|reason| Error::config("ROUTINE_REDIS_SENTINELS", reason))?,
+                master_name: master.trim().to_owned(),
+                username: var("ROUTINE_REDIS_SENTINEL_USERNAME"),
+                password: var("ROUTINE_REDIS_SENTINEL_PASSWORD").map(Password),
+            });
+        }
+        (Some(_), None) => {
+            return Err(Error::config(
+                "ROUTINE_REDIS_SENTINEL_MASTER",
+                "ROUTINE_REDIS_SENTINELS is set but not the name of the master to follow",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::config(
+                "ROUTINE_REDIS_SENTINELS",
+                "ROUTINE_REDIS_SENTINEL_MASTER is set but no sentinel address",
+            ));
+        }
+        (None, None) => {}
+    }
+    if let Some(count) = var("ROUTINE_REDIS_DURABLE_REPLICAS") {
+        settings.durable_replicas = parse_count("ROUTINE_REDIS_DURABLE_REPLICAS", &count)?;
+    }
+    if let Some(timeout) = var("ROUTINE_REDIS_DURABLE_TIMEOUT") {
+        settings.durable_timeout =
+            config::parse_timeout("ROUTINE_REDIS_DURABLE_TIMEOUT", &timeout)?;
+    }
+    Ok(())
+}
+
+/// `host[:port]` entries separated by commas; the port defaults to 26379.
+pub(crate) fn parse_sentinels(list: &str) -> Result<Vec<(String, u16)>, String> {
+    let mut sentinels = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let has_port = match entry.strip_prefix('[') {
+            Some(rest) => rest.contains("]:"),
+            None => entry.contains(':'),
+        };
+        let (host, port) =
+            config::parse_host_port(entry).map_err(|reason| format!("`{entry}`: {reason}"))?;
+        sentinels.push((
+            host,
+            if has_port {
+                port
+            } else {
+                DEFAULT_SENTINEL_PORT
+            },
+        ));
+    }
+    if sentinels.is_empty() {
+        return Err("no sentinel address is given (host1:26379,host2:26379,...)".to_owned());
+    }
+    Ok(sentinels)
+}
+
+fn parse_count(setting: &str, value: &str) -> Result<u32> {
+    value.trim().parse::<u32>().map_err(|err| {
+        Error::config_with_source(
+            setting,
+            format!("`{}` is not a number of replicas", value.trim()),
+            err,
+        )
+    })
+}
