@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::postgres::{PostgresServer, children_of, run, signal};
 
+mod rebuild;
+
 /// How the primary waits for the standby when it commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replication {
