@@ -122,11 +122,11 @@ impl Shared {
     }
 }
 
-/// One member process and its proxy.
+/// One member process and its proxies, one per server port (see [`Server::ports`]).
 #[derive(Debug)]
 pub(super) struct Member {
     pub(super) pid: Pid,
-    pub(super) proxy: Proxy,
+    pub(super) proxies: Vec<Proxy>,
     /// Closing it makes the member exit (`--exit-with-stdin`).
     _stdin: Option<ChildStdin>,
     /// Owns the child (killed on drop) and reads its output.
@@ -146,6 +146,18 @@ pub struct Cluster {
     pub(super) shared: Arc<Shared>,
     pub(super) faults: Vec<Fault>,
     clock_origin: (std::time::SystemTime, Mono),
+}
+
+impl Member {
+    /// Cuts the member's network to every server.
+    pub(super) fn cut(&self) {
+        self.proxies.iter().for_each(Proxy::cut);
+    }
+
+    /// Restores the member's network to every server.
+    pub(super) fn restore(&self) {
+        self.proxies.iter().for_each(Proxy::restore);
+    }
 }
 
 impl Cluster {
@@ -208,8 +220,12 @@ impl Cluster {
     pub async fn add_member_with_clock_offset(&mut self, offset_ms: i64) -> anyhow::Result<usize> {
         let index = self.members.len();
         let server = self.server()?;
-        let proxy = Proxy::start(server.port()).await?;
-        let url = server.url_as(proxy.port(), self.config.redis_user);
+        let mut proxies = Vec::new();
+        for port in server.ports() {
+            proxies.push(Proxy::start(port).await?);
+        }
+        let ports: Vec<u16> = proxies.iter().map(Proxy::port).collect();
+        let url = server.url_as(&ports, self.config.redis_user);
         let format = |d: Duration| humantime::format_duration(d).to_string();
         let mut command = Command::new(&self.config.member_exe);
         if let Some(schedule) = &self.config.schedule {
@@ -275,7 +291,7 @@ impl Cluster {
         });
         self.members.push(Member {
             pid,
-            proxy,
+            proxies,
             _stdin: stdin,
             reader,
             paused: false,
@@ -357,7 +373,7 @@ impl Cluster {
     pub async fn stop(mut self) -> anyhow::Result<Run> {
         let end = now();
         for member in &mut self.members {
-            member.proxy.restore();
+            member.restore();
             if member.paused {
                 let _ = kill_process(member.pid, Signal::CONT);
                 member.paused = false;

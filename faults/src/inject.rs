@@ -111,7 +111,7 @@ impl Cluster {
     pub fn cut(&mut self, member: usize, token: u64) -> anyhow::Result<FaultId> {
         self.member(member)?;
         let id = self.record(FaultKind::Cut, Some(member), Some(token));
-        self.members[member].proxy.cut();
+        self.members[member].cut();
         Ok(id)
     }
 
@@ -127,7 +127,7 @@ impl Cluster {
             .filter(|_| fault.kind == FaultKind::Cut)
             .context("not a network cut")?;
         self.end(id);
-        self.members[member].proxy.restore();
+        self.members[member].restore();
         Ok(())
     }
 
@@ -142,7 +142,7 @@ impl Cluster {
         let id = self.record(FaultKind::StarveCut, Some(member), Some(token));
         self.signal(member, Signal::USR1)?;
         self.members[member].starved = true;
-        self.members[member].proxy.cut();
+        self.members[member].cut();
         Ok(id)
     }
 
@@ -159,7 +159,7 @@ impl Cluster {
             .filter(|_| fault.kind == FaultKind::StarveCut)
             .context("not a starvation with a network cut")?;
         self.end(id);
-        self.members[member].proxy.restore();
+        self.members[member].restore();
         self.signal(member, Signal::USR2)?;
         self.members[member].starved = false;
         Ok(())

@@ -59,6 +59,7 @@ pub mod scheduled;
 mod server;
 mod session;
 pub mod soak;
+mod topology;
 mod waits;
 
 pub use checker::{Report, StaleStep, Takeover, Tenure};

@@ -186,11 +186,31 @@ pub enum FaultKind {
     ServerRestart,
     /// The server stopped with `SIGSTOP` for longer than the TTL, then `SIGCONT`.
     ServerPause,
+    /// The etcd cluster's Raft leader killed with `SIGKILL`, kept down for longer than the
+    /// TTL, then started again (etcd cluster only).
+    LeaderKill,
+    /// An etcd follower killed with `SIGKILL`, kept down for longer than the TTL, then
+    /// started again (etcd cluster only).
+    FollowerKill,
+    /// The etcd cluster's Raft leader killed with `SIGKILL` and started again at once
+    /// (etcd cluster only).
+    MemberRestart,
+    /// The etcd cluster's Raft leader cut off from the other members (its peer traffic,
+    /// both ways) for longer than the TTL, then healed: the leader is the minority side
+    /// (etcd cluster only).
+    LeaderIsolate,
+    /// Every member's network to the etcd leader's client port cut for longer than the
+    /// TTL, then restored: clients must fail over to the other members (etcd cluster
+    /// only).
+    ClientMemberCut,
+    /// The PostgreSQL primary killed with `SIGKILL` and the standby promoted (PostgreSQL
+    /// pairs only); members reconnect through their multi-host URLs.
+    Failover,
 }
 
 impl FaultKind {
     /// Every fault, in the order of the results table.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Terminate,
         FaultKind::Kill,
         FaultKind::Pause,
@@ -201,6 +221,12 @@ impl FaultKind {
         FaultKind::CredentialsRotated,
         FaultKind::ServerRestart,
         FaultKind::ServerPause,
+        FaultKind::LeaderKill,
+        FaultKind::FollowerKill,
+        FaultKind::MemberRestart,
+        FaultKind::LeaderIsolate,
+        FaultKind::ClientMemberCut,
+        FaultKind::Failover,
     ];
 
     /// The faults that can be injected into a cluster on `backend`, in table order.
@@ -212,11 +238,21 @@ impl FaultKind {
     }
 
     /// Whether the fault can be injected into a cluster on `backend`: lock sessions are
-    /// PostgreSQL's, rotated credentials Redis's.
+    /// PostgreSQL's, rotated credentials Redis's; a topology of several servers has its
+    /// own server faults (member faults on the etcd cluster, failover of a PostgreSQL
+    /// pair) instead of the single server's restart and pause.
     pub fn applies_to(self, backend: BackendKind) -> bool {
+        let topology = BackendKind::topologies().contains(&backend);
         match self {
             FaultKind::SessionTerminate | FaultKind::StatementCancel => backend.has_lock_sessions(),
             FaultKind::CredentialsRotated => backend == BackendKind::Redis,
+            FaultKind::ServerRestart | FaultKind::ServerPause => !topology,
+            FaultKind::LeaderKill
+            | FaultKind::FollowerKill
+            | FaultKind::MemberRestart
+            | FaultKind::LeaderIsolate
+            | FaultKind::ClientMemberCut => topology && backend.is_etcd(),
+            FaultKind::Failover => backend.is_postgres_pair(),
             _ => true,
         }
     }
@@ -234,6 +270,12 @@ impl FaultKind {
             FaultKind::CredentialsRotated => "credentials rotated > TTL",
             FaultKind::ServerRestart => "server kill+restart",
             FaultKind::ServerPause => "server SIGSTOP > TTL",
+            FaultKind::LeaderKill => "leader SIGKILL, down > TTL",
+            FaultKind::FollowerKill => "follower SIGKILL, down > TTL",
+            FaultKind::MemberRestart => "leader kill+restart",
+            FaultKind::LeaderIsolate => "leader cut off from peers > TTL",
+            FaultKind::ClientMemberCut => "leader cut off from clients > TTL",
+            FaultKind::Failover => "primary SIGKILL + standby promoted",
         }
     }
 
@@ -243,12 +285,14 @@ impl FaultKind {
     /// measured as a recovery, from the fault's end to the first step under a lease
     /// provably live after it (see [`checker`](super::checker)).
     pub fn hits_holder(self) -> bool {
-        !matches!(
+        matches!(
             self,
-            FaultKind::ServerRestart
-                | FaultKind::ServerPause
-                | FaultKind::StatementCancel
-                | FaultKind::CredentialsRotated
+            FaultKind::Kill
+                | FaultKind::Pause
+                | FaultKind::Terminate
+                | FaultKind::Cut
+                | FaultKind::StarveCut
+                | FaultKind::SessionTerminate
         )
     }
 }

@@ -40,6 +40,8 @@ use tokio::task::JoinSet;
 pub struct Proxy {
     port: u16,
     cut: watch::Sender<bool>,
+    /// The upstream port new connections go to.
+    upstream: watch::Sender<u16>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -52,10 +54,15 @@ impl Proxy {
     pub async fn start(upstream_port: u16) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
         let (cut, _) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, upstream, cut.subscribe()));
-        Ok(Self { port, cut, accept })
+        let (upstream, _) = watch::channel(upstream_port);
+        let accept = tokio::spawn(accept_loop(listener, upstream.subscribe(), cut.subscribe()));
+        Ok(Self {
+            port,
+            cut,
+            upstream,
+            accept,
+        })
     }
 
     /// The port members connect to.
@@ -73,6 +80,17 @@ impl Proxy {
         self.cut.send_replace(false);
     }
 
+    /// The upstream port new connections go to.
+    pub fn upstream_port(&self) -> u16 {
+        *self.upstream.borrow()
+    }
+
+    /// Sends new connections to `127.0.0.1:<upstream_port>` from now on (a server that
+    /// took over another's role, on another port); open connections stay where they are.
+    pub fn retarget(&self, upstream_port: u16) {
+        self.upstream.send_replace(upstream_port);
+    }
+
     /// Whether the network is cut.
     pub fn is_cut(&self) -> bool {
         *self.cut.borrow()
@@ -86,12 +104,17 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cut: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: watch::Receiver<u16>,
+    cut: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
+                    let upstream = SocketAddr::from(([127, 0, 0, 1], *upstream.borrow()));
                     connections.spawn(connection(client, upstream, cut.clone()));
                 }
                 // Out of file descriptors and the like: the member sees refused or hung

@@ -134,6 +134,17 @@ pub async fn inject_after(
             wait_for_recovery(cluster, id, patience).await?;
             id
         }
+        FaultKind::LeaderKill
+        | FaultKind::FollowerKill
+        | FaultKind::MemberRestart
+        | FaultKind::LeaderIsolate
+        | FaultKind::ClientMemberCut
+        | FaultKind::Failover => {
+            // Held (where held) on purpose for longer than the TTL.
+            let id = cluster.topology_fault(kind, ttl + ttl / 2).await?;
+            wait_for_recovery(cluster, id, patience).await?;
+            id
+        }
         FaultKind::ServerPause => {
             let id = cluster.pause_server()?;
             // Held on purpose for longer than the TTL: the holder's lease must run out.
@@ -150,6 +161,11 @@ pub async fn inject_after(
     cluster
         .wait_for_holder(settled_from, steps.max(STEPS), patience)
         .await?;
+    #[cfg(feature = "postgres")]
+    if kind == FaultKind::Failover {
+        // The pair is one server now: give it a standby again for the next failover.
+        cluster.rebuild_standby().await?;
+    }
     Ok(id)
 }
 
@@ -187,6 +203,9 @@ pub struct Bounds {
     /// How late the server may end an expired lease: etcd revokes expired leases in a
     /// 500 ms loop; Redis and PostgreSQL act on time.
     pub expiry_lag: Duration,
+    /// How much longer a lease may live when a topology changes hands: a new etcd leader
+    /// renews every lease for its TTL plus the election timeout (1 s); zero elsewhere.
+    pub handover_extension: Duration,
     /// For process scheduling on a loaded two-core machine.
     pub slack: Duration,
 }
@@ -194,10 +213,15 @@ pub struct Bounds {
 impl Bounds {
     /// The bounds for `backend` with lease TTL `ttl` and work steps of `step`.
     pub fn new(backend: BackendKind, ttl: Duration, step: Duration) -> Self {
-        let expiry_lag = match backend {
-            #[cfg(feature = "etcd")]
-            BackendKind::Etcd => Duration::from_millis(500),
-            _ => Duration::ZERO,
+        let expiry_lag = if backend.is_etcd() {
+            Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        };
+        let handover_extension = if backend.is_etcd() && backend != BackendKind::Etcd {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
         };
         Self {
             ttl,
@@ -205,6 +229,7 @@ impl Bounds {
             retry: ttl / 5,
             step,
             expiry_lag,
+            handover_extension,
             slack: Duration::from_millis(300),
         }
     }
@@ -246,9 +271,15 @@ impl Bounds {
             FaultKind::ServerRestart
             | FaultKind::ServerPause
             | FaultKind::StatementCancel
-            | FaultKind::CredentialsRotated => {
+            | FaultKind::CredentialsRotated
+            | FaultKind::LeaderKill
+            | FaultKind::FollowerKill
+            | FaultKind::MemberRestart
+            | FaultKind::LeaderIsolate
+            | FaultKind::ClientMemberCut
+            | FaultKind::Failover => {
                 let down = between(fault.at, fault.until);
-                let lease = self.ttl + self.expiry_lag;
+                let lease = self.ttl + self.expiry_lag + self.handover_extension;
                 let backoff = down * 5 / 3 + self.retry * 5 / 4;
                 let max = lease.max(backoff) + self.retry + self.step + self.slack;
                 (Duration::ZERO, max)

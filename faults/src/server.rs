@@ -28,9 +28,20 @@ pub enum BackendKind {
     /// A single-member `etcd`.
     #[cfg(feature = "etcd")]
     Etcd,
+    /// A three-member `etcd` cluster, each member's peer traffic through a proxy that can
+    /// cut it off; members list every member's client port.
+    #[cfg(feature = "etcd")]
+    EtcdCluster,
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres,
+    /// A PostgreSQL primary with a synchronous streaming standby; members connect with a
+    /// multi-host URL (`target_session_attrs=read-write`).
+    #[cfg(feature = "postgres")]
+    PostgresSync,
+    /// A PostgreSQL primary with an asynchronous streaming standby.
+    #[cfg(feature = "postgres")]
+    PostgresAsync,
 }
 
 impl BackendKind {
@@ -45,24 +56,77 @@ impl BackendKind {
         ]
     }
 
+    /// The server topologies of several servers enabled in this build: the etcd cluster
+    /// and the PostgreSQL primary/standby pairs.
+    pub fn topologies() -> Vec<BackendKind> {
+        vec![
+            #[cfg(feature = "etcd")]
+            BackendKind::EtcdCluster,
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresSync,
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresAsync,
+        ]
+    }
+
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Redis => "redis",
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => "etcd",
+            #[cfg(feature = "etcd")]
+            BackendKind::EtcdCluster => "etcd-cluster",
             #[cfg(feature = "postgres")]
             BackendKind::Postgres => "postgres",
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresSync => "postgres-sync-standby",
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresAsync => "postgres-async-standby",
         }
     }
 
-    /// The shortest lease TTL the fault tests use: 1 s, and 2 s for etcd (its minimum
-    /// with the default election timeout).
+    /// The shortest lease TTL the fault tests use: 1 s; 2 s for etcd (its minimum with
+    /// the default election timeout); 3 s for a PostgreSQL pair, so that a failover
+    /// (kill, promote: about a second) ends while the holder's heartbeat still runs and
+    /// the new primary must keep other members off the key until it runs out.
     pub fn test_ttl(self) -> Duration {
         match self {
             #[cfg(feature = "etcd")]
-            BackendKind::Etcd => Duration::from_secs(2),
+            BackendKind::Etcd | BackendKind::EtcdCluster => Duration::from_secs(2),
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresSync | BackendKind::PostgresAsync => Duration::from_secs(3),
             _ => Duration::from_secs(1),
+        }
+    }
+
+    /// Whether this is an etcd backend (one member or a cluster): etcd revokes expired
+    /// leases in a 500 ms loop.
+    pub fn is_etcd(self) -> bool {
+        match self {
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd | BackendKind::EtcdCluster => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this is a PostgreSQL pair with asynchronous replication, where a failover
+    /// may lose the last acknowledged heartbeat (so overlap is measured, not promised
+    /// away).
+    pub fn is_asynchronous_pair(self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresAsync => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this is a PostgreSQL primary/standby pair.
+    pub fn is_postgres_pair(self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresSync | BackendKind::PostgresAsync => true,
+            _ => false,
         }
     }
 
@@ -77,7 +141,7 @@ impl BackendKind {
     }
 }
 
-/// A running server of some backend.
+/// A running server of some backend, or a topology of several.
 #[derive(Debug)]
 pub enum Server {
     /// Redis with an fsync'ed append-only file.
@@ -85,9 +149,15 @@ pub enum Server {
     /// etcd.
     #[cfg(feature = "etcd")]
     Etcd(leasehold_conformance::servers::EtcdServer),
+    /// A three-member etcd cluster.
+    #[cfg(feature = "etcd")]
+    EtcdCluster(leasehold_conformance::servers::EtcdCluster),
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres(leasehold_conformance::servers::PostgresServer),
+    /// A PostgreSQL primary and a streaming standby.
+    #[cfg(feature = "postgres")]
+    PostgresPair(leasehold_conformance::servers::PostgresPair),
 }
 
 impl Server {
@@ -104,43 +174,81 @@ impl Server {
             BackendKind::Etcd => {
                 leasehold_conformance::servers::EtcdServer::start().map(Server::Etcd)
             }
+            #[cfg(feature = "etcd")]
+            BackendKind::EtcdCluster => {
+                leasehold_conformance::servers::EtcdCluster::start(3).map(Server::EtcdCluster)
+            }
             #[cfg(feature = "postgres")]
             BackendKind::Postgres => {
                 leasehold_conformance::servers::PostgresServer::start().map(Server::Postgres)
             }
+            #[cfg(feature = "postgres")]
+            BackendKind::PostgresSync | BackendKind::PostgresAsync => {
+                use leasehold_conformance::servers::{PostgresPair, Replication};
+                let replication = if kind == BackendKind::PostgresSync {
+                    Replication::Synchronous
+                } else {
+                    Replication::Asynchronous
+                };
+                PostgresPair::start(replication).map(Server::PostgresPair)
+            }
         }
     }
 
-    /// The port clients connect to.
+    /// The port clients connect to (the first server's in a topology).
     pub fn port(&self) -> u16 {
+        self.ports()[0]
+    }
+
+    /// The ports clients connect to: one, or one per server of a topology (every etcd
+    /// member; the PostgreSQL primary, then the standby).
+    pub fn ports(&self) -> Vec<u16> {
         match self {
-            Server::Redis(server) => server.port,
+            Server::Redis(server) => vec![server.port],
             #[cfg(feature = "etcd")]
-            Server::Etcd(server) => server.port(),
+            Server::Etcd(server) => vec![server.port()],
+            #[cfg(feature = "etcd")]
+            Server::EtcdCluster(cluster) => cluster.client_ports(),
             #[cfg(feature = "postgres")]
-            Server::Postgres(server) => server.port(),
+            Server::Postgres(server) => vec![server.port()],
+            #[cfg(feature = "postgres")]
+            Server::PostgresPair(pair) => vec![pair.primary_port(), pair.standby_port()],
         }
     }
 
     /// The backend URL of this server as reached through a proxy on `port`, as the
     /// default user.
     pub fn url_via(&self, port: u16) -> String {
-        self.url_as(port, RedisUser::Default)
+        self.url_as(&[port], RedisUser::Default)
     }
 
-    /// The backend URL of this server as reached through a proxy on `port`, as `user` on
-    /// Redis (the other backends have one user).
-    pub fn url_as(&self, port: u16, user: RedisUser) -> String {
+    /// The backend URL of this server as reached through proxies on `ports` (one per
+    /// port of [`Server::ports`], in order), as `user` on Redis (the other backends have
+    /// one user).
+    pub fn url_as(&self, ports: &[u16], user: RedisUser) -> String {
+        let hosts = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|port| format!("127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match self {
             Server::Redis(_) => format!(
-                "redis://{}:{}@127.0.0.1:{port}",
+                "redis://{}:{}@{}",
                 user.name(),
-                user.password()
+                user.password(),
+                hosts(&ports[..1])
             ),
             #[cfg(feature = "etcd")]
-            Server::Etcd(_) => format!("etcd://127.0.0.1:{port}"),
+            Server::Etcd(_) | Server::EtcdCluster(_) => format!("etcd://{}", hosts(ports)),
             #[cfg(feature = "postgres")]
-            Server::Postgres(_) => format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            Server::Postgres(_) => format!("postgres://postgres@{}/postgres", hosts(&ports[..1])),
+            #[cfg(feature = "postgres")]
+            Server::PostgresPair(_) => format!(
+                "postgres://postgres@{}/postgres?target_session_attrs=read-write",
+                hosts(ports)
+            ),
         }
     }
 
@@ -149,7 +257,8 @@ impl Server {
     ///
     /// # Panics
     ///
-    /// If the server does not come back.
+    /// If the server does not come back, or on a topology of several servers (its faults
+    /// hit one server at a time).
     pub fn restart(&mut self) {
         match self {
             Server::Redis(server) => server.restart(),
@@ -157,6 +266,10 @@ impl Server {
             Server::Etcd(server) => server.restart(),
             #[cfg(feature = "postgres")]
             Server::Postgres(server) => server.restart(),
+            #[cfg(feature = "etcd")]
+            Server::EtcdCluster(_) => panic!("restart an etcd cluster's members one by one"),
+            #[cfg(feature = "postgres")]
+            Server::PostgresPair(_) => panic!("a PostgreSQL pair fails over instead"),
         }
     }
 
@@ -175,6 +288,10 @@ impl Server {
                 server.pause();
                 Ok(())
             }
+            #[cfg(feature = "etcd")]
+            Server::EtcdCluster(_) => Err(io::Error::other("pause an etcd member instead")),
+            #[cfg(feature = "postgres")]
+            Server::PostgresPair(_) => Err(io::Error::other("not for a PostgreSQL pair")),
         }
     }
 
@@ -193,6 +310,10 @@ impl Server {
                 server.resume();
                 Ok(())
             }
+            #[cfg(feature = "etcd")]
+            Server::EtcdCluster(_) => Err(io::Error::other("resume an etcd member instead")),
+            #[cfg(feature = "postgres")]
+            Server::PostgresPair(_) => Err(io::Error::other("not for a PostgreSQL pair")),
         }
     }
 }
@@ -335,7 +456,8 @@ impl DurableRedis {
     ///
     /// # Panics
     ///
-    /// If the server does not come back.
+    /// If the server does not come back, or on a topology of several servers (its faults
+    /// hit one server at a time).
     pub fn restart(&mut self) {
         // Dropping the process kills and reaps it.
         drop(self.process.take());

@@ -264,6 +264,113 @@ async fn scheduled_with_faults(backend: BackendKind) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A short run of a server topology's faults on one cluster of `backend`, in order,
+/// each judged against the design's bounds: the CI version of the topology soak.
+/// `assert_overlap`: whether the README promises no overlap on this topology (a pair
+/// with asynchronous replication may lose the last heartbeat in a failover: its figures
+/// are measured and printed, and only recovery is asserted).
+async fn topology_faults(
+    backend: BackendKind,
+    faults: &[FaultKind],
+    assert_overlap: bool,
+) -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let config = ClusterConfig::new(env!("CARGO_BIN_EXE_faults-member"), backend);
+    let step = config.step;
+    let Some(mut cluster) = Cluster::start(config).await? else {
+        return Ok(());
+    };
+    for &kind in faults {
+        scenario::inject(&mut cluster, kind).await?;
+        if matches!(kind, FaultKind::Kill | FaultKind::Terminate) {
+            // A killed or terminated member stays gone: keep three.
+            cluster.add_member().await?;
+        }
+    }
+    let run = cluster.stop().await?;
+    let report = run.check();
+    let bounds = Bounds::new(backend, run.ttl, step);
+    for takeover in &report.takeovers {
+        let (min, max) = bounds.takeover(&takeover.fault);
+        println!(
+            "| {} | {} | {} | {:.0}..={:.0} ms |",
+            backend.name(),
+            takeover.fault.kind,
+            takeover
+                .after()
+                .map_or("none".into(), |a| format!("{:.0} ms", ms(a))),
+            ms(min),
+            ms(max),
+        );
+    }
+    println!(
+        "{}: overlap {:.1} ms, {} stale steps ({} unfenced), {} token regressions",
+        backend.name(),
+        ms(report.overlap),
+        report.stale_steps.len(),
+        report.unfenced(),
+        report.token_regressions.len()
+    );
+    let problems = judge(&report, &bounds, GAP_TOLERANCE);
+    if assert_overlap {
+        assert!(problems.is_empty(), "{problems:#?}");
+    } else {
+        // Only what asynchronous replication still promises: every fault is followed by
+        // a holder again.
+        for takeover in &report.takeovers {
+            assert!(
+                takeover.after().is_some(),
+                "a member must hold the lease again after {}",
+                takeover.fault.kind
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The etcd cluster's member faults (leader and follower killed, the leader restarted,
+/// cut off from its peers and from the clients), then a holder crash, on one cluster: no
+/// overlap, tokens grow, every fault followed by a holder within the bounds.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_cluster_member_faults_leave_no_overlap_and_a_holder_within_the_bounds()
+-> anyhow::Result<()> {
+    topology_faults(
+        BackendKind::EtcdCluster,
+        &[
+            FaultKind::LeaderKill,
+            FaultKind::FollowerKill,
+            FaultKind::MemberRestart,
+            FaultKind::LeaderIsolate,
+            FaultKind::ClientMemberCut,
+            FaultKind::Kill,
+        ],
+        true,
+    )
+    .await
+}
+
+/// Two failovers of a PostgreSQL primary to a synchronous standby (a new standby made
+/// after each), then a holder crash: the heartbeat rows reached the standby, so no second
+/// holder got in before the first one's deadline, and tokens grow across failovers.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failovers_to_a_synchronous_standby_leave_no_overlap() -> anyhow::Result<()> {
+    topology_faults(
+        BackendKind::PostgresSync,
+        &[FaultKind::Failover, FaultKind::Failover, FaultKind::Kill],
+        true,
+    )
+    .await
+}
+
+/// A failover to an asynchronous standby: measured (printed), and a holder again after it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failover_to_an_asynchronous_standby_has_a_holder_again() -> anyhow::Result<()> {
+    topology_faults(BackendKind::PostgresAsync, &[FaultKind::Failover], false).await
+}
+
 /// One test per fault for `$backend`, in module `$module`, and after a `;` the tests of
 /// faults only that backend has.
 macro_rules! fault_tests {

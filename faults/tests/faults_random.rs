@@ -50,7 +50,10 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
     let mut results: Vec<SoakResult> = Vec::new();
     let mut schedules: Vec<ScheduledResult> = Vec::new();
     let mut schedule_problems: Vec<String> = Vec::new();
-    for (index, backend) in BackendKind::all().into_iter().enumerate() {
+    let backends = BackendKind::all()
+        .into_iter()
+        .chain(BackendKind::topologies());
+    for (index, backend) in backends.enumerate() {
         if only
             .as_deref()
             .is_some_and(|only| !only.split(',').any(|name| name.trim() == backend.name()))
@@ -68,6 +71,9 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
                 println!("{excerpt}");
             }
             results.push(result);
+        }
+        if BackendKind::topologies().contains(&backend) {
+            continue; // schedules run on the single servers
         }
         let exe = env!("CARGO_BIN_EXE_faults-member");
         let config = ScheduledConfig::with_faults(exe, backend, SCHEDULED_FOR);
@@ -100,8 +106,11 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../FAULTS.md");
     std::fs::write(path, text).with_context(|| format!("cannot write {path}"))?;
 
+    // A PostgreSQL pair with asynchronous replication promises no more than recovery
+    // across a failover: its findings are measured (written above), not asserted.
     let problems: Vec<String> = results
         .iter()
+        .filter(|r| !r.backend.is_asynchronous_pair())
         .flat_map(|r| {
             r.problems
                 .iter()
