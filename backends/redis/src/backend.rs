@@ -75,8 +75,9 @@ impl RedisBackend {
         RedisBackendBuilder::from_env()?.build().await
     }
 
-    /// Connects to `redis://[user[:password]@]host[:port][/db]`, or `rediss://...` for
-    /// TLS; see [`RedisBackendBuilder::with_url`].
+    /// Connects to `redis://[user[:password]@]host[:port][/db]`, `rediss://...` for TLS,
+    /// or `redis+sentinel://[user[:password]@]host1:26379,host2:26379/<master name>[/db]`
+    /// for the master the sentinels name; see [`RedisBackendBuilder::with_url`].
     ///
     /// # Errors
     ///
@@ -101,9 +102,7 @@ impl RedisBackend {
         let connect_timeout = settings.connect_timeout;
         let (target, conn) = match &settings.sentinel {
             Some(sentinel) => {
-                let target = Arc::new(Target::Sentinel(Box::new(SentinelTarget::new(
-                    &settings, sentinel,
-                )?)));
+                let target = Arc::new(Target::Sentinel(SentinelTarget::new(&settings, sentinel)?));
                 let conn = Connection::open_target(
                     Arc::clone(&target),
                     connect_timeout,
@@ -224,8 +223,17 @@ impl fmt::Debug for RedisBackend {
             Status::Subscribed => "subscribed",
             Status::Failed(_) => "down",
         };
+        let address = match &s.sentinel {
+            Some(sentinel) => format!(
+                "master `{}` of the sentinels {}",
+                sentinel.master_name,
+                sentinel.addresses()
+            ),
+            None => s.address(),
+        };
         f.debug_struct("RedisBackend")
-            .field("address", &s.address())
+            .field("address", &address)
+            .field("durability", &s.durability())
             .field("tls", &s.tls)
             .field("db", &s.db)
             .field("username", &s.username)

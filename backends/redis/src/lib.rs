@@ -1,8 +1,9 @@
 //! The Redis lease backend of `leasehold`, compatible with the Go original's locks.
 //!
-//! [`RedisBackend`] implements [`leasehold_core::LockBackend`] on one Redis server (or a
-//! primary behind a stable address; Redis Cluster is not supported, since a lock and its
-//! fence counter are touched by one script).
+//! [`RedisBackend`] implements [`leasehold_core::LockBackend`] on one Redis server, a
+//! primary behind a stable address, or the master a set of Redis Sentinels names (see
+//! [Sentinel](#sentinel)); Redis Cluster is not supported, since a lock and its fence
+//! counter are touched by one script.
 //!
 //! # Keys and compatibility with the Go original
 //!
@@ -136,7 +137,7 @@
 //! # Configuration
 //!
 //! [`RedisBackend::builder`], [`RedisBackend::from_url`] (`redis://` and `rediss://`,
-//! TLS by rustls: no OpenSSL) and [`RedisBackend::from_env`] (the Go original's
+//! TLS by rustls: no OpenSSL; `redis+sentinel://`, see [Sentinel](#sentinel)) and [`RedisBackend::from_env`] (the Go original's
 //! `REDIS_*` variables, see [`RedisBackendBuilder::from_env`]). `Debug` output never
 //! shows the password.
 //!
@@ -166,6 +167,102 @@
 //! reply to it means the server does not speak TLS, reported then rather than after the
 //! whole connect timeout. The same check runs the other way after a plaintext connection
 //! fails (a TLS hello answered with a TLS record means the server wants TLS).
+//!
+//! # Sentinel
+//!
+//! `redis+sentinel://[user[:password]@]host1:26379,host2:26379,host3:26379/<master name>[/db]`
+//! (also written `redis-sentinel://`), the form the Redis ecosystem uses for Sentinel,
+//! [`RedisBackendBuilder::with_sentinels`] with
+//! [`with_master_name`](RedisBackendBuilder::with_master_name), or
+//! `ROUTINE_REDIS_SENTINELS` with `ROUTINE_REDIS_SENTINEL_MASTER`: the backend asks the
+//! sentinels (through the `redis` crate's Sentinel client) for the master and connects
+//! to it. The user and password in the URL are the master's; sentinels that require a
+//! password take [`with_sentinel_credentials`](RedisBackendBuilder::with_sentinel_credentials)
+//! or the URL parameters `sentinel_username` and `sentinel_password`. TLS with Sentinel is
+//! not supported.
+//!
+//! **Following the master.** A request that fails in a way a failover explains (the
+//! connection refused, reset or timed out, `READONLY` from a demoted master, `WAIT`
+//! refused by a replica, too few replicas confirming in durable mode) asks the sentinels
+//! again, at most once a second, and moves the command connection to the master they
+//! name if it changed; the request is then sent once more there. Scripts are loaded again
+//! on the new master when it answers `NOSCRIPT`; the batched refresh goes wherever the
+//! command connection goes; the release notifications subscribe again, on the master of
+//! the moment, at the next wait after their connection closed (until then, a demoted
+//! master still passes on what the new master publishes, as replicas do). While the
+//! sentinels fail over (a few seconds after the master stops answering, with
+//! `down-after-milliseconds` of 1 s), requests fail with transient errors that the runner
+//! retries.
+//!
+//! Connecting fails with [`Unavailable`](leasehold_core::Error::Unavailable) saying
+//! "no sentinel reachable" (with each sentinel's address and failure) when none answers,
+//! and with [`Misconfigured`](leasehold_core::Error::Misconfigured) naming the master
+//! when the sentinels answer but none monitors a master of that name; a URL without a
+//! master name, or with a malformed sentinel list, is
+//! [`Config`](leasehold_core::Error::Config).
+//!
+//! **Fencing tokens across failovers.** Every failover gives the new master's
+//! configuration a Sentinel `config-epoch` higher than any before it (the epoch in which
+//! the sentinels elected the leader that promoted it). The backend takes the highest
+//! `config-epoch` the reachable sentinels report for the master it connects to, and the
+//! acquire script raises the name's counter to at least `epoch << 40` before
+//! incrementing it. So a token is `epoch << 40 | n`: every token handed out by a master of
+//! an earlier epoch is below `(epoch_old + 1) << 40 <= epoch << 40`, below every token
+//! of the new master, even if the new master lost fencing increments in the failover.
+//! It cannot go backwards as long as a name is acquired fewer than 2^40 times per epoch
+//! and no master is restarted empty without a failover (a master without persistence
+//! restarted before the sentinels notice comes back with its counters at 0 in the same
+//! epoch; the Sentinel documentation warns against restarting such masters
+//! automatically). Before the first failover the epoch is 0 and tokens are the plain
+//! counter, as on a single server.
+//!
+//! # Durability and what each mode guarantees
+//!
+//! Redis replicates asynchronously. [`Durability`] (`with_durability`, the URL
+//! parameters `durable_replicas` and `durable_timeout`, or `ROUTINE_REDIS_DURABLE_REPLICAS`
+//! and `ROUTINE_REDIS_DURABLE_TIMEOUT`) chooses when an acquire or refresh counts:
+//!
+//! - **[`Durability::Master`]** (the default): when the master acknowledges it. A master
+//!   that fails before a write reaches a replica loses it in the failover. A lost
+//!   **lock key** lets a second process acquire while the first still holds, for up to the
+//!   rest of the first holder's TTL (it learns at its next refresh, which reports
+//!   [`Lost`](leasehold_core::Error::Lost)); measured on the test topology with the
+//!   replication held back, a master kill let a second holder in 3.4 s after the kill,
+//!   6.6 s before the first holder's deadline (TTL 10 s). A lost **fencing increment** does
+//!   not make tokens go backwards after a master *kill*, thanks to the epoch. A master
+//!   *cut off from the sentinels* while clients still reach it keeps taking writes from
+//!   the clients connected to it until it is demoted: two holders, and tokens of the old
+//!   epoch handed out after tokens of the new one, for that long (Redis's
+//!   `min-replicas-to-write` bounds it on the server side).
+//! - **[`Durability::Replicas`] with `count` = the number of replicas**: an acquire, its
+//!   fencing increment and every refresh count only once every replica has them, so the
+//!   promoted replica has the lock with an expiry no earlier than the holder's deadline
+//!   and the counter of every token handed out. **No second holder gets in before the
+//!   first holder's deadline** (the only overlap left is the old holder's stale steps,
+//!   if it keeps acting past its deadline), and **no token is ever lower than an earlier
+//!   one**. A master cut off from the sentinels confirms nothing once a replica is
+//!   promoted away from it, so its holders stop at their deadlines. The cost is
+//!   availability: with a server down, nothing is confirmed until it is back as a replica
+//!   (acquires fail with a transient error the runner retries, holders reach their
+//!   deadlines); measured, after a master kill and the old master's return 2.3 s later,
+//!   the next holder got the lock 3.0 s after the kill, right after the first holder's
+//!   deadline (TTL 3 s).
+//! - **`count` below the number of replicas**: a confirmed write is on `count` replicas,
+//!   but Sentinel may promote one without it (it prefers the replica with the most
+//!   replicated data, but its choice also follows `replica-priority` and how long each
+//!   was disconnected): a failover usually keeps the lock, but may lose it as in the
+//!   default mode. Tokens still do not go backwards across a master kill (the epoch);
+//!   with a master cut off from the sentinels, its remaining replicas can keep confirming
+//!   its writes until the sentinels re-point them, so two holders and interleaved epochs
+//!   are possible for that long.
+//!
+//! A write that is not confirmed: an acquire is undone (the lock released) and reported
+//! as [`Unavailable`](leasehold_core::Error::Unavailable) saying how many replicas
+//! confirmed; a refresh is reported the same way and does not extend the lease. `WAIT`
+//! blocks the command connection while it waits: with replicas in sync it answers within
+//! a round trip, and with one lagging or gone every request queues behind it for up to
+//! its timeout (500 ms by default, at most half a request's bound). Durable mode works
+//! on a single server with replicas too, without Sentinel.
 //!
 //! # Examples
 //!

@@ -29,11 +29,13 @@ use crate::sentinel_config::{SentinelSettings, address};
 const OPERATION: &str = "locate the master";
 
 /// Where the command and pub/sub connections go.
+// One per backend, behind an `Arc`: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Target {
     /// One server at a fixed address.
     Fixed(redis::Client),
     /// The master the sentinels name, asked again whenever it may have moved.
-    Sentinel(Box<SentinelTarget>),
+    Sentinel(SentinelTarget),
 }
 
 /// A master found: a client for it, its address and its epoch (0 without Sentinel).

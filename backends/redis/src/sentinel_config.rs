@@ -229,3 +229,116 @@ fn parse_count(setting: &str, value: &str) -> Result<u32> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durability::Durability;
+
+    fn parse(url: &str) -> Result<Settings> {
+        let mut settings = Settings::default();
+        config::apply_url(&mut settings, url, "url")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    #[test]
+    fn a_sentinel_url_gives_the_sentinels_the_master_and_its_credentials() {
+        let settings = parse(
+            "redis+sentinel://app:p%40ss@10.0.0.1:26380,10.0.0.2,[::1]:5000/main/3\
+             ?sentinel_password=sp&durable_timeout=250ms&durable_replicas=2",
+        )
+        .unwrap();
+        let sentinel = settings.sentinel.as_ref().unwrap();
+        assert_eq!(
+            sentinel.sentinels,
+            [
+                ("10.0.0.1".to_owned(), 26380),
+                ("10.0.0.2".to_owned(), DEFAULT_SENTINEL_PORT),
+                ("::1".to_owned(), 5000),
+            ]
+        );
+        assert_eq!(sentinel.master_name, "main");
+        assert_eq!(sentinel.password, Some(Password("sp".into())));
+        assert_eq!(settings.username.as_deref(), Some("app"));
+        assert_eq!(settings.password, Some(Password("p@ss".into())));
+        assert_eq!(settings.db, 3);
+        assert_eq!(
+            settings.durability(),
+            Durability::Replicas {
+                count: 2,
+                timeout: Duration::from_millis(250)
+            },
+            "parameters apply in any order"
+        );
+        assert!(parse("redis-sentinel://s1/main").is_ok());
+    }
+
+    #[test]
+    fn malformed_sentinel_urls_say_what_is_wrong() {
+        for (url, expected) in [
+            ("redis+sentinel://s1:26379,s2:26379", "no master name"),
+            ("redis+sentinel://s1:26379/", "no master name"),
+            ("redis+sentinel:///main", "no sentinel address"),
+            ("redis+sentinel://s1:x/main", "not a number"),
+            ("redis+sentinel://s1/main/two", "database"),
+            ("redis+sentinel://s1/main/0/extra", "nothing may follow"),
+            (
+                "redis+sentinel://s1/main?tls=1",
+                "unsupported URL parameter `tls`",
+            ),
+            (
+                "redis+sentinel://s1/main?durable_replicas=x",
+                "not a number of replicas",
+            ),
+        ] {
+            let err = parse(url).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { .. }) && err.chain().contains(expected),
+                "{url}: expected a config error containing {expected:?}, got {}",
+                err.chain()
+            );
+        }
+    }
+
+    #[test]
+    fn sentinel_variables_are_read_and_checked() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let mut settings = Settings::default();
+        config::apply_env(
+            &mut settings,
+            env(&[
+                ("ROUTINE_REDIS_SENTINELS", "a:1, b"),
+                ("ROUTINE_REDIS_SENTINEL_MASTER", "main"),
+                ("ROUTINE_REDIS_DURABLE_REPLICAS", "1"),
+            ]),
+        )
+        .unwrap();
+        let sentinel = settings.sentinel.as_ref().unwrap();
+        assert_eq!(sentinel.addresses(), "a:1,b:26379");
+        assert_eq!(sentinel.master_name, "main");
+        assert_eq!(
+            settings.durability(),
+            Durability::Replicas {
+                count: 1,
+                timeout: DEFAULT_WAIT_TIMEOUT
+            }
+        );
+        let err = config::apply_env(
+            &mut Settings::default(),
+            env(&[("ROUTINE_REDIS_SENTINELS", "a:1")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.chain().contains("ROUTINE_REDIS_SENTINEL_MASTER"),
+            "{}",
+            err.chain()
+        );
+    }
+}
