@@ -12,7 +12,7 @@ use super::process::{ServerProcess, TempDir, free_port, missing};
 const OS_USER: &str = "postgres";
 
 /// A PostgreSQL server on a random loopback port, with its cluster in a temp dir, durability
-/// off (`fsync=off`), trust authentication for the `postgres` superuser and SCRAM password
+/// off (`fsync=off`; [`start_durable`](Self::start_durable) keeps it on), trust authentication for the `postgres` superuser and SCRAM password
 /// authentication for every other role over TCP.
 ///
 /// Binaries are looked up in `$ROUTINE_TEST_PG_BINDIR`, on `PATH`, then in
@@ -35,6 +35,9 @@ pub struct PostgresServer {
     bindir: PathBuf,
     port: u16,
     as_os_user: bool,
+    /// Whether the server runs with PostgreSQL's default durability (`fsync=on`,
+    /// `full_page_writes=on`) rather than with it off.
+    durable: bool,
     process: Option<ServerProcess>,
     dir: TempDir,
 }
@@ -50,12 +53,32 @@ impl PostgresServer {
         Self::start_with("initdb", Self::init)
     }
 
+    /// Like [`start`](Self::start), but with PostgreSQL's default durability (`fsync`,
+    /// `full_page_writes` and `synchronous_commit` all `on`): for tests and benchmarks of
+    /// what a commit costs, or of what survives a crash, on a server as users run it.
+    ///
+    /// # Panics
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_durable() -> Option<Self> {
+        Self::start_configured("initdb", Self::init, true)
+    }
+
     /// Like [`start`](Self::start), with `prepare` (named `what` in the panic message) in
     /// place of `initdb`: it must fill [`data_dir`](Self::data_dir), which is in a temp
     /// dir owned by the cluster's OS user.
     pub(crate) fn start_with(
         what: &str,
         prepare: impl FnOnce(&Self) -> io::Result<()>,
+    ) -> Option<Self> {
+        Self::start_configured(what, prepare, false)
+    }
+
+    /// [`start_with`](Self::start_with), with durability on or off.
+    fn start_configured(
+        what: &str,
+        prepare: impl FnOnce(&Self) -> io::Result<()>,
+        durable: bool,
     ) -> Option<Self> {
         let Some(bindir) = find_bindir() else {
             return missing(
@@ -69,6 +92,7 @@ impl PostgresServer {
             bindir,
             port: free_port(),
             as_os_user,
+            durable,
             process: None,
             dir,
         };
@@ -150,15 +174,21 @@ impl PostgresServer {
             "-k".into(),
             self.dir.path().display().to_string(),
         ];
+        let durability: &[&str] = if self.durable {
+            &[]
+        } else {
+            &["fsync=off", "full_page_writes=off"]
+        };
         for setting in [
             "listen_addresses=127.0.0.1",
-            "fsync=off",
-            "full_page_writes=off",
             "max_connections=200",
             "shared_buffers=32MB",
-        ] {
+        ]
+        .iter()
+        .chain(durability)
+        {
             args.push("-c".into());
-            args.push(setting.into());
+            args.push((*setting).into());
         }
         let (program, args) = self.command(&self.bindir.join("postgres"), &args);
         self.process = Some(ServerProcess::spawn("postgres", &program, &args, &log)?);
