@@ -86,7 +86,7 @@ impl Floor {
                     .id();
                 Floor::Etcd(Box::new(client), lease)
             }
-            Kind::Postgres => {
+            Kind::Postgres | Kind::PostgresNondurable => {
                 let url = target.raw_url().context("postgres url")?;
                 Floor::Postgres(sqlx::PgConnection::connect(&url).await?)
             }

@@ -17,11 +17,22 @@ pub(crate) enum Kind {
     Memory,
     Redis,
     Etcd,
+    /// PostgreSQL with its default durability (`fsync`, `synchronous_commit` on), as
+    /// users run it: the headline.
     Postgres,
+    /// PostgreSQL with durability off (`fsync=off`, `full_page_writes=off`), as the
+    /// test servers run: what the figures were before durability was the headline.
+    PostgresNondurable,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 4] = [Kind::Memory, Kind::Redis, Kind::Etcd, Kind::Postgres];
+    pub(crate) const ALL: [Kind; 5] = [
+        Kind::Memory,
+        Kind::Redis,
+        Kind::Etcd,
+        Kind::Postgres,
+        Kind::PostgresNondurable,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -29,6 +40,7 @@ impl Kind {
             Kind::Redis => "redis",
             Kind::Etcd => "etcd",
             Kind::Postgres => "postgres",
+            Kind::PostgresNondurable => "postgres-nondurable",
         }
     }
 
@@ -54,7 +66,11 @@ impl FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|kind| kind.name() == s)
-            .with_context(|| format!("unknown backend {s:?}: memory, redis, etcd or postgres"))
+            .with_context(|| {
+                format!(
+                    "unknown backend {s:?}: memory, redis, etcd, postgres or postgres-nondurable"
+                )
+            })
     }
 }
 
@@ -104,8 +120,13 @@ impl Target {
                 let port = server.port();
                 (Server::Etcd(server), Counter::Etcd(port))
             }
-            Kind::Postgres => {
-                let Some(mut server) = PostgresServer::start() else {
+            Kind::Postgres | Kind::PostgresNondurable => {
+                let server = if kind == Kind::Postgres {
+                    PostgresServer::start_durable()
+                } else {
+                    PostgresServer::start()
+                };
+                let Some(mut server) = server else {
                     return Ok(None);
                 };
                 load_pg_stat_statements(&mut server)?;
