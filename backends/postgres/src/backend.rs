@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PostgresBackendBuilder, Settings};
 use crate::connect::{self, pooler_detected};
+use crate::epoch::EpochStatements;
 use crate::error::{Context, NAME, with_timeout};
 use crate::fencing;
 use crate::lease::{PostgresLease, call, session_stopped};
@@ -110,6 +111,17 @@ impl PostgresBackend {
         with_timeout(ctx.operation, settings.request_timeout, async {
             fencing::ensure_table(&mut live.conn, &settings).await
         })
+        .await?;
+        // The session hands out no token before it has an epoch of its own.
+        let ctx = Context {
+            operation: "begin a fencing epoch",
+            ..ctx
+        };
+        with_timeout(
+            ctx.operation,
+            settings.request_timeout,
+            EpochStatements::new(&settings.qualified_epochs).begin(&mut live, ctx),
+        )
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (notifier, listener_pid, listener_server) =

@@ -28,6 +28,9 @@ pub(crate) const ENDED_CHANNEL: &str = "routine_lock_session_ended";
 const MAX_IDENTIFIER_LEN: usize = 63;
 /// Appended to the fencing table's name to name the session table beside it.
 pub(crate) const SESSIONS_SUFFIX: &str = "_sessions";
+/// Appended to the fencing table's name to name the epoch table beside it (shorter than
+/// [`SESSIONS_SUFFIX`], so the length check of that one covers it).
+pub(crate) const EPOCH_SUFFIX: &str = "_epoch";
 /// Long enough for any sensible prefix, short enough to keep log lines readable.
 const MAX_NAMESPACE_LEN: usize = 200;
 
@@ -182,7 +185,8 @@ impl PostgresBackendBuilder {
     /// The name of the fencing table (default `routine_fencing`), at most 54 bytes. It is
     /// created if missing, which needs the `CREATE` privilege on the schema, and so is the
     /// session table beside it, named after it with `_sessions` appended (see the
-    /// [crate docs](crate#lock-sessions-and-heartbeats)).
+    /// [crate docs](crate#lock-sessions-and-heartbeats)), and the epoch table, with `_epoch`
+    /// appended (see the [crate docs](crate#durability)).
     pub fn with_table(mut self, table: impl Into<String>) -> Self {
         self.table = Sourced::new(table.into(), "table");
         self
@@ -269,6 +273,11 @@ impl PostgresBackendBuilder {
                 quote(&schema),
                 quote(&format!("{table}{SESSIONS_SUFFIX}"))
             ),
+            qualified_epochs: format!(
+                "{}.{}",
+                quote(&schema),
+                quote(&format!("{table}{EPOCH_SUFFIX}"))
+            ),
             schema,
             table,
             namespace,
@@ -301,6 +310,9 @@ pub(crate) struct Settings {
     pub(crate) qualified_table: String,
     /// `"schema"."table_sessions"`, the session heartbeat table, quoted for SQL.
     pub(crate) qualified_sessions: String,
+    /// `"schema"."table_epoch"`, the fencing epoch table (see the `epoch` module), quoted
+    /// for SQL.
+    pub(crate) qualified_epochs: String,
     pub(crate) namespace: String,
     pub(crate) request_timeout: Duration,
     redacted_url: String,

@@ -57,9 +57,26 @@ pub(crate) struct Live {
     /// send the settings only when they change: setting them costs the server more than
     /// the rest of a refresh.
     pub(crate) applied: Option<Duration>,
+    /// The session's fencing epoch shifted into a token's high half: the least token an
+    /// acquire on this session hands out (see the `epoch` module). Zero until
+    /// [`EpochStatements::begin`](crate::epoch::EpochStatements::begin) has run.
+    pub(crate) epoch_floor: i64,
+    /// The longest lease TTL the epoch table is known to cover.
+    pub(crate) stored_ttl: Duration,
+    /// Until when no key may be granted: the server restarted within the longest TTL
+    /// before this session opened (see the `epoch` module).
+    pub(crate) guard_until: Option<tokio::time::Instant>,
 }
 
 impl Live {
+    /// What is left of the restart guard (see the `epoch` module), if it still runs.
+    pub(crate) fn guard_left(&self) -> Option<Duration> {
+        let left = self
+            .guard_until?
+            .checked_duration_since(tokio::time::Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
     /// The settings to send with a statement for `longest`: none if the session has them.
     pub(crate) fn settings_for(&self, longest: Duration) -> (Vec<&'static str>, Vec<String>) {
         if self.applied == Some(longest) {
@@ -184,6 +201,9 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
             server: 0,
             ttl,
             applied: None,
+            epoch_floor: 0,
+            stored_ttl: Duration::ZERO,
+            guard_until: None,
         })
     })
     .await

@@ -5,8 +5,10 @@
 //! holder_identity text, record bytea)`. The holder bumps `token`, and sets `acquired_at`
 //! (the server's `now()`) and `holder_identity`, in the statement that takes the advisory
 //! lock, so tokens grow with every acquisition of a key as long as the row is kept: never
-//! delete rows (a deleted row restarts its key's tokens at 1). The stored namespace and
-//! name detect hash collisions.
+//! delete rows (a deleted row restarts its key's tokens at its session's epoch floor).
+//! The new token is `greatest(token + 1, epoch << 32)` for the session's epoch (see the
+//! `epoch` module), which keeps tokens growing across a crash that lost the last,
+//! asynchronously committed bumps. The stored namespace and name detect hash collisions.
 //!
 //! `holder_session` names the lock session that took the key, and the session table (the
 //! fencing table's name with `_sessions` appended) holds each session's heartbeat: `(id
@@ -27,18 +29,22 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use crate::config::Settings;
+use crate::epoch::ASYNC_COMMIT_CTE;
 use crate::error::{Context, Message, NAME};
 
 /// The statements of a lock session, with the table names filled in.
 #[derive(Debug)]
 pub(crate) struct Statements {
     /// `$1` key, `$2` namespace, `$3` name, `$4`/`$5` TTL settings, `$6` session id, `$7`
-    /// the session's heartbeat in milliseconds, `$8` the holder identity. One row: `got` (the advisory lock),
+    /// the session's heartbeat in milliseconds, `$8` the holder identity, `$9` the
+    /// session's epoch floor (the least token it hands out). One row: `got` (the advisory lock),
     /// `settings_applied` (a count, unused), `token`, `bumped_namespace`, `bumped_name` of
     /// the bumped row if the key was taken, `holder_namespace`, `holder_name` of the
     /// existing row if the lock was not got, and `guarded_ms`, the milliseconds left on the
     /// heartbeat of a previous holder's session that may still believe it holds the key
-    /// (then the key was not taken, and the lock must be given back).
+    /// (then the key was not taken, and the lock must be given back), and `spent`: the
+    /// key's token has used up the current epoch's range (then the key was not taken
+    /// either: give the lock back, move the session to a new epoch and try again).
     pub(crate) acquire: Arc<str>,
     /// `$1`/`$2` TTL settings, `$3` session id, `$4` heartbeat in milliseconds: proves the
     /// session alive, moves its heartbeat on and updates its TTL settings.
@@ -76,7 +82,7 @@ const SETTINGS_CTE: &str = "settings AS MATERIALIZED (
 )";
 
 impl Statements {
-    pub(crate) fn new(table: &str, sessions: &str) -> Self {
+    pub(crate) fn new(table: &str, sessions: &str, epochs: &str) -> Self {
         let settings = |first: u8| {
             SETTINGS_CTE.replace(
                 "$SETTINGS::text[]",
@@ -91,16 +97,25 @@ impl Statements {
         // and names this session, in the same statement and round trip. Without the lock,
         // the existing row tells whether the holder is really this name or a colliding
         // one.
+        // A token may grow up to the end of the range of the newest epoch (see the `epoch`
+        // module): beyond it, a session opened after a crash could hand out a token
+        // already used.
         let acquire = format!(
-            "WITH {settings}, lock AS MATERIALIZED (
+            "WITH {settings}, {ASYNC_COMMIT_CTE}, lock AS MATERIALIZED (
                 SELECT pg_try_advisory_lock($1) AS got
             ), prev AS MATERIALIZED (
                 SELECT {LEFT_MS} AS left_ms
                 FROM {table} AS p JOIN {sessions} AS s ON s.id = p.holder_session
                 WHERE p.lock_key = $1 AND p.holder_session <> $6
                   AND s.alive_until > clock_timestamp()
+            ), spent AS MATERIALIZED (
+                SELECT p.token >= (e.epoch + 1) * 4294967296 - 1 AS spent
+                FROM {table} AS p CROSS JOIN {epochs} AS e
+                WHERE p.lock_key = $1 AND e.id = 1
             ), free AS MATERIALIZED (
-                SELECT lock.got AND NOT EXISTS (SELECT 1 FROM prev) AS ok FROM lock
+                SELECT lock.got AND NOT EXISTS (SELECT 1 FROM prev)
+                       AND NOT EXISTS (SELECT 1 FROM spent WHERE spent) AS ok
+                FROM lock
             ), beat AS (
                 INSERT INTO {sessions} (id, alive_until)
                 SELECT $6, {alive} FROM free WHERE ok
@@ -108,16 +123,19 @@ impl Statements {
             ), bump AS (
                 INSERT INTO {table} AS f
                     (lock_key, namespace, name, token, holder_session, holder_identity)
-                SELECT $1, $2, $3, 1, $6, $8 FROM free WHERE ok
+                SELECT $1, $2, $3, greatest($9::int8, 1), $6, $8 FROM free WHERE ok
                 ON CONFLICT (lock_key) DO UPDATE
-                    SET token = f.token + 1, acquired_at = now(), holder_session = $6,
+                    SET token = greatest(f.token + 1, $9::int8), acquired_at = now(),
+                        holder_session = $6,
                         holder_identity = $8
                 RETURNING f.token, f.namespace, f.name
             )
             SELECT lock.got AS got, settings.n AS settings_applied, bump.token AS token,
                    bump.namespace AS bumped_namespace, bump.name AS bumped_name,
                    holder.namespace AS holder_namespace, holder.name AS holder_name,
-                   (SELECT left_ms FROM prev) AS guarded_ms
+                   (SELECT left_ms FROM prev) AS guarded_ms,
+                   coalesce((SELECT spent FROM spent), false) AS spent,
+                   (SELECT count(*) FROM commit_mode) AS async_commit
             FROM lock CROSS JOIN settings
             LEFT JOIN bump ON true
             LEFT JOIN {table} AS holder ON holder.lock_key = $1 AND NOT lock.got",
@@ -125,34 +143,36 @@ impl Statements {
             alive = alive_until(7),
         );
         let refresh = format!(
-            "WITH {settings}, beat AS (
+            "WITH {settings}, {ASYNC_COMMIT_CTE}, beat AS (
                 INSERT INTO {sessions} (id, alive_until) VALUES ($3, {alive})
                 ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
             )
-            SELECT settings.n FROM settings",
+            SELECT settings.n, (SELECT count(*) FROM commit_mode) AS async_commit
+            FROM settings",
             settings = settings(1),
             alive = alive_until(4),
         );
         // NOTIFY only if the lock was ours; delivered when the statement commits, after
         // the unlock and with the row no longer naming this session.
         let release = format!(
-            "WITH {settings}, unlocked AS MATERIALIZED (
+            "WITH {settings}, {ASYNC_COMMIT_CTE}, unlocked AS MATERIALIZED (
                 SELECT pg_advisory_unlock($1) AS ok
             ), cleared AS (
                 UPDATE {table} SET holder_session = NULL
                 WHERE lock_key = $1 AND holder_session = $5
             )
             SELECT unlocked.ok AS unlocked, settings.n AS settings_applied,
-                   (SELECT count(*) FROM (SELECT pg_notify($2, $1::text) WHERE unlocked.ok) AS sent)
+                   (SELECT count(*) FROM (SELECT pg_notify($2, $1::text) WHERE unlocked.ok) AS sent),
+                   (SELECT count(*) FROM commit_mode) AS async_commit
             FROM unlocked CROSS JOIN settings",
             settings = settings(3),
         );
         let unlock = format!(
-            "WITH cleared AS (
+            "WITH {ASYNC_COMMIT_CTE}, cleared AS (
                 UPDATE {table} SET holder_session = NULL
                 WHERE lock_key = $1 AND holder_session = $2
             )
-            SELECT pg_advisory_unlock($1)"
+            SELECT pg_advisory_unlock($1), (SELECT count(*) FROM commit_mode) AS async_commit"
         );
         let forget_holders = format!(
             "UPDATE {table} SET holder_session = NULL
@@ -293,8 +313,9 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
             )),
         ));
     }
+    crate::epoch::ensure_table(conn, settings).await?;
     // Rows of sessions whose heartbeat ran out guard nothing any more.
-    let forget = Statements::new(table, sessions).forget_sessions;
+    let forget = Statements::new(table, sessions, &settings.qualified_epochs).forget_sessions;
     sqlx::query(sqlx::AssertSqlSafe(forget))
         .execute(&mut *conn)
         .await
@@ -350,7 +371,7 @@ impl TableCheck {
 }
 
 /// Runs a `CREATE ... IF NOT EXISTS` (or `ADD COLUMN IF NOT EXISTS`), accepting the errors of a concurrent creation.
-async fn create(conn: &mut PgConnection, sql: String, ctx: Context) -> Result<()> {
+pub(crate) async fn create(conn: &mut PgConnection, sql: String, ctx: Context) -> Result<()> {
     match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(db))

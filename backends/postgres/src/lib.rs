@@ -266,6 +266,7 @@ mod backend;
 mod config;
 mod connect;
 mod env;
+mod epoch;
 mod error;
 mod fencing;
 mod hash;

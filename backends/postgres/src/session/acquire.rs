@@ -1,5 +1,7 @@
 //! Taking a lock on the session: one statement takes the advisory lock and bumps the
-//! fencing row; a collision or a failed statement gives the lock back.
+//! fencing row; a collision or a failed statement gives the lock back. No key is granted
+//! while the restart guard runs, and a TTL longer than any stored is stored first (see
+//! the `epoch` module).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Held, LeaseId, Session, no_session};
-use crate::error::{Message, NAME, breaks_session};
+use crate::error::{Message, NAME, breaks_session, with_timeout};
 use crate::message::{Acquired, LeaseLink};
 
 impl Session {
@@ -34,11 +36,58 @@ impl Session {
         }
         let timeout = self.settings.timeout_for(ttl);
         self.ensure_live(timeout).await?;
+        match self.acquire_once(key, hash, ttl, holder, timeout).await? {
+            Attempt::Done(acquired) => Ok(acquired),
+            Attempt::Spent => {
+                // The key's tokens reached the end of the newest epoch's range: a new
+                // epoch starts above it.
+                let ctx = self.ctx("begin a fencing epoch");
+                let Some(live) = self.live.as_mut() else {
+                    return Err(no_session("acquire"));
+                };
+                with_timeout(ctx.operation, timeout, self.epochs.begin(live, ctx)).await?;
+                match self.acquire_once(key, hash, ttl, holder, timeout).await? {
+                    Attempt::Done(acquired) => Ok(acquired),
+                    Attempt::Spent => Err(Error::unavailable(
+                        NAME,
+                        "acquire",
+                        Message("the key's fencing tokens used up a new epoch's range".into()),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// One acquire statement on the live session.
+    async fn acquire_once(
+        &mut self,
+        key: &LockKey,
+        hash: i64,
+        ttl: Duration,
+        holder: &str,
+        timeout: Duration,
+    ) -> Result<Attempt> {
         let longest = self.longest_ttl().max(ttl);
         let ctx = self.ctx("acquire");
         let Some(live) = self.live.as_mut() else {
             return Err(no_session("acquire"));
         };
+        if let Some(left) = live.guard_left() {
+            tracing::debug!(%key, ?left, "the server restarted within the longest TTL; not granting");
+            return Ok(Attempt::Done(None));
+        }
+        match tokio::time::timeout(timeout, self.epochs.cover_ttl(live, longest)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) if breaks_session(&err) => {
+                self.abandon(&err);
+                return Err(ctx.map(err));
+            }
+            Ok(Err(err)) => return Err(ctx.map(err)),
+            Err(_) => {
+                self.abandon(&"storing the longest TTL timed out");
+                return Err(Error::timeout(NAME, "acquire", timeout));
+            }
+        }
         let (names, values) = live.settings_for(longest);
         let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.acquire)))
             .bind(hash)
@@ -49,6 +98,7 @@ impl Session {
             .bind(live.id)
             .bind(super::millis(longest))
             .bind(holder)
+            .bind(live.epoch_floor)
             .fetch_one(&mut live.conn);
         let row = match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {
@@ -75,6 +125,7 @@ impl Session {
             bumped,
             holder,
             guarded_ms,
+            spent,
         } = match AcquireRow::read(&row) {
             Ok(decoded) => decoded,
             Err(err) => {
@@ -89,7 +140,7 @@ impl Session {
         if !got {
             return match holder {
                 Some(other) if !ours(&other) => Err(self.collision(key, hash, &other)),
-                _ => Ok(None),
+                _ => Ok(Attempt::Done(None)),
             };
         }
         if let Some(left_ms) = guarded_ms {
@@ -102,7 +153,11 @@ impl Session {
                 "lock free but guarded by an ended session's heartbeat; giving it back"
             );
             self.unlock_after_failure(hash, timeout).await;
-            return Ok(None);
+            return Ok(Attempt::Done(None));
+        }
+        if spent {
+            self.unlock_after_failure(hash, timeout).await;
+            return Ok(Attempt::Spent);
         }
         let token = match (token.and_then(|token| u64::try_from(token).ok()), bumped) {
             (Some(token), Some(routine)) if ours(&routine) => token,
@@ -131,7 +186,7 @@ impl Session {
         let Some(tx) = self.tx.upgrade() else {
             // Nobody is left to hold the lease.
             self.unlock_after_failure(hash, timeout).await;
-            return Ok(None);
+            return Ok(Attempt::Done(None));
         };
         self.insert_held(
             hash,
@@ -141,10 +196,10 @@ impl Session {
                 ttl,
             },
         );
-        Ok(Some(Acquired {
+        Ok(Attempt::Done(Some(Acquired {
             token: FencingToken::new(token),
             link: LeaseLink::new(id, tx, self.revoke.subscribe()),
-        }))
+        })))
     }
 
     fn collision(&self, key: &LockKey, hash: i64, other: &Routine) -> Error {
@@ -176,6 +231,14 @@ impl Session {
     }
 }
 
+/// What one acquire statement came to.
+enum Attempt {
+    /// Taken, or not (contention, a guard).
+    Done(Option<Acquired>),
+    /// The key's tokens used up the newest epoch's range: the lock was given back.
+    Spent,
+}
+
 /// The one row of the acquire statement (see `Statements::acquire`), by column name.
 struct AcquireRow {
     /// Whether the advisory lock was taken.
@@ -189,6 +252,8 @@ struct AcquireRow {
     /// Milliseconds left on the heartbeat of another session that may still believe it
     /// holds the key.
     guarded_ms: Option<i64>,
+    /// Whether the key's tokens used up the newest epoch's range.
+    spent: bool,
 }
 
 /// A routine as the fencing table records it.
@@ -212,6 +277,7 @@ impl AcquireRow {
             bumped: routine("bumped_namespace", "bumped_name")?,
             holder: routine("holder_namespace", "holder_name")?,
             guarded_ms: row.try_get("guarded_ms")?,
+            spent: row.try_get("spent")?,
         })
     }
 }

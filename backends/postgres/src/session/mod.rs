@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{CHANNEL, Settings};
 use crate::connect::{Live, open};
-use crate::error::{Context, Message, NAME, breaks_session, session_ended};
+use crate::epoch::EpochStatements;
+use crate::error::{Context, Message, NAME, breaks_session, session_ended, with_timeout};
 use crate::fencing::Statements;
 use crate::message::{Command, LeaseId, RefreshRequest};
 
@@ -55,7 +56,12 @@ pub(crate) fn spawn(
     ),
 ) -> mpsc::UnboundedSender<Command> {
     let task = Session {
-        statements: Statements::new(&settings.qualified_table, &settings.qualified_sessions),
+        statements: Statements::new(
+            &settings.qualified_table,
+            &settings.qualified_sessions,
+            &settings.qualified_epochs,
+        ),
+        epochs: EpochStatements::new(&settings.qualified_epochs),
         settings,
         rx,
         tx: tx.downgrade(),
@@ -75,6 +81,7 @@ pub(crate) fn spawn(
 struct Session {
     settings: Arc<Settings>,
     statements: Statements,
+    epochs: EpochStatements,
     rx: mpsc::UnboundedReceiver<Command>,
     /// Weak, so the task does not keep its own channel open; upgraded to hand out leases.
     tx: mpsc::WeakUnboundedSender<Command>,
@@ -247,7 +254,10 @@ impl Session {
     /// The open session, opening one (a new generation) if there is none.
     async fn ensure_live(&mut self, timeout: Duration) -> Result<()> {
         if self.live.is_none() {
-            let live = open(&self.settings, timeout).await?;
+            let mut live = open(&self.settings, timeout).await?;
+            // A session hands out no token before it has an epoch of its own.
+            let ctx = self.ctx("begin a fencing epoch");
+            with_timeout(ctx.operation, timeout, self.epochs.begin(&mut live, ctx)).await?;
             self.live = Some(live);
             self.generation += 1;
             // Rows of sessions whose heartbeat ran out guard nothing any more.
@@ -300,12 +310,17 @@ impl Session {
         let Some(live) = self.live.as_mut() else {
             return Err(no_session("expires_in"));
         };
+        // Until the restart guard has passed, no key is granted, whatever its rows say.
+        let guard = live.guard_left();
         let query =
             sqlx::query_scalar::<_, i64>(AssertSqlSafe(Arc::clone(&self.statements.expires_in)))
                 .bind(hash)
                 .fetch_optional(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
-            Ok(Ok(left)) => Ok(left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()))),
+            Ok(Ok(left)) => {
+                let left = left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()));
+                Ok(left.max(guard))
+            }
             Ok(Err(err)) => {
                 if breaks_session(&err) {
                     self.abandon(&err);
@@ -346,6 +361,23 @@ impl Session {
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        // A longer TTL than any stored must be stored before a heartbeat uses it, or the
+        // restart guard could end before this holder's deadline.
+        let covered =
+            match tokio::time::timeout(timeout, self.epochs.cover_ttl(live, longest)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) if !breaks_session(&err) => {
+                    Some(RefreshFailure::Statement(err.to_string()))
+                }
+                Ok(Err(err)) => Some(RefreshFailure::Session(err.to_string())),
+                Err(_) => Some(RefreshFailure::Session(format!(
+                    "storing the longest TTL timed out after {timeout:?}"
+                ))),
+            };
+        if covered.is_some() {
+            self.answer_refreshes(current, covered);
+            return;
+        }
         let (names, values) = live.settings_for(longest);
         let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.refresh)))
             .bind(names)
@@ -366,6 +398,11 @@ impl Session {
                 "refresh timed out after {timeout:?}"
             ))),
         };
+        self.answer_refreshes(current, failure);
+    }
+
+    /// Answers the refreshes of one statement with its outcome.
+    fn answer_refreshes(&mut self, current: Vec<RefreshRequest>, failure: Option<RefreshFailure>) {
         if let Some(RefreshFailure::Session(why)) = &failure {
             // The session can no longer prove its locks: drop it, which makes the server
             // release them, and report every lease on it lost.
