@@ -337,3 +337,144 @@ async fn with_durability_a_master_kill_lets_nobody_in_before_the_holders_deadlin
     );
     taken.release().await.unwrap();
 }
+
+/// Refreshes `lease` every 300 ms until `stop`, keeping its deadline as a runner does
+/// (the start of the last successful acquire or refresh plus the TTL) and stopping at
+/// it; records when each successful refresh started.
+fn keep_refreshing(
+    mut lease: Box<dyn Lease>,
+    ttl: Duration,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Box<dyn Lease>, Vec<Instant>, Instant)> {
+    tokio::spawn(async move {
+        let mut refreshed = Vec::new();
+        let mut deadline = Instant::now() + ttl;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let sent = Instant::now();
+            match lease.refresh(ttl).await {
+                Ok(()) => {
+                    refreshed.push(sent);
+                    deadline = sent + ttl;
+                }
+                Err(err) if err.is_lost() => break,
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        (lease, refreshed, deadline)
+    })
+}
+
+/// The master is cut off from the sentinels (clients and replicas still reach it) while
+/// two holders refresh on it, one durable (2 replicas) and one not. The sentinels fail
+/// over; processes that connect afterwards find the new master. Without durability the
+/// old holder keeps refreshing on the old master while a newcomer holds the same name on
+/// the new one (measured); with it, the old master confirms nothing once a replica is
+/// promoted away, and no newcomer gets in before the old holder's deadline. (The
+/// newcomer gets in only once the old master is demoted, which Sentinel does about 10 s
+/// after the cut heals; the test does not wait for that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cut_off_from_the_sentinels_splits_only_without_durability() {
+    let topology = leasehold_conformance::require_server!(RedisSentinel::start());
+    let durable = Durability::Replicas {
+        count: 2,
+        timeout: Duration::from_millis(200),
+    };
+    let ttl = Duration::from_secs(3);
+    let (plain_key, durable_key) = (unique_key("split"), unique_key("no-split"));
+    let plain_holder = backend(&topology, Durability::Master).await;
+    let durable_holder = backend(&topology, durable).await;
+    let plain_lease = plain_holder
+        .try_acquire(&plain_key, ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let durable_lease = durable_holder
+        .try_acquire(&durable_key, ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let plain = keep_refreshing(plain_lease, ttl, Arc::clone(&stop));
+    let durable_refresher = keep_refreshing(durable_lease, ttl, Arc::clone(&stop));
+
+    let old = blocking(|| topology.isolate_master_from_sentinels());
+    let cut = Instant::now();
+    let new = blocking(|| topology.wait_for_failover(old));
+    let failed_over = cut.elapsed();
+    let plain_newcomer = backend(&topology, Durability::Master).await;
+    let durable_newcomer = backend(&topology, durable).await;
+
+    // The durable newcomer tries until a second past the durable holder's deadline (its
+    // refresher stops there: it cannot be confirmed any more).
+    let durable_tries = tokio::spawn(async move {
+        let mut outcomes = (0, 0, 0); // contention, errors, acquired
+        let mut acquired_at = None;
+        let deadline = Deadline::new(HANG, "the durable holder's deadline");
+        while !durable_refresher.is_finished() || acquired_at.is_none() {
+            match durable_newcomer.try_acquire(&durable_key, ttl).await {
+                Ok(Some(_)) => {
+                    outcomes.2 += 1;
+                    acquired_at.get_or_insert_with(Instant::now);
+                }
+                Ok(None) => outcomes.0 += 1,
+                Err(_) => outcomes.1 += 1,
+            }
+            if durable_refresher.is_finished() && acquired_at.is_none() {
+                let (_, _, holder_deadline) = durable_refresher.await.unwrap();
+                let until = holder_deadline + Duration::from_secs(1);
+                while Instant::now() < until {
+                    match durable_newcomer.try_acquire(&durable_key, ttl).await {
+                        Ok(Some(_)) => {
+                            outcomes.2 += 1;
+                            acquired_at.get_or_insert_with(Instant::now);
+                        }
+                        Ok(None) => outcomes.0 += 1,
+                        Err(_) => outcomes.1 += 1,
+                    }
+                    deadline.tick().await;
+                }
+                return (outcomes, acquired_at, holder_deadline);
+            }
+            deadline.tick().await;
+        }
+        unreachable!("the loop returns once the holder's refresher ends")
+    });
+
+    let (mut plain_taken, plain_at, _) = acquire_when_free(&plain_newcomer, &plain_key, ttl).await;
+    // Both plain holders hold the name now, on two masters: watch for a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let watched = Instant::now();
+    let ((contended, failed, acquired), durable_at, durable_deadline) =
+        durable_tries.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    topology.heal();
+    let (_, plain_refreshed, _) = plain.await.unwrap();
+    let plain_overlap = plain_refreshed
+        .iter()
+        .filter(|&&at| at > plain_at && at < watched)
+        .count();
+    eprintln!(
+        "master cut off from the sentinels: failover {old} -> {new} in {failed_over:?}; \
+         without durability a newcomer held the name {:?} after the cut, and the old holder \
+         refreshed {plain_overlap} more times on the old master in the next {:?}; durable: \
+         holder's deadline {:?} after the cut, newcomer tries until a second later: \
+         {contended} contended, {failed} failed, {acquired} acquired{}",
+        plain_at - cut,
+        watched - plain_at,
+        durable_deadline - cut,
+        durable_at
+            .map(|at| format!(" ({:?} after the cut)", at - cut))
+            .unwrap_or_default(),
+    );
+    assert!(
+        plain_overlap > 0,
+        "without durability the cut-off master keeps extending the old holder's lease while \
+         the newcomer holds the name (the split this mode allows)"
+    );
+    assert!(
+        durable_at.is_none_or(|at| at >= durable_deadline),
+        "durable: no newcomer before the old holder's deadline"
+    );
+    plain_taken.release().await.unwrap();
+}
