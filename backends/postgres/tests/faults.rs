@@ -55,13 +55,16 @@ async fn server_restart_loses_leases_then_locks_and_notifications_work_again() {
         backend(&server.url(), "restart").await,
     );
     let k = key("job");
-    let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free");
+    // Short: after a restart no key is granted for the longest TTL used before it (the
+    // restart guard, see `tokens_crash.rs`).
+    let ttl = Duration::from_secs(2);
+    let mut lease = a.try_acquire(&k, ttl).await.unwrap().expect("free");
     server.restart();
-    let err = lease.refresh(TTL).await.unwrap_err();
+    let err = lease.refresh(ttl).await.unwrap_err();
     assert!(err.is_lost(), "a restart must lose the lease, got {err:?}");
     lease.release().await.expect("releasing a lost lease is Ok");
 
-    let mut lease = acquire_within(&a, &k, TTL, Duration::from_secs(10)).await;
+    let mut lease = acquire_within(&a, &k, ttl, Duration::from_secs(10) + ttl).await;
     // The listener reconnects when asked; until then a wait may end at once (a
     // notification may have been missed) or fail. Eventually it must wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -223,6 +226,18 @@ async fn no_create_permission_is_permission_denied_until_an_admin_creates_the_ta
         "a session table the role cannot write must be PermissionDenied, got {err:?}"
     );
     server.psql("GRANT SELECT, INSERT, UPDATE, DELETE ON public.routine_fencing_sessions TO app");
+    let err = PostgresBackend::from_url(&url).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PermissionDenied {
+                operation: "write the epoch table",
+                ..
+            }
+        ),
+        "an epoch table the role cannot write must be PermissionDenied, got {err:?}"
+    );
+    server.psql("GRANT SELECT, INSERT, UPDATE ON public.routine_fencing_epoch TO app");
     let a = PostgresBackend::from_url(&url)
         .await
         .expect("grants suffice");
