@@ -303,7 +303,8 @@ async fn force_release_needs_the_privilege_to_end_the_holders_session() {
         server.psql(&format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'pw';
              GRANT SELECT, INSERT, UPDATE ON public.routine_fencing TO {role};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON public.routine_fencing_sessions TO {role};"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON public.routine_fencing_sessions TO {role};
+             GRANT SELECT, INSERT, UPDATE ON public.routine_fencing_epoch TO {role};"
         ));
     }
     let holder = backend(
