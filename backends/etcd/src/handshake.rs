@@ -1,8 +1,8 @@
 //! What a connection that failed over TLS, or to a TLS server, means.
 //!
 //! The transport reports a TLS mismatch as a closed connection ("tls handshake eof",
-//! "broken pipe") and a server that wants a client certificate as a connection closed
-//! after the handshake, like any outage. So when connecting fails, the first endpoint is
+//! "broken pipe") and a server that wants a client certificate as a TLS alert, or as a
+//! connection closed after the handshake, like any outage. So when connecting fails, the first endpoint is
 //! asked once what it speaks: a plaintext `GET /health` (etcd answers plaintext HTTP on
 //! its client port; a TLS server closes the connection), then a TLS client hello (a TLS
 //! server answers with a TLS record). The answer turns the error into one that names the
@@ -20,8 +20,8 @@ use crate::parse;
 use crate::settings::Settings;
 
 /// `err`, the failure of connecting with `settings`, or the error that says which TLS
-/// problem caused it. Probes the first endpoint (bounded by the connect timeout) only for
-/// [`Error::Unavailable`].
+/// problem caused it. Probes the first endpoint (each probe bounded by the connect
+/// timeout) only for an [`Error::Unavailable`] whose connection the server closed.
 pub(crate) async fn explain(settings: &Settings, err: Error) -> Error {
     if !matches!(err, Error::Unavailable { .. }) {
         return err;
@@ -36,6 +36,27 @@ pub(crate) async fn explain(settings: &Settings, err: Error) -> Error {
                 source: err,
             },
         );
+    }
+    // A TLS alert about our certificate needs no probe: the server speaks TLS.
+    let alerts = [
+        "received fatal alert: CertificateRequired",
+        "received fatal alert: BadCertificate",
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateUnknown",
+    ];
+    if alerts.iter().any(|alert| chain.contains(alert)) {
+        return refused_certificate(settings, err);
+    }
+    // Only a connection the server closed is worth asking about: a refused or
+    // unanswered one says the server is away, and a probe would only wait for it too.
+    let closed = [
+        "connection closed",
+        "tls handshake eof",
+        "broken pipe",
+        "Connection reset",
+    ];
+    if !closed.iter().any(|symptom| chain.contains(symptom)) {
+        return err;
     }
     let Ok((uris, tls)) = parse::endpoint_uris(settings) else {
         return err;
@@ -64,21 +85,26 @@ pub(crate) async fn explain(settings: &Settings, err: Error) -> Error {
             ),
         ),
         (true, Some(Speaks::Tls)) if chain.contains("connection closed") => {
-            let problem = if settings.tls.cert_file.is_some() {
-                Problem::CertificateRefused
-            } else {
-                Problem::CertificateRequired
-            };
-            Error::auth(
-                NAME,
-                TlsFailure {
-                    problem,
-                    source: err,
-                },
-            )
+            refused_certificate(settings, err)
         }
         _ => err,
     }
+}
+
+/// [`Error::Auth`]: the server refused our client certificate, or wanted one.
+fn refused_certificate(settings: &Settings, err: Error) -> Error {
+    let problem = if settings.tls.cert_file.is_some() {
+        Problem::CertificateRefused
+    } else {
+        Problem::CertificateRequired
+    };
+    Error::auth(
+        NAME,
+        TlsFailure {
+            problem,
+            source: err,
+        },
+    )
 }
 
 enum Speaks {
