@@ -33,6 +33,11 @@ const RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The multiplexed command connection of one backend, replaced when it cannot recover.
 pub(crate) struct Connection {
+    shared: Arc<Shared>,
+}
+
+/// What a replacement needs: it runs in a task of its own (see [`Connection::renew`]).
+struct Shared {
     target: Arc<Target>,
     config: ConnectionManagerConfig,
     connect_timeout: Duration,
@@ -89,43 +94,34 @@ impl Connection {
             .await
             .map_err(|err| err.into_error("connect", connect_timeout))?;
         Ok(Self {
-            target,
-            config,
-            connect_timeout,
-            current: RwLock::new(Current {
-                generation: 0,
-                manager,
-                address: located.address,
-                epoch: located.epoch,
+            shared: Arc::new(Shared {
+                target,
+                config,
+                connect_timeout,
+                current: RwLock::new(Current {
+                    generation: 0,
+                    manager,
+                    address: located.address,
+                    epoch: located.epoch,
+                }),
+                renewed: tokio::sync::Mutex::new(None),
+                suspect: AtomicBool::new(false),
             }),
-            renewed: tokio::sync::Mutex::new(None),
-            suspect: AtomicBool::new(false),
         })
     }
 
     /// Where commands go.
     pub(crate) fn target(&self) -> &Arc<Target> {
-        &self.target
+        &self.shared.target
     }
 
     /// Marks the connection suspect: behind Sentinel, the next request asks the
     /// sentinels whether the master moved before it is sent (a `WAIT` that found too few
     /// replicas may mean this master was replaced).
     pub(crate) fn suspect(&self) {
-        if self.target.follows_master() {
-            self.suspect.store(true, Ordering::Relaxed);
+        if self.shared.target.follows_master() {
+            self.shared.suspect.store(true, Ordering::Relaxed);
         }
-    }
-
-    fn current(&self) -> Current {
-        self.read().clone()
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, Current> {
-        // Writers only assign a whole value: a poisoned lock holds no half-updated state.
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends a request with `send`, bounded by `limit` in all (reconnecting and replacing
@@ -164,13 +160,13 @@ impl Connection {
         F: Fn(ConnectionManager, u64) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let follows = self.target.follows_master();
+        let follows = self.shared.target.follows_master();
         let attempt = async {
-            if follows && self.suspect.swap(false, Ordering::Relaxed) {
-                let generation = self.read().generation;
+            if follows && self.shared.suspect.swap(false, Ordering::Relaxed) {
+                let generation = self.shared.read().generation;
                 self.renew(generation, true).await;
             }
-            let current = self.current();
+            let current = self.shared.current();
             match send_on(&current, operation, &send).await {
                 Err(err) if error::needs_new_connection(&err) => {
                     match self.renew(current.generation, false).await {
@@ -202,6 +198,33 @@ impl Connection {
     /// replacement is less than [`RENEW_INTERVAL`] ago, or if a new one cannot connect;
     /// with `moved_only`, also if the target is where the failed one went (asking the
     /// sentinels again found the same master in the same epoch).
+    ///
+    /// The replacement runs in a task of its own: a request whose time runs out while
+    /// the sentinels are asked (a request's bound may be as short as the response
+    /// timeout that sent it here) gives up waiting, but the replacement still happens,
+    /// for the requests that follow.
+    async fn renew(&self, failed: u64, moved_only: bool) -> Option<Current> {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move { shared.renew(failed, moved_only).await })
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Current {
+        self.read().clone()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Current> {
+        // Writers only assign a whole value: a poisoned lock holds no half-updated state.
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// See [`Connection::renew`].
     async fn renew(&self, failed: u64, moved_only: bool) -> Option<Current> {
         let replaced = |current: &Current| (current.generation != failed).then(|| current.clone());
         if let Some(current) = replaced(&self.read()) {
@@ -215,24 +238,27 @@ impl Connection {
             return None;
         }
         *renewed = Some(Instant::now());
-        let located = match self.target.locate().await {
-            Ok(located) => located,
+        let located = if moved_only {
+            let (address, epoch) = {
+                let current = self.read();
+                (current.address.clone(), current.epoch)
+            };
+            self.target.locate_if_moved(&address, epoch).await
+        } else {
+            self.target.locate().await.map(Some)
+        };
+        let Located {
+            client,
+            address,
+            epoch,
+        } = match located {
+            Ok(Some(located)) => located,
+            Ok(None) => return None,
             Err(err) => {
                 tracing::debug!(error = %err.chain(), "could not locate the redis master");
                 return None;
             }
         };
-        if moved_only {
-            let current = self.read();
-            if current.address == located.address && current.epoch == located.epoch {
-                return None;
-            }
-        }
-        let Located {
-            client,
-            address,
-            epoch,
-        } = located;
         match new_manager(&client, &self.config, self.connect_timeout).await {
             Ok(manager) => {
                 tracing::info!(%address, epoch, "redis command connection replaced");

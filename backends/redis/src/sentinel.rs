@@ -68,7 +68,24 @@ impl Target {
                 client: client.clone(),
                 epoch: 0,
             }),
-            Target::Sentinel(sentinel) => sentinel.locate().await,
+            Target::Sentinel(sentinel) => sentinel.locate(None).await.and_then(|located| {
+                located.ok_or_else(|| Error::unavailable(NAME, OPERATION, "no master located"))
+            }),
+        }
+    }
+
+    /// The server to connect to now, or `None` if it is still `address` in `epoch`
+    /// (behind Sentinel, that is found out from the sentinels' views alone, without
+    /// connecting to the master: one that is paused would hold the check up). A fixed
+    /// server never moves.
+    pub(crate) async fn locate_if_moved(
+        &self,
+        address: &str,
+        epoch: u64,
+    ) -> Result<Option<Located>> {
+        match self {
+            Target::Fixed(_) => Ok(None),
+            Target::Sentinel(sentinel) => sentinel.locate(Some((address, epoch))).await,
         }
     }
 
@@ -133,15 +150,16 @@ impl SentinelTarget {
         })
     }
 
-    /// Asks the sentinels for the master, bounded by the connect timeout.
-    async fn locate(&self) -> Result<Located> {
+    /// Asks the sentinels for the master (`None` if it is still `unless_at`), bounded by
+    /// the connect and request timeouts.
+    async fn locate(&self, unless_at: Option<(&str, u64)>) -> Result<Option<Located>> {
         let bound = self.connect_timeout + self.request_timeout;
-        tokio::time::timeout(bound, self.locate_unbounded())
+        tokio::time::timeout(bound, self.locate_unbounded(unless_at))
             .await
             .unwrap_or_else(|_| Err(Error::timeout(NAME, OPERATION, bound)))
     }
 
-    async fn locate_unbounded(&self) -> Result<Located> {
+    async fn locate_unbounded(&self, unless_at: Option<(&str, u64)>) -> Result<Option<Located>> {
         let name = &self.settings.master_name;
         let views = join_all(self.sentinels.iter().map(|info| self.view(info))).await;
         let mut unreachable = Vec::new();
@@ -189,6 +207,9 @@ impl SentinelTarget {
                 )),
             ));
         };
+        if unless_at == Some((newest.address.as_str(), epoch)) {
+            return Ok(None);
+        }
         let client = self
             .lookup
             .lock()
@@ -221,11 +242,11 @@ impl SentinelTarget {
                 )),
             ));
         }
-        Ok(Located {
+        Ok(Some(Located {
             client,
             address,
             epoch: newest.epoch,
-        })
+        }))
     }
 
     /// One sentinel's view of the master: `None` if it does not know the name.
