@@ -478,3 +478,46 @@ async fn a_master_cut_off_from_the_sentinels_splits_only_without_durability() {
     );
     plain_taken.release().await.unwrap();
 }
+
+/// The master is paused (`SIGSTOP`) past the failover: the holder's requests time out
+/// on it, and the holder moves to the new master and keeps its lease there (the lock
+/// was replicated before the pause) without a new backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_follows_the_master_away_from_a_paused_one() {
+    let topology = leasehold_conformance::require_server!(RedisSentinel::start());
+    let holder = backend(&topology, Durability::Master).await;
+    let ttl = Duration::from_secs(6);
+    let key = unique_key("paused");
+    let mut lease = holder.try_acquire(&key, ttl).await.unwrap().unwrap();
+    let mut last_refresh = Instant::now();
+
+    let old = blocking(|| topology.pause_master());
+    let paused = Instant::now();
+    let new = blocking(|| topology.wait_for_failover(old));
+    let failed_over = paused.elapsed();
+    let deadline = Deadline::new(HANG, "a refresh on the new master");
+    let mut failures = 0;
+    loop {
+        let sent = Instant::now();
+        match lease.refresh(ttl).await {
+            Ok(()) if sent > paused + failed_over => break,
+            Ok(()) => last_refresh = sent,
+            Err(err) => {
+                assert!(err.is_transient(), "a paused master times out: {err:?}");
+                failures += 1;
+            }
+        }
+        assert!(
+            Instant::now() < last_refresh + ttl,
+            "the holder reached its deadline before it moved to the new master"
+        );
+        deadline.tick().await;
+    }
+    let moved = paused.elapsed();
+    topology.resume_master();
+    eprintln!(
+        "paused master: failover {old} -> {new} in {failed_over:?}; the holder refreshed on \
+         the new master {moved:?} after the pause ({failures} refreshes failed before)"
+    );
+    lease.release().await.unwrap();
+}
