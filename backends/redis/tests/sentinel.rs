@@ -31,6 +31,21 @@ mod conformance {
     });
 }
 
+/// The suite again in durable mode: every acquire and refresh waits for both replicas.
+mod conformance_durable {
+    use leasehold_conformance::servers::RedisSentinel;
+    use leasehold_redis::RedisBackend;
+
+    leasehold_conformance::conformance_tests!(|| async {
+        let Some(topology) = RedisSentinel::shared() else {
+            leasehold_conformance::skip("redis-server is not installed");
+        };
+        RedisBackend::from_url(&format!("{}?durable_replicas=2", topology.url()))
+            .await
+            .unwrap_or_else(|err| panic!("durable sentinel backend must connect: {err:?}"))
+    });
+}
+
 /// The bits of a fencing token below the epoch (see the crate docs).
 const COUNTER_BITS: u32 = 40;
 /// Bound for "did not hang", and for a takeover after a failover.
