@@ -129,6 +129,7 @@ impl RedisBackend {
         })
         .await?;
         eviction::check(&conn, &settings).await?;
+        durability::check_replicas(&conn, &settings).await;
         let keys = Keys::new(&settings.namespace);
         let notifier = Notifier::start(target, keys.channel_pattern(), connect_timeout).await;
         Ok(Self {

@@ -9,6 +9,8 @@ use leasehold_core::{Error, Result};
 use redis::aio::ConnectionManager;
 use redis::{ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind};
 
+use crate::config::Settings;
+use crate::connection::Connection;
 use crate::error::NAME;
 
 /// When an acquire (with its fencing increment) or a refresh counts.
@@ -110,6 +112,40 @@ impl Wait {
                 wait: *self,
             },
         )
+    }
+}
+
+/// Warns at connect if the master has fewer replicas connected than durable mode
+/// requires: until enough are, no acquire or refresh is confirmed. Only a warning, since
+/// a replica may be restarting; a server that does not answer `INFO` is not checked.
+pub(crate) async fn check_replicas(conn: &Connection, settings: &Settings) {
+    let Durability::Replicas { count, .. } = settings.durability() else {
+        return;
+    };
+    let info = conn
+        .request(
+            "check replicas",
+            settings.request_timeout,
+            |mut conn| async move {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async::<String>(&mut conn)
+                    .await
+            },
+        )
+        .await;
+    let connected = info.ok().and_then(|info| {
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    if let Some(connected) = connected.filter(|&connected| connected < count) {
+        tracing::warn!(
+            connected,
+            required = count,
+            "the redis master has fewer replicas connected than durable mode requires: no \
+             acquire or refresh is confirmed until enough are"
+        );
     }
 }
 
