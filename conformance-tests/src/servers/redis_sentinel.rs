@@ -262,9 +262,10 @@ impl RedisSentinel {
         );
         let master = self.master_index();
         assert_ne!(master, i, "server {i} is still the sentinels' master");
+        let port = self.proxies[i].port();
         let started = self.spawn_server(i, Some(master)).and_then(|()| {
             self.wait_until("the restarted server to sync", || {
-                self.replicas_online(master) == SERVERS - 1
+                self.online_replica_ports(master).contains(&port)
             })
         });
         started.unwrap_or_else(|err| panic!("redis server {i} did not come back: {err}"));
@@ -347,13 +348,25 @@ impl RedisSentinel {
 
     /// How many replicas the master at index `master` reports in sync (`state=online`).
     pub fn replicas_online(&self, master: usize) -> usize {
-        match resp::command(self.servers[master].port, &["INFO", "replication"]) {
-            Ok(Reply::Bulk(Some(info))) => info
-                .lines()
-                .filter(|line| line.starts_with("slave") && line.contains("state=online"))
-                .count(),
-            _ => 0,
-        }
+        self.online_replica_ports(master).len()
+    }
+
+    /// The announced ports of the replicas server `master` reports in sync.
+    fn online_replica_ports(&self, master: usize) -> Vec<u16> {
+        let Ok(Reply::Bulk(Some(info))) =
+            resp::command(self.servers[master].port, &["INFO", "replication"])
+        else {
+            return Vec::new();
+        };
+        // `slave0:ip=127.0.0.1,port=40001,state=online,offset=...,lag=0`
+        info.lines()
+            .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+            .filter_map(|line| {
+                line.split(',')
+                    .find_map(|field| field.strip_prefix("port="))
+                    .and_then(|port| port.trim().parse().ok())
+            })
+            .collect()
     }
 
     /// Whether every sentinel names server `master` as the master, sees it up, and knows
