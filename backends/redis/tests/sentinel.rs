@@ -496,14 +496,15 @@ async fn a_master_cut_off_from_the_sentinels_splits_only_without_durability() {
 
 /// The master is paused (`SIGSTOP`) past the failover: the holder's requests time out
 /// on it, and the holder moves to the new master and keeps its lease there (the lock
-/// was replicated before the pause) without a new backend.
+/// was replicated before the pause) without a new backend. Its refreshes are batched
+/// (`refresh_many`), as the runner sends them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_follows_the_master_away_from_a_paused_one() {
     let topology = leasehold_conformance::require_server!(RedisSentinel::start());
     let holder = backend(&topology, Durability::Master).await;
     let ttl = Duration::from_secs(6);
     let key = unique_key("paused");
-    let mut lease = holder.try_acquire(&key, ttl).await.unwrap().unwrap();
+    let mut leases = vec![holder.try_acquire(&key, ttl).await.unwrap().unwrap()];
     let mut last_refresh = Instant::now();
 
     let old = blocking(|| topology.pause_master());
@@ -514,7 +515,8 @@ async fn a_holder_follows_the_master_away_from_a_paused_one() {
     let mut failures = 0;
     loop {
         let sent = Instant::now();
-        match lease.refresh(ttl).await {
+        let mut outcomes = holder.refresh_many(&mut leases, ttl).await;
+        match outcomes.pop().expect("one outcome per lease") {
             Ok(()) if sent > paused + failed_over => break,
             Ok(()) => last_refresh = sent,
             Err(err) => {
@@ -534,5 +536,5 @@ async fn a_holder_follows_the_master_away_from_a_paused_one() {
         "paused master: failover {old} -> {new} in {failed_over:?}; the holder refreshed on \
          the new master {moved:?} after the pause ({failures} refreshes failed before)"
     );
-    lease.release().await.unwrap();
+    leases[0].release().await.unwrap();
 }
