@@ -12,7 +12,9 @@
 //!
 //! Then, to tell the server's share from the client's, the server's own time per round
 //! trip (Redis `commandstats`, PostgreSQL `pg_stat_statements`) over [`SERVER_ROUNDS`]
-//! library round trips and as many floor round trips, each phase on its own.
+//! library round trips and as many floor round trips, each phase on its own; on
+//! PostgreSQL also the WAL writes and flushes (`pg_stat_wal`) of each phase, per 1,000
+//! round trips: what a server with default durability waits for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,9 @@ const FLOOR_LEASE: Duration = Duration::from_secs(3600);
 const WARM_UP: usize = 50;
 /// Round trips per phase of the server-time split.
 const SERVER_ROUNDS: usize = 500;
+/// How long PostgreSQL backends may keep their WAL statistics before publishing them in
+/// `pg_stat_wal`: at the latest 10 s after going idle (`PGSTAT_IDLE_INTERVAL`).
+const WAL_STATS_SETTLE: Duration = Duration::from_secs(11);
 
 /// The latency figures of one backend.
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +56,47 @@ pub(crate) struct Latency {
     pub(crate) server_library_us: Option<f64>,
     /// The server's own time per floor round trip, µs.
     pub(crate) server_floor_us: Option<f64>,
+    /// PostgreSQL's WAL writes and flushes per 1,000 library round trips.
+    pub(crate) wal_library: Option<Wal>,
+    /// PostgreSQL's WAL writes and flushes per 1,000 floor round trips.
+    pub(crate) wal_floor: Option<Wal>,
+}
+
+/// WAL writes and flushes (`pg_stat_wal`'s `wal_write` and `wal_sync`), the whole
+/// server's, during a phase of round trips, per 1,000 of them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Wal {
+    pub(crate) writes: f64,
+    pub(crate) syncs: f64,
+}
+
+/// The server's `pg_stat_wal` counters (`wal_write`, `wal_sync`) once every backend has
+/// published its share, or `None` if `url` is not a PostgreSQL server's.
+async fn wal_counters(url: Option<&str>) -> Result<Option<(i64, i64)>> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    tokio::time::sleep(WAL_STATS_SETTLE).await;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let counters: (i64, i64) = sqlx::query_as("SELECT wal_write, wal_sync FROM pg_stat_wal")
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(Some(counters))
+}
+
+/// The WAL counters' growth from `before` to `after`, per 1,000 of `rounds`.
+fn wal_per_1000(
+    before: Option<(i64, i64)>,
+    after: Option<(i64, i64)>,
+    rounds: usize,
+) -> Option<Wal> {
+    let ((w0, s0), (w1, s1)) = before.zip(after)?;
+    let per_1000 = |n: i64| n as f64 * 1_000.0 / rounds as f64;
+    Some(Wal {
+        writes: per_1000(w1 - w0),
+        syncs: per_1000(s1 - s0),
+    })
 }
 
 /// The raw operations of one server.
@@ -212,16 +258,31 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
     runner.shutdown().await;
 
     // The server's share: each phase alone, between resets of its statistics.
+    let wal_url = matches!(target.kind, Kind::Postgres | Kind::PostgresNondurable)
+        .then(|| target.raw_url())
+        .flatten();
+    let wal_start = wal_counters(wal_url.as_deref()).await?;
     target.reset_server_stats().await?;
     for _ in 0..SERVER_ROUNDS {
         library_round_trip(&*backend, &key).await?;
     }
     let server_library_us = target.server_time_us(&["evalsha", "eval"]).await?;
+    let wal_after_library = wal_counters(wal_url.as_deref()).await?;
     target.reset_server_stats().await?;
     for _ in 0..SERVER_ROUNDS {
         floor.round_trip().await?;
     }
     let server_floor_us = target.server_time_us(&["set", "del"]).await?;
+    let wal_after_floor = wal_counters(wal_url.as_deref()).await?;
+    let wal_library = wal_per_1000(wal_start, wal_after_library, SERVER_ROUNDS);
+    let wal_floor = wal_per_1000(wal_after_library, wal_after_floor, SERVER_ROUNDS);
+    if let Some((library, floor)) = wal_library.zip(wal_floor) {
+        eprintln!(
+            "{}: WAL per 1,000 acquire+release: library {:.0} writes, {:.0} flushes; \
+             floor {:.0} writes, {:.0} flushes",
+            target.kind, library.writes, library.syncs, floor.writes, floor.syncs
+        );
+    }
     let per_round = |total: Option<f64>| total.map(|us| us / SERVER_ROUNDS as f64);
 
     if let Floor::Etcd(client, lease) = &mut floor {
@@ -237,5 +298,7 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         runner: via_runner.summary(),
         server_library_us: per_round(server_library_us),
         server_floor_us: per_round(server_floor_us),
+        wal_library,
+        wal_floor,
     })
 }

@@ -106,13 +106,17 @@
 //! # Fencing tokens
 //!
 //! Table `public.routine_fencing` (schema and name configurable; the session table
-//! `public.routine_fencing_sessions` lives beside it) holds one row per key;
-//! the statement that takes the lock also increments the row's `token`, so tokens grow with
-//! every acquisition of a key, across processes, restarts and takeovers. Never delete its
-//! rows. The table (and schema) are created if missing, which needs the `CREATE`
-//! privilege; without it, [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied)
-//! (create the tables once as an administrator, then `SELECT, INSERT, UPDATE` on the
-//! fencing table and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
+//! `public.routine_fencing_sessions` and the epoch table `public.routine_fencing_epoch`
+//! live beside it) holds one row per key; the statement that takes the lock also raises
+//! the row's `token`, so tokens grow with every acquisition of a key, across processes,
+//! restarts, takeovers and server crashes. They grow by one within a lock session's
+//! *epoch* and jump when a session of a newer epoch takes the key, so they are large
+//! (`epoch × 2^32` and up) and not consecutive: compare them, never count on them (see
+//! *Durability*). Never delete the rows. The tables (and schema) are created if missing,
+//! which needs the `CREATE` privilege; without it,
+//! [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied) (create the tables
+//! once as an administrator, then `SELECT, INSERT, UPDATE` on the fencing and epoch
+//! tables and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
 //! fencing table made by an earlier version gets its `holder_session`,
 //! `holder_identity` and `record` columns added, which needs its owner (or run
 //! `ALTER TABLE public.routine_fencing ADD COLUMN IF NOT EXISTS record bytea` once as
@@ -124,7 +128,7 @@
 //! run out. An application that makes routine
 //! names dynamically (one per tenant, per job id) grows the fencing table by one row per
 //! name. To clean up names that are gone for good, delete their rows while nothing holds
-//! them, accepting that their tokens restart at 1 if a name ever comes back (harmless
+//! them, accepting that their tokens restart lower if a name ever comes back (harmless
 //! only if nothing downstream still remembers a token of that name), and that their
 //! records go with them:
 //!
@@ -223,7 +227,10 @@
 //!   every acquire and refresh the holder saw succeed was on the standby before the
 //!   holder heard of it. Nobody takes a key on the promoted server before the previous
 //!   holder's deadline (its last acknowledged refresh's send time plus the TTL), and
-//!   fencing tokens keep growing.
+//!   fencing tokens keep growing. The lease statements then keep the server's
+//!   `synchronous_commit`, so each acquire, refresh and release waits for the WAL flush
+//!   and the standby's acknowledgement (see *Durability*): that is the price of the
+//!   guarantee.
 //! - **Asynchronous**: the standby may miss the last commits before the crash. A missed
 //!   refresh leaves an older heartbeat, so another process may take the key up to the
 //!   replication lag before the holder's deadline; a missed acquire leaves the key free,
@@ -233,6 +240,41 @@
 //! In both, the heartbeat written by the old primary's clock is read by the new
 //! primary's: their clocks must agree to well within the TTL (a new primary whose clock
 //! runs ahead frees keys that much early).
+//!
+//! # Durability
+//!
+//! A commit with PostgreSQL's default `synchronous_commit = on` waits for its WAL to be
+//! flushed to disk, which costs more than the rest of an acquire. When the server has no
+//! synchronous standby (`synchronous_standby_names` is empty, asked by every statement),
+//! the lease statements (acquire, refresh, release) therefore commit asynchronously:
+//! `synchronous_commit` is `off` within their own transactions, and a thousand
+//! acquire + release pairs cost a handful of WAL flushes rather than one or two each. A
+//! server crash (not a clean shutdown) may then lose the last fraction of a second of
+//! those commits, and the design keeps the guarantees anyway:
+//!
+//! - **Tokens.** Each lock session, when it opens, bumps the epoch in the epoch table
+//!   with a flushed commit (one flush per session, not per acquire) and hands out tokens
+//!   of at least `epoch × 2^32`: `greatest(token + 1, epoch × 2^32)`. Every session
+//!   opened after a crash has a higher epoch than any before it, so its tokens exceed
+//!   every token handed out before the crash, even those whose counter writes the crash
+//!   lost. An epoch has room for 2^32 acquisitions of one key; past that a session
+//!   takes a new epoch before granting it. `tests/tokens_crash.rs` kills a server with
+//!   SIGKILL right after acquires, several times, and checks exactly this.
+//! - **The restart guard.** A lost commit may also lose a heartbeat or a key's claim,
+//!   which keep others off a key until its holders' local deadlines have passed (see
+//!   *Lock sessions and heartbeats*). Those deadlines lie at most the longest lease TTL
+//!   after the crash, so at most that long after the server started again: the epoch
+//!   table keeps the longest TTL any client has used (stored with a flushed commit before
+//!   a session first uses a longer TTL than stored), and **after a server crash or
+//!   restart, no key is granted until the longest TTL has passed since the server
+//!   started**. Acquires meanwhile report contention, and
+//!   [`expires_in`](leasehold_core::LockBackend::expires_in) says when the wait ends. A
+//!   clean restart pays this too (the backend cannot tell it from a crash).
+//!
+//! With a synchronous standby the statements keep the server's setting, every acquire,
+//! refresh and release waits for the flush, and the failover guarantee holds (see
+//! *Failover*). An asynchronous standby promoted after a crash may miss the last commits
+//! of either kind, as described there.
 //!
 //! # Poolers
 //!

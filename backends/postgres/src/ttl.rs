@@ -16,8 +16,11 @@
 //!
 //! None of them can end the session before `X` after its last statement, and every
 //! statement is sent after the refresh or acquire it serves was called, so the lease
-//! contract holds. With no lease held all are `0` (the server's defaults): an idle session
-//! holding nothing may live on.
+//! contract holds. A session whose last lease was released keeps that lease's settings
+//! (setting them costs the server more than the rest of a release, and the next acquire
+//! most likely wants them again); if the server ends it for idleness, it held nothing,
+//! and the next acquire opens a new session. A new session starts with the server's
+//! defaults.
 
 use std::time::Duration;
 

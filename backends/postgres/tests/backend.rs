@@ -329,3 +329,39 @@ async fn config_errors_name_the_setting() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_the_server_ended_is_replaced_by_the_next_acquire() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    // application_name marks this backend's connections in pg_stat_activity.
+    let marker = unique("idle");
+    let url = format!("{}?application_name={marker}", server.url());
+    let a = backend(&url, &unique("idle")).await;
+    let k = key("job");
+    let ttl = Duration::from_secs(1);
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = '{marker} (routine lock session)'"
+    );
+    a.try_acquire(&k, ttl)
+        .await
+        .unwrap()
+        .expect("free key")
+        .release()
+        .await
+        .unwrap();
+    // The released session keeps its lease's idle_session_timeout, and holds nothing.
+    common::eventually(
+        Duration::from_secs(20),
+        "the server ends the idle lock session",
+        || server.psql(&sessions) == "0",
+    )
+    .await;
+    let mut lease = a
+        .try_acquire(&k, ttl)
+        .await
+        .expect("an acquire after the idle session ended is no error")
+        .expect("free key");
+    assert_eq!(server.psql(&sessions), "1", "a new lock session holds it");
+    lease.release().await.unwrap();
+}

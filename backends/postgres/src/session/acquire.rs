@@ -35,6 +35,32 @@ impl Session {
             return Err(self.collision(key, hash, &other));
         }
         let timeout = self.settings.timeout_for(ttl);
+        // A session holding nothing keeps the settings of its last lease (see `release`),
+        // so the server may have ended it for idleness: then no lease was lost, and a new
+        // session takes the key. A timeout is not retried: its time is spent.
+        let empty = self.held.is_empty();
+        match self
+            .acquire_on_session(key, hash, ttl, holder, timeout)
+            .await
+        {
+            Err(err) if empty && self.live.is_none() && !matches!(err, Error::Timeout { .. }) => {
+                tracing::debug!(%key, "the idle lock session ended; acquiring on a new one: {err}");
+                self.acquire_on_session(key, hash, ttl, holder, timeout)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// [`acquire`](Self::acquire) on the live session, opening one if there is none.
+    async fn acquire_on_session(
+        &mut self,
+        key: &LockKey,
+        hash: i64,
+        ttl: Duration,
+        holder: &str,
+        timeout: Duration,
+    ) -> Result<Option<Acquired>> {
         self.ensure_live(timeout).await?;
         match self.acquire_once(key, hash, ttl, holder, timeout).await? {
             Attempt::Done(acquired) => Ok(acquired),

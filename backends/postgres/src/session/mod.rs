@@ -239,11 +239,18 @@ impl Session {
     /// runs out, which outlasts every lease's local deadline.
     fn abandon(&mut self, why: &dyn std::fmt::Display) {
         if let Some(live) = self.live.take() {
-            tracing::warn!(
-                pid = live.pid,
-                leases = self.held.len(),
-                "abandoning the PostgreSQL lock session, its leases are lost: {why}"
-            );
+            if self.held.is_empty() {
+                tracing::debug!(
+                    pid = live.pid,
+                    "dropping the idle PostgreSQL lock session: {why}"
+                );
+            } else {
+                tracing::warn!(
+                    pid = live.pid,
+                    leases = self.held.len(),
+                    "abandoning the PostgreSQL lock session, its leases are lost: {why}"
+                );
+            }
         }
         self.held.clear();
         self.ttls.clear();
@@ -440,7 +447,15 @@ impl Session {
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
-        let (names, values) = live.settings_for(longest);
+        // The last lease released keeps its settings: sending them costs the server more
+        // than the rest of the release, and the next acquire most likely wants them back.
+        // If the server ends the idle session for it, the next acquire opens a new one.
+        let keep = longest.is_zero();
+        let (names, values) = if keep {
+            (Vec::new(), Vec::new())
+        } else {
+            live.settings_for(longest)
+        };
         let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.release)))
             .bind(id.hash)
             .bind(CHANNEL)
@@ -450,7 +465,9 @@ impl Session {
             .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(row)) => {
-                live.applied = Some(longest);
+                if !keep {
+                    live.applied = Some(longest);
+                }
                 if !row.try_get::<bool, _>("unlocked").unwrap_or(true) {
                     tracing::warn!(key = %held.key, "the lock session did not hold the lock it released");
                 }
