@@ -144,12 +144,17 @@ impl Connection {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.request_at(operation, limit, |manager, _| send(manager))
+        self.send(operation, limit, false, |manager, _| send(manager))
             .await
     }
 
     /// [`request`](Self::request), with the epoch of the master it is sent to (0
     /// without Sentinel) given to `send` along with the connection.
+    ///
+    /// Behind Sentinel the epoch must be the master's current one: while the sentinels
+    /// could not be asked since a failure that a failover explains (the connection may
+    /// have been re-established to the same address, now a master of a later epoch),
+    /// the request is not sent and fails with [`Error::Unavailable`].
     pub(crate) async fn request_at<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -160,32 +165,58 @@ impl Connection {
         F: Fn(ConnectionManager, u64) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.send(operation, limit, true, send).await
+    }
+
+    async fn send<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        needs_epoch: bool,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(ConnectionManager, u64) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let follows = self.shared.target.follows_master();
         let attempt = async {
-            if follows && self.shared.suspect.swap(false, Ordering::Relaxed) {
+            if follows && self.shared.suspect.load(Ordering::Relaxed) {
                 let generation = self.shared.read().generation;
                 self.renew(generation, true).await;
+                if needs_epoch && self.shared.suspect.load(Ordering::Relaxed) {
+                    return Err(Attempt::Unlocated);
+                }
             }
             let current = self.shared.current();
-            match send_on(&current, operation, &send).await {
+            let sent = match send_on(&current, operation, follows, &send).await {
                 Err(err) if error::needs_new_connection(&err) => {
                     match self.renew(current.generation, false).await {
-                        Some(fresh) => send_on(&fresh, operation, &send).await,
+                        Some(fresh) => send_on(&fresh, operation, follows, &send).await,
                         None => Err(err),
                     }
                 }
+                // A dropped connection is re-established to the same address: behind
+                // Sentinel, ask where the master is before sending again.
                 Err(err) if follows && may_have_moved(&err) => {
                     match self.renew(current.generation, true).await {
-                        Some(fresh) => send_on(&fresh, operation, &send).await,
+                        Some(fresh) => send_on(&fresh, operation, follows, &send).await,
                         None => Err(err),
                     }
                 }
                 other => other,
-            }
+            };
+            sent.map_err(Attempt::Redis)
         };
         match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(err)) => Err(error::from_redis(err, operation, limit)),
+            Ok(Err(Attempt::Redis(err))) => Err(error::from_redis(err, operation, limit)),
+            Ok(Err(Attempt::Unlocated)) => Err(Error::unavailable(
+                NAME,
+                operation,
+                "the master may have moved and the sentinels could not tell where yet \
+                 (a failover may be under way); not sent",
+            )),
             Err(_) => {
                 self.suspect();
                 Err(Error::timeout(NAME, operation, limit))
@@ -203,6 +234,11 @@ impl Connection {
     /// the sentinels are asked (a request's bound may be as short as the response
     /// timeout that sent it here) gives up waiting, but the replacement still happens,
     /// for the requests that follow.
+    ///
+    /// With `moved_only`, a master that did not move is confirmed: the current manager is
+    /// returned (to send again on it, re-established to the same address). Behind
+    /// Sentinel, a failure to ask the sentinels marks the connection suspect and a
+    /// successful answer clears it.
     async fn renew(&self, failed: u64, moved_only: bool) -> Option<Current> {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move { shared.renew(failed, moved_only).await })
@@ -247,15 +283,20 @@ impl Shared {
         } else {
             self.target.locate().await.map(Some)
         };
+        let follows = self.target.follows_master();
         let Located {
             client,
             address,
             epoch,
         } = match located {
             Ok(Some(located)) => located,
-            Ok(None) => return None,
+            Ok(None) => {
+                self.suspect.store(false, Ordering::Relaxed);
+                return Some(self.current());
+            }
             Err(err) => {
                 tracing::debug!(error = %err.chain(), "could not locate the redis master");
+                self.suspect.store(follows, Ordering::Relaxed);
                 return None;
             }
         };
@@ -273,6 +314,7 @@ impl Shared {
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 *current = fresh.clone();
+                self.suspect.store(false, Ordering::Relaxed);
                 Some(fresh)
             }
             Err(err) => {
@@ -293,10 +335,12 @@ fn may_have_moved(err: &redis::RedisError) -> bool {
         || err.is_unrecoverable_error()
 }
 
-/// Sends once, and once more if the connection turned out to be dropped.
+/// Sends once, and once more if the connection turned out to be dropped, unless the
+/// master may move (`follows`): then the caller asks the sentinels first.
 async fn send_on<T, F, Fut>(
     current: &Current,
     operation: &'static str,
+    follows: bool,
     send: &F,
 ) -> redis::RedisResult<T>
 where
@@ -304,12 +348,20 @@ where
     Fut: Future<Output = redis::RedisResult<T>>,
 {
     match send(current.manager.clone(), current.epoch).await {
-        Err(err) if err.is_connection_dropped() => {
+        Err(err) if err.is_connection_dropped() && !follows => {
             tracing::debug!(operation, error = %err, "redis connection dropped, sending again");
             send(current.manager.clone(), current.epoch).await
         }
         other => other,
     }
+}
+
+/// Why a request's attempt failed.
+enum Attempt {
+    Redis(redis::RedisError),
+    /// The request needs the master's epoch, which is not known since the connection
+    /// failed.
+    Unlocated,
 }
 
 /// Why a new manager could not be made.
