@@ -206,11 +206,21 @@ pub enum FaultKind {
     /// The PostgreSQL primary killed with `SIGKILL` and the standby promoted (PostgreSQL
     /// pairs only); members reconnect through their multi-host URLs.
     Failover,
+    /// The Redis master killed with `SIGKILL`; the sentinels fail over to a replica, then
+    /// the old master is started again as a replica (Sentinel only).
+    MasterKill,
+    /// The Redis master stopped with `SIGSTOP` until the sentinels have failed over, then
+    /// resumed: it comes back as a master with clients still connected until the
+    /// sentinels demote it (Sentinel only).
+    MasterPause,
+    /// The Redis master cut off from the sentinels (clients and replicas still reach it)
+    /// until they have failed over, then healed: two masters for a while (Sentinel only).
+    MasterIsolate,
 }
 
 impl FaultKind {
     /// Every fault, in the order of the results table.
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::Terminate,
         FaultKind::Kill,
         FaultKind::Pause,
@@ -227,6 +237,9 @@ impl FaultKind {
         FaultKind::LeaderIsolate,
         FaultKind::ClientMemberCut,
         FaultKind::Failover,
+        FaultKind::MasterKill,
+        FaultKind::MasterPause,
+        FaultKind::MasterIsolate,
     ];
 
     /// The faults that can be injected into a cluster on `backend`, in table order.
@@ -253,6 +266,12 @@ impl FaultKind {
             | FaultKind::LeaderIsolate
             | FaultKind::ClientMemberCut => topology && backend.is_etcd(),
             FaultKind::Failover => backend.is_postgres_pair(),
+            FaultKind::MasterKill | FaultKind::MasterPause | FaultKind::MasterIsolate => {
+                backend.is_sentinel()
+            }
+            // Members reach the sentinels through their proxies but the master at the
+            // address the sentinels give, which no proxy of theirs is in front of.
+            FaultKind::Cut | FaultKind::StarveCut => !backend.is_sentinel(),
             _ => true,
         }
     }
@@ -276,6 +295,9 @@ impl FaultKind {
             FaultKind::LeaderIsolate => "leader cut off from peers > TTL",
             FaultKind::ClientMemberCut => "leader cut off from clients > TTL",
             FaultKind::Failover => "primary SIGKILL + standby promoted",
+            FaultKind::MasterKill => "master SIGKILL, sentinels fail over",
+            FaultKind::MasterPause => "master SIGSTOP until failed over",
+            FaultKind::MasterIsolate => "master cut off from sentinels until failed over",
         }
     }
 

@@ -139,7 +139,10 @@ pub async fn inject_after(
         | FaultKind::MemberRestart
         | FaultKind::LeaderIsolate
         | FaultKind::ClientMemberCut
-        | FaultKind::Failover => {
+        | FaultKind::Failover
+        | FaultKind::MasterKill
+        | FaultKind::MasterPause
+        | FaultKind::MasterIsolate => {
             // Held (where held) on purpose for longer than the TTL.
             let id = cluster.topology_fault(kind, ttl + ttl / 2).await?;
             wait_for_recovery(cluster, id, patience).await?;
@@ -277,7 +280,10 @@ impl Bounds {
             | FaultKind::MemberRestart
             | FaultKind::LeaderIsolate
             | FaultKind::ClientMemberCut
-            | FaultKind::Failover => {
+            | FaultKind::Failover
+            | FaultKind::MasterKill
+            | FaultKind::MasterPause
+            | FaultKind::MasterIsolate => {
                 let down = between(fault.at, fault.until);
                 let lease = self.ttl + self.expiry_lag + self.handover_extension;
                 let backoff = down * 5 / 3 + self.retry * 5 / 4;

@@ -25,6 +25,12 @@ use leasehold_conformance::servers::{
 pub enum BackendKind {
     /// `redis-server`, durable (see the module docs).
     Redis,
+    /// Redis behind Sentinel: a master, two replicas and three sentinels; members connect
+    /// with a `redis+sentinel://` URL listing the sentinels, without durable mode.
+    RedisSentinel,
+    /// The same Sentinel topology, members in durable mode (`durable_replicas=2`: every
+    /// acquire and refresh confirmed by `WAIT` on both replicas).
+    RedisSentinelDurable,
     /// A single-member `etcd`.
     #[cfg(feature = "etcd")]
     Etcd,
@@ -60,6 +66,8 @@ impl BackendKind {
     /// and the PostgreSQL primary/standby pairs.
     pub fn topologies() -> Vec<BackendKind> {
         vec![
+            BackendKind::RedisSentinel,
+            BackendKind::RedisSentinelDurable,
             #[cfg(feature = "etcd")]
             BackendKind::EtcdCluster,
             #[cfg(feature = "postgres")]
@@ -73,6 +81,8 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Redis => "redis",
+            BackendKind::RedisSentinel => "redis-sentinel",
+            BackendKind::RedisSentinelDurable => "redis-sentinel-durable",
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => "etcd",
             #[cfg(feature = "etcd")]
@@ -87,11 +97,15 @@ impl BackendKind {
     }
 
     /// The shortest lease TTL the fault tests use: 1 s; 2 s for etcd (its minimum with
-    /// the default election timeout); 3 s for a PostgreSQL pair, so that a failover
+    /// the default election timeout) and Redis behind Sentinel (whose failovers take
+    /// about a second and a half); 3 s for a PostgreSQL pair, so that a failover
     /// (kill, promote: about a second) ends while the holder's heartbeat still runs and
     /// the new primary must keep other members off the key until it runs out.
     pub fn test_ttl(self) -> Duration {
         match self {
+            BackendKind::RedisSentinel | BackendKind::RedisSentinelDurable => {
+                Duration::from_secs(2)
+            }
             #[cfg(feature = "etcd")]
             BackendKind::Etcd | BackendKind::EtcdCluster => Duration::from_secs(2),
             #[cfg(feature = "postgres")]
@@ -110,15 +124,24 @@ impl BackendKind {
         }
     }
 
-    /// Whether this is a PostgreSQL pair with asynchronous replication, where a failover
-    /// may lose the last acknowledged heartbeat (so overlap is measured, not promised
-    /// away).
-    pub fn is_asynchronous_pair(self) -> bool {
+    /// Whether a failover of this topology may lose acknowledged writes, so that overlap
+    /// is measured, not promised away: a PostgreSQL pair with asynchronous replication,
+    /// Redis behind Sentinel without durable mode.
+    pub fn loses_writes_on_failover(self) -> bool {
         match self {
+            BackendKind::RedisSentinel => true,
             #[cfg(feature = "postgres")]
             BackendKind::PostgresAsync => true,
             _ => false,
         }
+    }
+
+    /// Whether this is Redis behind Sentinel (durable or not).
+    pub fn is_sentinel(self) -> bool {
+        matches!(
+            self,
+            BackendKind::RedisSentinel | BackendKind::RedisSentinelDurable
+        )
     }
 
     /// Whether this is a PostgreSQL primary/standby pair.
@@ -146,6 +169,8 @@ impl BackendKind {
 pub enum Server {
     /// Redis with an fsync'ed append-only file.
     Redis(DurableRedis),
+    /// Redis behind Sentinel; `true`: members in durable mode.
+    RedisSentinel(leasehold_conformance::servers::RedisSentinel, bool),
     /// etcd.
     #[cfg(feature = "etcd")]
     Etcd(leasehold_conformance::servers::EtcdServer),
@@ -170,6 +195,11 @@ impl Server {
     pub fn start(kind: BackendKind) -> Option<Server> {
         match kind {
             BackendKind::Redis => DurableRedis::start().map(Server::Redis),
+            BackendKind::RedisSentinel | BackendKind::RedisSentinelDurable => {
+                let durable = kind == BackendKind::RedisSentinelDurable;
+                leasehold_conformance::servers::RedisSentinel::start()
+                    .map(|topology| Server::RedisSentinel(topology, durable))
+            }
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => {
                 leasehold_conformance::servers::EtcdServer::start().map(Server::Etcd)
@@ -205,6 +235,7 @@ impl Server {
     pub fn ports(&self) -> Vec<u16> {
         match self {
             Server::Redis(server) => vec![server.port],
+            Server::RedisSentinel(topology, _) => topology.sentinel_ports(),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => vec![server.port()],
             #[cfg(feature = "etcd")]
@@ -240,6 +271,12 @@ impl Server {
                 user.password(),
                 hosts(&ports[..1])
             ),
+            Server::RedisSentinel(topology, durable) => format!(
+                "redis+sentinel://{}/{}{}",
+                hosts(ports),
+                topology.master_name(),
+                if *durable { "?durable_replicas=2" } else { "" }
+            ),
             #[cfg(feature = "etcd")]
             Server::Etcd(_) | Server::EtcdCluster(_) => format!("etcd://{}", hosts(ports)),
             #[cfg(feature = "postgres")]
@@ -262,6 +299,7 @@ impl Server {
     pub fn restart(&mut self) {
         match self {
             Server::Redis(server) => server.restart(),
+            Server::RedisSentinel(..) => panic!("Redis behind Sentinel fails over instead"),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => server.restart(),
             #[cfg(feature = "postgres")]
@@ -281,6 +319,7 @@ impl Server {
     pub fn pause(&self) -> io::Result<()> {
         match self {
             Server::Redis(server) => server.process()?.pause(),
+            Server::RedisSentinel(..) => Err(io::Error::other("pause the master instead")),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => server.process().pause(),
             #[cfg(feature = "postgres")]
@@ -303,6 +342,7 @@ impl Server {
     pub fn resume(&self) -> io::Result<()> {
         match self {
             Server::Redis(server) => server.process()?.resume(),
+            Server::RedisSentinel(..) => Err(io::Error::other("resume the master instead")),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => server.process().resume(),
             #[cfg(feature = "postgres")]

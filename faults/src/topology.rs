@@ -58,6 +58,9 @@ impl Cluster {
             self.config().backend.name()
         );
         match kind {
+            FaultKind::MasterKill | FaultKind::MasterPause | FaultKind::MasterIsolate => {
+                self.sentinel_fault(kind).await
+            }
             #[cfg(feature = "postgres")]
             FaultKind::Failover => self.failover().await,
             #[cfg(feature = "etcd")]
@@ -65,6 +68,40 @@ impl Cluster {
             #[cfg(not(feature = "etcd"))]
             _ => anyhow::bail!("{kind} needs the `etcd` feature ({down:?})"),
         }
+    }
+
+    /// The faults of a Redis master behind Sentinel: each lasts until the sentinels have
+    /// failed over to a replica and the old master is back as a replica in sync.
+    async fn sentinel_fault(&mut self, kind: FaultKind) -> anyhow::Result<FaultId> {
+        let id = self.record(kind, None, None);
+        self.with_server("fail the Redis master over", move |server| {
+            let Server::RedisSentinel(topology, _) = server else {
+                anyhow::bail!("not Redis behind Sentinel");
+            };
+            match kind {
+                FaultKind::MasterKill => {
+                    let old = topology.kill_master();
+                    topology.wait_for_failover(old);
+                    topology.restart(old);
+                }
+                FaultKind::MasterPause => {
+                    let old = topology.pause_master();
+                    let new = topology.wait_for_failover(old);
+                    topology.resume_master();
+                    whole_again(topology, new)?;
+                }
+                _ /* MasterIsolate */ => {
+                    let old = topology.isolate_master_from_sentinels();
+                    let new = topology.wait_for_failover(old);
+                    topology.heal();
+                    whole_again(topology, new)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.end(id);
+        Ok(id)
     }
 
     /// Kills the PostgreSQL primary and promotes the standby; the fault ends when the
@@ -203,6 +240,24 @@ impl Cluster {
         self.end(id);
         Ok(id)
     }
+}
+
+/// Waits until the old master, back after a pause or a cut, has been turned into a replica
+/// of `master` by the sentinels and is in sync: the fault ends when the topology is whole
+/// again (until then durable mode cannot have both replicas confirm a write).
+fn whole_again(
+    topology: &leasehold_conformance::servers::RedisSentinel,
+    master: usize,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while topology.replicas_online(master) < topology.len() - 1 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the old master did not rejoin as a replica within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// The etcd cluster `server` is.

@@ -328,6 +328,41 @@ async fn topology_faults(
     Ok(())
 }
 
+/// Redis behind Sentinel in durable mode (`WAIT` on both replicas): the master killed,
+/// paused and cut off from the sentinels until they fail over, then a holder crash: no
+/// overlap beyond the old holder's fenced stale steps, no token regression, a holder again
+/// within the bounds after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failovers_in_durable_mode_leave_no_overlap() -> anyhow::Result<()> {
+    topology_faults(
+        BackendKind::RedisSentinelDurable,
+        &[
+            FaultKind::MasterKill,
+            FaultKind::MasterPause,
+            FaultKind::MasterIsolate,
+            FaultKind::Kill,
+        ],
+        true,
+    )
+    .await
+}
+
+/// Redis behind Sentinel without durable mode: the same failovers, measured (printed),
+/// and a holder again after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failovers_without_durable_mode_have_a_holder_again() -> anyhow::Result<()> {
+    topology_faults(
+        BackendKind::RedisSentinel,
+        &[
+            FaultKind::MasterKill,
+            FaultKind::MasterPause,
+            FaultKind::MasterIsolate,
+        ],
+        false,
+    )
+    .await
+}
+
 /// The etcd cluster's member faults (leader and follower killed, the leader restarted,
 /// cut off from its peers and from the clients), then a holder crash, on one cluster: no
 /// overlap, tokens grow, every fault followed by a holder within the bounds.
