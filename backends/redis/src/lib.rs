@@ -182,10 +182,14 @@
 //! not supported.
 //!
 //! **Following the master.** A request that fails in a way a failover explains (the
-//! connection refused, reset or timed out, `READONLY` from a demoted master, `WAIT`
-//! refused by a replica, too few replicas confirming in durable mode) asks the sentinels
-//! again, at most once a second, and moves the command connection to the master they
-//! name if it changed; the request is then sent once more there. Scripts are loaded again
+//! connection refused, reset, dropped or timed out, `READONLY` from a demoted master,
+//! `WAIT` refused by a replica, too few replicas confirming in durable mode) asks the
+//! sentinels again, at most once a second, and moves the command connection to the
+//! master they name if it changed (a different address, or the same address in a later
+//! epoch); the request is then sent once more there. Until the sentinels have answered
+//! since such a failure, an acquire is not sent (it fails with a transient error): it
+//! needs the master's epoch, and the client re-establishes a dropped connection to the
+//! same address, which may serve a master of another epoch by then. Scripts are loaded again
 //! on the new master when it answers `NOSCRIPT`; the batched refresh goes wherever the
 //! command connection goes; the release notifications subscribe again, on the master of
 //! the moment, at the next wait after their connection closed (until then, a demoted

@@ -538,3 +538,53 @@ async fn a_holder_follows_the_master_away_from_a_paused_one() {
     );
     leases[0].release().await.unwrap();
 }
+
+/// Five master kills in a row in durable mode (2 replicas), the lease handed back and
+/// forth between two processes: no overlap and no token regression in any round. About
+/// 20 s: run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "five failovers take about 20 s; run with --ignored"]
+async fn repeated_master_kills_in_durable_mode_never_overlap_nor_go_backwards() {
+    let mut topology = leasehold_conformance::require_server!(RedisSentinel::start());
+    let durability = Durability::Replicas {
+        count: 2,
+        timeout: Duration::from_millis(200),
+    };
+    let (a, b) = (
+        backend(&topology, durability).await,
+        backend(&topology, durability).await,
+    );
+    let ttl = Duration::from_secs(2);
+    let key = unique_key("repeated");
+    let (mut lease, _, _) = acquire_when_free(&a, &key, ttl).await;
+    let mut token = lease.fencing_token().get();
+    let (mut holder, mut other) = (&a, &b);
+    for round in 0..5 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let refresher = keep_refreshing(lease, ttl, Arc::clone(&stop));
+        let old = blocking(|| topology.kill_master());
+        let killed = Instant::now();
+        let new = blocking(|| topology.wait_for_failover(old));
+        blocking(|| topology.restart(old));
+        stop.store(true, Ordering::SeqCst);
+        let (_, _, deadline) = refresher.await.unwrap();
+        let (next, at, _) = acquire_when_free(other, &key, ttl).await;
+        let next_token = next.fencing_token().get();
+        eprintln!(
+            "round {round}: failover {old} -> {new}, takeover {:?} after the kill, token {:?}",
+            at - killed,
+            split(next_token)
+        );
+        assert!(
+            at >= deadline,
+            "round {round}: a second holder {:?} before the first one's deadline",
+            deadline - at
+        );
+        assert!(
+            next_token > token,
+            "round {round}: token {next_token} after {token}"
+        );
+        (lease, token) = (next, next_token);
+        std::mem::swap(&mut holder, &mut other);
+    }
+}
