@@ -9,6 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::PostgresBackend;
 use crate::hosts::{Hosts, Target, UrlParts};
+pub(crate) use crate::sourced::Sourced;
 use crate::tls::{self, TlsSettings};
 
 /// The schema of the fencing table unless configured.
@@ -33,19 +34,6 @@ pub(crate) const SESSIONS_SUFFIX: &str = "_sessions";
 pub(crate) const EPOCH_SUFFIX: &str = "_epoch";
 /// Long enough for any sensible prefix, short enough to keep log lines readable.
 const MAX_NAMESPACE_LEN: usize = 200;
-
-/// A value and the setting it came from, so errors name the variable the user set.
-#[derive(Clone)]
-pub(crate) struct Sourced<T> {
-    pub(crate) value: T,
-    pub(crate) setting: &'static str,
-}
-
-impl<T> Sourced<T> {
-    pub(crate) fn new(value: T, setting: &'static str) -> Self {
-        Self { value, setting }
-    }
-}
 
 /// Builds a [`PostgresBackend`]: `PostgresBackend::builder().with_url(..).build().await?`.
 ///

@@ -7,7 +7,7 @@ use leasehold_core::Error;
 use sqlx::postgres::{PgDatabaseError, PgSeverity};
 
 /// The backend's name in errors and logs.
-pub(crate) const NAME: &str = "postgres";
+pub(crate) use crate::NAME;
 
 /// A plain message kept as the `source` of an [`Error`] when there is no client error.
 #[derive(Debug, thiserror::Error)]

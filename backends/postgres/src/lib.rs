@@ -304,6 +304,9 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+/// The backend's name in errors.
+pub(crate) const NAME: &str = "postgres";
+
 mod backend;
 mod config;
 mod connect;
@@ -319,6 +322,7 @@ mod notify;
 mod operator;
 mod record;
 mod session;
+mod sourced;
 mod tls;
 mod ttl;
 

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use leasehold_core::{Error, Result};
 use sqlx::postgres::PgSslMode;
 
-use crate::error::NAME;
+use crate::NAME;
 
 /// TLS settings given to the builder; each overrides the URL's parameter of the same
 /// meaning.

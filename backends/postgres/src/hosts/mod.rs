@@ -24,7 +24,7 @@ use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 use tokio::time::Instant;
 
-use crate::config::Sourced;
+use crate::sourced::Sourced;
 use crate::error::{Message, NAME, with_timeout};
 pub(crate) use parse::SessionAttrs;
 pub(crate) use url_parts::UrlParts;
