@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PostgresBackendBuilder, Settings};
 use crate::connect::{self, pooler_detected};
-use crate::epoch::EpochStatements;
+use crate::epoch::{self, EpochStatements};
 use crate::error::{Context, NAME, with_timeout};
 use crate::fencing;
 use crate::lease::{PostgresLease, call, session_stopped};
@@ -109,7 +109,8 @@ impl PostgresBackend {
             url_setting: settings.url_setting,
         };
         with_timeout(ctx.operation, settings.request_timeout, async {
-            fencing::ensure_table(&mut live.conn, &settings).await
+            fencing::ensure_table(&mut live.conn, &settings).await?;
+            epoch::ensure_table(&mut live.conn, &settings).await
         })
         .await?;
         // The session hands out no token before it has an epoch of its own.

@@ -1,7 +1,8 @@
 //! Fencing tokens without a WAL flush per acquire, and the guard after a server restart.
 //!
 //! The lease statements (acquire, refresh, release) commit asynchronously when the server
-//! has no synchronous standby (see [`ASYNC_COMMIT_CTE`]): a commit returns before its WAL
+//! has no synchronous standby (see [`ASYNC_COMMIT_CTE`](crate::fencing::ASYNC_COMMIT_CTE)):
+//! a commit returns before its WAL
 //! is flushed, so a server crash may lose the last of them. Two things make that safe:
 //!
 //! - **Epochs.** The epoch table (the fencing table's name with `_epoch` appended) holds
@@ -34,19 +35,10 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::config::Settings;
 use crate::connect::Live;
 use crate::error::{Context, Message, NAME};
+use crate::fencing::create;
 
 /// The highest epoch: `(epoch + 1) << 32` must fit in a `bigint`.
 const MAX_EPOCH: i64 = (1 << 31) - 2;
-
-/// A CTE that makes the statement's own transaction commit without waiting for its WAL
-/// flush, unless the server has a synchronous standby: then the failover guarantee (every
-/// acquire and refresh a holder saw succeed is on the standby) needs the server's own
-/// setting. The server is asked on every statement, so a standby configured later counts
-/// from then on. Reference it as `(SELECT count(*) FROM commit_mode)` so that it runs.
-pub(crate) const ASYNC_COMMIT_CTE: &str = "commit_mode AS MATERIALIZED (
-    SELECT set_config('synchronous_commit', 'off', true)
-    WHERE current_setting('synchronous_standby_names') = ''
-)";
 
 /// A CTE that makes the statement's transaction wait for its WAL flush even if the server
 /// or role turned `synchronous_commit` off: epochs and the longest TTL must survive a
@@ -199,7 +191,7 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
                 ttl_before_ms bigint NOT NULL
             )"
         );
-        crate::fencing::create(conn, sql, ctx("create the epoch table")).await?;
+        create(conn, sql, ctx("create the epoch table")).await?;
     }
     let row = sqlx::query(
         "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass

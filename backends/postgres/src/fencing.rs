@@ -29,7 +29,6 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use crate::config::Settings;
-use crate::epoch::ASYNC_COMMIT_CTE;
 use crate::error::{Context, Message, NAME};
 
 /// The statements of a lock session, with the table names filled in.
@@ -65,6 +64,17 @@ pub(crate) struct Statements {
     /// Deletes the session rows whose heartbeat has run out.
     pub(crate) forget_sessions: Arc<str>,
 }
+
+/// A CTE that makes the statement's own transaction commit without waiting for its WAL
+/// flush, unless the server has a synchronous standby: then the failover guarantee (every
+/// acquire and refresh a holder saw succeed is on the standby) needs the server's own
+/// setting. The server is asked on every statement, so a standby configured later counts
+/// from then on. Reference it as `(SELECT count(*) FROM commit_mode)` so that it runs.
+/// The `epoch` module says why a crash that loses such commits breaks no guarantee.
+pub(crate) const ASYNC_COMMIT_CTE: &str = "commit_mode AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'off', true)
+    WHERE current_setting('synchronous_standby_names') = ''
+)";
 
 /// Milliseconds left until `alive_until`, at least 1 (the row is alive).
 pub(crate) const LEFT_MS: &str =
@@ -196,9 +206,10 @@ impl Statements {
     }
 }
 
-/// Creates the schema and the two tables if missing (adding `holder_session`,
-/// `holder_identity` and `record` to a fencing table made by an earlier version), then
-/// checks that the tables are ours and that this role may read and write them.
+/// Creates the schema and the fencing and session tables if missing (adding
+/// `holder_session`, `holder_identity` and `record` to a fencing table made by an earlier
+/// version), then checks that the tables are ours and that this role may read and write
+/// them. The epoch table is the `epoch` module's.
 ///
 /// # Errors
 ///
@@ -313,7 +324,6 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
             )),
         ));
     }
-    crate::epoch::ensure_table(conn, settings).await?;
     // Rows of sessions whose heartbeat ran out guard nothing any more.
     let forget = Statements::new(table, sessions, &settings.qualified_epochs).forget_sessions;
     sqlx::query(sqlx::AssertSqlSafe(forget))

@@ -38,12 +38,12 @@ impl Session {
         // A session holding nothing keeps the settings of its last lease (see `release`),
         // so the server may have ended it for idleness: then no lease was lost, and a new
         // session takes the key. A timeout is not retried: its time is spent.
-        let empty = self.held.is_empty();
+        let idle = self.held.is_empty() && self.live.is_some();
         match self
             .acquire_on_session(key, hash, ttl, holder, timeout)
             .await
         {
-            Err(err) if empty && self.live.is_none() && !matches!(err, Error::Timeout { .. }) => {
+            Err(err) if idle && self.live.is_none() && !matches!(err, Error::Timeout { .. }) => {
                 tracing::debug!(%key, "the idle lock session ended; acquiring on a new one: {err}");
                 self.acquire_on_session(key, hash, ttl, holder, timeout)
                     .await
