@@ -3,7 +3,7 @@
 //! acquire), so a crash may lose their last writes: the tokens must still grow past every
 //! token handed out before the crash (each lock session takes a new, flushed epoch), and
 //! no key may be granted while a holder from before the crash may still run (the restart
-//! guard).
+//! guard). With a synchronous standby configured, they wait for it as before.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use leasehold_conformance::servers::PostgresServer;
-use leasehold_core::{Lease, LockBackend};
+use leasehold_core::{Error, Lease, LockBackend};
 
 use common::{acquire_within, backend, key, unique};
 
@@ -191,4 +191,40 @@ async fn after_a_server_crash_no_key_is_granted_before_the_longest_ttl_has_passe
         .expect("acquire")
         .expect("the guard is over for every key");
     again.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_synchronous_standby_configured_an_acquire_waits_for_it() {
+    let server = leasehold_conformance::require_server!(PostgresServer::start());
+    let a = backend(&server.url(), &unique("sync")).await;
+    let k = key("job");
+    // Stores the TTL, and opens the session with its epoch: the next acquire statement is
+    // the only commit left to wait.
+    a.try_acquire(&k, TTL)
+        .await
+        .expect("acquire")
+        .expect("free")
+        .release()
+        .await
+        .expect("release");
+    // A synchronous standby that never connects: a commit that waits for it never ends.
+    server.psql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+    server.psql("SELECT pg_reload_conf()");
+    common::eventually(WITHIN, "the server has a synchronous standby", || {
+        server.psql("SHOW synchronous_standby_names") == "nobody"
+    })
+    .await;
+    let err = a
+        .try_acquire(&k, TTL)
+        .await
+        .expect_err("the acquire's commit must wait for the synchronous standby");
+    assert!(
+        matches!(err, Error::Timeout { .. }),
+        "the acquire waits for the standby until it times out, got {err:?}"
+    );
+    server.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    server.psql("SELECT pg_reload_conf()");
+    // The timed-out session's claim guards the key until its heartbeat runs out.
+    let mut lease = acquire_within(&a, &k, TTL, WITHIN).await;
+    lease.release().await.expect("release");
 }
