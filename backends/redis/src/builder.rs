@@ -7,9 +7,9 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 
 use crate::RedisBackend;
+use crate::config::Durability;
+use crate::config::sentinel::{self, SentinelSettings};
 use crate::config::{self, Password, Settings};
-use crate::durability::Durability;
-use crate::sentinel_config::{self, SentinelSettings};
 use crate::tls::TlsFile;
 
 /// Configures and connects a [`RedisBackend`].
@@ -180,7 +180,7 @@ impl RedisBackendBuilder {
             .into_iter()
             .map(|s| s.as_ref().trim().to_owned())
             .collect();
-        match sentinel_config::parse_sentinels(&list.join(",")) {
+        match sentinel::parse_sentinels(&list.join(",")) {
             Ok(parsed) => self.sentinel().sentinels = parsed,
             Err(reason) => self.record(Error::config("sentinels", reason)),
         }

@@ -69,7 +69,7 @@ impl Client {
 
     /// The `WAIT` that must follow a write bounded by `limit`, in durable mode.
     pub(crate) fn wait(&self, limit: Duration) -> Option<Wait> {
-        self.settings.durability().wait(limit)
+        crate::durability::wait(self.settings.durability(), limit)
     }
 
     /// Checks how many replicas confirmed a write of `operation` (`None`: not asked).

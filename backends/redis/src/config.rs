@@ -7,9 +7,11 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
-use crate::durability::Durability;
-use crate::sentinel_config::{self, SentinelSettings};
 use crate::tls::{self, TlsFiles};
+
+pub(crate) mod sentinel;
+
+use sentinel::SentinelSettings;
 
 /// The port used when an address or URL gives none.
 pub(crate) const DEFAULT_PORT: u16 = 6379;
@@ -75,7 +77,7 @@ impl Default for Settings {
             require_noeviction: false,
             sentinel: None,
             durable_replicas: 0,
-            durable_timeout: sentinel_config::DEFAULT_WAIT_TIMEOUT,
+            durable_timeout: sentinel::DEFAULT_WAIT_TIMEOUT,
         }
     }
 }
@@ -197,8 +199,8 @@ fn check_timeout(setting: &str, timeout: Duration) -> Result<()> {
 
 /// The parts of a `redis://` or `rediss://` URL; `setting` names the URL in errors.
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
-    if sentinel_config::is_sentinel_url(url) {
-        return sentinel_config::apply_url(settings, url, setting);
+    if sentinel::is_sentinel_url(url) {
+        return sentinel::apply_url(settings, url, setting);
     }
     settings.sentinel = None;
     let bad = |reason: String| Error::config(setting, reason);
@@ -241,7 +243,7 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
             "ca_file" => settings.tls_files.ca_file = Some(file()?),
             "cert_file" => settings.tls_files.cert_file = Some(file()?),
             "key_file" => settings.tls_files.key_file = Some(file()?),
-            other => match sentinel_config::apply_param(settings, other, &value) {
+            other => match sentinel::apply_param(settings, other, &value) {
                 Some(applied) => applied?,
                 None => return Err(bad(format!("unsupported URL parameter `{name}`"))),
             },
@@ -315,7 +317,7 @@ pub(crate) fn apply_env(
         settings.tls =
             tls::parse_bool(&value).map_err(|reason| Error::config("ROUTINE_REDIS_TLS", reason))?;
     }
-    sentinel_config::apply_env(settings, var)
+    sentinel::apply_env(settings, var)
 }
 
 /// `host`, `host:port` or `[v6]:port`.
@@ -400,6 +402,67 @@ pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // An `Err` means another thread installed a provider in the meantime: fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// When an acquire (with its fencing increment) or a refresh counts.
+///
+/// Redis replicates asynchronously: a master acknowledges a write before any replica has
+/// it, and a failover to a replica that had not received it loses it. For a lease that
+/// means a lock key lost in a failover (a second process acquires while the first still
+/// holds) or a fencing increment lost (the next token repeats one already handed out).
+/// [`Durability::Replicas`] closes that gap with `WAIT`; see the crate documentation's
+/// *Sentinel* section for exactly what each mode guarantees.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use leasehold_redis::Durability;
+///
+/// let durability = Durability::Replicas { count: 2, timeout: Duration::from_millis(500) };
+/// assert_ne!(durability, Durability::Master);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The master's acknowledgement is enough (the default, and the Go original's
+    /// behaviour): fast, but a failover can lose what the master acknowledged.
+    #[default]
+    Master,
+    /// An acquire (and its fencing increment) or a refresh counts only once `WAIT count
+    /// timeout` confirms it on `count` replicas. An acquire that is not confirmed is
+    /// undone (the lock is released) and reported as
+    /// [`Error::Unavailable`](leasehold_core::Error::Unavailable); a refresh that is not
+    /// confirmed is reported the same way, so the holder's deadline is not extended.
+    ///
+    /// `timeout` bounds each `WAIT` (and is cut to half a request's own bound, so that
+    /// the request still gets its answer): with replicas in sync `WAIT` answers within a
+    /// round trip; it takes the whole timeout only when a replica lags or is gone. While
+    /// it waits, later requests of the backend queue behind it on the command connection.
+    Replicas {
+        /// How many replicas must confirm: at least 1. With every replica of the master
+        /// (`count` = their number), no failover to any of them loses a confirmed write.
+        count: u32,
+        /// How long one `WAIT` may take: at least 1 ms.
+        timeout: Duration,
+    },
+}
+
+impl Durability {
+    /// Checks `count` and `timeout` of [`Durability::Replicas`].
+    pub(crate) fn validate(&self) -> Result<()> {
+        match *self {
+            Durability::Master => Ok(()),
+            Durability::Replicas { count: 0, .. } => Err(Error::config(
+                "durability",
+                "the number of replicas to confirm must be at least 1",
+            )),
+            Durability::Replicas { timeout, .. } if timeout < Duration::from_millis(1) => Err(
+                Error::config("durability", "the WAIT timeout must be at least 1 ms"),
+            ),
+            Durability::Replicas { .. } => Ok(()),
+        }
     }
 }
 

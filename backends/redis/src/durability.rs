@@ -1,5 +1,5 @@
-//! `Durability`: whether an acquire or a refresh counts once the master acknowledges it,
-//! or only once `WAIT` confirms it on replicas; and the request that sends a script with
+//! Durable mode at work (the setting, [`Durability`], is configuration): the `WAIT` that
+//! follows a write, the check of its answer, and the request that sends a script with
 //! its `WAIT`.
 
 use std::fmt;
@@ -9,79 +9,18 @@ use leasehold_core::{Error, Result};
 use redis::aio::ConnectionManager;
 use redis::{ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind};
 
-use crate::config::Settings;
+use crate::config::{Durability, Settings};
 use crate::connection::Connection;
 use crate::error::NAME;
 
-/// When an acquire (with its fencing increment) or a refresh counts.
-///
-/// Redis replicates asynchronously: a master acknowledges a write before any replica has
-/// it, and a failover to a replica that had not received it loses it. For a lease that
-/// means a lock key lost in a failover (a second process acquires while the first still
-/// holds) or a fencing increment lost (the next token repeats one already handed out).
-/// [`Durability::Replicas`] closes that gap with `WAIT`; see the crate documentation's
-/// *Sentinel* section for exactly what each mode guarantees.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use leasehold_redis::Durability;
-///
-/// let durability = Durability::Replicas { count: 2, timeout: Duration::from_millis(500) };
-/// assert_ne!(durability, Durability::Master);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Durability {
-    /// The master's acknowledgement is enough (the default, and the Go original's
-    /// behaviour): fast, but a failover can lose what the master acknowledged.
-    #[default]
-    Master,
-    /// An acquire (and its fencing increment) or a refresh counts only once `WAIT count
-    /// timeout` confirms it on `count` replicas. An acquire that is not confirmed is
-    /// undone (the lock is released) and reported as
-    /// [`Error::Unavailable`](leasehold_core::Error::Unavailable); a refresh that is not
-    /// confirmed is reported the same way, so the holder's deadline is not extended.
-    ///
-    /// `timeout` bounds each `WAIT` (and is cut to half a request's own bound, so that
-    /// the request still gets its answer): with replicas in sync `WAIT` answers within a
-    /// round trip; it takes the whole timeout only when a replica lags or is gone. While
-    /// it waits, later requests of the backend queue behind it on the command connection.
-    Replicas {
-        /// How many replicas must confirm: at least 1. With every replica of the master
-        /// (`count` = their number), no failover to any of them loses a confirmed write.
-        count: u32,
-        /// How long one `WAIT` may take: at least 1 ms.
-        timeout: Duration,
-    },
-}
-
-impl Durability {
-    /// Checks `count` and `timeout` of [`Durability::Replicas`].
-    pub(crate) fn validate(&self) -> Result<()> {
-        match *self {
-            Durability::Master => Ok(()),
-            Durability::Replicas { count: 0, .. } => Err(Error::config(
-                "durability",
-                "the number of replicas to confirm must be at least 1",
-            )),
-            Durability::Replicas { timeout, .. } if timeout < Duration::from_millis(1) => Err(
-                Error::config("durability", "the WAIT timeout must be at least 1 ms"),
-            ),
-            Durability::Replicas { .. } => Ok(()),
+/// The `WAIT` to send in `durability` after a write bounded by `limit`, if any.
+pub(crate) fn wait(durability: Durability, limit: Duration) -> Option<Wait> {
+    match durability {
+        Durability::Replicas { count, timeout } => {
+            let timeout = timeout.min(limit / 2).max(Duration::from_millis(1));
+            Some(Wait { count, timeout })
         }
-    }
-
-    /// The `WAIT` to send after a write bounded by `limit`, if any.
-    pub(crate) fn wait(&self, limit: Duration) -> Option<Wait> {
-        match *self {
-            Durability::Master => None,
-            Durability::Replicas { count, timeout } => {
-                let timeout = timeout.min(limit / 2).max(Duration::from_millis(1));
-                Some(Wait { count, timeout })
-            }
-        }
+        _ => None,
     }
 }
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 use leasehold_core::Error;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+mod tls;
+
 /// The backend's name in errors and logs.
-pub(crate) const NAME: &str = "redis";
+pub(crate) use crate::NAME;
 
 /// Maps a client error of `operation`; `timeout` is the bound the request ran under.
 ///
@@ -23,7 +25,7 @@ pub(crate) fn from_redis(err: RedisError, operation: &'static str, timeout: Dura
     if err.is_timeout() {
         return Error::timeout(NAME, operation, timeout);
     }
-    if let Some(tls) = crate::handshake::classify(&err, operation) {
+    if let Some(tls) = tls::classify(&err, operation) {
         return tls;
     }
     if is_auth(&err) {

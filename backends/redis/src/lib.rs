@@ -311,6 +311,9 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+/// The backend's name in errors.
+pub(crate) const NAME: &str = "redis";
+
 mod abandon;
 mod backend;
 mod builder;
@@ -326,10 +329,9 @@ mod notify;
 mod operator;
 mod scripts;
 mod sentinel;
-mod sentinel_config;
 mod tls;
 mod value;
 
 pub use backend::RedisBackend;
 pub use builder::RedisBackendBuilder;
-pub use durability::Durability;
+pub use config::Durability;

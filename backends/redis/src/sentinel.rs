@@ -23,8 +23,8 @@ use redis::{
 };
 
 use crate::config::Settings;
+use crate::config::sentinel::{SentinelSettings, address};
 use crate::error::{self, NAME};
-use crate::sentinel_config::{SentinelSettings, address};
 
 const OPERATION: &str = "locate the master";
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 
-use crate::config::{self, Password, Settings};
+use super::{Password, Settings};
 
 /// The port of a sentinel address that gives none: Sentinel's default.
 pub(crate) const DEFAULT_SENTINEL_PORT: u16 = 26379;
@@ -82,7 +82,7 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
         None => (None, authority),
     };
     let decode = |text: &str, what: &str| {
-        config::percent_decode(text).ok_or_else(|| bad(format!("bad {what} encoding")))
+        super::percent_decode(text).ok_or_else(|| bad(format!("bad {what} encoding")))
     };
     if let Some(userinfo) = userinfo {
         let (user, password) = match userinfo.split_once(':') {
@@ -108,7 +108,7 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
     }
     settings.db = match segments.next() {
         None | Some("") => 0,
-        Some(db) => config::parse_db(db).map_err(|reason| bad(format!("database: {reason}")))?,
+        Some(db) => super::parse_db(db).map_err(|reason| bad(format!("database: {reason}")))?,
     };
     if segments.any(|segment| !segment.is_empty()) {
         return Err(bad(
@@ -144,7 +144,7 @@ pub(crate) fn apply_param(settings: &mut Settings, name: &str, value: &str) -> O
         "durable_replicas" => parse_count(name, value).map(|count| {
             settings.durable_replicas = count;
         }),
-        "durable_timeout" => config::parse_timeout(name, value).map(|timeout| {
+        "durable_timeout" => super::parse_timeout(name, value).map(|timeout| {
             settings.durable_timeout = timeout;
         }),
         _ => return None,
@@ -189,8 +189,7 @@ pub(crate) fn apply_env(
         settings.durable_replicas = parse_count("ROUTINE_REDIS_DURABLE_REPLICAS", &count)?;
     }
     if let Some(timeout) = var("ROUTINE_REDIS_DURABLE_TIMEOUT") {
-        settings.durable_timeout =
-            config::parse_timeout("ROUTINE_REDIS_DURABLE_TIMEOUT", &timeout)?;
+        settings.durable_timeout = super::parse_timeout("ROUTINE_REDIS_DURABLE_TIMEOUT", &timeout)?;
     }
     Ok(())
 }
@@ -204,7 +203,7 @@ pub(crate) fn parse_sentinels(list: &str) -> Result<Vec<(String, u16)>, String> 
             None => entry.contains(':'),
         };
         let (host, port) =
-            config::parse_host_port(entry).map_err(|reason| format!("`{entry}`: {reason}"))?;
+            super::parse_host_port(entry).map_err(|reason| format!("`{entry}`: {reason}"))?;
         sentinels.push((
             host,
             if has_port {
@@ -233,11 +232,11 @@ fn parse_count(setting: &str, value: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::durability::Durability;
+    use crate::config::Durability;
 
     fn parse(url: &str) -> Result<Settings> {
         let mut settings = Settings::default();
-        config::apply_url(&mut settings, url, "url")?;
+        crate::config::apply_url(&mut settings, url, "url")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -311,7 +310,7 @@ mod tests {
             }
         };
         let mut settings = Settings::default();
-        config::apply_env(
+        crate::config::apply_env(
             &mut settings,
             env(&[
                 ("ROUTINE_REDIS_SENTINELS", "a:1, b"),
@@ -330,7 +329,7 @@ mod tests {
                 timeout: DEFAULT_WAIT_TIMEOUT
             }
         );
-        let err = config::apply_env(
+        let err = crate::config::apply_env(
             &mut Settings::default(),
             env(&[("ROUTINE_REDIS_SENTINELS", "a:1")]),
         )
