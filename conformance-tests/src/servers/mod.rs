@@ -14,6 +14,7 @@
 
 mod etcd;
 mod etcd_cluster;
+mod held_proxy;
 mod postgres;
 mod postgres_pair;
 mod process;

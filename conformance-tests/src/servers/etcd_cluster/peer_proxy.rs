@@ -18,7 +18,7 @@
 //! and `/members` probes): for those the proxy asks the kernel which member process owns
 //! the connection's other end (`/proc/net/tcp` and `/proc/<pid>/fd`, on Linux). A
 //! connection nothing attributes is forwarded, and held only while its destination is
-//! cut off from every member (see [`Links::blocked`]).
+//! cut off from every member (see [`State::blocked`]).
 //!
 //! # What a cut does
 //!
@@ -30,15 +30,16 @@
 //! only if its sender gives up first. etcd's own timeouts (5 s without a read on a
 //! stream) then close and redial connections, which wait too.
 //!
-//! The proxies are plain threads: one accepting per member, and per connection one
-//! reading its first request and then one per direction.
+//! The accepting, forwarding and holding are the shared held proxy's
+//! (`servers/held_proxy.rs`); this file attributes connections and says which are cut.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::super::held_proxy::{Connection, HeldProxies, HeldProxy, is_timeout};
 
 /// The longest a request head may be; a connection that sends more before its blank line
 /// is forwarded unattributed.
@@ -48,14 +49,11 @@ const MAX_HEAD: usize = 64 * 1024;
 const HELD_POLL: Duration = Duration::from_millis(100);
 
 /// Who may talk to whom, shared by every proxy and connection of a cluster.
-#[derive(Debug, Default)]
-pub(super) struct Links {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+pub(super) type Links = HeldProxies<State>;
 
+/// What [`Links`] know: the cut links, and what attributes a connection to a member.
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
     /// Cut links, as `(low, high)` member indices.
     cut: BTreeSet<(usize, usize)>,
     /// Member ids (from `X-Server-From`) to member indices.
@@ -64,9 +62,6 @@ struct State {
     proxy_ports: HashMap<u16, usize>,
     /// Member process ids to member indices, for connections without those headers.
     pids: HashMap<u32, usize>,
-    /// Every live socket by connection, to close them all when the proxies stop.
-    sockets: HashMap<u64, Vec<TcpStream>>,
-    stopped: bool,
 }
 
 /// Who opened a connection.
@@ -83,15 +78,6 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
 }
 
 impl Links {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn update(&self, change: impl FnOnce(&mut State)) {
-        change(&mut self.lock());
-        self.changed.notify_all();
-    }
-
     /// Cuts every link between `member` and the others of `members`.
     pub(super) fn isolate(&self, member: usize, members: usize) {
         self.update(|state| {
@@ -108,10 +94,7 @@ impl Links {
 
     /// Whether some link of `member` is cut.
     pub(super) fn is_isolated(&self, member: usize) -> bool {
-        self.lock()
-            .cut
-            .iter()
-            .any(|&(a, b)| a == member || b == member)
+        self.with(|state| state.cut.iter().any(|&(a, b)| a == member || b == member))
     }
 
     /// Records that `member` has the etcd member id `id`.
@@ -128,81 +111,28 @@ impl Links {
             state.pids.insert(pid, member);
         });
     }
+}
 
+impl State {
     /// Whether a connection from `sender` to member `to` must be held now.
     ///
     /// A connection nothing attributes is held only while `to` is cut off from every
     /// other member: then whoever sent it, its link is cut.
-    fn blocked(state: &State, sender: &Sender, to: usize, members: usize) -> bool {
+    fn blocked(&self, sender: &Sender, to: usize, members: usize) -> bool {
         let from = match sender {
             Sender::Member(from) => Some(*from),
-            Sender::Id(id) => state.ids.get(id).copied(),
+            Sender::Id(id) => self.ids.get(id).copied(),
             Sender::Unknown => None,
         };
         match from {
-            Some(from) => from != to && state.cut.contains(&pair(from, to)),
+            Some(from) => from != to && self.cut.contains(&pair(from, to)),
             None => {
                 members > 1
                     && (0..members)
                         .filter(|&other| other != to)
-                        .all(|other| state.cut.contains(&pair(other, to)))
+                        .all(|other| self.cut.contains(&pair(other, to)))
             }
         }
-    }
-
-    /// Waits until a connection from `sender` to `to` may forward; `false` once the
-    /// proxies are stopping.
-    fn wait_open(&self, sender: &Sender, to: usize, members: usize) -> bool {
-        let mut state = self.lock();
-        loop {
-            if state.stopped {
-                return false;
-            }
-            if !Self::blocked(&state, sender, to, members) {
-                return true;
-            }
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn is_open(&self, sender: &Sender, to: usize, members: usize) -> Option<bool> {
-        let state = self.lock();
-        (!state.stopped).then(|| !Self::blocked(&state, sender, to, members))
-    }
-
-    /// Keeps clones of a connection's sockets, to close them when the proxies stop;
-    /// `false` if they are stopping already.
-    fn register(&self, connection: u64, socket: &TcpStream) -> bool {
-        let Ok(clone) = socket.try_clone() else {
-            return true;
-        };
-        let mut state = self.lock();
-        if state.stopped {
-            return false;
-        }
-        state.sockets.entry(connection).or_default().push(clone);
-        true
-    }
-
-    fn forget(&self, connection: u64) {
-        self.lock().sockets.remove(&connection);
-    }
-
-    /// Stops every proxy: closes every connection and wakes every waiting thread.
-    pub(super) fn stop(&self) {
-        let sockets = {
-            let mut state = self.lock();
-            state.stopped = true;
-            std::mem::take(&mut state.sockets)
-        };
-        self.changed.notify_all();
-        for socket in sockets.into_values().flatten() {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn stopped(&self) -> bool {
-        self.lock().stopped
     }
 }
 
@@ -210,7 +140,7 @@ impl Links {
 /// [`Links`] stop.
 #[derive(Debug)]
 pub(super) struct PeerProxy {
-    port: u16,
+    proxy: HeldProxy,
 }
 
 impl PeerProxy {
@@ -222,80 +152,48 @@ impl PeerProxy {
         members: usize,
         upstream: u16,
     ) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
+        let proxy = HeldProxy::start(
+            links,
+            format!("etcd-peer-proxy-{index}"),
+            format!("etcd-peer-conn-{index}"),
+            move |connection, client| serve(connection, client, index, members, upstream),
+        )?;
         links.update(|state| {
-            state.proxy_ports.insert(port, index);
+            state.proxy_ports.insert(proxy.port(), index);
         });
-        let links = Arc::clone(links);
-        std::thread::Builder::new()
-            .name(format!("etcd-peer-proxy-{index}"))
-            .spawn(move || accept_loop(listener, links, index, members, upstream))?;
-        Ok(Self { port })
+        Ok(Self { proxy })
     }
 
     /// The port the member advertises as its peer URL.
     pub(super) fn port(&self) -> u16 {
-        self.port
+        self.proxy.port()
     }
 
     /// Wakes the accept thread so that it sees the proxies stopped.
     pub(super) fn wake(&self) {
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_millis(200),
-        );
-    }
-}
-
-fn accept_loop(listener: TcpListener, links: Arc<Links>, to: usize, members: usize, upstream: u16) {
-    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
-    let proxy_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    for accepted in listener.incoming() {
-        if links.stopped() {
-            return;
-        }
-        let Ok(client) = accepted else {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        if !links.register(id, &client) {
-            return;
-        }
-        let links = Arc::clone(&links);
-        let spawned = std::thread::Builder::new()
-            .name(format!("etcd-peer-conn-{to}"))
-            .spawn(move || {
-                connection(&links, id, client, to, members, upstream, proxy_port);
-                links.forget(id);
-            });
-        if spawned.is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.proxy.wake();
     }
 }
 
 /// One connection: reads the first request head, attributes it, waits while its link is
 /// cut, then forwards both ways.
-fn connection(
-    links: &Links,
-    id: u64,
+fn serve(
+    connection: &Connection<'_, State>,
     mut client: TcpStream,
     to: usize,
     members: usize,
     upstream: u16,
-    proxy_port: u16,
 ) {
-    let _ = client.set_nodelay(true);
+    let links = connection.proxies();
     let mut head = Vec::new();
     if read_head(&mut client, &mut head).is_err() || head.is_empty() {
         return;
     }
-    let sender = attribute(links, &head, &client, proxy_port);
+    let sender = attribute(links, &head, &client, connection.proxy_port());
+    let open = |state: &State| !state.blocked(&sender, to, members);
     // Held before reaching the member while its link is cut; the sender may give up.
     loop {
-        match links.is_open(&sender, to, members) {
+        match links.is_open(open) {
             None => return,
             Some(true) => break,
             Some(false) => {}
@@ -310,63 +208,8 @@ fn connection(
         }
     }
     let _ = client.set_read_timeout(None);
-    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-        // The member is down: close, as a refused connect would.
-        return;
-    };
-    if !links.register(id, &server) {
-        return;
-    }
-    let _ = server.set_nodelay(true);
-    if server.write_all(&head).is_err() {
-        return;
-    }
-    let (Ok(client_read), Ok(server_read)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    std::thread::scope(|scope| {
-        let sender = &sender;
-        scope.spawn(move || pump(links, client_read, server, sender, to, members));
-        pump(links, server_read, client, sender, to, members);
-    });
-}
-
-/// Copies `from` to `to_socket` while the link is not cut; passes end of file on (after
-/// the cut, as a partition would hold it too).
-fn pump(
-    links: &Links,
-    mut from: TcpStream,
-    mut to_socket: TcpStream,
-    sender: &Sender,
-    to: usize,
-    members: usize,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        if !links.wait_open(sender, to, members) {
-            return;
-        }
-        if n == 0 {
-            let _ = to_socket.shutdown(Shutdown::Write);
-            return;
-        }
-        if to_socket.write_all(&buf[..n]).is_err() {
-            let _ = from.shutdown(Shutdown::Read);
-            return;
-        }
-    }
-}
-
-fn is_timeout(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    // A member that is down refuses: the client is closed, as a refused connect would be.
+    connection.forward(client, upstream, &head, open, |_| {});
 }
 
 /// Reads until the end of the first request head (`\r\n\r\n`), end of file or
@@ -411,26 +254,27 @@ fn attribute(links: &Links, head: &[u8], client: &TcpStream, proxy_port: u16) ->
                 .find_map(|(_, port)| port.trim_end_matches('/').parse::<u16>().ok());
         }
     }
-    {
-        let mut state = links.lock();
+    let known = links.with(|state| {
         let by_port = from_port.and_then(|port| state.proxy_ports.get(&port).copied());
         if let (Some(member), Some(id)) = (by_port, from_id) {
             state.ids.insert(id, member);
         }
         if let Some(member) = by_port.or_else(|| from_id.and_then(|id| state.ids.get(&id).copied()))
         {
-            return Sender::Member(member);
+            return Some(Sender::Member(member));
         }
-        if let Some(id) = from_id {
-            return Sender::Id(id);
-        }
+        from_id.map(Sender::Id)
+    });
+    if let Some(sender) = known {
+        return sender;
     }
-    let pids: Vec<(u32, usize)> = links
-        .lock()
-        .pids
-        .iter()
-        .map(|(&pid, &member)| (pid, member))
-        .collect();
+    let pids: Vec<(u32, usize)> = links.with(|state| {
+        state
+            .pids
+            .iter()
+            .map(|(&pid, &member)| (pid, member))
+            .collect()
+    });
     match owner_of_peer(client, proxy_port, &pids) {
         Some(member) => Sender::Member(member),
         None => Sender::Unknown,
@@ -471,18 +315,18 @@ mod tests {
         let links = Links::default();
         links.learn_id(1, 0xabc);
         links.isolate(0, 3);
-        let state = links.lock();
-        assert!(Links::blocked(&state, &Sender::Member(1), 0, 3));
-        assert!(Links::blocked(&state, &Sender::Member(0), 2, 3));
-        assert!(!Links::blocked(&state, &Sender::Member(1), 2, 3));
-        assert!(Links::blocked(&state, &Sender::Id(0xabc), 0, 3));
-        // An id no member has is no attribution: held only by a member cut off from all.
-        assert!(Links::blocked(&state, &Sender::Id(0xdef), 0, 3));
-        assert!(!Links::blocked(&state, &Sender::Id(0xdef), 1, 3));
-        assert!(Links::blocked(&state, &Sender::Unknown, 0, 3));
-        assert!(!Links::blocked(&state, &Sender::Unknown, 1, 3));
-        drop(state);
+        links.with(|state| {
+            assert!(state.blocked(&Sender::Member(1), 0, 3));
+            assert!(state.blocked(&Sender::Member(0), 2, 3));
+            assert!(!state.blocked(&Sender::Member(1), 2, 3));
+            assert!(state.blocked(&Sender::Id(0xabc), 0, 3));
+            // An id no member has is no attribution: held only by a member cut off from all.
+            assert!(state.blocked(&Sender::Id(0xdef), 0, 3));
+            assert!(!state.blocked(&Sender::Id(0xdef), 1, 3));
+            assert!(state.blocked(&Sender::Unknown, 0, 3));
+            assert!(!state.blocked(&Sender::Unknown, 1, 3));
+        });
         links.heal(0);
-        assert!(!Links::blocked(&links.lock(), &Sender::Member(1), 0, 3));
+        assert!(!links.with(|state| state.blocked(&Sender::Member(1), 0, 3)));
     }
 }
