@@ -50,32 +50,17 @@ pub(crate) async fn measure(target: &Target, rounds: usize) -> Result<Expiry> {
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..500))).await;
         let key = format!("bench/expiry/{round}");
         let sent = Instant::now();
-        let lease = client.lease_grant(ttl_s, None).await?;
-        let replied = Instant::now();
+        let (_, replied) = key_under_new_lease(&mut client, &key, ttl_s).await?;
         grant_rtt.push(replied - sent);
-        client
-            .put(
-                key.as_str(),
-                "x",
-                Some(PutOptions::new().with_lease(lease.id())),
-            )
-            .await?;
         let deleted = wait_for_delete(&mut client, &key, ttl * 3).await?;
         lag.push(deleted.saturating_duration_since(replied + ttl));
 
-        let lease = client.lease_grant(ttl_s, None).await?;
-        client
-            .put(
-                key.as_str(),
-                "x",
-                Some(PutOptions::new().with_lease(lease.id())),
-            )
-            .await?;
+        let (lease, _) = key_under_new_lease(&mut client, &key, ttl_s).await?;
         let mut stream = client
             .watch(key.as_str(), Some(WatchOptions::new()))
             .await?;
         let sent = Instant::now();
-        client.lease_revoke(lease.id()).await?;
+        client.lease_revoke(lease).await?;
         let deleted = next_delete(&mut stream, ttl * 3).await?;
         revoke.push(deleted - sent);
     }
@@ -88,6 +73,17 @@ pub(crate) async fn measure(target: &Target, rounds: usize) -> Result<Expiry> {
         grant_rtt: grant_rtt.summary(),
         revoke: revoke.summary(),
     })
+}
+
+/// Grants a lease of `ttl_s` seconds and puts `key` under it; returns the lease's id and
+/// when the grant's reply arrived.
+async fn key_under_new_lease(client: &mut Client, key: &str, ttl_s: i64) -> Result<(i64, Instant)> {
+    let lease = client.lease_grant(ttl_s, None).await?;
+    let granted = Instant::now();
+    client
+        .put(key, "x", Some(PutOptions::new().with_lease(lease.id())))
+        .await?;
+    Ok((lease.id(), granted))
 }
 
 /// Watches `key` and returns when its delete event arrives.

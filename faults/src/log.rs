@@ -242,6 +242,24 @@ impl FaultKind {
         FaultKind::MasterIsolate,
     ];
 
+    /// The faults of server topologies (see [`BackendKind::topologies`]).
+    pub const TOPOLOGY: [FaultKind; 9] = [
+        FaultKind::LeaderKill,
+        FaultKind::FollowerKill,
+        FaultKind::MemberRestart,
+        FaultKind::LeaderIsolate,
+        FaultKind::ClientMemberCut,
+        FaultKind::Failover,
+        FaultKind::MasterKill,
+        FaultKind::MasterPause,
+        FaultKind::MasterIsolate,
+    ];
+
+    /// Whether this is a fault of a server topology (see [`FaultKind::TOPOLOGY`]).
+    pub fn is_topology(self) -> bool {
+        Self::TOPOLOGY.contains(&self)
+    }
+
     /// The faults that can be injected into a cluster on `backend`, in table order.
     pub fn for_backend(backend: BackendKind) -> Vec<FaultKind> {
         Self::ALL

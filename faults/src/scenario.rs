@@ -134,25 +134,18 @@ pub async fn inject_after(
             wait_for_recovery(cluster, id, patience).await?;
             id
         }
-        FaultKind::LeaderKill
-        | FaultKind::FollowerKill
-        | FaultKind::MemberRestart
-        | FaultKind::LeaderIsolate
-        | FaultKind::ClientMemberCut
-        | FaultKind::Failover
-        | FaultKind::MasterKill
-        | FaultKind::MasterPause
-        | FaultKind::MasterIsolate => {
-            // Held (where held) on purpose for longer than the TTL.
-            let id = cluster.topology_fault(kind, ttl + ttl / 2).await?;
-            wait_for_recovery(cluster, id, patience).await?;
-            id
-        }
         FaultKind::ServerPause => {
             let id = cluster.pause_server()?;
             // Held on purpose for longer than the TTL: the holder's lease must run out.
             tokio::time::sleep(ttl + ttl / 2).await;
             cluster.resume_server(id)?;
+            wait_for_recovery(cluster, id, patience).await?;
+            id
+        }
+        // The topologies' faults (`FaultKind::TOPOLOGY`), held (where held) on purpose for
+        // longer than the TTL.
+        _ => {
+            let id = cluster.topology_fault(kind, ttl + ttl / 2).await?;
             wait_for_recovery(cluster, id, patience).await?;
             id
         }
@@ -271,19 +264,9 @@ impl Bounds {
                 (crash_min, crash_max)
             }
             FaultKind::SessionTerminate => (Duration::ZERO, crash_max),
-            FaultKind::ServerRestart
-            | FaultKind::ServerPause
-            | FaultKind::StatementCancel
-            | FaultKind::CredentialsRotated
-            | FaultKind::LeaderKill
-            | FaultKind::FollowerKill
-            | FaultKind::MemberRestart
-            | FaultKind::LeaderIsolate
-            | FaultKind::ClientMemberCut
-            | FaultKind::Failover
-            | FaultKind::MasterKill
-            | FaultKind::MasterPause
-            | FaultKind::MasterIsolate => {
+            // The server faults, cancelled statements, rotated credentials and the
+            // topologies' faults: those that need not end the holder's lease.
+            _ => {
                 let down = between(fault.at, fault.until);
                 let lease = self.ttl + self.expiry_lag + self.handover_extension;
                 let backoff = down * 5 / 3 + self.retry * 5 / 4;

@@ -53,7 +53,7 @@ impl Cluster {
         down: Duration,
     ) -> anyhow::Result<FaultId> {
         anyhow::ensure!(
-            kind.applies_to(self.config().backend) && !kind.hits_holder(),
+            kind.is_topology() && kind.applies_to(self.config().backend),
             "{kind} is not a fault of a {} topology",
             self.config().backend.name()
         );
