@@ -114,13 +114,8 @@ impl PostgresServer {
         self.dir.path().join("data")
     }
 
-    /// The directory of the PostgreSQL binaries.
-    pub(crate) fn bindir(&self) -> &Path {
-        &self.bindir
-    }
-
     /// Runs `program args...` as the cluster's OS user.
-    pub(crate) fn command(&self, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    fn command(&self, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
         if !self.as_os_user {
             return (program.to_owned(), args.to_vec());
         }
@@ -135,24 +130,37 @@ impl PostgresServer {
         (PathBuf::from("setpriv"), wrapped)
     }
 
+    /// Runs the PostgreSQL program `name` (of the server's directory of PostgreSQL binaries) with `args` as the
+    /// cluster's OS user, and waits for it to succeed.
+    pub(crate) fn run_tool(&self, name: &str, args: &[&str]) -> io::Result<()> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (program, args) = self.command(&self.bindir.join(name), &args);
+        run(Command::new(program).args(args))
+    }
+
+    /// `initdb` into [`data_dir`](Self::data_dir): superuser `postgres`, `trust`
+    /// authentication until `pg_hba.conf` says otherwise, UTF-8, C locale.
+    pub(crate) fn initdb(&self) -> io::Result<()> {
+        let data = self.data_dir().display().to_string();
+        self.run_tool(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )
+    }
+
     fn init(&self) -> io::Result<()> {
-        let args: Vec<String> = [
-            "-D",
-            &self.data_dir().display().to_string(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let (program, args) = self.command(&self.bindir.join("initdb"), &args);
-        run(Command::new(program).args(args))?;
+        self.initdb()?;
         // The superuser needs no password (tests use it to set things up and inspect);
         // every other role must authenticate, so wrong-password tests mean something.
         std::fs::write(

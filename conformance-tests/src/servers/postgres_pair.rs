@@ -1,10 +1,9 @@
 //! A PostgreSQL primary with a streaming standby, to fail over between them.
 
 use std::io;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::postgres::{PostgresServer, children_of, run, signal};
+use super::postgres::{PostgresServer, children_of, signal};
 
 mod rebuild;
 
@@ -236,26 +235,26 @@ impl PostgresPair {
 /// Fills `standby`'s data dir with a base backup of `primary` that streams from it
 /// (`-R` writes `primary_conninfo` and `standby.signal`).
 fn base_backup(primary: &PostgresServer, standby: &PostgresServer) -> io::Result<()> {
-    let args: Vec<String> = [
-        "-D",
-        &standby.data_dir().display().to_string(),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &primary.port().to_string(),
-        "-U",
-        "postgres",
-        "-R",
-        "--checkpoint=fast",
-        "--no-sync",
-        "-X",
-        "stream",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (program, args) = standby.command(&standby.bindir().join("pg_basebackup"), &args);
-    run(Command::new(program).args(args))
+    let data = standby.data_dir().display().to_string();
+    let port = primary.port().to_string();
+    standby.run_tool(
+        "pg_basebackup",
+        &[
+            "-D",
+            &data,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-R",
+            "--checkpoint=fast",
+            "--no-sync",
+            "-X",
+            "stream",
+        ],
+    )
 }
 
 /// Polls `done` until it holds.

@@ -3,11 +3,9 @@
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
 use super::{ClientAuth, TestCertificates};
 use crate::servers::PostgresServer;
-use crate::servers::postgres::run;
 
 /// A PostgreSQL server with `ssl = on`, the server certificate of a [`TestCertificates`]
 /// and its CA (`ssl_ca_file`) for client certificates, whose `pg_hba.conf` admits TCP
@@ -67,23 +65,7 @@ fn prepare(
     client_auth: ClientAuth,
 ) -> io::Result<()> {
     let data = server.data_dir();
-    let args: Vec<String> = [
-        "-D",
-        &data.display().to_string(),
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "--no-sync",
-        "-E",
-        "UTF8",
-        "--locale=C",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (program, args) = server.command(&server.bindir().join("initdb"), &args);
-    run(Command::new(program).args(args))?;
+    server.initdb()?;
     let owner = std::fs::metadata(&data)?;
     for (from, to, mode) in [
         (certs.server_cert_file(), "server.pem", 0o644),
