@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wait_for_port};
@@ -84,33 +84,16 @@ impl EtcdServer {
         };
         let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut args: Vec<String> = [
-            "--name",
-            "routine-test",
-            "--data-dir",
-            &self.data_dir().display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("routine-test={peer}"),
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            &format!("routine-test-{}", self.client_port),
-            "--logger",
-            "zap",
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = MemberArgs {
+            name: "routine-test",
+            data_dir: &self.data_dir(),
+            client_url: &client,
+            listen_peer_url: &peer,
+            advertise_peer_url: &peer,
+            initial_cluster: &format!("routine-test={peer}"),
+            token: &format!("routine-test-{}", self.client_port),
+        }
+        .to_args();
         let mut health_port = self.client_port;
         if let Some(tls_args) = &self.tls_args {
             args.extend(tls_args.iter().cloned());
@@ -176,6 +159,59 @@ impl EtcdServer {
         let _ = std::fs::remove_dir_all(self.data_dir());
         self.spawn()
             .unwrap_or_else(|err| panic!("etcd did not restart wiped: {err}"));
+    }
+}
+
+/// How an etcd member of a throwaway cluster is started: what [`EtcdServer`] and
+/// [`EtcdCluster`](super::EtcdCluster) members share.
+pub(super) struct MemberArgs<'a> {
+    /// `--name`.
+    pub(super) name: &'a str,
+    /// `--data-dir`.
+    pub(super) data_dir: &'a Path,
+    /// The client URL it listens on and advertises.
+    pub(super) client_url: &'a str,
+    /// The peer URL it listens on.
+    pub(super) listen_peer_url: &'a str,
+    /// The peer URL it advertises.
+    pub(super) advertise_peer_url: &'a str,
+    /// `--initial-cluster`: `name=peer URL` of every member, comma separated.
+    pub(super) initial_cluster: &'a str,
+    /// `--initial-cluster-token`.
+    pub(super) token: &'a str,
+}
+
+impl MemberArgs<'_> {
+    /// The command line: a new cluster (ignored once the data directory exists, on a
+    /// restart), logging warnings only.
+    pub(super) fn to_args(&self) -> Vec<String> {
+        [
+            "--name",
+            self.name,
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+            "--listen-client-urls",
+            self.client_url,
+            "--advertise-client-urls",
+            self.client_url,
+            "--listen-peer-urls",
+            self.listen_peer_url,
+            "--initial-advertise-peer-urls",
+            self.advertise_peer_url,
+            "--initial-cluster",
+            self.initial_cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            self.token,
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use peer_proxy::{Links, PeerProxy};
 
+use super::etcd::MemberArgs;
 use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wait_for_port};
 
 /// How long a member may take to become healthy after it starts.
@@ -367,38 +368,19 @@ impl EtcdCluster {
         let client = format!("http://127.0.0.1:{}", member.client_port);
         let listen_peer = format!("http://127.0.0.1:{}", member.peer_port);
         let advertise_peer = format!("http://127.0.0.1:{}", self.proxies[i].port());
-        let data_dir = self.data_dir(i).display().to_string();
-        let args: Vec<String> = [
-            "--name",
-            &member.name,
-            "--data-dir",
-            &data_dir,
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &listen_peer,
-            "--initial-advertise-peer-urls",
-            &advertise_peer,
-            "--initial-cluster",
-            &initial_cluster,
-            // Ignored once the data directory exists (a restart).
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            &self.token,
-            // As etcd 3.5 and later do by default: a member that was cut off, and
-            // campaigned alone in ever higher terms, rejoins without deposing the leader.
-            "--pre-vote",
-            "--logger",
-            "zap",
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = MemberArgs {
+            name: &member.name,
+            data_dir: &self.data_dir(i),
+            client_url: &client,
+            listen_peer_url: &listen_peer,
+            advertise_peer_url: &advertise_peer,
+            initial_cluster: &initial_cluster,
+            token: &self.token,
+        }
+        .to_args();
+        // As etcd 3.5 and later do by default: a member that was cut off, and campaigned
+        // alone in ever higher terms, rejoins without deposing the leader.
+        args.push("--pre-vote".to_owned());
         let process = ServerProcess::spawn("etcd", &self.binary, &args, &self.log(i))?;
         self.links.learn_pid(i, process.pid());
         let port = member.client_port;
