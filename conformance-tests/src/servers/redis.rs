@@ -1,7 +1,7 @@
 //! A throwaway `redis-server`.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wait_for_port};
@@ -68,21 +68,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let mut args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(self.dir.path().display().to_string());
+        let mut args = throwaway_args(self.port, self.dir.path());
         if let Some(password) = &self.password {
             args.push("--requirepass".into());
             args.push(password.clone());
@@ -136,4 +122,24 @@ impl RedisServer {
         self.spawn()
             .unwrap_or_else(|err| panic!("redis-server did not restart: {err}"));
     }
+}
+
+/// The arguments of a throwaway `redis-server` on loopback port `port`, persistence off,
+/// working in `dir`.
+pub(super) fn throwaway_args(port: u16, dir: &Path) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }

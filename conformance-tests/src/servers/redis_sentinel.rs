@@ -13,6 +13,7 @@ use proxy::{Cuts, Kind, ServerProxy};
 use resp::Reply;
 
 use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wait_for_port};
+use super::redis::throwaway_args;
 
 /// The name the sentinels monitor the master under.
 const MASTER_NAME: &str = "leasehold";
@@ -407,28 +408,16 @@ impl RedisSentinel {
         let dir = self.dir.path().join(format!("server-{i}"));
         std::fs::create_dir_all(&dir)?;
         let port = self.servers[i].port;
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.display().to_string(),
-            "--replica-announce-ip",
-            "127.0.0.1",
-            "--replica-announce-port",
-            &self.proxies[i].port().to_string(),
+        let mut args = throwaway_args(port, &dir);
+        args.extend([
+            "--replica-announce-ip".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--replica-announce-port".to_owned(),
+            self.proxies[i].port().to_string(),
             // Redis 7 waits 5 s for more replicas before a diskless full sync.
-            "--repl-diskless-sync-delay",
-            "0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+            "--repl-diskless-sync-delay".to_owned(),
+            "0".to_owned(),
+        ]);
         if let Some(master) = replica_of {
             args.extend([
                 "--replicaof".to_owned(),
