@@ -297,3 +297,77 @@ pub(super) fn is_timeout(err: &io::Error) -> bool {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream on loopback that echoes every byte back; its port.
+    fn echo_server() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo server");
+        let port = listener.local_addr().expect("echo server address").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let Ok(mut reader) = stream.try_clone() else {
+                        return;
+                    };
+                    let mut writer = stream;
+                    let _ = io::copy(&mut reader, &mut writer);
+                });
+            }
+        });
+        port
+    }
+
+    fn read_byte(client: &mut TcpStream) -> io::Result<u8> {
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte)?;
+        Ok(byte[0])
+    }
+
+    #[test]
+    fn a_cut_holds_bytes_without_closing_healing_delivers_them_and_stop_closes() {
+        let upstream = echo_server();
+        let proxies = Arc::new(HeldProxies::<bool>::default());
+        let proxy = HeldProxy::start(
+            &proxies,
+            "test-proxy".to_owned(),
+            "test-proxy-conn".to_owned(),
+            move |connection, client| {
+                connection.forward(client, upstream, &[], |cut: &bool| !*cut, |_| {});
+            },
+        )
+        .expect("start the proxy");
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        client.write_all(b"a").expect("write before the cut");
+        assert_eq!(read_byte(&mut client).expect("echo before the cut"), b'a');
+
+        proxies.update(|cut| *cut = true);
+        client
+            .write_all(b"b")
+            .expect("a cut connection still takes writes");
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("read timeout");
+        let held = read_byte(&mut client).expect_err("a cut must hold the bytes");
+        assert!(is_timeout(&held), "a cut must not close: {held}");
+
+        proxies.update(|cut| *cut = false);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        assert_eq!(read_byte(&mut client).expect("echo after healing"), b'b');
+
+        proxies.stop();
+        proxy.wake();
+        let mut rest = Vec::new();
+        assert!(
+            !matches!(client.read_to_end(&mut rest), Err(err) if is_timeout(&err)),
+            "stop must close the connection"
+        );
+    }
+}
