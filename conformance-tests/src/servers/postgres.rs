@@ -12,8 +12,9 @@ use super::process::{ServerProcess, TempDir, free_port, missing};
 const OS_USER: &str = "postgres";
 
 /// A PostgreSQL server on a random loopback port, with its cluster in a temp dir, durability
-/// off (`fsync=off`; [`start_durable`](Self::start_durable) keeps it on), trust authentication for the `postgres` superuser and SCRAM password
-/// authentication for every other role over TCP.
+/// off (`fsync=off`; [`start_durable`](Self::start_durable) keeps it on), trust
+/// authentication for the `postgres` superuser and SCRAM password authentication for every
+/// other role over TCP.
 ///
 /// Binaries are looked up in `$ROUTINE_TEST_PG_BINDIR`, on `PATH`, then in
 /// `/usr/lib/postgresql/<version>/bin` (newest first). When the tests run as root the
