@@ -24,8 +24,8 @@ use leasehold_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 use tokio::time::Instant;
 
-use crate::sourced::Sourced;
 use crate::error::{Message, NAME, with_timeout};
+use crate::sourced::Sourced;
 pub(crate) use parse::SessionAttrs;
 pub(crate) use url_parts::UrlParts;
 
