@@ -219,7 +219,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// Every fault, in the order of the results table.
+    /// Every fault, in the order of the results table: the holder faults, the single
+    /// server's, then the topologies' ([`FaultKind::TOPOLOGY`]).
     pub const ALL: [FaultKind; 19] = [
         FaultKind::Terminate,
         FaultKind::Kill,
@@ -242,18 +243,9 @@ impl FaultKind {
         FaultKind::MasterIsolate,
     ];
 
-    /// The faults of server topologies (see [`BackendKind::topologies`]).
-    pub const TOPOLOGY: [FaultKind; 9] = [
-        FaultKind::LeaderKill,
-        FaultKind::FollowerKill,
-        FaultKind::MemberRestart,
-        FaultKind::LeaderIsolate,
-        FaultKind::ClientMemberCut,
-        FaultKind::Failover,
-        FaultKind::MasterKill,
-        FaultKind::MasterPause,
-        FaultKind::MasterIsolate,
-    ];
+    /// The faults of server topologies (see [`BackendKind::topologies`]): the last ones
+    /// of [`FaultKind::ALL`], after the holder and single-server faults.
+    pub const TOPOLOGY: &'static [FaultKind] = Self::ALL.split_at(10).1;
 
     /// Whether this is a fault of a server topology (see [`FaultKind::TOPOLOGY`]).
     pub fn is_topology(self) -> bool {
@@ -358,4 +350,24 @@ pub struct Fault {
     /// again, the last cancel, the old password restored. Equal to `at` for faults that
     /// are not undone (kill, terminate).
     pub until: Mono,
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use super::*;
+
+    #[test]
+    fn the_topology_faults_are_those_only_topologies_take() {
+        for kind in FaultKind::ALL {
+            let on_single = BackendKind::all().into_iter().any(|b| kind.applies_to(b));
+            let on_topology = BackendKind::topologies()
+                .into_iter()
+                .any(|b| kind.applies_to(b));
+            assert_eq!(
+                kind.is_topology(),
+                on_topology && !on_single,
+                "{kind}: on a single server {on_single}, on a topology {on_topology}"
+            );
+        }
+    }
 }
