@@ -264,7 +264,8 @@
 //!   but Sentinel may promote one without it (it prefers the replica with the most
 //!   replicated data, but its choice also follows `replica-priority` and how long each
 //!   was disconnected): a failover usually keeps the lock, but may lose it as in the
-//!   default mode. Tokens still do not go backwards across a master kill (the epoch);
+//!   default mode, and the epoch floor under tokens (the `config-epoch` last read from
+//!   the sentinels) can lag failovers, so a lost counter increment can repeat a token;
 //!   with a master cut off from the sentinels, its remaining replicas can keep confirming
 //!   its writes until the sentinels re-point them, so two holders and interleaved epochs
 //!   are possible for that long.
