@@ -19,7 +19,9 @@ mod postgres;
 mod postgres_pair;
 mod process;
 mod redis;
+mod redis_cluster;
 mod redis_sentinel;
+mod resp;
 mod shared;
 mod tls;
 
@@ -31,5 +33,6 @@ pub use process::{
     ServerProcess, TempDir, find_binary, free_port, require_services, wait_for_port,
 };
 pub use redis::RedisServer;
+pub use redis_cluster::*;
 pub use redis_sentinel::*;
 pub use tls::*;

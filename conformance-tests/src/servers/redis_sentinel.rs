@@ -2,18 +2,16 @@
 //! sentinels, whose master can be killed, paused and cut off from the sentinels.
 
 mod proxy;
-mod resp;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use proxy::{Cuts, Kind, ServerProxy};
-use resp::Reply;
-
 use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wait_for_port};
 use super::redis::throwaway_args;
+use super::resp::{self, Reply};
+use proxy::{Cuts, Kind, ServerProxy};
 
 /// The name the sentinels monitor the master under.
 const MASTER_NAME: &str = "leasehold";

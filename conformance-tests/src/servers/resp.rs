@@ -1,5 +1,6 @@
-//! A blocking RESP2 client of a few dozen lines: enough to ask sentinels and servers of
-//! the test topology who the master is, without an async runtime or a Redis client crate.
+//! A blocking RESP2 client of a few dozen lines: enough to ask the sentinels, servers and
+//! cluster nodes of the Redis test topologies who the master is and to set a cluster up,
+//! without an async runtime or a Redis client crate.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Write};
