@@ -79,7 +79,10 @@ impl Drop for Attempt {
         let owner_prefix = std::mem::take(&mut self.owner_prefix);
         runtime.spawn(async move {
             let mut invocation = scripts::ABANDON.key(&lock);
-            invocation.arg(&owner_prefix).arg(&channel);
+            invocation
+                .arg(&owner_prefix)
+                .arg(&channel)
+                .arg(inner.keys.publish());
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner

@@ -12,7 +12,8 @@ use leasehold_core::{
 
 use crate::RedisBackendBuilder;
 use crate::abandon::Attempt;
-use crate::client::{CAPABILITIES, Client, ttl_millis};
+use crate::client::{CAPABILITIES, Client, Releases, ttl_millis};
+use crate::config::cluster::ClusterSettings;
 use crate::config::{self, Settings};
 use crate::connection::Connection;
 use crate::durability;
@@ -20,10 +21,11 @@ use crate::error::{self, NAME};
 use crate::eviction;
 use crate::handshake;
 use crate::lease::RedisLease;
-use crate::notify::{Notifier, Status};
+use crate::notify::Notifier;
 use crate::operator;
 use crate::scripts::{self, Claim, Keys};
 use crate::sentinel::{SentinelTarget, Target};
+use crate::sharded::ShardedNotifier;
 use crate::value;
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
@@ -100,6 +102,9 @@ impl RedisBackend {
             config::install_crypto_provider();
         }
         let connect_timeout = settings.connect_timeout;
+        if let Some(cluster) = &settings.cluster {
+            return Self::connect_cluster(settings.clone(), cluster).await;
+        }
         let (target, conn) = match &settings.sentinel {
             Some(sentinel) => {
                 let target = Arc::new(Target::Sentinel(SentinelTarget::new(&settings, sentinel)?));
@@ -130,14 +135,41 @@ impl RedisBackend {
         .await?;
         eviction::check(&conn, &settings).await?;
         durability::check_replicas(&conn, &settings).await;
-        let keys = Keys::new(&settings.namespace);
+        let keys = Keys::new(&settings.namespace, false);
         let notifier = Notifier::start(target, keys.channel_pattern(), connect_timeout).await;
         Ok(Self {
             inner: Arc::new(Client {
                 settings,
                 keys,
                 conn,
-                notifier,
+                notifier: Releases::Pattern(notifier),
+            }),
+        })
+    }
+
+    /// Connects in cluster mode: the cluster connection (checked with a `PING` of every
+    /// master), the eviction policy check (of one node), and the sharded pub/sub
+    /// connection.
+    async fn connect_cluster(settings: Settings, cluster: &ClusterSettings) -> Result<Self> {
+        let client = crate::cluster::client(&settings, cluster, None::<fn(_) -> Result<(), ()>>)?;
+        let conn =
+            Connection::open_cluster(client, settings.connect_timeout, settings.request_timeout)
+                .await
+                .map_err(|err| unreachable_cluster(err, cluster))?;
+        conn.request("connect", settings.request_timeout, |mut conn| async move {
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
+        .await?;
+        eviction::check(&conn, &settings).await?;
+        durability::check_replicas(&conn, &settings).await;
+        let keys = Keys::new(&settings.namespace, true);
+        let notifier = ShardedNotifier::start(&settings, cluster).await?;
+        Ok(Self {
+            inner: Arc::new(Client {
+                settings,
+                keys,
+                conn,
+                notifier: Releases::Sharded(notifier),
             }),
         })
     }
@@ -152,7 +184,7 @@ impl RedisBackend {
     /// [`released`](LockBackend::released) call has subscribed again; waits in between
     /// fail and the runner polls instead.
     pub fn notifications_active(&self) -> bool {
-        matches!(self.inner.notifier.status(), Status::Subscribed)
+        self.inner.notifier.state() == "subscribed"
     }
 
     /// The Redis key holding `key`'s lock, such as `routine:lock:<name>`: for operators
@@ -199,6 +231,7 @@ impl RedisBackend {
     ///
     /// Dropping the future may or may not delete the counter, under the same condition.
     pub async fn forget_fencing(&self, key: &LockKey) -> Result<bool> {
+        self.inner.keys.check(key)?;
         let mut invocation = scripts::FORGET.key(self.inner.keys.lock(key));
         invocation
             .key(self.inner.keys.fence(key))
@@ -219,18 +252,15 @@ impl RedisBackend {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.inner.settings;
-        let notifications = match self.inner.notifier.status() {
-            Status::Connecting => "connecting",
-            Status::Subscribed => "subscribed",
-            Status::Failed(_) => "down",
-        };
-        let address = match &s.sentinel {
-            Some(sentinel) => format!(
+        let notifications = self.inner.notifier.state();
+        let address = match (&s.sentinel, &s.cluster) {
+            (Some(sentinel), _) => format!(
                 "master `{}` of the sentinels {}",
                 sentinel.master_name,
                 sentinel.addresses()
             ),
-            None => s.address(),
+            (None, Some(cluster)) => format!("the cluster of {}", cluster.addresses()),
+            (None, None) => s.address(),
         };
         f.debug_struct("RedisBackend")
             .field("address", &address)
@@ -267,6 +297,7 @@ impl LockBackend for RedisBackend {
     ) -> Result<Option<Box<dyn Lease>>> {
         let ttl_ms = ttl_millis(ttl)?;
         leasehold_core::check_holder_identity(holder)?;
+        self.inner.keys.check(key)?;
         // From here on, a lock this call may take is given back unless it ends with the
         // server's answer: on an error, a timeout or when this future is dropped.
         let attempt = Attempt::new(&self.inner, key);
@@ -330,14 +361,25 @@ impl LockBackend for RedisBackend {
 
     /// Refreshes this backend's leases with one Lua script call (the same compare and
     /// `PEXPIRE` as a single refresh, over many keys) per 500 leases, all pipelined on
-    /// the command connection; leases of other backends are refreshed one by one.
+    /// the command connection; leases of other backends are refreshed one by one. In
+    /// cluster mode one call per slot (a script touches keys of one slot only), all sent
+    /// at once, each to its slot's master.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
         Batched(self).refresh_batched(leases, ttl).await
     }
 
+    /// In cluster mode, subscribes to the name's sharded channel, then checks that the
+    /// lock is still held (a release published before the subscription would be
+    /// missed): if not, returns at once.
     async fn released(&self, key: &LockKey) -> Result<()> {
         let channel = self.inner.keys.channel(key);
-        self.inner.notifier.released(&channel).await
+        match &self.inner.notifier {
+            Releases::Pattern(notifier) => notifier.released(&channel).await,
+            Releases::Sharded(notifier) => {
+                let held = async { Ok(self.expires_in(key).await?.is_some()) };
+                notifier.released(&channel, held).await
+            }
+        }
     }
 
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
@@ -413,6 +455,7 @@ impl LockBackend for RedisBackend {
         value: &[u8],
     ) -> Result<RecordWrite> {
         leasehold_core::check_record(key, value)?;
+        self.inner.keys.check(key)?;
         let mut invocation = scripts::WRITE_RECORD.key(self.inner.keys.lock(key));
         invocation
             .key(self.inner.keys.fence(key))
@@ -483,30 +526,38 @@ impl BatchRefresh for Batched<'_> {
                     .collect();
             }
         };
-        let invocations: Vec<_> = pending
-            .chunks(scripts::REFRESH_MANY_CHUNK)
-            .map(|chunk| {
+        // One script call per batch (per slot in cluster mode), all sent at once.
+        let batches = crate::cluster::batches(
+            pending.iter().map(|claim| claim.lock.as_str()),
+            self.0.inner.keys.tagged(),
+            scripts::REFRESH_MANY_CHUNK,
+        );
+        let invocations: Vec<_> = batches
+            .iter()
+            .map(|batch| {
                 let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
                 invocation.arg(ttl_ms);
-                for claim in chunk {
+                for &index in batch {
+                    let claim = &pending[index];
                     invocation.key(&claim.lock).arg(&claim.value);
                 }
-                (chunk.len(), invocation)
+                invocation
             })
             .collect();
         let inner = &self.0.inner;
         let limit = inner.lease_limit(ttl);
         let wait = inner.wait(limit);
-        let replies = futures::future::join_all(invocations.iter().map(|(_, invocation)| {
+        let replies = futures::future::join_all(invocations.iter().map(|invocation| {
             inner.request("refresh", limit, move |conn| async move {
                 durability::invoke::<Vec<i64>>(conn, invocation, wait).await
             })
         }))
         .await;
-        let mut answers = Vec::with_capacity(pending.len());
-        for ((count, _), reply) in invocations.iter().zip(replies) {
-            match reply {
-                Ok((extended, acked)) if extended.len() == *count => {
+        let mut answers: Vec<Option<Self::Answer>> = pending.iter().map(|_| None).collect();
+        for (batch, reply) in batches.iter().zip(replies) {
+            let count = batch.len();
+            let batch_answers: Vec<Self::Answer> = match reply {
+                Ok((extended, acked)) if extended.len() == count => {
                     let short = match (wait, acked) {
                         (Some(wait), Some(acked)) => inner
                             .confirmed("refresh", Some(wait), Some(acked))
@@ -516,31 +567,38 @@ impl BatchRefresh for Batched<'_> {
                     };
                     // A lock found gone is lost whatever the replicas say; an extension
                     // counts only once confirmed.
-                    answers.extend(extended.into_iter().map(|reply| match short {
-                        Some((wait, acked)) if reply == 1 => {
-                            Err(wait.unconfirmed("refresh", acked))
-                        }
-                        _ => Ok(reply),
-                    }));
+                    extended
+                        .into_iter()
+                        .map(|reply| match short {
+                            Some((wait, acked)) if reply == 1 => {
+                                Err(wait.unconfirmed("refresh", acked))
+                            }
+                            _ => Ok(reply),
+                        })
+                        .collect()
                 }
                 Ok((extended, _)) => {
                     let error = error::unexpected_reply("refresh", extended.len());
-                    answers.extend(
-                        error::for_each(error, "refresh", *count)
-                            .into_iter()
-                            .map(Err),
-                    );
+                    error::for_each(error, "refresh", count)
+                        .into_iter()
+                        .map(Err)
+                        .collect()
                 }
-                Err(error) => {
-                    answers.extend(
-                        error::for_each(error, "refresh", *count)
-                            .into_iter()
-                            .map(Err),
-                    );
-                }
+                Err(error) => error::for_each(error, "refresh", count)
+                    .into_iter()
+                    .map(Err)
+                    .collect(),
+            };
+            for (&index, answer) in batch.iter().zip(batch_answers) {
+                answers[index] = Some(answer);
             }
         }
         answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| Err(error::unexpected_reply("refresh", "no reply")))
+            })
+            .collect()
     }
 
     fn finish_refresh(
@@ -550,5 +608,23 @@ impl BatchRefresh for Batched<'_> {
         ttl: Duration,
     ) -> Result<()> {
         lease.refreshed(answer?, ttl)
+    }
+}
+
+/// A cluster connection that could not be opened: says which seed nodes were tried.
+fn unreachable_cluster(err: Error, cluster: &ClusterSettings) -> Error {
+    match err {
+        Error::Unavailable { .. } => Error::unavailable(
+            NAME,
+            "connect",
+            error::Context(
+                format!(
+                    "no node of the cluster answered with its slot layout (seed nodes {})",
+                    cluster.addresses()
+                ),
+                Box::new(err),
+            ),
+        ),
+        other => other,
     }
 }

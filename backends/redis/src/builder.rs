@@ -8,6 +8,7 @@ use leasehold_core::{Error, Result};
 
 use crate::RedisBackend;
 use crate::config::Durability;
+use crate::config::cluster::{self, ClusterSettings};
 use crate::config::sentinel::{self, SentinelSettings};
 use crate::config::{self, Password, Settings};
 use crate::tls::TlsFile;
@@ -69,6 +70,7 @@ impl RedisBackendBuilder {
     /// | `ROUTINE_REDIS_SENTINEL_MASTER` | the master name the sentinels monitor | none |
     /// | `ROUTINE_REDIS_SENTINEL_USERNAME` | ACL user for the sentinels (the master takes `REDIS_PASSWORD`) | none |
     /// | `ROUTINE_REDIS_SENTINEL_PASSWORD` | password for the sentinels | none |
+    /// | `ROUTINE_REDIS_CLUSTER_NODES` | comma-separated `host:port` seed nodes of a Redis Cluster: cluster mode (hash-tagged keys, not Go-compatible; see [`with_cluster_nodes`](Self::with_cluster_nodes)) instead of `REDIS_HOSTS`; not with Sentinel | none |
     /// | `ROUTINE_REDIS_DURABLE_REPLICAS` | durable mode: replicas that must confirm an acquire or refresh with `WAIT` (see [`Durability`]); `0` is off | `0` |
     /// | `ROUTINE_REDIS_DURABLE_TIMEOUT` | the `WAIT` timeout of durable mode | `500ms` |
     ///
@@ -128,6 +130,13 @@ impl RedisBackendBuilder {
     /// `sentinel_password` log in to the sentinels. Any URL takes `durable_replicas=<n>`
     /// and `durable_timeout=<duration>` (see [`with_durability`](Self::with_durability)):
     /// `redis+sentinel://:secret@s1:26379,s2:26379,s3:26379/main/0?durable_replicas=2&durable_timeout=500ms`.
+    ///
+    /// `redis+cluster://[user[:password]@]host1[:port],host2[:port],...[/]` (or
+    /// `rediss+cluster://` for TLS, with the same TLS file parameters) turns on Redis
+    /// Cluster mode with these seed nodes (port 6379 by default): see
+    /// [`with_cluster_nodes`](Self::with_cluster_nodes). It takes no database (Redis
+    /// Cluster has database 0 only) and the durability parameters:
+    /// `redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000`.
     pub fn with_url(mut self, url: impl AsRef<str>) -> Self {
         if let Err(err) = config::apply_url(&mut self.settings, url.as_ref(), "url") {
             self.record(err);
@@ -183,6 +192,49 @@ impl RedisBackendBuilder {
         match sentinel::parse_sentinels(&list.join(",")) {
             Ok(parsed) => self.sentinel().sentinels = parsed,
             Err(reason) => self.record(Error::config("sentinels", reason)),
+        }
+        self
+    }
+
+    /// Redis Cluster mode: these seed nodes (`host:port`, port 6379 by default) instead of
+    /// one server. The client reads the slot layout from the first node that answers and
+    /// sends each request to the master of its key's slot, following `MOVED`/`ASK`
+    /// redirections and failovers by itself.
+    ///
+    /// Keys carry the name as a hash tag (`<namespace>:lock:{<name>}`, see the
+    /// [crate documentation](crate#redis-cluster)): **not compatible with the Go
+    /// original**, whose keys have no hash tag. Same as a `redis+cluster://` URL or
+    /// `ROUTINE_REDIS_CLUSTER_NODES`. TLS ([`with_tls`](Self::with_tls) and the TLS files)
+    /// and durable mode apply to every node; the database must be 0.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use leasehold_redis::RedisBackend;
+    ///
+    /// # async fn run() -> leasehold_core::Result<()> {
+    /// let backend = RedisBackend::builder()
+    ///     .with_cluster_nodes(["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"])
+    ///     .with_password("secret")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_cluster_nodes<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let list: Vec<String> = nodes
+            .into_iter()
+            .map(|s| s.as_ref().trim().to_owned())
+            .collect();
+        match cluster::parse_nodes(&list.join(",")) {
+            Ok(nodes) => {
+                self.settings.sentinel = None;
+                self.settings.cluster = Some(ClusterSettings { nodes });
+            }
+            Err(reason) => self.record(Error::config("cluster_nodes", reason)),
         }
         self
     }
@@ -375,6 +427,7 @@ impl RedisBackendBuilder {
     }
 
     fn sentinel(&mut self) -> &mut SentinelSettings {
+        self.settings.cluster = None;
         self.settings
             .sentinel
             .get_or_insert_with(SentinelSettings::default)

@@ -7,14 +7,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use leasehold_core::{Capabilities, Result};
-use redis::aio::ConnectionManager;
 
 use crate::config::Settings;
+use crate::conn::Conn;
 use crate::connection::Connection;
 use crate::durability::Wait;
 use crate::error::NAME;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Status};
 use crate::scripts::Keys;
+use crate::sharded::ShardedNotifier;
 
 /// What this backend declares. The shortest TTL is Redis's expiry precision, one
 /// millisecond; the longest is what `PX` and `PEXPIRE` accept with room to spare (the
@@ -34,7 +35,29 @@ pub(crate) struct Client {
     pub(crate) settings: Settings,
     pub(crate) keys: Keys,
     pub(crate) conn: Connection,
-    pub(crate) notifier: Notifier,
+    pub(crate) notifier: Releases,
+}
+
+/// Where release notifications come from: one pattern subscription on the server, or
+/// sharded subscriptions per name in cluster mode.
+pub(crate) enum Releases {
+    Pattern(Notifier),
+    Sharded(ShardedNotifier),
+}
+
+impl Releases {
+    /// `subscribed`, `connecting` or `down`, for `Debug`.
+    pub(crate) fn state(&self) -> &'static str {
+        match self {
+            Releases::Pattern(notifier) => match notifier.status() {
+                Status::Connecting => "connecting",
+                Status::Subscribed => "subscribed",
+                Status::Failed(_) => "down",
+            },
+            Releases::Sharded(notifier) if notifier.is_active() => "subscribed",
+            Releases::Sharded(_) => "down",
+        }
+    }
 }
 
 impl Client {
@@ -46,7 +69,7 @@ impl Client {
         send: F,
     ) -> Result<T>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.conn.request(operation, limit, send).await
@@ -61,7 +84,7 @@ impl Client {
         send: F,
     ) -> Result<T>
     where
-        F: Fn(ConnectionManager, u64) -> Fut,
+        F: Fn(Conn, u64) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.conn.request_at(operation, limit, send).await

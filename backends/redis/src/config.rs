@@ -9,8 +9,10 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionI
 
 use crate::tls::{self, TlsFiles};
 
+pub(crate) mod cluster;
 pub(crate) mod sentinel;
 
+use cluster::ClusterSettings;
 use sentinel::SentinelSettings;
 
 /// The port used when an address or URL gives none.
@@ -55,6 +57,8 @@ pub(crate) struct Settings {
     pub(crate) require_noeviction: bool,
     /// Follow the master the sentinels name instead of `host:port`.
     pub(crate) sentinel: Option<SentinelSettings>,
+    /// Redis Cluster mode: these seed nodes instead of `host:port`.
+    pub(crate) cluster: Option<ClusterSettings>,
     /// Replicas a write must reach (`WAIT`) before it counts; 0 for the master alone.
     pub(crate) durable_replicas: u32,
     /// The `WAIT` timeout when `durable_replicas` is set.
@@ -76,6 +80,7 @@ impl Default for Settings {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             require_noeviction: false,
             sentinel: None,
+            cluster: None,
             durable_replicas: 0,
             durable_timeout: sentinel::DEFAULT_WAIT_TIMEOUT,
         }
@@ -117,6 +122,28 @@ impl Settings {
                 return Err(Error::config(
                     "tls",
                     "TLS with Sentinel is not supported: use redis+sentinel:// without TLS",
+                ));
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            if self.sentinel.is_some() {
+                return Err(Error::config(
+                    "cluster_nodes",
+                    "both Sentinel and Cluster are configured: choose one",
+                ));
+            }
+            if self.db != 0 {
+                return Err(Error::config(
+                    "db",
+                    format!("database {}: Redis Cluster has database 0 only", self.db),
+                ));
+            }
+            if self.namespace.contains(['{', '}']) {
+                return Err(Error::config(
+                    "namespace",
+                    "in cluster mode the namespace must not contain `{` or `}`: the keys' \
+                     hash tag is `{<name>}`",
                 ));
             }
         }
@@ -200,9 +227,14 @@ fn check_timeout(setting: &str, timeout: Duration) -> Result<()> {
 /// The parts of a `redis://` or `rediss://` URL; `setting` names the URL in errors.
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
     if sentinel::is_sentinel_url(url) {
+        settings.cluster = None;
         return sentinel::apply_url(settings, url, setting);
     }
+    if cluster::is_cluster_url(url) {
+        return cluster::apply_url(settings, url, setting);
+    }
     settings.sentinel = None;
+    settings.cluster = None;
     let bad = |reason: String| Error::config(setting, reason);
     // The URL may hold a password: errors describe the problem, never echo the input.
     let parsed = url::Url::parse(url)
@@ -212,7 +244,8 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
         "rediss" => true,
         other => {
             return Err(bad(format!(
-                "unsupported scheme `{other}`: use redis://, rediss:// or redis+sentinel://"
+                "unsupported scheme `{other}`: use redis://, rediss://, redis+sentinel:// \
+                 or redis+cluster://"
             )));
         }
     };
@@ -317,7 +350,8 @@ pub(crate) fn apply_env(
         settings.tls =
             tls::parse_bool(&value).map_err(|reason| Error::config("ROUTINE_REDIS_TLS", reason))?;
     }
-    sentinel::apply_env(settings, var)
+    sentinel::apply_env(settings, &mut var)?;
+    cluster::apply_env(settings, var)
 }
 
 /// `host`, `host:port` or `[v6]:port`.

@@ -9,6 +9,10 @@
 //! within requests, which the runner paces with its backoff, and at most once per
 //! [`RENEW_INTERVAL`]: the backend keeps no timers of its own.
 //!
+//! In cluster mode the connection is the `redis` crate's cluster connection (see
+//! [`crate::conn`]), which follows the slots' masters by itself; it is replaced only after
+//! a refused password, as a manager is.
+//!
 //! Behind Sentinel the master itself moves. A request that fails in a way a failover
 //! explains (the connection refused, reset or timed out, or `READONLY` from a demoted
 //! master) asks the sentinels where the master is now, and moves to it if it moved (see
@@ -22,8 +26,10 @@ use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
 use tokio::time::Instant;
 
+use crate::conn::Conn;
 use crate::error::{self, NAME};
 use crate::sentinel::{Located, Target};
 
@@ -53,7 +59,7 @@ struct Shared {
 #[derive(Clone)]
 struct Current {
     generation: u64,
-    manager: ConnectionManager,
+    manager: Conn,
     address: String,
     /// The master's epoch (see [`crate::sentinel`]); 0 without Sentinel.
     epoch: u64,
@@ -92,6 +98,7 @@ impl Connection {
         let located = target.locate().await?;
         let manager = new_manager(&located.client, &config, connect_timeout)
             .await
+            .map(Conn::Single)
             .map_err(|err| err.into_error("connect", connect_timeout))?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -103,6 +110,37 @@ impl Connection {
                     manager,
                     address: located.address,
                     epoch: located.epoch,
+                }),
+                renewed: tokio::sync::Mutex::new(None),
+                suspect: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Opens the first cluster connection: the client reads the slot layout from the
+    /// first seed node that answers, bounded by `connect_timeout`.
+    pub(crate) async fn open_cluster(
+        client: ClusterClient,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(request_timeout))
+            .set_number_of_retries(0);
+        let manager = new_cluster(&client, connect_timeout)
+            .await
+            .map_err(|err| err.into_error("connect", connect_timeout))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                target: Arc::new(Target::Cluster(client)),
+                config,
+                connect_timeout,
+                current: RwLock::new(Current {
+                    generation: 0,
+                    manager,
+                    address: "cluster".to_owned(),
+                    epoch: 0,
                 }),
                 renewed: tokio::sync::Mutex::new(None),
                 suspect: AtomicBool::new(false),
@@ -141,7 +179,7 @@ impl Connection {
         send: F,
     ) -> Result<T>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.send(operation, limit, false, |manager, _| send(manager))
@@ -162,7 +200,7 @@ impl Connection {
         send: F,
     ) -> Result<T>
     where
-        F: Fn(ConnectionManager, u64) -> Fut,
+        F: Fn(Conn, u64) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.send(operation, limit, true, send).await
@@ -176,7 +214,7 @@ impl Connection {
         send: F,
     ) -> Result<T>
     where
-        F: Fn(ConnectionManager, u64) -> Fut,
+        F: Fn(Conn, u64) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let follows = self.shared.target.follows_master();
@@ -274,6 +312,15 @@ impl Shared {
             return None;
         }
         *renewed = Some(Instant::now());
+        if let Target::Cluster(client) = &*self.target {
+            return match new_cluster(client, self.connect_timeout).await {
+                Ok(manager) => Some(self.install(failed, manager, "cluster".to_owned(), 0)),
+                Err(err) => {
+                    tracing::debug!(error = ?err, "could not replace the redis cluster connection");
+                    None
+                }
+            };
+        }
         let located = if moved_only {
             let (address, epoch) = {
                 let current = self.read();
@@ -301,27 +348,32 @@ impl Shared {
             }
         };
         match new_manager(&client, &self.config, self.connect_timeout).await {
-            Ok(manager) => {
-                tracing::info!(%address, epoch, "redis command connection replaced");
-                let fresh = Current {
-                    generation: failed + 1,
-                    manager,
-                    address,
-                    epoch,
-                };
-                let mut current = self
-                    .current
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                *current = fresh.clone();
-                self.suspect.store(false, Ordering::Relaxed);
-                Some(fresh)
-            }
+            Ok(manager) => Some(self.install(failed, Conn::Single(manager), address, epoch)),
             Err(err) => {
                 tracing::debug!(error = ?err, "could not replace the redis command connection");
                 None
             }
         }
+    }
+}
+
+impl Shared {
+    /// Makes `manager` the connection in use, replacing generation `failed`.
+    fn install(&self, failed: u64, manager: Conn, address: String, epoch: u64) -> Current {
+        tracing::info!(%address, epoch, "redis command connection replaced");
+        let fresh = Current {
+            generation: failed + 1,
+            manager,
+            address,
+            epoch,
+        };
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = fresh.clone();
+        self.suspect.store(false, Ordering::Relaxed);
+        fresh
     }
 }
 
@@ -344,7 +396,7 @@ async fn send_on<T, F, Fut>(
     send: &F,
 ) -> redis::RedisResult<T>
 where
-    F: Fn(ConnectionManager, u64) -> Fut,
+    F: Fn(Conn, u64) -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
 {
     match send(current.manager.clone(), current.epoch).await {
@@ -392,4 +444,12 @@ async fn new_manager(
     .await
     .map_err(|_| Failure::TimedOut)?
     .map_err(Failure::Redis)
+}
+
+async fn new_cluster(client: &ClusterClient, connect_timeout: Duration) -> Result<Conn, Failure> {
+    tokio::time::timeout(connect_timeout, client.get_async_connection())
+        .await
+        .map_err(|_| Failure::TimedOut)?
+        .map(Conn::Cluster)
+        .map_err(Failure::Redis)
 }

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::conn::Conn;
 use leasehold_core::{Error, Result};
-use redis::aio::ConnectionManager;
 use redis::{ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind};
 
 use crate::config::{Durability, Settings};
@@ -97,7 +97,7 @@ pub(crate) async fn check_replicas(conn: &Connection, settings: &Settings) {
 /// the scripts loaded on the old one) is loaded and the pair sent again, as
 /// `invoke_async` does for a script alone.
 pub(crate) async fn invoke<T: FromRedisValue>(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     invocation: &ScriptInvocation<'_>,
     wait: Option<Wait>,
 ) -> RedisResult<(T, Option<i64>)> {

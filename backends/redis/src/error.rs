@@ -120,6 +120,22 @@ impl std::error::Error for SharedError {
     }
 }
 
+/// What went wrong, said in words, with the error that showed it as its source.
+#[derive(Debug)]
+pub(crate) struct Context(pub(crate) String, pub(crate) Box<Error>);
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.1)
+    }
+}
+
 /// One error for each of `count` leases that a failed batched request was about: the
 /// error itself for the first, and copies for the others (a timeout stays a timeout;
 /// anything else becomes `Unavailable` with the error, shared, as its source).

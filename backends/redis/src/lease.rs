@@ -137,7 +137,10 @@ impl Lease for RedisLease {
         }
         let channel = self.inner.keys.channel(&self.key);
         let mut invocation = scripts::RELEASE.key(&self.claim.lock);
-        invocation.arg(&self.claim.value).arg(&channel);
+        invocation
+            .arg(&self.claim.value)
+            .arg(&channel)
+            .arg(self.inner.keys.publish());
         let invocation = &invocation;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self

@@ -321,7 +321,9 @@ mod abandon;
 mod backend;
 mod builder;
 mod client;
+mod cluster;
 mod config;
+mod conn;
 mod connection;
 mod durability;
 mod error;
@@ -332,6 +334,7 @@ mod notify;
 mod operator;
 mod scripts;
 mod sentinel;
+mod sharded;
 mod tls;
 mod value;
 

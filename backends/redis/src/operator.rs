@@ -17,14 +17,21 @@ const SCAN_COUNT: usize = 1000;
 
 /// Describes each of `keys` as it is now, in order: `None` for a key nobody holds. One
 /// [`DESCRIBE`](scripts::DESCRIBE) call per
-/// [`DESCRIBE_CHUNK`](scripts::DESCRIBE_CHUNK) keys, all pipelined.
+/// [`DESCRIBE_CHUNK`](scripts::DESCRIBE_CHUNK) keys (of one slot in cluster mode), all
+/// pipelined.
 pub(crate) async fn describe(inner: &Client, keys: &[LockKey]) -> Result<Vec<Option<LeaseInfo>>> {
-    let invocations: Vec<_> = keys
-        .chunks(scripts::DESCRIBE_CHUNK)
-        .map(|chunk| {
+    let locks: Vec<String> = keys.iter().map(|key| inner.keys.lock(key)).collect();
+    let batches = crate::cluster::batches(
+        locks.iter().map(String::as_str),
+        inner.keys.tagged(),
+        scripts::DESCRIBE_CHUNK,
+    );
+    let invocations: Vec<_> = batches
+        .iter()
+        .map(|batch| {
             let mut invocation = scripts::DESCRIBE.prepare_invoke();
-            for key in chunk {
-                invocation.key(inner.keys.lock(key));
+            for &index in batch {
+                invocation.key(&locks[index]);
             }
             invocation
         })
@@ -38,20 +45,17 @@ pub(crate) async fn describe(inner: &Client, keys: &[LockKey]) -> Result<Vec<Opt
         })
     }))
     .await?;
-    let mut described = Vec::with_capacity(keys.len());
-    for (chunk, reply) in keys.chunks(scripts::DESCRIBE_CHUNK).zip(replies) {
-        if reply.len() != chunk.len() {
+    let mut described: Vec<Option<LeaseInfo>> = keys.iter().map(|_| None).collect();
+    for (batch, reply) in batches.iter().zip(replies) {
+        if reply.len() != batch.len() {
             return Err(error::unexpected_reply(
                 "describe",
-                format_args!("{} entries for {} keys", reply.len(), chunk.len()),
+                format_args!("{} entries for {} keys", reply.len(), batch.len()),
             ));
         }
-        described.extend(
-            chunk
-                .iter()
-                .zip(reply)
-                .map(|(key, held)| held.map(|(value, pttl)| info(key, &value, pttl))),
-        );
+        for (&index, held) in batch.iter().zip(reply) {
+            described[index] = held.map(|(value, pttl)| info(&keys[index], &value, pttl));
+        }
     }
     Ok(described)
 }
@@ -75,33 +79,52 @@ fn info(key: &LockKey, value: &[u8], pttl: i64) -> LeaseInfo {
 
 /// The held locks whose name starts with `prefix`, in name order: the names found by
 /// `SCAN` (never `KEYS`, which blocks the server for as long as it takes), then described
-/// in batches. A lock released between the two is left out.
+/// in batches. A lock released between the two is left out. In cluster mode every master
+/// that serves slots (`CLUSTER NODES`) is scanned.
 pub(crate) async fn list(inner: &Client, prefix: &str) -> Result<Vec<LeaseInfo>> {
     let pattern = &inner.keys.lock_pattern(prefix);
     let limit = inner.settings.request_timeout;
-    let mut names = Vec::new();
-    let mut cursor = 0_u64;
-    loop {
-        let (next, found): (u64, Vec<Vec<u8>>) = inner
+    // In cluster mode each master holds its slots' keys: scan every one of them.
+    let nodes: Vec<Option<(String, u16)>> = if inner.keys.tagged() {
+        let masters = inner
             .request("list", limit, |mut conn| async move {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT)
-                    .query_async(&mut conn)
-                    .await
+                crate::cluster::masters(&mut conn).await
             })
             .await?;
-        names.extend(found.iter().filter_map(|lock| {
-            let name = inner.keys.name_of_lock(std::str::from_utf8(lock).ok()?)?;
-            // A key under the namespace that no name could have made is not a lock.
-            LockKey::new(name).ok()
-        }));
-        cursor = next;
-        if cursor == 0 {
-            break;
+        masters.into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let mut names = Vec::new();
+    for node in &nodes {
+        let mut cursor = 0_u64;
+        loop {
+            let (next, found): (u64, Vec<Vec<u8>>) = inner
+                .request("list", limit, |mut conn| async move {
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT);
+                    match (node, conn.cluster()) {
+                        (Some(node), Some(cluster)) => {
+                            let reply = cluster.route_command(scan, crate::cluster::at(node));
+                            Ok(redis::from_redis_value(reply.await?)?)
+                        }
+                        _ => scan.query_async(&mut conn).await,
+                    }
+                })
+                .await?;
+            names.extend(found.iter().filter_map(|lock| {
+                let name = inner.keys.name_of_lock(std::str::from_utf8(lock).ok()?)?;
+                // A key under the namespace that no name could have made is not a lock.
+                LockKey::new(name).ok()
+            }));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
     }
     // `SCAN` may return a key more than once.
@@ -134,7 +157,10 @@ pub(crate) async fn force_release(inner: &Client, key: &LockKey) -> Result<bool>
         return Ok(false);
     };
     let mut invocation = scripts::RELEASE.key(lock);
-    invocation.arg(held).arg(inner.keys.channel(key));
+    invocation
+        .arg(held)
+        .arg(inner.keys.channel(key))
+        .arg(inner.keys.publish());
     let invocation = &invocation;
     let deleted: i64 = inner
         .request("force_release", limit, |mut conn| async move {

@@ -125,14 +125,16 @@ pub(crate) const REFRESH_MANY_CHUNK: usize = 500;
 /// Deletes the lock if it still holds our whole value (bsm/redislock's release script) and
 /// announces the release to waiters.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` our value, `ARGV[2]` release channel. Returns 1 if deleted,
-/// 0 if the lock was already gone or someone else's (then nothing is touched).
+/// `KEYS[1]` lock key; `ARGV[1]` our value, `ARGV[2]` release channel, `ARGV[3]` the
+/// command that announces it ([`Keys::publish`]: `PUBLISH`, or `SPUBLISH` in cluster
+/// mode, where the channel shares the lock's hash tag and so its slot). Returns 1 if
+/// deleted, 0 if the lock was already gone or someone else's (then nothing is touched).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  redis.call(ARGV[3], ARGV[2], '')
   return 1
 end
 return 0
@@ -143,8 +145,8 @@ return 0
 /// Deletes the lock of an acquire whose answer never came, if it holds that acquire's
 /// value, and announces the release to waiters.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` the acquire's owner prefix, `ARGV[2]` release channel.
-/// Returns 1 if deleted, 0 if the lock was gone or someone else's (then nothing is
+/// `KEYS[1]` lock key; `ARGV[1]` the acquire's owner prefix, `ARGV[2]` release channel,
+/// `ARGV[3]` the command that announces it (as for [`RELEASE`]). Returns 1 if deleted, 0 if the lock was gone or someone else's (then nothing is
 /// touched). The acquire's whole value is unknown (the server completed it), but no other
 /// acquisition's value starts with its random owner prefix.
 pub(crate) static ABANDON: LazyLock<Script> = LazyLock::new(|| {
@@ -153,7 +155,7 @@ pub(crate) static ABANDON: LazyLock<Script> = LazyLock::new(|| {
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  redis.call(ARGV[3], ARGV[2], '')
   return 1
 end
 return 0
@@ -278,39 +280,80 @@ impl fmt::Debug for Claim {
 /// `ns:fence:name` (never expires, only incremented), the record `ns:record:name` (no
 /// expiry, written only by the holder), and its releases are published on the channel
 /// `ns:released:name`.
+///
+/// In cluster mode the name is a hash tag: `ns:lock:{name}`, `ns:fence:{name}`,
+/// `ns:record:{name}` and the sharded channel `ns:released:{name}` all hash to one slot
+/// (the namespace has no braces, see the settings' validation), so every script touches
+/// keys of one slot and the release is announced on the name's shard.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     lock: String,
     fence: String,
     record: String,
     channel: String,
+    /// Cluster mode: names are wrapped in `{...}`.
+    tagged: bool,
 }
 
 impl Keys {
-    pub(crate) fn new(namespace: &str) -> Self {
+    pub(crate) fn new(namespace: &str, tagged: bool) -> Self {
         Self {
             lock: format!("{namespace}:lock:"),
             fence: format!("{namespace}:fence:"),
             record: format!("{namespace}:record:"),
             channel: format!("{namespace}:released:"),
+            tagged,
+        }
+    }
+
+    fn key(&self, prefix: &str, key: &LockKey) -> String {
+        if self.tagged {
+            format!("{prefix}{{{key}}}")
+        } else {
+            format!("{prefix}{key}")
         }
     }
 
     /// The record key of `key`: `<namespace>:record:<name>`.
     pub(crate) fn record(&self, key: &LockKey) -> String {
-        format!("{}{key}", self.record)
+        self.key(&self.record, key)
     }
 
     pub(crate) fn lock(&self, key: &LockKey) -> String {
-        format!("{}{key}", self.lock)
+        self.key(&self.lock, key)
     }
 
     pub(crate) fn fence(&self, key: &LockKey) -> String {
-        format!("{}{key}", self.fence)
+        self.key(&self.fence, key)
     }
 
     pub(crate) fn channel(&self, key: &LockKey) -> String {
-        format!("{}{key}", self.channel)
+        self.key(&self.channel, key)
+    }
+
+    /// Whether this is the cluster layout (hash-tagged keys, sharded channels).
+    pub(crate) fn tagged(&self) -> bool {
+        self.tagged
+    }
+
+    /// The command the release scripts announce a release with: `PUBLISH`, or
+    /// `SPUBLISH` (sharded pub/sub, Redis 7) in cluster mode.
+    pub(crate) fn publish(&self) -> &'static str {
+        if self.tagged { "SPUBLISH" } else { "PUBLISH" }
+    }
+
+    /// Checks that `key`'s keys share a slot, for the scripts that touch more than one:
+    /// in cluster mode a name starting with `}` makes an empty hash tag (`{}...}`), and
+    /// Redis then hashes each whole key, putting them in different slots.
+    pub(crate) fn check(&self, key: &LockKey) -> leasehold_core::Result<()> {
+        if self.tagged && key.as_str().starts_with('}') {
+            return Err(leasehold_core::Error::invalid_name(
+                key,
+                "in Redis Cluster mode a name must not start with `}` (the keys' hash tag \
+                 `{<name>}` would be empty, and the name's keys would land in different slots)",
+            ));
+        }
+        Ok(())
     }
 
     /// The `SCAN MATCH` pattern of every lock key whose name starts with `prefix`, with
@@ -318,6 +361,9 @@ impl Keys {
     /// themselves.
     pub(crate) fn lock_pattern(&self, prefix: &str) -> String {
         let mut pattern = escape_glob(&self.lock);
+        if self.tagged {
+            pattern.push('{');
+        }
         pattern.push_str(&escape_glob(prefix));
         pattern.push('*');
         pattern
@@ -325,7 +371,11 @@ impl Keys {
 
     /// The name of a lock key of this namespace, `None` for any other key.
     pub(crate) fn name_of_lock<'k>(&self, lock: &'k str) -> Option<&'k str> {
-        lock.strip_prefix(&self.lock)
+        let name = lock.strip_prefix(&self.lock)?;
+        if self.tagged {
+            return name.strip_prefix('{')?.strip_suffix('}');
+        }
+        Some(name)
     }
 
     /// The `PSUBSCRIBE` pattern matching every release channel of this namespace, with
@@ -355,7 +405,7 @@ mod tests {
 
     #[test]
     fn default_namespace_gives_the_go_key_layout() {
-        let keys = Keys::new("routine");
+        let keys = Keys::new("routine", false);
         let key = LockKey::new("billing").unwrap();
         assert_eq!(keys.lock(&key), "routine:lock:billing");
         assert_eq!(keys.fence(&key), "routine:fence:billing");
@@ -366,16 +416,37 @@ mod tests {
 
     #[test]
     fn channel_pattern_escapes_glob_characters_of_the_namespace() {
-        let keys = Keys::new(r"a*b?c[d]e\f");
+        let keys = Keys::new(r"a*b?c[d]e\f", false);
         assert_eq!(keys.channel_pattern(), r"a\*b\?c\[d\]e\\f:released:*");
     }
 
     #[test]
     fn lock_pattern_escapes_glob_characters_of_the_namespace_and_the_prefix() {
-        let keys = Keys::new("ns?");
+        let keys = Keys::new("ns?", false);
         assert_eq!(keys.lock_pattern(""), r"ns\?:lock:*");
         assert_eq!(keys.lock_pattern(r"a*b[c]\d"), r"ns\?:lock:a\*b\[c\]\\d*");
         assert_eq!(keys.name_of_lock("ns?:lock:a:b"), Some("a:b"));
         assert_eq!(keys.name_of_lock("ns?:fence:a"), None);
+    }
+
+    #[test]
+    fn cluster_keys_of_a_name_share_one_slot() {
+        use redis::cluster_routing::Slot;
+        let keys = Keys::new("routine", true);
+        for name in ["billing", "a}b", "{x}", "a:b{c"] {
+            let key = LockKey::new(name).unwrap();
+            let lock = keys.lock(&key);
+            assert_eq!(lock, format!("routine:lock:{{{name}}}"));
+            let slot = Slot::for_key(&lock);
+            for other in [keys.fence(&key), keys.record(&key), keys.channel(&key)] {
+                assert_eq!(Slot::for_key(&other), slot, "{lock} and {other}");
+            }
+            keys.check(&key).unwrap();
+            assert_eq!(keys.name_of_lock(&lock), Some(name));
+        }
+        assert!(keys.check(&LockKey::new("}a").unwrap()).is_err());
+        assert_eq!(keys.lock_pattern("a*"), r"routine:lock:{a\**");
+        assert_eq!(keys.name_of_lock("routine:fence:{a}"), None);
+        assert_eq!(keys.publish(), "SPUBLISH");
     }
 }

@@ -36,6 +36,8 @@ pub(crate) enum Target {
     Fixed(redis::Client),
     /// The master the sentinels name, asked again whenever it may have moved.
     Sentinel(SentinelTarget),
+    /// A Redis Cluster: the `redis` crate's cluster client finds each slot's master.
+    Cluster(redis::cluster::ClusterClient),
 }
 
 /// A master found: a client for it, its address and its epoch (0 without Sentinel).
@@ -55,6 +57,7 @@ impl fmt::Debug for Target {
                 sentinel.settings.master_name,
                 sentinel.settings.addresses()
             ),
+            Target::Cluster(_) => f.write_str("redis cluster"),
         }
     }
 }
@@ -71,6 +74,11 @@ impl Target {
             Target::Sentinel(sentinel) => sentinel.locate(None).await.and_then(|located| {
                 located.ok_or_else(|| Error::unavailable(NAME, OPERATION, "no master located"))
             }),
+            Target::Cluster(_) => Err(Error::unavailable(
+                NAME,
+                OPERATION,
+                "a cluster has no single server: each slot has its master",
+            )),
         }
     }
 
@@ -84,7 +92,7 @@ impl Target {
         epoch: u64,
     ) -> Result<Option<Located>> {
         match self {
-            Target::Fixed(_) => Ok(None),
+            Target::Fixed(_) | Target::Cluster(_) => Ok(None),
             Target::Sentinel(sentinel) => sentinel.locate(Some((address, epoch))).await,
         }
     }

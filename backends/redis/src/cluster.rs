@@ -1,0 +1,184 @@
+//! Redis Cluster mode: the `redis` crate's cluster clients made from the settings, the
+//! masters a `SCAN` must visit, and the slot of a key (to group batched scripts).
+//!
+//! The client reads the slot layout from the first seed node that answers, sends each
+//! command to the master of its key's slot, and follows `MOVED`/`ASK` redirections and
+//! failovers by itself (it reads the layout again when a node fails or redirects). Its
+//! connection and response timeouts are the backend's connect and request timeouts, and
+//! its retries (redirections, a node that just failed) are few and short: the request
+//! timeout bounds a request with all its retries (the client's overall response
+//! timeout), and the backend's own bound on a request is never longer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use leasehold_core::{Error, Result};
+use redis::aio::AsyncPushSender;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{ConnectionAddr, IntoConnectionInfo};
+
+use crate::config::Settings;
+use crate::config::cluster::ClusterSettings;
+use crate::conn::Conn;
+
+/// How many times the client sends a request again (after a redirection, or to a node
+/// that failed) within its overall timeout.
+const RETRIES: u32 = 3;
+/// The longest wait between two of those retries.
+const MAX_RETRY_WAIT: Duration = Duration::from_millis(200);
+
+/// A cluster client for `cluster`'s seed nodes with the backend's credentials, TLS and
+/// timeouts. `push` receives pushed messages (sharded pub/sub) over RESP3.
+pub(crate) fn client(
+    settings: &Settings,
+    cluster: &ClusterSettings,
+    push: Option<impl AsyncPushSender>,
+) -> Result<ClusterClient> {
+    let rejected =
+        |err| Error::config_with_source("cluster_nodes", "rejected by the redis client", err);
+    let nodes = cluster
+        .nodes
+        .iter()
+        .map(|(host, port)| {
+            let addr = if settings.tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            };
+            addr.into_connection_info()
+        })
+        .collect::<redis::RedisResult<Vec<_>>>()
+        .map_err(rejected)?;
+    let mut builder = ClusterClientBuilder::new(nodes)
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(settings.request_timeout)
+        .retries(RETRIES)
+        .min_retry_wait(10)
+        .max_retry_wait(u64::try_from(MAX_RETRY_WAIT.as_millis()).unwrap_or(u64::MAX));
+    if let Some(username) = &settings.username {
+        builder = builder.username(username);
+    }
+    if let Some(password) = &settings.password {
+        builder = builder.password(&password.0);
+    }
+    if let Some(certificates) = settings.tls_files.certificates()? {
+        builder = builder.certs(certificates);
+    }
+    if let Some(push) = push {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push);
+    }
+    builder.build().map_err(rejected)
+}
+
+/// Splits `keys` into the batches of one script call each, as indices into `keys` in
+/// order: at most `chunk` keys per batch and, in cluster mode (`by_slot`), the keys of
+/// one slot only (a script may only touch keys of one slot), so one batch per slot.
+pub(crate) fn batches<'k>(
+    keys: impl IntoIterator<Item = &'k str>,
+    by_slot: bool,
+    chunk: usize,
+) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut of_slot: HashMap<Option<Slot>, usize> = HashMap::new();
+    for (index, key) in keys.into_iter().enumerate() {
+        let slot = by_slot.then(|| Slot::for_key(key));
+        let group = *of_slot.entry(slot).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(index);
+    }
+    groups
+        .into_iter()
+        .flat_map(|group| {
+            group
+                .chunks(chunk.max(1))
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The masters serving slots right now (`CLUSTER NODES`, asked of any node), as `(host,
+/// port)`: where a `SCAN` of every key must go.
+pub(crate) async fn masters(conn: &mut Conn) -> redis::RedisResult<Vec<(String, u16)>> {
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    Ok(parse_masters(&nodes))
+}
+
+/// The masters with slots in a `CLUSTER NODES` reply, failed ones left out.
+fn parse_masters(nodes: &str) -> Vec<(String, u16)> {
+    let mut masters: Vec<(String, u16)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let serving = fields.len() > 8;
+            let master = flags.split(',').any(|flag| flag == "master");
+            let failed = flags.split(',').any(|flag| flag == "fail");
+            if !master || failed || !serving {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let address = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    masters.sort();
+    masters.dedup();
+    masters
+}
+
+/// Routes a command to the node at `host:port`.
+pub(crate) fn at((host, port): &(String, u16)) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_one_slot_each_in_cluster_mode_and_keep_order() {
+        let keys = ["a:{x}", "b:{y}", "c:{x}", "d:{y}", "e:{x}"];
+        assert_eq!(
+            batches(keys, true, 2),
+            [vec![0, 2], vec![4], vec![1, 3]],
+            "by slot, then chunked"
+        );
+        assert_eq!(batches(keys, false, 2), [vec![0, 1], vec![2, 3], vec![4]]);
+        assert!(batches([], true, 2).is_empty());
+    }
+
+    #[test]
+    fn masters_are_the_serving_masters_that_have_not_failed() {
+        let nodes = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:7001@17001,host-b master - 0 0 2 connected 5461-10922
+c 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected 10923-16383
+d 127.0.0.1:7003@17003 slave a 0 0 1 connected
+e 127.0.0.1:7004@17004 master - 0 0 7 connected
+f 127.0.0.1:7005@17005 master - 0 0 8 connected 10923-16383
+";
+        assert_eq!(
+            parse_masters(nodes),
+            [
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001),
+                ("127.0.0.1".to_owned(), 7005),
+            ]
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Release notifications in cluster mode: sharded pub/sub (`SSUBSCRIBE`, Redis 7).
+//!
+//! A pattern subscription (`PSUBSCRIBE`) sees only what is published on its own node,
+//! and plain `PUBLISH` in a cluster is broadcast to every node. Instead the release
+//! scripts `SPUBLISH` on the name's channel `<namespace>:released:{<name>}`, which shares
+//! the lock's hash tag and so lives on the name's shard, and the backend `SSUBSCRIBE`s to
+//! the channel of each name someone waits for, on one cluster connection (RESP3, its
+//! pushed messages handed to [`push`]), and unsubscribes once nobody waits for it.
+//!
+//! The `redis` crate's cluster connection keeps track of the subscriptions and makes
+//! them again on the slot's new master after a failover or a slot migration (and after
+//! it reconnects to a node). A release published while a subscription is being moved is
+//! missed, so every waiter is woken (spuriously) when a node's connection drops, and a
+//! waiter whose channel the server unsubscribed (`sunsubscribe` pushed after the slot
+//! moved) is woken too: the runner then tries to acquire again and waits anew.
+//!
+//! A subscription is made when a wait starts, so a release between the caller's failed
+//! acquire and the subscription would be missed: once subscribed, the wait checks that
+//! the lock is still held (see [`ShardedNotifier::released`]) and returns at once if not.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use leasehold_core::{Error, Result};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+
+use crate::cluster;
+use crate::config::Settings;
+use crate::config::cluster::ClusterSettings;
+use crate::error::{self, NAME};
+
+const OPERATION: &str = "wait for release";
+
+/// The sharded pub/sub side of a backend in cluster mode.
+pub(crate) struct ShardedNotifier {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: ClusterClient,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    /// Release channel -> its waiters. An entry lives while someone waits on it.
+    waiters: Waiters,
+    /// The connection and its subscriptions; locked while one is made or undone.
+    link: tokio::sync::Mutex<Link>,
+    /// Whether the connection is up (as far as we know).
+    active: AtomicBool,
+}
+
+type Waiters = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
+fn lock(waiters: &Waiters) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    // Each critical section leaves the map whole: a poisoned lock holds no half-updated
+    // state.
+    waiters
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A pushed message: a release wakes its channel's waiters; a dropped node connection
+/// wakes every waiter, a subscription the server ended wakes its own.
+fn push(waiters: &Waiters, info: &PushInfo) {
+    match info.kind {
+        PushKind::SMessage | PushKind::SUnsubscribe => {
+            if let Some(Value::BulkString(channel)) = info.data.first()
+                && let Ok(channel) = std::str::from_utf8(channel)
+                && let Some(notify) = lock(waiters).get(channel)
+            {
+                notify.notify_waiters();
+            }
+        }
+        PushKind::Disconnection => {
+            for notify in lock(waiters).values() {
+                notify.notify_waiters();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Default)]
+struct Link {
+    conn: Option<ClusterConnection>,
+    subscribed: HashSet<String>,
+}
+
+impl ShardedNotifier {
+    /// Makes the pub/sub cluster connection. A failure is logged, not returned: the
+    /// backend works without notifications, and the next wait connects again.
+    pub(crate) async fn start(settings: &Settings, cluster: &ClusterSettings) -> Result<Self> {
+        let waiters = Waiters::default();
+        let push = {
+            let waiters = Arc::clone(&waiters);
+            move |info: PushInfo| -> std::result::Result<(), ()> {
+                push(&waiters, &info);
+                Ok(())
+            }
+        };
+        let shared = Arc::new(Shared {
+            client: cluster::client(settings, cluster, Some(push))?,
+            connect_timeout: settings.connect_timeout,
+            request_timeout: settings.request_timeout,
+            waiters,
+            link: tokio::sync::Mutex::new(Link::default()),
+            active: AtomicBool::new(false),
+        });
+        if let Err(err) = shared.connect(&mut *shared.link.lock().await).await {
+            tracing::warn!(
+                error = %err.chain(),
+                "redis release notifications unavailable; waiters fall back to polling"
+            );
+        }
+        Ok(Self { shared })
+    }
+
+    /// Whether the pub/sub connection is up.
+    pub(crate) fn is_active(&self) -> bool {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when `channel` announces a release, or spuriously (a node's connection
+    /// dropped, the slot moved, or `still_held` says the lock is free already); fails if
+    /// the subscription cannot be made.
+    pub(crate) async fn released(
+        &self,
+        channel: &str,
+        still_held: impl Future<Output = Result<bool>>,
+    ) -> Result<()> {
+        let waiter = Waiter::register(&self.shared, channel);
+        let notified = waiter.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        self.shared.subscribe(channel).await?;
+        if !still_held.await? {
+            return Ok(());
+        }
+        notified.await;
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        lock(&self.waiters)
+    }
+
+    async fn connect(&self, link: &mut Link) -> Result<ClusterConnection> {
+        if let Some(conn) = &link.conn {
+            return Ok(conn.clone());
+        }
+        let connected =
+            tokio::time::timeout(self.connect_timeout, self.client.get_async_connection()).await;
+        let conn = match connected {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return Err(error::from_redis(err, "subscribe", self.connect_timeout)),
+            Err(_) => return Err(Error::timeout(NAME, "subscribe", self.connect_timeout)),
+        };
+        link.conn = Some(conn.clone());
+        link.subscribed.clear();
+        self.active.store(true, Ordering::Relaxed);
+        tracing::debug!("redis cluster release notifications connected");
+        Ok(conn)
+    }
+
+    /// Subscribes to `channel` unless it is already.
+    async fn subscribe(&self, channel: &str) -> Result<()> {
+        let mut link = self.link.lock().await;
+        let mut conn = match self.connect(&mut link).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                self.active.store(false, Ordering::Relaxed);
+                return Err(Error::unavailable(NAME, OPERATION, err));
+            }
+        };
+        if link.subscribed.contains(channel) {
+            return Ok(());
+        }
+        let subscribed = tokio::time::timeout(self.request_timeout, conn.ssubscribe(channel)).await;
+        let err = match subscribed {
+            Ok(Ok(())) => {
+                link.subscribed.insert(channel.to_owned());
+                return Ok(());
+            }
+            Ok(Err(err)) => error::from_redis(err, "subscribe", self.request_timeout),
+            Err(_) => Error::timeout(NAME, "subscribe", self.request_timeout),
+        };
+        // Start over with a new connection at the next wait.
+        *link = Link::default();
+        self.active.store(false, Ordering::Relaxed);
+        Err(Error::unavailable(NAME, OPERATION, err))
+    }
+
+    /// Unsubscribes from `channel` if nobody waits for it any more.
+    async fn unsubscribe(&self, channel: String) {
+        let mut link = self.link.lock().await;
+        if self.waiters().contains_key(&channel) || !link.subscribed.remove(&channel) {
+            return;
+        }
+        let Some(mut conn) = link.conn.clone() else {
+            return;
+        };
+        let done = tokio::time::timeout(self.request_timeout, conn.sunsubscribe(&channel)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::debug!(%channel, "could not unsubscribe from a release channel");
+        }
+    }
+}
+
+/// One waiter's entry in the map, removed when the last waiter on its channel leaves
+/// (and the channel then unsubscribed in the background).
+struct Waiter {
+    shared: Arc<Shared>,
+    channel: String,
+    notify: Arc<Notify>,
+}
+
+impl Waiter {
+    fn register(shared: &Arc<Shared>, channel: &str) -> Self {
+        let notify = Arc::clone(shared.waiters().entry(channel.to_owned()).or_default());
+        Self {
+            shared: Arc::clone(shared),
+            channel: channel.to_owned(),
+            notify,
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut waiters = self.shared.waiters();
+        // Counts only change under this lock: two references are the map's and ours.
+        if waiters
+            .get(&self.channel)
+            .is_some_and(|notify| Arc::strong_count(notify) == 2)
+        {
+            waiters.remove(&self.channel);
+            drop(waiters);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shared = Arc::clone(&self.shared);
+                let channel = std::mem::take(&mut self.channel);
+                runtime.spawn(async move { shared.unsubscribe(channel).await });
+            }
+        }
+    }
+}
