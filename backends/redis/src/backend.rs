@@ -611,16 +611,26 @@ impl BatchRefresh for Batched<'_> {
     }
 }
 
-/// A cluster connection that could not be opened: says which seed nodes were tried.
+/// A cluster connection that could not be opened: says which seed nodes were tried, and
+/// that a server without cluster mode is not a cluster.
 fn unreachable_cluster(err: Error, cluster: &ClusterSettings) -> Error {
+    let nodes = cluster.addresses();
+    if err.chain().contains("cluster support disabled") {
+        return Error::misconfigured(
+            NAME,
+            format!(
+                "cluster mode is on but the server at {nodes} has cluster support disabled \
+                 (`cluster-enabled no`): connect with redis:// or point at a cluster's nodes"
+            ),
+        );
+    }
     match err {
         Error::Unavailable { .. } => Error::unavailable(
             NAME,
             "connect",
             error::Context(
                 format!(
-                    "no node of the cluster answered with its slot layout (seed nodes {})",
-                    cluster.addresses()
+                    "no node of the cluster answered with its slot layout (seed nodes {nodes})"
                 ),
                 Box::new(err),
             ),

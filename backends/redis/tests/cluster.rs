@@ -1,0 +1,349 @@
+//! The backend in Redis Cluster mode, on a real local cluster (three masters with one
+//! replica each): the conformance suite, the errors of malformed settings and of
+//! unreachable nodes, names spread over every master, release notifications on the
+//! name's shard, and a held name across a kill of its slot's master (on a cluster of its
+//! own, since it harms the cluster).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Deadline, unique_key, within};
+use leasehold_conformance::servers::{RedisCluster, RedisServer, free_port};
+use leasehold_core::{Error, Lease, LockBackend, LockKey};
+use leasehold_redis::{RedisBackend, RedisBackendBuilder};
+
+mod conformance {
+    use leasehold_conformance::servers::RedisCluster;
+    use leasehold_redis::RedisBackend;
+
+    leasehold_conformance::conformance_tests!(|| async {
+        let Some(cluster) = RedisCluster::shared() else {
+            leasehold_conformance::skip("redis-server is not installed");
+        };
+        RedisBackend::from_url(&cluster.url())
+            .await
+            .unwrap_or_else(|err| panic!("cluster backend must connect: {}", err.chain()))
+    });
+}
+
+/// Bound for "did not hang", and for a holder again after a failover.
+const HANG: Duration = Duration::from_secs(20);
+
+/// A backend on `cluster` with short timeouts, so that a failed node shows quickly.
+async fn backend(cluster: &RedisCluster) -> RedisBackend {
+    RedisBackend::builder()
+        .with_url(cluster.url())
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_request_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("cluster backend must connect: {}", err.chain()))
+}
+
+fn shared() -> Option<&'static RedisCluster> {
+    let cluster = RedisCluster::shared();
+    if cluster.is_none() {
+        eprintln!("skipped: redis-server is not installed");
+    }
+    cluster
+}
+
+/// A raw connection to node `i`, to look at what it holds.
+async fn node(cluster: &RedisCluster, i: usize) -> redis::aio::MultiplexedConnection {
+    let port = cluster.node_ports()[i];
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(call)
+}
+
+fn assert_config(err: &Error, expected: &str) {
+    assert!(
+        matches!(err, Error::Config { .. }) && err.chain().contains(expected),
+        "expected a config error containing {expected:?}, got {}",
+        err.chain()
+    );
+}
+
+#[tokio::test]
+async fn malformed_cluster_settings_are_config_errors_naming_the_problem() {
+    for (url, expected) in [
+        ("redis+cluster://", "no cluster node address"),
+        ("redis+cluster://a:x", "not a number"),
+        ("redis+cluster://a:7000/3", "database 0 only"),
+        (
+            "redis+cluster://a:7000?foo=1",
+            "unsupported URL parameter `foo`",
+        ),
+    ] {
+        let err = RedisBackend::from_url(url).await.unwrap_err();
+        assert_config(&err, expected);
+        assert!(err.chain().contains("url"), "{}", err.chain());
+    }
+    let err = RedisBackend::builder()
+        .with_cluster_nodes(Vec::<String>::new())
+        .build()
+        .await
+        .unwrap_err();
+    assert_config(&err, "cluster_nodes");
+    let err = RedisBackendBuilder::from_env_with(|name| {
+        (name == "ROUTINE_REDIS_CLUSTER_NODES").then(|| " , ".to_owned())
+    })
+    .unwrap_err();
+    assert_config(&err, "ROUTINE_REDIS_CLUSTER_NODES");
+    let err = RedisBackend::builder()
+        .with_cluster_nodes(["127.0.0.1:7000"])
+        .with_namespace("a{b}")
+        .build()
+        .await
+        .unwrap_err();
+    assert_config(&err, "namespace");
+}
+
+#[tokio::test]
+async fn unreachable_cluster_nodes_are_unavailable_naming_them_within_the_connect_timeout() {
+    let nodes = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let started = Instant::now();
+    let err = within(
+        HANG,
+        "connect to unreachable nodes",
+        RedisBackend::builder()
+            .with_cluster_nodes(&nodes)
+            .with_connect_timeout(Duration::from_millis(500))
+            .build(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "{}",
+        err.chain()
+    );
+    assert!(
+        err.chain().contains(&nodes[0]) || matches!(err, Error::Timeout { .. }),
+        "the error names the nodes tried: {}",
+        err.chain()
+    );
+    assert!(err.is_transient(), "{}", err.chain());
+    eprintln!(
+        "unreachable cluster reported after {:?}: {}",
+        started.elapsed(),
+        err.chain()
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_cluster_mode_is_misconfigured() {
+    let Some(server) = RedisServer::shared() else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let err = within(
+        HANG,
+        "connect in cluster mode to a plain server",
+        RedisBackend::builder()
+            .with_cluster_nodes([format!("127.0.0.1:{}", server.port())])
+            .with_connect_timeout(Duration::from_millis(500))
+            .build(),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("{}", err.chain());
+    assert!(
+        matches!(err, Error::Misconfigured { .. }) && err.chain().contains("cluster support"),
+        "{}",
+        err.chain()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_on_every_master_acquire_refresh_list_and_release() {
+    let Some(cluster) = shared() else { return };
+    let backend = backend(cluster).await;
+    let prefix = unique_key("spread").as_str().to_owned();
+    let keys: Vec<LockKey> = (0..60)
+        .map(|i| LockKey::new(format!("{prefix}-{i}")).unwrap())
+        .collect();
+    let ttl = Duration::from_secs(10);
+    let mut leases: Vec<Box<dyn Lease>> = Vec::new();
+    for key in &keys {
+        let lease = backend.try_acquire(key, ttl).await.unwrap();
+        leases.push(lease.unwrap_or_else(|| panic!("{key} must be free")));
+    }
+    // Every master holds some of the locks, under the cluster key layout.
+    for master in blocking(|| cluster.masters()) {
+        let mut conn = node(cluster, master).await;
+        let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("routine:lock:{{{prefix}-*"))
+            .arg("COUNT")
+            .arg(100_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !found.is_empty(),
+            "master node {master} holds none of the 60 locks"
+        );
+        for lock in &found {
+            let slot = RedisCluster::slot_of(lock);
+            assert_eq!(blocking(|| cluster.master_of_slot(slot)), master, "{lock}");
+        }
+    }
+    assert_eq!(
+        backend.lock_key(&keys[0]),
+        format!("routine:lock:{{{}}}", keys[0])
+    );
+    let refreshed = backend.refresh_many(&mut leases, ttl).await;
+    assert_eq!(refreshed.len(), keys.len());
+    for (key, outcome) in keys.iter().zip(&refreshed) {
+        assert!(outcome.is_ok(), "{key}: {outcome:?}");
+    }
+    let listed = backend.list(&prefix).await.unwrap();
+    let mut names: Vec<&str> = listed.iter().map(|info| info.key.as_str()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<&str> = keys.iter().map(LockKey::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "list finds the locks of every master");
+    for lease in &mut leases {
+        lease.release().await.unwrap();
+    }
+    assert!(backend.list(&prefix).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_waiter_through_the_shards_pub_sub() {
+    let Some(cluster) = shared() else { return };
+    let holder = backend(cluster).await;
+    let waiter = backend(cluster).await;
+    assert!(waiter.notifications_active());
+    let key = unique_key("notify");
+    let mut lease = holder
+        .try_acquire(&key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        let key = key.clone();
+        async move { waiter.released(&key).await }
+    });
+    // The wait is subscribed on the master of the name's slot before the release.
+    let channel = format!("routine:released:{{{key}}}");
+    let master = blocking(|| cluster.master_of_slot(RedisCluster::slot_of(&channel)));
+    let mut conn = node(cluster, master).await;
+    let deadline = Deadline::new(HANG, "the waiter subscribed on the name's shard");
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if subscribers > 0 {
+            break;
+        }
+        deadline.tick().await;
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the lock is held: nothing wakes the waiter"
+    );
+    lease.release().await.unwrap();
+    within(HANG, "the waiter wakes on the release", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Kills the master of a held name's slot while a waiter waits for the name: once its
+/// replica took over, the backend follows (the holder keeps its lease, or, if the
+/// failover lost the lock, takes it again), the waiter's subscription is on the new
+/// master, and the release there wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_follows_a_failover_of_the_names_master() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let holder = backend(&cluster).await;
+    let waiter = backend(&cluster).await;
+    let key = unique_key("failover");
+    let ttl = Duration::from_secs(10);
+    let mut lease = holder.try_acquire(&key, ttl).await.unwrap().unwrap();
+    let token = lease.fencing_token();
+    // As the runner does: wait, and on a wake (a release, or a spurious one when a node
+    // drops) look whether the name is free, else wait again.
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        let key = key.clone();
+        async move {
+            loop {
+                if waiter.released(&key).await.is_ok()
+                    && matches!(waiter.expires_in(&key).await, Ok(None))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let lock = holder.lock_key(&key);
+    let old = blocking(|| cluster.kill_master_of(&lock));
+    let new = blocking(|| cluster.wait_for_failover(old));
+    assert_ne!(old, new);
+    let deadline = Deadline::new(HANG, "a holder again after the failover");
+    let mut lease = loop {
+        match lease.refresh(ttl).await {
+            Ok(()) => break lease,
+            Err(Error::Lost { .. }) => {
+                // The failover lost the lock: it is free on the new master.
+                if let Ok(Some(again)) = holder.try_acquire(&key, ttl).await {
+                    break again;
+                }
+            }
+            Err(_) => {}
+        }
+        deadline.tick().await;
+    };
+    assert!(
+        lease.fencing_token() >= token,
+        "the token kept or moved on: {} after {token}",
+        lease.fencing_token()
+    );
+    assert!(waiter.try_acquire(&key, ttl).await.unwrap().is_none());
+    let channel = format!("routine:released:{{{key}}}");
+    let mut conn = node(&cluster, new).await;
+    let subscribed = Deadline::new(HANG, "the waiter subscribed on the new master");
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if subscribers > 0 {
+            break;
+        }
+        subscribed.tick().await;
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the name is held: the waiter still waits"
+    );
+    lease.release().await.unwrap();
+    within(HANG, "the waiter wakes after the failover", waiting)
+        .await
+        .unwrap();
+    assert!(waiter.try_acquire(&key, ttl).await.unwrap().is_some());
+}
