@@ -27,6 +27,22 @@ mod conformance {
     });
 }
 
+/// The suite again in durable mode: every acquire and refresh waits for the replica of
+/// its slot's master (`WAIT` pipelined behind the script, on the same node).
+mod conformance_durable {
+    use leasehold_conformance::servers::RedisCluster;
+    use leasehold_redis::RedisBackend;
+
+    leasehold_conformance::conformance_tests!(|| async {
+        let Some(cluster) = RedisCluster::shared() else {
+            leasehold_conformance::skip("redis-server is not installed");
+        };
+        RedisBackend::from_url(&format!("{}?durable_replicas=1", cluster.url()))
+            .await
+            .unwrap_or_else(|err| panic!("durable cluster backend must connect: {}", err.chain()))
+    });
+}
+
 /// Bound for "did not hang", and for a holder again after a failover.
 const HANG: Duration = Duration::from_secs(20);
 
