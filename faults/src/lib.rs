@@ -21,13 +21,16 @@
 //! Server topologies ([`BackendKind::topologies`]) put several servers behind one
 //! cluster: a three-member etcd cluster whose members' peer traffic runs through proxies
 //! that can cut a member off, a PostgreSQL primary with a synchronous or asynchronous
-//! standby, and Redis behind Sentinel (a master, two replicas, three sentinels) with and
-//! without durable mode. Each member then has a proxy per server (per sentinel) and a URL
-//! listing them all, and the topology brings its own faults (the etcd leader or a follower
-//! killed, the leader restarted, cut off from its peers or from the clients; the primary
-//! killed and the standby promoted, then a new standby made; the Redis master killed,
-//! paused or cut off from the sentinels until they fail over) in place of the single
-//! server's restart and pause.
+//! standby, Redis behind Sentinel (a master, two replicas, three sentinels) with and
+//! without durable mode, and a Redis Cluster (three masters with a replica each). Each
+//! member then has a proxy per server (per sentinel) and a URL listing them all (a
+//! cluster's members list the nodes themselves: they follow its slot map), and the
+//! topology brings its own faults (the etcd leader or a follower killed, the leader
+//! restarted, cut off from its peers or from the clients; the primary killed and the
+//! standby promoted, then a new standby made; the Redis master killed, paused or cut off
+//! from the sentinels until they fail over; the cluster master serving the lock's slot
+//! killed until its replica takes over) in place of the single server's restart and
+//! pause.
 //!
 //! The Redis server requires a password, which the members' URLs carry, and has a user
 //! without pub/sub channels ([`RedisUser::WithoutChannels`], chosen by

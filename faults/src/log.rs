@@ -216,12 +216,16 @@ pub enum FaultKind {
     /// The Redis master cut off from the sentinels (clients and replicas still reach it)
     /// until they have failed over, then healed: two masters for a while (Sentinel only).
     MasterIsolate,
+    /// The Redis Cluster master serving the lock's slot killed with `SIGKILL`; its
+    /// replica takes the slots over, then the old master is started again and rejoins
+    /// as a replica (Redis Cluster only).
+    ClusterMasterKill,
 }
 
 impl FaultKind {
     /// Every fault, in the order of the results table: the holder faults, the single
     /// server's, then the topologies' ([`FaultKind::TOPOLOGY`]).
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::Terminate,
         FaultKind::Kill,
         FaultKind::Pause,
@@ -241,6 +245,7 @@ impl FaultKind {
         FaultKind::MasterKill,
         FaultKind::MasterPause,
         FaultKind::MasterIsolate,
+        FaultKind::ClusterMasterKill,
     ];
 
     /// The faults of server topologies (see [`BackendKind::topologies`]): the last ones
@@ -263,7 +268,8 @@ impl FaultKind {
     /// Whether the fault can be injected into a cluster on `backend`: lock sessions are
     /// PostgreSQL's, rotated credentials Redis's; a topology of several servers has its
     /// own server faults (member faults on the etcd cluster, failover of a PostgreSQL
-    /// pair) instead of the single server's restart and pause.
+    /// pair, of a Sentinel master, of a Redis Cluster master) instead of the single
+    /// server's restart and pause.
     pub fn applies_to(self, backend: BackendKind) -> bool {
         let topology = BackendKind::topologies().contains(&backend);
         match self {
@@ -279,9 +285,13 @@ impl FaultKind {
             FaultKind::MasterKill | FaultKind::MasterPause | FaultKind::MasterIsolate => {
                 backend.is_sentinel()
             }
+            FaultKind::ClusterMasterKill => backend.is_redis_cluster(),
             // Members reach the sentinels through their proxies but the master at the
-            // address the sentinels give, which no proxy of theirs is in front of.
-            FaultKind::Cut | FaultKind::StarveCut => !backend.is_sentinel(),
+            // address the sentinels give, which no proxy of theirs is in front of; the
+            // nodes of a Redis Cluster likewise at the addresses of its slot map.
+            FaultKind::Cut | FaultKind::StarveCut => {
+                !backend.is_sentinel() && !backend.is_redis_cluster()
+            }
             _ => true,
         }
     }
@@ -308,6 +318,7 @@ impl FaultKind {
             FaultKind::MasterKill => "master SIGKILL, sentinels fail over",
             FaultKind::MasterPause => "master SIGSTOP until failed over",
             FaultKind::MasterIsolate => "master cut off from sentinels until failed over",
+            FaultKind::ClusterMasterKill => "cluster master SIGKILL, replica takes over",
         }
     }
 

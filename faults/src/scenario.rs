@@ -255,6 +255,10 @@ impl Bounds {
     ///   later, a retry interval and a step follow: max(TTL + expiry lag, 5/3 D + 5/4
     ///   retry) + retry + step + slack. A holder whose cancelled refreshes succeeded
     ///   again before its deadline recovers with its next step after the TTL.
+    /// - A topology's failover (a Sentinel master or the Redis Cluster master of the
+    ///   lock's slot killed, paused or cut off, until a replica has taken over and the old
+    ///   master is back as a replica) counts as a server down for D, that whole time: the
+    ///   same bound, so a holder again within the failover time plus a TTL.
     pub fn takeover(&self, fault: &Fault) -> (Duration, Duration) {
         let crash_max = self.ttl + self.retry + self.expiry_lag + self.slack;
         let crash_min = self.ttl.saturating_sub(self.refresh * 2);

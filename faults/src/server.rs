@@ -31,6 +31,10 @@ pub enum BackendKind {
     /// The same Sentinel topology, members in durable mode (`durable_replicas=2`: every
     /// acquire and refresh confirmed by `WAIT` on both replicas).
     RedisSentinelDurable,
+    /// A Redis Cluster: three masters with one replica each; members connect with a
+    /// `redis+cluster://` URL listing the nodes that started as masters, without durable
+    /// mode.
+    RedisCluster,
     /// A single-member `etcd`.
     #[cfg(feature = "etcd")]
     Etcd,
@@ -62,8 +66,9 @@ impl BackendKind {
         ]
     }
 
-    /// The server topologies of several servers enabled in this build: the etcd cluster
-    /// and the PostgreSQL primary/standby pairs.
+    /// The server topologies of several servers enabled in this build: Redis behind
+    /// Sentinel, the etcd cluster, the PostgreSQL primary/standby pairs and the Redis
+    /// Cluster.
     pub fn topologies() -> Vec<BackendKind> {
         vec![
             BackendKind::RedisSentinel,
@@ -74,6 +79,7 @@ impl BackendKind {
             BackendKind::PostgresSync,
             #[cfg(feature = "postgres")]
             BackendKind::PostgresAsync,
+            BackendKind::RedisCluster,
         ]
     }
 
@@ -83,6 +89,7 @@ impl BackendKind {
             BackendKind::Redis => "redis",
             BackendKind::RedisSentinel => "redis-sentinel",
             BackendKind::RedisSentinelDurable => "redis-sentinel-durable",
+            BackendKind::RedisCluster => "redis-cluster",
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => "etcd",
             #[cfg(feature = "etcd")]
@@ -97,15 +104,16 @@ impl BackendKind {
     }
 
     /// The shortest lease TTL the fault tests use: 1 s; 2 s for etcd (its minimum with
-    /// the default election timeout) and Redis behind Sentinel (whose failovers take
-    /// about a second and a half); 3 s for a PostgreSQL pair, so that a failover
+    /// the default election timeout), Redis behind Sentinel (whose failovers take about a
+    /// second and a half) and a Redis Cluster (a master is failing after the 1 s node
+    /// timeout, then its replica is elected); 3 s for a PostgreSQL pair, so that a failover
     /// (kill, promote: about a second) ends while the holder's heartbeat still runs and
     /// the new primary must keep other members off the key until it runs out.
     pub fn test_ttl(self) -> Duration {
         match self {
-            BackendKind::RedisSentinel | BackendKind::RedisSentinelDurable => {
-                Duration::from_secs(2)
-            }
+            BackendKind::RedisSentinel
+            | BackendKind::RedisSentinelDurable
+            | BackendKind::RedisCluster => Duration::from_secs(2),
             #[cfg(feature = "etcd")]
             BackendKind::Etcd | BackendKind::EtcdCluster => Duration::from_secs(2),
             #[cfg(feature = "postgres")]
@@ -126,10 +134,10 @@ impl BackendKind {
 
     /// Whether a failover of this topology may lose acknowledged writes, so that overlap
     /// is measured, not promised away: a PostgreSQL pair with asynchronous replication,
-    /// Redis behind Sentinel without durable mode.
+    /// Redis behind Sentinel or a Redis Cluster without durable mode.
     pub fn loses_writes_on_failover(self) -> bool {
         match self {
-            BackendKind::RedisSentinel => true,
+            BackendKind::RedisSentinel | BackendKind::RedisCluster => true,
             #[cfg(feature = "postgres")]
             BackendKind::PostgresAsync => true,
             _ => false,
@@ -142,6 +150,11 @@ impl BackendKind {
             self,
             BackendKind::RedisSentinel | BackendKind::RedisSentinelDurable
         )
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_redis_cluster(self) -> bool {
+        self == BackendKind::RedisCluster
     }
 
     /// Whether this is a PostgreSQL primary/standby pair.
@@ -171,6 +184,8 @@ pub enum Server {
     Redis(DurableRedis),
     /// Redis behind Sentinel; `true`: members in durable mode.
     RedisSentinel(leasehold_conformance::servers::RedisSentinel, bool),
+    /// A Redis Cluster; `true`: members in durable mode.
+    RedisCluster(leasehold_conformance::servers::RedisCluster, bool),
     /// etcd.
     #[cfg(feature = "etcd")]
     Etcd(leasehold_conformance::servers::EtcdServer),
@@ -200,6 +215,8 @@ impl Server {
                 leasehold_conformance::servers::RedisSentinel::start()
                     .map(|topology| Server::RedisSentinel(topology, durable))
             }
+            BackendKind::RedisCluster => leasehold_conformance::servers::RedisCluster::start()
+                .map(|cluster| Server::RedisCluster(cluster, false)),
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => {
                 leasehold_conformance::servers::EtcdServer::start().map(Server::Etcd)
@@ -230,12 +247,14 @@ impl Server {
         self.ports()[0]
     }
 
-    /// The ports clients connect to: one, or one per server of a topology (every etcd
-    /// member; the PostgreSQL primary, then the standby).
+    /// The ports clients connect to: one, or one per server of a topology (the
+    /// sentinels; every etcd member; the PostgreSQL primary, then the standby; every
+    /// Redis Cluster node).
     pub fn ports(&self) -> Vec<u16> {
         match self {
             Server::Redis(server) => vec![server.port],
             Server::RedisSentinel(topology, _) => topology.sentinel_ports(),
+            Server::RedisCluster(cluster, _) => cluster.node_ports(),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => vec![server.port()],
             #[cfg(feature = "etcd")]
@@ -256,6 +275,11 @@ impl Server {
     /// The backend URL of this server as reached through proxies on `ports` (one per
     /// port of [`Server::ports`], in order), as `user` on Redis (the other backends have
     /// one user).
+    ///
+    /// A Redis Cluster's URL names its nodes themselves, whatever `ports` says: its
+    /// clients learn every node's own address from the slot map and the redirects, and
+    /// reach them there, where no proxy of theirs is in front (as Sentinel clients reach
+    /// the master). Its nodes run without a password.
     pub fn url_as(&self, ports: &[u16], user: RedisUser) -> String {
         let hosts = |ports: &[u16]| {
             ports
@@ -276,6 +300,11 @@ impl Server {
                 hosts(ports),
                 topology.master_name(),
                 if *durable { "?durable_replicas=2" } else { "" }
+            ),
+            Server::RedisCluster(cluster, durable) => format!(
+                "{}{}",
+                cluster.url(),
+                if *durable { "?durable_replicas=1" } else { "" }
             ),
             #[cfg(feature = "etcd")]
             Server::Etcd(_) | Server::EtcdCluster(_) => format!("etcd://{}", hosts(ports)),
@@ -300,6 +329,7 @@ impl Server {
         match self {
             Server::Redis(server) => server.restart(),
             Server::RedisSentinel(..) => panic!("Redis behind Sentinel fails over instead"),
+            Server::RedisCluster(..) => panic!("a Redis Cluster's masters fail over instead"),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => server.restart(),
             #[cfg(feature = "postgres")]
@@ -320,6 +350,7 @@ impl Server {
         match self {
             Server::Redis(server) => server.process()?.pause(),
             Server::RedisSentinel(..) => Err(io::Error::other("pause the master instead")),
+            Server::RedisCluster(..) => Err(io::Error::other("pause a cluster node instead")),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => server.process().pause(),
             #[cfg(feature = "postgres")]
@@ -343,6 +374,7 @@ impl Server {
         match self {
             Server::Redis(server) => server.process()?.resume(),
             Server::RedisSentinel(..) => Err(io::Error::other("resume the master instead")),
+            Server::RedisCluster(..) => Err(io::Error::other("resume a cluster node instead")),
             #[cfg(feature = "etcd")]
             Server::Etcd(server) => server.process().resume(),
             #[cfg(feature = "postgres")]

@@ -1,6 +1,7 @@
 //! The faults of server topologies: the members of a three-member etcd cluster (killed,
-//! restarted, cut off from their peers or from the clients) and the failover of a
-//! PostgreSQL primary to its standby.
+//! restarted, cut off from their peers or from the clients), the failover of a
+//! PostgreSQL primary to its standby, of a Redis master behind Sentinel, and of the Redis
+//! Cluster master serving the lock's slot.
 //!
 //! Each is a server fault: it need not end the holder's lease, so it is measured as a
 //! recovery from its end (see [`FaultKind::hits_holder`]). The server operations block
@@ -61,6 +62,7 @@ impl Cluster {
             FaultKind::MasterKill | FaultKind::MasterPause | FaultKind::MasterIsolate => {
                 self.sentinel_fault(kind).await
             }
+            FaultKind::ClusterMasterKill => self.cluster_master_kill().await,
             #[cfg(feature = "postgres")]
             FaultKind::Failover => self.failover().await,
             #[cfg(feature = "etcd")]
@@ -97,6 +99,27 @@ impl Cluster {
                     whole_again(topology, new)?;
                 }
             }
+            Ok(())
+        })
+        .await?;
+        self.end(id);
+        Ok(id)
+    }
+
+    /// Kills the Redis Cluster master serving the lock's slot: the fault lasts until its
+    /// replica has taken the slots over and the old master is back as a replica in sync.
+    async fn cluster_master_kill(&mut self) -> anyhow::Result<FaultId> {
+        // In cluster mode the backend wraps the name in a hash tag (`<ns>:lock:{name}`):
+        // the tag alone decides the slot.
+        let tag = format!("{{{}}}", self.config().name);
+        let id = self.record(FaultKind::ClusterMasterKill, None, None);
+        self.with_server("fail a Redis Cluster master over", move |server| {
+            let Server::RedisCluster(cluster, _) = server else {
+                anyhow::bail!("not a Redis Cluster");
+            };
+            let old = cluster.kill_master_of(&tag);
+            cluster.wait_for_failover(old);
+            cluster.restart(old);
             Ok(())
         })
         .await?;

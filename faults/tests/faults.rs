@@ -363,6 +363,24 @@ async fn redis_sentinel_failovers_without_durable_mode_have_a_holder_again() -> 
     .await
 }
 
+/// A Redis Cluster without durable mode: the master serving the lock's slot killed twice
+/// (each time its replica takes over and the old master comes back as a replica), then a
+/// holder crash. Asynchronous replication may lose the lock key in a failover, so overlap
+/// is measured (printed), and only a holder again after each fault is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_master_kills_have_a_holder_again() -> anyhow::Result<()> {
+    topology_faults(
+        BackendKind::RedisCluster,
+        &[
+            FaultKind::ClusterMasterKill,
+            FaultKind::ClusterMasterKill,
+            FaultKind::Kill,
+        ],
+        false,
+    )
+    .await
+}
+
 /// The etcd cluster's member faults (leader and follower killed, the leader restarted,
 /// cut off from its peers and from the clients), then a holder crash, on one cluster: no
 /// overlap, tokens grow, every fault followed by a holder within the bounds.
