@@ -35,6 +35,9 @@ pub enum BackendKind {
     /// `redis+cluster://` URL listing the nodes that started as masters, without durable
     /// mode.
     RedisCluster,
+    /// The same Redis Cluster, members in durable mode (`durable_replicas=1`: every
+    /// acquire and refresh confirmed by `WAIT` on the master's replica).
+    RedisClusterDurable,
     /// A single-member `etcd`.
     #[cfg(feature = "etcd")]
     Etcd,
@@ -80,6 +83,7 @@ impl BackendKind {
             #[cfg(feature = "postgres")]
             BackendKind::PostgresAsync,
             BackendKind::RedisCluster,
+            BackendKind::RedisClusterDurable,
         ]
     }
 
@@ -90,6 +94,7 @@ impl BackendKind {
             BackendKind::RedisSentinel => "redis-sentinel",
             BackendKind::RedisSentinelDurable => "redis-sentinel-durable",
             BackendKind::RedisCluster => "redis-cluster",
+            BackendKind::RedisClusterDurable => "redis-cluster-durable",
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => "etcd",
             #[cfg(feature = "etcd")]
@@ -113,7 +118,8 @@ impl BackendKind {
         match self {
             BackendKind::RedisSentinel
             | BackendKind::RedisSentinelDurable
-            | BackendKind::RedisCluster => Duration::from_secs(2),
+            | BackendKind::RedisCluster
+            | BackendKind::RedisClusterDurable => Duration::from_secs(2),
             #[cfg(feature = "etcd")]
             BackendKind::Etcd | BackendKind::EtcdCluster => Duration::from_secs(2),
             #[cfg(feature = "postgres")]
@@ -152,9 +158,12 @@ impl BackendKind {
         )
     }
 
-    /// Whether this is a Redis Cluster.
+    /// Whether this is a Redis Cluster (durable or not).
     pub fn is_redis_cluster(self) -> bool {
-        self == BackendKind::RedisCluster
+        matches!(
+            self,
+            BackendKind::RedisCluster | BackendKind::RedisClusterDurable
+        )
     }
 
     /// Whether this is a PostgreSQL primary/standby pair.
@@ -215,8 +224,11 @@ impl Server {
                 leasehold_conformance::servers::RedisSentinel::start()
                     .map(|topology| Server::RedisSentinel(topology, durable))
             }
-            BackendKind::RedisCluster => leasehold_conformance::servers::RedisCluster::start()
-                .map(|cluster| Server::RedisCluster(cluster, false)),
+            BackendKind::RedisCluster | BackendKind::RedisClusterDurable => {
+                let durable = kind == BackendKind::RedisClusterDurable;
+                leasehold_conformance::servers::RedisCluster::start()
+                    .map(|cluster| Server::RedisCluster(cluster, durable))
+            }
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => {
                 leasehold_conformance::servers::EtcdServer::start().map(Server::Etcd)

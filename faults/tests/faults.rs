@@ -363,6 +363,25 @@ async fn redis_sentinel_failovers_without_durable_mode_have_a_holder_again() -> 
     .await
 }
 
+/// A Redis Cluster in durable mode (`WAIT` on the master's replica): the master serving
+/// the lock's slot killed twice (its replica, which confirmed every acquire and refresh,
+/// takes over; the old master comes back as a replica), then a holder crash: no overlap
+/// beyond fenced stale steps, no token regression, a holder again within the bounds after
+/// each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_master_kills_in_durable_mode_leave_no_overlap() -> anyhow::Result<()> {
+    topology_faults(
+        BackendKind::RedisClusterDurable,
+        &[
+            FaultKind::ClusterMasterKill,
+            FaultKind::ClusterMasterKill,
+            FaultKind::Kill,
+        ],
+        true,
+    )
+    .await
+}
+
 /// A Redis Cluster without durable mode: the master serving the lock's slot killed twice
 /// (each time its replica takes over and the old master comes back as a replica), then a
 /// holder crash. Asynchronous replication may lose the lock key in a failover, so overlap
