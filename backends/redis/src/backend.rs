@@ -187,20 +187,22 @@ impl RedisBackend {
         self.inner.notifier.state() == "subscribed"
     }
 
-    /// The Redis key holding `key`'s lock, such as `routine:lock:<name>`: for operators
-    /// and tests that look at Redis directly.
+    /// The Redis key holding `key`'s lock, such as `routine:lock:<name>`
+    /// (`routine:lock:{<name>}` in cluster mode): for operators and tests that look at
+    /// Redis directly.
     pub fn lock_key(&self, key: &LockKey) -> String {
         self.inner.keys.lock(key)
     }
 
-    /// The Redis key counting `key`'s fencing tokens, such as `routine:fence:<name>`.
+    /// The Redis key counting `key`'s fencing tokens, such as `routine:fence:<name>`
+    /// (`routine:fence:{<name>}` in cluster mode).
     /// It never expires: see [`forget_fencing`](Self::forget_fencing).
     pub fn fence_key(&self, key: &LockKey) -> String {
         self.inner.keys.fence(key)
     }
 
     /// The Redis key holding `key`'s [record](LockBackend::write_record), such as
-    /// `routine:record:<name>`. It never expires: see [`forget_fencing`](Self::forget_fencing).
+    /// `routine:record:<name>` (`routine:record:{<name>}` in cluster mode). It never expires: see [`forget_fencing`](Self::forget_fencing).
     pub fn record_key(&self, key: &LockKey) -> String {
         self.inner.keys.record(key)
     }

@@ -2,8 +2,8 @@
 //!
 //! [`RedisBackend`] implements [`leasehold_core::LockBackend`] on one Redis server, a
 //! primary behind a stable address, or the master a set of Redis Sentinels names (see
-//! [Sentinel](#sentinel)); Redis Cluster is not supported, since a lock and its fence
-//! counter are touched by one script.
+//! [Sentinel](#sentinel)), or, opt-in, a Redis Cluster (see [Redis Cluster](#redis-cluster):
+//! keys with a hash tag, not compatible with the Go original).
 //!
 //! # Keys and compatibility with the Go original
 //!
@@ -76,7 +76,8 @@
 //!
 //! # Connections
 //!
-//! One backend uses **two connections** however many routines it holds or waits for:
+//! One backend uses **two connections** however many routines it holds or waits for (in
+//! cluster mode, two per node: see [Redis Cluster](#redis-cluster)):
 //!
 //! - one multiplexed command connection (the `redis` crate's `ConnectionManager`): every
 //!   request is pipelined on it, so renewals of many leases never queue behind each
@@ -137,7 +138,8 @@
 //! # Configuration
 //!
 //! [`RedisBackend::builder`], [`RedisBackend::from_url`] (`redis://` and `rediss://`,
-//! TLS by rustls: no OpenSSL; `redis+sentinel://`, see [Sentinel](#sentinel)) and [`RedisBackend::from_env`] (the Go original's
+//! TLS by rustls: no OpenSSL; `redis+sentinel://`, see [Sentinel](#sentinel);
+//! `redis+cluster://`, see [Redis Cluster](#redis-cluster)) and [`RedisBackend::from_env`] (the Go original's
 //! `REDIS_*` variables, see [`RedisBackendBuilder::from_env`]). `Debug` output never
 //! shows the password.
 //!
@@ -219,6 +221,68 @@
 //! epoch; the Sentinel documentation warns against restarting such masters
 //! automatically). Before the first failover the epoch is 0 and tokens are the plain
 //! counter, as on a single server.
+//!
+//! # Redis Cluster
+//!
+//! `redis+cluster://[user[:password]@]host1:port,host2:port,...[/]` (`rediss+cluster://`
+//! for TLS, with the same `ca_file`, `cert_file` and `key_file` parameters as
+//! `rediss://`), [`RedisBackendBuilder::with_cluster_nodes`] or
+//! `ROUTINE_REDIS_CLUSTER_NODES=host1:port,host2:port` turn on cluster mode. The Redis
+//! ecosystem has no standard cluster URL; this one lists seed nodes as the Sentinel URL
+//! lists sentinels (port 6379 by default), takes no database (a cluster has database 0
+//! only: another is [`Config`](leasehold_core::Error::Config)) and takes the durability
+//! parameters. Cluster and Sentinel settings together are
+//! [`Config`](leasehold_core::Error::Config).
+//!
+//! **Keys.** Every key of a name carries the name as a hash tag, so that they share a
+//! slot and each script touches keys of one slot: `routine:lock:{<name>}`,
+//! `routine:fence:{<name>}`, `routine:record:{<name>}`, and releases are announced on
+//! `routine:released:{<name>}`. **This is not the Go original's layout**: a Go instance
+//! and a Rust instance in cluster mode do not exclude each other (Go's bsm/redislock
+//! keys have no hash tag). [`RedisBackend::lock_key`] and its siblings return the cluster
+//! form. A name starting with `}` would make an empty hash tag and is refused
+//! ([`InvalidName`](leasehold_core::Error::InvalidName)) by acquire, record writes and
+//! [`RedisBackend::forget_fencing`]; a namespace may not contain `{` or `}`.
+//!
+//! **Requests** go through the `redis` crate's cluster connection
+//! (`redis::cluster_async::ClusterConnection`), which reads the slot layout from the first
+//! seed node that answers, sends each script to the master of its keys' slot, and follows
+//! `MOVED`/`ASK` redirections and failovers (it reads the layout again when a node fails
+//! or redirects). Its connection and response timeouts are the connect and request
+//! timeouts; it retries a request at most three times, within the request timeout (its
+//! overall bound), and the backend's own bound on a request (two fifths of a lease's TTL
+//! at most) still applies. The batched refresh sends one script per slot of the leases
+//! it refreshes, all at once; [`describe`](leasehold_core::LockBackend::describe) of many
+//! names likewise; [`list`](leasehold_core::LockBackend::list) asks `CLUSTER NODES` for
+//! the masters serving slots and `SCAN`s each of them. Connecting to nodes none of which
+//! answers is [`Unavailable`](leasehold_core::Error::Unavailable) naming the seed nodes;
+//! a server without cluster support is
+//! [`Misconfigured`](leasehold_core::Error::Misconfigured).
+//!
+//! **Release notifications** use sharded pub/sub (Redis 7 or later: the release script
+//! sends `SPUBLISH`, so **cluster mode needs Redis 7**): the channel
+//! `routine:released:{<name>}` shares the lock's slot, so a release is announced on the
+//! name's shard only. A second cluster connection (RESP3, one connection per node as
+//! for commands) subscribes with `SSUBSCRIBE` to the channel of each name someone waits for, and unsubscribes when nobody does. The
+//! `redis` crate subscribes again on the slot's new master after a failover or a slot
+//! migration; every waiter is woken (spuriously) when a node's connection drops, since a
+//! release may be missed meanwhile. A wait subscribes first, then checks that the lock is
+//! still held (one `PTTL`), so a release between a failed acquire and the subscription
+//! is not missed.
+//!
+//! **Fencing tokens** are the name's counter on its slot's master, strictly increasing
+//! **as long as no failover loses writes**. Without durable mode, a master that fails
+//! before a write reaches its replica loses it when the replica is promoted: a lost lock
+//! lets a second process in for up to the rest of the holder's TTL, and a lost increment
+//! of the counter hands out a token again (cluster mode has no epoch floor under tokens:
+//! a script cannot read the node's configuration epoch). A master cut off from the
+//! majority of masters keeps taking writes from the clients that reach it until
+//! `cluster-node-timeout` passes (then it refuses them), while its replica may already
+//! have been promoted on the other side: two holders for that long. Durable mode works
+//! as with one server: the script and its `WAIT` go in one pipeline to the master of the
+//! name's slot, and `count` is the number of replicas **of that master** that must
+//! confirm; with `count` = every replica of each master, a failover keeps every
+//! confirmed lock and counter (Redis Cluster promotes one of the master's replicas).
 //!
 //! # Durability and what each mode guarantees
 //!
