@@ -137,6 +137,10 @@ impl ShardedNotifier {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // The first poll only registers: the runner polls a wait once before it tries to
+        // acquire and drops it if the acquire succeeds, which then costs no subscription.
+        // The check below covers a release before the subscription.
+        tokio::task::yield_now().await;
         self.shared.subscribe(channel).await?;
         if !still_held.await? {
             return Ok(());
@@ -179,15 +183,14 @@ impl Shared {
                 return Err(Error::unavailable(NAME, OPERATION, err));
             }
         };
-        if link.subscribed.contains(channel) {
+        // Recorded before it is sent: a wait dropped while the subscription is under way
+        // leaves it recorded, so that the unsubscription its waiter starts undoes it.
+        if !link.subscribed.insert(channel.to_owned()) {
             return Ok(());
         }
         let subscribed = tokio::time::timeout(self.request_timeout, conn.ssubscribe(channel)).await;
         let err = match subscribed {
-            Ok(Ok(())) => {
-                link.subscribed.insert(channel.to_owned());
-                return Ok(());
-            }
+            Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) => error::from_redis(err, "subscribe", self.request_timeout),
             Err(_) => Error::timeout(NAME, "subscribe", self.request_timeout),
         };

@@ -238,7 +238,7 @@ async fn names_on_every_master_acquire_refresh_list_and_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_wakes_a_waiter_through_the_shards_pub_sub() {
+async fn a_release_wakes_a_waiter_through_the_shards_pub_sub_which_it_then_leaves() {
     let Some(cluster) = shared() else { return };
     let holder = backend(cluster).await;
     let waiter = backend(cluster).await;
@@ -259,16 +259,7 @@ async fn a_release_wakes_a_waiter_through_the_shards_pub_sub() {
     let master = blocking(|| cluster.master_of_slot(RedisCluster::slot_of(&channel)));
     let mut conn = node(cluster, master).await;
     let deadline = Deadline::new(HANG, "the waiter subscribed on the name's shard");
-    loop {
-        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-            .arg("SHARDNUMSUB")
-            .arg(&channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if subscribers > 0 {
-            break;
-        }
+    while subscribers(&mut conn, &channel).await == 0 {
         deadline.tick().await;
     }
     assert!(
@@ -280,6 +271,22 @@ async fn a_release_wakes_a_waiter_through_the_shards_pub_sub() {
         .await
         .unwrap()
         .unwrap();
+    // Nobody waits for the name any more: its channel is left.
+    let deadline = Deadline::new(HANG, "the waiter unsubscribed");
+    while subscribers(&mut conn, &channel).await > 0 {
+        deadline.tick().await;
+    }
+}
+
+/// How many clients of `conn`'s node are subscribed to the sharded `channel`.
+async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> u64 {
+    let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .unwrap();
+    subscribers
 }
 
 /// Kills the master of a held name's slot while a waiter waits for the name: once its
@@ -341,16 +348,7 @@ async fn the_backend_follows_a_failover_of_the_names_master() {
     let channel = format!("routine:released:{{{key}}}");
     let mut conn = node(&cluster, new).await;
     let subscribed = Deadline::new(HANG, "the waiter subscribed on the new master");
-    loop {
-        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-            .arg("SHARDNUMSUB")
-            .arg(&channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if subscribers > 0 {
-            break;
-        }
+    while subscribers(&mut conn, &channel).await == 0 {
         subscribed.tick().await;
     }
     assert!(
