@@ -96,24 +96,25 @@ async fn random_faults_for_minutes_stay_within_the_bounds_on_every_backend() -> 
          the backend and each is held until it has played out (see `faults/`). Besides \
          the single servers, the server topologies run the same way: a three-member \
          etcd cluster (members listing every etcd member), a PostgreSQL primary with a \
-         synchronous or an asynchronous standby (multi-host URLs), and Redis behind \
-         Sentinel with and without durable mode; their server faults replace the single \
-         server's restart and pause. Takeover is measured from the fault to the next \
-         `acquired` for faults that end the holder's lease, and from the fault's end \
-         (the server back, the last cancel, the old password back, the failover done, \
-         the member back or the cut healed) to the first step under a live lease for \
-         the others; bounds are `faults::scenario::Bounds`. Topologies whose failover \
-         may lose acknowledged writes (asynchronous standby, Sentinel without durable \
-         mode) are measured: their problems are listed, not asserted.\n\n{}\n{}",
+         synchronous or an asynchronous standby (multi-host URLs), Redis behind \
+         Sentinel and a Redis Cluster (three masters with a replica each; members reach \
+         the nodes directly), each with and without durable mode; their server faults \
+         replace the single server's restart and pause. Takeover is measured from the \
+         fault to the next `acquired` for faults that end the holder's lease, and from \
+         the fault's end (the server back, the last cancel, the old password back, the \
+         failover done, the member back or the cut healed) to the first step under a \
+         live lease for the others; bounds are `faults::scenario::Bounds`. Topologies whose failover \
+         may lose acknowledged writes (asynchronous standby, Sentinel or Cluster \
+         without durable mode) are measured: their problems are listed, not asserted.\n\n{}\n{}",
         soak::markdown(&results),
         scheduled_section(&schedules),
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../FAULTS.md");
     std::fs::write(path, text).with_context(|| format!("cannot write {path}"))?;
 
-    // A PostgreSQL pair with asynchronous replication and Redis behind Sentinel without
-    // durable mode promise no more than recovery across a failover: their findings are
-    // measured (written above), not asserted.
+    // A PostgreSQL pair with asynchronous replication, and Redis behind Sentinel or a
+    // Redis Cluster without durable mode, promise no more than recovery across a
+    // failover: their findings are measured (written above), not asserted.
     let problems: Vec<String> = results
         .iter()
         .filter(|r| !r.backend.loses_writes_on_failover())
