@@ -16,7 +16,7 @@ use leasehold_core::{Error, Result};
 use redis::aio::AsyncPushSender;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
-use redis::{ConnectionAddr, IntoConnectionInfo};
+use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo};
 
 use crate::config::Settings;
 use crate::config::cluster::ClusterSettings;
@@ -136,6 +136,26 @@ fn parse_masters(nodes: &str) -> Vec<(String, u16)> {
     masters.sort();
     masters.dedup();
     masters
+}
+
+/// Sends `cmd` to every master serving slots (in cluster mode), or to the one server,
+/// and returns each one's reply: for the checks at connect, which are about each server.
+pub(crate) async fn each_master<T: FromRedisValue>(
+    conn: &mut Conn,
+    cmd: &Cmd,
+) -> redis::RedisResult<Vec<T>> {
+    if conn.cluster().is_none() {
+        return Ok(vec![cmd.query_async(conn).await?]);
+    }
+    let masters = masters(conn).await?;
+    let mut replies = Vec::with_capacity(masters.len());
+    if let Some(cluster) = conn.cluster() {
+        for master in &masters {
+            let reply = cluster.route_command(cmd.clone(), at(master)).await?;
+            replies.push(redis::from_redis_value(reply)?);
+        }
+    }
+    Ok(replies)
 }
 
 /// Routes a command to the node at `host:port`.

@@ -54,8 +54,8 @@ impl Wait {
     }
 }
 
-/// Warns at connect if the master has fewer replicas connected than durable mode
-/// requires: until enough are, no acquire or refresh is confirmed. Only a warning, since
+/// Warns at connect if the master (in cluster mode, any master) has fewer replicas
+/// connected than durable mode requires: until enough are, no acquire or refresh is confirmed. Only a warning, since
 /// a replica may be restarting; a server that does not answer `INFO` is not checked.
 pub(crate) async fn check_replicas(conn: &Connection, settings: &Settings) {
     let Durability::Replicas { count, .. } = settings.durability() else {
@@ -66,17 +66,22 @@ pub(crate) async fn check_replicas(conn: &Connection, settings: &Settings) {
             "check replicas",
             settings.request_timeout,
             |mut conn| async move {
-                redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async::<String>(&mut conn)
-                    .await
+                let mut info = redis::cmd("INFO");
+                info.arg("replication");
+                crate::cluster::each_master::<String>(&mut conn, &info).await
             },
         )
         .await;
-    let connected = info.ok().and_then(|info| {
-        info.lines()
-            .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
-            .and_then(|n| n.parse::<u32>().ok())
+    // In cluster mode, the master with the fewest replicas.
+    let connected = info.ok().and_then(|infos| {
+        infos
+            .iter()
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.parse::<u32>().ok())
+            })
+            .min()
     });
     if let Some(connected) = connected.filter(|&connected| connected < count) {
         tracing::warn!(

@@ -10,7 +10,7 @@ use crate::error::NAME;
 /// The only `maxmemory-policy` under which Redis never deletes a key to free memory.
 const SAFE_POLICY: &str = "noeviction";
 
-/// Reads the server's `maxmemory-policy` and, unless it is `noeviction`, warns, or fails
+/// Reads the server's `maxmemory-policy` (in cluster mode, every master's) and, unless it is `noeviction`, warns, or fails
 /// with [`Error::Misconfigured`] if `settings` require `noeviction`. A server that does
 /// not show its configuration (`CONFIG` renamed away by a managed service, or refused to
 /// our ACL user) passes: the check is skipped and logged.
@@ -20,11 +20,17 @@ pub(crate) async fn check(conn: &Connection, settings: &Settings) -> Result<()> 
             "check eviction policy",
             settings.request_timeout,
             |mut conn| async move {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("maxmemory-policy")
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await
+                let mut get = redis::cmd("CONFIG");
+                get.arg("GET").arg("maxmemory-policy");
+                let replies = crate::cluster::each_master::<Vec<String>>(&mut conn, &get).await?;
+                // In cluster mode, a master that may evict, if any.
+                let evicting = replies
+                    .iter()
+                    .position(|reply| reply.get(1).is_some_and(|policy| policy != SAFE_POLICY));
+                Ok(replies
+                    .into_iter()
+                    .nth(evicting.unwrap_or(0))
+                    .unwrap_or_default())
             },
         )
         .await;

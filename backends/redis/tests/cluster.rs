@@ -181,6 +181,45 @@ async fn a_server_without_cluster_mode_is_misconfigured() {
     );
 }
 
+/// Every master's `maxmemory-policy` is checked, not just one node's: one master that
+/// may evict is refused when `noeviction` is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_master_that_may_evict_is_refused_when_noeviction_is_required() {
+    let Some(cluster) = shared() else { return };
+    let build = || {
+        RedisBackend::builder()
+            .with_url(cluster.url())
+            .with_require_noeviction(true)
+            .build()
+    };
+    build()
+        .await
+        .unwrap_or_else(|err| panic!("every master is noeviction: {}", err.chain()));
+    let master = blocking(|| cluster.masters())[2];
+    let conn = node(cluster, master).await;
+    let set = |policy: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(policy)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set("allkeys-lru").await;
+    let refused = build().await;
+    set("noeviction").await;
+    let err = refused.unwrap_err();
+    assert!(
+        matches!(err, Error::Misconfigured { .. }) && err.chain().contains("allkeys-lru"),
+        "{}",
+        err.chain()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_on_every_master_acquire_refresh_list_and_release() {
     let Some(cluster) = shared() else { return };
