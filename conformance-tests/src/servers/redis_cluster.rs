@@ -107,10 +107,19 @@ impl RedisCluster {
     }
 
     fn try_start(binary: &Path) -> io::Result<Self> {
-        let nodes = (0..NODES)
-            .map(|_| Node {
-                port: free_port(),
-                bus_port: free_port(),
+        // Twelve distinct ports: the kernel may hand a port out again once it is free.
+        let mut ports = Vec::with_capacity(NODES * 2);
+        while ports.len() < NODES * 2 {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let nodes = ports
+            .chunks(2)
+            .map(|pair| Node {
+                port: pair[0],
+                bus_port: pair[1],
                 process: None,
             })
             .collect();
