@@ -148,7 +148,7 @@ impl RedisBackend {
     }
 
     /// Connects in cluster mode: the cluster connection (checked with a `PING` of every
-    /// master), the eviction policy check (of one node), and the sharded pub/sub
+    /// master), the eviction policy and replica checks (of every master), and the sharded pub/sub
     /// connection.
     async fn connect_cluster(settings: Settings, cluster: &ClusterSettings) -> Result<Self> {
         let client = crate::cluster::client(&settings, cluster, None::<fn(_) -> Result<(), ()>>)?;

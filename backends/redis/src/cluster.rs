@@ -15,7 +15,7 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 use redis::aio::AsyncPushSender;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo};
 
 use crate::config::Settings;
@@ -107,34 +107,40 @@ pub(crate) fn batches<'k>(
         .collect()
 }
 
-/// The masters serving slots right now (`CLUSTER NODES`, asked of any node), as `(host,
-/// port)`: where a `SCAN` of every key must go.
-pub(crate) async fn masters(conn: &mut Conn) -> redis::RedisResult<Vec<(String, u16)>> {
+/// One slot of each master serving slots right now (`CLUSTER NODES`, asked of any node):
+/// a command routed by that slot (see [`at`]) reaches that master, whatever address the
+/// client knows it by (a node that never met another does not know its own address).
+/// Where a `SCAN` of every key must go.
+pub(crate) async fn masters(conn: &mut Conn) -> redis::RedisResult<Vec<u16>> {
     let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
     Ok(parse_masters(&nodes))
 }
 
-/// The masters with slots in a `CLUSTER NODES` reply, failed ones left out.
-fn parse_masters(nodes: &str) -> Vec<(String, u16)> {
-    let mut masters: Vec<(String, u16)> = nodes
+/// The first slot of each master with slots in a `CLUSTER NODES` reply, failed ones
+/// left out.
+fn parse_masters(nodes: &str) -> Vec<u16> {
+    let mut masters: Vec<u16> = nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let flags = fields.get(2)?;
-            let serving = fields.len() > 8;
             let master = flags.split(',').any(|flag| flag == "master");
             let failed = flags.split(',').any(|flag| flag == "fail");
-            if !master || failed || !serving {
+            if !master || failed {
                 return None;
             }
-            // `ip:port@cport[,hostname]`
-            let address = fields.get(1)?.split(['@', ',']).next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
+            // Slots are `start-end` or `slot`; `[slot->-node]` marks a migration.
+            fields.get(8..)?.iter().find_map(|range| {
+                range
+                    .split('-')
+                    .next()
+                    .filter(|start| !start.starts_with('['))?
+                    .parse()
+                    .ok()
+            })
         })
         .collect();
-    masters.sort();
-    masters.dedup();
+    masters.sort_unstable();
     masters
 }
 
@@ -151,19 +157,19 @@ pub(crate) async fn each_master<T: FromRedisValue>(
     let mut replies = Vec::with_capacity(masters.len());
     if let Some(cluster) = conn.cluster() {
         for master in &masters {
-            let reply = cluster.route_command(cmd.clone(), at(master)).await?;
+            let reply = cluster.route_command(cmd.clone(), at(*master)).await?;
             replies.push(redis::from_redis_value(reply)?);
         }
     }
     Ok(replies)
 }
 
-/// Routes a command to the node at `host:port`.
-pub(crate) fn at((host, port): &(String, u16)) -> RoutingInfo {
-    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: host.clone(),
-        port: *port,
-    })
+/// Routes a command to the master of `slot`.
+pub(crate) fn at(slot: u16) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+        slot,
+        SlotAddr::Master,
+    )))
 }
 
 #[cfg(test)]
@@ -192,13 +198,11 @@ d 127.0.0.1:7003@17003 slave a 0 0 1 connected
 e 127.0.0.1:7004@17004 master - 0 0 7 connected
 f 127.0.0.1:7005@17005 master - 0 0 8 connected 10923-16383
 ";
+        assert_eq!(parse_masters(nodes), [0, 5461, 10923]);
         assert_eq!(
-            parse_masters(nodes),
-            [
-                ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7001),
-                ("127.0.0.1".to_owned(), 7005),
-            ]
+            parse_masters("a :7000@17000 myself,master - 0 0 1 connected [5->-b] 3 10-20"),
+            [3],
+            "a node that met no other has no address; a migration mark is no slot"
         );
     }
 }

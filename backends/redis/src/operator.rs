@@ -85,7 +85,7 @@ pub(crate) async fn list(inner: &Client, prefix: &str) -> Result<Vec<LeaseInfo>>
     let pattern = &inner.keys.lock_pattern(prefix);
     let limit = inner.settings.request_timeout;
     // In cluster mode each master holds its slots' keys: scan every one of them.
-    let nodes: Vec<Option<(String, u16)>> = if inner.keys.tagged() {
+    let nodes: Vec<Option<u16>> = if inner.keys.tagged() {
         let masters = inner
             .request("list", limit, |mut conn| async move {
                 crate::cluster::masters(&mut conn).await
@@ -109,7 +109,7 @@ pub(crate) async fn list(inner: &Client, prefix: &str) -> Result<Vec<LeaseInfo>>
                         .arg(SCAN_COUNT);
                     match (node, conn.cluster()) {
                         (Some(node), Some(cluster)) => {
-                            let reply = cluster.route_command(scan, crate::cluster::at(node));
+                            let reply = cluster.route_command(scan, crate::cluster::at(*node));
                             Ok(redis::from_redis_value(reply.await?)?)
                         }
                         _ => scan.query_async(&mut conn).await,

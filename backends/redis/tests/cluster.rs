@@ -9,7 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Deadline, unique_key, within};
-use leasehold_conformance::servers::{RedisCluster, RedisServer, free_port};
+use leasehold_conformance::servers::{
+    RedisCluster, RedisServer, ServerProcess, TempDir, TestCertificates, find_binary, free_port,
+    wait_for_port,
+};
 use leasehold_core::{Error, Lease, LockBackend, LockKey};
 use leasehold_redis::{RedisBackend, RedisBackendBuilder};
 
@@ -399,4 +402,97 @@ async fn the_backend_follows_a_failover_of_the_names_master() {
         .await
         .unwrap();
     assert!(waiter.try_acquire(&key, ttl).await.unwrap().is_some());
+}
+
+/// `rediss+cluster://` with a private CA and a client certificate, on a one-node cluster
+/// that serves TLS (and plaintext on a second port, to assign it the slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_reached_with_a_private_ca_and_a_client_certificate() {
+    if shared().is_none() {
+        return;
+    }
+    let binary = find_binary("redis-server", &[]).expect("redis-server, found for the cluster");
+    let certs = TestCertificates::generate();
+    let dir = TempDir::new("redis-tls-cluster").unwrap();
+    let (plain, tls, bus) = (free_port(), free_port(), free_port());
+    let path = |path: std::path::PathBuf| path.display().to_string();
+    let args: Vec<String> = [
+        "--port".to_owned(),
+        plain.to_string(),
+        "--tls-port".to_owned(),
+        tls.to_string(),
+        "--bind".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--save".to_owned(),
+        String::new(),
+        "--appendonly".to_owned(),
+        "no".to_owned(),
+        "--dir".to_owned(),
+        dir.path().display().to_string(),
+        "--cluster-enabled".to_owned(),
+        "yes".to_owned(),
+        "--cluster-port".to_owned(),
+        bus.to_string(),
+        "--tls-cluster".to_owned(),
+        "yes".to_owned(),
+        "--tls-cert-file".to_owned(),
+        path(certs.server_cert_file()),
+        "--tls-key-file".to_owned(),
+        path(certs.server_key_file()),
+        "--tls-ca-cert-file".to_owned(),
+        path(certs.ca_file()),
+        "--tls-auth-clients".to_owned(),
+        "yes".to_owned(),
+    ]
+    .into();
+    let _server = ServerProcess::spawn(
+        "redis-tls-cluster",
+        &binary,
+        &args,
+        &dir.path().join("redis.log"),
+    )
+    .unwrap();
+    wait_for_port(plain, HANG).unwrap();
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{plain}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Deadline::new(HANG, "the one-node cluster is ok");
+    loop {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") {
+            break;
+        }
+        deadline.tick().await;
+    }
+    let url = format!(
+        "rediss+cluster://127.0.0.1:{tls}/?ca_file={}&cert_file={}&key_file={}",
+        path(certs.ca_file()),
+        path(certs.client_cert_file()),
+        path(certs.client_key_file()),
+    );
+    let backend = within(HANG, "connect over TLS", RedisBackend::from_url(&url))
+        .await
+        .unwrap_or_else(|err| panic!("TLS cluster backend must connect: {}", err.chain()));
+    let key = unique_key("tls");
+    let mut lease = backend
+        .try_acquire(&key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend.list(key.as_str()).await.unwrap().len(), 1);
+    lease.release().await.unwrap();
+    assert!(backend.expires_in(&key).await.unwrap().is_none());
 }
