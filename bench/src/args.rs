@@ -14,7 +14,7 @@ pub(crate) struct Args {
 }
 
 /// Options that take no value.
-const FLAGS: [&str; 2] = ["quick", "help"];
+const FLAGS: [&str; 3] = ["quick", "help", "lean"];
 
 impl Args {
     pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Self> {

@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo run --release -p leasehold-bench -- [--backends memory,redis,etcd,postgres]
-//!     [--only latency,handover,crash,expiry,scale] [--quick] [--json bench/results/latest.json]
+//!     [--only latency,handover,crash,expiry,scale,contention] [--waiters 2,10,50,100]
+//!     [--quick] [--json bench/results/latest.json]
 //! ```
+//!
+//! `contention` (W member processes waiting for one name) runs only when named in
+//! `--only`: it starts up to a hundred processes per backend and takes minutes.
 //!
 //! It starts its own throwaway servers (the conformance crate's), re-executes itself as
 //! member processes (`member`) and as the process holding many routines (`hold`), prints
@@ -13,6 +17,7 @@
 
 mod args;
 mod child;
+mod contention;
 mod crash;
 mod expiry;
 mod handover;
@@ -28,15 +33,26 @@ mod targets;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::args::Args;
 use crate::report::{BackendReport, Machine, Report, Settings};
 use crate::targets::{Kind, Target};
 
 const USAGE: &str = "usage: leasehold-bench [--backends memory,redis,etcd,postgres] \
-                     [--only latency,handover,crash,expiry,scale] [--quick] [--json PATH]";
-const PARTS: [&str; 5] = ["latency", "handover", "crash", "expiry", "scale"];
+                     [--only latency,handover,crash,expiry,scale,contention] \
+                     [--waiters 2,10,50,100] [--quick] [--json PATH]";
+/// The parts a run without `--only` runs.
+const DEFAULT_PARTS: [&str; 5] = ["latency", "handover", "crash", "expiry", "scale"];
+/// Every part, `contention` included.
+const PARTS: [&str; 6] = [
+    "latency",
+    "handover",
+    "crash",
+    "expiry",
+    "scale",
+    "contention",
+];
 
 fn main() -> Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;
@@ -53,9 +69,17 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // `--lean` members (the contention benchmark starts up to a hundred) run on one
+    // thread.
+    let runtime = if args.flag("lean") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     match args.mode.as_deref() {
         None => runtime.block_on(benchmark(&args)),
         Some("member") => runtime.block_on(child::member(
@@ -73,7 +97,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn settings(quick: bool) -> Settings {
+fn settings(quick: bool, waiters: Vec<u64>) -> Settings {
     if quick {
         Settings {
             quick,
@@ -83,6 +107,9 @@ fn settings(quick: bool) -> Settings {
             scale_routines: [100, 1_000],
             scale_settle_s: 2.0,
             scale_window_s: 3.0,
+            contention_waiters: waiters,
+            contention_rounds: 5,
+            contention_window_s: 4.0,
         }
     } else {
         Settings {
@@ -93,6 +120,9 @@ fn settings(quick: bool) -> Settings {
             scale_routines: [1_000, 10_000],
             scale_settle_s: 3.0,
             scale_window_s: 10.0,
+            contention_waiters: waiters,
+            contention_rounds: 20,
+            contention_window_s: 10.0,
         }
     }
 }
@@ -108,12 +138,25 @@ async fn benchmark(args: &Args) -> Result<()> {
     };
     let parts = args
         .list("only")
-        .unwrap_or_else(|| PARTS.iter().map(|p| p.to_string()).collect());
+        .unwrap_or_else(|| DEFAULT_PARTS.iter().map(|p| p.to_string()).collect());
     if let Some(unknown) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
         bail!("unknown part {unknown:?}; {USAGE}");
     }
     let runs = |part: &str| parts.iter().any(|p| p == part);
-    let settings = settings(args.flag("quick"));
+    let waiters = match args.list("waiters") {
+        Some(counts) => counts
+            .iter()
+            .map(|count| {
+                count
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&w| w > 0)
+                    .with_context(|| format!("--waiters {count:?}: a positive count"))
+            })
+            .collect::<Result<Vec<u64>>>()?,
+        None => vec![2, 10, 50, 100],
+    };
+    let settings = settings(args.flag("quick"), waiters);
     let mut machine = Machine::describe();
     eprintln!("load at start: {}", machine.load_at_start);
 
@@ -169,6 +212,18 @@ async fn benchmark(args: &Args) -> Result<()> {
             window: Duration::from_secs_f64(settings.scale_window_s),
         };
         part!("scale", scale, scale::measure(&target, plan));
+        if kind != Kind::Memory {
+            let plan = contention::Plan {
+                waiters: settings.contention_waiters.clone(),
+                rounds: settings.contention_rounds,
+                window: Duration::from_secs_f64(settings.contention_window_s),
+            };
+            part!(
+                "contention",
+                contention,
+                contention::measure(&target, &plan)
+            );
+        }
         backends.push(report);
     }
     machine.load_at_end = report::load();

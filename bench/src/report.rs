@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::contention::Contention;
 use crate::crash::Crash;
 use crate::expiry::Expiry;
 use crate::handover::Handover;
@@ -33,6 +34,9 @@ pub(crate) struct Settings {
     pub(crate) scale_routines: [u64; 2],
     pub(crate) scale_settle_s: f64,
     pub(crate) scale_window_s: f64,
+    pub(crate) contention_waiters: Vec<u64>,
+    pub(crate) contention_rounds: usize,
+    pub(crate) contention_window_s: f64,
 }
 
 /// The figures of one backend; a measurement that failed has its error instead.
@@ -44,6 +48,7 @@ pub(crate) struct BackendReport {
     pub(crate) crash: Option<Crash>,
     pub(crate) expiry: Option<Expiry>,
     pub(crate) scale: Option<Scale>,
+    pub(crate) contention: Option<Contention>,
     pub(crate) errors: Vec<String>,
 }
 

@@ -65,7 +65,7 @@ impl Child {
 
     /// The first event named `name` not returned before, waiting up to `timeout`.
     pub(crate) async fn event(&mut self, name: &str, timeout: Duration) -> Result<Value> {
-        let is = |value: &Value| value.get("event").and_then(Value::as_str) == Some(name);
+        let is = |value: &Value| is_event(value, name);
         if let Some(at) = self.pending.iter().position(is) {
             return Ok(self.pending.remove(at));
         }
@@ -95,6 +95,32 @@ impl Child {
         event
             .get("mono_ns")
             .and_then(Value::as_u64)
+            .with_context(|| format!("event {event} has no mono_ns"))
+    }
+
+    /// The `mono_ns` of the next event `name` if the child printed it already, without
+    /// waiting. An error if the child's output ended.
+    pub(crate) fn try_event_at(&mut self, name: &str) -> Result<Option<u64>> {
+        loop {
+            match self.lines.try_recv() {
+                Ok(value) => self.pending.push(value),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if !self.pending.iter().any(|value| is_event(value, name)) {
+                        bail!("child {} ended (seen: {:?})", self.pid, self.pending);
+                    }
+                    break;
+                }
+            }
+        }
+        let Some(at) = self.pending.iter().position(|value| is_event(value, name)) else {
+            return Ok(None);
+        };
+        let event = self.pending.remove(at);
+        event
+            .get("mono_ns")
+            .and_then(Value::as_u64)
+            .map(Some)
             .with_context(|| format!("event {event} has no mono_ns"))
     }
 
@@ -131,4 +157,9 @@ impl Child {
     pub(crate) async fn kill(mut self) {
         let _ = self.process.kill().await;
     }
+}
+
+/// Whether a child's JSON line is the event `name`.
+fn is_event(value: &Value, name: &str) -> bool {
+    value.get("event").and_then(Value::as_str) == Some(name)
 }

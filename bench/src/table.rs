@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::contention::Contention;
 use crate::report::{BackendReport, Goal, Report};
 
 /// A duration given in microseconds, in a unit that suits it.
@@ -109,8 +110,56 @@ pub(crate) fn goals(backends: &[BackendReport]) -> Vec<Goal> {
                 small.raw.sockets == large.raw.sockets,
             );
         }
+        if let Some(c) = &b.contention {
+            contention_goals(c, &mut goal);
+        }
     }
     goals
+}
+
+/// The issue's fleet-scale goals against the smallest and largest W measured.
+fn contention_goals(c: &Contention, goal: &mut impl FnMut(&'static str, String, bool)) {
+    let measured: Vec<_> = c
+        .points
+        .iter()
+        .filter_map(|p| Some((p.waiters, p.figures.as_ref()?)))
+        .collect();
+    let (Some((w_small, small)), Some((w_large, large))) = (measured.first(), measured.last())
+    else {
+        return;
+    };
+    let h = &large.returned_to_acquired;
+    goal(
+        "contention: handover p99 < 5 ms at the largest W",
+        format!(
+            "p99 {} (max {}) at W={w_large}",
+            time(h.p99_us),
+            time(h.max_us)
+        ),
+        h.p99_us < 5_000.0,
+    );
+    if let (Some(a), Some(b)) = (small.requests_per_handover, large.requests_per_handover) {
+        goal(
+            "contention: requests per handover do not grow with W (at most ×2)",
+            format!("{a:.1} at W={w_small}, {b:.1} at W={w_large}"),
+            b <= 2.0 * a.max(1.0),
+        );
+    }
+    if let Some(per_s) = large.steady_per_waiter_per_s {
+        let per_ttl = per_s * c.ttl_ms as f64 / 1e3;
+        goal(
+            "contention: steady load per waiter about one request per TTL (at most 1.5)",
+            format!("{per_ttl:.2} per TTL ({per_s:.2}/s) at W={w_large}"),
+            per_ttl <= 1.5,
+        );
+    }
+    if let Some(conns) = large.connections_per_process {
+        goal(
+            "contention: one server connection per process",
+            format!("{conns:.2} at W={w_large}"),
+            conns <= 1.05,
+        );
+    }
 }
 
 /// The whole report as Markdown.
@@ -247,6 +296,7 @@ pub(crate) fn markdown(report: &Report) -> String {
         }
     }
     scale_tables(&mut out, report);
+    contention_table(&mut out, report);
     out.push_str("\n### Goals\n\n| backend | goal | measured | met |\n|---|---|---|---|\n");
     for g in &report.goals {
         let _ = writeln!(
@@ -264,6 +314,65 @@ pub(crate) fn markdown(report: &Report) -> String {
         }
     }
     out
+}
+
+fn contention_table(out: &mut String, report: &Report) {
+    if report.backends.iter().all(|b| b.contention.is_none()) {
+        return;
+    }
+    let s = &report.settings;
+    let _ = writeln!(
+        out,
+        "\n### Fleet-scale contention: one name, W waiting processes (TTL 2 s; {} handovers per W; steady load over {:.0} s)\n",
+        s.contention_rounds, s.contention_window_s
+    );
+    out.push_str(
+        "| backend | W | returned → acquired p50 | p99 | max | SIGTERM → acquired p50 | p99 | requests per handover (mean / max) | steady requests/s, all | per waiter per TTL | connections per process | startup of W |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for b in &report.backends {
+        let Some(c) = &b.contention else { continue };
+        for p in &c.points {
+            let Some(f) = &p.figures else {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | failed: {} | | | | | | | | | |",
+                    b.backend,
+                    p.waiters,
+                    p.error.as_deref().unwrap_or("unknown").replace('|', "/"),
+                );
+                continue;
+            };
+            let (r, t) = (&f.returned_to_acquired, &f.stop_to_acquired);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} ms |",
+                b.backend,
+                p.waiters,
+                time(r.p50_us),
+                time(r.p99_us),
+                time(r.max_us),
+                time(t.p50_us),
+                time(t.p99_us),
+                opt(f.requests_per_handover, 1),
+                opt(f.requests_per_handover_max, 0),
+                opt(f.steady_per_s, 1),
+                opt(
+                    f.steady_per_waiter_per_s.map(|r| r * c.ttl_ms as f64 / 1e3),
+                    2
+                ),
+                opt(f.connections_per_process, 2),
+                f.startup_ms,
+            );
+        }
+    }
+    out.push_str("\nRequests per second of a holder alone, subtracted from the steady load:");
+    for b in &report.backends {
+        if let Some(c) = &b.contention {
+            let _ = write!(out, " {} {};", b.backend, opt(c.holder_alone_per_s, 2));
+        }
+    }
+    out.push('\n');
 }
 
 fn scale_tables(out: &mut String, report: &Report) {

@@ -208,6 +208,22 @@ impl Target {
         }
     }
 
+    /// Client connections the server has open now, the benchmark's own counting
+    /// connection left out; `None` where the server does not say (all but PostgreSQL).
+    pub(crate) async fn client_connections(&self) -> Result<Option<u64>> {
+        let Counter::Postgres(conn) = &self.counter else {
+            return Ok(None);
+        };
+        let mut conn = conn.lock().await;
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Some(u64::try_from(count)?))
+    }
+
     /// Clears the server's per-command statistics (Redis `CONFIG RESETSTAT`, PostgreSQL
     /// `pg_stat_statements_reset()`), before [`Target::server_time_us`] measures a phase.
     pub(crate) async fn reset_server_stats(&self) -> Result<()> {
