@@ -182,7 +182,8 @@ impl RedisBackend {
     /// Whether release notifications are being received right now. After the pub/sub
     /// connection failed this is `false` until the next
     /// [`released`](LockBackend::released) call has subscribed again; waits in between
-    /// fail and the runner polls instead.
+    /// fail and the runner polls instead. In cluster mode: whether the sharded pub/sub
+    /// connection is up (the `redis` crate reconnects its nodes by itself).
     pub fn notifications_active(&self) -> bool {
         self.inner.notifier.state() == "subscribed"
     }
