@@ -194,9 +194,10 @@ impl Shared {
             Ok(Err(err)) => error::from_redis(err, "subscribe", self.request_timeout),
             Err(_) => Error::timeout(NAME, "subscribe", self.request_timeout),
         };
-        // Start over with a new connection at the next wait.
-        *link = Link::default();
-        self.active.store(false, Ordering::Relaxed);
+        // The next wait tries again. The connection stays: the other channels'
+        // subscriptions are on it, and the client reconnects its nodes by itself (this
+        // one may be a master that just failed, its replica not promoted yet).
+        link.subscribed.remove(channel);
         Err(Error::unavailable(NAME, OPERATION, err))
     }
 
