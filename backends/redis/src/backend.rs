@@ -27,6 +27,7 @@ use crate::scripts::{self, Claim, Keys};
 use crate::sentinel::{SentinelTarget, Target};
 use crate::sharded::ShardedNotifier;
 use crate::value;
+use redis::Value;
 
 /// A lease backend on one Redis server, compatible with the Go original's locks.
 ///
@@ -143,6 +144,7 @@ impl RedisBackend {
                 keys,
                 conn,
                 notifier: Releases::Pattern(notifier),
+                slot_map: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -170,6 +172,7 @@ impl RedisBackend {
                 keys,
                 conn,
                 notifier: Releases::Sharded(notifier),
+                slot_map: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -550,12 +553,34 @@ impl BatchRefresh for Batched<'_> {
         let inner = &self.0.inner;
         let limit = inner.lease_limit(ttl);
         let wait = inner.wait(limit);
-        let replies = futures::future::join_all(invocations.iter().map(|invocation| {
+        // In cluster mode, first the scripts of each master in one pipeline; what that
+        // does not answer goes script by script, routed by its keys.
+        let mut replies = if inner.keys.tagged() {
+            let slots = batches.iter().map(|batch| {
+                batch
+                    .first()
+                    .map_or(0, |&index| crate::cluster::slot_of(&pending[index].lock))
+            });
+            by_master(inner, &invocations, slots.collect(), limit, wait).await
+        } else {
+            invocations.iter().map(|_| None).collect()
+        };
+        let rest: Vec<usize> = (0..invocations.len())
+            .filter(|&index| replies[index].is_none())
+            .collect();
+        let sent = futures::future::join_all(rest.iter().map(|&index| {
+            let invocation = &invocations[index];
             inner.request("refresh", limit, move |conn| async move {
                 durability::invoke::<Vec<i64>>(conn, invocation, wait).await
             })
         }))
         .await;
+        for (index, reply) in rest.into_iter().zip(sent) {
+            replies[index] = Some(reply);
+        }
+        let replies = replies.into_iter().map(|reply| {
+            reply.unwrap_or_else(|| Err(error::unexpected_reply("refresh", "no reply")))
+        });
         let mut answers: Vec<Option<Self::Answer>> = pending.iter().map(|_| None).collect();
         for (batch, reply) in batches.iter().zip(replies) {
             let count = batch.len();
@@ -612,6 +637,109 @@ impl BatchRefresh for Batched<'_> {
     ) -> Result<()> {
         lease.refreshed(answer?, ttl)
     }
+}
+
+/// What one refresh script answered: the extensions, and how many replicas confirmed.
+type Refreshed = Result<(Vec<i64>, Option<i64>)>;
+
+/// Sends the refresh scripts of each master (by the cached slot map, `slots` being each
+/// invocation's slot) in one pipeline, with the `WAIT` of durable mode after them, all
+/// masters at once. Returns a reply per invocation, `None` for those to send on their
+/// own: the map was stale (`MOVED`, `ASK`), the script not loaded (`NOSCRIPT`: it is
+/// loaded now), or the master's pipeline failed other than by running out of time.
+async fn by_master(
+    inner: &Client,
+    invocations: &[redis::ScriptInvocation<'_>],
+    slots: Vec<u16>,
+    limit: Duration,
+    wait: Option<durability::Wait>,
+) -> Vec<Option<Refreshed>> {
+    let mut replies: Vec<Option<Refreshed>> = invocations.iter().map(|_| None).collect();
+    let Some(map) = inner.slot_map(limit).await else {
+        return replies;
+    };
+    let mut masters: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (index, slot) in slots.iter().enumerate() {
+        let Some(master) = map.master_of(*slot) else {
+            continue;
+        };
+        match masters.iter_mut().find(|(m, _)| *m == master) {
+            Some((_, members)) => members.push(index),
+            None => masters.push((master, vec![index])),
+        }
+    }
+    let sent = futures::future::join_all(masters.iter().map(|(master, members)| {
+        let mut pipeline = redis::pipe();
+        for &index in members {
+            pipeline.invoke_script(&invocations[index]);
+        }
+        if let Some(wait) = wait {
+            pipeline
+                .cmd("WAIT")
+                .arg(wait.count)
+                .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+        }
+        inner.request("refresh", limit, move |mut conn| {
+            let pipeline = pipeline.clone();
+            async move { crate::cluster::pipeline_to(&mut conn, pipeline, *master).await }
+        })
+    }))
+    .await;
+    let mut stale = false;
+    let mut unloaded = false;
+    for ((_, members), outcome) in masters.iter().zip(sent) {
+        let mut values = match outcome {
+            Ok(values) if values.len() == members.len() + usize::from(wait.is_some()) => values,
+            // Out of time: sending again would be too.
+            Err(error @ Error::Timeout { .. }) => {
+                let errors = error::for_each(error, "refresh", members.len());
+                for (&index, error) in members.iter().zip(errors) {
+                    replies[index] = Some(Err(error));
+                }
+                continue;
+            }
+            _ => {
+                stale = true;
+                continue;
+            }
+        };
+        let acked = match wait {
+            Some(_) => match values.pop().map(redis::from_redis_value::<i64>) {
+                Some(Ok(acked)) => Some(acked),
+                _ => continue,
+            },
+            None => None,
+        };
+        for (&index, value) in members.iter().zip(values) {
+            if let Value::ServerError(err) = &value {
+                unloaded |= err.code() == "NOSCRIPT";
+                stale |= err.code() != "NOSCRIPT";
+                continue;
+            }
+            replies[index] = Some(
+                redis::from_redis_value::<Vec<i64>>(value)
+                    .map(|extended| (extended, acked))
+                    .map_err(|err| error::unexpected_reply("refresh", err)),
+            );
+        }
+    }
+    if stale {
+        inner.forget_slot_map();
+    }
+    if unloaded {
+        // Loaded on every master (`SCRIPT LOAD` goes to all of them), once.
+        let load = scripts::REFRESH_MANY.prepare_invoke();
+        let load = &load;
+        let loaded = inner
+            .request("refresh", limit, move |mut conn| async move {
+                load.load_async(&mut conn).await
+            })
+            .await;
+        if let Err(err) = loaded {
+            tracing::debug!(error = %err.chain(), "could not load the refresh script");
+        }
+    }
+    replies
 }
 
 /// A cluster connection that could not be opened: says which seed nodes were tried, and

@@ -4,10 +4,12 @@
 //! send a request.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use leasehold_core::{Capabilities, Result};
 
+use crate::cluster::SlotMap;
 use crate::config::Settings;
 use crate::conn::Conn;
 use crate::connection::Connection;
@@ -36,6 +38,9 @@ pub(crate) struct Client {
     pub(crate) keys: Keys,
     pub(crate) conn: Connection,
     pub(crate) notifier: Releases,
+    /// In cluster mode, which master serves each slot, as last read: the batched refresh
+    /// sends the scripts of one master together. Dropped when found stale.
+    pub(crate) slot_map: Mutex<Option<Arc<SlotMap>>>,
 }
 
 /// Where release notifications come from: one pattern subscription on the server, or
@@ -88,6 +93,33 @@ impl Client {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.conn.request_at(operation, limit, send).await
+    }
+
+    /// The slot map (see [`SlotMap`]), read now if none is cached; `None` if it cannot be.
+    pub(crate) async fn slot_map(&self, limit: Duration) -> Option<Arc<SlotMap>> {
+        if let Some(map) = self.cached_slot_map().clone() {
+            return Some(map);
+        }
+        let read = self
+            .request("read the slot map", limit, |mut conn| async move {
+                crate::cluster::slot_map(&mut conn).await
+            })
+            .await;
+        let map = Arc::new(read.ok().flatten()?);
+        *self.cached_slot_map() = Some(Arc::clone(&map));
+        Some(map)
+    }
+
+    /// Drops the cached slot map: it sent a script to a master that does not serve it.
+    pub(crate) fn forget_slot_map(&self) {
+        *self.cached_slot_map() = None;
+    }
+
+    fn cached_slot_map(&self) -> MutexGuard<'_, Option<Arc<SlotMap>>> {
+        // Each critical section is a single assignment or clone.
+        self.slot_map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The `WAIT` that must follow a write bounded by `limit`, in durable mode.

@@ -15,8 +15,8 @@ use std::time::Duration;
 use leasehold_core::{Error, Result};
 use redis::aio::AsyncPushSender;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Value};
 
 use crate::config::Settings;
 use crate::config::cluster::ClusterSettings;
@@ -87,9 +87,9 @@ pub(crate) fn batches<'k>(
     chunk: usize,
 ) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut of_slot: HashMap<Option<Slot>, usize> = HashMap::new();
+    let mut of_slot: HashMap<Option<u16>, usize> = HashMap::new();
     for (index, key) in keys.into_iter().enumerate() {
-        let slot = by_slot.then(|| Slot::for_key(key));
+        let slot = by_slot.then(|| slot_of(key));
         let group = *of_slot.entry(slot).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
@@ -105,6 +105,119 @@ pub(crate) fn batches<'k>(
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The hash slot of `key` as Redis computes it: CRC16 (XMODEM) of its hash tag (what is
+/// between the first `{` and the next `}`, if not empty) or of the whole key, modulo
+/// 16384. (The `redis` crate computes it too, but does not show the number.)
+pub(crate) fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tag = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    crc16(tag.unwrap_or(bytes)) % SLOTS
+}
+
+/// The number of hash slots of a Redis Cluster.
+const SLOTS: u16 = 16384;
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            };
+        }
+    }
+    crc
+}
+
+/// Which master serves each slot, as `CLUSTER SLOTS` said when it was read; each master
+/// is named by the first slot it serves (a command routed by that slot reaches it). It
+/// may be stale: a command sent by it to a master that no longer serves the key's slot
+/// is answered `MOVED`, and sent again by the key.
+#[derive(Debug, Default)]
+pub(crate) struct SlotMap {
+    /// `(first, last, master)` per range of slots.
+    ranges: Vec<(u16, u16, u16)>,
+}
+
+impl SlotMap {
+    /// Reads a `CLUSTER SLOTS` reply: `[first, last, [host, port, id, ...], replicas...]`
+    /// per range. `None` if it has another shape.
+    fn parse(reply: &Value) -> Option<Self> {
+        let Value::Array(entries) = reply else {
+            return None;
+        };
+        let mut ranges = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::Array(fields) = entry else {
+                return None;
+            };
+            let number = |value: &Value| match value {
+                Value::Int(n) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let (first, last) = (number(fields.first()?)?, number(fields.get(1)?)?);
+            let Value::Array(master) = fields.get(2)? else {
+                return None;
+            };
+            // The node id if given, else the address.
+            let node = format!("{:?}", master.get(2).or(master.get(1))?);
+            let address = format!("{:?}{node}", master.first()?);
+            ranges.push((first, last, address));
+        }
+        let mut first_of: HashMap<&str, u16> = HashMap::new();
+        for (first, _, node) in &ranges {
+            let entry = first_of.entry(node.as_str()).or_insert(*first);
+            *entry = (*entry).min(*first);
+        }
+        let ranges = ranges
+            .iter()
+            .map(|(first, last, node)| (*first, *last, first_of[node.as_str()]))
+            .collect();
+        Some(Self { ranges })
+    }
+
+    /// The master of `slot` (by its first slot), if the map has it.
+    pub(crate) fn master_of(&self, slot: u16) -> Option<u16> {
+        self.ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, master)| *master)
+    }
+}
+
+/// Reads the slot map (`CLUSTER SLOTS`, asked of any node).
+pub(crate) async fn slot_map(conn: &mut Conn) -> redis::RedisResult<Option<SlotMap>> {
+    let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    Ok(SlotMap::parse(&reply))
+}
+
+/// Sends `pipeline` to the master that `master` (one of its slots) names, and returns
+/// one reply per command, errors included as [`Value::ServerError`].
+pub(crate) async fn pipeline_to(
+    conn: &mut Conn,
+    pipeline: redis::Pipeline,
+    master: u16,
+) -> redis::RedisResult<Vec<Value>> {
+    let Some(cluster) = conn.cluster() else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "not a cluster connection",
+        )));
+    };
+    let count = pipeline.len();
+    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(master, SlotAddr::Master));
+    cluster.route_pipeline(pipeline, 0, count, route).await
 }
 
 /// One slot of each master serving slots right now (`CLUSTER NODES`, asked of any node):
@@ -186,6 +299,49 @@ mod tests {
         );
         assert_eq!(batches(keys, false, 2), [vec![0, 1], vec![2, 3], vec![4]]);
         assert!(batches([], true, 2).is_empty());
+    }
+
+    #[test]
+    fn slots_are_computed_as_redis_does() {
+        use redis::cluster_routing::Slot;
+        for key in [
+            "",
+            "a",
+            "routine:lock:{billing}",
+            "{}x",
+            "a{b}c{d}",
+            "{{x}}",
+            "é",
+        ] {
+            assert_eq!(Slot::new(slot_of(key)), Some(Slot::for_key(key)), "{key:?}");
+        }
+        // Redis's own examples (CLUSTER KEYSLOT).
+        assert_eq!(slot_of("somekey"), 11058);
+        assert_eq!(slot_of("foo{hash_tag}"), slot_of("bar{hash_tag}"));
+    }
+
+    #[test]
+    fn a_slot_map_names_each_master_by_its_first_slot() {
+        let node = |host: &str, port: i64, id: &str| {
+            Value::Array(vec![
+                Value::BulkString(host.into()),
+                Value::Int(port),
+                Value::BulkString(id.into()),
+            ])
+        };
+        let range = |first: i64, last: i64, master: Value| {
+            Value::Array(vec![Value::Int(first), Value::Int(last), master])
+        };
+        let reply = Value::Array(vec![
+            range(100, 200, node("h", 1, "a")),
+            range(0, 99, node("h", 2, "b")),
+            range(201, 16383, node("h", 1, "a")),
+        ]);
+        let map = SlotMap::parse(&reply).unwrap();
+        assert_eq!(map.master_of(150), Some(100));
+        assert_eq!(map.master_of(16000), Some(100));
+        assert_eq!(map.master_of(5), Some(0));
+        assert!(SlotMap::parse(&Value::Int(1)).is_none());
     }
 
     #[test]

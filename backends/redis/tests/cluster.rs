@@ -333,8 +333,9 @@ async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, channel: &str
 
 /// Kills the master of a held name's slot while a waiter waits for the name: once its
 /// replica took over, the backend follows (the holder keeps its lease, or, if the
-/// failover lost the lock, takes it again), the waiter's subscription is on the new
-/// master, and the release there wakes it.
+/// failover lost the lock, takes it again), the batched refresh of names on every
+/// master answers again (its cached slot map is stale), the waiter's subscription is on
+/// the new master, and the release there wakes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_follows_a_failover_of_the_names_master() {
     let Some(mut cluster) = RedisCluster::start() else {
@@ -347,6 +348,18 @@ async fn the_backend_follows_a_failover_of_the_names_master() {
     let ttl = Duration::from_secs(10);
     let mut lease = holder.try_acquire(&key, ttl).await.unwrap().unwrap();
     let token = lease.fencing_token();
+    let mut others: Vec<Box<dyn Lease>> = Vec::new();
+    for i in 0..30 {
+        let other = LockKey::new(format!("{key}-{i}")).unwrap();
+        others.push(holder.try_acquire(&other, ttl).await.unwrap().unwrap());
+    }
+    assert!(
+        holder
+            .refresh_many(&mut others, ttl)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
     // As the runner does: wait, and on a wake (a release, or a spurious one when a node
     // drops) look whether the name is free, else wait again.
     let waiting = tokio::spawn({
@@ -381,6 +394,18 @@ async fn the_backend_follows_a_failover_of_the_names_master() {
         }
         deadline.tick().await;
     };
+    let deadline = Deadline::new(HANG, "a batched refresh answers after the failover");
+    loop {
+        let outcomes = holder.refresh_many(&mut others, ttl).await;
+        // A lock the failover lost is lost; nothing else may fail any more.
+        if outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Ok(()) | Err(Error::Lost { .. })))
+        {
+            break;
+        }
+        deadline.tick().await;
+    }
     assert!(
         lease.fencing_token() >= token,
         "the token kept or moved on: {} after {token}",
