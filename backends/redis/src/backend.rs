@@ -368,8 +368,8 @@ impl LockBackend for RedisBackend {
     /// Refreshes this backend's leases with one Lua script call (the same compare and
     /// `PEXPIRE` as a single refresh, over many keys) per 500 leases, all pipelined on
     /// the command connection; leases of other backends are refreshed one by one. In
-    /// cluster mode one call per slot (a script touches keys of one slot only), all sent
-    /// at once, each to its slot's master.
+    /// cluster mode one call per slot (a script touches keys of one slot only), the
+    /// calls of one master in one pipeline, all masters at once.
     async fn refresh_many(&self, leases: &mut [Box<dyn Lease>], ttl: Duration) -> Vec<Result<()>> {
         Batched(self).refresh_batched(leases, ttl).await
     }

@@ -251,9 +251,12 @@
 //! or redirects). Its connection and response timeouts are the connect and request
 //! timeouts; it retries a request at most three times, within the request timeout (its
 //! overall bound), and the backend's own bound on a request (two fifths of a lease's TTL
-//! at most) still applies. The batched refresh sends one script per slot of the leases
-//! it refreshes, all at once; [`describe`](leasehold_core::LockBackend::describe) of many
-//! names likewise; [`list`](leasehold_core::LockBackend::list) asks `CLUSTER NODES` for
+//! at most) still applies. The batched refresh runs one script per slot of the leases it
+//! refreshes (a script touches keys of one slot only), the scripts of one master sent
+//! together in one pipeline (by the slot layout last read with `CLUSTER SLOTS`; a
+//! script the layout sent to the wrong master is sent again on its own, routed by its
+//! keys), all masters at once; [`describe`](leasehold_core::LockBackend::describe) of
+//! many names sends one script per slot, all at once; [`list`](leasehold_core::LockBackend::list) asks `CLUSTER NODES` for
 //! the masters serving slots and `SCAN`s each of them. Connecting to nodes none of which
 //! answers is [`Unavailable`](leasehold_core::Error::Unavailable) naming the seed nodes;
 //! a server without cluster support is
