@@ -237,7 +237,7 @@ async fn members_without_channel_permissions() -> anyhow::Result<()> {
 }
 
 /// Scheduled fires (`every(1 s)`, 250 ms runs) on three members with clocks at -2 s, 0
-/// and +2 s, for 20 s during which the member running a fire is killed or paused past
+/// and +2 s, for 12 s during which the member running a fire is killed or paused past
 /// its lease, mid-run, every 3 s (kills and pauses alternating): every fire completes
 /// exactly once, none runs twice, no two runs overlap, and the runs cut off are retried
 /// elsewhere (`retry_interrupted`).
@@ -246,7 +246,7 @@ async fn scheduled_with_faults(backend: BackendKind) -> anyhow::Result<()> {
     let config = ScheduledConfig::with_faults(
         env!("CARGO_BIN_EXE_faults-member"),
         backend,
-        Duration::from_secs(20),
+        Duration::from_secs(12),
     );
     let Some(result) = scheduled::run(config).await? else {
         return Ok(());
@@ -347,20 +347,13 @@ async fn redis_sentinel_failovers_in_durable_mode_leave_no_overlap() -> anyhow::
     .await
 }
 
-/// Redis behind Sentinel without durable mode: the same failovers, measured (printed),
-/// and a holder again after each.
+/// Redis behind Sentinel without durable mode: a master kill, measured (printed), and a
+/// holder again after it. The short version of the soak's run of this mode, which also
+/// pauses the master and cuts it off from the sentinels (FAULTS.md): what this mode
+/// promises is only recovery, and each failover costs CI seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sentinel_failovers_without_durable_mode_have_a_holder_again() -> anyhow::Result<()> {
-    topology_faults(
-        BackendKind::RedisSentinel,
-        &[
-            FaultKind::MasterKill,
-            FaultKind::MasterPause,
-            FaultKind::MasterIsolate,
-        ],
-        false,
-    )
-    .await
+    topology_faults(BackendKind::RedisSentinel, &[FaultKind::MasterKill], false).await
 }
 
 /// A Redis Cluster in durable mode (`WAIT` on the master's replica): the master serving
@@ -382,19 +375,15 @@ async fn redis_cluster_master_kills_in_durable_mode_leave_no_overlap() -> anyhow
     .await
 }
 
-/// A Redis Cluster without durable mode: the master serving the lock's slot killed twice
-/// (each time its replica takes over and the old master comes back as a replica), then a
-/// holder crash. Asynchronous replication may lose the lock key in a failover, so overlap
-/// is measured (printed), and only a holder again after each fault is asserted.
+/// A Redis Cluster without durable mode: the master serving the lock's slot killed (its
+/// replica takes over and the old master comes back as a replica). Asynchronous
+/// replication may lose the lock key in a failover, so overlap is measured (printed), and
+/// only a holder again after the fault is asserted; the soak repeats it (FAULTS.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_master_kills_have_a_holder_again() -> anyhow::Result<()> {
     topology_faults(
         BackendKind::RedisCluster,
-        &[
-            FaultKind::ClusterMasterKill,
-            FaultKind::ClusterMasterKill,
-            FaultKind::Kill,
-        ],
+        &[FaultKind::ClusterMasterKill],
         false,
     )
     .await
