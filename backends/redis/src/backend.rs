@@ -150,7 +150,7 @@ impl RedisBackend {
     }
 
     /// Connects in cluster mode: the cluster connection (checked with a `PING` of every
-    /// master), the eviction policy and replica checks (of every master), and the sharded pub/sub
+    /// master, and for `SPUBLISH`, Redis 7), the eviction policy and replica checks (of every master), and the sharded pub/sub
     /// connection.
     async fn connect_cluster(settings: Settings, cluster: &ClusterSettings) -> Result<Self> {
         let client = crate::cluster::client(&settings, cluster, None::<fn(_) -> Result<(), ()>>)?;
@@ -162,6 +162,23 @@ impl RedisBackend {
             redis::cmd("PING").query_async::<()>(&mut conn).await
         })
         .await?;
+        // The release scripts announce with `SPUBLISH`: without it no lock is released.
+        let spublish: Vec<Value> = conn
+            .request("connect", settings.request_timeout, |mut conn| async move {
+                redis::cmd("COMMAND")
+                    .arg("INFO")
+                    .arg("SPUBLISH")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if matches!(spublish.first(), None | Some(Value::Nil)) {
+            return Err(Error::misconfigured(
+                NAME,
+                "cluster mode needs Redis 7 or later (sharded pub/sub: the release script \
+                 announces releases with SPUBLISH, which this server does not know)",
+            ));
+        }
         eviction::check(&conn, &settings).await?;
         durability::check_replicas(&conn, &settings).await;
         let keys = Keys::new(&settings.namespace, true);

@@ -263,7 +263,8 @@
 //! [`Misconfigured`](leasehold_core::Error::Misconfigured).
 //!
 //! **Release notifications** use sharded pub/sub (Redis 7 or later: the release script
-//! sends `SPUBLISH`, so **cluster mode needs Redis 7**): the channel
+//! sends `SPUBLISH`, so **cluster mode needs Redis 7**, checked at connect: an older
+//! server is [`Misconfigured`](leasehold_core::Error::Misconfigured)): the channel
 //! `routine:released:{<name>}` shares the lock's slot, so a release is announced on the
 //! name's shard only. A second cluster connection (RESP3, one connection per node as
 //! for commands) subscribes with `SSUBSCRIBE` to the channel of each name someone waits for, and unsubscribes when nobody does. The
