@@ -184,6 +184,34 @@ async fn a_server_without_cluster_mode_is_misconfigured() {
     );
 }
 
+/// A name starting with `}` would make an empty hash tag, its keys in different slots:
+/// refused by the calls whose script touches several keys, before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_starting_with_a_closing_brace_is_refused_in_cluster_mode() {
+    let Some(cluster) = shared() else { return };
+    let backend = backend(cluster).await;
+    let key = LockKey::new(format!("}}{}", unique_key("brace"))).unwrap();
+    let err = backend
+        .try_acquire(&key, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidName { .. }) && err.chain().contains("hash tag"),
+        "{}",
+        err.chain()
+    );
+    let err = backend.forget_fencing(&key).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidName { .. }), "{}", err.chain());
+    // A `}` later in the name is a hash tag like any other.
+    let key = LockKey::new(format!("{}}}x", unique_key("brace"))).unwrap();
+    let mut lease = backend
+        .try_acquire(&key, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+}
+
 /// Every master's `maxmemory-policy` is checked, not just one node's: one master that
 /// may evict is refused when `noeviction` is required.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
