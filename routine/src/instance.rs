@@ -2,7 +2,9 @@
 //!
 //! Each round tries once to take the lease. The winner runs the routine (see `hold`);
 //! the others wait for a release notification or the retry interval, whichever comes
-//! first, or, if the backend reports when the holder's lease runs out, until then.
+//! first, or, if the backend reports when the holder's lease runs out, until then. While
+//! release notifications work, a waiter polls only to notice a crashed holder: about
+//! once per TTL instead of every retry interval.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +24,26 @@ use crate::options::Mode;
 use crate::outcome::Outcome;
 use crate::state::RoutineState;
 use crate::task::{RoutineFn, Task};
+
+/// What a waiter after contention waits for (see `Instance::contended_wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The holder's lease runs out in this time (capped), by the backend's report.
+    Expiry(Duration),
+    /// The backend said the key is free: try at once.
+    Free,
+    /// A fixed interval: the backend cannot tell, or its answer failed.
+    Interval(Duration),
+}
+
+impl Wait {
+    fn duration(self) -> Duration {
+        match self {
+            Wait::Expiry(wait) | Wait::Interval(wait) => wait,
+            Wait::Free => Duration::ZERO,
+        }
+    }
+}
 
 pub(crate) struct Instance<'a> {
     task: &'a Task,
@@ -241,27 +263,45 @@ impl<'a> Instance<'a> {
 
     /// After contention: waits for the holder's release, for its lease to run out, or
     /// for the retry interval. `false` if the routine was stopped meanwhile.
+    ///
+    /// While release notifications work, a release wakes the waiter, so it polls only to
+    /// notice a holder that stopped without releasing: it sleeps until the holder's
+    /// lease runs out (capped at the TTL), then asks again how long is left instead of
+    /// trying to acquire, and tries only once the lease has run out. Against a live
+    /// holder that costs one `expires_in` per refresh of the holder's lease, not an
+    /// attempt and an `expires_in` per retry interval.
     async fn wait_after_contention(
         &mut self,
         backend: &dyn LockBackend,
-        released: Pin<&mut (dyn Future<Output = Result<()>> + Send + '_)>,
+        mut released: Pin<&mut (dyn Future<Output = Result<()>> + Send + '_)>,
         notifications: bool,
     ) -> bool {
         let shared = self.task.shared();
         let cancel = self.task.cancel();
-        let wait = tokio::select! {
-            biased;
-            _ = shared.aborted() => return false,
-            _ = cancel.cancelled() => return false,
-            wait = self.contended_wait(backend) => wait,
-        };
-        self.retried_at_once = wait.is_zero();
-        let woke = tokio::select! {
-            biased;
-            _ = shared.aborted() => return false,
-            _ = cancel.cancelled() => return false,
-            woke = released, if notifications => woke,
-            _ = tokio::time::sleep(wait) => return true,
+        // A backend without notifications answers `released` with a future that never
+        // resolves: it must be polled at the retry interval.
+        let notified = notifications && backend.capabilities().release_notifications;
+        let woke = loop {
+            let wait = tokio::select! {
+                biased;
+                _ = shared.aborted() => return false,
+                _ = cancel.cancelled() => return false,
+                wait = self.contended_wait(backend, notified) => wait,
+            };
+            self.retried_at_once = wait == Wait::Free;
+            tokio::select! {
+                biased;
+                _ = shared.aborted() => return false,
+                _ = cancel.cancelled() => return false,
+                woke = released.as_mut(), if notifications => break woke,
+                _ = tokio::time::sleep(wait.duration()) => {
+                    // The holder's lease should have run out: ask before trying.
+                    if notified && matches!(wait, Wait::Expiry(_)) {
+                        continue;
+                    }
+                    return true;
+                }
+            }
         };
         match woke {
             Ok(()) => {
@@ -294,23 +334,29 @@ impl<'a> Instance<'a> {
         }
     }
 
-    /// How long to wait after contention: the retry interval, or less if the backend
-    /// says the holder's lease runs out sooner (a crashed holder is taken over right
-    /// when its lease expires, not up to a retry interval later).
-    async fn contended_wait(&self, backend: &dyn LockBackend) -> Duration {
+    /// How long to wait after contention: until the holder's lease runs out if the
+    /// backend says when, at most the retry interval, or, with release notifications
+    /// (`notified`), at most the TTL; otherwise the retry interval (the TTL with
+    /// notifications). A crashed holder is taken over right when its lease expires.
+    async fn contended_wait(&self, backend: &dyn LockBackend, notified: bool) -> Wait {
         let config = self.task.config();
+        let longest = if notified {
+            config.lease_ttl
+        } else {
+            config.retry_interval
+        };
         if !backend.capabilities().reports_expiry {
-            return config.retry_interval;
+            return Wait::Interval(longest);
         }
         match tokio::time::timeout(config.request_timeout, backend.expires_in(&self.key)).await {
             // One millisecond past the expiry, so the key is free when we ask.
-            Ok(Ok(Some(left))) => (left + Duration::from_millis(1)).min(config.retry_interval),
+            Ok(Ok(Some(left))) => Wait::Expiry((left + Duration::from_millis(1)).min(longest)),
             // Released in the meantime: try again at once, but not twice in a row.
-            Ok(Ok(None)) if !self.retried_at_once => Duration::ZERO,
-            Ok(Ok(None)) => config.retry_interval,
+            Ok(Ok(None)) if !self.retried_at_once => Wait::Free,
+            Ok(Ok(None)) => Wait::Interval(config.retry_interval),
             Ok(Err(_)) | Err(_) => {
                 metrics::backend_error(backend.name(), Operation::ExpiresIn);
-                config.retry_interval
+                Wait::Interval(config.retry_interval)
             }
         }
     }

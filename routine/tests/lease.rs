@@ -291,7 +291,15 @@ async fn a_hung_acquire_times_out_and_is_retried() {
 #[tokio::test(start_paused = true)]
 async fn an_answer_between_outages_resets_the_error_backoff() {
     let backend = MemoryBackend::new();
-    let holder = runner(&backend);
+    // The holder's lease outlasts both outages, so the key stays held throughout: the
+    // waiter, woken by releases, asks the backend only when the holder's lease could have
+    // run out (at most its own TTL later), so it notices an outage up to a TTL late.
+    let holder = leasehold::Runner::builder()
+        .with_backend(backend.clone())
+        .with_lease_ttl(TTL * 12)
+        .with_signal_handling(false)
+        .build()
+        .unwrap();
     let waiter = runner(&backend);
     let (_h, _w, mut events) = common::holder_and_waiter(&holder, &waiter).await;
     // Two outages, with the backend answering (the key is held) in between: the second
