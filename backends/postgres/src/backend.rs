@@ -12,13 +12,13 @@ use leasehold_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PostgresBackendBuilder, Settings};
-use crate::connect::{self, pooler_detected};
+use crate::connect;
 use crate::epoch::{self, EpochStatements};
 use crate::error::{Context, NAME, with_timeout};
 use crate::fencing;
 use crate::lease::{PostgresLease, call, session_stopped};
 use crate::message::{Acquired, Command};
-use crate::notify::Notifier;
+use crate::notify::{Dispatch, Notifier};
 use crate::operator::Operator;
 use crate::record::Records;
 use crate::session;
@@ -26,9 +26,9 @@ use crate::ttl::{CAPABILITIES, check_ttl};
 
 /// A lease backend on PostgreSQL session-level advisory locks.
 ///
-/// All leases of one backend live on one dedicated connection (the lock session), and
-/// release notifications arrive on a second one (the listener): holding a thousand
-/// routines takes two connections. The operator queries (`describe`, `list`,
+/// All leases of one backend live on one dedicated connection (the lock session), which
+/// also hears release notifications (`LISTEN`): holding a thousand routines, or waiting
+/// for them, takes one connection. The operator queries (`describe`, `list`,
 /// `force_release`) and records (`read_record`, `write_record`) open up to two more, on
 /// first use, and close them when idle. See the
 /// [crate docs](crate) for how TTLs, fencing tokens, collisions, poolers and operator
@@ -109,8 +109,11 @@ impl PostgresBackend {
             url_setting: settings.url_setting,
         };
         with_timeout(ctx.operation, settings.request_timeout, async {
-            fencing::ensure_table(&mut live.conn, &settings).await?;
-            epoch::ensure_table(&mut live.conn, &settings).await
+            let conn = sqlx::Acquire::acquire(&mut live.conn)
+                .await
+                .map_err(|err| ctx.map(err))?;
+            fencing::ensure_table(&mut *conn, &settings).await?;
+            epoch::ensure_table(conn, &settings).await
         })
         .await?;
         // The session hands out no token before it has an epoch of its own.
@@ -125,17 +128,9 @@ impl PostgresBackend {
         )
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let (notifier, listener_pid, listener_server) =
-            Notifier::start(Arc::clone(&settings), tx.downgrade()).await?;
-        // Pids are only comparable on one server (with several in the URL, the listener
-        // may have met another after a failover in between).
-        if listener_pid == live.pid && listener_server == live.server {
-            return Err(pooler_detected(format!(
-                "the lock session and the listener, two client connections, share server \
-                 backend {listener_pid}"
-            )));
-        }
-        let session = session::spawn(Arc::clone(&settings), live, (tx, rx));
+        let dispatch = Dispatch::new();
+        let notifier = Notifier::new(Arc::clone(&dispatch), tx.clone(), settings.request_timeout);
+        let session = session::spawn(Arc::clone(&settings), live, dispatch, (tx, rx));
         Ok(Self {
             inner: Arc::new(Inner {
                 operator: Operator::new(Arc::clone(&settings)),

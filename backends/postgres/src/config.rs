@@ -95,7 +95,7 @@ impl PostgresBackendBuilder {
     /// `postgres://user@h1:5432,h2:5433/db?target_session_attrs=read-write`, or
     /// `postgres://user@/db?host=h1,h2&port=5432,5433` (one port for all, or one per
     /// host), or a URL without a host and the lists in `PGHOST` and `PGPORT`. Every
-    /// connection (lock session, listener, operator connections) tries them in turn,
+    /// connection (lock session, operator connections) tries them in turn,
     /// starting with the one that last worked, and passes over any that is unreachable,
     /// a standby or read-only, so after a failover the backend finds the new primary. The
     /// backend writes on each connection, so it needs a writable primary whatever

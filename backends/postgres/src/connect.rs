@@ -1,4 +1,5 @@
-//! Opening a lock session: connect, check the server, and detect a transaction pooler.
+//! Opening a lock session: connect, check the server, detect a transaction pooler, and
+//! `LISTEN` for releases on the same connection (see the `notify` module).
 //!
 //! Session-level advisory locks belong to a server backend process. Behind a pooler in
 //! transaction or statement mode (PgBouncer, Odyssey, RDS Proxy in that mode...) each
@@ -11,23 +12,18 @@
 //! 2. statement two, outside any transaction, reports `pg_backend_pid()` and whether this
 //!    backend holds the probe lock in `pg_locks`.
 //!
-//! A different pid or a missing probe lock proves a pooler. A pooler that happens to hand
-//! both statements the same server backend passes this check; for that case the backend
-//! also compares the pids of its two connections (lock session and listener), which a
-//! pooler in transaction mode gives the same idle server backend, as PgBouncer's default
-//! LIFO reuse does. What cannot be detected: a pooler that, under concurrent load from
-//! other clients, still hands us one server backend for both statements and another for the
-//! listener. Poolers that do not support named prepared statements in transaction mode
+//! A different pid or a missing probe lock proves a pooler. What cannot be detected: a
+//! pooler that happens to hand both statements the same server backend. Poolers that do not support named prepared statements in transaction mode
 //! (PgBouncer before 1.21, as the tests show with 1.18) fail earlier: their prepared
 //! statement errors (`26000`, `42P05`) are reported as [`Error::Misconfigured`] too.
 
 use std::time::Duration;
 
 use leasehold_core::{Error, Result};
-use sqlx::postgres::PgConnection;
-use sqlx::{ConnectOptions, Row};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Row};
 
-use crate::config::Settings;
+use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, NAME, with_timeout};
 use crate::hosts::{Target, not_writable};
 use crate::ttl::ServerTtl;
@@ -43,14 +39,17 @@ const OLDEST_SUPPORTED: i32 = 120_000;
 /// An open lock session.
 #[derive(Debug)]
 pub(crate) struct Live {
-    pub(crate) conn: PgConnection,
+    /// The session's connection, which also `LISTEN`s for releases (a pool of one, as
+    /// `PgListener` wants). It never reconnects on its own: the session task drops it
+    /// when it reports the connection lost.
+    pub(crate) conn: PgListener,
+    /// The pool under `conn`, closed with the session.
+    pub(crate) pool: PgPool,
     /// The server backend's process id.
     pub(crate) pid: i32,
     /// The session's id in the fencing table's `holder_session` and the session table:
     /// random, so no other session, of any process or server, has it.
     pub(crate) id: i64,
-    /// The index in the URL of the server it is on.
-    pub(crate) server: usize,
     pub(crate) ttl: ServerTtl,
     /// The longest lease TTL whose settings (see the `ttl` module) this session already
     /// has, set by an earlier statement that succeeded; `None` when unknown. Statements
@@ -97,13 +96,13 @@ impl Live {
 /// [`Context::map`]. With several servers, an error naming each one (see
 /// [`Hosts::connect`](crate::hosts::Hosts::connect)).
 pub(crate) async fn open(settings: &Settings, timeout: Duration) -> Result<Live> {
-    let (live, server) = settings
+    let (live, _server) = settings
         .hosts
         .connect("connect", timeout, |target, share| {
             open_on(settings, target, share)
         })
         .await?;
-    Ok(Live { server, ..live })
+    Ok(live)
 }
 
 /// [`open`] on one server.
@@ -113,11 +112,32 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
         url_setting: settings.url_setting,
     };
     with_timeout("connect", timeout, async {
-        let mut conn = settings
-            .options_for(target, SESSION_APPLICATION_NAME)
-            .connect()
-            .await
-            .map_err(|err| ctx.map(err))?;
+        // A pool of one, as PgListener wants; a fresh one per session, so that a broken
+        // connection is never handed back.
+        let options = settings.options_for(target, SESSION_APPLICATION_NAME);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            // Half the time: the pool retries a refused connection until then.
+            .acquire_timeout(timeout / 2)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options.clone());
+        let mut conn = match PgListener::connect_with(&pool).await {
+            Ok(conn) => conn,
+            // The pool names no cause: one direct attempt does (refused, a rejected
+            // password...), or runs into the connect's own timeout.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let err = match options.connect().await {
+                    Ok(_) => sqlx::Error::PoolTimedOut,
+                    Err(err) => err,
+                };
+                return Err(ctx.map(err));
+            }
+            Err(err) => return Err(ctx.map(err)),
+        };
+        conn.eager_reconnect(false);
+        conn.ignore_pool_close_event(true);
         // statement_timeout bounds our statements on the server too, should the client
         // side give up (a request that timed out abandons the session anyway).
         let statement_timeout = settings.request_timeout.as_millis().max(1).to_string();
@@ -186,6 +206,10 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
             .execute(&mut conn)
             .await
             .map_err(|err| ctx.map(err))?;
+        // Checked to be a session of its own: now it hears releases too.
+        conn.listen_all([CHANNEL, ENDED_CHANNEL])
+            .await
+            .map_err(|err| ctx.map(err))?;
         let ttl = ServerTtl::for_version(version);
         if !ttl.enforces_idle_timeout() {
             tracing::warn!(
@@ -196,9 +220,9 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
         }
         Ok(Live {
             conn,
+            pool,
             pid,
             id: rand::random(),
-            server: 0,
             ttl,
             applied: None,
             epoch_floor: 0,

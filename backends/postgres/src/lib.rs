@@ -22,12 +22,13 @@
 //!
 //! # Connections
 //!
-//! One backend uses two connections however many leases it holds (plus operator
-//! connections, opened only for the operator queries and records below): the lock session, owned
-//! by one task that runs every acquire, refresh and release in turn (concurrent refreshes
-//! share one statement), and a `LISTEN` connection for release notifications. Both show in
-//! `pg_stat_activity` as `application_name` `routine lock session` and `routine listener`
-//! (as `<name> (routine lock session)`... when the URL sets `application_name=<name>`).
+//! One backend uses one connection however many leases it holds or waits for (plus
+//! operator connections, opened only for the operator queries and records below): the
+//! lock session, owned by one task that runs every acquire, refresh and release in turn
+//! (concurrent refreshes share one statement), which also `LISTEN`s for release
+//! notifications and reads them between statements. It shows in `pg_stat_activity` as
+//! `application_name` `routine lock session` (as `<name> (routine lock session)` when the
+//! URL sets `application_name=<name>`).
 //! A refresh proves the lock session is alive; if the session is lost (connection error,
 //! request timeout, `pg_terminate_backend`, server restart), every lease on it reports
 //! [`Error::Lost`](leasehold_core::Error::Lost) and the next acquire opens a new session.
@@ -165,9 +166,10 @@
 //! then clears that key's claim, so the key can be taken at once; the holder's other keys
 //! stay guarded by its session's heartbeat until it runs out, so nobody overlaps with the
 //! routines still running on them. It announces the ended session on channel
-//! `routine_lock_session_ended`: the holder's backend hears it on its listener, drops the
-//! session and revokes its leases ([`Lease::revoked`](leasehold_core::Lease::revoked)) at
-//! once; a holder whose listener is cut off learns at its next refresh. On PostgreSQL 12
+//! `routine_lock_session_ended`: the holder's backend hears it on its lock session (if the
+//! termination has not already closed it), drops the session and revokes its leases
+//! ([`Lease::revoked`](leasehold_core::Lease::revoked)) at once; a holder cut off learns
+//! at its next refresh. On PostgreSQL 12
 //! and 13 the server does not wait for the terminated process to exit, so a waiter woken
 //! by the release may still meet the lock and wait for its retry interval.
 //!
@@ -194,11 +196,12 @@
 //!
 //! # Release notifications
 //!
-//! A release runs `pg_notify('routine_lock_released', '<lock key>')`; the listener
-//! connection wakes the local waiters of that key. A crashed holder sends nothing, and a
-//! listener cut off without a closed connection hears nothing: waiters then notice at the
-//! runner's retry interval, or when the holder's session heartbeat runs out, whichever
-//! comes first.
+//! A release runs `pg_notify('routine_lock_released', '<lock key>')`; the lock session,
+//! which listens, wakes the local waiters of that key. When the session is dropped every
+//! waiter is woken (a release may have been missed), and the next wait opens a new one.
+//! A crashed holder sends nothing, and a session cut off without a closed connection
+//! hears nothing: waiters then notice when the holder's session heartbeat runs out (the
+//! runner asks when it does).
 //!
 //! # Failover
 //!
@@ -206,7 +209,7 @@
 //! `postgres://app@db1:5432,db2:5432/app?target_session_attrs=read-write`, or
 //! `?host=db1,db2&port=5432,5433`, or a URL without a host and the lists in `PGHOST` and
 //! `PGPORT` (see [`PostgresBackendBuilder::with_url`]). Each connection of the backend
-//! (lock session, listener, operator connections) tries the servers in turn, starting
+//! (lock session, operator connections) tries the servers in turn, starting
 //! with the one that last worked, and passes over a server that is unreachable, in
 //! recovery (a standby) or read-only; each server gets an equal share of the time left,
 //! so one that never answers cannot leave the others untried. The backend writes on
@@ -279,8 +282,8 @@
 //! # Poolers
 //!
 //! Behind a pooler in transaction or statement mode, session-level locks would leak across
-//! clients. Each new session checks this with a probe lock across two statements, and the
-//! two connections must have distinct server backends; either failing, or the pooler
+//! clients. Each new session checks this with a probe lock across two statements; that
+//! failing, or the pooler
 //! mixing up prepared statements (PgBouncer before 1.21), is an
 //! [`Error::Misconfigured`](leasehold_core::Error::Misconfigured). A pooler in session mode
 //! works. Both are tested against a real PgBouncer. The `connect` module describes the case

@@ -44,11 +44,10 @@ pub(crate) enum Command {
         timeout: Duration,
         reply: Reply<Option<Duration>>,
     },
-    /// An operator ended the session `session` (`force_release`): if it is the current
-    /// one, it is dropped and its leases are revoked now, rather than at the next
-    /// statement.
-    SessionEnded {
-        session: i64,
+    /// Open a lock session if there is none, so that it listens for releases again
+    /// (see the `notify` module).
+    Listen {
+        reply: Reply<()>,
     },
 }
 

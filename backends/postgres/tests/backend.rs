@@ -199,7 +199,45 @@ async fn declared_ttls_fit_the_int4_milliseconds_of_the_session_settings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_leases_use_two_connections() {
+async fn holding_and_waiting_for_a_release_keep_one_connection_and_the_release_wakes() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    let app = unique("one-conn");
+    let url = format!("{}?application_name={app}", server.url());
+    let holder = backend(&server.url(), &app).await;
+    let waiter = backend(&url, &app).await;
+    let (wanted, own) = (key("wanted"), key("own"));
+    let mut held = holder
+        .try_acquire(&wanted, TTL)
+        .await
+        .unwrap()
+        .expect("free");
+    let mut mine = waiter.try_acquire(&own, TTL).await.unwrap().expect("free");
+    let mut released = Box::pin(waiter.released(&wanted));
+    assert!(
+        futures::poll!(released.as_mut()).is_pending(),
+        "nothing was released yet"
+    );
+    assert!(
+        waiter.try_acquire(&wanted, TTL).await.unwrap().is_none(),
+        "the key is held"
+    );
+    let connections = server.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '{app}%'"
+    ));
+    assert_eq!(
+        connections, "1",
+        "a backend holding a lease and waiting for a release must use one connection"
+    );
+    held.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), released)
+        .await
+        .expect("the release must wake the waiter, heard on the lock session")
+        .unwrap();
+    mine.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_leases_use_one_connection() {
     let server = leasehold_conformance::require_server!(PostgresServer);
     let app = unique("thousand");
     let url = format!("{}?application_name={app}", server.url());
@@ -215,8 +253,8 @@ async fn thousand_leases_use_two_connections() {
     ));
     assert_eq!(
         ours,
-        format!("{app} (routine listener), {app} (routine lock session)"),
-        "1,000 leases must use one lock session and one listener connection"
+        format!("{app} (routine lock session)"),
+        "1,000 leases must use one connection, the lock session, which also listens"
     );
     let holders = server.psql(&format!(
         "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \

@@ -83,11 +83,7 @@ async fn a_multi_host_url_passes_over_a_down_server_and_a_standby_to_the_primary
             "{order}: the operator pool must see the holder"
         );
         let on_primary = connections_on(&pair, pair.primary_port(), &marker);
-        for role in [
-            "routine listener",
-            "routine lock session",
-            "routine operator",
-        ] {
+        for role in ["routine lock session", "routine operator"] {
             assert!(
                 on_primary
                     .iter()

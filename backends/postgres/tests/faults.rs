@@ -65,7 +65,7 @@ async fn server_restart_loses_leases_then_locks_and_notifications_work_again() {
     lease.release().await.expect("releasing a lost lease is Ok");
 
     let mut lease = acquire_within(&a, &k, ttl, Duration::from_secs(10) + ttl).await;
-    // The listener reconnects when asked; until then a wait may end at once (a
+    // The lock session, which listens, reopens when asked; until then a wait may end at once (a
     // notification may have been missed) or fail. Eventually it must wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let waiter = loop {

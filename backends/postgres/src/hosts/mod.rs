@@ -1,7 +1,7 @@
 //! The servers a backend may connect to, and choosing among them: a URL may name several
 //! (libpq's multi-host form), of which one at a time is the primary.
 //!
-//! The lock session and the listener are opened through [`Hosts::connect`]: it tries the
+//! The lock session is opened through [`Hosts::connect`]: it tries the
 //! servers in turn, starting with the one that last gave a usable connection, and passes
 //! over any that is unreachable, a standby (in recovery) or read-only, since the backend
 //! writes on each of its connections. The operator pool connects to that preferred

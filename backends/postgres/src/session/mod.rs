@@ -1,5 +1,6 @@
 //! The lock session: one connection, owned by one task, holding every advisory lock of a
-//! backend.
+//! backend and hearing release notifications (see the `notify` module) between
+//! statements.
 //!
 //! Acquires, refreshes and releases for all keys are messages to the task, which runs
 //! them one at a time on its connection. Refreshes waiting in the queue are answered
@@ -9,7 +10,7 @@
 //! session fails (connection error, timeout, terminated backend), the task drops it, every
 //! lease on it is lost and told so at once (its revocation signal fires), and the next
 //! acquire opens a new session; each lease remembers the generation and id of the session
-//! it was taken on. A session that `force_release` ended (announced on the listener, see
+//! it was taken on. A session that `force_release` ended (announced on the session, see
 //! the `notify` module) is dropped the same way when the announcement arrives, without
 //! waiting for a statement to fail on it. A statement that fails on a healthy session (cancelled by
 //! `pg_cancel_backend` or `statement_timeout`, a constraint, a missing table) leaves the
@@ -28,15 +29,27 @@ use leasehold_core::{Error, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{CHANNEL, Settings};
+use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::connect::{Live, open};
 use crate::epoch::EpochStatements;
 use crate::error::{Context, Message, NAME, breaks_session, session_ended, with_timeout};
 use crate::fencing::Statements;
 use crate::message::{Command, LeaseId};
+use crate::notify::Dispatch;
 
 mod acquire;
 mod refresh;
+
+/// What woke the idle session task.
+enum Event {
+    Command(Command),
+    /// Every sender is gone: the backend and its leases.
+    Closed,
+    /// A notification heard on the session: its channel and payload.
+    Notification(String, String),
+    /// The session's connection failed while idle.
+    Lost(String),
+}
 
 /// A lock held on the session.
 struct Held {
@@ -51,6 +64,7 @@ struct Held {
 pub(crate) fn spawn(
     settings: Arc<Settings>,
     live: Live,
+    dispatch: Arc<Dispatch>,
     (tx, rx): (
         mpsc::UnboundedSender<Command>,
         mpsc::UnboundedReceiver<Command>,
@@ -64,6 +78,7 @@ pub(crate) fn spawn(
         ),
         epochs: EpochStatements::new(&settings.qualified_epochs),
         settings,
+        dispatch,
         rx,
         tx: tx.downgrade(),
         live: Some(live),
@@ -81,6 +96,8 @@ pub(crate) fn spawn(
 
 struct Session {
     settings: Arc<Settings>,
+    /// The waiters for releases, woken by the notifications the session hears.
+    dispatch: Arc<Dispatch>,
     statements: Statements,
     epochs: EpochStatements,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -108,9 +125,17 @@ impl Session {
         loop {
             let command = match self.backlog.pop_front() {
                 Some(command) => command,
-                None => match self.rx.recv().await {
-                    Some(command) => command,
-                    None => break,
+                None => match self.next_event().await {
+                    Event::Command(command) => command,
+                    Event::Closed => break,
+                    Event::Notification(channel, payload) => {
+                        self.notified(&channel, &payload);
+                        continue;
+                    }
+                    Event::Lost(reason) => {
+                        self.abandon(&reason);
+                        continue;
+                    }
                 },
             };
             match command {
@@ -150,11 +175,14 @@ impl Session {
                         let _ = reply.send(result);
                     }
                 }
-                Command::SessionEnded { session } => {
-                    // The server has ended it (or will in a moment): its locks are gone,
-                    // and its holders must stop now, not at their next refresh.
-                    if self.live.as_ref().is_some_and(|live| live.id == session) {
-                        self.abandon(&"an operator ended the session (force_release)");
+                Command::Listen { reply } => {
+                    if !reply.is_closed() {
+                        let result = self.ensure_live(self.settings.request_timeout).await;
+                        if let Err(error) = &result {
+                            self.dispatch
+                                .down(format!("cannot open a lock session: {}", error.chain()));
+                        }
+                        let _ = reply.send(result);
                     }
                 }
             }
@@ -162,11 +190,53 @@ impl Session {
         if let Some(live) = self.live.take() {
             // Best effort: the server ends the session (releasing every lock) on close,
             // and also notices a dropped connection.
-            let _ = tokio::time::timeout(
-                self.settings.request_timeout,
-                sqlx::Connection::close(live.conn),
-            )
-            .await;
+            let Live { conn, pool, .. } = live;
+            drop(conn);
+            let _ = tokio::time::timeout(self.settings.request_timeout, pool.close()).await;
+        }
+    }
+
+    /// The next command, or, while a session is open and no command waits, a
+    /// notification it heard (buffered ones first) or its loss.
+    async fn next_event(&mut self) -> Event {
+        let Some(live) = self.live.as_mut() else {
+            return self.rx.recv().await.map_or(Event::Closed, Event::Command);
+        };
+        tokio::select! {
+            biased;
+            command = self.rx.recv() => command.map_or(Event::Closed, Event::Command),
+            heard = live.conn.try_recv() => match heard {
+                Ok(Some(notification)) => Event::Notification(
+                    notification.channel().to_owned(),
+                    notification.payload().to_owned(),
+                ),
+                Ok(None) => Event::Lost("the lock session's connection was closed".into()),
+                Err(err) => Event::Lost(format!("the lock session failed: {err}")),
+            },
+        }
+    }
+
+    /// A notification the session heard: a release, or a session an operator ended.
+    fn notified(&mut self, channel: &str, payload: &str) {
+        if channel != ENDED_CHANNEL {
+            self.dispatch.released(payload);
+            return;
+        }
+        match payload.parse::<i64>() {
+            Ok(session) => self.session_ended(session),
+            Err(_) => tracing::debug!(
+                payload,
+                "ignoring a foreign notification on {ENDED_CHANNEL}"
+            ),
+        }
+    }
+
+    /// `force_release` announced it ended `session`.
+    fn session_ended(&mut self, session: i64) {
+        // The server has ended it (or will in a moment): its locks are gone, and its
+        // holders must stop now, not at their next refresh.
+        if self.live.as_ref().is_some_and(|live| live.id == session) {
+            self.abandon(&"an operator ended the session (force_release)");
         }
     }
 
@@ -237,6 +307,9 @@ impl Session {
                 );
             }
         }
+        // Releases announced from now on go unheard until a new session listens.
+        self.dispatch
+            .down(format!("the lock session was dropped: {why}"));
         self.held.clear();
         self.ttls.clear();
         self.revoke.send_replace(true);
@@ -252,6 +325,8 @@ impl Session {
             with_timeout(ctx.operation, timeout, self.epochs.begin(&mut live, ctx)).await?;
             self.live = Some(live);
             self.generation += 1;
+            // It listens: waiters may have missed releases while there was none.
+            self.dispatch.up();
             // Rows of sessions whose heartbeat ran out guard nothing any more.
             let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_sessions)));
             self.run_tidy(forget, "forget ended sessions", timeout)
