@@ -16,7 +16,12 @@ use crate::tls::TlsFile;
 /// Configures and connects a [`RedisBackend`].
 ///
 /// Setters apply in call order, so a later one overrides what an earlier URL or
-/// environment variable set. Malformed values are reported by [`build`](Self::build) as
+/// environment variable set. That holds for the kind of server too: the last of
+/// [`with_url`](Self::with_url), [`with_address`](Self::with_address) (one server),
+/// [`with_sentinels`](Self::with_sentinels), [`with_master_name`](Self::with_master_name),
+/// [`with_sentinel_credentials`](Self::with_sentinel_credentials) (Sentinel) and
+/// [`with_cluster_nodes`](Self::with_cluster_nodes) (Redis Cluster) decides it, and
+/// drops what the others set for another kind. Malformed values are reported by [`build`](Self::build) as
 /// [`Error::Config`] naming the setting (`url`, `address`, `namespace`, ...) or the
 /// environment variable.
 ///
@@ -56,7 +61,7 @@ impl RedisBackendBuilder {
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
-    /// | `REDIS_HOSTS` | comma-separated `host:port` list; **only the first is used** (a lease lives on one server; a warning is logged if there are more) | `redis:6379` |
+    /// | `REDIS_HOSTS` | comma-separated `host:port` list; **only the first is used** (a lease lives on one server; a warning is logged if there are more); not used with Sentinel or Cluster variables (a warning says so if it is set) | `redis:6379` |
     /// | `REDIS_PASSWORD` | password | none |
     /// | `REDIS_DB` | database number | `0` |
     /// | `REDIS_DIAL_TIMEOUT` | connect timeout, Go syntax (`5s`, `500ms`) | `5s` |
@@ -144,12 +149,17 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// The server as `host:port`, `host` (port 6379) or `[ipv6]:port`.
+    /// The server as `host:port`, `host` (port 6379) or `[ipv6]:port`: one server,
+    /// turning off Sentinel or Cluster mode set before (by a URL, a variable,
+    /// [`with_sentinels`](Self::with_sentinels) or
+    /// [`with_cluster_nodes`](Self::with_cluster_nodes)); the last of these calls wins.
     pub fn with_address(mut self, address: impl AsRef<str>) -> Self {
         match config::parse_host_port(address.as_ref().trim()) {
             Ok((host, port)) => {
                 self.settings.host = host;
                 self.settings.port = port;
+                self.settings.sentinel = None;
+                self.settings.cluster = None;
             }
             Err(reason) => self.record(Error::config("address", reason)),
         }
@@ -162,7 +172,11 @@ impl RedisBackendBuilder {
     /// a way a failover explains (the connection refused, reset or timed out, or
     /// `READONLY` from a demoted master); commands, scripts (loaded again on the new
     /// master), release notifications and batched refreshes all move to the new master.
-    /// TLS with Sentinel is not supported.
+    /// It turns off Cluster mode and replaces a fixed address set before, as do
+    /// [`with_master_name`](Self::with_master_name) and
+    /// [`with_sentinel_credentials`](Self::with_sentinel_credentials); a later
+    /// [`with_address`](Self::with_address) or [`with_cluster_nodes`](Self::with_cluster_nodes)
+    /// turns Sentinel off again.
     ///
     /// # Examples
     ///
@@ -205,7 +219,10 @@ impl RedisBackendBuilder {
     /// [crate documentation](crate#redis-cluster)): **not compatible with the Go
     /// original**, whose keys have no hash tag. Same as a `redis+cluster://` URL or
     /// `ROUTINE_REDIS_CLUSTER_NODES`. TLS ([`with_tls`](Self::with_tls) and the TLS files)
-    /// and durable mode apply to every node; the database must be 0.
+    /// and durable mode apply to every node; the database must be 0. It turns off
+    /// Sentinel mode and replaces a fixed address set before; a later
+    /// [`with_address`](Self::with_address) or [`with_sentinels`](Self::with_sentinels)
+    /// turns Cluster mode off again.
     ///
     /// # Examples
     ///
@@ -452,3 +469,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .finish()
     }
 }
+
+#[cfg(test)]
+#[path = "builder_tests.rs"]
+mod tests;

@@ -295,21 +295,15 @@ pub(crate) fn apply_env(
     mut lookup: impl FnMut(&str) -> Option<String>,
 ) -> Result<()> {
     let mut var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-    let hosts = var("REDIS_HOSTS").unwrap_or_else(|| "redis:6379".to_owned());
+    let given_hosts = var("REDIS_HOSTS");
+    let hosts = given_hosts
+        .clone()
+        .unwrap_or_else(|| "redis:6379".to_owned());
     let mut entries = hosts.split(',').map(str::trim);
     let first = entries.next().unwrap_or_default();
     let (host, port) = parse_host_port(first)
         .map_err(|reason| Error::config("REDIS_HOSTS", format!("`{first}`: {reason}")))?;
     let ignored = entries.filter(|entry| !entry.is_empty()).count();
-    if ignored > 0 {
-        // The Go original hands all hosts to go-redis; a lease must live on one server,
-        // so only the first is used. Say so rather than drop them silently.
-        tracing::warn!(
-            host = first,
-            ignored,
-            "REDIS_HOSTS lists several hosts; the redis lease backend uses the first only"
-        );
-    }
     settings.host = host;
     settings.port = port;
     if let Some(password) = var("REDIS_PASSWORD") {
@@ -351,7 +345,33 @@ pub(crate) fn apply_env(
             tls::parse_bool(&value).map_err(|reason| Error::config("ROUTINE_REDIS_TLS", reason))?;
     }
     sentinel::apply_env(settings, &mut var)?;
-    cluster::apply_env(settings, var)
+    cluster::apply_env(settings, var)?;
+    if let Some(note) = hosts_note(settings, given_hosts.is_some(), ignored) {
+        tracing::warn!(hosts = %hosts, "{note}");
+    }
+    Ok(())
+}
+
+/// What to tell about `REDIS_HOSTS` once the mode is known: in Sentinel or Cluster mode
+/// it is not used at all (the variable set instead names the servers); otherwise only its
+/// first host is (`ignored` more were listed). `None` if there is nothing to tell.
+pub(crate) fn hosts_note(settings: &Settings, given: bool, ignored: usize) -> Option<String> {
+    let mode = if settings.cluster.is_some() {
+        "Redis Cluster mode: the seed nodes are ROUTINE_REDIS_CLUSTER_NODES"
+    } else if settings.sentinel.is_some() {
+        "Sentinel mode: the sentinels are ROUTINE_REDIS_SENTINELS"
+    } else if ignored > 0 {
+        // The Go original hands all hosts to go-redis; a lease must live on one server,
+        // so only the first is used. Say so rather than drop them silently.
+        return Some(format!(
+            "REDIS_HOSTS lists {} hosts; the redis lease backend uses the first only \
+             (for a Redis Cluster, set ROUTINE_REDIS_CLUSTER_NODES)",
+            ignored + 1
+        ));
+    } else {
+        return None;
+    };
+    given.then(|| format!("REDIS_HOSTS is not used in {mode}"))
 }
 
 /// `host`, `host:port` or `[v6]:port`.

@@ -120,6 +120,40 @@ fn env_reads_first_host_password_db_and_go_durations() {
 }
 
 #[test]
+fn redis_hosts_note_fits_the_mode() {
+    let hosts = ("REDIS_HOSTS", "node-a:7000,node-b:7000,node-c:7000");
+    let note = |vars: &[(&str, &str)]| {
+        let settings = from_env(vars).unwrap();
+        let given = vars.iter().any(|(name, _)| *name == "REDIS_HOSTS");
+        let ignored = vars
+            .iter()
+            .find(|(name, _)| *name == "REDIS_HOSTS")
+            .map_or(0, |(_, list)| list.split(',').count() - 1);
+        hosts_note(&settings, given, ignored)
+    };
+    let single = note(&[hosts]).unwrap();
+    assert!(single.contains("uses the first only"), "{single}");
+    let cluster = note(&[hosts, ("ROUTINE_REDIS_CLUSTER_NODES", "node-a:7000")]).unwrap();
+    assert!(
+        cluster.contains("not used in Redis Cluster mode") && !cluster.contains("first only"),
+        "{cluster}"
+    );
+    let sentinel = note(&[
+        hosts,
+        ("ROUTINE_REDIS_SENTINELS", "s1"),
+        ("ROUTINE_REDIS_SENTINEL_MASTER", "main"),
+    ])
+    .unwrap();
+    assert!(sentinel.contains("not used in Sentinel mode"), "{sentinel}");
+    assert_eq!(note(&[("REDIS_HOSTS", "one:6379")]), None);
+    assert_eq!(
+        note(&[("ROUTINE_REDIS_CLUSTER_NODES", "node-a:7000")]),
+        None,
+        "the default REDIS_HOSTS is not worth a warning"
+    );
+}
+
+#[test]
 fn env_host_without_port_and_ipv6_host_are_accepted() {
     let s = from_env(&[("REDIS_HOSTS", "cache")]).unwrap();
     assert_eq!((s.host.as_str(), s.port), ("cache", 6379));
