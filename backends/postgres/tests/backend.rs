@@ -237,6 +237,52 @@ async fn holding_and_waiting_for_a_release_keep_one_connection_and_the_release_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_held_then_waits_is_not_ended_for_idleness() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    let app = unique("held-then-waits");
+    let url = format!("{}?application_name={app}", server.url());
+    let holder = backend(&server.url(), &app).await;
+    let waiter = backend(&url, &app).await;
+    let ttl = Duration::from_secs(1);
+    let (wanted, own) = (key("wanted"), key("own"));
+    // The waiter's session keeps its last lease's settings: idle_session_timeout = 1 s.
+    let mut mine = waiter.try_acquire(&own, ttl).await.unwrap().expect("free");
+    mine.release().await.unwrap();
+    let mut held = holder
+        .try_acquire(&wanted, TTL)
+        .await
+        .unwrap()
+        .expect("free");
+    let session = || {
+        server.psql(&format!(
+            "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+             WHERE application_name LIKE '{app}%'"
+        ))
+    };
+    let mut released = Box::pin(waiter.released(&wanted));
+    assert!(futures::poll!(released.as_mut()).is_pending());
+    // A waiter's question, as the runner asks it about once per TTL.
+    assert!(waiter.expires_in(&wanted).await.unwrap().is_some());
+    let before = session();
+    // Three TTLs without a statement: the server would end a session still set to 1 s.
+    let early = tokio::time::timeout(ttl * 3, released.as_mut()).await;
+    assert!(
+        early.is_err(),
+        "nothing was released and the session must stay: woken with {early:?}"
+    );
+    assert_eq!(
+        session(),
+        before,
+        "the same single session must still listen"
+    );
+    held.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), released)
+        .await
+        .expect("the release must wake the waiter")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_leases_use_one_connection() {
     let server = leasehold_conformance::require_server!(PostgresServer);
     let app = unique("thousand");

@@ -373,6 +373,7 @@ impl Session {
 
     async fn expires_in(&mut self, hash: i64, timeout: Duration) -> Result<Option<Duration>> {
         self.ensure_live(timeout).await?;
+        self.drop_idle_settings(timeout).await?;
         let ctx = self.ctx("expires_in");
         let Some(live) = self.live.as_mut() else {
             return Err(no_session("expires_in"));
@@ -399,6 +400,32 @@ impl Session {
                 Err(Error::timeout(NAME, "expires_in", timeout))
             }
         }
+    }
+
+    /// A session that holds nothing but keeps the settings of its last lease (see the
+    /// `ttl` module) would be ended by the server after that lease's TTL without a
+    /// statement; a waiter asks about once per TTL, so the session it listens on could be
+    /// ended between two questions. Its settings go back to the server's defaults with the
+    /// first question, once per hold-then-wait.
+    async fn drop_idle_settings(&mut self, timeout: Duration) -> Result<()> {
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        if !self.held.is_empty() || live.applied.is_none_or(|ttl| ttl.is_zero()) {
+            return Ok(());
+        }
+        let (names, values) = live.ttl.settings(Duration::ZERO);
+        let reset = sqlx::query(
+            "SELECT count(set_config(k, v, false)) FROM unnest($1::text[], $2::text[]) AS s(k, v)",
+        )
+        .bind(names)
+        .bind(values);
+        self.run_tidy(reset, "reset idle session settings", timeout)
+            .await?;
+        if let Some(live) = self.live.as_mut() {
+            live.applied = Some(Duration::ZERO);
+        }
+        Ok(())
     }
 
     async fn release(&mut self, id: LeaseId) -> Result<()> {
