@@ -19,7 +19,9 @@
 //! contract holds. A session whose last lease was released keeps that lease's settings
 //! (setting them costs the server more than the rest of a release, and the next acquire
 //! most likely wants them again); if the server ends it for idleness, it held nothing,
-//! and the next acquire opens a new session. A new session starts with the server's
+//! and the next acquire opens a new session. Since the session also listens for
+//! releases, a waiter's first `expires_in` on a session that holds nothing puts the
+//! server's defaults back, so that it is not ended between the waiter's questions. A new session starts with the server's
 //! defaults.
 
 use std::time::Duration;
