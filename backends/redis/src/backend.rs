@@ -203,7 +203,9 @@ impl RedisBackend {
     /// connection failed this is `false` until the next
     /// [`released`](LockBackend::released) call has subscribed again; waits in between
     /// fail and the runner polls instead. In cluster mode: whether the sharded pub/sub
-    /// connection is up (the `redis` crate reconnects its nodes by itself).
+    /// connection is up: `false` once one of its node connections drops, `true` again
+    /// once a subscription is made on it (the `redis` crate reconnects the node and makes
+    /// its subscriptions again by itself; with none there, the next wait subscribes).
     pub fn notifications_active(&self) -> bool {
         self.inner.notifier.state() == "subscribed"
     }

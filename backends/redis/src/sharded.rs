@@ -14,6 +14,10 @@
 //! waiter whose channel the server unsubscribed (`sunsubscribe` pushed after the slot
 //! moved) is woken too: the runner then tries to acquire again and waits anew.
 //!
+//! [`ShardedNotifier::is_active`] follows the same events: a dropped node connection
+//! makes it `false`, and a subscription made again (the client's own, pushed as
+//! `ssubscribe` once it reconnected the node) or a new one makes it `true` again.
+//!
 //! A subscription is made when a wait starts, so a release between the caller's failed
 //! acquire and the subscription would be missed: once subscribed, the wait checks that
 //! the lock is still held (see [`ShardedNotifier::released`]) and returns at once if not.
@@ -50,8 +54,8 @@ struct Shared {
     waiters: Waiters,
     /// The connection and its subscriptions; locked while one is made or undone.
     link: tokio::sync::Mutex<Link>,
-    /// Whether the connection is up (as far as we know).
-    active: AtomicBool,
+    /// Whether the connection is up (as far as we know): shared with the push handler.
+    active: Arc<AtomicBool>,
 }
 
 type Waiters = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
@@ -65,9 +69,11 @@ fn lock(waiters: &Waiters) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
 }
 
 /// A pushed message: a release wakes its channel's waiters; a dropped node connection
-/// wakes every waiter, a subscription the server ended wakes its own.
-fn push(waiters: &Waiters, info: &PushInfo) {
+/// wakes every waiter and clears `active`, a subscription the server ended wakes its own,
+/// and a subscription made (again, after the client reconnected a node) sets `active`.
+fn push(waiters: &Waiters, active: &AtomicBool, info: &PushInfo) {
     match info.kind {
+        PushKind::SSubscribe => active.store(true, Ordering::Relaxed),
         PushKind::SMessage | PushKind::SUnsubscribe => {
             if let Some(Value::BulkString(channel)) = info.data.first()
                 && let Ok(channel) = std::str::from_utf8(channel)
@@ -77,6 +83,7 @@ fn push(waiters: &Waiters, info: &PushInfo) {
             }
         }
         PushKind::Disconnection => {
+            active.store(false, Ordering::Relaxed);
             for notify in lock(waiters).values() {
                 notify.notify_waiters();
             }
@@ -96,10 +103,12 @@ impl ShardedNotifier {
     /// backend works without notifications, and the next wait connects again.
     pub(crate) async fn start(settings: &Settings, cluster: &ClusterSettings) -> Result<Self> {
         let waiters = Waiters::default();
+        let active = Arc::new(AtomicBool::new(false));
         let push = {
             let waiters = Arc::clone(&waiters);
+            let active = Arc::clone(&active);
             move |info: PushInfo| -> std::result::Result<(), ()> {
-                push(&waiters, &info);
+                push(&waiters, &active, &info);
                 Ok(())
             }
         };
@@ -109,7 +118,7 @@ impl ShardedNotifier {
             request_timeout: settings.request_timeout,
             waiters,
             link: tokio::sync::Mutex::new(Link::default()),
-            active: AtomicBool::new(false),
+            active,
         });
         if let Err(err) = shared.connect(&mut *shared.link.lock().await).await {
             tracing::warn!(
@@ -120,7 +129,9 @@ impl ShardedNotifier {
         Ok(Self { shared })
     }
 
-    /// Whether the pub/sub connection is up.
+    /// Whether the pub/sub connection is up: `false` from a node connection's drop until
+    /// a subscription is made again (by the client after it reconnects the node, or by
+    /// the next wait).
     pub(crate) fn is_active(&self) -> bool {
         self.shared.active.load(Ordering::Relaxed)
     }
@@ -190,7 +201,10 @@ impl Shared {
         }
         let subscribed = tokio::time::timeout(self.request_timeout, conn.ssubscribe(channel)).await;
         let err = match subscribed {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => {
+                self.active.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
             Ok(Err(err)) => error::from_redis(err, "subscribe", self.request_timeout),
             Err(_) => Error::timeout(NAME, "subscribe", self.request_timeout),
         };
@@ -252,5 +266,43 @@ impl Drop for Waiter {
                 runtime.spawn(async move { shared.unsubscribe(channel).await });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pushed(kind: PushKind, channel: &str) -> PushInfo {
+        PushInfo {
+            kind,
+            data: vec![Value::BulkString(channel.as_bytes().to_vec())],
+        }
+    }
+
+    #[test]
+    fn a_dropped_node_turns_notifications_off_and_a_subscription_on_again() {
+        let waiters = Waiters::default();
+        let active = AtomicBool::new(true);
+        let notify = Arc::clone(lock(&waiters).entry("ch".to_owned()).or_default());
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        push(&waiters, &active, &pushed(PushKind::Disconnection, ""));
+        assert!(!active.load(Ordering::Relaxed), "a dropped node connection");
+        assert!(
+            futures::FutureExt::now_or_never(woken).is_some(),
+            "the waiter is woken by the drop"
+        );
+        push(&waiters, &active, &pushed(PushKind::SMessage, "ch"));
+        assert!(
+            !active.load(Ordering::Relaxed),
+            "a message on another node's connection does not say the dropped one is back"
+        );
+        push(&waiters, &active, &pushed(PushKind::SSubscribe, "ch"));
+        assert!(
+            active.load(Ordering::Relaxed),
+            "the client subscribed again once it reconnected the node"
+        );
     }
 }

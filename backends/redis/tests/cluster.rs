@@ -359,6 +359,104 @@ async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, channel: &str
     subscribers
 }
 
+/// `notifications_active` follows the sharded pub/sub connection: cutting its connection
+/// to the master of the name's shard wakes the waiter and turns it off (the node refuses
+/// the backend's user meanwhile, so it stays cut); once the node lets it in again, a wait
+/// subscribes again, which turns it on, and a release reaches the new waiter. The
+/// backend logs in as a user of its own, so that `ACL SETUSER` and `CLIENT KILL USER`
+/// touch its connections only, not those of the tests sharing the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_active_goes_off_when_the_subscription_connection_is_cut_and_on_again() {
+    const USER: &str = "notify-cut";
+    let Some(cluster) = shared() else { return };
+    async fn user(conn: &mut redis::aio::MultiplexedConnection, state: &str) {
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", USER, state, ">notify-pw", "~*", "&*", "+@all"])
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+    for i in 0..cluster.len() {
+        user(&mut node(cluster, i).await, "on").await;
+    }
+    let holder = backend(cluster).await;
+    let waiter = RedisBackend::builder()
+        .with_url(cluster.url())
+        .with_username(USER)
+        .with_password("notify-pw")
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_request_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("cluster backend must connect: {}", err.chain()));
+    assert!(waiter.notifications_active(), "connected at build");
+    let key = unique_key("notify-cut");
+    let mut lease = holder
+        .try_acquire(&key, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let channel = format!("routine:released:{{{key}}}");
+    let master = blocking(|| cluster.master_of_slot(RedisCluster::slot_of(&channel)));
+    let mut conn = node(cluster, master).await;
+    let wait = |waiter: &RedisBackend| {
+        let waiter = waiter.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let woken = waiter.released(&key).await;
+            (woken, waiter.notifications_active())
+        })
+    };
+    let waiting = wait(&waiter);
+    let deadline = Deadline::new(HANG, "the waiter subscribed on the name's shard");
+    while subscribers(&mut conn, &channel).await == 0 {
+        deadline.tick().await;
+    }
+
+    user(&mut conn, "off").await;
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", USER])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        killed >= 1,
+        "the backend's connections to the master were cut"
+    );
+    let (woken, active) = within(HANG, "the cut wakes the waiter", waiting)
+        .await
+        .unwrap();
+    woken.unwrap();
+    assert!(
+        !active,
+        "notifications are off once the subscription connection is cut"
+    );
+
+    assert!(
+        !waiter.notifications_active(),
+        "still off while the node refuses the backend"
+    );
+
+    user(&mut conn, "on").await;
+    let mut waiting = wait(&waiter);
+    let deadline = Deadline::new(HANG, "notifications active again");
+    while !waiter.notifications_active() || subscribers(&mut conn, &channel).await == 0 {
+        if waiting.is_finished() {
+            // A wait whose subscription the node refused fails, one woken by the node's
+            // reconnection returns (spuriously): the runner waits anew, and so do we.
+            waiting = wait(&waiter);
+        }
+        deadline.tick().await;
+    }
+    assert!(!waiting.is_finished(), "the lock is still held");
+    lease.release().await.unwrap();
+    let (woken, active) = within(HANG, "the release wakes the new waiter", waiting)
+        .await
+        .unwrap();
+    woken.unwrap();
+    assert!(active, "a release, not a cut, woke it");
+}
+
 /// Kills the master of a held name's slot while a waiter waits for the name: once its
 /// replica took over, the backend follows (the holder keeps its lease, or, if the
 /// failover lost the lock, takes it again), the batched refresh of names on every
