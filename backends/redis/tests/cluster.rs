@@ -1,8 +1,9 @@
 //! The backend in Redis Cluster mode, on a real local cluster (three masters with one
 //! replica each): the conformance suite, the errors of malformed settings and of
 //! unreachable nodes, names spread over every master, release notifications on the
-//! name's shard, and a held name across a kill of its slot's master (on a cluster of its
-//! own, since it harms the cluster).
+//! name's shard, `notifications_active` across a cut subscription connection, and a held
+//! name across a kill of its slot's master and an acknowledged lock lost in one without
+//! durable mode (each on a cluster of its own, since it harms the cluster).
 
 mod common;
 
@@ -557,6 +558,119 @@ async fn the_backend_follows_a_failover_of_the_names_master() {
 
 /// `rediss+cluster://` with a private CA and a client certificate, on a one-node cluster
 /// that serves TLS (and plaintext on a second port, to assign it the slots).
+/// What a failover of a name's master does to an acknowledged lock, in both modes, on a
+/// cluster of its own (the test kills a master): the replica of the name's master is
+/// paused and the replication link filled (32 MB written to keys of the name's slot, more
+/// than the loopback socket buffers hold), so that what the master acknowledges next sits
+/// in its own output buffer and dies with it. Durable mode refuses the acquire then (no
+/// replica confirms it); without durable mode the acquire succeeds, the master is
+/// killed, the replica resumed takes over without the lock and its fencing increment:
+/// a second holder gets in before the first one's deadline and its token does not
+/// increase. The holder's backend then follows the new master and finds its lock lost.
+/// About 10 s, mostly the cluster's start and failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_durability_a_failover_loses_an_acknowledged_lock_and_durable_mode_refuses_it() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let holder = backend(&cluster).await;
+    let other = backend(&cluster).await;
+    let durable = RedisBackend::builder()
+        .with_url(format!(
+            "{}?durable_replicas=1&durable_timeout=500ms",
+            cluster.url()
+        ))
+        .with_connect_timeout(Duration::from_millis(500))
+        // Room for the whole `WAIT` (cut to half the request's bound).
+        .with_request_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("durable cluster backend must connect: {}", err.chain()));
+    let ttl = Duration::from_secs(10);
+    let key = unique_key("lost");
+    let lock = holder.lock_key(&key);
+    let master = blocking(|| cluster.master_of_slot(RedisCluster::slot_of(&lock)));
+    let replica = blocking(|| cluster.replicas_of(master))
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("master {master} has a replica in sync"));
+
+    blocking(|| cluster.pause(replica));
+    let mut conn = node(&cluster, master).await;
+    let chunk = "x".repeat(1 << 20);
+    for i in 0..32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("fill:{{{key}}}:{i}"))
+            .arg(&chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let refused = durable.try_acquire(&key, ttl).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::Unavailable { .. }) && refused.chain().contains("replica"),
+        "durable mode: the acquire no replica confirms is refused as unconfirmed: {}",
+        refused.chain()
+    );
+    // The refused acquire is undone: its lock is given back in the background.
+    let deadline = Deadline::new(HANG, "the refused acquire undone");
+    while other.expires_in(&key).await.unwrap().is_some() {
+        deadline.tick().await;
+    }
+
+    let mut held = holder.try_acquire(&key, ttl).await.unwrap().unwrap();
+    let acquired = Instant::now();
+    blocking(|| cluster.kill(master));
+    let killed = Instant::now();
+    blocking(|| cluster.resume(replica));
+    let new = blocking(|| cluster.wait_for_failover(master));
+    let failed_over = killed.elapsed();
+    assert_eq!(new, replica, "the only replica of the master took over");
+
+    let deadline = Deadline::new(HANG, "a second holder after the failover");
+    let mut errors = 0;
+    let (mut taken, at) = loop {
+        match other.try_acquire(&key, ttl).await {
+            Ok(Some(lease)) => break (lease, Instant::now()),
+            Ok(None) => {}
+            Err(_) => errors += 1,
+        }
+        deadline.tick().await;
+    };
+    let first_deadline = acquired + ttl;
+    let (old_token, new_token) = (held.fencing_token(), taken.fencing_token());
+    eprintln!(
+        "non-durable cluster master kill: failover {master} -> {new} in {failed_over:?}; \
+         second holder {:?} after the acquire, {:?} before the first holder's deadline \
+         ({errors} errors while failing over); tokens {old_token} -> {new_token}",
+        at - acquired,
+        first_deadline.saturating_duration_since(at),
+    );
+    assert!(
+        at < first_deadline,
+        "the acknowledged lock was lost with the master: a second holder got in while the \
+         first still held (durable mode refuses such an acquire)"
+    );
+    assert!(
+        new_token <= old_token,
+        "the fencing increment was lost with the lock (no epoch floor in cluster mode): \
+         {old_token} -> {new_token}"
+    );
+
+    // The holder's backend follows the new master and finds its lock taken.
+    let deadline = Deadline::new(HANG, "the holder's refresh after the failover");
+    loop {
+        match held.refresh(ttl).await {
+            Err(err) if err.is_lost() => break,
+            Err(err) if err.is_transient() => deadline.tick().await,
+            other => panic!("the holder must find its lock gone, got {other:?}"),
+        }
+    }
+    taken.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_is_reached_with_a_private_ca_and_a_client_certificate() {
     if shared().is_none() {
