@@ -132,7 +132,9 @@ impl RedisBackendBuilder {
     /// go-redis's failover options) follows the master that the listed sentinels name
     /// (port 26379 by default): see [`with_sentinels`](Self::with_sentinels). The user
     /// and password are the master's; the parameters `sentinel_username` and
-    /// `sentinel_password` log in to the sentinels. Any URL takes `durable_replicas=<n>`
+    /// `sentinel_password` log in to the sentinels. `rediss+sentinel://` reaches the
+    /// sentinels and the master over TLS, with the `rediss://` file parameters. Any URL
+    /// takes `durable_replicas=<n>`
     /// and `durable_timeout=<duration>` (see [`with_durability`](Self::with_durability)):
     /// `redis+sentinel://:secret@s1:26379,s2:26379,s3:26379/main/0?durable_replicas=2&durable_timeout=500ms`.
     ///
@@ -176,7 +178,8 @@ impl RedisBackendBuilder {
     /// [`with_master_name`](Self::with_master_name) and
     /// [`with_sentinel_credentials`](Self::with_sentinel_credentials); a later
     /// [`with_address`](Self::with_address) or [`with_cluster_nodes`](Self::with_cluster_nodes)
-    /// turns Sentinel off again.
+    /// turns Sentinel off again. With TLS on ([`with_tls`](Self::with_tls) or a TLS
+    /// file), the sentinels and the master are reached over TLS with the same files.
     ///
     /// # Examples
     ///

@@ -118,12 +118,6 @@ impl Settings {
         self.tls_files.validate()?;
         if let Some(sentinel) = &self.sentinel {
             sentinel.validate()?;
-            if self.tls {
-                return Err(Error::config(
-                    "tls",
-                    "TLS with Sentinel is not supported: use redis+sentinel:// without TLS",
-                ));
-            }
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
@@ -244,8 +238,8 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
         "rediss" => true,
         other => {
             return Err(bad(format!(
-                "unsupported scheme `{other}`: use redis://, rediss://, redis+sentinel:// \
-                 or redis+cluster://"
+                "unsupported scheme `{other}`: use redis://, rediss://, redis+sentinel://, \
+                 rediss+sentinel://, redis+cluster:// or rediss+cluster://"
             )));
         }
     };

@@ -12,6 +12,12 @@ mod tls;
 /// The backend's name in errors and logs.
 pub(crate) use crate::NAME;
 
+/// The typed error of a TLS handshake failure of `operation` (as
+/// [`from_redis`] gives it), or `None` if `err` is not one.
+pub(crate) fn from_tls(err: &RedisError, operation: &'static str) -> Option<Error> {
+    tls::classify(err, operation)
+}
+
 /// Maps a client error of `operation`; `timeout` is the bound the request ran under.
 ///
 /// Connection refused, reset or closed and other I/O failures are

@@ -180,8 +180,18 @@
 //! sentinels (through the `redis` crate's Sentinel client) for the master and connects
 //! to it. The user and password in the URL are the master's; sentinels that require a
 //! password take [`with_sentinel_credentials`](RedisBackendBuilder::with_sentinel_credentials)
-//! or the URL parameters `sentinel_username` and `sentinel_password`. TLS with Sentinel is
-//! not supported.
+//! or the URL parameters `sentinel_username` and `sentinel_password`.
+//!
+//! **Sentinel over TLS.** `rediss+sentinel://` (or `rediss-sentinel://`), or TLS turned on
+//! with [`with_tls`](RedisBackendBuilder::with_tls), a TLS file or `ROUTINE_REDIS_TLS`,
+//! reaches the sentinels and the master they name over TLS, with the same settings as
+//! `rediss://` (`ca_file`, `cert_file` and `key_file` parameters, the builder's TLS
+//! setters, the `ROUTINE_REDIS_*_FILE` variables) for both. As with `rediss://`, the
+//! certificates must be issued for the host connected to: the sentinels' addresses, and
+//! the address the sentinels give for the master (its `replica-announce-ip`). A TLS
+//! failure with every sentinel is the typed error of a `rediss://` connection (an
+//! untrusted certificate is [`Error::Unavailable`](leasehold_core::Error::Unavailable)
+//! saying so).
 //!
 //! **Following the master.** A request that fails in a way a failover explains (the
 //! connection refused, reset, dropped or timed out, `READONLY` from a demoted master,

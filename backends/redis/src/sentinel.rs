@@ -10,16 +10,21 @@
 //! crate found. Sentinel gives every failover a `config-epoch` higher than all before
 //! it, so the epoch of the master in use only grows; the acquire script uses it as a
 //! floor under the fencing counter (see [`crate::scripts::ACQUIRE`]).
+//!
+//! With TLS (`rediss+sentinel://`) both the sentinels and the servers they name are
+//! reached over TLS with the same files (CA, client certificate): the lookup is the
+//! crate's [`SentinelClient`], which takes certificates for both sides. A TLS failure
+//! with every sentinel is the typed error a `rediss://` connection gives.
 
 use std::fmt;
 use std::time::Duration;
 
 use futures::future::join_all;
 use leasehold_core::{Error, Result};
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
-    RedisConnectionInfo,
+    RedisConnectionInfo, TlsMode,
 };
 
 use crate::config::Settings;
@@ -107,12 +112,11 @@ impl Target {
 /// The sentinels of one master name, and how to reach the servers they name.
 pub(crate) struct SentinelTarget {
     settings: SentinelSettings,
-    /// One connection info per sentinel, with the sentinels' credentials.
+    /// One connection info per sentinel, with the sentinels' credentials (and TLS).
     sentinels: Vec<ConnectionInfo>,
-    /// The master's credentials and database.
-    node: SentinelNodeConnectionInfo,
-    /// The crate's Sentinel client; it caches one connection per sentinel.
-    lookup: tokio::sync::Mutex<Sentinel>,
+    /// The crate's Sentinel client for the master, with the master's credentials,
+    /// database and TLS; it caches one connection per sentinel.
+    lookup: tokio::sync::Mutex<SentinelClient>,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -126,32 +130,69 @@ impl SentinelTarget {
         if let Some(password) = &sentinel.password {
             login = login.set_password(&password.0);
         }
+        let rejected =
+            |err| Error::config_with_source("sentinels", "rejected by the redis client", err);
+        let certificates = match settings.tls {
+            true => settings.tls_files.certificates()?,
+            false => None,
+        };
         let sentinels = sentinel
             .sentinels
             .iter()
             .map(|(host, port)| {
-                ConnectionAddr::Tcp(host.clone(), *port)
-                    .into_connection_info()
-                    .map(|info| info.set_redis_settings(login.clone()))
+                let addr = match settings.tls {
+                    true => ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: false,
+                        tls_params: None,
+                    },
+                    false => ConnectionAddr::Tcp(host.clone(), *port),
+                };
+                let info = addr
+                    .into_connection_info()?
+                    .set_redis_settings(login.clone());
+                // The crate turns the files into the address's TLS parameters.
+                match &certificates {
+                    Some(certificates) => {
+                        Ok(redis::Client::build_with_tls(info, certificates.clone())?
+                            .get_connection_info()
+                            .clone())
+                    }
+                    None => Ok(info),
+                }
             })
             .collect::<redis::RedisResult<Vec<_>>>()
-            .map_err(|err| {
-                Error::config_with_source("sentinels", "rejected by the redis client", err)
-            })?;
-        let mut master = RedisConnectionInfo::default().set_db(settings.db);
+            .map_err(rejected)?;
+        let mut builder = SentinelClientBuilder::new(
+            sentinels.iter().map(|info| info.addr().clone()),
+            &sentinel.master_name,
+            SentinelServerType::Master,
+        )
+        .map_err(rejected)?
+        .set_client_to_redis_db(settings.db);
+        if let Some(username) = &sentinel.username {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        if let Some(password) = &sentinel.password {
+            builder = builder.set_client_to_sentinel_password(&password.0);
+        }
         if let Some(username) = &settings.username {
-            master = master.set_username(username);
+            builder = builder.set_client_to_redis_username(username);
         }
         if let Some(password) = &settings.password {
-            master = master.set_password(&password.0);
+            builder = builder.set_client_to_redis_password(&password.0);
         }
-        let lookup = Sentinel::build(sentinels.clone()).map_err(|err| {
-            Error::config_with_source("sentinels", "rejected by the redis client", err)
-        })?;
+        if settings.tls {
+            builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+        }
+        if let Some(certificates) = certificates {
+            builder = builder.set_client_to_redis_certificates(certificates);
+        }
+        let lookup = builder.build().map_err(rejected)?;
         Ok(Self {
             settings: sentinel.clone(),
             sentinels,
-            node: SentinelNodeConnectionInfo::default().set_redis_connection_info(master),
             lookup: tokio::sync::Mutex::new(lookup),
             connect_timeout: settings.connect_timeout,
             request_timeout: settings.request_timeout,
@@ -173,14 +214,26 @@ impl SentinelTarget {
         let mut unreachable = Vec::new();
         let mut known = Vec::new();
         let mut answered = false;
+        let mut tls_failure = None;
         for (view, (host, port)) in views.into_iter().zip(&self.settings.sentinels) {
             match view {
                 Ok(view) => {
                     answered = true;
                     known.extend(view);
                 }
-                Err(err) => unreachable.push(format!("{}: {err}", address(host, *port))),
+                Err(Failure::Tls(err)) => {
+                    unreachable.push(format!("{}: {}", address(host, *port), err.chain()));
+                    tls_failure.get_or_insert(err);
+                }
+                Err(Failure::Other(err)) => {
+                    unreachable.push(format!("{}: {err}", address(host, *port)));
+                }
             }
+        }
+        if !answered && let Some(err) = tls_failure {
+            // A TLS handshake failed (the CA, a client certificate): the same typed error
+            // as a `rediss://` connection's, not "unreachable".
+            return Err(err);
         }
         if !answered {
             return Err(Error::unavailable(
@@ -222,7 +275,7 @@ impl SentinelTarget {
             .lookup
             .lock()
             .await
-            .async_master_for(name, Some(&self.node))
+            .async_get_client()
             .await
             .map_err(|err| match err.kind() {
                 ErrorKind::MasterNameNotFoundBySentinel => Error::unavailable(
@@ -236,7 +289,9 @@ impl SentinelTarget {
                 _ => error::from_redis(err, OPERATION, self.connect_timeout),
             })?;
         let address = match client.get_connection_info().addr() {
-            ConnectionAddr::Tcp(host, port) => address(host, *port),
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                address(host, *port)
+            }
             other => format!("{other:?}"),
         };
         if address != newest.address {
@@ -258,7 +313,7 @@ impl SentinelTarget {
     }
 
     /// One sentinel's view of the master: `None` if it does not know the name.
-    async fn view(&self, info: &ConnectionInfo) -> Result<Option<View>, String> {
+    async fn view(&self, info: &ConnectionInfo) -> Result<Option<View>, Failure> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.request_timeout));
@@ -266,7 +321,10 @@ impl SentinelTarget {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| match error::from_tls(&err, OPERATION) {
+                Some(tls) => Failure::Tls(tls),
+                None => Failure::Other(err.to_string()),
+            })?;
         let reply: redis::RedisResult<Vec<String>> = redis::cmd("SENTINEL")
             .arg("MASTER")
             .arg(&self.settings.master_name)
@@ -276,9 +334,9 @@ impl SentinelTarget {
             Ok(fields) => fields,
             Err(err) if err.to_string().contains("No such master") => return Ok(None),
             Err(err) if err.to_string().contains("unknown command") => {
-                return Err(format!("not a sentinel ({err})"));
+                return Err(Failure::Other(format!("not a sentinel ({err})")));
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(Failure::Other(err.to_string())),
         };
         let field = |name: &str| {
             fields
@@ -292,7 +350,9 @@ impl SentinelTarget {
             field("port").and_then(|p| p.parse::<u16>().ok()),
             field("config-epoch").and_then(|e| e.parse::<u64>().ok()),
         ) else {
-            return Err("SENTINEL MASTER gave no ip, port or config-epoch".to_owned());
+            return Err(Failure::Other(
+                "SENTINEL MASTER gave no ip, port or config-epoch".to_owned(),
+            ));
         };
         let flags = field("flags").unwrap_or_default();
         Ok(Some(View {
@@ -300,6 +360,19 @@ impl SentinelTarget {
             epoch,
             down: flags.contains("s_down") || flags.contains("o_down"),
         }))
+    }
+}
+
+/// Why a sentinel gave no view: a TLS handshake failure, typed as for `rediss://`, or
+/// anything else, in words.
+enum Failure {
+    Tls(Error),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(text: String) -> Self {
+        Failure::Other(text)
     }
 }
 

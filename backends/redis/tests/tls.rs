@@ -2,11 +2,13 @@
 //! with certificates generated for the test: a good handshake works; a wrong CA, a
 //! missing client certificate and a TLS/plaintext mismatch each fail at `build` with a
 //! typed error that names the problem, and quickly (a mismatch used to wait out the
-//! connect timeout).
+//! connect timeout). And Sentinel over TLS (`rediss+sentinel://`) on a TLS topology.
 
 use std::time::Duration;
 
-use leasehold_conformance::servers::{ClientAuth, RedisServer, RedisTlsServer, TestCertificates};
+use leasehold_conformance::servers::{
+    ClientAuth, RedisSentinel, RedisServer, RedisTlsServer, TestCertificates,
+};
 use leasehold_conformance::{require_server, unique_key};
 use leasehold_core::{Error, LockBackend};
 use leasehold_redis::{RedisBackend, RedisBackendBuilder};
@@ -166,4 +168,75 @@ async fn a_missing_ca_file_is_a_configuration_error_naming_the_setting() {
             "a bad TLS file is Config naming `{setting}`, got {err:?}"
         );
     }
+}
+
+/// Sentinel over TLS: with `rediss+sentinel://` and the TLS files as URL parameters, the
+/// backend reaches the sentinels and the master they name over TLS (client certificates
+/// required everywhere), and follows a kill of the master; trusting the wrong CA is the
+/// same typed error as with `rediss://`. On a TLS topology of its own, since the kill
+/// harms it (about 10 s: the topology's start and the failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_follows_a_master_kill_and_names_a_wrong_ca() {
+    let certs = TestCertificates::generate();
+    let mut topology = require_server!(RedisSentinel::start_tls(&certs));
+    let url = |ca: std::path::PathBuf| {
+        format!(
+            "{}?ca_file={}&cert_file={}&key_file={}",
+            topology.url(),
+            ca.display(),
+            certs.client_cert_file().display(),
+            certs.client_key_file().display()
+        )
+    };
+    assert!(url(certs.ca_file()).starts_with("rediss+sentinel://"));
+
+    let err = build(builder(&url(certs.other_ca_file())))
+        .await
+        .expect_err("the sentinels' certificate is signed by a CA the client does not trust");
+    assert!(
+        matches!(err, Error::Unavailable { .. })
+            && err.chain().contains("certificate was not trusted"),
+        "an untrusted sentinel is Unavailable saying the certificate was not trusted, as \
+         with rediss://: {}",
+        err.chain()
+    );
+
+    let backend = build(
+        RedisBackend::builder()
+            .with_url(url(certs.ca_file()))
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_request_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("a client trusting the CA connects: {}", err.chain()));
+    let ttl = Duration::from_secs(30);
+    let key = unique_key("sentinel-tls");
+    let mut lease = backend
+        .try_acquire(&key, ttl)
+        .await
+        .unwrap()
+        .expect("the key is free");
+
+    let old = tokio::task::block_in_place(|| topology.kill_master());
+    let new = tokio::task::block_in_place(|| topology.wait_for_failover(old));
+    assert_ne!(old, new);
+    // The backend asks the sentinels again (over TLS) and moves to the new master: the
+    // holder's refresh answers there (kept, or lost if the kill lost the lock), and a
+    // new name is acquired there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let next = unique_key("sentinel-tls-next");
+    let mut next_lease = loop {
+        let refreshed = lease.refresh(ttl).await;
+        if matches!(refreshed, Ok(()) | Err(Error::Lost { .. }))
+            && let Ok(Some(next_lease)) = backend.try_acquire(&next, ttl).await
+        {
+            break next_lease;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backend follows the new master within 20 s: {refreshed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    next_lease.release().await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! A throwaway Redis Sentinel topology on loopback: one master, two replicas and three
-//! sentinels, whose master can be killed, paused and cut off from the sentinels.
+//! sentinels, whose master can be killed, paused and cut off from the sentinels; or the
+//! same over TLS ([`RedisSentinel::start_tls`]).
 
 mod proxy;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::process::{ServerProcess, TempDir, find_binary, free_port, missing, wait_for_port};
 use super::redis::throwaway_args;
 use super::resp::{self, Reply};
+use super::tls::TestCertificates;
 use proxy::{Cuts, Kind, ServerProxy};
 
 /// The name the sentinels monitor the master under.
@@ -55,6 +57,8 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_millis(2000);
 #[derive(Debug)]
 pub struct RedisSentinel {
     binary: PathBuf,
+    /// The TLS files and ports of a topology started with [`start_tls`](Self::start_tls).
+    tls: Option<Tls>,
     servers: Vec<Server>,
     sentinels: Vec<Sentinel>,
     cuts: Arc<Cuts>,
@@ -68,14 +72,45 @@ pub struct RedisSentinel {
 
 #[derive(Debug)]
 struct Server {
+    /// The plaintext port, for the topology's own checks (with TLS too).
     port: u16,
+    /// The TLS port, which the proxy forwards to, with TLS.
+    tls_port: Option<u16>,
     process: Option<ServerProcess>,
 }
 
 #[derive(Debug)]
 struct Sentinel {
+    /// The plaintext port, for the topology's own checks (with TLS too).
     port: u16,
+    /// The TLS port clients use, with TLS.
+    tls_port: Option<u16>,
     process: Option<ServerProcess>,
+}
+
+/// The PEM files every server and sentinel of a TLS topology presents and trusts.
+#[derive(Debug, Clone)]
+struct Tls {
+    cert: String,
+    key: String,
+    ca: String,
+}
+
+impl Tls {
+    /// The TLS settings of a server or sentinel: it presents the server certificate
+    /// (which is also issued for client use) to clients and, as a client, to the
+    /// servers and sentinels it connects to (`tls-replication`), trusts the CA, and
+    /// requires a client certificate from everyone.
+    fn settings(&self, tls_port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("tls-port", tls_port.to_string()),
+            ("tls-cert-file", self.cert.clone()),
+            ("tls-key-file", self.key.clone()),
+            ("tls-ca-cert-file", self.ca.clone()),
+            ("tls-auth-clients", "yes".to_owned()),
+            ("tls-replication", "yes".to_owned()),
+        ]
+    }
 }
 
 impl RedisSentinel {
@@ -87,6 +122,35 @@ impl RedisSentinel {
     ///
     /// If the binary is missing under CI, or the topology does not come up.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start) over TLS, with `certs` (which must outlive the topology):
+    /// every server and sentinel serves TLS on its client port (the proxies' ports and
+    /// [`url`](Self::url)'s, `rediss+sentinel://`) with the server certificate, requires
+    /// a client certificate signed by the CA, and replicates and monitors over TLS
+    /// (`tls-replication yes`). Each also keeps a plaintext port for the topology's own
+    /// checks.
+    ///
+    /// The proxies forward the encrypted bytes but cannot read them, so they cannot tell
+    /// a sentinel's or a replica's connection from a client's:
+    /// [`isolate_master_from_sentinels`](Self::isolate_master_from_sentinels) and
+    /// [`pause_replication`](Self::pause_replication) are not available (they panic).
+    /// Killing, pausing and restarting servers work.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start) (a `redis-server` built without TLS does not come up).
+    pub fn start_tls(certs: &TestCertificates) -> Option<Self> {
+        let path = |path: PathBuf| path.display().to_string();
+        Self::start_with(Some(Tls {
+            cert: path(certs.server_cert_file()),
+            key: path(certs.server_key_file()),
+            ca: path(certs.ca_file()),
+        }))
+    }
+
+    fn start_with(tls: Option<Tls>) -> Option<Self> {
         let binary = match find_binary("redis-server", &[]) {
             Some(binary) => binary,
             None => return missing("redis-server", "apt-get install redis-server"),
@@ -95,7 +159,7 @@ impl RedisSentinel {
         // a whole new topology is tried a few times for that reason.
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::try_start(&binary) {
+            match Self::try_start(&binary, tls.clone()) {
                 Ok(topology) => return Some(topology),
                 Err(err) => last_err = Some(err),
             }
@@ -114,27 +178,32 @@ impl RedisSentinel {
         TOPOLOGY.get_or_init(RedisSentinel::start).as_ref()
     }
 
-    fn try_start(binary: &Path) -> io::Result<Self> {
+    fn try_start(binary: &Path, tls: Option<Tls>) -> io::Result<Self> {
         let dir = TempDir::new("redis-sentinel")?;
         let cuts = Arc::new(Cuts::default());
         let mut servers = Vec::with_capacity(SERVERS);
         let mut proxies = Vec::with_capacity(SERVERS);
+        let tls_port = || tls.is_some().then(free_port);
         for index in 0..SERVERS {
             let port = free_port();
-            proxies.push(ServerProxy::start(&cuts, index, port)?);
+            let tls_port = tls_port();
+            proxies.push(ServerProxy::start(&cuts, index, tls_port.unwrap_or(port))?);
             servers.push(Server {
                 port,
+                tls_port,
                 process: None,
             });
         }
         let sentinels = (0..SENTINELS)
             .map(|_| Sentinel {
                 port: free_port(),
+                tls_port: tls_port(),
                 process: None,
             })
             .collect();
         let mut topology = Self {
             binary: binary.to_owned(),
+            tls,
             servers,
             sentinels,
             cuts,
@@ -168,14 +237,20 @@ impl RedisSentinel {
     }
 
     /// `redis+sentinel://127.0.0.1:a,127.0.0.1:b,127.0.0.1:c/<master name>`, the form
-    /// the Redis backend takes.
+    /// the Redis backend takes; with TLS `rediss+sentinel://` and the sentinels' TLS
+    /// ports (the client's TLS files are the caller's to add).
     pub fn url(&self) -> String {
         let sentinels: Vec<String> = self
-            .sentinel_ports()
+            .sentinels
             .iter()
-            .map(|port| format!("127.0.0.1:{port}"))
+            .map(|s| format!("127.0.0.1:{}", s.tls_port.unwrap_or(s.port)))
             .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", sentinels.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{}/{MASTER_NAME}", sentinels.join(","))
     }
 
     /// The port through which server `i` is reached (its proxy's, which it announces and
@@ -300,6 +375,7 @@ impl RedisSentinel {
     /// replicas still reach it: it keeps acting as a master until the cut heals and the
     /// sentinels demote it.
     pub fn isolate_master_from_sentinels(&self) -> usize {
+        self.refuse_cuts_with_tls();
         let master = self.master_index();
         self.cuts.set(master, Kind::Sentinel, true);
         *lock(&self.isolated) = Some(master);
@@ -309,6 +385,7 @@ impl RedisSentinel {
     /// Holds the replication links to the master (both directions), so that what it
     /// acknowledges reaches no replica and `WAIT` confirms nothing; returns its index.
     pub fn pause_replication(&self) -> usize {
+        self.refuse_cuts_with_tls();
         let master = self.master_index();
         self.cuts.set(master, Kind::Replica, true);
         master
@@ -385,6 +462,15 @@ impl RedisSentinel {
         })
     }
 
+    /// The proxies tell connections apart by their first bytes, which TLS encrypts.
+    fn refuse_cuts_with_tls(&self) {
+        assert!(
+            self.tls.is_none(),
+            "a TLS topology's proxies cannot tell sentinel and replication connections \
+             from clients': cuts are not available"
+        );
+    }
+
     fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) -> io::Result<()> {
         let deadline = Instant::now() + READY_WITHIN;
         while !ready() {
@@ -416,6 +502,11 @@ impl RedisSentinel {
             "--repl-diskless-sync-delay".to_owned(),
             "0".to_owned(),
         ]);
+        if let (Some(tls), Some(tls_port)) = (&self.tls, self.servers[i].tls_port) {
+            for (name, value) in tls.settings(tls_port) {
+                args.extend([format!("--{name}"), value]);
+            }
+        }
         if let Some(master) = replica_of {
             args.extend([
                 "--replicaof".to_owned(),
@@ -450,6 +541,13 @@ impl RedisSentinel {
                 replicas = SERVERS - 1,
             ),
         )?;
+        if let (Some(tls), Some(tls_port)) = (&self.tls, self.sentinels[i].tls_port) {
+            let mut text = std::fs::read_to_string(&config)?;
+            for (name, value) in tls.settings(tls_port) {
+                text.push_str(&format!("{name} {value}\n"));
+            }
+            std::fs::write(&config, text)?;
+        }
         let args = vec![config.display().to_string(), "--sentinel".to_owned()];
         let log = self.dir.path().join(format!("sentinel-{i}.log"));
         let process = ServerProcess::spawn("redis-sentinel", &self.binary, &args, &log)?;

@@ -55,21 +55,23 @@ pub(crate) fn address(host: &str, port: u16) -> String {
     }
 }
 
-/// Whether `url` is a Sentinel URL (`redis+sentinel://` or `redis-sentinel://`).
+/// Whether `url` is a Sentinel URL (`redis+sentinel://` or `redis-sentinel://`, or with
+/// TLS `rediss+sentinel://` or `rediss-sentinel://`).
 pub(crate) fn is_sentinel_url(url: &str) -> bool {
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
     matches!(
         scheme.to_ascii_lowercase().as_str(),
-        "redis+sentinel" | "redis-sentinel"
+        "redis+sentinel" | "redis-sentinel" | "rediss+sentinel" | "rediss-sentinel"
     )
 }
 
 /// Parses `redis+sentinel://[user[:password]@]host1[:port],host2[:port]/<master>[/db][?...]`
-/// into `settings`; `setting` names the URL in errors, which never echo it (it may hold
-/// a password).
+/// (or `rediss+sentinel://`: TLS to the sentinels and to the master they name, with the
+/// `rediss://` file parameters) into `settings`; `setting` names the URL in errors, which
+/// never echo it (it may hold a password).
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
     let bad = |reason: String| Error::config(setting, reason);
-    let Some((_, rest)) = url.split_once("://") else {
+    let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad("not a URL".to_owned()));
     };
     if rest.contains('#') {
@@ -123,16 +125,20 @@ pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Re
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = decode(value, "parameter")?;
+        let file = || crate::tls::path(name, &value);
         match name {
             "sentinel_username" => sentinel.username = Some(value),
             "sentinel_password" => sentinel.password = Some(Password(value)),
+            "ca_file" => settings.tls_files.ca_file = Some(file()?),
+            "cert_file" => settings.tls_files.cert_file = Some(file()?),
+            "key_file" => settings.tls_files.key_file = Some(file()?),
             _ => match apply_param(settings, name, &value) {
                 Some(applied) => applied?,
                 None => return Err(bad(format!("unsupported URL parameter `{name}`"))),
             },
         }
     }
-    settings.tls = false;
+    settings.tls = scheme.to_ascii_lowercase().starts_with("rediss");
     settings.sentinel = Some(sentinel);
     Ok(())
 }
@@ -271,6 +277,47 @@ mod tests {
             "parameters apply in any order"
         );
         assert!(parse("redis-sentinel://s1/main").is_ok());
+    }
+
+    #[test]
+    fn a_rediss_sentinel_url_turns_tls_on_with_its_files() {
+        let settings = parse(
+            "rediss+sentinel://s1:26380,s2/main?ca_file=/ca.pem&cert_file=/c.pem&key_file=/c.key",
+        )
+        .unwrap();
+        assert!(settings.tls, "rediss+sentinel:// is TLS");
+        assert_eq!(settings.sentinel.as_ref().unwrap().master_name, "main");
+        let files = &settings.tls_files;
+        assert_eq!(
+            (
+                files.ca_file.as_ref().unwrap().path.to_str(),
+                files.cert_file.as_ref().unwrap().path.to_str(),
+                files.key_file.as_ref().unwrap().path.to_str(),
+            ),
+            (Some("/ca.pem"), Some("/c.pem"), Some("/c.key"))
+        );
+        assert!(parse("rediss-sentinel://s1/main").unwrap().tls);
+        assert!(!parse("redis+sentinel://s1/main").unwrap().tls);
+        let err = parse("redis+sentinel://s1/main?ca_file=/ca.pem").unwrap_err();
+        assert!(
+            err.chain().contains("TLS is off"),
+            "files without TLS are refused as for redis://: {}",
+            err.chain()
+        );
+        let mut env = Settings::default();
+        crate::config::apply_env(&mut env, |name| {
+            match name {
+                "ROUTINE_REDIS_SENTINELS" => Some("s1"),
+                "ROUTINE_REDIS_SENTINEL_MASTER" => Some("main"),
+                "ROUTINE_REDIS_CA_FILE" => Some("/ca.pem"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .unwrap();
+        assert!(env.tls && env.sentinel.is_some());
+        env.validate()
+            .expect("Sentinel with TLS from the variables");
     }
 
     #[test]
