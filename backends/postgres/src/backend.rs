@@ -27,9 +27,9 @@ use crate::ttl::{CAPABILITIES, check_ttl};
 /// A lease backend on PostgreSQL session-level advisory locks.
 ///
 /// All leases of one backend live on one dedicated connection (the lock session), which
-/// also hears release notifications (`LISTEN`): holding a thousand routines, or waiting
-/// for them, takes one connection. The operator queries (`describe`, `list`,
-/// `force_release`) and records (`read_record`, `write_record`) open up to two more, on
+/// also hears release notifications (`LISTEN`) and answers `expires_in` and `describe`:
+/// holding a thousand routines, or waiting for them, takes one connection. The operator
+/// queries (`list`, `force_release`) and records (`read_record`, `write_record`) open up to two more, on
 /// first use, and close them when idle. See the
 /// [crate docs](crate) for how TTLs, fencing tokens, collisions, poolers and operator
 /// queries are handled.
@@ -62,7 +62,7 @@ struct Inner {
     settings: Arc<Settings>,
     session: mpsc::UnboundedSender<Command>,
     notifier: Notifier,
-    /// Connections for `describe`, `list` and `force_release`, opened on first use.
+    /// Connections for `list` and `force_release`, opened on first use.
     operator: Operator,
     /// The record statements, run on the operator connections.
     records: Records,
@@ -227,13 +227,22 @@ impl LockBackend for PostgresBackend {
     /// (`pg_locks`), or its row names a session whose heartbeat still runs (a session that
     /// ended before its holders learned it guards the key until then). `expires_in` is
     /// `None` only for a lock whose session's heartbeat has run out while it still holds
-    /// it (a paused holder on PostgreSQL 12 or 13). Runs on the backend's operator
-    /// connections (opened on first use), never on the lock session, so it never delays a
-    /// refresh.
+    /// it (a paused holder on PostgreSQL 12 or 13). Runs on the lock session, like
+    /// `expires_in` (one statement for one key), so a process that holds, waits and names
+    /// the holder of a key it waits for keeps one connection; a refresh queued behind it
+    /// waits for that statement.
     async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
-        let operator = &self.inner.operator;
-        let result = operator.describe(key, self.lock_key(key)).await;
-        operator.after(result).await
+        let hash = self.lock_key(key);
+        let timeout = self.inner.settings.request_timeout;
+        call(&self.inner.session, "describe", timeout, |reply| {
+            Command::Describe {
+                key: key.clone(),
+                hash,
+                timeout,
+                reply,
+            }
+        })
+        .await
     }
 
     /// The held keys of this backend's namespace (see

@@ -22,8 +22,9 @@
 //!
 //! # Connections
 //!
-//! One backend uses one connection however many leases it holds or waits for (plus
-//! operator connections, opened only for the operator queries and records below): the
+//! One backend uses one connection however many leases it holds or waits for, and
+//! whoever it asks `describe` about (plus operator connections, opened only for `list`,
+//! `force_release` and records below): the
 //! lock session, owned by one task that runs every acquire, refresh and release in turn
 //! (concurrent refreshes share one statement), which also `LISTEN`s for release
 //! notifications and reads them between statements. It shows in `pg_stat_activity` as
@@ -154,10 +155,13 @@
 //! version of this crate still takes keys, a key it took shows the identity of the last
 //! holder that stored one). A key counts as held
 //! when an acquire would meet contention now: its advisory lock is held in this database
-//! (`pg_locks`), or its row names a session whose heartbeat still runs. They and
-//! [`force_release`](leasehold_core::LockBackend::force_release) run on a small pool of
-//! operator connections (`application_name` `routine operator`), opened on first use and
-//! closed after a minute idle, never on the lock session, so they never delay a refresh.
+//! (`pg_locks`), or its row names a session whose heartbeat still runs. `describe` (one
+//! key, one statement) runs on the lock session, like `expires_in`, so a waiting process
+//! that names the holder of its key (the runner's `Contended` event) keeps one connection.
+//! `list` and [`force_release`](leasehold_core::LockBackend::force_release) run on a small
+//! pool of operator connections (`application_name` `routine operator`), opened on first
+//! use and closed after a minute idle, never on the lock session, so they never delay a
+//! refresh.
 //!
 //! `force_release` ends the holder's lock session with `pg_terminate_backend`, which
 //! **frees every lease of that backend**, not only the key asked for, and needs
@@ -318,6 +322,7 @@ mod epoch;
 mod error;
 mod fencing;
 mod hash;
+mod held;
 mod hosts;
 mod lease;
 mod message;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{FencingToken, LockKey, Result};
+use leasehold_core::{FencingToken, LeaseInfo, LockKey, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A reply channel.
@@ -43,6 +43,13 @@ pub(crate) enum Command {
         hash: i64,
         timeout: Duration,
         reply: Reply<Option<Duration>>,
+    },
+    /// The holder of `key` (lock key `hash`), if it is held (see the `held` module).
+    Describe {
+        key: LockKey,
+        hash: i64,
+        timeout: Duration,
+        reply: Reply<Option<LeaseInfo>>,
     },
     /// Open a lock session if there is none, so that it listens for releases again
     /// (see the `notify` module).

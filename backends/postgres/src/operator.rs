@@ -1,9 +1,11 @@
-//! Operator queries: `describe`, `list` and `force_release`.
+//! Operator queries: `list` and `force_release` (`describe` runs on the lock session, see
+//! the `session` module, so a waiting process that names its key's holder keeps one
+//! connection).
 //!
 //! They run on a small pool of connections of their own, opened on first use and closed
-//! when idle, never on the lock session: a slow `pg_locks` scan or a wait for a terminated
-//! process must not delay the refreshes queued behind it. Records (the `record` module)
-//! are read and written on the same pool.
+//! when idle, never on the lock session: a scan of every held key or a wait for a
+//! terminated process must not delay the refreshes queued behind it. Records (the
+//! `record` module) are read and written on the same pool.
 //!
 //! With several servers in the URL (the `hosts` module), the pool reaches the server the
 //! backend's last connection chose, and is replaced when that changes. A transient
@@ -18,15 +20,15 @@
 //! held; its row keeps the last holder's identity and token.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use leasehold_core::{Error, FencingToken, LeaseInfo, LockKey, Result};
+use leasehold_core::{Error, LeaseInfo, LockKey, Result};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row};
 
 use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, Message, NAME, with_timeout};
-use crate::fencing::LEFT_MS;
+use crate::held::{LOCKS, held_rows, info};
 use crate::hosts::{Target, not_writable};
 
 /// `application_name` of operator connections.
@@ -73,12 +75,6 @@ async fn probe(settings: &Settings, target: &Target, timeout: Duration) -> Resul
     .await
 }
 
-/// The granted `bigint` advisory locks of this database, as `(lock_key, pid)`.
-const LOCKS: &str = "SELECT ((classid::int8 << 32) | objid::int8) AS lock_key, pid
-    FROM pg_locks
-    WHERE locktype = 'advisory' AND objsubid = 1 AND granted
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
-
 /// Operator queries on their own connection pool.
 #[derive(Debug)]
 pub(crate) struct Operator {
@@ -86,8 +82,6 @@ pub(crate) struct Operator {
     /// index: a pool reaches one server, so a failover to another means a new pool.
     pool: Mutex<(usize, PgPool)>,
     settings: Arc<Settings>,
-    /// `$1` namespace, `$2` lock key, `$3` name: the key's row if held.
-    describe: String,
     /// `$1` namespace, `$2` prefix: the held rows under the prefix, in name order.
     list: String,
     /// `$1` lock key, `$2` namespace, `$3` name: the key's claim (`holder_session`),
@@ -107,22 +101,7 @@ impl Operator {
         let pool = Mutex::new((server, new_pool(&settings, target)));
         let table = settings.qualified_table.as_str();
         let sessions = settings.qualified_sessions.as_str();
-        let held = |filter: &str| {
-            format!(
-                "WITH locks AS MATERIALIZED ({LOCKS})
-                 SELECT f.name, f.holder_identity, f.token,
-                        (extract(epoch FROM f.acquired_at) * 1000000)::int8 AS acquired_us,
-                        CASE WHEN s.id IS NOT NULL THEN {LEFT_MS} END AS left_ms
-                 FROM {table} AS f
-                 LEFT JOIN {sessions} AS s
-                     ON s.id = f.holder_session AND s.alive_until > clock_timestamp()
-                 WHERE f.namespace = $1 AND {filter}
-                   AND (s.id IS NOT NULL OR f.lock_key IN (SELECT lock_key FROM locks))
-                 ORDER BY f.name COLLATE \"C\""
-            )
-        };
-        let describe = held("f.lock_key = $2 AND f.name = $3");
-        let list = held("left(f.name, length($2)) = $2");
+        let list = held_rows(&settings, "left(f.name, length($2)) = $2");
         let probe = format!(
             "SELECT f.holder_session, s.id IS NOT NULL AS guarded,
                     ARRAY(SELECT pid FROM ({LOCKS}) AS l WHERE l.lock_key = $1) AS pids,
@@ -144,7 +123,6 @@ impl Operator {
         Self {
             pool,
             settings,
-            describe,
             list,
             probe,
             clear,
@@ -193,23 +171,6 @@ impl Operator {
             operation,
             url_setting: self.settings.url_setting,
         }
-    }
-
-    /// The holder of `key` (lock key `hash`), if it is held.
-    pub(crate) async fn describe(&self, key: &LockKey, hash: i64) -> Result<Option<LeaseInfo>> {
-        let ctx = self.ctx("describe");
-        let row = with_timeout("describe", self.settings.request_timeout, async {
-            sqlx::query(AssertSqlSafe(self.describe.as_str()))
-                .bind(&self.settings.namespace)
-                .bind(hash)
-                .bind(key.as_str())
-                .fetch_optional(&self.pool())
-                .await
-                .map_err(|err| ctx.map(err))
-        })
-        .await?;
-        row.map(|row| info(key.clone(), &row).map_err(|err| ctx.map(err)))
-            .transpose()
     }
 
     /// Every held key of this namespace whose name starts with `prefix`, in name order.
@@ -333,32 +294,6 @@ impl Probe {
             can_wait: row.try_get("can_wait")?,
         })
     }
-}
-
-/// A held row as [`LeaseInfo`].
-fn info(key: LockKey, row: &PgRow) -> sqlx::Result<LeaseInfo> {
-    let mut info = LeaseInfo::new(key);
-    if let Some(holder) = row.try_get::<Option<String>, _>("holder_identity")? {
-        info = info.with_holder(holder);
-    }
-    let token: i64 = row.try_get("token")?;
-    if let Ok(token) = u64::try_from(token) {
-        info = info.with_fencing_token(FencingToken::new(token));
-    }
-    let acquired_us: i64 = row.try_get("acquired_us")?;
-    let acquired_at = match u64::try_from(acquired_us) {
-        Ok(after) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(after)),
-        Err(_) => {
-            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_micros(acquired_us.unsigned_abs()))
-        }
-    };
-    if let Some(at) = acquired_at {
-        info = info.with_acquired_at(at);
-    }
-    if let Some(left_ms) = row.try_get::<Option<i64>, _>("left_ms")? {
-        info = info.with_expires_in(Duration::from_millis(left_ms.max(1).unsigned_abs()));
-    }
-    Ok(info)
 }
 
 /// The error of `pg_terminate_backend(pid)`: missing privilege names what is needed.

@@ -199,7 +199,7 @@ async fn declared_ttls_fit_the_int4_milliseconds_of_the_session_settings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holding_and_waiting_for_a_release_keep_one_connection_and_the_release_wakes() {
+async fn holding_waiting_and_naming_the_holder_keep_one_connection_and_the_release_wakes() {
     let server = leasehold_conformance::require_server!(PostgresServer);
     let app = unique("one-conn");
     let url = format!("{}?application_name={app}", server.url());
@@ -221,12 +221,24 @@ async fn holding_and_waiting_for_a_release_keep_one_connection_and_the_release_w
         waiter.try_acquire(&wanted, TTL).await.unwrap().is_none(),
         "the key is held"
     );
+    // What a contended waiter of the runner asks: who holds the key, and for how long.
+    let info = waiter
+        .describe(&wanted)
+        .await
+        .unwrap()
+        .expect("the key is held");
+    assert_eq!(info.fencing_token, Some(held.fencing_token()));
+    assert!(info.expires_in.is_some(), "the holder's heartbeat runs");
+    assert!(waiter.expires_in(&wanted).await.unwrap().is_some());
     let connections = server.psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '{app}%'"
+        "SELECT string_agg(application_name, ', ') FROM pg_stat_activity \
+         WHERE application_name LIKE '{app}%'"
     ));
     assert_eq!(
-        connections, "1",
-        "a backend holding a lease and waiting for a release must use one connection"
+        connections,
+        format!("{app} (routine lock session)"),
+        "a backend holding a lease, waiting for a release and naming the holder must use \
+         one connection, the lock session"
     );
     held.release().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), released)

@@ -77,9 +77,10 @@ async fn a_multi_host_url_passes_over_a_down_server_and_a_standby_to_the_primary
             .await
             .unwrap_or_else(|err| panic!("{order}: acquire failed: {}", err.chain()))
             .expect("free key");
-        let info = a.describe(&k).await.expect("describe on the operator pool");
-        assert!(
-            info.is_some(),
+        let held = a.list("").await.expect("list on the operator pool");
+        assert_eq!(
+            held.len(),
+            1,
             "{order}: the operator pool must see the holder"
         );
         let on_primary = connections_on(&pair, pair.primary_port(), &marker);
@@ -168,7 +169,7 @@ async fn fail_over_under_a_held_lease(
         backend(&pair.url(), &ns).await,
         backend(&pair.url(), &ns).await,
     );
-    // C only asks who holds the key, on its operator connections, before and after.
+    // C only asks who holds the key (on its lock session), before and after.
     let c = backend(&pair.url(), &ns).await;
     let k = key("job");
     let mut lease = a.try_acquire(&k, TTL).await.unwrap().expect("free key");
@@ -245,8 +246,8 @@ async fn fail_over_under_a_held_lease(
             .is_some(),
         "B's backend must reach the new primary"
     );
-    // C's operator connections find the new primary by themselves: the first call
-    // after the failover may fail (its server is gone), not every one.
+    // C's lock session finds the new primary by itself: the first call after the
+    // failover may fail (its server is gone), not every one.
     let holder = leasehold_conformance::wait::until(WITHIN, "C describes the key", || async {
         c.describe(&k).await.ok().flatten()
     })

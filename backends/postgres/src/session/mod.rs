@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Error, LockKey, Result};
+use leasehold_core::{Error, LeaseInfo, LockKey, Result};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +34,7 @@ use crate::connect::{Live, open};
 use crate::epoch::EpochStatements;
 use crate::error::{Context, Message, NAME, breaks_session, session_ended, with_timeout};
 use crate::fencing::Statements;
+use crate::held::{describe_statement, info};
 use crate::message::{Command, LeaseId};
 use crate::notify::Dispatch;
 
@@ -77,6 +78,7 @@ pub(crate) fn spawn(
             &settings.qualified_epochs,
         ),
         epochs: EpochStatements::new(&settings.qualified_epochs),
+        describe: Arc::from(describe_statement(&settings)),
         settings,
         dispatch,
         rx,
@@ -100,6 +102,8 @@ struct Session {
     dispatch: Arc<Dispatch>,
     statements: Statements,
     epochs: EpochStatements,
+    /// `describe`'s statement (see the `held` module).
+    describe: Arc<str>,
     rx: mpsc::UnboundedReceiver<Command>,
     /// Weak, so the task does not keep its own channel open; upgraded to hand out leases.
     tx: mpsc::WeakUnboundedSender<Command>,
@@ -172,6 +176,17 @@ impl Session {
                 } => {
                     if !reply.is_closed() {
                         let result = self.expires_in(hash, timeout).await;
+                        let _ = reply.send(result);
+                    }
+                }
+                Command::Describe {
+                    key,
+                    hash,
+                    timeout,
+                    reply,
+                } => {
+                    if !reply.is_closed() {
+                        let result = self.describe(key, hash, timeout).await;
                         let _ = reply.send(result);
                     }
                 }
@@ -398,6 +413,42 @@ impl Session {
             Err(_) => {
                 self.abandon(&"expires_in timed out");
                 Err(Error::timeout(NAME, "expires_in", timeout))
+            }
+        }
+    }
+
+    /// The holder of `key` (lock key `hash`), read on the lock session, so that a waiter
+    /// naming the holder of its key opens no other connection.
+    async fn describe(
+        &mut self,
+        key: LockKey,
+        hash: i64,
+        timeout: Duration,
+    ) -> Result<Option<LeaseInfo>> {
+        self.ensure_live(timeout).await?;
+        self.drop_idle_settings(timeout).await?;
+        let ctx = self.ctx("describe");
+        let Some(live) = self.live.as_mut() else {
+            return Err(no_session("describe"));
+        };
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.describe)))
+            .bind(&self.settings.namespace)
+            .bind(hash)
+            .bind(key.as_str())
+            .fetch_optional(&mut live.conn);
+        match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(row)) => row
+                .map(|row| info(key, &row).map_err(|err| ctx.map(err)))
+                .transpose(),
+            Ok(Err(err)) => {
+                if breaks_session(&err) {
+                    self.abandon(&err);
+                }
+                Err(ctx.map(err))
+            }
+            Err(_) => {
+                self.abandon(&"describe timed out");
+                Err(Error::timeout(NAME, "describe", timeout))
             }
         }
     }
