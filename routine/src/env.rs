@@ -2,7 +2,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `ROUTINE_BACKEND_URL` | the lease backend: `memory://`, `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`, `rediss+cluster://`, `etcd://`, `etcds://` (or etcd's own `http://`, `https://`), `postgres://`, `postgresql://` (each needs its cargo feature) |
+//! | `ROUTINE_BACKEND_URL` | the lease backend: `memory://`, `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`, `rediss+cluster://`, `etcd://`, `etcds://` (or etcd's own `http://`, `https://`), `postgres://`, `postgresql://` (each needs its cargo feature) |
 //! | `ROUTINE_LOCK_TTL` | the lease TTL, e.g. `5s`, `1500ms` (default 5 s) |
 //! | `ROUTINE_REDIS_LOCK_TTL` | the Go original's name for the same, read when `ROUTINE_LOCK_TTL` is unset |
 //! | `REDIS_HOSTS`, `REDIS_PASSWORD`, `REDIS_DB`, ... | with the `redis` feature and no `ROUTINE_BACKEND_URL`: Redis configured as in Go |
@@ -18,8 +18,8 @@ use leasehold_core::{Error, LockBackend, MemoryBackend, Result};
 use crate::backend_slot::BackendSlot;
 
 /// The URL schemes [`connect`] understands, whatever features are enabled.
-const SCHEMES: &str = "memory, redis, rediss, redis+sentinel, redis+cluster, rediss+cluster, \
-                       etcd, etcds, http, https (etcd), postgres, postgresql";
+const SCHEMES: &str = "memory, redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster, \
+                       rediss+cluster, etcd, etcds, http, https (etcd), postgres, postgresql";
 
 /// The setting a URL passed in code is named by in errors.
 const CODE_URL: &str = "url";
@@ -169,8 +169,8 @@ fn scheme_of(url: &str, setting: &str) -> Result<Scheme> {
         .to_ascii_lowercase();
     let (backend, feature) = match scheme.as_str() {
         "memory" => return Ok(Scheme::Memory),
-        "redis" | "rediss" | "redis+sentinel" | "redis-sentinel" | "redis+cluster"
-        | "rediss+cluster" => (REDIS, "redis"),
+        "redis" | "rediss" | "redis+sentinel" | "redis-sentinel" | "rediss+sentinel"
+        | "rediss-sentinel" | "redis+cluster" | "rediss+cluster" => (REDIS, "redis"),
         "etcd" | "etcds" | "http" | "https" => (ETCD, "etcd"),
         "postgres" | "postgresql" => (POSTGRES, "postgres"),
         other => {
@@ -481,6 +481,26 @@ pub(crate) mod tests {
             "REDIS_DB",
             "other settings keep their name"
         );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn every_redis_topology_scheme_names_redis() {
+        for url in [
+            "redis://h",
+            "rediss://h",
+            "redis+sentinel://a,b/m",
+            "redis-sentinel://a/m",
+            "rediss+sentinel://a,b/m",
+            "rediss-sentinel://a/m",
+            "redis+cluster://a,b,c",
+            "rediss+cluster://a,b,c",
+        ] {
+            assert!(
+                matches!(scheme_of(url, "url"), Ok(Scheme::Redis)),
+                "{url} must name redis"
+            );
+        }
     }
 
     #[cfg(feature = "etcd")]
