@@ -56,6 +56,9 @@ impl EtcdBackend {
         .await
         .map_err(|failure| failure.into_error("acquire", timeout))?;
         attempt.answered();
+        if created.is_some() {
+            self.left_line(&etcd_key);
+        }
         Ok(created.map(|(session, revision)| {
             Box::new(EtcdLease::new(
                 self.clone(),

@@ -161,7 +161,11 @@ impl EtcdBackend {
         .await
         .map_err(|failure| failure.into_error("connect", timeout))?;
         let min_ttl = probe_min_ttl(&client, settings.request_timeout).await?;
-        let watch = WatchHub::new(settings.key_prefix.as_bytes().to_vec());
+        let watch = WatchHub::new(
+            client.clone(),
+            &settings.key_prefix,
+            settings.request_timeout,
+        );
         let holder = Holder::new(holder);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -262,6 +266,11 @@ impl EtcdBackend {
         .await?;
         sessions.insert(secs, Arc::clone(&session));
         Ok(session)
+    }
+
+    /// This backend acquired the lock key `etcd_key`: it leaves the key's waiting line.
+    pub(crate) fn left_line(&self, etcd_key: &[u8]) {
+        self.inner.watch.acquired(etcd_key);
     }
 
     /// An acquisition by `identity` now, on this process's wall clock.
@@ -423,15 +432,15 @@ impl LockBackend for EtcdBackend {
         .await
     }
 
+    /// Resolves when the key was deleted (released or expired) while this backend was
+    /// first in the key's waiting line, or was found free when it joined or moved up:
+    /// a release wakes one waiting backend, not all of them (see the
+    /// [crate docs](crate)). The first poll joins the line (once the watch runs); the
+    /// place is kept for a second after the last future of the key is dropped, so a
+    /// waiter that was woken and waits again keeps it, and is left when this backend
+    /// acquires the key.
     async fn released(&self, key: &LockKey) -> Result<()> {
-        self.inner
-            .watch
-            .released(
-                &self.inner.client,
-                self.checked_key(key)?,
-                self.request_timeout(),
-            )
-            .await
+        self.inner.watch.released(self.checked_key(key)?).await
     }
 
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {

@@ -100,6 +100,23 @@ pub(crate) fn name_of(prefix: &str, etcd_key: &[u8]) -> Option<LockKey> {
     LockKey::new(name).ok()
 }
 
+/// What the waiter keys of a backend with the key prefix `prefix` start with (see the
+/// `line` module): a sibling of the prefix like the record prefix, `lock` becoming
+/// `wait` (`routine/wait/` for `routine/lock/`) and any other last segment `s` becoming
+/// `s.wait`. A name's waiters live under `<waiter prefix><name>/`.
+pub(crate) fn waiter_prefix(prefix: &str) -> String {
+    let trimmed = prefix.strip_suffix(SEPARATOR).unwrap_or(prefix);
+    let (parent, last) = match trimmed.rfind(SEPARATOR) {
+        Some(at) => trimmed.split_at(at + 1),
+        None => ("", trimmed),
+    };
+    if last == "lock" {
+        format!("{parent}wait{SEPARATOR}")
+    } else {
+        format!("{parent}{last}.wait{SEPARATOR}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

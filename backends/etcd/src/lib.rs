@@ -38,9 +38,17 @@
 //! - **Fencing token**: the key's create revision. etcd's revision grows with every
 //!   write to the cluster, so each acquisition gets a larger one than all before it.
 //!   (Wiping the cluster's data resets revisions, and with them this guarantee.)
-//! - **Release notifications**: one watch per backend on the key prefix, for deletes
-//!   only (a release and an expiry both delete the key), dispatched locally to the
-//!   waiters of each key.
+//! - **Release notifications** wake one waiting backend per release (etcd's election
+//!   recipe): a backend waiting for a name puts a key of its own in the name's line,
+//!   `routine/wait/<name>/<lease>-<n>` (the key prefix's last segment `lock` becomes
+//!   `wait`, any other `s` becomes `s.wait`), under a waiter lease of 10 s kept alive
+//!   while it waits, and only the first in line (the lowest create revision) is woken
+//!   by the deletion of the lock key (a release or an expiry). The others wait for the
+//!   key just before theirs to go and look again. A waiter key goes when its backend
+//!   acquires the name, a second after it stopped waiting, or with its lease (a crashed
+//!   waiter holds up the line for 10 s at most; the runner's expiry polling, about once
+//!   per TTL, does not depend on the line). One watch stream per backend on the key
+//!   prefix and one on the waiter prefix, for deletes only, dispatched locally.
 //! - **Expiry reports**: [`expires_in`](leasehold_core::LockBackend::expires_in) asks the
 //!   holder's lease for its remaining time (`LeaseTimeToLive`), rounded up to the next
 //!   whole second. A key that is there is never reported free: one whose lease expired
@@ -160,6 +168,7 @@ mod handshake;
 mod holder;
 mod key;
 mod lease;
+mod line;
 mod operator;
 mod orphan;
 mod parse;
