@@ -112,6 +112,9 @@ impl Floor {
     async fn connect(target: &Target) -> Result<Self> {
         Ok(match target.kind {
             Kind::Memory => Floor::Memory(Arc::default()),
+            Kind::RedisCluster => {
+                bail!("no raw floor on a Redis Cluster: run it with --only scale")
+            }
             Kind::Redis => {
                 let url = target.raw_url().context("redis url")?;
                 let conn = redis::Client::open(url)?

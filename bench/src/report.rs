@@ -31,7 +31,7 @@ pub(crate) struct Settings {
     pub(crate) latency_iterations: usize,
     pub(crate) handover_rounds: usize,
     pub(crate) crash_rounds: usize,
-    pub(crate) scale_routines: [u64; 2],
+    pub(crate) scale_routines: Vec<u64>,
     pub(crate) scale_settle_s: f64,
     pub(crate) scale_window_s: f64,
     pub(crate) contention_waiters: Vec<u64>,

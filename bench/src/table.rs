@@ -87,6 +87,13 @@ pub(crate) fn goals(backends: &[BackendReport]) -> Vec<Goal> {
                 c.max_over_ttl_ms <= 100.0,
             );
         }
+        if let Some(stopped) = b.scale.as_ref().and_then(|s| s.stopped.as_ref()) {
+            goal(
+                "every routine count measured",
+                stopped.chars().take(120).collect(),
+                false,
+            );
+        }
         if let Some(s) = &b.scale
             && let (Some(small), Some(large)) = (s.points.first(), s.points.last())
         {
@@ -96,10 +103,16 @@ pub(crate) fn goals(backends: &[BackendReport]) -> Vec<Goal> {
                 format!("{:.1}% at {n}", large.lease_cpu_percent),
                 large.lease_cpu_percent < 5.0,
             );
+            // Issue 20 asks for 3 KiB at 100,000 routines; 4 KiB was the goal at 10,000.
+            let (memory_goal, limit) = if n >= 100_000 {
+                ("under 3 KiB per held routine", 3.0 * 1024.0)
+            } else {
+                ("under 4 KiB per held routine", 4.0 * 1024.0)
+            };
             goal(
-                "under 4 KiB per held routine",
+                memory_goal,
                 format!("{} at {n}", bytes(large.bytes_per_routine)),
-                large.bytes_per_routine < 4096.0,
+                large.bytes_per_routine < limit,
             );
             goal(
                 "a constant number of connections",
@@ -414,6 +427,11 @@ fn scale_tables(out: &mut String, report: &Report) {
                 p.raw.shutdown_ms,
                 p.raw.restarts_in_window,
             );
+        }
+    }
+    for b in &report.backends {
+        if let Some(stopped) = b.scale.as_ref().and_then(|s| s.stopped.as_ref()) {
+            let _ = writeln!(out, "\n{}: stopped at {stopped}", b.backend);
         }
     }
     out.push_str(

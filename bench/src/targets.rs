@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use leasehold_conformance::servers::{EtcdServer, PostgresServer, RedisServer};
+use leasehold_conformance::servers::{EtcdServer, PostgresServer, RedisCluster, RedisServer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::procfs;
@@ -16,6 +16,10 @@ use crate::procfs;
 pub(crate) enum Kind {
     Memory,
     Redis,
+    /// A Redis Cluster of three masters with one replica each (the backend's opt-in
+    /// cluster mode, `redis+cluster://`). Not in the default run: only `scale` is
+    /// meant for it.
+    RedisCluster,
     Etcd,
     /// PostgreSQL with its default durability (`fsync`, `synchronous_commit` on), as
     /// users run it: the headline.
@@ -26,9 +30,20 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 5] = [
+    /// The backends a run without `--backends` measures.
+    pub(crate) const DEFAULT: [Kind; 5] = [
         Kind::Memory,
         Kind::Redis,
+        Kind::Etcd,
+        Kind::Postgres,
+        Kind::PostgresNondurable,
+    ];
+
+    /// Every backend `--backends` may name.
+    pub(crate) const ALL: [Kind; 6] = [
+        Kind::Memory,
+        Kind::Redis,
+        Kind::RedisCluster,
         Kind::Etcd,
         Kind::Postgres,
         Kind::PostgresNondurable,
@@ -38,6 +53,7 @@ impl Kind {
         match self {
             Kind::Memory => "memory",
             Kind::Redis => "redis",
+            Kind::RedisCluster => "redis-cluster",
             Kind::Etcd => "etcd",
             Kind::Postgres => "postgres",
             Kind::PostgresNondurable => "postgres-nondurable",
@@ -68,7 +84,8 @@ impl FromStr for Kind {
             .find(|kind| kind.name() == s)
             .with_context(|| {
                 format!(
-                    "unknown backend {s:?}: memory, redis, etcd, postgres or postgres-nondurable"
+                    "unknown backend {s:?}: memory, redis, redis-cluster, etcd, postgres or \
+                     postgres-nondurable"
                 )
             })
     }
@@ -85,13 +102,16 @@ pub(crate) struct Target {
 enum Server {
     None,
     Redis(RedisServer),
+    RedisCluster(RedisCluster),
     Etcd(EtcdServer),
     Postgres(PostgresServer),
 }
 
 enum Counter {
     None,
-    Redis(redis::aio::MultiplexedConnection),
+    /// One connection per server that serves requests: the one server, or each master
+    /// of a cluster (replicas only apply what their master ran).
+    Redis(Vec<redis::aio::MultiplexedConnection>),
     Etcd(u16),
     Postgres(tokio::sync::Mutex<sqlx::PgConnection>),
 }
@@ -111,7 +131,24 @@ impl Target {
                     .get_multiplexed_async_connection()
                     .await
                     .context("connect to redis for INFO")?;
-                (Server::Redis(server), Counter::Redis(conn))
+                (Server::Redis(server), Counter::Redis(vec![conn]))
+            }
+            Kind::RedisCluster => {
+                let Some(cluster) = RedisCluster::start() else {
+                    return Ok(None);
+                };
+                let ports = cluster.node_ports();
+                let mut conns = Vec::new();
+                for master in cluster.masters() {
+                    let url = format!("redis://127.0.0.1:{}/", ports[master]);
+                    conns.push(
+                        redis::Client::open(url)?
+                            .get_multiplexed_async_connection()
+                            .await
+                            .context("connect to a cluster master for INFO")?,
+                    );
+                }
+                (Server::RedisCluster(cluster), Counter::Redis(conns))
             }
             Kind::Etcd => {
                 let Some(server) = EtcdServer::start() else {
@@ -151,33 +188,45 @@ impl Target {
         match &self.server {
             Server::None => "memory://".to_owned(),
             Server::Redis(server) => server.url(),
+            Server::RedisCluster(cluster) => cluster.url(),
             Server::Etcd(server) => server.url(),
             Server::Postgres(server) => server.url(),
         }
     }
 
-    /// The server's main process, if there is a server.
-    pub(crate) fn server_pid(&self) -> Option<u32> {
+    /// The server's main processes: none, one, or every node of a cluster.
+    pub(crate) fn server_pids(&self) -> Vec<u32> {
         match &self.server {
-            Server::None => None,
-            Server::Redis(server) => Some(server.process().pid()),
-            Server::Etcd(server) => Some(server.process().pid()),
-            Server::Postgres(server) => Some(server.process().pid()),
+            Server::None => Vec::new(),
+            Server::Redis(server) => vec![server.process().pid()],
+            Server::RedisCluster(cluster) => (0..cluster.len())
+                .filter_map(|i| Some(cluster.process(i)?.pid()))
+                .collect(),
+            Server::Etcd(server) => vec![server.process().pid()],
+            Server::Postgres(server) => vec![server.process().pid()],
         }
     }
 
-    /// CPU time the server has used so far (with its child processes, for PostgreSQL).
+    /// CPU time the server has used so far (with its child processes, for PostgreSQL;
+    /// summed over the six nodes of a Redis Cluster, replicas included).
     pub(crate) fn server_cpu(&self) -> Result<Option<Duration>> {
-        self.server_pid()
-            .map(procfs::cpu_time_with_children)
-            .transpose()
+        let pids = self.server_pids();
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        let mut total = Duration::ZERO;
+        for pid in pids {
+            total += procfs::cpu_time_with_children(pid)?;
+        }
+        Ok(Some(total))
     }
 
     /// The requests the server has served so far, by its own count; `None` for the
     /// memory backend:
     /// - Redis: the calls of `INFO commandstats` without the commands the library's Lua
     ///   scripts run inside (`GET`, `SET`, `PEXPIRE`, `INCR`, `DEL`, `PUBLISH`, which
-    ///   Redis counts too), so one `EVALSHA` is one request;
+    ///   Redis counts too), so one `EVALSHA` is one request; summed over the three
+    ///   masters of a cluster;
     /// - etcd: the sum of `grpc_server_msg_received_total` (unary calls and keep-alive
     ///   stream messages);
     /// - PostgreSQL: the calls of every statement in `pg_stat_statements` (loaded by
@@ -187,12 +236,12 @@ impl Target {
     pub(crate) async fn requests_served(&self) -> Result<Option<u64>> {
         match &self.counter {
             Counter::None => Ok(None),
-            Counter::Redis(conn) => {
-                let info: String = redis::cmd("INFO")
-                    .arg("commandstats")
-                    .query_async(&mut conn.clone())
-                    .await?;
-                Ok(Some(redis_top_level_calls(&info)))
+            Counter::Redis(conns) => {
+                let mut calls = 0;
+                for info in redis_infos(conns).await? {
+                    calls += redis_top_level_calls(&info);
+                }
+                Ok(Some(calls))
             }
             Counter::Etcd(port) => Ok(Some(etcd_messages_received(*port).await?)),
             Counter::Postgres(conn) => {
@@ -229,11 +278,13 @@ impl Target {
     pub(crate) async fn reset_server_stats(&self) -> Result<()> {
         match &self.counter {
             Counter::None | Counter::Etcd(_) => {}
-            Counter::Redis(conn) => {
-                redis::cmd("CONFIG")
-                    .arg("RESETSTAT")
-                    .query_async::<()>(&mut conn.clone())
-                    .await?;
+            Counter::Redis(conns) => {
+                for conn in conns {
+                    redis::cmd("CONFIG")
+                        .arg("RESETSTAT")
+                        .query_async::<()>(&mut conn.clone())
+                        .await?;
+                }
             }
             Counter::Postgres(conn) => {
                 let mut conn = conn.lock().await;
@@ -254,12 +305,12 @@ impl Target {
     pub(crate) async fn server_time_us(&self, redis_commands: &[&str]) -> Result<Option<f64>> {
         match &self.counter {
             Counter::None | Counter::Etcd(_) => Ok(None),
-            Counter::Redis(conn) => {
-                let info: String = redis::cmd("INFO")
-                    .arg("commandstats")
-                    .query_async(&mut conn.clone())
-                    .await?;
-                Ok(Some(redis_usec(&info, redis_commands)))
+            Counter::Redis(conns) => {
+                let mut usec = 0.0;
+                for info in redis_infos(conns).await? {
+                    usec += redis_usec(&info, redis_commands);
+                }
+                Ok(Some(usec))
             }
             Counter::Postgres(conn) => {
                 let mut conn = conn.lock().await;
@@ -306,8 +357,25 @@ fn load_pg_stat_statements(server: &mut PostgresServer) -> Result<()> {
     Ok(())
 }
 
-/// Commands the library's Lua scripts call; Redis counts them in `commandstats`.
-const SCRIPT_COMMANDS: [&str; 6] = ["get", "set", "pexpire", "incr", "del", "publish"];
+/// `INFO commandstats` of each connection's server.
+async fn redis_infos(conns: &[redis::aio::MultiplexedConnection]) -> Result<Vec<String>> {
+    let mut infos = Vec::with_capacity(conns.len());
+    for conn in conns {
+        infos.push(
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn.clone())
+                .await?,
+        );
+    }
+    Ok(infos)
+}
+
+/// Commands the library's Lua scripts call (`SPUBLISH` in cluster mode); Redis counts
+/// them in `commandstats`.
+const SCRIPT_COMMANDS: [&str; 7] = [
+    "get", "set", "pexpire", "incr", "del", "publish", "spublish",
+];
 
 /// The calls in `INFO commandstats` output, without [`SCRIPT_COMMANDS`].
 fn redis_top_level_calls(info: &str) -> u64 {
