@@ -265,3 +265,39 @@ async fn benchmark(args: &Args) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(args: &[&str]) -> Args {
+        Args::parse(args.iter().map(|s| s.to_string())).unwrap()
+    }
+
+    #[test]
+    fn routines_replace_the_default_scale_counts() {
+        let given = counts(&args(&["--routines", "1000,100000"]), "routines").unwrap();
+        assert_eq!(
+            settings(false, vec![2], given).scale_routines,
+            [1_000, 100_000]
+        );
+        assert_eq!(
+            settings(false, vec![2], None).scale_routines,
+            [1_000, 10_000]
+        );
+        assert_eq!(settings(true, vec![2], None).scale_routines, [100, 1_000]);
+    }
+
+    #[test]
+    fn a_count_that_is_not_positive_is_an_error() {
+        assert!(counts(&args(&["--routines", "1000,0"]), "routines").is_err());
+        assert!(counts(&args(&["--waiters", "ten"]), "waiters").is_err());
+        assert_eq!(counts(&args(&[]), "routines").unwrap(), None);
+    }
+
+    #[test]
+    fn redis_cluster_is_named_but_not_run_by_default() {
+        assert_eq!("redis-cluster".parse::<Kind>().unwrap(), Kind::RedisCluster);
+        assert!(!Kind::DEFAULT.contains(&Kind::RedisCluster));
+    }
+}
