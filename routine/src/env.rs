@@ -90,20 +90,23 @@ fn renamed_url_error(error: Error, setting: &str) -> Error {
     }
 }
 
+/// Each backend's connect future is boxed: their state machines are deep (TLS, topology
+/// discovery, a client's own connect), and nested in a caller's async fn unboxed they
+/// push its layout past rustc's default recursion limit.
 async fn connect_url(url: &str, setting: &str) -> Result<Arc<dyn LockBackend>> {
     match scheme_of(url, setting)? {
         Scheme::Memory => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
         Scheme::Redis => Ok(Arc::new(
-            leasehold_redis::RedisBackend::from_url(url).await?,
+            Box::pin(leasehold_redis::RedisBackend::from_url(url)).await?,
         )),
         #[cfg(feature = "etcd")]
         Scheme::Etcd => Ok(Arc::new(
-            leasehold_etcd::EtcdBackend::from_url(&etcd_url(url)).await?,
+            Box::pin(leasehold_etcd::EtcdBackend::from_url(&etcd_url(url))).await?,
         )),
         #[cfg(feature = "postgres")]
         Scheme::Postgres => Ok(Arc::new(
-            leasehold_postgres::PostgresBackend::from_url(url).await?,
+            Box::pin(leasehold_postgres::PostgresBackend::from_url(url)).await?,
         )),
     }
 }
