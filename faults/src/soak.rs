@@ -14,6 +14,10 @@ use super::log::{Event, EventKind, FaultKind, Mono};
 use super::scenario::{Bounds, inject_after, judge};
 use super::server::BackendKind;
 
+/// How many problems of one backend FAULTS.md lists; a measured topology (one whose
+/// failovers lose writes) can have hundreds of stale steps, which its figures sum up.
+const PROBLEMS_LISTED: usize = 20;
+
 /// What a randomized run on one backend found.
 #[derive(Debug, Clone)]
 pub struct SoakResult {
@@ -242,10 +246,17 @@ pub fn markdown(results: &[SoakResult]) -> String {
             let _ = writeln!(text, "Problems: none.\n");
         } else {
             let _ = writeln!(text, "Problems:\n");
-            for problem in &result.problems {
+            for problem in result.problems.iter().take(PROBLEMS_LISTED) {
                 // The first line: the rest is the event dump of a failed wait.
                 let first = problem.lines().next().unwrap_or_default();
                 let _ = writeln!(text, "- {first}");
+            }
+            let more = result.problems.len().saturating_sub(PROBLEMS_LISTED);
+            if more > 0 {
+                let _ = writeln!(
+                    text,
+                    "- … and {more} more (the figures above count them all)"
+                );
             }
             let _ = writeln!(text);
         }
