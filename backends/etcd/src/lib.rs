@@ -48,7 +48,10 @@
 //!   acquires the name, a second after it stopped waiting, or with its lease (a crashed
 //!   waiter holds up the line for 10 s at most; the runner's expiry polling, about once
 //!   per TTL, does not depend on the line). One watch stream per backend on the key
-//!   prefix and one on the waiter prefix, for deletes only, dispatched locally.
+//!   prefix and one on the waiter prefix, for deletes only, dispatched locally. With
+//!   etcd's access control on, the backend's role needs read-write access to the waiter
+//!   prefix as well as the key prefix: a waiter that cannot join the line has its wait
+//!   fail, and the runner then polls (at the retry interval) instead of being woken.
 //! - **Expiry reports**: [`expires_in`](leasehold_core::LockBackend::expires_in) asks the
 //!   holder's lease for its remaining time (`LeaseTimeToLive`), rounded up to the next
 //!   whole second. A key that is there is never reported free: one whose lease expired
