@@ -3,83 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use common::counting::Counting;
 use common::{TTL, holder_and_waiter, runner, runner_on, wait_acquired};
-use leasehold::{Capabilities, Lease, LeaseInfo, LockBackend, LockKey, MemoryBackend, Result};
-
-/// A [`MemoryBackend`] that counts the requests a waiter sends, and can declare release
-/// notifications missing (then `released` never resolves, as the trait asks).
-#[derive(Debug, Clone, Default)]
-struct Counting {
-    inner: MemoryBackend,
-    no_notifications: Arc<AtomicBool>,
-    attempts: Arc<AtomicUsize>,
-    expiries: Arc<AtomicUsize>,
-    describes: Arc<AtomicUsize>,
-}
-
-impl Counting {
-    fn on(inner: &MemoryBackend, notifications: bool) -> Self {
-        Self {
-            inner: inner.clone(),
-            no_notifications: Arc::new(AtomicBool::new(!notifications)),
-            ..Self::default()
-        }
-    }
-
-    /// Attempts, `expires_in` and `describe` calls so far.
-    fn counts(&self) -> (usize, usize, usize) {
-        (
-            self.attempts.load(Ordering::SeqCst),
-            self.expiries.load(Ordering::SeqCst),
-            self.describes.load(Ordering::SeqCst),
-        )
-    }
-}
-
-#[async_trait]
-impl LockBackend for Counting {
-    fn name(&self) -> &'static str {
-        "counting"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner
-            .capabilities()
-            .with_release_notifications(!self.no_notifications.load(Ordering::SeqCst))
-    }
-
-    async fn try_acquire_as(
-        &self,
-        key: &LockKey,
-        ttl: Duration,
-        holder: &str,
-    ) -> Result<Option<Box<dyn Lease>>> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        self.inner.try_acquire_as(key, ttl, holder).await
-    }
-
-    async fn released(&self, key: &LockKey) -> Result<()> {
-        if self.no_notifications.load(Ordering::SeqCst) {
-            return std::future::pending().await;
-        }
-        self.inner.released(key).await
-    }
-
-    async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
-        self.expiries.fetch_add(1, Ordering::SeqCst);
-        self.inner.expires_in(key).await
-    }
-
-    async fn describe(&self, key: &LockKey) -> Result<Option<LeaseInfo>> {
-        self.describes.fetch_add(1, Ordering::SeqCst);
-        self.inner.describe(key).await
-    }
-}
+use leasehold::{LockBackend, LockKey, MemoryBackend};
 
 /// TTLs the waiters below wait through.
 const TTLS: u32 = 10;
