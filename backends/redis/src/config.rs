@@ -10,6 +10,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionI
 use crate::tls::{self, TlsFiles};
 
 pub(crate) mod cluster;
+mod hosts_url;
 pub(crate) mod sentinel;
 
 use cluster::ClusterSettings;

@@ -8,7 +8,7 @@
 
 use leasehold_core::{Error, Result};
 
-use super::{Password, Settings, sentinel};
+use super::{Settings, sentinel};
 
 /// The seed nodes of a Redis Cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,34 +51,15 @@ pub(crate) fn is_cluster_url(url: &str) -> bool {
 /// echo it (it may hold a password).
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
     let bad = |reason: String| Error::config(setting, reason);
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(bad("not a URL".to_owned()));
-    };
-    if rest.contains('#') {
-        return Err(bad("URL fragments (`#...`) are not supported".to_owned()));
-    }
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
+    let super::hosts_url::Parts {
+        scheme,
+        hosts,
+        path,
+        query,
+    } = super::hosts_url::split(settings, url, setting)?;
     let decode = |text: &str, what: &str| {
         super::percent_decode(text).ok_or_else(|| bad(format!("bad {what} encoding")))
     };
-    if let Some(userinfo) = userinfo {
-        let (user, password) = match userinfo.split_once(':') {
-            Some((user, password)) => (user, Some(password)),
-            None => (userinfo, None),
-        };
-        settings.username = (!user.is_empty())
-            .then(|| decode(user, "username"))
-            .transpose()?;
-        settings.password = match password {
-            None | Some("") => None,
-            Some(password) => Some(Password(decode(password, "password")?)),
-        };
-    }
     let nodes = parse_nodes(hosts).map_err(bad)?;
     match path.trim_matches('/') {
         "" | "0" => {}
@@ -147,6 +128,7 @@ pub(crate) fn parse_nodes(list: &str) -> Result<Vec<(String, u16)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Password;
 
     fn parse(url: &str) -> Result<Settings> {
         let mut settings = Settings::default();

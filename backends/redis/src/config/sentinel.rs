@@ -71,34 +71,15 @@ pub(crate) fn is_sentinel_url(url: &str) -> bool {
 /// never echo it (it may hold a password).
 pub(crate) fn apply_url(settings: &mut Settings, url: &str, setting: &str) -> Result<()> {
     let bad = |reason: String| Error::config(setting, reason);
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(bad("not a URL".to_owned()));
-    };
-    if rest.contains('#') {
-        return Err(bad("URL fragments (`#...`) are not supported".to_owned()));
-    }
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
+    let super::hosts_url::Parts {
+        scheme,
+        hosts,
+        path,
+        query,
+    } = super::hosts_url::split(settings, url, setting)?;
     let decode = |text: &str, what: &str| {
         super::percent_decode(text).ok_or_else(|| bad(format!("bad {what} encoding")))
     };
-    if let Some(userinfo) = userinfo {
-        let (user, password) = match userinfo.split_once(':') {
-            Some((user, password)) => (user, Some(password)),
-            None => (userinfo, None),
-        };
-        settings.username = (!user.is_empty())
-            .then(|| decode(user, "username"))
-            .transpose()?;
-        settings.password = match password {
-            None | Some("") => None,
-            Some(password) => Some(Password(decode(password, "password")?)),
-        };
-    }
     let sentinels = parse_sentinels(hosts).map_err(bad)?;
     let mut segments = path.split('/');
     let master_name = decode(segments.next().unwrap_or_default(), "master name")?;
