@@ -12,8 +12,11 @@
 //! 2. statement two, outside any transaction, reports `pg_backend_pid()` and whether this
 //!    backend holds the probe lock in `pg_locks`.
 //!
-//! A different pid or a missing probe lock proves a pooler. What cannot be detected: a
-//! pooler that happens to hand both statements the same server backend. Poolers that do not support named prepared statements in transaction mode
+//! A different pid or a missing probe lock proves a pooler, and so does a second,
+//! short-lived connection opened between the two statements that reports the same
+//! `pg_backend_pid()` (a pooler with one idle server backend hands it that one). What
+//! cannot be detected: a pooler with several server backends that hands both statements
+//! the same one and the second connection another. Poolers that do not support named prepared statements in transaction mode
 //! (PgBouncer before 1.21, as the tests show with 1.18) fail earlier: their prepared
 //! statement errors (`26000`, `42P05`) are reported as [`Error::Misconfigured`] too.
 
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions as _, Row};
+use sqlx::{ConnectOptions as _, Connection as _, Row};
 
 use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, NAME, with_timeout};
@@ -179,6 +182,21 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
             // A standby now may be promoted, or the address may lead to the new primary
             // after a failover: retried, not a configuration error.
             return Err(not_writable("connect", in_recovery));
+        }
+        // A second, short-lived connection while this one is idle: on a server it is a
+        // backend of its own, while a pooler in transaction mode with one idle server
+        // backend hands it the same one (the probe lock below cannot tell when the
+        // pooler keeps giving this connection that backend too).
+        let mut other = options.connect().await.map_err(|err| ctx.map(err))?;
+        let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut other)
+            .await
+            .map_err(|err| ctx.map(err))?;
+        let _ = other.close().await;
+        if other_pid == pid {
+            return Err(pooler_detected(format!(
+                "two connections were served by the same backend {pid}"
+            )));
         }
         let row = sqlx::query(
             "SELECT pg_backend_pid() AS pid, EXISTS (
