@@ -91,10 +91,7 @@ impl Connection {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Self> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(request_timeout))
-            .set_number_of_retries(0);
+        let config = manager_config(connect_timeout, request_timeout);
         let located = target.locate().await?;
         let manager = new_manager(&located.client, &config, connect_timeout)
             .await
@@ -124,10 +121,7 @@ impl Connection {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Self> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(request_timeout))
-            .set_number_of_retries(0);
+        let config = manager_config(connect_timeout, request_timeout);
         let manager = new_cluster(&client, connect_timeout)
             .await
             .map_err(|err| err.into_error("connect", connect_timeout))?;
@@ -430,6 +424,14 @@ impl Failure {
             Failure::TimedOut => Error::timeout(NAME, operation, timeout),
         }
     }
+}
+
+/// The managers' settings: no retries inside the client (see [`Connection::open`]).
+fn manager_config(connect_timeout: Duration, request_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(request_timeout))
+        .set_number_of_retries(0)
 }
 
 async fn new_manager(
