@@ -6,9 +6,11 @@
 //! its whole TTL. So an [`Attempt`] that ends without an answer releases its lock in the
 //! background.
 //!
-//! The release is sent on the same multiplexed connection as the acquire, so it is
-//! queued behind it: even an acquire still waiting in a paused server is undone after
-//! it runs. The release compares the start of the lock's value with the random owner
+//! The release runs on the server after the acquire: even an acquire still waiting in a
+//! paused server is undone after it runs. The acquire went on the multiplexed connection
+//! or on the direct lane (see [`crate::lane`]); the release first waits for every request
+//! sent on the lane to have run (a `PING` queued behind a dropped request's answer), then
+//! goes on the multiplexed connection, queued behind anything sent there before. The release compares the start of the lock's value with the random owner
 //! prefix this attempt wrote (the server completed the rest, see
 //! [`ABANDON`](scripts::ABANDON)), which no other attempt of any process writes, so a lock
 //! held by anyone else is left alone; and it announces the release, so waiters try at once.
@@ -86,7 +88,9 @@ impl Drop for Attempt {
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner
-                .request("release", timeout, |mut conn| async move {
+                .request("release", timeout, |conn| async move {
+                    // After the acquire, on whichever connection it went.
+                    let mut conn = conn.behind_lane().await;
                     invocation.invoke_async(&mut conn).await
                 })
                 .await;

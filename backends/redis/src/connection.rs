@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::conn::Conn;
 use crate::error::{self, NAME};
+use crate::lane::Lane;
 use crate::sentinel::{Located, Target};
 
 /// The shortest time between two replacements of the manager, so that requests failing
@@ -95,7 +96,7 @@ impl Connection {
         let located = target.locate().await?;
         let manager = new_manager(&located.client, &config, connect_timeout)
             .await
-            .map(Conn::Single)
+            .map(|manager| Conn::Single(manager, Lane::open(&located.client, connect_timeout)))
             .map_err(|err| err.into_error("connect", connect_timeout))?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -342,7 +343,10 @@ impl Shared {
             }
         };
         match new_manager(&client, &self.config, self.connect_timeout).await {
-            Ok(manager) => Some(self.install(failed, Conn::Single(manager), address, epoch)),
+            Ok(manager) => {
+                let lane = Lane::open(&client, self.connect_timeout);
+                Some(self.install(failed, Conn::Single(manager, lane), address, epoch))
+            }
             Err(err) => {
                 tracing::debug!(error = ?err, "could not replace the redis command connection");
                 None

@@ -76,11 +76,11 @@
 //!
 //! # Connections
 //!
-//! One backend uses **two connections** however many routines it holds or waits for (in
-//! cluster mode, two per node: see [Redis Cluster](#redis-cluster)):
+//! One backend uses **three connections** however many routines it holds or waits for
+//! (two over TLS; in cluster mode, two per node: see [Redis Cluster](#redis-cluster)):
 //!
-//! - one multiplexed command connection (the `redis` crate's `ConnectionManager`): every
-//!   request is pipelined on it, so renewals of many leases never queue behind each
+//! - one multiplexed command connection (the `redis` crate's `ConnectionManager`):
+//!   requests are pipelined on it, so renewals of many leases never queue behind each
 //!   other; it reconnects after an I/O failure. A failure it does not recover from by
 //!   itself replaces it with a new one: refused credentials (its reconnection keeps the
 //!   refusal and returns it to every later request, even once the password is fixed on
@@ -88,6 +88,13 @@
 //!   failover behind a fixed address demoted to a replica). The request that finds such
 //!   a failure opens the new connection and is sent once more on it; at most one
 //!   replacement is opened per second, so the runner's backoff paces them;
+//! - one direct lane (a plain TCP or Unix socket connection named `leasehold-lane`,
+//!   not used over TLS): a single command first goes there if no other request is on
+//!   it, written and answered on the caller's own task, without the manager's hand-off
+//!   to its driver task and back (about a third of an uncontended acquire + release,
+//!   see BENCHMARKS.md). A request that finds it busy uses the manager; one whose lane
+//!   connection fails is sent again on the manager; what follows a request dropped on
+//!   it is queued behind that request's answer. See `src/lane.rs`;
 //! - one pub/sub connection subscribed once to `routine:released:*`, whose messages wake
 //!   the local waiters of [`LockBackend::released`](leasehold_core::LockBackend::released).
 //!   If it fails, waiters get an error and the runner polls; acquire, refresh and release
@@ -407,6 +414,7 @@ mod durability;
 mod error;
 mod eviction;
 mod handshake;
+mod lane;
 mod lease;
 mod notify;
 mod operator;

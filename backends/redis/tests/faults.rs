@@ -153,7 +153,10 @@ async fn cut_command_connection_reconnects_and_refresh_still_works() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert_eq!(killed, 1, "the backend's one command connection was cut");
+    assert_eq!(
+        killed, 2,
+        "the backend's command connection and direct lane were cut"
+    );
 
     lease
         .refresh(TTL)

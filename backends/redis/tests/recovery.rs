@@ -130,8 +130,8 @@ async fn commands_work_again_once_a_changed_password_is_restored() {
     set_password(&mut admin, "changed-pw").await;
     assert_eq!(
         kill_clients(&mut admin, "normal").await,
-        1,
-        "the backend's command connection was cut"
+        2,
+        "the backend's command connection and direct lane were cut"
     );
 
     // The reconnection is refused, and stays refused while the password is wrong.

@@ -284,7 +284,10 @@ async fn a_routine_keeps_its_lease_when_its_connection_is_cut() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert_eq!(killed, 1, "the runner's command connection was cut");
+    assert_eq!(
+        killed, 2,
+        "the runner's command connection and direct lane were cut"
+    );
     let pttl = |admin: &mut redis::aio::MultiplexedConnection| {
         let mut admin = admin.clone();
         let key = redis_key.clone();
