@@ -3,9 +3,10 @@
 //! Three measurements, interleaved in every iteration so that load changes on the
 //! machine hit all of them alike:
 //! - *library*: `try_acquire` + `release` on the backend, what the runner calls;
-//! - *floor*: the bare protocol operations a lock needs, without the library, on the
-//!   same kind of connection from the same client crate: `SET NX PX` + `DEL` (Redis), a
-//!   put-if-absent transaction under a lease + a delete (etcd), `pg_try_advisory_lock` +
+//! - *floor*: the bare protocol operations a lock needs, without the library: on Redis
+//!   `SET NX PX` + a compare-and-delete `EVALSHA` as RESP written by hand on one tokio
+//!   socket (see [`RawRedis`]); elsewhere on the same kind of connection from the same
+//!   client crate: a put-if-absent transaction under a lease + a delete (etcd), `pg_try_advisory_lock` +
 //!   `pg_advisory_unlock` (PostgreSQL), a map insert + remove under a mutex (memory);
 //! - *runner*: a whole `run_named(.., RunOptions::exclusive())` with an empty routine,
 //!   joined: task start, acquire, routine, release and outcome.
@@ -103,7 +104,8 @@ fn wal_per_1000(
 enum Floor {
     /// Shared, as a backend's map would be.
     Memory(Arc<Mutex<HashMap<String, u64>>>),
-    Redis(redis::aio::MultiplexedConnection),
+    /// One tokio TCP connection speaking RESP written by hand (see [`RawRedis`]).
+    Redis(Box<RawRedis>),
     Etcd(Box<etcd_client::Client>, i64),
     Postgres(sqlx::PgConnection),
 }
@@ -117,10 +119,7 @@ impl Floor {
             }
             Kind::Redis => {
                 let url = target.raw_url().context("redis url")?;
-                let conn = redis::Client::open(url)?
-                    .get_multiplexed_async_connection()
-                    .await?;
-                Floor::Redis(conn)
+                Floor::Redis(Box::new(RawRedis::connect(&url).await?))
             }
             Kind::Etcd => {
                 let endpoint = target.etcd_endpoint().context("etcd endpoint")?;
@@ -145,7 +144,9 @@ impl Floor {
     fn label(&self) -> &'static str {
         match self {
             Floor::Memory(_) => "Mutex<HashMap> insert + remove",
-            Floor::Redis(_) => "SET NX PX + DEL",
+            Floor::Redis(_) => {
+                "SET NX PX + EVALSHA compare-and-delete, hand-written RESP on one tokio socket"
+            }
             Floor::Etcd(..) => "txn put-if-absent under a lease + delete",
             Floor::Postgres(_) => "pg_try_advisory_lock + pg_advisory_unlock",
         }
@@ -161,20 +162,7 @@ impl Floor {
                 }
                 map.remove("floor");
             }
-            Floor::Redis(conn) => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg("floor")
-                    .arg("token")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(TTL.as_millis() as u64)
-                    .query_async(conn)
-                    .await?;
-                if set.as_deref() != Some("OK") {
-                    bail!("redis floor key was held");
-                }
-                let _: i64 = redis::cmd("DEL").arg("floor").query_async(conn).await?;
-            }
+            Floor::Redis(raw) => raw.round_trip().await?,
             Floor::Etcd(client, lease) => {
                 let txn = Txn::new()
                     .when([Compare::create_revision("floor", CompareOp::Equal, 0)])
@@ -201,6 +189,93 @@ impl Floor {
                     .fetch_one(&mut *conn)
                     .await?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The least a safe Redis lock sends, with nothing between the caller and the socket:
+/// `SET key token NX PX ttl`, then a compare-and-delete script by `EVALSHA` (a plain `DEL`
+/// could delete a successor's key), each written as RESP by hand on one tokio
+/// `TcpStream` and answered on the same task: no connection manager, no driver task, no
+/// channel. The floor the issue asks the library to be within 1.1× of.
+struct RawRedis {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    set: Vec<u8>,
+    delete: Vec<u8>,
+    line: String,
+}
+
+/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
+const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// One RESP array of bulk strings.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+impl RawRedis {
+    async fn connect(url: &str) -> Result<Self> {
+        let address = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .context("redis url without an address")?
+            .to_owned();
+        let socket = tokio::net::TcpStream::connect(&address).await?;
+        socket.set_nodelay(true)?;
+        let mut raw = Self {
+            stream: tokio::io::BufReader::new(socket),
+            set: Vec::new(),
+            delete: Vec::new(),
+            line: String::new(),
+        };
+        let sha = raw
+            .call(&resp(&["SCRIPT", "LOAD", COMPARE_AND_DELETE]))
+            .await?;
+        // A bulk reply: `$40`, then the digest on the next line.
+        if !sha.starts_with('$') {
+            bail!("SCRIPT LOAD answered {sha:?}");
+        }
+        let sha = raw.read_line().await?;
+        let ttl = TTL.as_millis().to_string();
+        raw.set = resp(&["SET", "floor", "token", "NX", "PX", &ttl]);
+        raw.delete = resp(&["EVALSHA", &sha, "1", "floor", "token"]);
+        Ok(raw)
+    }
+
+    /// Sends `request` and returns the first line of the answer, without its CRLF.
+    async fn call(&mut self, request: &[u8]) -> Result<String> {
+        use tokio::io::AsyncWriteExt as _;
+        self.stream.get_mut().write_all(request).await?;
+        self.read_line().await
+    }
+
+    async fn read_line(&mut self) -> Result<String> {
+        use tokio::io::AsyncBufReadExt as _;
+        self.line.clear();
+        if self.stream.read_line(&mut self.line).await? == 0 {
+            bail!("redis closed the floor connection");
+        }
+        Ok(self.line.trim_end().to_owned())
+    }
+
+    async fn round_trip(&mut self) -> Result<()> {
+        let set = std::mem::take(&mut self.set);
+        let answer = self.call(&set).await;
+        self.set = set;
+        if answer? != "+OK" {
+            bail!("redis floor key was held");
+        }
+        let delete = std::mem::take(&mut self.delete);
+        let answer = self.call(&delete).await;
+        self.delete = delete;
+        if answer? != ":1" {
+            bail!("redis floor key was not deleted");
         }
         Ok(())
     }
@@ -275,7 +350,7 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
     for _ in 0..SERVER_ROUNDS {
         floor.round_trip().await?;
     }
-    let server_floor_us = target.server_time_us(&["set", "del"]).await?;
+    let server_floor_us = target.server_time_us(&["set", "evalsha"]).await?;
     let wal_after_floor = wal_counters(wal_url.as_deref()).await?;
     let wal_library = wal_per_1000(wal_start, wal_after_library, SERVER_ROUNDS);
     let wal_floor = wal_per_1000(wal_after_library, wal_after_floor, SERVER_ROUNDS);
