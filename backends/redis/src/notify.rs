@@ -31,8 +31,8 @@
 //! without them, or one the runner paused, would take a release nobody hears. The
 //! release script drops the entries past their deadline, takes out the one with the
 //! highest deadline (the waiter heard from most recently), and publishes its id on the
-//! channel; with none left it publishes [`WAKE_ALL`], the
-//! empty message releases always published. Every process receives the message; a
+//! channel; with none left it publishes [`WAKE_ALL`], the empty message releases always
+//! published. Every process receives the message; a
 //! backend that registered during its current waits on the name ([`Channel`]) wakes
 //! them only if the message is its own id or is not a waiter id at all ([`wakes`]), so
 //! the others stay asleep and send nothing. Taking the lock removes the taker's own
@@ -84,9 +84,9 @@ pub(crate) fn new_waiter_id() -> String {
 
 /// Whether a release message on a channel wakes this backend's waiters of it: the
 /// message is `own` (this backend was picked) or is not a waiter id at all (the empty
-/// [`WAKE_ALL`], or anything another version publishes), or
-/// this backend did not register in the name's waiters while they wait (`registered`
-/// false: no release would pick it, so every release wakes it, as before).
+/// [`WAKE_ALL`], or anything another version publishes), or this backend did not
+/// register in the name's waiters while they wait (`registered` false: no release
+/// would pick it, so every release wakes it, as before).
 pub(crate) fn wakes(payload: &[u8], own: &str, registered: bool) -> bool {
     let waiter_id = payload.len() == WAITER_ID_LEN
         && payload
