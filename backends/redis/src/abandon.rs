@@ -13,7 +13,8 @@
 //! goes on the multiplexed connection, queued behind anything sent there before. The release compares the start of the lock's value with the random owner
 //! prefix this attempt wrote (the server completed the rest, see
 //! [`ABANDON`](scripts::ABANDON)), which no other attempt of any process writes, so a lock
-//! held by anyone else is left alone; and it announces the release, so waiters try at once.
+//! held by anyone else is left alone; and it announces the release as a release does,
+//! waking one waiter, which tries at once.
 
 use std::sync::Arc;
 
@@ -77,14 +78,17 @@ impl Drop for Attempt {
         };
         let inner = Arc::clone(&self.inner);
         let channel = inner.keys.channel(&self.key);
+        let waiters = inner.keys.waiters(&self.key);
         let lock = std::mem::take(&mut self.lock);
         let owner_prefix = std::mem::take(&mut self.owner_prefix);
         runtime.spawn(async move {
             let mut invocation = scripts::ABANDON.key(&lock);
             invocation
+                .key(&waiters)
                 .arg(&owner_prefix)
                 .arg(&channel)
-                .arg(inner.keys.publish());
+                .arg(inner.keys.publish())
+                .arg(&inner.waiter_id);
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner

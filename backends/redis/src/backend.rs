@@ -21,7 +21,7 @@ use crate::error::{self, NAME};
 use crate::eviction;
 use crate::handshake;
 use crate::lease::RedisLease;
-use crate::notify::Notifier;
+use crate::notify::{self, Notifier};
 use crate::operator;
 use crate::scripts::{self, Claim, Keys};
 use crate::sentinel::{SentinelTarget, Target};
@@ -137,13 +137,21 @@ impl RedisBackend {
         eviction::check(&conn, &settings).await?;
         durability::check_replicas(&conn, &settings).await;
         let keys = Keys::new(&settings.namespace, false);
-        let notifier = Notifier::start(target, keys.channel_pattern(), connect_timeout).await;
+        let waiter_id = notify::new_waiter_id();
+        let notifier = Notifier::start(
+            target,
+            keys.channel_pattern(),
+            connect_timeout,
+            waiter_id.clone(),
+        )
+        .await;
         Ok(Self {
             inner: Arc::new(Client {
                 settings,
                 keys,
                 conn,
                 notifier: Releases::Pattern(notifier),
+                waiter_id,
                 slot_map: std::sync::Mutex::new(None),
             }),
         })
@@ -182,13 +190,15 @@ impl RedisBackend {
         eviction::check(&conn, &settings).await?;
         durability::check_replicas(&conn, &settings).await;
         let keys = Keys::new(&settings.namespace, true);
-        let notifier = ShardedNotifier::start(&settings, cluster).await?;
+        let waiter_id = notify::new_waiter_id();
+        let notifier = ShardedNotifier::start(&settings, cluster, waiter_id.clone()).await?;
         Ok(Self {
             inner: Arc::new(Client {
                 settings,
                 keys,
                 conn,
                 notifier: Releases::Sharded(notifier),
+                waiter_id,
                 slot_map: std::sync::Mutex::new(None),
             }),
         })
@@ -228,6 +238,15 @@ impl RedisBackend {
     /// `routine:record:<name>` (`routine:record:{<name>}` in cluster mode). It never expires: see [`forget_fencing`](Self::forget_fencing).
     pub fn record_key(&self, key: &LockKey) -> String {
         self.inner.keys.record(key)
+    }
+
+    /// The Redis key listing the backends waiting for `key`, such as
+    /// `routine:waiters:<name>` (`routine:waiters:{<name>}` in cluster mode): a sorted
+    /// set of waiter ids scored by their deadline in ms, from which a release picks the
+    /// one it wakes (see the [crate documentation](crate)). It expires once nobody
+    /// registers in it.
+    pub fn waiters_key(&self, key: &LockKey) -> String {
+        self.inner.keys.waiters(key)
     }
 
     /// Deletes `key`'s fencing counter, and its [record](LockBackend::write_record), if
@@ -271,6 +290,35 @@ impl RedisBackend {
             )
             .await?;
         Ok(deleted == 1)
+    }
+}
+
+impl RedisBackend {
+    /// The remaining TTL of `key`'s lock, registering this backend in the name's waiters
+    /// if `register` (the [`REGISTER`](scripts::REGISTER) script).
+    async fn pttl(&self, key: &LockKey, register: bool) -> Result<Option<Duration>> {
+        self.inner.keys.check(key)?;
+        let mut invocation = scripts::REGISTER.key(self.inner.keys.lock(key));
+        invocation
+            .key(self.inner.keys.waiters(key))
+            .arg(if register {
+                self.inner.waiter_id.as_str()
+            } else {
+                ""
+            })
+            .arg(scripts::REGISTRATION_MS);
+        let invocation = &invocation;
+        let pttl: i64 = self
+            .inner
+            .request(
+                "expires_in",
+                self.inner.settings.request_timeout,
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
+        // -2: no such key; -1: a key without expiry, which no lock of ours or of
+        // bsm/redislock is, so its end is unknown.
+        Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
     }
 }
 
@@ -328,22 +376,25 @@ impl LockBackend for RedisBackend {
         let attempt = Attempt::new(&self.inner, key);
         let limit = self.inner.lease_limit(ttl);
         let wait = self.inner.wait(limit);
-        let (lock, fence, owner) = (
+        let (lock, fence, waiters, owner) = (
             attempt.lock(),
             self.inner.keys.fence(key),
+            self.inner.keys.waiters(key),
             attempt.owner_prefix(),
         );
-        let fence = &fence;
+        let (fence, waiters) = (&fence, &waiters);
         let ((taken, written), acked): ((i64, Option<String>), _) = self
             .inner
             .request_at("acquire", limit, |conn, epoch| {
                 let mut invocation = scripts::ACQUIRE.key(lock);
                 invocation
                     .key(fence)
+                    .key(waiters)
                     .arg(owner)
                     .arg(ttl_ms)
                     .arg(holder)
-                    .arg(scripts::fence_floor(epoch));
+                    .arg(scripts::fence_floor(epoch))
+                    .arg(&self.inner.waiter_id);
                 async move { durability::invoke(conn, &invocation, wait).await }
             })
             .await?;
@@ -393,6 +444,11 @@ impl LockBackend for RedisBackend {
         Batched(self).refresh_batched(leases, ttl).await
     }
 
+    /// A release wakes one of the backends registered in the name's waiters, which
+    /// [`expires_in`](Self::expires_in) does while this wait is pending, or every waiter
+    /// if none is registered (see the [crate documentation](crate)). A backend that did
+    /// not register during its waits on the name is woken by every release.
+    ///
     /// In cluster mode, subscribes to the name's sharded channel, then checks that the
     /// lock is still held (a release published before the subscription would be
     /// missed): if not, returns at once.
@@ -401,25 +457,28 @@ impl LockBackend for RedisBackend {
         match &self.inner.notifier {
             Releases::Pattern(notifier) => notifier.released(&channel).await,
             Releases::Sharded(notifier) => {
-                let held = async { Ok(self.expires_in(key).await?.is_some()) };
+                // Without registering: a wait alone is not a contender (see above).
+                let held = async { Ok(self.pttl(key, false).await?.is_some()) };
                 notifier.released(&channel, held).await
             }
         }
     }
 
+    /// The lock's `PTTL`, and, while a [`released`](Self::released) wait of this backend
+    /// on `key` is pending with its notifications up, this backend registered as one of
+    /// the name's waiters, until now + max(10 s, 2 × the `PTTL`): one script call (see
+    /// the [crate documentation](crate)). The runner asks after every failed attempt
+    /// while it waits, which keeps it registered while it waits.
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
-        let lock = &self.inner.keys.lock(key);
-        let pttl: i64 = self
-            .inner
-            .request(
-                "expires_in",
-                self.inner.settings.request_timeout,
-                |mut conn| async move { redis::cmd("PTTL").arg(lock).query_async(&mut conn).await },
-            )
-            .await?;
-        // -2: no such key; -1: a key without expiry, which no lock of ours or of
-        // bsm/redislock is, so its end is unknown.
-        Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
+        let channel = self.inner.keys.channel(key);
+        let register = self.inner.notifier.waits_on(&channel);
+        let left = self.pttl(key, register).await?;
+        if register {
+            // Only now: until the server has it, a release that picks another backend
+            // must still wake this one.
+            self.inner.notifier.registered(&channel);
+        }
+        Ok(left)
     }
 
     /// One script call reads the lock's value and `PTTL`. A lease taken by a Go instance

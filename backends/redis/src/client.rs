@@ -38,6 +38,9 @@ pub(crate) struct Client {
     pub(crate) keys: Keys,
     pub(crate) conn: Connection,
     pub(crate) notifier: Releases,
+    /// This backend's random waiter id: what it registers in a name's waiters, and what
+    /// a release that picked it publishes (see the `notify` module).
+    pub(crate) waiter_id: String,
     /// In cluster mode, which master serves each slot, as last read: the batched refresh
     /// sends the scripts of one master together. Dropped when found stale.
     pub(crate) slot_map: Mutex<Option<Arc<SlotMap>>>,
@@ -61,6 +64,24 @@ impl Releases {
             },
             Releases::Sharded(notifier) if notifier.is_active() => "subscribed",
             Releases::Sharded(_) => "down",
+        }
+    }
+
+    /// Whether a waiter here would hear a release on `channel` (see
+    /// [`Notifier::waits_on`]).
+    pub(crate) fn waits_on(&self, channel: &str) -> bool {
+        match self {
+            Releases::Pattern(notifier) => notifier.waits_on(channel),
+            Releases::Sharded(notifier) => notifier.waits_on(channel),
+        }
+    }
+
+    /// This backend registered in the waiters of `channel`'s name: a release that picks
+    /// another backend no longer wakes its waiters here (see the `notify` module).
+    pub(crate) fn registered(&self, channel: &str) {
+        match self {
+            Releases::Pattern(notifier) => notifier.registered(channel),
+            Releases::Sharded(notifier) => notifier.registered(channel),
         }
     }
 }

@@ -138,9 +138,13 @@ impl Lease for RedisLease {
         let channel = self.inner.keys.channel(&self.key);
         let mut invocation = scripts::RELEASE.key(&self.claim.lock);
         invocation
+            .key(self.inner.keys.waiters(&self.key))
             .arg(&self.claim.value)
             .arg(&channel)
-            .arg(self.inner.keys.publish());
+            .arg(self.inner.keys.publish())
+            .arg(&self.inner.waiter_id)
+            // Wake one waiter: the one that takes over.
+            .arg("1");
         let invocation = &invocation;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self

@@ -20,7 +20,8 @@
 //! - refresh: if `GET key` is our whole value, `PEXPIRE key ttl`, else the lease is
 //!   [lost](leasehold_core::Error::Lost);
 //! - release: if `GET key` is our whole value, `DEL key` and `PUBLISH
-//!   routine:released:<name>`; otherwise nothing is touched.
+//!   routine:released:<name>` with the id of the one waiter it wakes (see
+//!   [Release notifications](#release-notifications)); otherwise nothing is touched.
 //!
 //! Keeping who holds a lease, its token and its start in the lock's own value means they
 //! live and expire with the lock: no second key to extend on every refresh or to go stale,
@@ -53,10 +54,13 @@
 //! # What stays on the server
 //!
 //! A lock key lives as long as its lease: it is deleted on release and expires with its
-//! TTL otherwise. The fence counter `routine:fence:<name>` is never deleted by the
-//! backend, so that tokens keep increasing: **one small key per distinct name ever
-//! acquired** (under 100 bytes with Redis's overhead). With a fixed set of routines that
-//! is nothing; with names made up at run time (one per customer or job id) they add up.
+//! TTL otherwise. The waiters of a name, `routine:waiters:<name>` (see
+//! [Release notifications](#release-notifications)), expire once nobody has registered
+//! in them for their longest registration (10 s, or twice the lock's TTL). The fence
+//! counter `routine:fence:<name>` is never deleted by the backend, so that tokens keep
+//! increasing: **one small key per distinct name ever acquired** (under 100 bytes with
+//! Redis's overhead). With a fixed set of routines that is nothing; with names made up
+//! at run time (one per customer or job id) they add up.
 //! A name whose holder wrote a record also keeps its record key `routine:record:<name>`
 //! (the value, at most [`MAX_RECORD_LEN`](leasehold_core::MAX_RECORD_LEN) bytes, plus
 //! Redis's overhead), which never expires either.
@@ -96,10 +100,42 @@
 //!   connection fails is sent again on the manager; what follows a request dropped on
 //!   it is queued behind that request's answer. See `src/lane.rs`;
 //! - one pub/sub connection subscribed once to `routine:released:*`, whose messages wake
-//!   the local waiters of [`LockBackend::released`](leasehold_core::LockBackend::released).
+//!   the local waiters of [`LockBackend::released`](leasehold_core::LockBackend::released)
+//!   (see [Release notifications](#release-notifications)).
 //!   If it fails, waiters get an error and the runner polls; acquire, refresh and release
 //!   do not depend on it. The next wait reconnects it, on a new connection each time, so
 //!   credentials fixed on the server are picked up too.
+//!
+//! # Release notifications
+//!
+//! A release wakes **one waiting backend**, not every one, so that W processes waiting
+//! for a name do not all try at once on every handover. Each backend has a random waiter
+//! id (16 hex digits). While a [`released`](leasehold_core::LockBackend::released) wait
+//! of a backend on a name is pending (and its notifications are up),
+//! [`expires_in`](leasehold_core::LockBackend::expires_in), which the runner calls after
+//! every failed attempt, registers the backend in the sorted set
+//! `routine:waiters:<name>` ([`RedisBackend::waiters_key`]) with a deadline of now +
+//! max(10 s, 2 × the lock's `PTTL`), by the server's clock, in the same script as the
+//! `PTTL`: no extra request. The release script drops the entries past their deadline,
+//! takes out the one with the highest deadline (the waiter heard from most recently), and
+//! publishes its id; every backend receives it, and of those registered only the one
+//! named wakes its local waiters of the name. With nobody registered it publishes the
+//! empty message, which wakes every waiter, as every release did before; so does
+//! [`force_release`](leasehold_core::LockBackend::force_release). Acquiring the name
+//! takes the taker out of the set (in the acquire script), and a release never picks the
+//! releasing backend.
+//!
+//! - A picked waiter that died or stopped waiting without leaving the set wakes nobody:
+//!   the others learn that the name is free at their next `expires_in`, which the runner
+//!   sends when the released lease would have run out, so within that lease's TTL. A
+//!   dead waiter is skipped once its deadline has passed.
+//! - A backend whose waits on a name never call `expires_in` (such as the runner's
+//!   observers) is not registered, is never picked, and is woken by every release, as
+//!   before.
+//! - Processes of an older version never register and wake on any message of the
+//!   channel, as before, and their releases wake everyone: mixed fleets keep working.
+//! - A Go instance ignores the waiters key, and its releases publish nothing (the
+//!   runner's `expires_in` polling finds them, as before).
 //!
 //! # Timeouts and failures
 //!
@@ -253,7 +289,8 @@
 //!
 //! **Keys.** Every key of a name carries the name as a hash tag, so that they share a
 //! slot and each script touches keys of one slot: `routine:lock:{<name>}`,
-//! `routine:fence:{<name>}`, `routine:record:{<name>}`, and releases are announced on
+//! `routine:fence:{<name>}`, `routine:record:{<name>}`, `routine:waiters:{<name>}`,
+//! and releases are announced on
 //! `routine:released:{<name>}`. **This is not the Go original's layout**: a Go instance
 //! and a Rust instance in cluster mode do not exclude each other (Go's bsm/redislock
 //! keys have no hash tag). [`RedisBackend::lock_key`] and its siblings return the cluster
@@ -289,7 +326,8 @@
 //! migration; every waiter is woken (spuriously) when a node's connection drops, since a
 //! release may be missed meanwhile. A wait subscribes first, then checks that the lock is
 //! still held (one `PTTL`), so a release between a failed acquire and the subscription
-//! is not missed.
+//! is not missed. A release wakes one registered waiter here too (its id is the
+//! `SPUBLISH`ed message).
 //!
 //! **Fencing tokens** are the name's counter on its slot's master, strictly increasing
 //! **as long as no failover loses writes**. Without durable mode, a master that fails

@@ -16,12 +16,49 @@
 //! Waiters that were registered while the subscription was down wake spuriously once it
 //! is back, since a release published in between was missed.
 //!
+//! # One waiting process woken per release
+//!
+//! With W processes waiting for one name, waking all of them on every release makes all
+//! W try at once, and all but one try for nothing: requests per handover grow with W.
+//! So a release wakes one backend (the etcd backend does the same with its waiting
+//! line). Each backend has a random waiter id ([`new_waiter_id`]). A backend that found
+//! the name held registers in the name's waiters, the sorted set
+//! `<namespace>:waiters:<name>`, with a deadline as score: the runner calls
+//! `expires_in` after every failed attempt while it waits, and that request is the
+//! [`REGISTER`](crate::scripts::REGISTER) script, the lock's `PTTL` and the `ZADD` in
+//! one, so registering costs no request. It registers only while this backend has a
+//! local waiter on the name ([`Notifier::waits_on`]) whose notifications are up: a wait
+//! without them, or one the runner paused, would take a release nobody hears. The
+//! release script drops the entries past their deadline, takes out the one with the
+//! highest deadline (the waiter heard from most recently), and publishes its id on the
+//! channel; with none left it publishes [`WAKE_ALL`], the empty message releases always
+//! published. Every process receives the message; a
+//! backend that registered during its current waits on the name ([`Channel`]) wakes
+//! them only if the message is its own id or is not a waiter id at all ([`wakes`]), so
+//! the others stay asleep and send nothing. Taking the lock removes the taker's own
+//! entry (in the acquire script), and a release never picks the releasing backend.
+//!
+//! Mixed versions keep working: a process of an older version never registers, wakes
+//! on any message of the channel (it is woken by every release, as before), and its
+//! releases publish the empty message, which wakes everyone.
+//!
+//! What this costs: a picked waiter that died, or stopped waiting, without leaving the
+//! set (nothing removes an entry but a pick, an acquire, or its deadline: now + max(10
+//! s, 2 × the lock's PTTL) when it registered) hears nothing, and the others then learn
+//! that the name is free at their next `expires_in`, which the runner sends when the
+//! released lease would have run out: within that lease's TTL. A caller of `released`
+//! that never calls `expires_in` (such as the runner's observers) never registers, is
+//! never picked, and so is woken by every release, as before. A backend whose waits on
+//! a name are of both kinds is woken as registered (the waits of a name share one
+//! entry): its observer then learns of a release for another backend by polling.
+//!
 //! Behind Sentinel each attempt subscribes on the master the sentinels name at that
 //! moment, so after a failover that closed the old master's connection the next wait
 //! follows the master. A subscription left on a demoted master still hears releases:
 //! replicas pass on what their master publishes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,9 +69,57 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::{self, NAME, SharedError};
+use crate::scripts::WAKE_ALL;
 use crate::sentinel::Target;
 
 const OPERATION: &str = "wait for release";
+
+/// How many hex digits a waiter id has.
+const WAITER_ID_LEN: usize = 16;
+
+/// A new random waiter id: 16 lowercase hex digits, one per backend.
+pub(crate) fn new_waiter_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Whether a release message on a channel wakes this backend's waiters of it: the
+/// message is `own` (this backend was picked) or is not a waiter id at all (the empty
+/// [`WAKE_ALL`], or anything another version publishes), or this backend did not
+/// register in the name's waiters while they wait (`registered` false: no release
+/// would pick it, so every release wakes it, as before).
+pub(crate) fn wakes(payload: &[u8], own: &str, registered: bool) -> bool {
+    let waiter_id = payload.len() == WAITER_ID_LEN
+        && payload
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    !registered || payload == WAKE_ALL.as_bytes() || !waiter_id || payload == own.as_bytes()
+}
+
+/// The local waiters of one release channel: an entry of a notifier's map, which lives
+/// while someone waits on the channel.
+#[derive(Debug, Default)]
+pub(crate) struct Channel {
+    /// Wakes the waiters.
+    pub(crate) notify: Notify,
+    /// Whether this backend registered in the name's waiters since the entry was made
+    /// (see [`wakes`]).
+    registered: AtomicBool,
+}
+
+impl Channel {
+    /// Wakes the waiters if a release message `payload` is for this backend (`own`).
+    pub(crate) fn deliver(&self, payload: &[u8], own: &str) {
+        if wakes(payload, own, self.registered.load(Ordering::Relaxed)) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// This backend registered in the name's waiters: from now on a release that picks
+    /// another backend does not wake these waiters.
+    pub(crate) fn registered(&self) {
+        self.registered.store(true, Ordering::Relaxed);
+    }
+}
 
 /// The state of the pub/sub connection, watched by every waiter.
 #[derive(Debug, Clone)]
@@ -58,8 +143,10 @@ struct Shared {
     target: Arc<Target>,
     pattern: String,
     connect_timeout: Duration,
+    /// This backend's waiter id: a release message naming another id is not for us.
+    waiter_id: String,
     /// Release channel -> its waiters. An entry lives while someone waits on it.
-    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    waiters: Mutex<HashMap<String, Arc<Channel>>>,
     status: watch::Sender<Status>,
     listener: Mutex<Option<AbortHandle>>,
 }
@@ -68,10 +155,12 @@ impl Notifier {
     /// Starts subscribing to `pattern` and waits for the first attempt's outcome, so that
     /// waiters registered once the backend is built are not missed. A failure is logged,
     /// not returned: the backend works without notifications, and the next wait retries.
+    /// Messages naming a waiter id other than `waiter_id` wake nobody (see [`wakes`]).
     pub(crate) async fn start(
         target: Arc<Target>,
         pattern: String,
         connect_timeout: Duration,
+        waiter_id: String,
     ) -> Self {
         let (status, _) = watch::channel(Status::Failed(Arc::new(Error::unavailable(
             NAME,
@@ -83,6 +172,7 @@ impl Notifier {
                 target,
                 pattern,
                 connect_timeout,
+                waiter_id,
                 waiters: Mutex::new(HashMap::new()),
                 status,
                 listener: Mutex::new(None),
@@ -109,11 +199,26 @@ impl Notifier {
         self.shared.status.borrow().clone()
     }
 
+    /// Whether someone here waits on `channel` and would hear its release: subscribed,
+    /// with a waiter registered. What makes `expires_in` register in the name's waiters.
+    pub(crate) fn waits_on(&self, channel: &str) -> bool {
+        matches!(*self.shared.status.borrow(), Status::Subscribed)
+            && self.shared.waiters().contains_key(channel)
+    }
+
+    /// This backend registered in the waiters of `channel`'s name (see
+    /// [`Channel::registered`]); nothing if nobody waits on it any more.
+    pub(crate) fn registered(&self, channel: &str) {
+        if let Some(entry) = self.shared.waiters().get(channel) {
+            entry.registered();
+        }
+    }
+
     /// Resolves when `channel` announces a release, or spuriously after the subscription
     /// was re-established; fails if the subscription is lost or cannot be established.
     pub(crate) async fn released(&self, channel: &str) -> Result<()> {
         let waiter = Waiter::register(&self.shared, channel);
-        let notified = waiter.notify.notified();
+        let notified = waiter.channel.notify.notified();
         tokio::pin!(notified);
         // Register now, on the first poll: a release published after this point must
         // wake us even if the caller polls us again only after its next `try_acquire`.
@@ -161,7 +266,7 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
         self.waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -194,7 +299,7 @@ impl Shared {
         tracing::debug!(pattern = %self.pattern, "redis release notifications subscribed");
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
-            self.wake(message.get_channel_name());
+            self.deliver(message.get_channel_name(), message.get_payload_bytes());
         }
         self.fail(Error::unavailable(
             NAME,
@@ -220,11 +325,11 @@ impl Shared {
         self.status.send_replace(Status::Failed(Arc::new(err)));
     }
 
-    fn wake(&self, channel: &str) {
+    fn deliver(&self, channel: &str, payload: &[u8]) {
         // Notified under the lock so that no clone of the entry is alive outside it, which
         // would keep `Waiter::drop` from removing the entry.
-        if let Some(notify) = self.waiters().get(channel) {
-            notify.notify_waiters();
+        if let Some(entry) = self.waiters().get(channel) {
+            entry.deliver(payload, &self.waiter_id);
         }
     }
 }
@@ -232,17 +337,17 @@ impl Shared {
 /// One waiter's entry in the map, removed when the last waiter on its channel leaves.
 struct Waiter<'a> {
     shared: &'a Shared,
-    channel: &'a str,
-    notify: Arc<Notify>,
+    name: &'a str,
+    channel: Arc<Channel>,
 }
 
 impl<'a> Waiter<'a> {
-    fn register(shared: &'a Shared, channel: &'a str) -> Self {
-        let notify = Arc::clone(shared.waiters().entry(channel.to_owned()).or_default());
+    fn register(shared: &'a Shared, name: &'a str) -> Self {
+        let channel = Arc::clone(shared.waiters().entry(name.to_owned()).or_default());
         Self {
             shared,
+            name,
             channel,
-            notify,
         }
     }
 }
@@ -252,10 +357,39 @@ impl Drop for Waiter<'_> {
         let mut waiters = self.shared.waiters();
         // Counts only change under this lock: two references are the map's and ours.
         if waiters
-            .get(self.channel)
-            .is_some_and(|notify| Arc::strong_count(notify) == 2)
+            .get(self.name)
+            .is_some_and(|entry| Arc::strong_count(entry) == 2)
         {
-            waiters.remove(self.channel);
+            waiters.remove(self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_wakes_the_picked_backend_or_everyone() {
+        let own = new_waiter_id();
+        assert_eq!(own.len(), WAITER_ID_LEN);
+        assert!(wakes(own.as_bytes(), &own, true), "picked");
+        assert!(
+            wakes(b"", &own, true),
+            "everyone (and older versions' releases)"
+        );
+        assert!(
+            !wakes(b"0123456789abcdef", "fedcba9876543210", true),
+            "someone else"
+        );
+        assert!(wakes(b"not a waiter id!", &own, true), "an unknown message");
+        assert!(
+            wakes(b"0123456789ABCDEF", &own, true),
+            "upper case: not an id"
+        );
+        assert!(
+            wakes(b"0123456789abcdef", "fedcba9876543210", false),
+            "a backend that did not register is woken by every release"
+        );
     }
 }

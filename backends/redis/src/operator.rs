@@ -137,7 +137,8 @@ pub(crate) async fn list(inner: &Client, prefix: &str) -> Result<Vec<LeaseInfo>>
         .collect())
 }
 
-/// Deletes `key`'s lock whoever holds it and wakes its waiters; whether it was held.
+/// Deletes `key`'s lock whoever holds it and wakes all its waiters (not one, as a release
+/// does); whether it was held.
 ///
 /// It reads the lock's value, then deletes the lock only if it still holds that value
 /// (with the release script), rather than deleting blindly in one step. A request is sent
@@ -158,9 +159,14 @@ pub(crate) async fn force_release(inner: &Client, key: &LockKey) -> Result<bool>
     };
     let mut invocation = scripts::RELEASE.key(lock);
     invocation
+        .key(inner.keys.waiters(key))
         .arg(held)
         .arg(inner.keys.channel(key))
-        .arg(inner.keys.publish());
+        .arg(inner.keys.publish())
+        .arg(&inner.waiter_id)
+        // Wake every waiter: an operator's action is rare, and a picked waiter that died
+        // would hold up the takeover the operator asked for.
+        .arg("0");
     let invocation = &invocation;
     let deleted: i64 = inner
         .request("force_release", limit, |mut conn| async move {

@@ -17,11 +17,15 @@ use redis::Script;
 
 /// Takes the lock if it is free and counts the acquisition on the fence key.
 ///
-/// `KEYS[1]` lock key, `KEYS[2]` fence key; `ARGV[1]` owner prefix (see
-/// [`new_owner_prefix`](crate::value::new_owner_prefix)), `ARGV[2]` TTL in ms, `ARGV[3]`
-/// holder identity, `ARGV[4]` the fence floor (decimal; `0` for none). Returns `{1,
-/// value}` if the lock is ours, with the whole value written (it holds the fencing
-/// token), and `{0, nil}` if someone else holds it.
+/// `KEYS[1]` lock key, `KEYS[2]` fence key, `KEYS[3]` waiters key; `ARGV[1]` owner
+/// prefix (see [`new_owner_prefix`](crate::value::new_owner_prefix)), `ARGV[2]` TTL in
+/// ms, `ARGV[3]` holder identity, `ARGV[4]` the fence floor (decimal; `0` for none),
+/// `ARGV[5]` this backend's waiter id. Returns `{1, value}` if the lock is ours, with the
+/// whole value written (it holds the fencing token), and `{0, nil}` if someone else
+/// holds it.
+///
+/// Taking the lock also takes this backend out of the name's waiters (see
+/// [`REGISTER`]): a release must not pick the holder to take over from itself.
 ///
 /// Behind Sentinel the floor is the master's epoch shifted left by
 /// [`EPOCH_SHIFT`] bits: a counter below it is first raised to it, so the token is
@@ -57,10 +61,12 @@ if not held then
   local now = redis.call('TIME')
   local value = ARGV[1] .. fence .. string.format(':%s.%06d:', now[1], tonumber(now[2])) .. ARGV[3]
   redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[5])
   return {1, value}
 end
 if string.sub(held, 1, #ARGV[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[5])
   return {1, held}
 end
 return {0, false}
@@ -122,43 +128,119 @@ return extended
 /// blocks the server for long (Redis runs scripts one at a time): about a millisecond.
 pub(crate) const REFRESH_MANY_CHUNK: usize = 500;
 
-/// Deletes the lock if it still holds our whole value (bsm/redislock's release script) and
-/// announces the release to waiters.
+/// The Lua function the release scripts share: who a release wakes.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` our value, `ARGV[2]` release channel, `ARGV[3]` the
-/// command that announces it ([`Keys::publish`]: `PUBLISH`, or `SPUBLISH` in cluster
-/// mode, where the channel shares the lock's hash tag and so its slot). Returns 1 if
-/// deleted, 0 if the lock was already gone or someone else's (then nothing is touched).
+/// `pick(waiters, own, one)`: with `one` = `'1'`, takes `own` (the releasing backend's
+/// waiter id) out of the name's waiters, drops the entries whose deadline (score, in ms
+/// of the server's clock) has passed, then takes out and returns the entry with the
+/// highest deadline: the waiter heard from most recently, the likeliest to be alive.
+/// Returns [`WAKE_ALL`] if none is left, or if `one` is anything else.
+const PICK: &str = r"
+local function pick(waiters, own, one)
+  if one ~= '1' then
+    return ''
+  end
+  redis.call('ZREM', waiters, own)
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', waiters, '-inf', '(' .. string.format('%.0f', ms))
+  local next = redis.call('ZREVRANGE', waiters, 0, 0)[1]
+  if not next then
+    return ''
+  end
+  redis.call('ZREM', waiters, next)
+  return next
+end
+";
+
+/// What a release publishes to wake every waiter: the empty message every release
+/// published before waiters were picked, so a process of an older version, which wakes
+/// on any message of the channel, and one of this version read it alike.
+pub(crate) const WAKE_ALL: &str = "";
+
+/// Deletes the lock if it still holds our whole value (bsm/redislock's release script) and
+/// announces the release to one waiter.
+///
+/// `KEYS[1]` lock key, `KEYS[2]` waiters key; `ARGV[1]` our value, `ARGV[2]` release
+/// channel, `ARGV[3]` the command that announces it ([`Keys::publish`]: `PUBLISH`, or
+/// `SPUBLISH` in cluster mode, where the channel shares the lock's hash tag and so its
+/// slot), `ARGV[4]` this backend's waiter id, `ARGV[5]` `1` to wake one waiter, `0` to
+/// wake all. The message is the picked waiter's id, or [`WAKE_ALL`] (see [`PICK`]).
+/// Returns 1 if deleted, 0 if the lock was already gone or someone else's (then nothing
+/// is touched). `replicate_commands` as in [`ACQUIRE`]: the pick reads the clock.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
+if redis.replicate_commands then redis.replicate_commands() end
+{PICK}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call(ARGV[3], ARGV[2], '')
+  redis.call(ARGV[3], ARGV[2], pick(KEYS[2], ARGV[4], ARGV[5]))
   return 1
 end
 return 0
-",
-    )
+"
+    ))
 });
 
 /// Deletes the lock of an acquire whose answer never came, if it holds that acquire's
-/// value, and announces the release to waiters.
+/// value, and announces the release to one waiter.
 ///
-/// `KEYS[1]` lock key; `ARGV[1]` the acquire's owner prefix, `ARGV[2]` release channel,
-/// `ARGV[3]` the command that announces it (as for [`RELEASE`]). Returns 1 if deleted, 0 if the lock was gone or someone else's (then nothing is
-/// touched). The acquire's whole value is unknown (the server completed it), but no other
-/// acquisition's value starts with its random owner prefix.
+/// `KEYS[1]` lock key, `KEYS[2]` waiters key; `ARGV[1]` the acquire's owner prefix,
+/// `ARGV[2]` release channel, `ARGV[3]` the command that announces it, `ARGV[4]` this
+/// backend's waiter id (as for [`RELEASE`], always waking one). Returns 1 if deleted, 0
+/// if the lock was gone or someone else's (then nothing is touched). The acquire's whole
+/// value is unknown (the server completed it), but no other acquisition's value starts
+/// with its random owner prefix.
 pub(crate) static ABANDON: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
+if redis.replicate_commands then redis.replicate_commands() end
+{PICK}
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call(ARGV[3], ARGV[2], '')
+  redis.call(ARGV[3], ARGV[2], pick(KEYS[2], ARGV[4], '1'))
   return 1
 end
 return 0
+"
+    ))
+});
+
+/// How long a waiter stays registered at least, in ms: past this the release scripts
+/// skip it unless it registered again. The runner registers again after every wait
+/// (see [`REGISTER`]), well within it.
+pub(crate) const REGISTRATION_MS: u64 = 10_000;
+
+/// The lock's `PTTL`, and, if asked, this backend registered as one of the name's
+/// waiters: what `expires_in` sends, still one request.
+///
+/// `KEYS[1]` lock key, `KEYS[2]` waiters key; `ARGV[1]` this backend's waiter id, or
+/// empty not to register, `ARGV[2]` the shortest registration in ms
+/// ([`REGISTRATION_MS`]). Registering adds (or moves) the id in the sorted set with the
+/// deadline now + max(`ARGV[2]`, 2 × the lock's PTTL) as its score, by the server's
+/// clock, and keeps the set's own expiry at least as far: a set nobody registers in
+/// again goes by itself. Returns the lock's `PTTL` (-2: no lock, -1: no expiry).
+pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.replicate_commands then redis.replicate_commands() end
+local pttl = redis.call('PTTL', KEYS[1])
+if ARGV[1] == '' then
+  return pttl
+end
+local span = tonumber(ARGV[2])
+if pttl * 2 > span then
+  span = pttl * 2
+end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], string.format('%.0f', ms + span), ARGV[1])
+if redis.call('PTTL', KEYS[2]) < span then
+  redis.call('PEXPIRE', KEYS[2], string.format('%.0f', span))
+end
+return pttl
 ",
     )
 });
@@ -278,11 +360,13 @@ impl fmt::Debug for Claim {
 /// With namespace `ns` a routine `name` has the lock key `ns:lock:name` (so the default
 /// namespace `routine` gives the Go original's `routine:lock:name`), the fence counter
 /// `ns:fence:name` (never expires, only incremented), the record `ns:record:name` (no
-/// expiry, written only by the holder), and its releases are published on the channel
-/// `ns:released:name`.
+/// expiry, written only by the holder), the waiters `ns:waiters:name` (a sorted set of
+/// the backends waiting for the name, see [`REGISTER`]; it expires once nobody
+/// registers), and its releases are published on the channel `ns:released:name`.
 ///
 /// In cluster mode the name is a hash tag: `ns:lock:{name}`, `ns:fence:{name}`,
-/// `ns:record:{name}` and the sharded channel `ns:released:{name}` all hash to one slot
+/// `ns:record:{name}`, `ns:waiters:{name}` and the sharded channel
+/// `ns:released:{name}` all hash to one slot
 /// (the namespace has no braces, see the settings' validation), so every script touches
 /// keys of one slot and the release is announced on the name's shard.
 #[derive(Debug, Clone)]
@@ -290,6 +374,7 @@ pub(crate) struct Keys {
     lock: String,
     fence: String,
     record: String,
+    waiters: String,
     channel: String,
     /// Cluster mode: names are wrapped in `{...}`.
     tagged: bool,
@@ -301,6 +386,7 @@ impl Keys {
             lock: format!("{namespace}:lock:"),
             fence: format!("{namespace}:fence:"),
             record: format!("{namespace}:record:"),
+            waiters: format!("{namespace}:waiters:"),
             channel: format!("{namespace}:released:"),
             tagged,
         }
@@ -317,6 +403,11 @@ impl Keys {
     /// The record key of `key`: `<namespace>:record:<name>`.
     pub(crate) fn record(&self, key: &LockKey) -> String {
         self.key(&self.record, key)
+    }
+
+    /// The waiters key of `key`: `<namespace>:waiters:<name>`.
+    pub(crate) fn waiters(&self, key: &LockKey) -> String {
+        self.key(&self.waiters, key)
     }
 
     pub(crate) fn lock(&self, key: &LockKey) -> String {
@@ -410,6 +501,7 @@ mod tests {
         assert_eq!(keys.lock(&key), "routine:lock:billing");
         assert_eq!(keys.fence(&key), "routine:fence:billing");
         assert_eq!(keys.record(&key), "routine:record:billing");
+        assert_eq!(keys.waiters(&key), "routine:waiters:billing");
         assert_eq!(keys.channel(&key), "routine:released:billing");
         assert_eq!(keys.channel_pattern(), "routine:released:*");
     }
@@ -438,7 +530,12 @@ mod tests {
             let lock = keys.lock(&key);
             assert_eq!(lock, format!("routine:lock:{{{name}}}"));
             let slot = Slot::for_key(&lock);
-            for other in [keys.fence(&key), keys.record(&key), keys.channel(&key)] {
+            for other in [
+                keys.fence(&key),
+                keys.record(&key),
+                keys.waiters(&key),
+                keys.channel(&key),
+            ] {
                 assert_eq!(Slot::for_key(&other), slot, "{lock} and {other}");
             }
             keys.check(&key).unwrap();

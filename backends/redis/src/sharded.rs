@@ -32,12 +32,12 @@ use leasehold_core::{Error, Result};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::Settings;
 use crate::config::cluster::ClusterSettings;
 use crate::error::{self, NAME};
+use crate::notify::Channel;
 
 const OPERATION: &str = "wait for release";
 
@@ -58,9 +58,9 @@ struct Shared {
     active: Arc<AtomicBool>,
 }
 
-type Waiters = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+type Waiters = Arc<Mutex<HashMap<String, Arc<Channel>>>>;
 
-fn lock(waiters: &Waiters) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+fn lock(waiters: &Waiters) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
     // Each critical section leaves the map whole: a poisoned lock holds no half-updated
     // state.
     waiters
@@ -68,24 +68,30 @@ fn lock(waiters: &Waiters) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A pushed message: a release wakes its channel's waiters; a dropped node connection
-/// wakes every waiter and clears `active`, a subscription the server ended wakes its own,
-/// and a subscription made (again, after the client reconnected a node) sets `active`.
-fn push(waiters: &Waiters, active: &AtomicBool, info: &PushInfo) {
+/// A pushed message: a release wakes its channel's waiters if it is for this backend
+/// (`waiter_id`, see [`wakes`](crate::notify::wakes)); a dropped node connection wakes
+/// every waiter and clears `active`, a subscription the server ended wakes its own, and a
+/// subscription made (again, after the client reconnected a node) sets `active`.
+fn push(waiters: &Waiters, active: &AtomicBool, waiter_id: &str, info: &PushInfo) {
     match info.kind {
         PushKind::SSubscribe => active.store(true, Ordering::Relaxed),
         PushKind::SMessage | PushKind::SUnsubscribe => {
             if let Some(Value::BulkString(channel)) = info.data.first()
                 && let Ok(channel) = std::str::from_utf8(channel)
-                && let Some(notify) = lock(waiters).get(channel)
+                && let Some(entry) = lock(waiters).get(channel)
             {
-                notify.notify_waiters();
+                match (&info.kind, info.data.get(1)) {
+                    (PushKind::SMessage, Some(Value::BulkString(payload))) => {
+                        entry.deliver(payload, waiter_id);
+                    }
+                    _ => entry.notify.notify_waiters(),
+                }
             }
         }
         PushKind::Disconnection => {
             active.store(false, Ordering::Relaxed);
-            for notify in lock(waiters).values() {
-                notify.notify_waiters();
+            for entry in lock(waiters).values() {
+                entry.notify.notify_waiters();
             }
         }
         _ => {}
@@ -100,15 +106,21 @@ struct Link {
 
 impl ShardedNotifier {
     /// Makes the pub/sub cluster connection. A failure is logged, not returned: the
-    /// backend works without notifications, and the next wait connects again.
-    pub(crate) async fn start(settings: &Settings, cluster: &ClusterSettings) -> Result<Self> {
+    /// backend works without notifications, and the next wait connects again. Messages
+    /// naming a waiter id other than `waiter_id` wake nobody once registered (see
+    /// [`wakes`](crate::notify::wakes)).
+    pub(crate) async fn start(
+        settings: &Settings,
+        cluster: &ClusterSettings,
+        waiter_id: String,
+    ) -> Result<Self> {
         let waiters = Waiters::default();
         let active = Arc::new(AtomicBool::new(false));
         let push = {
             let waiters = Arc::clone(&waiters);
             let active = Arc::clone(&active);
             move |info: PushInfo| -> std::result::Result<(), ()> {
-                push(&waiters, &active, &info);
+                push(&waiters, &active, &waiter_id, &info);
                 Ok(())
             }
         };
@@ -136,6 +148,23 @@ impl ShardedNotifier {
         self.shared.active.load(Ordering::Relaxed)
     }
 
+    /// Whether someone here waits on `channel` while the connection is up: what makes
+    /// `expires_in` register in the name's waiters (see the `notify` module). The
+    /// channel's own subscription may still be under way: a release picking this
+    /// backend before it is made is missed, as one before any subscription is, and the
+    /// wait's check that the lock is still held covers both.
+    pub(crate) fn waits_on(&self, channel: &str) -> bool {
+        self.is_active() && self.shared.waiters().contains_key(channel)
+    }
+
+    /// This backend registered in the waiters of `channel`'s name (see
+    /// [`Channel::registered`]); nothing if nobody waits on it any more.
+    pub(crate) fn registered(&self, channel: &str) {
+        if let Some(entry) = self.shared.waiters().get(channel) {
+            entry.registered();
+        }
+    }
+
     /// Resolves when `channel` announces a release, or spuriously (a node's connection
     /// dropped, the slot moved, or `still_held` says the lock is free already); fails if
     /// the subscription cannot be made.
@@ -145,7 +174,7 @@ impl ShardedNotifier {
         still_held: impl Future<Output = Result<bool>>,
     ) -> Result<()> {
         let waiter = Waiter::register(&self.shared, channel);
-        let notified = waiter.notify.notified();
+        let notified = waiter.entry.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // The first poll only registers: the runner polls a wait once before it tries to
@@ -162,7 +191,7 @@ impl ShardedNotifier {
 }
 
 impl Shared {
-    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
         lock(&self.waiters)
     }
 
@@ -236,16 +265,16 @@ impl Shared {
 struct Waiter {
     shared: Arc<Shared>,
     channel: String,
-    notify: Arc<Notify>,
+    entry: Arc<Channel>,
 }
 
 impl Waiter {
     fn register(shared: &Arc<Shared>, channel: &str) -> Self {
-        let notify = Arc::clone(shared.waiters().entry(channel.to_owned()).or_default());
+        let entry = Arc::clone(shared.waiters().entry(channel.to_owned()).or_default());
         Self {
             shared: Arc::clone(shared),
             channel: channel.to_owned(),
-            notify,
+            entry,
         }
     }
 }
@@ -256,7 +285,7 @@ impl Drop for Waiter {
         // Counts only change under this lock: two references are the map's and ours.
         if waiters
             .get(&self.channel)
-            .is_some_and(|notify| Arc::strong_count(notify) == 2)
+            .is_some_and(|entry| Arc::strong_count(entry) == 2)
         {
             waiters.remove(&self.channel);
             drop(waiters);
@@ -273,6 +302,8 @@ impl Drop for Waiter {
 mod tests {
     use super::*;
 
+    const OWN: &str = "00000000000000aa";
+
     fn pushed(kind: PushKind, channel: &str) -> PushInfo {
         PushInfo {
             kind,
@@ -284,25 +315,55 @@ mod tests {
     fn a_dropped_node_turns_notifications_off_and_a_subscription_on_again() {
         let waiters = Waiters::default();
         let active = AtomicBool::new(true);
-        let notify = Arc::clone(lock(&waiters).entry("ch".to_owned()).or_default());
-        let woken = notify.notified();
+        let entry = Arc::clone(lock(&waiters).entry("ch".to_owned()).or_default());
+        let woken = entry.notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        push(&waiters, &active, &pushed(PushKind::Disconnection, ""));
+        push(&waiters, &active, OWN, &pushed(PushKind::Disconnection, ""));
         assert!(!active.load(Ordering::Relaxed), "a dropped node connection");
         assert!(
             futures::FutureExt::now_or_never(woken).is_some(),
             "the waiter is woken by the drop"
         );
-        push(&waiters, &active, &pushed(PushKind::SMessage, "ch"));
+        push(&waiters, &active, OWN, &pushed(PushKind::SMessage, "ch"));
         assert!(
             !active.load(Ordering::Relaxed),
             "a message on another node's connection does not say the dropped one is back"
         );
-        push(&waiters, &active, &pushed(PushKind::SSubscribe, "ch"));
+        push(&waiters, &active, OWN, &pushed(PushKind::SSubscribe, "ch"));
         assert!(
             active.load(Ordering::Relaxed),
             "the client subscribed again once it reconnected the node"
         );
+    }
+
+    #[test]
+    fn a_release_wakes_only_the_picked_backend_or_everyone() {
+        let waiters = Waiters::default();
+        let active = AtomicBool::new(true);
+        let entry = Arc::clone(lock(&waiters).entry("ch".to_owned()).or_default());
+        let message = |payload: &str| PushInfo {
+            kind: PushKind::SMessage,
+            data: vec![
+                Value::BulkString(b"ch".to_vec()),
+                Value::BulkString(payload.as_bytes().to_vec()),
+            ],
+        };
+        let woken_by = |payload: &str| {
+            let waited = entry.notify.notified();
+            tokio::pin!(waited);
+            waited.as_mut().enable();
+            push(&waiters, &active, OWN, &message(payload));
+            futures::FutureExt::now_or_never(waited).is_some()
+        };
+        assert!(
+            woken_by("00000000000000bb"),
+            "not registered: every release wakes"
+        );
+        entry.registered();
+        assert!(!woken_by("00000000000000bb"), "another backend was picked");
+        assert!(woken_by(OWN), "this backend was picked");
+        assert!(woken_by(""), "everyone");
+        assert!(woken_by("legacy"), "not a waiter id");
     }
 }

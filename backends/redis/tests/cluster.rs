@@ -349,6 +349,76 @@ async fn a_release_wakes_a_waiter_through_the_shards_pub_sub_which_it_then_leave
     }
 }
 
+/// In cluster mode too a release wakes one of the registered waiters: the picked
+/// backend's id goes out on the name's sharded channel, and the others ignore it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_one_of_three_registered_waiters_through_the_shards_pub_sub() {
+    let Some(cluster) = shared() else { return };
+    let holder = backend(cluster).await;
+    let key = unique_key("wake-one");
+    let channel = format!("routine:released:{{{key}}}");
+    let slot = RedisCluster::slot_of(&channel);
+    // A marker name on the same slot, so its messages come after the name's on each
+    // waiter's connection to that master.
+    let marker = (0..)
+        .map(|i| LockKey::new(format!("{key}-marker-{i}")).unwrap())
+        .find(|marker| RedisCluster::slot_of(&format!("{{{marker}}}")) == slot)
+        .unwrap();
+    let marker_channel = format!("routine:released:{{{marker}}}");
+    let ttl = Duration::from_secs(10);
+    let mut lease = holder.try_acquire(&key, ttl).await.unwrap().unwrap();
+    let mut marker_lease = holder.try_acquire(&marker, ttl).await.unwrap().unwrap();
+    let master = blocking(|| cluster.master_of_slot(slot));
+    let mut conn = node(cluster, master).await;
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let waiter = backend(cluster).await;
+        // Whether the name's release woke this waiter before the marker's release did.
+        let waiting = tokio::spawn({
+            let (waiter, key, marker) = (waiter.clone(), key.clone(), marker.clone());
+            async move {
+                let (woken, marked) = (waiter.released(&key), waiter.released(&marker));
+                tokio::pin!(woken, marked);
+                tokio::select! {
+                    biased;
+                    woken = &mut woken => woken.map(|()| true),
+                    marked = &mut marked => marked.map(|()| false),
+                }
+            }
+        });
+        waiters.push((waiter, waiting));
+    }
+    let deadline = Deadline::new(HANG, "the waiters subscribed on the name's shard");
+    while subscribers(&mut conn, &channel).await < 3
+        || subscribers(&mut conn, &marker_channel).await < 3
+    {
+        deadline.tick().await;
+    }
+    for (waiter, _) in &waiters {
+        waiter.expires_in(&key).await.unwrap().expect("held");
+    }
+    let registered: u64 = redis::cmd("ZCARD")
+        .arg(holder.waiters_key(&key))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(registered, 3);
+    lease.release().await.unwrap();
+    // Nobody registered for the marker: its release wakes everyone.
+    marker_lease.release().await.unwrap();
+    let mut woken = 0;
+    for (_, waiting) in waiters {
+        if within(HANG, "the waiter wakes", waiting)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            woken += 1;
+        }
+    }
+    assert_eq!(woken, 1, "one release, one waiter woken");
+}
+
 /// How many clients of `conn`'s node are subscribed to the sharded `channel`.
 async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> u64 {
     let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")

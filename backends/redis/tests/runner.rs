@@ -371,3 +371,129 @@ async fn an_unreachable_redis_at_start_is_retried_with_backoff_until_it_is_up() 
     handle.cancel();
     runner.shutdown().await;
 }
+
+/// A Redis backend that counts its acquire attempts (shared by every clone).
+#[derive(Debug, Clone)]
+struct Counting {
+    inner: RedisBackend,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl leasehold_core::LockBackend for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> leasehold_core::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire_as(
+        &self,
+        key: &leasehold_core::LockKey,
+        ttl: Duration,
+        holder: &str,
+    ) -> leasehold_core::Result<Option<Box<dyn leasehold_core::Lease>>> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.try_acquire_as(key, ttl, holder).await
+    }
+
+    async fn released(&self, key: &leasehold_core::LockKey) -> leasehold_core::Result<()> {
+        self.inner.released(key).await
+    }
+
+    async fn expires_in(
+        &self,
+        key: &leasehold_core::LockKey,
+    ) -> leasehold_core::Result<Option<Duration>> {
+        self.inner.expires_in(key).await
+    }
+}
+
+/// Five processes wait for one name, each running the routine once under its lease
+/// (`exclusive`): each release wakes the next one only, so the five handovers take
+/// about one attempt each, where waking every waiter on every release took 5 + 4 + 3 +
+/// 2 + 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_waiting_runners_take_over_in_turn_with_about_one_attempt_each() {
+    use leasehold_core::LockBackend;
+    let server = leasehold_conformance::require_server!(RedisServer);
+    let name = unique_key("wake-one-runners");
+    let ttl = Duration::from_secs(10);
+    let holder = common::backend(server).await;
+    let mut lease = holder.try_acquire(&name, ttl).await.unwrap().expect("free");
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (ran, mut runs) = mpsc::unbounded_channel();
+    let mut runners = Vec::new();
+    for place in 0..5 {
+        let backend = Counting {
+            inner: common::backend(server).await,
+            attempts: Arc::clone(&attempts),
+        };
+        let runner = Runner::builder()
+            .with_backend(backend)
+            .with_lease_ttl(ttl)
+            .with_signal_handling(false)
+            .build()
+            .unwrap();
+        let mut events = runner.subscribe();
+        let ran = ran.clone();
+        let handle = runner.run_named(
+            name.as_str(),
+            move |_ctx| {
+                let ran = ran.clone();
+                async move {
+                    let _ = ran.send(place);
+                }
+            },
+            RunOptions::exclusive(),
+        );
+        wait_event(&mut events, "the runner waits for the name", |k| {
+            matches!(k, EventKind::Contended { .. })
+        })
+        .await;
+        runners.push((runner, handle));
+    }
+    // Each registers with the `expires_in` it sends after its failed attempt.
+    let mut conn = raw(server).await;
+    let deadline = Deadline::new(DEADLINE, "every waiting runner registered");
+    loop {
+        let registered: usize = redis::cmd("ZCARD")
+            .arg(holder.waiters_key(&name))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if registered == 5 {
+            break;
+        }
+        deadline.tick().await;
+    }
+    let before = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(before, 5, "one failed attempt each");
+    lease.release().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        order.push(next_run(&mut runs).await);
+    }
+    order.sort_unstable();
+    assert_eq!(order, [0, 1, 2, 3, 4], "each runner ran once");
+    let handovers = attempts.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // One per handover; a waiter woken by a release while it was between its attempt
+    // and its registration may add one. Waking everyone would take 15.
+    assert!(
+        (5..=8).contains(&handovers),
+        "five handovers took {handovers} attempts"
+    );
+    for (runner, handle) in runners {
+        handle.join().await;
+        runner.shutdown().await;
+    }
+}
+
+async fn next_run(runs: &mut mpsc::UnboundedReceiver<i32>) -> i32 {
+    common::within(DEADLINE, "the next runner runs the routine", runs.recv())
+        .await
+        .expect("runners gone")
+}
