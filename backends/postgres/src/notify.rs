@@ -15,6 +15,11 @@
 //! sets the pace). When a new session opens, for whatever request, every waiter is woken
 //! again, since a release may have been missed in between.
 //!
+//! A release that finds a waiter registered for its key in the waiter table wakes that
+//! waiter's session alone, on the session's own channel (see the `waiters` module), with
+//! the same payload; the session task hands it to [`Dispatch::released`] as well. So only
+//! one process wakes, and every local waiter of the key in it.
+//!
 //! The same session hears `force_release` announce the lock session it ended
 //! (`routine_lock_session_ended`, payload the session id): the session task drops that
 //! session if it is its own, so its holders are revoked at once instead of at their next
@@ -69,6 +74,13 @@ impl Dispatch {
         if let Some(notify) = self.lock().remove(&hash) {
             notify.notify_waiters();
         }
+    }
+
+    /// Whether a waiter of `hash` in this process waits for its release now (registered
+    /// on its first poll, until woken or dropped): only then does `expires_in` register
+    /// the session as a waiter for the key (see the `waiters` module).
+    pub(crate) fn is_waiting(&self, hash: i64) -> bool {
+        self.lock().contains_key(&hash)
     }
 
     /// A new session listens: wakes every waiter, since a release may have been missed.

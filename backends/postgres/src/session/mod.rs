@@ -66,6 +66,7 @@ pub(crate) fn spawn(
     settings: Arc<Settings>,
     live: Live,
     dispatch: Arc<Dispatch>,
+    waiters: bool,
     (tx, rx): (
         mpsc::UnboundedSender<Command>,
         mpsc::UnboundedReceiver<Command>,
@@ -76,6 +77,7 @@ pub(crate) fn spawn(
             &settings.qualified_table,
             &settings.qualified_sessions,
             &settings.qualified_epochs,
+            waiters.then_some(settings.qualified_waiters.as_str()),
         ),
         epochs: EpochStatements::new(&settings.qualified_epochs),
         describe: Arc::from(describe_statement(&settings)),
@@ -91,6 +93,7 @@ pub(crate) fn spawn(
         backlog: VecDeque::new(),
         revoke: watch::channel(false).0,
         forget: Vec::new(),
+        dropped: None,
     };
     tokio::spawn(task.run());
     tx
@@ -122,6 +125,9 @@ struct Session {
     /// Released leases of ended sessions, whose claims on their keys (key and session id)
     /// in the fencing table the next session clears (see the module docs).
     forget: Vec<LeaseId>,
+    /// The id of the session dropped last, whose waiter rows the next session deletes
+    /// (see the `waiters` module): nobody hears that session's wake channel any more.
+    dropped: Option<i64>,
 }
 
 impl Session {
@@ -231,7 +237,9 @@ impl Session {
         }
     }
 
-    /// A notification the session heard: a release, or a session an operator ended.
+    /// A notification the session heard: a release (for every waiter on the shared
+    /// channel, or for this session alone on its wake channel, which is the only other
+    /// one it listens on), or a session an operator ended.
     fn notified(&mut self, channel: &str, payload: &str) {
         if channel != ENDED_CHANNEL {
             self.dispatch.released(payload);
@@ -309,6 +317,7 @@ impl Session {
     /// runs out, which outlasts every lease's local deadline.
     fn abandon(&mut self, why: &dyn std::fmt::Display) {
         if let Some(live) = self.live.take() {
+            self.dropped = Some(live.id);
             if self.held.is_empty() {
                 tracing::debug!(
                     pid = live.pid,
@@ -346,6 +355,14 @@ impl Session {
             let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_sessions)));
             self.run_tidy(forget, "forget ended sessions", timeout)
                 .await?;
+            // Waiter rows of the dropped session would take wake-ups nobody hears.
+            if let Some(statements) = &self.statements.waiters {
+                let forget =
+                    sqlx::query(AssertSqlSafe(Arc::clone(&statements.forget))).bind(self.dropped);
+                self.run_tidy(forget, "forget the dropped session's waits", timeout)
+                    .await?;
+                self.dropped = None;
+            }
         }
         if !self.forget.is_empty() {
             let keys: Vec<i64> = self.forget.iter().map(|id| id.hash).collect();
@@ -395,10 +412,22 @@ impl Session {
         };
         // Until the restart guard has passed, no key is granted, whatever its rows say.
         let guard = live.guard_left();
-        let query =
-            sqlx::query_scalar::<_, i64>(AssertSqlSafe(Arc::clone(&self.statements.expires_in)))
-                .bind(hash)
-                .fetch_optional(&mut live.conn);
+        // A waiter of this process asks: the same statement registers the session as a
+        // waiter for the key, so that a release can wake it alone (see the `waiters`
+        // module). Anyone else only asks.
+        let query = match &self.statements.waiters {
+            Some(waiters) if self.dispatch.is_waiting(hash) => {
+                sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(Arc::clone(&waiters.register)))
+                    .bind(hash)
+                    .bind(live.id)
+                    .bind(guard.map_or(0, millis))
+            }
+            _ => sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(Arc::clone(
+                &self.statements.expires_in,
+            )))
+            .bind(hash),
+        }
+        .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(left)) => {
                 let left = left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()));
