@@ -215,7 +215,8 @@
 //! acquire however many processes wait. With no registered waiter (none asked yet, the
 //! table is missing or not writable, the waiters run an older version of this crate), it
 //! runs `pg_notify('routine_lock_released', '<lock key>')` and every waiting process
-//! wakes, as before. A picked waiter that has gone meanwhile wakes nobody: the others
+//! wakes, as before. A waiter that stops waiting deletes its registration; one whose
+//! process crashed since it last asked may still be picked and wakes nobody: the others
 //! then try when they next ask, at most one lease TTL later. `force_release` wakes every
 //! waiter. See the `waiters` module for the details.
 //!

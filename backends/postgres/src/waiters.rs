@@ -59,12 +59,20 @@
 //!
 //! # What a wake-up that goes astray costs
 //!
-//! A picked waiter that is gone (its process stopped or crashed since it last asked, its
-//! session was dropped) wakes nobody. The other waiters then wake when they ask again,
-//! which they do when the holder's heartbeat would run out: at most one lease TTL after
-//! the release. They find the key free (`expires_in` says no one holds it) and try at
-//! once. A session that is dropped and replaced wakes all its waiters (see the `notify`
-//! module) and the next session deletes the rows of the one before.
+//! A waiter that stops waiting without being woken (its routine was stopped) deletes its
+//! row: when the last local waiter of a key drops its `released` future, the session
+//! task is sent `Command::Unwait`, unless the key is held here now (then its release
+//! deletes the row). Only registered keys cost that message, so a holder's acquires cost
+//! nothing. When the backend is dropped, its session deletes its remaining rows (best
+//! effort: a process that exits first leaves them to expire). A session that is dropped
+//! and replaced wakes all its waiters (see the `notify` module) and the next session
+//! deletes the rows of the one before.
+//!
+//! A picked waiter that is gone all the same (its process crashed or exited since it
+//! last asked, or its session was cut off unnoticed) wakes nobody. The other waiters then
+//! wake when they ask again, which they do when the holder's heartbeat would run out: at
+//! most one lease TTL after the release. They find the key free (`expires_in` says no
+//! one holds it) and try at once.
 //!
 //! `force_release` wakes every waiter, on the shared channel: an operator's action, rare,
 //! and the holder's process may be gone.
@@ -107,9 +115,12 @@ pub(crate) struct WaiterStatements {
     /// none): like `Statements::expires_in` (one row, `left_ms`, NULL if no live session
     /// claims the key), and registers the session as a waiter for the key.
     pub(crate) register: Arc<str>,
-    /// `$1` the id of the session dropped before this one (NULL if none): deletes its
-    /// rows and every expired one.
+    /// `$1` the id of the session dropped before this one (NULL if none), or of this
+    /// session when its backend is dropped: deletes its rows and every expired one.
     pub(crate) forget: Arc<str>,
+    /// `$1` key, `$2` session id: deletes the session's row for the key, when the last
+    /// waiter for it in this process stopped waiting without being woken.
+    pub(crate) unwait: Arc<str>,
 }
 
 impl WaiterStatements {
@@ -136,9 +147,11 @@ impl WaiterStatements {
         let forget = format!(
             "DELETE FROM {waiters} WHERE deadline < clock_timestamp() OR waiter = $1::int8"
         );
+        let unwait = format!("DELETE FROM {waiters} WHERE lock_key = $1 AND waiter = $2");
         Self {
             register: Arc::from(register),
             forget: Arc::from(forget),
+            unwait: Arc::from(unwait),
         }
     }
 }

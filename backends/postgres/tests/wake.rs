@@ -223,3 +223,30 @@ async fn a_waiter_whose_session_was_replaced_loses_its_row_and_is_woken_by_the_n
         .expect("woken without error");
     assert_eq!(waiter_rows(server, hash), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_stops_waiting_unregisters_and_the_release_wakes_another() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    let ns = unique("wake-gone");
+    let k = key("job");
+    let holder = backend(&server.url(), &ns).await;
+    let hash = holder.lock_key(&k);
+    let mut lease = holder.try_acquire(&k, TTL).await.unwrap().expect("free");
+    let staying = backend(&server.url(), &ns).await;
+    let stays = wait_as_runner(&staying, &k).await;
+    let leaving = backend(&server.url(), &ns).await;
+    let leaves = wait_as_runner(&leaving, &k).await;
+    assert_eq!(waiter_rows(server, hash), 2);
+    // The routine was stopped while it waited: a release that picked its row would wake
+    // nobody, and the other waiter would wait for its next `expires_in`.
+    drop(leaves);
+    leasehold_conformance::wait::until(WAKE, "the leaving waiter's row deleted", || {
+        std::future::ready((waiter_rows(server, hash) == 1).then_some(()))
+    })
+    .await;
+    lease.release().await.unwrap();
+    within(WAKE, "the staying waiter woken", stays)
+        .await
+        .expect("woken without error");
+    assert_eq!(waiter_rows(server, hash), 0);
+}

@@ -196,6 +196,7 @@ impl Session {
                         let _ = reply.send(result);
                     }
                 }
+                Command::Unwait { hash } => self.unwait(hash).await,
                 Command::Listen { reply } => {
                     if !reply.is_closed() {
                         let result = self.ensure_live(self.settings.request_timeout).await;
@@ -206,6 +207,17 @@ impl Session {
                         let _ = reply.send(result);
                     }
                 }
+            }
+        }
+        if self.dispatch.has_registrations()
+            && let Some(statements) = &self.statements.waiters
+            && let Some(live) = self.live.as_ref()
+        {
+            // Best effort: releases that would pick this session wake nobody from now on.
+            let forget = sqlx::query(AssertSqlSafe(Arc::clone(&statements.forget))).bind(live.id);
+            let timeout = self.settings.request_timeout;
+            if let Err(err) = self.run_tidy(forget, "stop waiting", timeout).await {
+                tracing::debug!(error = %err.chain(), "the lock session's waits stay registered");
             }
         }
         if let Some(live) = self.live.take() {
@@ -242,6 +254,12 @@ impl Session {
     /// one it listens on), or a session an operator ended.
     fn notified(&mut self, channel: &str, payload: &str) {
         if channel != ENDED_CHANNEL {
+            if channel != CHANNEL
+                && let Ok(hash) = payload.parse::<i64>()
+            {
+                // Picked: the release deleted this session's row for the key.
+                self.dispatch.unregistered(hash);
+            }
             self.dispatch.released(payload);
             return;
         }
@@ -355,13 +373,20 @@ impl Session {
             let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_sessions)));
             self.run_tidy(forget, "forget ended sessions", timeout)
                 .await?;
-            // Waiter rows of the dropped session would take wake-ups nobody hears.
+            // Waiter rows of the dropped session would take wake-ups nobody hears. Only
+            // wake-ups: a failure costs no request its answer.
             if let Some(statements) = &self.statements.waiters {
                 let forget =
                     sqlx::query(AssertSqlSafe(Arc::clone(&statements.forget))).bind(self.dropped);
-                self.run_tidy(forget, "forget the dropped session's waits", timeout)
-                    .await?;
-                self.dropped = None;
+                match self
+                    .run_tidy(forget, "forget the dropped session's waits", timeout)
+                    .await
+                {
+                    Ok(()) => self.dropped = None,
+                    Err(err) => {
+                        tracing::debug!(error = %err.chain(), "the dropped session's waits stay registered");
+                    }
+                }
             }
         }
         if !self.forget.is_empty() {
@@ -415,8 +440,9 @@ impl Session {
         // A waiter of this process asks: the same statement registers the session as a
         // waiter for the key, so that a release can wake it alone (see the `waiters`
         // module). Anyone else only asks.
+        let register = self.statements.waiters.is_some() && self.dispatch.is_waiting(hash);
         let query = match &self.statements.waiters {
-            Some(waiters) if self.dispatch.is_waiting(hash) => {
+            Some(waiters) if register => {
                 sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(Arc::clone(&waiters.register)))
                     .bind(hash)
                     .bind(live.id)
@@ -430,6 +456,9 @@ impl Session {
         .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(left)) => {
+                if register {
+                    self.dispatch.registered(hash);
+                }
                 let left = left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()));
                 Ok(left.max(guard))
             }
@@ -479,6 +508,34 @@ impl Session {
                 self.abandon(&"describe timed out");
                 Err(Error::timeout(NAME, "describe", timeout))
             }
+        }
+    }
+
+    /// The last waiter of `hash` in this process stopped waiting without being woken
+    /// (see [`Command::Unwait`]): deletes the session's registration for the key, so
+    /// that no release picks a process that no longer waits. A failure only leaves the
+    /// row to expire.
+    async fn unwait(&mut self, hash: i64) {
+        // A waiter came back meanwhile (its `expires_in` renews the row), or the key is
+        // held here now (no release picks the holder's own row, and its release deletes
+        // it): nothing to do.
+        if self.dispatch.is_waiting(hash) || self.held.contains_key(&hash) {
+            return;
+        }
+        let Some(statements) = &self.statements.waiters else {
+            return;
+        };
+        let unwait = Arc::clone(&statements.unwait);
+        let Some(session) = self.live.as_ref().map(|live| live.id) else {
+            return;
+        };
+        if !self.dispatch.unregistered(hash) {
+            return;
+        }
+        let query = sqlx::query(AssertSqlSafe(unwait)).bind(hash).bind(session);
+        let timeout = self.settings.request_timeout;
+        if let Err(err) = self.run_tidy(query, "stop waiting", timeout).await {
+            tracing::debug!(error = %err.chain(), "the waiter row stays until it expires");
         }
     }
 
@@ -549,6 +606,8 @@ impl Session {
                 if !keep {
                     live.applied = Some(longest);
                 }
+                // The release deleted the session's own row for the key, if any.
+                self.dispatch.unregistered(id.hash);
                 if !row.try_get::<bool, _>("unlocked").unwrap_or(true) {
                     tracing::warn!(key = %held.key, "the lock session did not hold the lock it released");
                 }
