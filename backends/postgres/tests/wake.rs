@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use leasehold_conformance::servers::PostgresServer;
 use leasehold_conformance::wait::within;
 use leasehold_core::{LockBackend, LockKey, Result};
 use leasehold_postgres::PostgresBackend;
 
-use common::{backend, key, unique};
+use common::{backend, key, unique, waiter_rows};
 
 const TTL: Duration = Duration::from_secs(30);
 /// How long a release has to wake its waiters: a hang, not slowness.
@@ -22,16 +21,6 @@ const WAKE: Duration = Duration::from_secs(10);
 /// a release that woke everyone would have reached them by then (same server, same
 /// notification), so a failure here is a wake-up, not a slow machine.
 const QUIET: Duration = Duration::from_millis(500);
-
-/// The rows of `hash` in the waiter table beside the default fencing table.
-fn waiter_rows(server: &PostgresServer, hash: i64) -> i64 {
-    server
-        .psql(&format!(
-            "SELECT count(*) FROM public.routine_fencing_waiters WHERE lock_key = {hash}"
-        ))
-        .parse()
-        .expect("a count")
-}
 
 /// Waits for `key` on `waiter` as the runner does: the `released` future is polled first
 /// (interest registered), the attempt meets contention, then `expires_in` is asked (which

@@ -456,10 +456,15 @@ impl Session {
         .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(left)) => {
+                let left = left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()));
                 if register {
                     self.dispatch.registered(hash);
+                    // The last waiter may have stopped during the statement, too early to
+                    // ask for the row to go.
+                    if !self.dispatch.is_waiting(hash) {
+                        self.unwait(hash).await;
+                    }
                 }
-                let left = left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()));
                 Ok(left.max(guard))
             }
             Ok(Err(err)) => {
