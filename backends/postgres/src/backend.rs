@@ -23,6 +23,7 @@ use crate::operator::Operator;
 use crate::record::Records;
 use crate::session;
 use crate::ttl::{CAPABILITIES, check_ttl};
+use crate::waiters;
 
 /// A lease backend on PostgreSQL session-level advisory locks.
 ///
@@ -108,12 +109,13 @@ impl PostgresBackend {
             operation: "create the fencing table",
             url_setting: settings.url_setting,
         };
-        with_timeout(ctx.operation, settings.request_timeout, async {
+        let waiters = with_timeout(ctx.operation, settings.request_timeout, async {
             let conn = sqlx::Acquire::acquire(&mut live.conn)
                 .await
                 .map_err(|err| ctx.map(err))?;
             fencing::ensure_table(&mut *conn, &settings).await?;
-            epoch::ensure_table(conn, &settings).await
+            epoch::ensure_table(&mut *conn, &settings).await?;
+            waiters::ensure_table(conn, &settings).await
         })
         .await?;
         // The session hands out no token before it has an epoch of its own.
@@ -130,7 +132,7 @@ impl PostgresBackend {
         let (tx, rx) = mpsc::unbounded_channel();
         let dispatch = Dispatch::new();
         let notifier = Notifier::new(Arc::clone(&dispatch), tx.clone(), settings.request_timeout);
-        let session = session::spawn(Arc::clone(&settings), live, dispatch, (tx, rx));
+        let session = session::spawn(Arc::clone(&settings), live, dispatch, waiters, (tx, rx));
         Ok(Self {
             inner: Arc::new(Inner {
                 operator: Operator::new(Arc::clone(&settings)),
@@ -200,6 +202,11 @@ impl LockBackend for PostgresBackend {
         }))
     }
 
+    /// Resolves when a release of `key` wakes this process: the release picked this
+    /// backend's lock session among the registered waiters (see
+    /// [`expires_in`](LockBackend::expires_in)), or found none registered and woke every
+    /// waiting process; or when the lock session changed (a release may have gone
+    /// unheard).
     async fn released(&self, key: &LockKey) -> Result<()> {
         self.inner.notifier.released(self.lock_key(key)).await
     }
@@ -207,6 +214,13 @@ impl LockBackend for PostgresBackend {
     /// How long the heartbeat of the session recorded as the key's holder has left: a
     /// live holder's session keeps moving it on, an ended one's runs out, and the key can
     /// be taken then. `None` if no live session claims the key.
+    ///
+    /// While a [`released`](LockBackend::released) future of this backend waits for
+    /// `key` (the runner's, after contention), the same statement registers this
+    /// backend's lock session as a waiter for the key, so that the next release wakes
+    /// this one process rather than every waiting one (see the [crate docs](crate),
+    /// *Release notifications*). The registration lasts twice the time left (at least
+    /// ten seconds): asking again when that runs out, as the runner does, keeps it.
     async fn expires_in(&self, key: &LockKey) -> Result<Option<Duration>> {
         let hash = self.lock_key(key);
         let timeout = self.inner.settings.request_timeout;

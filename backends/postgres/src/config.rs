@@ -25,6 +25,11 @@ pub(crate) const CHANNEL: &str = "routine_lock_released";
 /// The `LISTEN`/`NOTIFY` channel on which `force_release` announces the lock session it
 /// ended; the payload is the session's id (`holder_session`).
 pub(crate) const ENDED_CHANNEL: &str = "routine_lock_session_ended";
+/// The start of a lock session's own `LISTEN`/`NOTIFY` channel, on which a release wakes
+/// that session alone (see the `waiters` module): followed by the session's id
+/// (`holder_session`) in hexadecimal, as PostgreSQL's `to_hex` writes it; the payload is
+/// the lock key.
+pub(crate) const WAKE_CHANNEL_PREFIX: &str = "routine_lock_wake_";
 /// PostgreSQL truncates longer identifiers (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_LEN: usize = 63;
 /// Appended to the fencing table's name to name the session table beside it.
@@ -32,6 +37,10 @@ pub(crate) const SESSIONS_SUFFIX: &str = "_sessions";
 /// Appended to the fencing table's name to name the epoch table beside it (shorter than
 /// [`SESSIONS_SUFFIX`], so the length check of that one covers it).
 pub(crate) const EPOCH_SUFFIX: &str = "_epoch";
+/// Appended to the fencing table's name to name the waiter table beside it (see the
+/// `waiters` module; shorter than [`SESSIONS_SUFFIX`], so the length check of that one
+/// covers it).
+pub(crate) const WAITERS_SUFFIX: &str = "_waiters";
 /// Long enough for any sensible prefix, short enough to keep log lines readable.
 const MAX_NAMESPACE_LEN: usize = 200;
 
@@ -266,6 +275,11 @@ impl PostgresBackendBuilder {
                 quote(&schema),
                 quote(&format!("{table}{EPOCH_SUFFIX}"))
             ),
+            qualified_waiters: format!(
+                "{}.{}",
+                quote(&schema),
+                quote(&format!("{table}{WAITERS_SUFFIX}"))
+            ),
             schema,
             table,
             namespace,
@@ -301,6 +315,9 @@ pub(crate) struct Settings {
     /// `"schema"."table_epoch"`, the fencing epoch table (see the `epoch` module), quoted
     /// for SQL.
     pub(crate) qualified_epochs: String,
+    /// `"schema"."table_waiters"`, the waiter table (see the `waiters` module), quoted
+    /// for SQL.
+    pub(crate) qualified_waiters: String,
     pub(crate) namespace: String,
     pub(crate) request_timeout: Duration,
     redacted_url: String,

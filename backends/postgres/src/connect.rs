@@ -1,5 +1,6 @@
 //! Opening a lock session: connect, check the server, detect a transaction pooler, and
-//! `LISTEN` for releases on the same connection (see the `notify` module).
+//! `LISTEN` for releases on the same connection (see the `notify` module): on the shared
+//! release channel and on the session's own wake channel (see the `waiters` module).
 //!
 //! Session-level advisory locks belong to a server backend process. Behind a pooler in
 //! transaction or statement mode (PgBouncer, Odyssey, RDS Proxy in that mode...) each
@@ -30,6 +31,7 @@ use crate::config::{CHANNEL, ENDED_CHANNEL, Settings};
 use crate::error::{Context, NAME, with_timeout};
 use crate::hosts::{Target, not_writable};
 use crate::ttl::ServerTtl;
+use crate::waiters::wake_channel;
 
 /// `application_name` of lock sessions, to find them in `pg_stat_activity` (prefixed by the
 /// URL's `application_name`, if any).
@@ -224,8 +226,11 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
             .execute(&mut conn)
             .await
             .map_err(|err| ctx.map(err))?;
-        // Checked to be a session of its own: now it hears releases too.
-        conn.listen_all([CHANNEL, ENDED_CHANNEL])
+        // Checked to be a session of its own: now it hears releases too, those that wake
+        // every waiter and those that wake this session alone (see the `waiters` module).
+        let id: i64 = rand::random();
+        let wake = wake_channel(id);
+        conn.listen_all([CHANNEL, ENDED_CHANNEL, wake.as_str()])
             .await
             .map_err(|err| ctx.map(err))?;
         let ttl = ServerTtl::for_version(version);
@@ -240,7 +245,7 @@ async fn open_on(settings: &Settings, target: &Target, timeout: Duration) -> Res
             conn,
             pool,
             pid,
-            id: rand::random(),
+            id,
             ttl,
             applied: None,
             epoch_floor: 0,

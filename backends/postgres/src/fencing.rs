@@ -19,6 +19,9 @@
 //! learned it, and they may run until their local deadlines, which the heartbeat
 //! outlasts. A release clears `holder_session`, so a graceful handover does not wait.
 //!
+//! A release also wakes one registered waiter, or every waiter if none is registered:
+//! the `waiters` module has that statement, and the waiter table beside these.
+//!
 //! `record` is the key's record (the `record` module), written only by its holder and
 //! never touched by the lock statements: it outlives every lease of the key.
 
@@ -30,6 +33,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::config::Settings;
 use crate::error::{Context, Message, NAME};
+use crate::waiters::{self, WaiterStatements};
 
 /// The statements of a lock session, with the table names filled in.
 #[derive(Debug)]
@@ -49,7 +53,9 @@ pub(crate) struct Statements {
     /// session alive, moves its heartbeat on and updates its TTL settings.
     pub(crate) refresh: Arc<str>,
     /// `$1` key, `$2` channel, `$3`/`$4` TTL settings, `$5` session id. One row:
-    /// `unlocked`, then the settings count and the notifications sent (unused).
+    /// `unlocked`, then the settings count and the notifications sent (unused). With the
+    /// waiter table, it wakes one registered waiter if there is any (see the `waiters`
+    /// module), else every one on `$2`.
     pub(crate) release: Arc<str>,
     /// `$1` key, `$2` session id: gives a lock back after a failed statement, or when its
     /// lease was dropped.
@@ -58,11 +64,14 @@ pub(crate) struct Statements {
     /// ended sessions of this process have stopped, so they need not wait for the ended
     /// session's heartbeat.
     pub(crate) forget_holders: Arc<str>,
-    /// `$1` key: milliseconds left on the heartbeat of the session recorded as the key's
-    /// holder; no row if none is alive.
+    /// `$1` key: one row, `left_ms`, the milliseconds left on the heartbeat of the
+    /// session recorded as the key's holder; NULL if none is alive.
     pub(crate) expires_in: Arc<str>,
     /// Deletes the session rows whose heartbeat has run out.
     pub(crate) forget_sessions: Arc<str>,
+    /// The statements that register waiters, if the waiter table can be used (see the
+    /// `waiters` module); `release` then wakes one of them.
+    pub(crate) waiters: Option<WaiterStatements>,
 }
 
 /// A CTE that makes the statement's own transaction commit without waiting for its WAL
@@ -92,7 +101,9 @@ const SETTINGS_CTE: &str = "settings AS MATERIALIZED (
 )";
 
 impl Statements {
-    pub(crate) fn new(table: &str, sessions: &str, epochs: &str) -> Self {
+    /// The statements on `table` and the session and epoch tables beside it, and on the
+    /// waiter table `waiters` if it can be used.
+    pub(crate) fn new(table: &str, sessions: &str, epochs: &str, waiters: Option<&str>) -> Self {
         let settings = |first: u8| {
             SETTINGS_CTE.replace(
                 "$SETTINGS::text[]",
@@ -164,7 +175,11 @@ impl Statements {
         );
         // NOTIFY only if the lock was ours; delivered when the statement commits, after
         // the unlock and with the row no longer naming this session.
-        let release = format!(
+        let release = match waiters {
+            Some(waiters) => {
+                waiters::release_statement(table, waiters, &settings(3), ASYNC_COMMIT_CTE)
+            }
+            None => format!(
             "WITH {settings}, {ASYNC_COMMIT_CTE}, unlocked AS MATERIALIZED (
                 SELECT pg_advisory_unlock($1) AS ok
             ), cleared AS (
@@ -175,8 +190,9 @@ impl Statements {
                    (SELECT count(*) FROM (SELECT pg_notify($2, $1::text) WHERE unlocked.ok) AS sent),
                    (SELECT count(*) FROM commit_mode) AS async_commit
             FROM unlocked CROSS JOIN settings",
-            settings = settings(3),
-        );
+                settings = settings(3),
+            ),
+        };
         let unlock = format!(
             "WITH {ASYNC_COMMIT_CTE}, cleared AS (
                 UPDATE {table} SET holder_session = NULL
@@ -189,8 +205,9 @@ impl Statements {
              WHERE (lock_key, holder_session) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
         );
         let expires_in = format!(
-            "SELECT {LEFT_MS} FROM {table} AS f JOIN {sessions} AS s ON s.id = f.holder_session
-             WHERE f.lock_key = $1 AND s.alive_until > clock_timestamp()"
+            "SELECT (SELECT {LEFT_MS} FROM {table} AS f
+                     JOIN {sessions} AS s ON s.id = f.holder_session
+                     WHERE f.lock_key = $1 AND s.alive_until > clock_timestamp()) AS left_ms"
         );
         let forget_sessions =
             format!("DELETE FROM {sessions} WHERE alive_until < clock_timestamp()");
@@ -202,6 +219,7 @@ impl Statements {
             forget_holders: Arc::from(forget_holders),
             expires_in: Arc::from(expires_in),
             forget_sessions: Arc::from(forget_sessions),
+            waiters: waiters.map(|waiters| WaiterStatements::new(table, sessions, waiters)),
         }
     }
 }
@@ -325,7 +343,7 @@ pub(crate) async fn ensure_table(conn: &mut PgConnection, settings: &Settings) -
         ));
     }
     // Rows of sessions whose heartbeat ran out guard nothing any more.
-    let forget = Statements::new(table, sessions, &settings.qualified_epochs).forget_sessions;
+    let forget = Statements::new(table, sessions, &settings.qualified_epochs, None).forget_sessions;
     sqlx::query(sqlx::AssertSqlSafe(forget))
         .execute(&mut *conn)
         .await

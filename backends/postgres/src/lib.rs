@@ -118,7 +118,10 @@
 //! which needs the `CREATE` privilege; without it,
 //! [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied) (create the tables
 //! once as an administrator, then `SELECT, INSERT, UPDATE` on the fencing and epoch
-//! tables and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). A
+//! tables and `SELECT, INSERT, UPDATE, DELETE` on the session table suffice). The
+//! unlogged waiter table `public.routine_fencing_waiters` (see *Release notifications*)
+//! is created beside them too, and wants `SELECT, INSERT, UPDATE, DELETE`; without it
+//! the backend works, and each release wakes every waiting process. A
 //! fencing table made by an earlier version gets its `holder_session`,
 //! `holder_identity` and `record` columns added, which needs its owner (or run
 //! `ALTER TABLE public.routine_fencing ADD COLUMN IF NOT EXISTS record bytea` once as
@@ -126,8 +129,10 @@
 //!
 //! What stays on the server: one fencing row (about 100 bytes, plus its record: see
 //! *Records*) per routine name ever acquired, kept for good so that tokens never
-//! restart; and one session row per backend connection, deleted once its heartbeat has
-//! run out. An application that makes routine
+//! restart; one session row per backend connection, deleted once its heartbeat has
+//! run out; and one waiter row per waiting process and key, deleted when a release
+//! wakes it, or once it has expired (it stops asking) by the next release of its key or
+//! the next backend that connects. An application that makes routine
 //! names dynamically (one per tenant, per job id) grows the fencing table by one row per
 //! name. To clean up names that are gone for good, delete their rows while nothing holds
 //! them, accepting that their tokens restart lower if a name ever comes back (harmless
@@ -200,12 +205,26 @@
 //!
 //! # Release notifications
 //!
-//! A release runs `pg_notify('routine_lock_released', '<lock key>')`; the lock session,
-//! which listens, wakes the local waiters of that key. When the session is dropped every
-//! waiter is woken (a release may have been missed), and the next wait opens a new one.
-//! A crashed holder sends nothing, and a session cut off without a closed connection
-//! hears nothing: waiters then notice when the holder's session heartbeat runs out (the
-//! runner asks when it does).
+//! A release wakes **one** waiting process. A process waiting for a key registers its
+//! lock session in the waiter table (the fencing table's name with `_waiters` appended,
+//! `UNLOGGED`) with the `expires_in` the runner asks after each failed attempt: same
+//! statement, no extra round trip. The release statement picks the registered waiter that
+//! asked last, deletes its row, and runs `pg_notify` on that session's own channel
+//! (`routine_lock_wake_<session id in hex>`, payload the lock key), so only that process
+//! hears it and wakes its local waiters of the key; a handover costs the release and one
+//! acquire however many processes wait. With no registered waiter (none asked yet, the
+//! table is missing or not writable, the waiters run an older version of this crate), it
+//! runs `pg_notify('routine_lock_released', '<lock key>')` and every waiting process
+//! wakes, as before. A waiter that stops waiting deletes its registration; one whose
+//! process crashed since it last asked may still be picked and wakes nobody: the others
+//! then try when they next ask, at most one lease TTL later. `force_release` wakes every
+//! waiter. See the `waiters` module for the details.
+//!
+//! The lock session listens on both channels. When the session is dropped every waiter is
+//! woken (a release may have been missed), and the next wait opens a new one, which
+//! deletes the dropped session's registrations. A crashed holder sends nothing, and a
+//! session cut off without a closed connection hears nothing: waiters then notice when
+//! the holder's session heartbeat runs out (the runner asks when it does).
 //!
 //! # Failover
 //!
@@ -333,6 +352,7 @@ mod session;
 mod sourced;
 mod tls;
 mod ttl;
+mod waiters;
 
 pub use backend::PostgresBackend;
 pub use config::PostgresBackendBuilder;

@@ -56,6 +56,12 @@ pub(crate) enum Command {
     Listen {
         reply: Reply<()>,
     },
+    /// The last waiter of `hash` in this process stopped waiting without being woken:
+    /// the session's registration as a waiter for the key goes, so that no release
+    /// wakes a process that no longer waits (see the `waiters` module).
+    Unwait {
+        hash: i64,
+    },
 }
 
 /// A lock taken for a lease: the key's new fencing token and the lease's link to the task.

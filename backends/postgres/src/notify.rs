@@ -15,12 +15,17 @@
 //! sets the pace). When a new session opens, for whatever request, every waiter is woken
 //! again, since a release may have been missed in between.
 //!
+//! A release that finds a waiter registered for its key in the waiter table wakes that
+//! waiter's session alone, on the session's own channel (see the `waiters` module), with
+//! the same payload; the session task hands it to [`Dispatch::released`] as well. So only
+//! one process wakes, and every local waiter of the key in it.
+//!
 //! The same session hears `force_release` announce the lock session it ended
 //! (`routine_lock_session_ended`, payload the session id): the session task drops that
 //! session if it is its own, so its holders are revoked at once instead of at their next
 //! refresh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +45,11 @@ type Waiters = Mutex<HashMap<i64, Arc<Notify>>>;
 #[derive(Debug)]
 pub(crate) struct Dispatch {
     waiters: Waiters,
+    /// The keys for which the lock session has a row in the waiter table (see the
+    /// `waiters` module), as far as the session task knows: a waiter that stops waiting
+    /// without being woken has the row deleted, and nobody else sends the session task
+    /// a message for it.
+    registered: Mutex<HashSet<i64>>,
     /// Whether a lock session listens now.
     listening: watch::Sender<bool>,
 }
@@ -49,6 +59,7 @@ impl Dispatch {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             waiters: Waiters::default(),
+            registered: Mutex::default(),
             listening: watch::channel(true).0,
         })
     }
@@ -71,16 +82,49 @@ impl Dispatch {
         }
     }
 
+    /// Whether a waiter of `hash` in this process waits for its release now (registered
+    /// on its first poll, until woken or dropped): only then does `expires_in` register
+    /// the session as a waiter for the key (see the `waiters` module).
+    pub(crate) fn is_waiting(&self, hash: i64) -> bool {
+        self.lock().contains_key(&hash)
+    }
+
+    /// The registrations of the lock session (see [`registered`](Self::registered)).
+    fn registrations(&self) -> MutexGuard<'_, HashSet<i64>> {
+        // One insert, remove or clear per critical section.
+        self.registered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the lock session is registered as a waiter for any key.
+    pub(crate) fn has_registrations(&self) -> bool {
+        !self.registrations().is_empty()
+    }
+
+    /// The lock session registered as a waiter for `hash`.
+    pub(crate) fn registered(&self, hash: i64) {
+        self.registrations().insert(hash);
+    }
+
+    /// The lock session's row for `hash` is gone (a release that woke it or its own
+    /// release deleted it, or the session task deletes it now): whether it was there.
+    pub(crate) fn unregistered(&self, hash: i64) -> bool {
+        self.registrations().remove(&hash)
+    }
+
     /// A new session listens: wakes every waiter, since a release may have been missed.
     pub(crate) fn up(&self) {
         self.listening.send_replace(true);
         self.wake_all();
     }
 
-    /// The session was dropped, or could not be opened: wakes every waiter.
+    /// The session was dropped, or could not be opened: wakes every waiter. Its
+    /// registrations are the next session's to delete.
     pub(crate) fn down(&self, reason: String) {
         tracing::debug!("release notifications are down: {reason}");
         self.listening.send_replace(false);
+        self.registrations().clear();
         self.wake_all();
     }
 
@@ -91,9 +135,11 @@ impl Dispatch {
     }
 }
 
-/// Drops the waiters' entry of `hash` with the last waiter (see `Notifier::released`).
+/// Drops the waiters' entry of `hash` with the last waiter (see `Notifier::released`),
+/// and then the lock session's registration for the key, if it has one.
 struct Sweep<'a> {
     dispatch: &'a Dispatch,
+    session: &'a mpsc::UnboundedSender<Command>,
     hash: i64,
     notify: Arc<Notify>,
 }
@@ -108,6 +154,14 @@ impl Drop for Sweep<'_> {
             Arc::ptr_eq(notify, &self.notify) && Arc::strong_count(notify) == 2
         }) {
             waiters.remove(&self.hash);
+            drop(waiters);
+            // Nobody here waits for the key any more, and no release woke us: a release
+            // that picked this session would wake nobody. Only registered keys cost a
+            // message, so a holder's acquires (which drop the runner's wait) cost none.
+            // If the task is gone, so is the session.
+            if self.dispatch.registrations().contains(&self.hash) {
+                let _ = self.session.send(Command::Unwait { hash: self.hash });
+            }
         }
     }
 }
@@ -142,6 +196,7 @@ impl Notifier {
         // acquired the key instead), so a process holding many keys keeps none per key.
         let sweep = Sweep {
             dispatch: &self.dispatch,
+            session: &self.session,
             hash,
             notify: Arc::clone(self.dispatch.lock().entry(hash).or_default()),
         };

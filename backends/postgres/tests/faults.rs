@@ -238,6 +238,7 @@ async fn no_create_permission_is_permission_denied_until_an_admin_creates_the_ta
         "an epoch table the role cannot write must be PermissionDenied, got {err:?}"
     );
     server.psql("GRANT SELECT, INSERT, UPDATE ON public.routine_fencing_epoch TO app");
+    // Nothing on the waiter table: the backend works, and wakes every waiter.
     let a = PostgresBackend::from_url(&url)
         .await
         .expect("grants suffice");
@@ -247,6 +248,24 @@ async fn no_create_permission_is_permission_denied_until_an_admin_creates_the_ta
         .unwrap()
         .expect("free");
     lease.release().await.unwrap();
+    // It waits as the runner does (interest, contention, `expires_in`) without
+    // registering, and a release by a backend that can use the table wakes it.
+    let admin = backend(&server.url(), "routine").await;
+    let waited = key("waited");
+    let mut held = admin
+        .try_acquire(&waited, TTL)
+        .await
+        .unwrap()
+        .expect("free");
+    let mut released = Box::pin(a.released(&waited));
+    assert!(futures::poll!(released.as_mut()).is_pending());
+    assert!(a.try_acquire(&waited, TTL).await.unwrap().is_none());
+    assert!(a.expires_in(&waited).await.unwrap().is_some());
+    held.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), released)
+        .await
+        .expect("a release wakes a waiter that could not register")
+        .expect("woken without error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,10 @@
 //! Runner-level faults: a `leasehold::Runner` keeping one routine on `PostgresBackend` while
-//! the lock session is killed or the server restarts.
+//! the lock session is killed or the server restarts; and waiting runners registering as
+//! waiters, so that a release wakes one of them.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold::{EventKind, RunOptions, Runner};
@@ -10,7 +12,7 @@ use leasehold_conformance::servers::PostgresServer;
 use leasehold_conformance::wait::{self, acquired};
 use leasehold_core::LockBackend as _;
 
-use common::{backend, holder_pid, key};
+use common::{backend, holder_pid, key, unique, waiter_rows};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -172,4 +174,52 @@ async fn a_routine_stops_as_soon_as_its_backend_drops_the_lock_session() {
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     handle.cancel();
     runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_runners_register_and_a_release_wakes_the_one_it_picked() {
+    let server = leasehold_conformance::require_server!(PostgresServer);
+    let ns = unique("runner-wake");
+    // The runners' indexes, in the order they started the routine.
+    let holders = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let mut runners = Vec::new();
+    let mut handles = Vec::new();
+    let mut lock_key = 0;
+    for index in 0..3 {
+        let backend = backend(&server.url(), &ns).await;
+        lock_key = backend.lock_key(&key("job"));
+        let runner = runner(backend);
+        let holders = Arc::clone(&holders);
+        handles.push(runner.run_named(
+            "job",
+            move |ctx| {
+                holders.lock().unwrap().push(index);
+                async move { ctx.cancelled().await }
+            },
+            RunOptions::keep_running_one_instance(),
+        ));
+        runners.push(runner);
+    }
+    // The two runners that met contention registered with their `expires_in`.
+    wait::eventually(WITHIN, "two waiters registered", || {
+        waiter_rows(server, lock_key) == 2
+    })
+    .await;
+    let first = holders.lock().unwrap()[0];
+    handles[first].cancel();
+    wait::eventually(WITHIN, "the next runner holds", || {
+        holders.lock().unwrap().len() == 2
+    })
+    .await;
+    // The release deleted the row of the waiter it woke; the other one stays registered.
+    wait::eventually(WITHIN, "one waiter registered", || {
+        waiter_rows(server, lock_key) == 1
+    })
+    .await;
+    for handle in &handles {
+        handle.cancel();
+    }
+    for runner in runners {
+        runner.shutdown().await;
+    }
 }

@@ -66,6 +66,7 @@ pub(crate) fn spawn(
     settings: Arc<Settings>,
     live: Live,
     dispatch: Arc<Dispatch>,
+    waiters: bool,
     (tx, rx): (
         mpsc::UnboundedSender<Command>,
         mpsc::UnboundedReceiver<Command>,
@@ -76,6 +77,7 @@ pub(crate) fn spawn(
             &settings.qualified_table,
             &settings.qualified_sessions,
             &settings.qualified_epochs,
+            waiters.then_some(settings.qualified_waiters.as_str()),
         ),
         epochs: EpochStatements::new(&settings.qualified_epochs),
         describe: Arc::from(describe_statement(&settings)),
@@ -91,6 +93,7 @@ pub(crate) fn spawn(
         backlog: VecDeque::new(),
         revoke: watch::channel(false).0,
         forget: Vec::new(),
+        dropped: None,
     };
     tokio::spawn(task.run());
     tx
@@ -122,6 +125,9 @@ struct Session {
     /// Released leases of ended sessions, whose claims on their keys (key and session id)
     /// in the fencing table the next session clears (see the module docs).
     forget: Vec<LeaseId>,
+    /// The id of the session dropped last, whose waiter rows the next session deletes
+    /// (see the `waiters` module): nobody hears that session's wake channel any more.
+    dropped: Option<i64>,
 }
 
 impl Session {
@@ -190,6 +196,7 @@ impl Session {
                         let _ = reply.send(result);
                     }
                 }
+                Command::Unwait { hash } => self.unwait(hash).await,
                 Command::Listen { reply } => {
                     if !reply.is_closed() {
                         let result = self.ensure_live(self.settings.request_timeout).await;
@@ -200,6 +207,17 @@ impl Session {
                         let _ = reply.send(result);
                     }
                 }
+            }
+        }
+        if self.dispatch.has_registrations()
+            && let Some(statements) = &self.statements.waiters
+            && let Some(live) = self.live.as_ref()
+        {
+            // Best effort: releases that would pick this session wake nobody from now on.
+            let forget = sqlx::query(AssertSqlSafe(Arc::clone(&statements.forget))).bind(live.id);
+            let timeout = self.settings.request_timeout;
+            if let Err(err) = self.run_tidy(forget, "stop waiting", timeout).await {
+                tracing::debug!(error = %err.chain(), "the lock session's waits stay registered");
             }
         }
         if let Some(live) = self.live.take() {
@@ -231,9 +249,17 @@ impl Session {
         }
     }
 
-    /// A notification the session heard: a release, or a session an operator ended.
+    /// A notification the session heard: a release (for every waiter on the shared
+    /// channel, or for this session alone on its wake channel, which is the only other
+    /// one it listens on), or a session an operator ended.
     fn notified(&mut self, channel: &str, payload: &str) {
         if channel != ENDED_CHANNEL {
+            if channel != CHANNEL
+                && let Ok(hash) = payload.parse::<i64>()
+            {
+                // Picked: the release deleted this session's row for the key.
+                self.dispatch.unregistered(hash);
+            }
             self.dispatch.released(payload);
             return;
         }
@@ -309,6 +335,7 @@ impl Session {
     /// runs out, which outlasts every lease's local deadline.
     fn abandon(&mut self, why: &dyn std::fmt::Display) {
         if let Some(live) = self.live.take() {
+            self.dropped = Some(live.id);
             if self.held.is_empty() {
                 tracing::debug!(
                     pid = live.pid,
@@ -346,6 +373,21 @@ impl Session {
             let forget = sqlx::query(AssertSqlSafe(Arc::clone(&self.statements.forget_sessions)));
             self.run_tidy(forget, "forget ended sessions", timeout)
                 .await?;
+            // Waiter rows of the dropped session would take wake-ups nobody hears. Only
+            // wake-ups: a failure costs no request its answer.
+            if let Some(statements) = &self.statements.waiters {
+                let forget =
+                    sqlx::query(AssertSqlSafe(Arc::clone(&statements.forget))).bind(self.dropped);
+                match self
+                    .run_tidy(forget, "forget the dropped session's waits", timeout)
+                    .await
+                {
+                    Ok(()) => self.dropped = None,
+                    Err(err) => {
+                        tracing::debug!(error = %err.chain(), "the dropped session's waits stay registered");
+                    }
+                }
+            }
         }
         if !self.forget.is_empty() {
             let keys: Vec<i64> = self.forget.iter().map(|id| id.hash).collect();
@@ -395,13 +437,34 @@ impl Session {
         };
         // Until the restart guard has passed, no key is granted, whatever its rows say.
         let guard = live.guard_left();
-        let query =
-            sqlx::query_scalar::<_, i64>(AssertSqlSafe(Arc::clone(&self.statements.expires_in)))
-                .bind(hash)
-                .fetch_optional(&mut live.conn);
+        // A waiter of this process asks: the same statement registers the session as a
+        // waiter for the key, so that a release can wake it alone (see the `waiters`
+        // module). Anyone else only asks.
+        let register = self.statements.waiters.is_some() && self.dispatch.is_waiting(hash);
+        let query = match &self.statements.waiters {
+            Some(waiters) if register => {
+                sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(Arc::clone(&waiters.register)))
+                    .bind(hash)
+                    .bind(live.id)
+                    .bind(guard.map_or(0, millis))
+            }
+            _ => sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(Arc::clone(
+                &self.statements.expires_in,
+            )))
+            .bind(hash),
+        }
+        .fetch_one(&mut live.conn);
         match tokio::time::timeout(timeout, query).await {
             Ok(Ok(left)) => {
                 let left = left.map(|ms| Duration::from_millis(ms.max(1).unsigned_abs()));
+                if register {
+                    self.dispatch.registered(hash);
+                    // The last waiter may have stopped during the statement, too early to
+                    // ask for the row to go.
+                    if !self.dispatch.is_waiting(hash) {
+                        self.unwait(hash).await;
+                    }
+                }
                 Ok(left.max(guard))
             }
             Ok(Err(err)) => {
@@ -450,6 +513,34 @@ impl Session {
                 self.abandon(&"describe timed out");
                 Err(Error::timeout(NAME, "describe", timeout))
             }
+        }
+    }
+
+    /// The last waiter of `hash` in this process stopped waiting without being woken
+    /// (see [`Command::Unwait`]): deletes the session's registration for the key, so
+    /// that no release picks a process that no longer waits. A failure only leaves the
+    /// row to expire.
+    async fn unwait(&mut self, hash: i64) {
+        // A waiter came back meanwhile (its `expires_in` renews the row), or the key is
+        // held here now (no release picks the holder's own row, and its release deletes
+        // it): nothing to do.
+        if self.dispatch.is_waiting(hash) || self.held.contains_key(&hash) {
+            return;
+        }
+        let Some(statements) = &self.statements.waiters else {
+            return;
+        };
+        let unwait = Arc::clone(&statements.unwait);
+        let Some(session) = self.live.as_ref().map(|live| live.id) else {
+            return;
+        };
+        if !self.dispatch.unregistered(hash) {
+            return;
+        }
+        let query = sqlx::query(AssertSqlSafe(unwait)).bind(hash).bind(session);
+        let timeout = self.settings.request_timeout;
+        if let Err(err) = self.run_tidy(query, "stop waiting", timeout).await {
+            tracing::debug!(error = %err.chain(), "the waiter row stays until it expires");
         }
     }
 
@@ -520,6 +611,8 @@ impl Session {
                 if !keep {
                     live.applied = Some(longest);
                 }
+                // The release deleted the session's own row for the key, if any.
+                self.dispatch.unregistered(id.hash);
                 if !row.try_get::<bool, _>("unlocked").unwrap_or(true) {
                     tracing::warn!(key = %held.key, "the lock session did not hold the lock it released");
                 }

@@ -61,6 +61,17 @@ pub fn holder_pid(server: &PostgresServer, lock_key: i64) -> Option<i32> {
         .ok()
 }
 
+/// How many processes are registered as waiters for `lock_key` in the waiter table beside
+/// the default fencing table.
+pub fn waiter_rows(server: &PostgresServer, lock_key: i64) -> i64 {
+    server
+        .psql(&format!(
+            "SELECT count(*) FROM public.routine_fencing_waiters WHERE lock_key = {lock_key}"
+        ))
+        .parse()
+        .expect("a count")
+}
+
 /// Tries to acquire `key` on `backend` until it succeeds (errors count as failed tries),
 /// failing after `within`.
 pub async fn acquire_within(
