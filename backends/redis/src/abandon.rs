@@ -7,10 +7,10 @@
 //! background.
 //!
 //! The release runs on the server after the acquire: even an acquire still waiting in a
-//! paused server is undone after it runs. The acquire went on the multiplexed connection
-//! or on the direct lane (see [`crate::lane`]); the release first waits for every request
-//! sent on the lane to have run (a `PING` queued behind a dropped request's answer), then
-//! goes on the multiplexed connection, queued behind anything sent there before. The release compares the start of the lock's value with the random owner
+//! paused server is undone after it runs. It is sent on the connection the acquire went
+//! on (recorded in a [`Route`]), queued behind it: the multiplexed connection, or the
+//! direct lane (see [`crate::lane`]), where it waits behind the dropped acquire's answer
+//! and is sent even if its own request gives up first. The release compares the start of the lock's value with the random owner
 //! prefix this attempt wrote (the server completed the rest, see
 //! [`ABANDON`](scripts::ABANDON)), which no other attempt of any process writes, so a lock
 //! held by anyone else is left alone; and it announces the release as a release does,
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use leasehold_core::{LockKey, Result};
 
 use crate::client::Client;
+use crate::conn::Route;
 use crate::scripts;
 use crate::value;
 
@@ -34,6 +35,8 @@ pub(crate) struct Attempt {
     /// What the value this attempt writes starts with (see
     /// [`new_owner_prefix`](value::new_owner_prefix)).
     owner_prefix: String,
+    /// Which connection the acquire went on, so that its undo follows it there.
+    route: Arc<Route>,
     answered: bool,
 }
 
@@ -45,6 +48,7 @@ impl Attempt {
             key: key.clone(),
             lock: inner.keys.lock(key),
             owner_prefix: value::new_owner_prefix(),
+            route: Arc::default(),
             answered: false,
         }
     }
@@ -57,6 +61,11 @@ impl Attempt {
     /// What the value this attempt writes starts with.
     pub(crate) fn owner_prefix(&self) -> &str {
         &self.owner_prefix
+    }
+
+    /// Where the acquire's request goes: to pass to [`Conn::recording`](crate::conn::Conn::recording).
+    pub(crate) fn route(&self) -> Arc<Route> {
+        Arc::clone(&self.route)
     }
 
     /// The server answered: the lock is ours (now a lease's) or someone else's. Returns
@@ -81,7 +90,9 @@ impl Drop for Attempt {
         let waiters = inner.keys.waiters(&self.key);
         let lock = std::mem::take(&mut self.lock);
         let owner_prefix = std::mem::take(&mut self.owner_prefix);
+        let route = Arc::clone(&self.route);
         runtime.spawn(async move {
+            let route = &*route;
             let mut invocation = scripts::ABANDON.key(&lock);
             invocation
                 .key(&waiters)
@@ -92,10 +103,10 @@ impl Drop for Attempt {
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner
-                .request("release", timeout, |conn| async move {
+                .request("release", timeout, |conn| {
                     // After the acquire, on whichever connection it went.
-                    let mut conn = conn.behind_lane().await;
-                    invocation.invoke_async(&mut conn).await
+                    let mut conn = conn.following(route);
+                    async move { invocation.invoke_async(&mut conn).await }
                 })
                 .await;
             match outcome {

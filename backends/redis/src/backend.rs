@@ -383,9 +383,12 @@ impl LockBackend for RedisBackend {
             attempt.owner_prefix(),
         );
         let (fence, waiters) = (&fence, &waiters);
+        let route = attempt.route();
         let ((taken, written), acked): ((i64, Option<String>), _) = self
             .inner
             .request_at("acquire", limit, |conn, epoch| {
+                // So that an undo of this acquire follows it (see `abandon`).
+                let conn = conn.recording(Arc::clone(&route));
                 let mut invocation = scripts::ACQUIRE.key(lock);
                 invocation
                     .key(fence)

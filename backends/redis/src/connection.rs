@@ -96,7 +96,7 @@ impl Connection {
         let located = target.locate().await?;
         let manager = new_manager(&located.client, &config, connect_timeout)
             .await
-            .map(|manager| Conn::Single(manager, Lane::open(&located.client, connect_timeout)))
+            .map(|manager| Conn::single(manager, Lane::open(&located.client, connect_timeout)))
             .map_err(|err| err.into_error("connect", connect_timeout))?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -345,7 +345,7 @@ impl Shared {
         match new_manager(&client, &self.config, self.connect_timeout).await {
             Ok(manager) => {
                 let lane = Lane::open(&client, self.connect_timeout);
-                Some(self.install(failed, Conn::Single(manager, lane), address, epoch))
+                Some(self.install(failed, Conn::single(manager, lane), address, epoch))
             }
             Err(err) => {
                 tracing::debug!(error = ?err, "could not replace the redis command connection");

@@ -21,11 +21,11 @@
 //!   opened in a task of its own, is ready; failed openings back off from one second to a
 //!   minute, and only requests start them (the lane keeps no timers).
 //! - A request dropped while on the lane (its time ran out) leaves its answer on the way.
-//!   A task reads and discards it, and the requests made meanwhile queue behind it on the
-//!   same connection, so they run after it in order, as they would on the manager's one
-//!   connection: an acquire that timed out is undone by a script that must run after it
-//!   (see the crate docs). Then the connection is idle again. A request dropped half
-//!   written closes the connection.
+//!   A task reads and discards it, then the connection is idle again; other requests use
+//!   the manager meanwhile. An acquire that was dropped there is undone by a script that
+//!   must run after it (see [`crate::abandon`]): that script is queued behind the answer
+//!   on the same connection ([`Lane::send_behind`]), as it would be on the manager's one
+//!   connection. A request dropped half written closes the connection.
 //! - Server errors (`NOSCRIPT`, `READONLY`, ...) are answers: they are returned as the
 //!   manager would return them, and the request path treats them the same way.
 //!
@@ -45,9 +45,13 @@ const NAME: &str = "leasehold-lane";
 /// The first wait after a failed opening; it doubles up to [`MOST_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MOST_BACKOFF: Duration = Duration::from_secs(60);
-/// How long the answer of a dropped request (and of each request queued behind it) is
-/// waited for before the connection is closed.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// TCP keepalive on the lane's connection: a peer gone without a word (a dropped network
+/// path) is noticed within about 25 s, so a connection waiting for a dropped request's
+/// answer is not left waiting for ever; a server that is only slow or paused still
+/// answers the probes, and is waited for.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// The largest answer the lane reads, as a bound on a confused stream; the backend's
 /// answers are a few hundred bytes (a `list` page is larger, and goes through the lane
 /// only if it fits).
@@ -72,7 +76,8 @@ enum State {
     /// A request is on it.
     Busy,
     /// A request was dropped with its answer outstanding: a task reads that answer, then
-    /// sends the requests queued here meanwhile, in order, on the same connection.
+    /// sends the requests queued here meanwhile (by [`Lane::send_behind`]: an acquire's
+    /// undo), in order, on the same connection. Other requests use the manager.
     Draining(mpsc::UnboundedSender<Queued>),
     /// A connection is being opened.
     Connecting,
@@ -126,9 +131,8 @@ impl Lane {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends `cmd` on the lane if it is idle (or behind a dropped request's answer, see
-    /// [`State::Draining`]): `None` if it is not (the caller uses the manager), else the
-    /// answer, or the error that took the lane down.
+    /// Sends `cmd` on the lane if it is idle: `None` if it is not (the caller uses the
+    /// manager), else the answer, or the error that took the lane down.
     pub(crate) fn try_send<'a>(
         self: &'a Arc<Self>,
         cmd: &'a Cmd,
@@ -136,20 +140,6 @@ impl Lane {
         let mut state = self.state();
         let stream = match std::mem::replace(&mut *state, State::Busy) {
             State::Idle(stream) => stream,
-            State::Draining(queue) => {
-                // Behind the dropped request on the same connection, so that what it
-                // sends (an acquire's undo) runs after it, as on the manager's.
-                let (reply, answer) = oneshot::channel();
-                let queued = queue.send((cmd.get_packed_command(), reply)).is_ok();
-                *state = State::Draining(queue);
-                return queued.then(|| {
-                    Box::pin(async move {
-                        answer
-                            .await
-                            .unwrap_or_else(|_| Err(lane_error("the lane's connection failed")))
-                    }) as RedisFuture<'a, Value>
-                });
-            }
             State::Down { retry_at, backoff } if Instant::now() >= retry_at => {
                 *state = State::Connecting;
                 drop(state);
@@ -177,23 +167,36 @@ impl Lane {
         }))
     }
 
-    /// Returns once every request sent on the lane so far has run on the server, or can
-    /// no longer run: it waits for a request on the connection to leave it (one that was
-    /// dropped mid-way, perhaps on another thread, leaves it draining), and if one was
-    /// dropped with its answer outstanding, for a `PING` queued behind it.
-    pub(crate) async fn barrier(&self) {
+    /// Sends `cmd` after every request sent on the lane so far, on the same connection:
+    /// once the request on it now (perhaps one being dropped on another thread) has left
+    /// it, queued behind the answer of a dropped request if there is one (see
+    /// [`State::Draining`]), else on the idle connection. `None` if the lane has no
+    /// connection (the caller uses the manager).
+    ///
+    /// A command queued here is sent even if this future is dropped first: an acquire's
+    /// undo still runs after the acquire when the server answers late.
+    pub(crate) async fn send_behind(
+        self: &Arc<Self>,
+        cmd: &Cmd,
+    ) -> Option<Result<Value, RedisError>> {
         self.settled().await;
         let queued = match &*self.state() {
             State::Draining(queue) => {
                 let (reply, answer) = oneshot::channel();
-                let ping = redis::cmd("PING").get_packed_command();
-                queue.send((ping, reply)).ok().map(|()| answer)
+                queue
+                    .send((cmd.get_packed_command(), reply))
+                    .ok()
+                    .map(|()| answer)
             }
             _ => None,
         };
-        if let Some(answer) = queued {
-            // Answered or failed (the connection closed), the requests before it are done.
-            let _ = answer.await;
+        match queued {
+            Some(answer) => Some(
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err(lane_error("the lane's connection failed"))),
+            ),
+            None => Some(self.try_send(cmd)?.await),
         }
     }
 
@@ -310,8 +313,10 @@ impl Drop for Taken<'_> {
 }
 
 /// Reads the answer of a dropped request, then sends the requests queued behind it one by
-/// one, and puts the connection back once none is left; closes it on an error or if an
-/// answer takes longer than [`DRAIN_LIMIT`].
+/// one, and puts the connection back once none is left; closes it on an error. There is
+/// no time limit: a paused server runs what was written once it resumes, so giving up
+/// could let a later request on the manager run first; a vanished peer is noticed by
+/// TCP keepalive.
 async fn drain(
     lane: Weak<Lane>,
     mut stream: Box<Stream>,
@@ -320,20 +325,17 @@ async fn drain(
     let mut pending: Option<Queued> = None;
     loop {
         let answer = match pending.take() {
-            None => tokio::time::timeout(DRAIN_LIMIT, stream.read_answer()).await,
-            Some((packed, reply)) => {
-                let answer = tokio::time::timeout(DRAIN_LIMIT, stream.call(&packed)).await;
-                match answer {
-                    Ok(Ok(value)) => {
-                        // Its caller may have given up meanwhile.
-                        let _ = reply.send(Ok(value));
-                        Ok(Ok(Value::Nil))
-                    }
-                    other => other,
+            None => stream.read_answer().await,
+            Some((packed, reply)) => match stream.call(&packed).await {
+                Ok(value) => {
+                    // Its caller may have given up meanwhile.
+                    let _ = reply.send(Ok(value));
+                    Ok(Value::Nil)
                 }
-            }
+                Err(err) => Err(err),
+            },
         };
-        if !matches!(answer, Ok(Ok(_))) {
+        if answer.is_err() {
             break;
         }
         let Some(lane) = lane.upgrade() else { return };
@@ -367,6 +369,11 @@ impl Stream {
             ConnectionAddr::Tcp(host, port) => {
                 let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 socket.set_nodelay(true)?;
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(KEEPALIVE_TIME)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_RETRIES);
+                socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive)?;
                 Box::new(socket)
             }
             #[cfg(unix)]
@@ -468,8 +475,9 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, RedisError> {
         let Some(end) = line_end(buf, at) else {
             return Ok(None);
         };
-        let kind = buf[at];
-        let line = &buf[at + 1..end];
+        let (Some(&kind), Some(line)) = (buf.get(at), buf.get(at + 1..end)) else {
+            return Err(not_resp());
+        };
         at = end + 2;
         match kind {
             b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => {}
@@ -577,5 +585,7 @@ mod tests {
     fn garbage_is_not_resp() {
         assert!(frame_len(b"hello\r\n").is_err());
         assert!(frame_len(b"$x\r\n").is_err());
+        assert!(frame_len(b"\r\n").is_err());
+        assert!(frame_len(b"*1\r\n\r\n").is_err());
     }
 }
