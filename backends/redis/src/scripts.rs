@@ -133,11 +133,14 @@ pub(crate) const REFRESH_MANY_CHUNK: usize = 500;
 /// `pick(waiters, own, one)`: with `one` = `'1'`, takes `own` (the releasing backend's
 /// waiter id) out of the name's waiters, drops the entries whose deadline (score, in ms
 /// of the server's clock) has passed, then takes out and returns the entry with the
-/// highest deadline: the waiter heard from most recently, the likeliest to be alive.
-/// Returns [`WAKE_ALL`] if none is left, or if `one` is anything else.
+/// highest deadline: the waiter that registered last, or against the longest lease left
+/// (a deadline is the registration time plus max(10 s, 2 × the lease left)), most
+/// likely still there.
+/// Returns [`WAKE_ALL`] if none is left, or if `one` is anything else. With no waiters
+/// key (nobody registered: the uncontended case) it touches nothing else.
 const PICK: &str = r"
 local function pick(waiters, own, one)
-  if one ~= '1' then
+  if one ~= '1' or redis.call('EXISTS', waiters) == 0 then
     return ''
   end
   redis.call('ZREM', waiters, own)
