@@ -205,13 +205,14 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// that happens after that first poll must wake the future.
     ///
     /// A backend may wake only one of the processes waiting on `key` per release, to
-    /// spare the others an attempt that would fail (the etcd and Redis backends do; see
-    /// their documentation for whom they pick). A picked process that died meanwhile
+    /// spare the others an attempt that would fail (the etcd, Redis and PostgreSQL backends
+    /// do; see their documentation for whom they pick). A picked process that died meanwhile
     /// wakes nobody: the others learn of the release by polling, which a caller must
     /// keep doing (the runner asks [`expires_in`](LockBackend::expires_in) about once
     /// per TTL while it waits). A backend may count on those calls to know who contends
-    /// for `key` (Redis registers a waiter there; a caller that never calls it is woken
-    /// by every release).
+    /// for `key` (Redis and PostgreSQL register a waiter there; on Redis a caller that
+    /// never calls it is woken by every release, on PostgreSQL only by a release that
+    /// finds no registered waiter, so it learns of the others by polling).
     ///
     /// # Errors
     ///

@@ -208,8 +208,8 @@
 //! A release wakes **one** waiting process. A process waiting for a key registers its
 //! lock session in the waiter table (the fencing table's name with `_waiters` appended,
 //! `UNLOGGED`) with the `expires_in` the runner asks after each failed attempt: same
-//! statement, no extra round trip. The release statement picks the registered waiter that
-//! asked last, deletes its row, and runs `pg_notify` on that session's own channel
+//! statement, no extra round trip. The release statement picks the registered waiter with the
+//! latest deadline (it asked last, or against the longest lease left), deletes its row, and runs `pg_notify` on that session's own channel
 //! (`routine_lock_wake_<session id in hex>`, payload the lock key), so only that process
 //! hears it and wakes its local waiters of the key; a handover costs the release and one
 //! acquire however many processes wait. With no registered waiter (none asked yet, the

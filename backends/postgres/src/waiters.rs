@@ -39,7 +39,8 @@
 //! # Releasing
 //!
 //! The release statement, after unlocking, picks the key's row with the latest deadline
-//! still in the future (the waiter that asked last, most likely still there), other than
+//! still in the future (the waiter that asked last, or against the longest lease left: most likely still
+//! there), other than
 //! the releasing session's, deletes it along with the key's expired rows and the
 //! releasing session's own, and notifies that waiter's session on a channel of its own,
 //! `routine_lock_wake_<session id in hex>`, with the lock key as payload: only the woken

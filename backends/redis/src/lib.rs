@@ -117,7 +117,8 @@
 //! `routine:waiters:<name>` ([`RedisBackend::waiters_key`]) with a deadline of now +
 //! max(10 s, 2 × the lock's `PTTL`), by the server's clock, in the same script as the
 //! `PTTL`: no extra request. The release script drops the entries past their deadline,
-//! takes out the one with the highest deadline (the waiter heard from most recently), and
+//! takes out the one with the highest deadline (the waiter that registered last or against the longest lease left; most likely still
+//! there), and
 //! publishes its id; every backend receives it, and of those registered only the one
 //! named wakes its local waiters of the name. With nobody registered it publishes the
 //! empty message, which wakes every waiter, as every release did before; so does

@@ -30,7 +30,7 @@
 //! local waiter on the name ([`Notifier::waits_on`]) whose notifications are up: a wait
 //! without them, or one the runner paused, would take a release nobody hears. The
 //! release script drops the entries past their deadline, takes out the one with the
-//! highest deadline (the waiter heard from most recently), and publishes its id on the
+//! highest deadline (registered last, or against the longest lease left), and publishes its id on the
 //! channel; with none left it publishes [`WAKE_ALL`], the empty message releases always
 //! published. Every process receives the message; a
 //! backend that registered during its current waits on the name ([`Channel`]) wakes
