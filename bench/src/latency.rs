@@ -9,7 +9,12 @@
 //!   client crate: a put-if-absent transaction under a lease + a delete (etcd), `pg_try_advisory_lock` +
 //!   `pg_advisory_unlock` (PostgreSQL), a map insert + remove under a mutex (memory);
 //! - *runner*: a whole `run_named(.., RunOptions::exclusive())` with an empty routine,
-//!   joined: task start, acquire, routine, release and outcome.
+//!   joined: task start, acquire, routine, release and outcome;
+//! - *peer* (Redis only): another Rust lock library's lock + unlock, rslock 0.10
+//!   (`LockManager` on one server: `SET NX PX` + a compare-and-delete script, on the
+//!   `redis` crate's multiplexed connection), in the same process, runtime and
+//!   iterations, against the same server. In-process and interleaved rather than a
+//!   worker process run before or after: every load swing of the machine hits both.
 //!
 //! Then, to tell the server's share from the client's, the server's own time per round
 //! trip (Redis `commandstats`, PostgreSQL `pg_stat_statements`) over [`SERVER_ROUNDS`]
@@ -61,6 +66,9 @@ pub(crate) struct Latency {
     pub(crate) wal_library: Option<Wal>,
     /// PostgreSQL's WAL writes and flushes per 1,000 floor round trips.
     pub(crate) wal_floor: Option<Wal>,
+    /// A peer library's lock + unlock against the same server, interleaved in the same
+    /// iterations (Redis: rslock), and its name.
+    pub(crate) peer: Option<(&'static str, Summary)>,
 }
 
 /// WAL writes and flushes (`pg_stat_wal`'s `wal_write` and `wal_sync`), the whole
@@ -281,6 +289,16 @@ impl RawRedis {
     }
 }
 
+/// One rslock lock + unlock; fails if the lock was not free.
+async fn peer_round_trip(peer: &rslock::LockManager) -> Result<()> {
+    let lock = peer
+        .lock("bench-peer", TTL)
+        .await
+        .map_err(|err| anyhow::anyhow!("rslock lock: {err:?}"))?;
+    peer.unlock(&lock).await;
+    Ok(())
+}
+
 async fn library_round_trip(backend: &dyn LockBackend, key: &LockKey) -> Result<()> {
     let mut lease = backend
         .try_acquire(key, TTL)
@@ -307,6 +325,12 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         .with_signal_handling(false)
         .build()?;
     let mut floor = Floor::connect(target).await?;
+    let peer = match target.kind {
+        Kind::Redis => Some(rslock::LockManager::new(vec![
+            target.raw_url().context("redis url")?,
+        ])),
+        _ => None,
+    };
     let key = LockKey::new("bench-latency")?;
     let runner_name = "bench-latency-runner";
 
@@ -316,8 +340,12 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         library_round_trip(&*backend, &key).await?;
         floor.round_trip().await?;
         runner_round_trip(&runner, runner_name).await?;
+        if let Some(peer) = &peer {
+            peer_round_trip(peer).await?;
+        }
     }
     let mut library = Samples::with_capacity(iterations);
+    let mut peer_samples = Samples::with_capacity(iterations);
     let mut raw = Samples::with_capacity(iterations);
     let mut via_runner = Samples::with_capacity(iterations);
     for _ in 0..iterations {
@@ -332,6 +360,12 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         let start = Instant::now();
         runner_round_trip(&runner, runner_name).await?;
         via_runner.push(start.elapsed());
+
+        if let Some(peer) = &peer {
+            let start = Instant::now();
+            peer_round_trip(peer).await?;
+            peer_samples.push(start.elapsed());
+        }
     }
     runner.shutdown().await;
 
@@ -378,5 +412,6 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         server_floor_us: per_round(server_floor_us),
         wal_library,
         wal_floor,
+        peer: peer.is_some().then(|| ("rslock 0.10", peer_samples.summary())),
     })
 }

@@ -66,6 +66,13 @@ pub(crate) fn goals(backends: &[BackendReport]) -> Vec<Goal> {
                 format!("×{:.2} (p99 ×{:.2})", l.ratio_p50, l.ratio_p99),
                 l.ratio_p50 <= 1.1,
             );
+            if let Some((name, peer)) = &l.peer {
+                goal(
+                    "acquire+release p50 below the peer library's",
+                    format!("{} vs {name} {}", time(l.library.p50_us), time(peer.p50_us)),
+                    l.library.p50_us < peer.p50_us,
+                );
+            }
         }
         if let Some(h) = &b.handover {
             let s = &h.stop_to_acquired;
@@ -209,6 +216,30 @@ pub(crate) fn markdown(report: &Report) -> String {
                 l.ratio_p99,
                 time(l.runner.p50_us),
                 time(l.runner.p99_us),
+            );
+        }
+    }
+    let peers: Vec<_> = report
+        .backends
+        .iter()
+        .filter_map(|b| Some((b.backend, b.latency.as_ref()?)))
+        .filter_map(|(backend, l)| Some((backend, l, l.peer.as_ref()?)))
+        .collect();
+    if !peers.is_empty() {
+        out.push_str(
+            "\nA peer library in the same iterations, same process and same server (lock + \
+             unlock):\n\n\
+             | backend | peer | peer p50 | peer p99 | library p50 / peer p50 | peer p50 / floor p50 |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for (backend, l, (name, peer)) in peers {
+            let _ = writeln!(
+                out,
+                "| {backend} | {name} | {} | {} | {:.2} | {:.2} |",
+                time(peer.p50_us),
+                time(peer.p99_us),
+                l.library.p50_us / peer.p50_us,
+                peer.p50_us / l.floor.p50_us,
             );
         }
     }
