@@ -224,8 +224,8 @@ impl Target {
     /// The requests the server has served so far, by its own count; `None` for the
     /// memory backend:
     /// - Redis: the calls of `INFO commandstats` without the commands the library's Lua
-    ///   scripts run inside (`GET`, `SET`, `PEXPIRE`, `INCR`, `DEL`, `PUBLISH`, which
-    ///   Redis counts too), so one `EVALSHA` is one request; summed over the three
+    ///   scripts run inside ([`SCRIPT_COMMANDS`], which Redis counts too), so one
+    ///   `EVALSHA` is one request; summed over the three
     ///   masters of a cluster;
     /// - etcd: the sum of `grpc_server_msg_received_total` (unary calls and keep-alive
     ///   stream messages);
@@ -373,8 +373,21 @@ async fn redis_infos(conns: &[redis::aio::MultiplexedConnection]) -> Result<Vec<
 
 /// Commands the library's Lua scripts call (`SPUBLISH` in cluster mode); Redis counts
 /// them in `commandstats`.
-const SCRIPT_COMMANDS: [&str; 7] = [
-    "get", "set", "pexpire", "incr", "del", "publish", "spublish",
+const SCRIPT_COMMANDS: [&str; 14] = [
+    "get",
+    "set",
+    "pexpire",
+    "incr",
+    "del",
+    "publish",
+    "spublish",
+    "exists",
+    "pttl",
+    "time",
+    "zadd",
+    "zrem",
+    "zremrangebyscore",
+    "zrevrange",
 ];
 
 /// The calls in `INFO commandstats` output, without [`SCRIPT_COMMANDS`].
@@ -458,6 +471,8 @@ mod tests {
                     cmdstat_evalsha:calls=100,usec=900,usec_per_call=9.00,rejected_calls=0,failed_calls=0\r\n\
                     cmdstat_get:calls=100,usec=50,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n\
                     cmdstat_pexpire:calls=100,usec=80,usec_per_call=0.80,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_zadd:calls=40,usec=80,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_time:calls=40,usec=8,usec_per_call=0.20,rejected_calls=0,failed_calls=0\r\n\
                     cmdstat_info:calls=2,usec=80,usec_per_call=40.00,rejected_calls=0,failed_calls=0\r\n";
         assert_eq!(redis_top_level_calls(info), 102);
     }
