@@ -141,6 +141,7 @@ impl RedisBackend {
         let notifier = Notifier::start(
             target,
             keys.channel_pattern(),
+            keys.wake_channel(&waiter_id),
             connect_timeout,
             waiter_id.clone(),
         )

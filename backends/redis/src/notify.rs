@@ -142,6 +142,9 @@ pub(crate) struct Notifier {
 struct Shared {
     target: Arc<Target>,
     pattern: String,
+    /// This backend's own channel, `<namespace>:wake:<waiter id>`: a release that picked
+    /// it publishes the release channel's name there.
+    wake_channel: String,
     connect_timeout: Duration,
     /// This backend's waiter id: a release message naming another id is not for us.
     waiter_id: String,
@@ -152,13 +155,14 @@ struct Shared {
 }
 
 impl Notifier {
-    /// Starts subscribing to `pattern` and waits for the first attempt's outcome, so that
+    /// Starts subscribing to `pattern` and to `wake_channel` and waits for the first attempt's outcome, so that
     /// waiters registered once the backend is built are not missed. A failure is logged,
     /// not returned: the backend works without notifications, and the next wait retries.
     /// Messages naming a waiter id other than `waiter_id` wake nobody (see [`wakes`]).
     pub(crate) async fn start(
         target: Arc<Target>,
         pattern: String,
+        wake_channel: String,
         connect_timeout: Duration,
         waiter_id: String,
     ) -> Self {
@@ -171,6 +175,7 @@ impl Notifier {
             shared: Arc::new(Shared {
                 target,
                 pattern,
+                wake_channel,
                 connect_timeout,
                 waiter_id,
                 waiters: Mutex::new(HashMap::new()),
@@ -296,7 +301,11 @@ impl Shared {
             Err(_) => return self.fail(Error::timeout(NAME, "subscribe", self.connect_timeout)),
         };
         self.status.send_replace(Status::Subscribed);
-        tracing::debug!(pattern = %self.pattern, "redis release notifications subscribed");
+        tracing::debug!(
+            pattern = %self.pattern,
+            wake_channel = %self.wake_channel,
+            "redis release notifications subscribed"
+        );
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             self.deliver(message.get_channel_name(), message.get_payload_bytes());
@@ -312,7 +321,10 @@ impl Shared {
         let client = self.target.locate().await?.client;
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
+            // Both on every attempt, so that a resubscription after a lost connection
+            // hears its own wake channel too.
             pubsub.psubscribe(&self.pattern).await?;
+            pubsub.subscribe(&self.wake_channel).await?;
             Ok(pubsub)
         };
         subscribed
@@ -328,7 +340,15 @@ impl Shared {
     fn deliver(&self, channel: &str, payload: &[u8]) {
         // Notified under the lock so that no clone of the entry is alive outside it, which
         // would keep `Waiter::drop` from removing the entry.
-        if let Some(entry) = self.waiters().get(channel) {
+        let waiters = self.waiters();
+        if channel == self.wake_channel {
+            // This backend was picked: the message names the release channel, and wakes
+            // its waiters of it whether or not they registered.
+            let released = std::str::from_utf8(payload).ok();
+            if let Some(entry) = released.and_then(|released| waiters.get(released)) {
+                entry.notify.notify_waiters();
+            }
+        } else if let Some(entry) = waiters.get(channel) {
             entry.deliver(payload, &self.waiter_id);
         }
     }
