@@ -8,6 +8,13 @@
 //! parses it, only compares it with its own token.
 //! A Go instance and a Rust instance of the same routine on one Redis therefore exclude
 //! each other. Each step is one script, so it is atomic on the server.
+//!
+//! The release scripts also announce the release: they pick one registered waiter
+//! ([`PICK`]) and publish to it alone, on its own wake channel `<namespace>:wake:<id>`
+//! (the prefix is an argument, [`Keys::wake_prefix`]), or to everyone on the release
+//! channel if none is registered ([`ANNOUNCE`]). Cluster mode passes an empty prefix:
+//! there the picked id is published on the name's sharded channel, which every waiting
+//! backend subscribes to, and each one filters it (see the `notify` module).
 
 use std::fmt;
 use std::sync::LazyLock;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{Deadline, backend, raw, unique_key, within};
 use futures::{FutureExt, Stream, StreamExt};
-use leasehold_core::{LockBackend, LockKey, Result};
 use leasehold_conformance::servers::RedisServer;
+use leasehold_core::{LockBackend, LockKey, Result};
 use leasehold_redis::RedisBackend;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -185,7 +185,10 @@ async fn a_release_wakes_one_of_five_registered_waiters_and_the_next_release_ano
         // The release went to the picked waiter's own channel, and nowhere else: the
         // release channel, which every backend's connection listens to, heard nothing.
         let after = ids(&mut conn, &waiters_key).await;
-        let picked: Vec<String> = before.into_iter().filter(|id| !after.contains(id)).collect();
+        let picked: Vec<String> = before
+            .into_iter()
+            .filter(|id| !after.contains(id))
+            .collect();
         assert_eq!(picked.len(), 1, "turn {turn}: the release took one out");
         assert_eq!(
             heard(&mut eavesdropper, &marker).await,
@@ -370,7 +373,10 @@ async fn a_picked_backend_hears_its_wake_channel_after_its_connection_was_lost()
     // A server of its own: every pub/sub connection on it is cut.
     let server = leasehold_conformance::require_server!(RedisServer::start());
     let mut conn = raw(&server).await;
-    let (key, marker) = (unique_key("resubscribed"), unique_key("resubscribed-marker"));
+    let (key, marker) = (
+        unique_key("resubscribed"),
+        unique_key("resubscribed-marker"),
+    );
     let holder = backend(&server).await;
     let mut lease = holder.try_acquire(&key, TTL).await.unwrap().expect("free");
     let waiter = backend(&server).await;
