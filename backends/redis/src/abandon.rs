@@ -99,7 +99,8 @@ impl Drop for Attempt {
                 .arg(&owner_prefix)
                 .arg(&channel)
                 .arg(inner.keys.publish())
-                .arg(&inner.waiter_id);
+                .arg(&inner.waiter_id)
+                .arg(inner.keys.wake_prefix());
             let invocation = &invocation;
             let timeout = inner.settings.request_timeout;
             let outcome: Result<i64> = inner

@@ -141,6 +141,7 @@ impl RedisBackend {
         let notifier = Notifier::start(
             target,
             keys.channel_pattern(),
+            keys.wake_channel(&waiter_id),
             connect_timeout,
             waiter_id.clone(),
         )
@@ -450,7 +451,8 @@ impl LockBackend for RedisBackend {
     /// A release wakes one of the backends registered in the name's waiters, which
     /// [`expires_in`](Self::expires_in) does while this wait is pending, or every waiter
     /// if none is registered (see the [crate documentation](crate)). A backend that did
-    /// not register during its waits on the name is woken by every release.
+    /// not register during its waits on the name is woken only by a release that picked
+    /// nobody (by every release in cluster mode), and otherwise learns of it by polling.
     ///
     /// In cluster mode, subscribes to the name's sharded channel, then checks that the
     /// lock is still held (a release published before the subscription would be

@@ -144,7 +144,8 @@ impl Lease for RedisLease {
             .arg(self.inner.keys.publish())
             .arg(&self.inner.waiter_id)
             // Wake one waiter: the one that takes over.
-            .arg("1");
+            .arg("1")
+            .arg(self.inner.keys.wake_prefix());
         let invocation = &invocation;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self

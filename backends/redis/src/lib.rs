@@ -117,12 +117,15 @@
 //! `routine:waiters:<name>` ([`RedisBackend::waiters_key`]) with a deadline of now +
 //! max(10 s, 2 × the lock's `PTTL`), by the server's clock, in the same script as the
 //! `PTTL`: no extra request. The release script drops the entries past their deadline,
-//! takes out the one with the highest deadline (the waiter that registered last or against the longest lease left; most likely still
-//! there), and
-//! publishes its id; every backend receives it, and of those registered only the one
-//! named wakes its local waiters of the name. With nobody registered it publishes the
-//! empty message, which wakes every waiter, as every release did before; so does
-//! [`force_release`](leasehold_core::LockBackend::force_release). Acquiring the name
+//! takes out the one with the highest deadline (the waiter that registered last or
+//! against the longest lease left; most likely still there), and publishes the name's
+//! release channel on that backend's own channel `routine:wake:<waiter id>`, which its
+//! pub/sub connection subscribes to besides `PSUBSCRIBE routine:released:*`: no other
+//! process receives anything. With nobody registered it publishes the empty message on
+//! `routine:released:<name>`, which wakes every waiter, as every release did before; so
+//! does [`force_release`](leasehold_core::LockBackend::force_release). In cluster mode
+//! the picked waiter's id is published on the name's sharded channel instead, which
+//! every waiting backend receives and only the one named acts on. Acquiring the name
 //! takes the taker out of the set (in the acquire script), and a release never picks the
 //! releasing backend.
 //!
@@ -131,10 +134,15 @@
 //!   sends when the released lease would have run out, so within that lease's TTL. A
 //!   dead waiter is skipped once its deadline has passed.
 //! - A backend whose waits on a name never call `expires_in` (such as the runner's
-//!   observers) is not registered, is never picked, and is woken by every release, as
-//!   before.
+//!   observers) is not registered and is never picked: a release that picked nobody
+//!   wakes it, and one that picked a waiter reaches it at its next poll (in cluster
+//!   mode it is woken by every release, as before).
 //! - Processes of an older version never register and wake on any message of the
-//!   channel, as before, and their releases wake everyone: mixed fleets keep working.
+//!   release channel; their releases wake everyone, and releases that picked a waiter
+//!   reach them by polling: mixed fleets keep working.
+//! - An ACL user whose channels are restricted needs both `routine:released:*` and
+//!   `routine:wake:*` (`&routine:released:* &routine:wake:*`): the release script
+//!   publishes on either, and a refused `PUBLISH` fails the release after its `DEL`.
 //! - A Go instance ignores the waiters key, and its releases publish nothing (the
 //!   runner's `expires_in` polling finds them, as before).
 //!

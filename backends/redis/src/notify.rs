@@ -1,10 +1,15 @@
 //! Release notifications: one pub/sub connection per backend, dispatching to local waiters.
 //!
-//! The release script publishes on `<namespace>:released:<name>`. The backend keeps a
-//! single connection subscribed with `PSUBSCRIBE <namespace>:released:*` (not one per key,
-//! however many routines wait) and a task that reads it and wakes the waiters of the named
-//! key. A waiter registers on the first poll of [`Notifier::released`], so a release
-//! published after that poll wakes it.
+//! The release script publishes on `<namespace>:released:<name>`, or, when it picked a
+//! waiting backend, on that backend's own wake channel `<namespace>:wake:<waiter id>`
+//! with the release channel's name as the message. The backend keeps a single
+//! connection subscribed with `PSUBSCRIBE <namespace>:released:*` and `SUBSCRIBE
+//! <namespace>:wake:<its waiter id>` (not one per key, however many routines wait) and a
+//! task that reads it and wakes the waiters of the named key. Both subscriptions are
+//! made on every connection attempt, so a resubscription after a lost connection hears
+//! the wake channel too. The pattern escapes the namespace's glob characters; the wake
+//! channel is a plain name. A waiter registers on the first poll of
+//! [`Notifier::released`], so a release published after that poll wakes it.
 //!
 //! Notifications are an optimisation: the runner polls at its retry interval anyway. So a
 //! failed pub/sub connection never affects acquire, refresh or release. When it fails,
@@ -30,32 +35,41 @@
 //! local waiter on the name ([`Notifier::waits_on`]) whose notifications are up: a wait
 //! without them, or one the runner paused, would take a release nobody hears. The
 //! release script drops the entries past their deadline, takes out the one with the
-//! highest deadline (registered last, or against the longest lease left), and publishes its id on the
-//! channel; with none left it publishes [`WAKE_ALL`], the empty message releases always
-//! published. Every process receives the message; a
-//! backend that registered during its current waits on the name ([`Channel`]) wakes
-//! them only if the message is its own id or is not a waiter id at all ([`wakes`]), so
-//! the others stay asleep and send nothing. Taking the lock removes the taker's own
-//! entry (in the acquire script), and a release never picks the releasing backend.
+//! highest deadline (registered last, or against the longest lease left), and publishes
+//! the release channel's name on that backend's wake channel: only the picked process
+//! receives anything, so the others neither wake nor even read a message (with W
+//! processes waiting, a release used to reach all W pub/sub connections). With none
+//! left it publishes [`WAKE_ALL`], the empty message releases always published, on the
+//! release channel, which every process receives. Taking the lock removes the taker's
+//! own entry (in the acquire script), and a release never picks the releasing backend.
+//!
+//! The release channel keeps its filter: a backend that registered during its current
+//! waits on the name ([`Channel`]) wakes them on a message there only if it is its own
+//! id or is not a waiter id at all ([`wakes`]). Releases of this version publish only
+//! [`WAKE_ALL`] there; ids come from cluster mode's scripts (see `crate::sharded`, which
+//! shares the filter) and from processes that publish the picked id on the release
+//! channel.
 //!
 //! Mixed versions keep working: a process of an older version never registers, wakes
-//! on any message of the channel (it is woken by every release, as before), and its
-//! releases publish the empty message, which wakes everyone.
+//! on any message of the release channel, and its releases publish the empty message,
+//! which wakes everyone; it is not woken by a release that picked a waiter, and learns
+//! of it by polling, as an observer does (below).
 //!
 //! What this costs: a picked waiter that died, or stopped waiting, without leaving the
 //! set (nothing removes an entry but a pick, an acquire, or its deadline: now + max(10
 //! s, 2 × the lock's PTTL) when it registered) hears nothing, and the others then learn
 //! that the name is free at their next `expires_in`, which the runner sends when the
 //! released lease would have run out: within that lease's TTL. A caller of `released`
-//! that never calls `expires_in` (such as the runner's observers) never registers, is
-//! never picked, and so is woken by every release, as before. A backend whose waits on
-//! a name are of both kinds is woken as registered (the waits of a name share one
-//! entry): its observer then learns of a release for another backend by polling.
+//! that never calls `expires_in` (such as the runner's observers) never registers and
+//! is never picked: it is woken by a release that picked nobody, and learns of one that
+//! picked a waiter at its next poll. A backend whose waits on a name are of both kinds
+//! is woken as registered (the waits of a name share one entry): when it is picked its
+//! observer wakes too.
 //!
 //! Behind Sentinel each attempt subscribes on the master the sentinels name at that
 //! moment, so after a failover that closed the old master's connection the next wait
-//! follows the master. A subscription left on a demoted master still hears releases:
-//! replicas pass on what their master publishes.
+//! follows the master. A subscription left on a demoted master still hears releases and
+//! its wake channel: replicas pass on what their master publishes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +100,7 @@ pub(crate) fn new_waiter_id() -> String {
 /// message is `own` (this backend was picked) or is not a waiter id at all (the empty
 /// [`WAKE_ALL`], or anything another version publishes), or this backend did not
 /// register in the name's waiters while they wait (`registered` false: no release
-/// would pick it, so every release wakes it, as before).
+/// would pick it, so every message of the release channel wakes it, as before).
 pub(crate) fn wakes(payload: &[u8], own: &str, registered: bool) -> bool {
     let waiter_id = payload.len() == WAITER_ID_LEN
         && payload
@@ -142,6 +156,9 @@ pub(crate) struct Notifier {
 struct Shared {
     target: Arc<Target>,
     pattern: String,
+    /// This backend's own channel, `<namespace>:wake:<waiter id>`: a release that picked
+    /// it publishes the release channel's name there.
+    wake_channel: String,
     connect_timeout: Duration,
     /// This backend's waiter id: a release message naming another id is not for us.
     waiter_id: String,
@@ -152,13 +169,14 @@ struct Shared {
 }
 
 impl Notifier {
-    /// Starts subscribing to `pattern` and waits for the first attempt's outcome, so that
+    /// Starts subscribing to `pattern` and to `wake_channel` and waits for the first attempt's outcome, so that
     /// waiters registered once the backend is built are not missed. A failure is logged,
     /// not returned: the backend works without notifications, and the next wait retries.
     /// Messages naming a waiter id other than `waiter_id` wake nobody (see [`wakes`]).
     pub(crate) async fn start(
         target: Arc<Target>,
         pattern: String,
+        wake_channel: String,
         connect_timeout: Duration,
         waiter_id: String,
     ) -> Self {
@@ -171,6 +189,7 @@ impl Notifier {
             shared: Arc::new(Shared {
                 target,
                 pattern,
+                wake_channel,
                 connect_timeout,
                 waiter_id,
                 waiters: Mutex::new(HashMap::new()),
@@ -296,7 +315,11 @@ impl Shared {
             Err(_) => return self.fail(Error::timeout(NAME, "subscribe", self.connect_timeout)),
         };
         self.status.send_replace(Status::Subscribed);
-        tracing::debug!(pattern = %self.pattern, "redis release notifications subscribed");
+        tracing::debug!(
+            pattern = %self.pattern,
+            wake_channel = %self.wake_channel,
+            "redis release notifications subscribed"
+        );
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             self.deliver(message.get_channel_name(), message.get_payload_bytes());
@@ -312,7 +335,10 @@ impl Shared {
         let client = self.target.locate().await?.client;
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
+            // Both on every attempt, so that a resubscription after a lost connection
+            // hears its own wake channel too.
             pubsub.psubscribe(&self.pattern).await?;
+            pubsub.subscribe(&self.wake_channel).await?;
             Ok(pubsub)
         };
         subscribed
@@ -328,7 +354,15 @@ impl Shared {
     fn deliver(&self, channel: &str, payload: &[u8]) {
         // Notified under the lock so that no clone of the entry is alive outside it, which
         // would keep `Waiter::drop` from removing the entry.
-        if let Some(entry) = self.waiters().get(channel) {
+        let waiters = self.waiters();
+        if channel == self.wake_channel {
+            // This backend was picked: the message names the release channel, and wakes
+            // its waiters of it whether or not they registered.
+            let released = std::str::from_utf8(payload).ok();
+            if let Some(entry) = released.and_then(|released| waiters.get(released)) {
+                entry.notify.notify_waiters();
+            }
+        } else if let Some(entry) = waiters.get(channel) {
             entry.deliver(payload, &self.waiter_id);
         }
     }

@@ -166,7 +166,8 @@ pub(crate) async fn force_release(inner: &Client, key: &LockKey) -> Result<bool>
         .arg(&inner.waiter_id)
         // Wake every waiter: an operator's action is rare, and a picked waiter that died
         // would hold up the takeover the operator asked for.
-        .arg("0");
+        .arg("0")
+        .arg(inner.keys.wake_prefix());
     let invocation = &invocation;
     let deleted: i64 = inner
         .request("force_release", limit, |mut conn| async move {

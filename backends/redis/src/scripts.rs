@@ -8,6 +8,13 @@
 //! parses it, only compares it with its own token.
 //! A Go instance and a Rust instance of the same routine on one Redis therefore exclude
 //! each other. Each step is one script, so it is atomic on the server.
+//!
+//! The release scripts also announce the release: they pick one registered waiter
+//! ([`PICK`]) and publish to it alone, on its own wake channel `<namespace>:wake:<id>`
+//! (the prefix is an argument, [`Keys::wake_prefix`]), or to everyone on the release
+//! channel if none is registered ([`ANNOUNCE`]). Cluster mode passes an empty prefix:
+//! there the picked id is published on the name's sharded channel, which every waiting
+//! backend subscribes to, and each one filters it (see the `notify` module).
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -156,6 +163,25 @@ local function pick(waiters, own, one)
 end
 ";
 
+/// The Lua function the release scripts share: how a release is announced.
+///
+/// `announce(channel, publish, picked, wake)`: with a picked waiter (`picked` not
+/// [`WAKE_ALL`]) and a wake channel prefix `wake` ([`Keys::wake_prefix`]), `PUBLISH`es
+/// the release channel's name on the picked waiter's own channel `wake .. picked`, which
+/// only that backend subscribes to: no other process receives anything. Otherwise
+/// announces on the release channel with `publish` ([`Keys::publish`]), the message
+/// being the picked waiter's id or [`WAKE_ALL`], which every process receives (cluster
+/// mode, where `wake` is empty, and a release that picked nobody).
+const ANNOUNCE: &str = r"
+local function announce(channel, publish, picked, wake)
+  if picked ~= '' and wake ~= '' then
+    redis.call('PUBLISH', wake .. picked, channel)
+  else
+    redis.call(publish, channel, picked)
+  end
+end
+";
+
 /// What a release publishes to wake every waiter: the empty message every release
 /// published before waiters were picked, so a process of an older version, which wakes
 /// on any message of the channel, and one of this version read it alike.
@@ -168,17 +194,20 @@ pub(crate) const WAKE_ALL: &str = "";
 /// channel, `ARGV[3]` the command that announces it ([`Keys::publish`]: `PUBLISH`, or
 /// `SPUBLISH` in cluster mode, where the channel shares the lock's hash tag and so its
 /// slot), `ARGV[4]` this backend's waiter id, `ARGV[5]` `1` to wake one waiter, `0` to
-/// wake all. The message is the picked waiter's id, or [`WAKE_ALL`] (see [`PICK`]).
-/// Returns 1 if deleted, 0 if the lock was already gone or someone else's (then nothing
+/// wake all, `ARGV[6]` the wake channel prefix ([`Keys::wake_prefix`]). The picked
+/// waiter (see [`PICK`]) is told on its own channel, or, in cluster mode, by its id on
+/// the release channel; with none picked the release channel gets [`WAKE_ALL`] (see
+/// [`ANNOUNCE`]). Returns 1 if deleted, 0 if the lock was already gone or someone else's (then nothing
 /// is touched). `replicate_commands` as in [`ACQUIRE`]: the pick reads the clock.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"
 if redis.replicate_commands then redis.replicate_commands() end
 {PICK}
+{ANNOUNCE}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call(ARGV[3], ARGV[2], pick(KEYS[2], ARGV[4], ARGV[5]))
+  announce(ARGV[2], ARGV[3], pick(KEYS[2], ARGV[4], ARGV[5]), ARGV[6])
   return 1
 end
 return 0
@@ -191,7 +220,8 @@ return 0
 ///
 /// `KEYS[1]` lock key, `KEYS[2]` waiters key; `ARGV[1]` the acquire's owner prefix,
 /// `ARGV[2]` release channel, `ARGV[3]` the command that announces it, `ARGV[4]` this
-/// backend's waiter id (as for [`RELEASE`], always waking one). Returns 1 if deleted, 0
+/// backend's waiter id, `ARGV[5]` the wake channel prefix (as for [`RELEASE`], always
+/// waking one). Returns 1 if deleted, 0
 /// if the lock was gone or someone else's (then nothing is touched). The acquire's whole
 /// value is unknown (the server completed it), but no other acquisition's value starts
 /// with its random owner prefix.
@@ -200,10 +230,11 @@ pub(crate) static ABANDON: LazyLock<Script> = LazyLock::new(|| {
         r"
 if redis.replicate_commands then redis.replicate_commands() end
 {PICK}
+{ANNOUNCE}
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call(ARGV[3], ARGV[2], pick(KEYS[2], ARGV[4], '1'))
+  announce(ARGV[2], ARGV[3], pick(KEYS[2], ARGV[4], '1'), ARGV[5])
   return 1
 end
 return 0
@@ -365,13 +396,17 @@ impl fmt::Debug for Claim {
 /// `ns:fence:name` (never expires, only incremented), the record `ns:record:name` (no
 /// expiry, written only by the holder), the waiters `ns:waiters:name` (a sorted set of
 /// the backends waiting for the name, see [`REGISTER`]; it expires once nobody
-/// registers), and its releases are published on the channel `ns:released:name`.
+/// registers), and its releases are published on the channel `ns:released:name`,
+/// or, to the one waiting backend a release picks, on that backend's own channel
+/// `ns:wake:<waiter id>` (see [`ANNOUNCE`]).
 ///
 /// In cluster mode the name is a hash tag: `ns:lock:{name}`, `ns:fence:{name}`,
 /// `ns:record:{name}`, `ns:waiters:{name}` and the sharded channel
 /// `ns:released:{name}` all hash to one slot
 /// (the namespace has no braces, see the settings' validation), so every script touches
-/// keys of one slot and the release is announced on the name's shard.
+/// keys of one slot and the release is announced on the name's shard. There is no wake
+/// channel in cluster mode: the picked waiter's id is published on the name's channel,
+/// which every backend waiting for the name subscribes to on that shard.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     lock: String,
@@ -379,6 +414,7 @@ pub(crate) struct Keys {
     record: String,
     waiters: String,
     channel: String,
+    wake: String,
     /// Cluster mode: names are wrapped in `{...}`.
     tagged: bool,
 }
@@ -391,6 +427,7 @@ impl Keys {
             record: format!("{namespace}:record:"),
             waiters: format!("{namespace}:waiters:"),
             channel: format!("{namespace}:released:"),
+            wake: format!("{namespace}:wake:"),
             tagged,
         }
     }
@@ -423,6 +460,20 @@ impl Keys {
 
     pub(crate) fn channel(&self, key: &LockKey) -> String {
         self.key(&self.channel, key)
+    }
+
+    /// What the release scripts prefix a picked waiter's id with to name its own wake
+    /// channel: `<namespace>:wake:`, or empty in cluster mode, where the release
+    /// channel carries the id instead (see [`ANNOUNCE`]).
+    pub(crate) fn wake_prefix(&self) -> &str {
+        if self.tagged { "" } else { &self.wake }
+    }
+
+    /// The wake channel of the backend with `waiter_id`, `<namespace>:wake:<waiter id>`:
+    /// a plain channel name (subscribed with `SUBSCRIBE`, so glob characters of the
+    /// namespace need no escaping).
+    pub(crate) fn wake_channel(&self, waiter_id: &str) -> String {
+        format!("{}{waiter_id}", self.wake)
     }
 
     /// Whether this is the cluster layout (hash-tagged keys, sharded channels).
@@ -507,6 +558,19 @@ mod tests {
         assert_eq!(keys.waiters(&key), "routine:waiters:billing");
         assert_eq!(keys.channel(&key), "routine:released:billing");
         assert_eq!(keys.channel_pattern(), "routine:released:*");
+        assert_eq!(keys.wake_prefix(), "routine:wake:");
+        assert_eq!(
+            keys.wake_channel("0123456789abcdef"),
+            "routine:wake:0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn the_wake_channel_is_not_escaped_and_cluster_mode_has_none() {
+        // Subscribed with a plain SUBSCRIBE: the name is matched as it is.
+        let keys = Keys::new("a*b?", false);
+        assert_eq!(keys.wake_channel("00ff"), "a*b?:wake:00ff");
+        assert_eq!(Keys::new("routine", true).wake_prefix(), "");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Release notifications wake one waiting backend per release: the one the release picks
 //! from the name's waiters (registered by `expires_in` while a `released` wait is
-//! pending), or every waiter if none is registered.
+//! pending), told on its own wake channel so that no other process receives anything,
+//! or every waiter if none is registered.
 
 mod common;
 
@@ -8,8 +9,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use common::{backend, raw, unique_key, within};
-use futures::FutureExt;
+use common::{Deadline, backend, raw, unique_key, within};
+use futures::{FutureExt, Stream, StreamExt};
+use leasehold_conformance::servers::RedisServer;
 use leasehold_core::{LockBackend, LockKey, Result};
 use leasehold_redis::RedisBackend;
 
@@ -24,6 +26,59 @@ fn wait(backend: &RedisBackend, key: &LockKey) -> Wait {
     let mut wait: Wait = async move { backend.released(&key).await }.boxed();
     assert!(wait.as_mut().now_or_never().is_none(), "the key is held");
     wait
+}
+
+/// The ids registered in `waiters`, sorted.
+async fn ids(conn: &mut redis::aio::MultiplexedConnection, waiters: &str) -> Vec<String> {
+    let mut ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(waiters)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    ids.sort_unstable();
+    ids
+}
+
+/// A raw pub/sub connection that listens as every backend and more: the release
+/// channels of the default namespace (what every backend `PSUBSCRIBE`s) and every wake
+/// channel. Yields (channel, payload).
+async fn eavesdrop(
+    server: &leasehold_conformance::servers::RedisServer,
+) -> impl Stream<Item = (String, String)> + Unpin {
+    let mut pubsub = redis::Client::open(server.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.psubscribe("routine:released:*").await.unwrap();
+    pubsub.psubscribe("routine:wake:*").await.unwrap();
+    pubsub.into_on_message().map(|message| {
+        (
+            message.get_channel_name().to_owned(),
+            message.get_payload::<String>().unwrap(),
+        )
+    })
+}
+
+/// What `eavesdropper` received up to the marker's message that [`barrier`] publishes
+/// (which follows everything published before on one connection), left out.
+async fn heard(
+    eavesdropper: &mut (impl Stream<Item = (String, String)> + Unpin),
+    marker: &LockKey,
+) -> Vec<(String, String)> {
+    let marker = format!("routine:released:{marker}");
+    let mut heard = Vec::new();
+    loop {
+        let next = within(DEADLINE, "the marker's message", eavesdropper.next())
+            .await
+            .expect("the eavesdropper is subscribed");
+        if next.0 == marker {
+            return heard;
+        }
+        heard.push(next);
+    }
 }
 
 /// How many waiters `key` has registered.
@@ -115,8 +170,10 @@ async fn a_release_wakes_one_of_five_registered_waiters_and_the_next_release_ano
     let mut waiters = waiting(server, &key, &marker, 5, true).await;
     let waiters_key = holder.waiters_key(&key);
     assert_eq!(registered(&mut conn, &waiters_key).await, 5);
+    let mut eavesdropper = eavesdrop(server).await;
     let mut order = Vec::new();
     for turn in 0..5 {
+        let before = ids(&mut conn, &waiters_key).await;
         lease.release().await.unwrap();
         barrier(&mut conn, &mut waiters, &marker).await;
         let woken = woken(&mut waiters);
@@ -124,6 +181,22 @@ async fn a_release_wakes_one_of_five_registered_waiters_and_the_next_release_ano
             woken.len(),
             1,
             "turn {turn}: one release wakes one waiter: {woken:?}"
+        );
+        // The release went to the picked waiter's own channel, and nowhere else: the
+        // release channel, which every backend's connection listens to, heard nothing.
+        let after = ids(&mut conn, &waiters_key).await;
+        let picked: Vec<String> = before
+            .into_iter()
+            .filter(|id| !after.contains(id))
+            .collect();
+        assert_eq!(picked.len(), 1, "turn {turn}: the release took one out");
+        assert_eq!(
+            heard(&mut eavesdropper, &marker).await,
+            [(
+                format!("routine:wake:{}", picked[0]),
+                format!("routine:released:{key}")
+            )],
+            "turn {turn}: only the picked waiter's channel hears the release"
         );
         order.push(woken[0]);
         // The woken waiter takes the name, which takes it out of the waiters: the next
@@ -276,7 +349,7 @@ async fn taking_the_name_takes_the_taker_out_of_the_waiters() {
 }
 
 #[tokio::test]
-async fn a_backend_that_never_registers_is_woken_by_every_release() {
+async fn a_backend_that_never_registers_is_not_woken_by_a_release_that_picked_a_waiter() {
     let server = leasehold_conformance::require_server!(RedisServer);
     let mut conn = raw(server).await;
     let (key, marker) = (unique_key("observer"), unique_key("observer-marker"));
@@ -289,6 +362,51 @@ async fn a_backend_that_never_registers_is_woken_by_every_release() {
     lease.release().await.unwrap();
     barrier(&mut conn, &mut waiters, &marker).await;
     let woken = woken(&mut waiters);
-    assert_eq!(woken.len(), 2, "one contender and the observer: {woken:?}");
-    assert_eq!(woken[1], 2, "the observer is woken");
+    // The release is told to the picked contender alone; the observer learns of it by
+    // polling (a release that picks nobody wakes it, see above).
+    assert_eq!(woken.len(), 1, "one contender: {woken:?}");
+    assert!(woken[0] < 2, "a contender, not the observer: {woken:?}");
+}
+
+#[tokio::test]
+async fn a_picked_backend_hears_its_wake_channel_after_its_connection_was_lost() {
+    // A server of its own: every pub/sub connection on it is cut.
+    let server = leasehold_conformance::require_server!(RedisServer::start());
+    let mut conn = raw(&server).await;
+    let (key, marker) = (
+        unique_key("resubscribed"),
+        unique_key("resubscribed-marker"),
+    );
+    let holder = backend(&server).await;
+    let mut lease = holder.try_acquire(&key, TTL).await.unwrap().expect("free");
+    let waiter = backend(&server).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(killed, 2, "both backends' pub/sub connections were cut");
+    let down = Deadline::new(DEADLINE, "the waiter's subscription drops");
+    while waiter.notifications_active() {
+        down.tick().await;
+    }
+    // The next wait subscribes again (it may be woken spuriously by that), then
+    // registers as the runner does.
+    let _ = within(DEADLINE, "the resubscribing wait", waiter.released(&key)).await;
+    assert!(waiter.notifications_active(), "subscribed again");
+    let waiting = wait(&waiter, &key);
+    assert!(waiter.expires_in(&key).await.unwrap().is_some(), "held");
+    let mut waiters = vec![Waiter {
+        marker: wait(&waiter, &marker),
+        backend: waiter,
+        wait: Some(waiting),
+    }];
+    assert_eq!(registered(&mut conn, &holder.waiters_key(&key)).await, 1);
+    lease.release().await.unwrap();
+    barrier(&mut conn, &mut waiters, &marker).await;
+    assert_eq!(
+        woken(&mut waiters),
+        [0],
+        "the resubscribed backend hears its wake channel"
+    );
 }
