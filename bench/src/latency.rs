@@ -412,6 +412,8 @@ pub(crate) async fn measure(target: &Target, iterations: usize) -> Result<Latenc
         server_floor_us: per_round(server_floor_us),
         wal_library,
         wal_floor,
-        peer: peer.is_some().then(|| ("rslock 0.10", peer_samples.summary())),
+        peer: peer
+            .is_some()
+            .then(|| ("rslock 0.10", peer_samples.summary())),
     })
 }

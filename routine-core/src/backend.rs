@@ -210,9 +210,9 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// wakes nobody: the others learn of the release by polling, which a caller must
     /// keep doing (the runner asks [`expires_in`](LockBackend::expires_in) about once
     /// per TTL while it waits). A backend may count on those calls to know who contends
-    /// for `key` (Redis and PostgreSQL register a waiter there; on Redis a caller that
-    /// never calls it is woken by every release, on PostgreSQL only by a release that
-    /// finds no registered waiter, so it learns of the others by polling).
+    /// for `key` (Redis and PostgreSQL register a waiter there; a caller that never calls
+    /// it is woken only by a release that finds no registered waiter, or on a Redis
+    /// Cluster by every release, and otherwise learns of a release by polling).
     ///
     /// # Errors
     ///

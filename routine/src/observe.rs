@@ -32,8 +32,9 @@ const AFTER_RELEASE: [Duration; 3] = [
 /// - **a release** (the holder gives the key back) on a backend with release
 ///   notifications: at once, one `describe` after the notification; a new holder that
 ///   takes the key then is looked for again 20 ms, 120 ms and 620 ms after the release.
-///   On PostgreSQL a release that wakes one waiting process (another process waits for
-///   the key) sends the observer nothing: it is seen as any other change;
+///   On Redis (but a Redis Cluster) and PostgreSQL a release that wakes one waiting
+///   process (another process waits for the key) sends the observer nothing: it is seen
+///   as any other change;
 /// - **any other change** (a new holder after those looks, a holder whose lease ran out,
 ///   a takeover, every change on a backend without release notifications): within
 ///   `poll_interval` plus one `describe` round trip.
