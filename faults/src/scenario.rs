@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::checker::{Report, ms};
+use super::checker::{Report, Takeover, ms};
 use super::cluster::Cluster;
 use super::inject::FaultId;
 use super::log::{EventKind, Fault, FaultKind, between, now};
@@ -234,7 +234,9 @@ impl Bounds {
     /// fault) or recovery (server faults, cancelled statements and rotated credentials,
     /// from the fault's end) the design allows after `fault`.
     ///
-    /// - Graceful stop: a release and a notification, well under the TTL (TTL/2).
+    /// - Graceful stop: a release and a notification, well under the TTL (TTL/2); see
+    ///   [`takeover_among`](Self::takeover_among) for a stop shortly after a waiter
+    ///   crashed.
     /// - Crash, pause, cut, CPU starvation with a cut: the lease runs out at most a TTL
     ///   after its last refresh, then a waiter retries (at the expiry on backends that
     ///   report it, else within a retry interval): TTL + retry + expiry lag + slack. Not
@@ -260,6 +262,45 @@ impl Bounds {
     ///   master is back as a replica) counts as a server down for D, that whole time: the
     ///   same bound, so a holder again within the failover time plus a TTL.
     pub fn takeover(&self, fault: &Fault) -> (Duration, Duration) {
+        self.takeover_among(fault, &[])
+    }
+
+    /// How long a waiter's registration may outlive its process: a backend that wakes one
+    /// waiting process per release keeps it for max(10 s, 2 × TTL) (Redis, PostgreSQL) or
+    /// under a 10 s waiter lease (etcd's line).
+    fn registration_life(&self) -> Duration {
+        Duration::from_secs(10).max(self.ttl * 2)
+    }
+
+    /// [`takeover`](Self::takeover) for `fault` among the run's `faults`. A release wakes
+    /// one waiting process (README, Guarantees), and the one it picks may be a member
+    /// that crashed, was paused or cut off shortly before, whose registration is still
+    /// there: then the others find the key free at their next poll, within the released
+    /// lease's TTL. So after such a fault within a registration's life, a graceful stop
+    /// is allowed as long as a crash: TTL + retry + expiry lag + slack (plus a topology's
+    /// handover extension).
+    pub fn takeover_among(&self, fault: &Fault, faults: &[Takeover]) -> (Duration, Duration) {
+        let (min, max) = self.takeover_alone(fault);
+        if fault.kind != FaultKind::Terminate {
+            return (min, max);
+        }
+        let life = self.registration_life();
+        let waiter_lost = faults.iter().map(|t| &t.fault).any(|other| {
+            matches!(
+                other.kind,
+                FaultKind::Kill | FaultKind::Pause | FaultKind::Cut | FaultKind::StarveCut
+            ) && other.at <= fault.at
+                && between(other.until, fault.at) <= life
+        });
+        if !waiter_lost {
+            return (min, max);
+        }
+        let picked_lost =
+            self.ttl + self.retry + self.expiry_lag + self.handover_extension + self.slack;
+        (min, max.max(picked_lost))
+    }
+
+    fn takeover_alone(&self, fault: &Fault) -> (Duration, Duration) {
         let crash_max = self.ttl + self.retry + self.expiry_lag + self.slack;
         let crash_min = self.ttl.saturating_sub(self.refresh * 2);
         match fault.kind {
@@ -320,7 +361,7 @@ pub fn judge(report: &Report, bounds: &Bounds, gap_tolerance: Duration) -> Vec<S
         problems.push(format!("overlap of {:.1} ms", ms(report.overlap)));
     }
     for takeover in &report.takeovers {
-        let (min, max) = bounds.takeover(&takeover.fault);
+        let (min, max) = bounds.takeover_among(&takeover.fault, &report.takeovers);
         match takeover.after() {
             None => problems.push(format!("no takeover after {}", takeover.fault.kind)),
             Some(after) if after > max || after < min => problems.push(format!(
@@ -341,4 +382,69 @@ pub fn judge(report: &Report, bounds: &Bounds, gap_tolerance: Duration) -> Vec<S
         ));
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn takeover(kind: FaultKind, at: u64) -> Takeover {
+        Takeover {
+            fault: Fault {
+                kind,
+                member: Some(0),
+                token: Some(1),
+                at,
+                until: at,
+            },
+            from: at,
+            at: None,
+            by: None,
+            token: None,
+        }
+    }
+
+    #[test]
+    fn a_graceful_stop_soon_after_a_waiter_crashed_may_take_as_long_as_a_crash() {
+        let bounds = Bounds::new(
+            BackendKind::Redis,
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+        );
+        let stop = takeover(FaultKind::Terminate, 100 * SECOND);
+        let alone = bounds.takeover(&stop.fault).1;
+        assert_eq!(
+            alone,
+            Duration::from_millis(500),
+            "TTL/2 without a lost waiter"
+        );
+
+        // A member killed 5 s before: its registration may still be picked.
+        let killed = takeover(FaultKind::Kill, 95 * SECOND);
+        let widened = bounds
+            .takeover_among(&stop.fault, &[killed, stop.clone()])
+            .1;
+        assert_eq!(widened, Duration::from_millis(1000 + 200 + 300));
+
+        // One killed a minute before is long gone from every waiter list.
+        let long_ago = takeover(FaultKind::Kill, 40 * SECOND);
+        assert_eq!(
+            bounds
+                .takeover_among(&stop.fault, &[long_ago, stop.clone()])
+                .1,
+            alone
+        );
+
+        // A graceful stop before does not widen it, nor does a kill after.
+        let earlier_stop = takeover(FaultKind::Terminate, 99 * SECOND);
+        let later_kill = takeover(FaultKind::Kill, 101 * SECOND);
+        assert_eq!(
+            bounds
+                .takeover_among(&stop.fault, &[earlier_stop, later_kill])
+                .1,
+            alone
+        );
+    }
 }

@@ -88,7 +88,7 @@ pub async fn soak(
         .takeovers
         .iter()
         .filter(|t| {
-            let (min, max) = bounds.takeover(&t.fault);
+            let (min, max) = bounds.takeover_among(&t.fault, &report.takeovers);
             t.after().is_none_or(|after| after < min || after > max)
         })
         .map(|t| {
@@ -207,7 +207,7 @@ pub fn markdown(results: &[SoakResult]) -> String {
             times.sort_by(f64::total_cmp);
             let bound = takeovers
                 .iter()
-                .map(|t| result.bounds.takeover(&t.fault).1)
+                .map(|t| result.bounds.takeover_among(&t.fault, &report.takeovers).1)
                 .max()
                 .unwrap_or_default();
             let spread = match (times.first(), times.get(times.len() / 2), times.last()) {
