@@ -35,7 +35,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::config::Settings;
 use crate::connect::Live;
 use crate::error::{Context, Message, NAME};
-use crate::fencing::create;
+use crate::schema::create;
 
 /// The highest epoch: `(epoch + 1) << 32` must fit in a `bigint`.
 const MAX_EPOCH: i64 = (1 << 31) - 2;

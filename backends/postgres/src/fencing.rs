@@ -33,6 +33,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::config::Settings;
 use crate::error::{Context, Message, NAME};
+use crate::schema::{LEFT_MS, create};
 use crate::waiters::{self, WaiterStatements};
 
 /// The statements of a lock session, with the table names filled in.
@@ -84,10 +85,6 @@ pub(crate) const ASYNC_COMMIT_CTE: &str = "commit_mode AS MATERIALIZED (
     SELECT set_config('synchronous_commit', 'off', true)
     WHERE current_setting('synchronous_standby_names') = ''
 )";
-
-/// Milliseconds left until `alive_until`, at least 1 (the row is alive).
-pub(crate) const LEFT_MS: &str =
-    "greatest(ceil(extract(epoch FROM s.alive_until - clock_timestamp()) * 1000), 1)::int8";
 
 /// `alive_until` for a heartbeat of `$N` milliseconds from now.
 fn alive_until(param: u8) -> String {
@@ -395,25 +392,5 @@ impl TableCheck {
             writable: row.try_get("writable")?,
             sessions_ok: row.try_get("sessions_ok")?,
         })
-    }
-}
-
-/// Runs a `CREATE ... IF NOT EXISTS` (or `ADD COLUMN IF NOT EXISTS`), accepting the errors of a concurrent creation.
-pub(crate) async fn create(conn: &mut PgConnection, sql: String, ctx: Context) -> Result<()> {
-    match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db))
-            // Two processes creating at once: unique violation on the catalog, or
-            // "already exists" (duplicate table, schema, column, or the table's row type:
-            // 42710, which is what a concurrent `CREATE TABLE IF NOT EXISTS` usually
-            // reports). Each means the other creation committed, so the object exists.
-            if matches!(
-                db.code().as_deref(),
-                Some("23505" | "42P07" | "42P06" | "42701" | "42710")
-            ) =>
-        {
-            Ok(())
-        }
-        Err(err) => Err(ctx.map(err)),
     }
 }

@@ -11,7 +11,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use crate::config::Settings;
-use crate::fencing::LEFT_MS;
+use crate::schema::LEFT_MS;
 
 /// The granted `bigint` advisory locks of this database, as `(lock_key, pid)`.
 pub(crate) const LOCKS: &str = "SELECT ((classid::int8 << 32) | objid::int8) AS lock_key, pid

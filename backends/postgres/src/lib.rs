@@ -348,6 +348,7 @@ mod message;
 mod notify;
 mod operator;
 mod record;
+mod schema;
 mod session;
 mod sourced;
 mod tls;

@@ -94,7 +94,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::config::{Settings, WAKE_CHANNEL_PREFIX};
 use crate::error::Context;
-use crate::fencing::{LEFT_MS, create};
+use crate::schema::{LEFT_MS, create};
 
 /// The least time a registration lasts: the runner asks again when the holder's time
 /// left runs out, so twice that would do, but a holder whose time is nearly out (or a key
