@@ -4,9 +4,9 @@
 //! The `redis` crate's multiplexed connection (inside the `ConnectionManager`) hands
 //! every request to a driver task over a channel and the answer back over another: two
 //! wake-ups of other tasks, often on the other worker thread, per round trip. For one
-//! acquire or release that is most of the client's share of the latency: on this
-//! project's benchmark machine a hand-written `SET NX PX` + `EVALSHA` on one tokio socket
-//! took 86 µs where the library took 180 µs through the manager (BENCHMARKS.md).
+//! acquire or release that was about half of the library's gap to a hand-written
+//! `SET NX PX` + `EVALSHA` on one tokio socket: ×1.6 to ×1.9 that floor through the
+//! manager, ×1.33 with the lane, on this project's benchmark machine (BENCHMARKS.md).
 //!
 //! So a single command (not a pipeline) first tries the lane: if its connection is idle,
 //! the caller takes it, writes the packed command, reads one reply and puts it back. A

@@ -95,8 +95,8 @@
 //! - one direct lane (a plain TCP or Unix socket connection named `leasehold-lane`,
 //!   not used over TLS): a single command first goes there if no other request is on
 //!   it, written and answered on the caller's own task, without the manager's hand-off
-//!   to its driver task and back (about a third of an uncontended acquire + release,
-//!   see BENCHMARKS.md). A request that finds it busy uses the manager; one whose lane
+//!   to its driver task and back (15 to 20% of an uncontended acquire + release on
+//!   the benchmark machine, see BENCHMARKS.md). A request that finds it busy uses the manager; one whose lane
 //!   connection fails is sent again on the manager; what follows a request dropped on
 //!   it is queued behind that request's answer. See `src/lane.rs`;
 //! - one pub/sub connection subscribed once to `routine:released:*`, whose messages wake
