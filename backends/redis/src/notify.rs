@@ -3,12 +3,13 @@
 //! The release script publishes on `<namespace>:released:<name>`, or, when it picked a
 //! waiting backend, on that backend's own wake channel `<namespace>:wake:<waiter id>`
 //! with the release channel's name as the message. The backend keeps a single
-//! connection subscribed with `PSUBSCRIBE <namespace>:released:*` and `SUBSCRIBE
-//! <namespace>:wake:<its waiter id>` (not one per key, however many routines wait) and a
-//! task that reads it and wakes the waiters of the named key. Both subscriptions are
-//! made on every connection attempt, so a resubscription after a lost connection hears
-//! the wake channel too. The pattern escapes the namespace's glob characters; the wake
-//! channel is a plain name. A waiter registers on the first poll of
+//! connection subscribed with `SUBSCRIBE <namespace>:wake:<its waiter id>` and, while
+//! someone here waits, `PSUBSCRIBE <namespace>:released:*` (not one per key, however
+//! many routines wait; see the `pattern` submodule for when the pattern is dropped and
+//! taken up again), and a task that reads it and wakes the waiters of the named key.
+//! Both subscriptions are made on every connection attempt, so a resubscription after a
+//! lost connection hears the wake channel too. The pattern escapes the namespace's glob
+//! characters; the wake channel is a plain name. A waiter registers on the first poll of
 //! [`Notifier::released`], so a release published after that poll wakes it.
 //!
 //! Notifications are an optimisation: the runner polls at its retry interval anyway. So a
@@ -78,13 +79,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use leasehold_core::{Error, Result};
-use redis::aio::PubSub;
+use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::{self, NAME, SharedError};
 use crate::scripts::WAKE_ALL;
 use crate::sentinel::Target;
+
+mod pattern;
+
+use pattern::Pattern;
 
 const OPERATION: &str = "wait for release";
 
@@ -155,7 +160,9 @@ pub(crate) struct Notifier {
 #[derive(Debug)]
 struct Shared {
     target: Arc<Target>,
-    pattern: String,
+    /// The release channels' pattern, subscribed while someone here waits (see the
+    /// `pattern` module).
+    pattern: Pattern,
     /// This backend's own channel, `<namespace>:wake:<waiter id>`: a release that picked
     /// it publishes the release channel's name there.
     wake_channel: String,
@@ -188,7 +195,7 @@ impl Notifier {
         let notifier = Self {
             shared: Arc::new(Shared {
                 target,
-                pattern,
+                pattern: Pattern::new(pattern, connect_timeout),
                 wake_channel,
                 connect_timeout,
                 waiter_id,
@@ -243,10 +250,22 @@ impl Notifier {
         // wake us even if the caller polls us again only after its next `try_acquire`.
         notified.as_mut().enable();
         let mut status = self.shared.status.subscribe();
+        let mut pattern = self.shared.pattern.watch();
+        // Without the pattern, a release published before it is subscribed again would
+        // be missed: this wait ends (spuriously) once it is.
+        let pattern_was_off = !*pattern.borrow_and_update();
         self.shared.connect_if_down();
+        if pattern_was_off {
+            self.shared.settle_pattern();
+        }
         loop {
             tokio::select! {
                 () = &mut notified => return Ok(()),
+                Ok(()) = pattern.changed(), if pattern_was_off => {
+                    if *pattern.borrow_and_update() {
+                        return Ok(());
+                    }
+                }
                 changed = status.changed() => {
                     if changed.is_err() {
                         return Err(Error::unavailable(NAME, OPERATION, "backend dropped"));
@@ -309,18 +328,18 @@ impl Shared {
     /// Connects, subscribes, then delivers messages until the connection ends.
     async fn listen(self: Arc<Self>) {
         let connected = tokio::time::timeout(self.connect_timeout, self.subscribe()).await;
-        let pubsub = match connected {
+        let (sink, mut messages) = match connected {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(err)) => return self.fail(err),
             Err(_) => return self.fail(Error::timeout(NAME, "subscribe", self.connect_timeout)),
         };
+        self.pattern.connected(sink);
         self.status.send_replace(Status::Subscribed);
         tracing::debug!(
-            pattern = %self.pattern,
+            pattern = %self.pattern.name(),
             wake_channel = %self.wake_channel,
             "redis release notifications subscribed"
         );
-        let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             self.deliver(message.get_channel_name(), message.get_payload_bytes());
         }
@@ -331,15 +350,15 @@ impl Shared {
         ));
     }
 
-    async fn subscribe(&self) -> Result<PubSub> {
+    async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream)> {
         let client = self.target.locate().await?.client;
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             // Both on every attempt, so that a resubscription after a lost connection
             // hears its own wake channel too.
-            pubsub.psubscribe(&self.pattern).await?;
+            pubsub.psubscribe(self.pattern.name()).await?;
             pubsub.subscribe(&self.wake_channel).await?;
-            Ok(pubsub)
+            Ok(pubsub.split())
         };
         subscribed
             .await
@@ -348,13 +367,44 @@ impl Shared {
 
     fn fail(&self, err: Error) {
         tracing::debug!(error = %err.chain(), "redis release notifications down");
+        self.pattern.down();
         self.status.send_replace(Status::Failed(Arc::new(err)));
     }
 
-    fn deliver(&self, channel: &str, payload: &[u8]) {
+    /// Subscribes the release channels' pattern if someone here waits, unsubscribes it
+    /// if nobody does (see the `pattern` module), in a task of its own: the caller is the
+    /// listener, which must go on reading, or a wait that must not block on it. A
+    /// refused or unanswered change drops the connection, as a failed subscription
+    /// does: the waiters learn of it and poll, and the next wait connects again.
+    fn settle_pattern(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let wanted = || !shared.waiters().is_empty();
+            if let Err(err) = shared.pattern.settle(wanted).await {
+                if let Some(listener) = shared.listener().take() {
+                    listener.abort();
+                }
+                shared.fail(error::from_redis(
+                    err,
+                    "subscribe the release channels",
+                    shared.connect_timeout,
+                ));
+            }
+        });
+    }
+
+    fn deliver(self: &Arc<Self>, channel: &str, payload: &[u8]) {
         // Notified under the lock so that no clone of the entry is alive outside it, which
         // would keep `Waiter::drop` from removing the entry.
         let waiters = self.waiters();
+        if waiters.is_empty() && channel != self.wake_channel {
+            // A release nobody here waits for: stop hearing them until someone does.
+            drop(waiters);
+            if self.pattern.is_on() {
+                self.settle_pattern();
+            }
+            return;
+        }
         if channel == self.wake_channel {
             // This backend was picked: the message names the release channel, and wakes
             // its waiters of it whether or not they registered.

@@ -410,3 +410,76 @@ async fn a_picked_backend_hears_its_wake_channel_after_its_connection_was_lost()
         "the resubscribed backend hears its wake channel"
     );
 }
+
+/// How many pattern subscriptions the server's clients hold, summed (`psub=` of
+/// `CLIENT LIST`).
+async fn patterns(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.split_whitespace()
+        .filter_map(|field| field.strip_prefix("psub="))
+        .map(|count| count.parse::<usize>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_backend_hears_release_channels_only_while_it_waits() {
+    // A server of its own: the test counts every pattern subscription on it.
+    let server = leasehold_conformance::require_server!(RedisServer::start());
+    let mut conn = raw(&server).await;
+    let backend = backend(&server).await;
+    let key = unique_key("pattern-on-demand");
+    let channel = format!("routine:released:{}", key.as_str());
+    assert_eq!(
+        patterns(&mut conn).await,
+        1,
+        "a new connection subscribes it"
+    );
+
+    // An uncontended acquire + release: its release wakes everyone (nobody is
+    // registered), and the backend, with nobody waiting, drops the pattern on hearing it.
+    let mut lease = backend.try_acquire(&key, TTL).await.unwrap().expect("free");
+    lease.release().await.unwrap();
+    let deadline = Deadline::new(DEADLINE, "the pattern dropped by an idle backend");
+    while patterns(&mut conn).await != 0 {
+        deadline.tick().await;
+    }
+    assert!(backend.notifications_active(), "the wake channel stays");
+
+    // A wait takes it up again, and a release published right after the wait's first
+    // poll (before the subscription took effect) still ends it.
+    let held = backend.try_acquire(&key, TTL).await.unwrap().expect("free");
+    let waiter = wait(&backend, &key);
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    within(DEADLINE, "the wait ends", waiter).await.unwrap();
+    let deadline = Deadline::new(DEADLINE, "the pattern subscribed by a wait");
+    while patterns(&mut conn).await != 1 {
+        deadline.tick().await;
+    }
+
+    // Subscribed, a wait is woken by the release itself, not spuriously.
+    let mut waiter = wait(&backend, &key);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        (&mut waiter).now_or_never().is_none(),
+        "not woken before a release"
+    );
+    drop(held);
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    within(DEADLINE, "the release wakes the wait", waiter)
+        .await
+        .unwrap();
+}
