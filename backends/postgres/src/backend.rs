@@ -17,7 +17,7 @@ use crate::epoch::{self, EpochStatements};
 use crate::error::{Context, NAME, with_timeout};
 use crate::fencing;
 use crate::lease::{PostgresLease, call, session_stopped};
-use crate::message::{Acquired, Command, Direct};
+use crate::message::{Acquired, Command};
 use crate::notify::{Dispatch, Notifier};
 use crate::operator::Operator;
 use crate::record::Records;
@@ -62,8 +62,6 @@ pub struct PostgresBackend {
 struct Inner {
     settings: Arc<Settings>,
     session: mpsc::UnboundedSender<Command>,
-    /// The session's lane: acquires run on the caller's task when the session is idle.
-    direct: Arc<dyn Direct>,
     notifier: Notifier,
     /// Connections for `list` and `force_release`, opened on first use.
     operator: Operator,
@@ -104,12 +102,6 @@ impl PostgresBackend {
         crate::advisory_lock_key(&self.inner.settings.namespace, key.as_str())
     }
 
-    /// How many requests ran on the lock session's lane.
-    #[cfg(test)]
-    pub(crate) fn lane_requests(&self) -> u64 {
-        self.inner.direct.lent()
-    }
-
     pub(crate) async fn connect(settings: Settings) -> Result<Self> {
         let settings = Arc::new(settings);
         let mut live = connect::open(&settings, settings.request_timeout).await?;
@@ -140,15 +132,13 @@ impl PostgresBackend {
         let (tx, rx) = mpsc::unbounded_channel();
         let dispatch = Dispatch::new();
         let notifier = Notifier::new(Arc::clone(&dispatch), tx.clone(), settings.request_timeout);
-        let (session, direct) =
-            session::spawn(Arc::clone(&settings), live, dispatch, waiters, (tx, rx));
+        let session = session::spawn(Arc::clone(&settings), live, dispatch, waiters, (tx, rx));
         Ok(Self {
             inner: Arc::new(Inner {
                 operator: Operator::new(Arc::clone(&settings)),
                 records: Records::new(&settings.qualified_table, &settings.qualified_sessions),
                 settings,
                 session,
-                direct,
                 notifier,
             }),
         })
@@ -192,24 +182,16 @@ impl LockBackend for PostgresBackend {
         leasehold_core::check_holder_identity(holder)?;
         let hash = self.lock_key(key);
         let timeout = self.inner.settings.timeout_for(ttl);
-        let holder: Arc<str> = Arc::from(holder);
-        // On the lane if the session is idle (see the session's `lane` module); a lane
-        // call that times out is finished by the session task.
-        let acquired = match Arc::clone(&self.inner.direct).acquire(key, hash, ttl, &holder) {
-            Some(direct) => with_timeout("acquire", timeout, direct).await?,
-            None => {
-                call(&self.inner.session, "acquire", timeout, |reply| {
-                    Command::Acquire {
-                        key: key.clone(),
-                        hash,
-                        ttl,
-                        holder,
-                        reply,
-                    }
-                })
-                .await?
+        let acquired = call(&self.inner.session, "acquire", timeout, |reply| {
+            Command::Acquire {
+                key: key.clone(),
+                hash,
+                ttl,
+                holder: Arc::from(holder),
+                reply,
             }
-        };
+        })
+        .await?;
         Ok(acquired.map(|Acquired { token, link }| {
             Box::new(PostgresLease::new(
                 key.clone(),

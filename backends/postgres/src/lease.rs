@@ -157,11 +157,6 @@ impl Lease for PostgresLease {
         self.released = true;
         self.link.finish();
         let timeout = self.settings.request_timeout;
-        // On the lane if the session is idle; a lane call that times out is finished by
-        // the session task.
-        if let Some(direct) = Arc::clone(&self.link.direct).release(self.link.id) {
-            return with_timeout("release", timeout, direct).await;
-        }
         call(&self.link.tx, "release", timeout, |reply| {
             Command::Release {
                 id: self.link.id,

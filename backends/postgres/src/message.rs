@@ -6,31 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use leasehold_core::{FencingToken, LeaseInfo, LockKey, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A reply channel.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// The lock session's lane (see the session's `lane` module): runs an acquire or a
-/// release on the caller's task when the session is idle. `None` means it is not (the
-/// session task is busy, or commands are queued): send the command instead.
-pub(crate) trait Direct: Send + Sync {
-    fn acquire(
-        self: Arc<Self>,
-        key: &LockKey,
-        hash: i64,
-        ttl: Duration,
-        holder: &Arc<str>,
-    ) -> Option<BoxFuture<'static, Result<Option<Acquired>>>>;
-
-    fn release(self: Arc<Self>, id: LeaseId) -> Option<BoxFuture<'static, Result<()>>>;
-
-    /// How many requests ran on the lane.
-    #[cfg(test)]
-    fn lent(&self) -> u64;
-}
 
 /// Identifies a lease within the session task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,8 +85,6 @@ pub(crate) struct RefreshRequest {
 pub(crate) struct LeaseLink {
     pub(crate) id: LeaseId,
     pub(crate) tx: mpsc::UnboundedSender<Command>,
-    /// The session's lane, which a release tries first.
-    pub(crate) direct: Arc<dyn Direct>,
     /// Turns `true` when the session the lease lives on is dropped.
     pub(crate) revoked: watch::Receiver<bool>,
     finished: bool,
@@ -116,13 +94,11 @@ impl LeaseLink {
     pub(crate) fn new(
         id: LeaseId,
         tx: mpsc::UnboundedSender<Command>,
-        direct: Arc<dyn Direct>,
         revoked: watch::Receiver<bool>,
     ) -> Self {
         Self {
             id,
             tx,
-            direct,
             revoked,
             finished: false,
         }

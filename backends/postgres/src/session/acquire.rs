@@ -209,7 +209,7 @@ impl Session {
             serial: self.next_serial,
             hash,
         };
-        let (Some(tx), Some(lane)) = (self.tx.upgrade(), self.lane.upgrade()) else {
+        let Some(tx) = self.tx.upgrade() else {
             // Nobody is left to hold the lease.
             self.unlock_after_failure(hash, timeout).await;
             return Ok(Attempt::Done(None));
@@ -224,7 +224,7 @@ impl Session {
         );
         Ok(Attempt::Done(Some(Acquired {
             token: FencingToken::new(token),
-            link: LeaseLink::new(id, tx, lane, self.revoke.subscribe()),
+            link: LeaseLink::new(id, tx, self.revoke.subscribe()),
         })))
     }
 

@@ -2,11 +2,8 @@
 //! backend and hearing release notifications (see the `notify` module) between
 //! statements.
 //!
-//! Acquires, refreshes and releases for all keys are run one at a time on the session's
-//! connection: by the task, which receives them as messages, or, for an acquire or a
-//! release that finds the session idle, by the caller's own task on the session's lane
-//! (see the `lane` module: it saves two task hand-offs per statement, and keeps every
-//! rule below). Refreshes waiting in the queue are answered
+//! Acquires, refreshes and releases for all keys are messages to the task, which runs
+//! them one at a time on its connection. Refreshes waiting in the queue are answered
 //! together by one statement sent after all of them were called: any statement that
 //! succeeds proves the session, and so every lock it holds, was alive after the refresh
 //! was called, and moves the session's heartbeat on (see the `fencing` module). When the
@@ -25,7 +22,7 @@
 //! clears the ended session's claim on it, so this process or another can take it at once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{Error, LeaseInfo, LockKey, Result};
@@ -38,17 +35,22 @@ use crate::epoch::EpochStatements;
 use crate::error::{Context, Message, NAME, breaks_session, session_ended, with_timeout};
 use crate::fencing::Statements;
 use crate::held::{describe_statement, info};
-use crate::message::{Command, Direct, LeaseId};
+use crate::message::{Command, LeaseId};
 use crate::notify::Dispatch;
 
 mod acquire;
-mod lane;
 mod refresh;
-mod task;
-#[cfg(test)]
-mod tests;
 
-use lane::Lane;
+/// What woke the idle session task.
+enum Event {
+    Command(Command),
+    /// Every sender is gone: the backend and its leases.
+    Closed,
+    /// A notification heard on the session: its channel and payload.
+    Notification(String, String),
+    /// The session's connection failed while idle.
+    Lost(String),
+}
 
 /// A lock held on the session.
 struct Held {
@@ -58,8 +60,8 @@ struct Held {
 }
 
 /// Starts the session task on `live` (generation 1), receiving the commands sent on `tx`,
-/// and returns `tx` and the session's lane (see the `lane` module). The task ends when
-/// every sender (the backend's and the leases') is gone, closing the connection.
+/// and returns `tx`. The task ends when every sender (the backend's and the leases') is
+/// gone, closing the connection.
 pub(crate) fn spawn(
     settings: Arc<Settings>,
     live: Live,
@@ -69,35 +71,32 @@ pub(crate) fn spawn(
         mpsc::UnboundedSender<Command>,
         mpsc::UnboundedReceiver<Command>,
     ),
-) -> (mpsc::UnboundedSender<Command>, Arc<dyn Direct>) {
-    let lane = Arc::new_cyclic(|lane: &Weak<Lane<Session>>| {
-        Lane::new(Session {
-            statements: Statements::new(
-                &settings.qualified_table,
-                &settings.qualified_sessions,
-                &settings.qualified_epochs,
-                waiters.then_some(settings.qualified_waiters.as_str()),
-            ),
-            epochs: EpochStatements::new(&settings.qualified_epochs),
-            describe: Arc::from(describe_statement(&settings)),
-            settings,
-            dispatch,
-            rx,
-            tx: tx.downgrade(),
-            lane: Weak::clone(lane),
-            live: Some(live),
-            generation: 1,
-            next_serial: 0,
-            held: HashMap::new(),
-            ttls: BTreeMap::new(),
-            backlog: VecDeque::new(),
-            revoke: watch::channel(false).0,
-            forget: Vec::new(),
-            dropped: None,
-        })
-    });
-    tokio::spawn(task::run(Arc::clone(&lane)));
-    (tx, lane)
+) -> mpsc::UnboundedSender<Command> {
+    let task = Session {
+        statements: Statements::new(
+            &settings.qualified_table,
+            &settings.qualified_sessions,
+            &settings.qualified_epochs,
+            waiters.then_some(settings.qualified_waiters.as_str()),
+        ),
+        epochs: EpochStatements::new(&settings.qualified_epochs),
+        describe: Arc::from(describe_statement(&settings)),
+        settings,
+        dispatch,
+        rx,
+        tx: tx.downgrade(),
+        live: Some(live),
+        generation: 1,
+        next_serial: 0,
+        held: HashMap::new(),
+        ttls: BTreeMap::new(),
+        backlog: VecDeque::new(),
+        revoke: watch::channel(false).0,
+        forget: Vec::new(),
+        dropped: None,
+    };
+    tokio::spawn(task.run());
+    tx
 }
 
 struct Session {
@@ -111,8 +110,6 @@ struct Session {
     rx: mpsc::UnboundedReceiver<Command>,
     /// Weak, so the task does not keep its own channel open; upgraded to hand out leases.
     tx: mpsc::WeakUnboundedSender<Command>,
-    /// The lane this state lives in, handed to leases for their releases.
-    lane: Weak<Lane<Session>>,
     live: Option<Live>,
     generation: u64,
     next_serial: u64,
@@ -134,7 +131,124 @@ struct Session {
 }
 
 impl Session {
-    /// Whether a caller may run its request on the lane now: no command is queued before
+    async fn run(mut self) {
+        loop {
+            let command = match self.backlog.pop_front() {
+                Some(command) => command,
+                None => match self.next_event().await {
+                    Event::Command(command) => command,
+                    Event::Closed => break,
+                    Event::Notification(channel, payload) => {
+                        self.notified(&channel, &payload);
+                        continue;
+                    }
+                    Event::Lost(reason) => {
+                        self.abandon(&reason);
+                        continue;
+                    }
+                },
+            };
+            match command {
+                Command::Acquire {
+                    key,
+                    hash,
+                    ttl,
+                    holder,
+                    reply,
+                } => {
+                    // A caller that gave up while queued is skipped. One that gives up
+                    // during the acquire is not answered; the link in the undeliverable
+                    // reply then gives the lock back.
+                    if !reply.is_closed() {
+                        let result = self.acquire(&key, hash, ttl, &holder).await;
+                        let _ = reply.send(result);
+                    }
+                }
+                Command::Refresh(request) => {
+                    let mut batch = vec![request];
+                    self.collect_refreshes(&mut batch);
+                    self.refresh(batch).await;
+                }
+                Command::Release { id, reply } => {
+                    let result = self.release(id).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                Command::ExpiresIn {
+                    hash,
+                    timeout,
+                    reply,
+                } => {
+                    if !reply.is_closed() {
+                        let result = self.expires_in(hash, timeout).await;
+                        let _ = reply.send(result);
+                    }
+                }
+                Command::Describe {
+                    key,
+                    hash,
+                    timeout,
+                    reply,
+                } => {
+                    if !reply.is_closed() {
+                        let result = self.describe(key, hash, timeout).await;
+                        let _ = reply.send(result);
+                    }
+                }
+                Command::Unwait { hash } => self.unwait(hash).await,
+                Command::Listen { reply } => {
+                    if !reply.is_closed() {
+                        let result = self.ensure_live(self.settings.request_timeout).await;
+                        if let Err(error) = &result {
+                            self.dispatch
+                                .down(format!("cannot open a lock session: {}", error.chain()));
+                        }
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        if self.dispatch.has_registrations()
+            && let Some(statements) = &self.statements.waiters
+            && let Some(live) = self.live.as_ref()
+        {
+            // Best effort: releases that would pick this session wake nobody from now on.
+            let forget = sqlx::query(AssertSqlSafe(Arc::clone(&statements.forget))).bind(live.id);
+            let timeout = self.settings.request_timeout;
+            if let Err(err) = self.run_tidy(forget, "stop waiting", timeout).await {
+                tracing::debug!(error = %err.chain(), "the lock session's waits stay registered");
+            }
+        }
+        if let Some(live) = self.live.take() {
+            // Best effort: the server ends the session (releasing every lock) on close,
+            // and also notices a dropped connection.
+            let Live { conn, pool, .. } = live;
+            drop(conn);
+            let _ = tokio::time::timeout(self.settings.request_timeout, pool.close()).await;
+        }
+    }
+
+    /// The next command, or, while a session is open and no command waits, a
+    /// notification it heard (buffered ones first) or its loss.
+    async fn next_event(&mut self) -> Event {
+        let Some(live) = self.live.as_mut() else {
+            return self.rx.recv().await.map_or(Event::Closed, Event::Command);
+        };
+        tokio::select! {
+            biased;
+            command = self.rx.recv() => command.map_or(Event::Closed, Event::Command),
+            heard = live.conn.try_recv() => match heard {
+                Ok(Some(notification)) => Event::Notification(
+                    notification.channel().to_owned(),
+                    notification.payload().to_owned(),
+                ),
+                Ok(None) => Event::Lost("the lock session's connection was closed".into()),
+                Err(err) => Event::Lost(format!("the lock session failed: {err}")),
+            },
+        }
+    }
+
     /// A notification the session heard: a release (for every waiter on the shared
     /// channel, or for this session alone on its wake channel, which is the only other
     /// one it listens on), or a session an operator ended.
