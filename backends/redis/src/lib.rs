@@ -120,8 +120,10 @@
 //! takes out the one with the highest deadline (the waiter that registered last or
 //! against the longest lease left; most likely still there), and publishes the name's
 //! release channel on that backend's own channel `routine:wake:<waiter id>`, which its
-//! pub/sub connection subscribes to besides `PSUBSCRIBE routine:released:*`: no other
-//! process receives anything. With nobody registered it publishes the empty message on
+//! pub/sub connection subscribes to besides, while the backend waits on any name,
+//! `PSUBSCRIBE routine:released:*`: no other process receives anything. A backend that
+//! only holds drops that pattern on the first release message it hears, so it does not
+//! read every release of every name (its own included). With nobody registered it publishes the empty message on
 //! `routine:released:<name>`, which wakes every waiter, as every release did before; so
 //! does [`force_release`](leasehold_core::LockBackend::force_release). In cluster mode
 //! the picked waiter's id is published on the name's sharded channel instead, which
