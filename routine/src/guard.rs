@@ -63,6 +63,18 @@ impl Deadline {
     }
 }
 
+/// What a guard reads its deadline from: the keeper's watch of the lease, which holds the
+/// deadline inline, so that a held routine's deadline takes no allocation of its own.
+pub(crate) trait HasDeadline: Send + Sync {
+    fn local_deadline(&self) -> &Deadline;
+}
+
+impl HasDeadline for Deadline {
+    fn local_deadline(&self) -> &Deadline {
+        self
+    }
+}
+
 impl fmt::Debug for Deadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.get(), f)
@@ -86,7 +98,7 @@ pub(crate) struct Guard {
 
 struct Shared {
     /// `None` for a routine without a lease.
-    deadline: Option<Arc<Deadline>>,
+    deadline: Option<Arc<dyn HasDeadline>>,
     /// The cancellation of the instance's context.
     cancel: CancellationToken,
     /// Why the runner cancelled `cancel`, if it did so first.
@@ -116,7 +128,7 @@ fn lock(mutex: &Mutex<Spawned>) -> MutexGuard<'_, Spawned> {
 impl Guard {
     /// A guard for an instance whose context is cancelled by `cancel`, bounded by
     /// `deadline` if it runs under a lease.
-    pub(crate) fn new(cancel: CancellationToken, deadline: Option<Arc<Deadline>>) -> Self {
+    pub(crate) fn new(cancel: CancellationToken, deadline: Option<Arc<dyn HasDeadline>>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 deadline,
@@ -141,7 +153,7 @@ impl Guard {
                 .shared
                 .deadline
                 .as_ref()
-                .is_some_and(|deadline| deadline.has_passed())
+                .is_some_and(|deadline| deadline.local_deadline().has_passed())
     }
 
     /// Cheaper than [`Guard::has_expired`] for the routine's own future, which is never
@@ -150,7 +162,7 @@ impl Guard {
         self.shared
             .deadline
             .as_ref()
-            .is_some_and(|deadline| deadline.has_passed())
+            .is_some_and(|deadline| deadline.local_deadline().has_passed())
     }
 
     /// Polls `future` to completion, unless the deadline passes first: then the context
@@ -295,7 +307,14 @@ impl Guard {
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("deadline", &self.shared.deadline)
+            .field(
+                "deadline",
+                &self
+                    .shared
+                    .deadline
+                    .as_ref()
+                    .map(|held| held.local_deadline()),
+            )
             .field("spawned", &lock(&self.shared.spawned).tasks.len())
             .finish_non_exhaustive()
     }

@@ -2,8 +2,7 @@
 //!
 //! A runner holding 10,000 routines would otherwise run 10,000 refresh loops, each with
 //! its own timers and its own request per refresh. Instead each `hold` hands its lease to
-//! the runner's keeper and keeps a single timer of its own, at its local deadline. The
-//! keeper's one task wakes when the earliest lease is due, takes every lease due within
+//! the runner's keeper, which keeps no timer per lease either. The keeper's one task wakes when the earliest lease is due, takes every lease due within
 //! half a refresh interval after it, and refreshes them with one
 //! [`LockBackend::refresh_many`] call, so the backend can batch them (one script, one
 //! keep-alive, one statement). Leases refreshed together stay due together, so in a
@@ -11,10 +10,18 @@
 //!
 //! What a hold learns from its [`KeptLease`]: its current local deadline (`sent + ttl -
 //! safety_margin`, `sent` being when the `refresh_many` call that confirmed the lease was
-//! *made*), and, pushed, that its lease was lost or that a refresh failed. The hold, not
-//! the keeper, enforces the deadline: a keeper stuck on a hung backend cannot keep a
-//! routine running past it. Batches run concurrently, each bounded by the request
-//! timeout, so a hung batch does not delay the leases that are not in it.
+//! *made*), and, pushed, that its lease was lost or that a refresh failed, or, from the
+//! runner's deadline [`watchdog`] (a task of its own, with one timer for all leases),
+//! that the grace period before the deadline has begun or that the deadline has passed.
+//! The keeper only moves deadlines on; the watchdog and the hold's guard enforce them, so
+//! a keeper stuck on a hung backend cannot keep a routine running past its deadline.
+//! Batches run concurrently, each bounded by the request timeout, so a hung batch does
+//! not delay the leases that are not in it.
+//!
+//! Each entry keeps a copy of its lease's deadline next to its other fields: putting a
+//! refreshed lease back reads it (for the deadline-margin metric) without following the
+//! entry's `Arc<Watch>`, which at 100,000 leases missed the cache for every lease at
+//! every refresh. A successful refresh is no news: it does not wake the hold.
 //!
 //! Routines may have their own TTL ([`RunOptions::lease_ttl`](crate::RunOptions::lease_ttl)):
 //! each lease keeps its own refresh interval and deadline, and a batch holds leases of
@@ -36,18 +43,20 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
-use crate::guard::Deadline;
+use crate::guard::HasDeadline;
 use crate::health::LateLease;
 use crate::metrics::{self, Raised};
 
 mod batch;
 mod timing;
 mod watch;
+mod watchdog;
 
 use batch::{Batch, Refreshed, RefreshedLease};
 use timing::LeaseTiming;
 pub(crate) use watch::RefreshNews;
 use watch::Watch;
+use watchdog::Watchdog;
 
 /// The runner's lease keeper; see the module documentation.
 pub(crate) struct Keeper {
@@ -62,6 +71,8 @@ struct Shared {
     added: Notify,
     config: RunnerConfig,
     abort: CancellationToken,
+    /// Tells the holds when their deadlines near and pass, on a task of its own.
+    watchdog: Arc<Watchdog>,
 }
 
 #[derive(Default)]
@@ -79,6 +90,9 @@ struct Entry {
     /// `None` while the lease is in a batch being refreshed.
     lease: Option<Box<dyn Lease>>,
     watch: Arc<Watch>,
+    /// The local deadline, as last set in `watch`: read here, next to the entry's other
+    /// fields, rather than behind the `Arc` (a cache miss per lease per refresh).
+    deadline: Instant,
     next_due: Instant,
     /// The lease's key and token, for health reports (the lease itself is away while
     /// it is refreshed).
@@ -136,6 +150,7 @@ impl Keeper {
                 added: Notify::new(),
                 config: config.clone(),
                 abort,
+                watchdog: Arc::new(Watchdog::new()),
             }),
         }
     }
@@ -151,7 +166,8 @@ impl Keeper {
         config: &RunnerConfig,
     ) -> KeptLease {
         let timing = LeaseTiming::of(config);
-        let watch = Arc::new(Watch::new(timing.local_deadline(sent)));
+        let deadline = timing.local_deadline(sent);
+        let watch = Arc::new(Watch::new(deadline, config.grace_period));
         let backend_name = backend.name();
         let key = lease.key().clone();
         let fencing = lease.fencing_token();
@@ -164,6 +180,7 @@ impl Keeper {
                 backend,
                 lease: Some(lease),
                 watch: Arc::clone(&watch),
+                deadline,
                 next_due: sent + timing.refresh_interval,
                 key,
                 fencing,
@@ -184,6 +201,7 @@ impl Keeper {
             drop(state);
             self.shared.added.notify_one();
         }
+        self.shared.watchdog.watch(Arc::clone(&watch));
         KeptLease {
             id,
             watch,
@@ -218,14 +236,10 @@ impl Keeper {
 }
 
 impl KeptLease {
-    /// The local deadline: the lease is certainly ours until then.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.watch.deadline()
-    }
-
     /// The local deadline as the keeper moves it on, for the hold's guard.
-    pub(crate) fn shared_deadline(&self) -> Arc<Deadline> {
-        self.watch.shared_deadline()
+    pub(crate) fn shared_deadline(&self) -> Arc<dyn HasDeadline> {
+        // The guard's reference counts for the watchdog too (`Arc::strong_count`).
+        Arc::clone(&self.watch) as Arc<dyn HasDeadline>
     }
 
     /// Waits for bad news from the keeper.
@@ -402,25 +416,30 @@ impl Shared {
             }
             entry.lease = Some(lease);
             let timing = entry.timing;
-            match result {
+            let news = match result {
                 Ok(()) => {
-                    metrics::deadline_margin(entry.backend.name(), entry.watch.deadline(), now);
-                    entry.watch.confirmed(timing.local_deadline(sent));
+                    metrics::deadline_margin(entry.backend.name(), entry.deadline, now);
+                    entry.deadline = timing.local_deadline(sent);
+                    entry.watch.confirmed(entry.deadline);
                     entry.next_due = sent + timing.refresh_interval;
                     entry.confirmed_at = sent;
+                    false
                 }
                 Err(error) if error.is_lost() => {
                     entry.watch.lost();
                     entry.retired = true;
+                    true
                 }
                 Err(error) => {
                     entry.watch.failed(error.chain());
                     entry.next_due =
                         now + (timing.refresh_interval / 4).max(Duration::from_millis(1));
+                    true
                 }
-            }
-            // A retired entry's hold may be waiting to take its lease back.
-            if entry.retired || entry.watch.has_news() {
+            };
+            // A retired entry's hold may be waiting to take its lease back. A success is
+            // no news: the hold is not woken for it.
+            if news || entry.retired {
                 entry.watch.wake();
             }
         }
