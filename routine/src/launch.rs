@@ -44,7 +44,7 @@ pub(crate) fn launch(
         task.name().cloned(),
         task.cancel().clone(),
         outcome_rx,
-        task.watch_state(),
+        task.state_cell(),
     );
     let span = tracing::info_span!(
         "routine",

@@ -47,7 +47,8 @@ impl Default for Setup {
 
 /// The state shared by a runner's clones and its routines' tasks.
 pub(crate) struct Shared {
-    config: RunnerConfig,
+    /// Shared with the tasks of routines without settings of their own.
+    config: Arc<RunnerConfig>,
     /// Cancelled when shutdown begins: every routine's context is a child of it.
     shutdown: CancellationToken,
     /// Cancelled when the drain timeout has passed: routines still running are dropped
@@ -83,7 +84,7 @@ impl Shared {
             holder_identity: setup.holder_identity,
             shutdown_signal: Mutex::new(setup.shutdown_signal),
             keeper: Keeper::new(&config, abort.clone()),
-            config,
+            config: Arc::new(config),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             abort,
@@ -99,6 +100,11 @@ impl Shared {
     /// The runner's settings.
     pub(crate) fn config(&self) -> &RunnerConfig {
         &self.config
+    }
+
+    /// The runner's settings, to share with a routine without settings of its own.
+    pub(crate) fn shared_config(&self) -> Arc<RunnerConfig> {
+        Arc::clone(&self.config)
     }
 
     /// Who the runner's leases are held as.
