@@ -102,7 +102,7 @@ pub(crate) async fn hold(
     let revoked = lease.revoked();
     let kept = shared.keep(backend, lease, sent, config);
     let holding = metrics::holding(on.name);
-    let guard = Guard::new(task.cancel().child_token(), Some(kept.shared_deadline()));
+    let guard = task.guard(Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
     let ctx = task.context(&guard, Some(fencing));
     task.set_state(RoutineState::Holding {
@@ -118,7 +118,15 @@ pub(crate) async fn hold(
         // must not get another poll.
         tokio::select! {
             biased;
-            _ = shared.aborted() => HoldEnd::Aborted,
+            // An abort, or the end of a drain.
+            _ = shared.dropping() => {
+                if shared.is_aborted() {
+                    HoldEnd::Aborted
+                } else {
+                    task.emit(EventKind::Dropped);
+                    HoldEnd::Cancelled
+                }
+            }
             why = watch => dropped(task, fencing, on, why),
             end = run => match end {
                 Err(Expired) => dropped(task, fencing, on, LeaseLoss::DeadlinePassed),
@@ -134,10 +142,6 @@ pub(crate) async fn hold(
                 // instance only, like a return.
                 Ok(RunEnd::Returned) => HoldEnd::Returned,
             },
-            _ = shared.hard_stopped() => {
-                task.emit(EventKind::Dropped);
-                HoldEnd::Cancelled
-            }
         }
     };
     // Boxed: this future lives as long as the lease, and these steps only at its end.

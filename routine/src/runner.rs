@@ -290,7 +290,7 @@ impl Runner {
                     Ok(key) => key,
                     Err(error) => return fail(error),
                 };
-                let schedule = (mode == Mode::Scheduled).then_some(schedule);
+                let schedule = (mode == Mode::Scheduled).then(|| Box::new(schedule));
                 if let Some(Err(error)) = schedule.as_ref().map(|s| schedule::check(&key, s)) {
                     return fail(error);
                 }

@@ -52,7 +52,8 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins: every routine's context is a child of it.
     shutdown: CancellationToken,
     /// Cancelled when the drain timeout has passed: routines still running are dropped
-    /// (their leases are still released).
+    /// (their leases are still released). Also cancelled by an abort (a child of
+    /// `abort`).
     hard_stop: CancellationToken,
     /// Cancelled by an abort: routines are dropped and leases are not released.
     abort: CancellationToken,
@@ -86,7 +87,9 @@ impl Shared {
             keeper: Keeper::new(&config, abort.clone()),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
+            // A child of `abort`: an abort drops routines too, so that a hold waits on
+            // one future for both (see `dropping`).
+            hard_stop: abort.child_token(),
             abort,
             shut_down: CancellationToken::new(),
             shutdown_started: AtomicBool::new(false),
@@ -182,6 +185,14 @@ impl Shared {
     /// Resolves when routines still running must be dropped: the drain of a shutdown
     /// is over (its timeout passed, or a second signal ended it).
     pub(crate) fn hard_stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.hard_stop.cancelled()
+    }
+
+    /// Resolves when running routines must be dropped: by an abort or at the end of a
+    /// drain ([`is_aborted`](Shared::is_aborted) tells which). One future where a held
+    /// routine's task kept two (`aborted` and `hard_stopped`, 72 bytes each, for as long
+    /// as it runs).
+    pub(crate) fn dropping(&self) -> WaitForCancellationFuture<'_> {
         self.hard_stop.cancelled()
     }
 

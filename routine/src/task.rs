@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RunnerConfig;
 use crate::context::Context;
 use crate::events::EventKind;
-use crate::guard::Guard;
+use crate::guard::{Guard, HasDeadline, Origin};
 use crate::options::Mode;
 use crate::outcome::Outcome;
 use crate::shared::Shared;
@@ -112,7 +112,7 @@ impl Task {
 
     /// Runs a routine without a lease, once.
     pub(crate) async fn run_plain(&self, mut routine: RoutineFn) -> Outcome {
-        let guard = Guard::new(self.cancel.child_token(), None);
+        let guard = self.guard(None);
         let _end = EndOnDrop(&guard);
         let ctx = self.context(&guard, None);
         self.set_state(RoutineState::Running);
@@ -169,14 +169,20 @@ impl Task {
         }
     }
 
+    /// The guard of a new instance, bounded by `deadline` if it runs under a lease.
+    pub(crate) fn guard(&self, deadline: Option<Arc<dyn HasDeadline>>) -> Guard {
+        let origin = Origin {
+            number: self.number,
+            name: self.name.clone(),
+            handle_cancel: self.cancel.clone(),
+            shutdown: self.shared.shutdown_cancel(),
+        };
+        Guard::new(origin, self.cancel.child_token(), deadline)
+    }
+
     /// The context of the instance that `guard` guards.
     pub(crate) fn context(&self, guard: &Guard, fencing: Option<FencingToken>) -> Context {
         Context {
-            number: self.number,
-            name: self.name.clone(),
-            cancel: guard.cancel().clone(),
-            handle_cancel: self.cancel.clone(),
-            shutdown: self.shared.shutdown_cancel(),
             fencing_token: fencing,
             guard: guard.clone(),
         }
