@@ -21,7 +21,9 @@
 //! Each entry keeps a copy of its lease's deadline next to its other fields: putting a
 //! refreshed lease back reads it (for the deadline-margin metric) without following the
 //! entry's `Arc<Watch>`, which at 100,000 leases missed the cache for every lease at
-//! every refresh. A successful refresh is no news: it does not wake the hold.
+//! every refresh. A successful refresh is no news: it does not wake the hold. The
+//! backend and timing of a lease are kept once per distinct pair (`State::profiles`),
+//! not in each entry.
 //!
 //! Routines may have their own TTL ([`RunOptions::lease_ttl`](crate::RunOptions::lease_ttl)):
 //! each lease keeps its own refresh interval and deadline, and a batch holds leases of
@@ -78,15 +80,49 @@ struct Shared {
 #[derive(Default)]
 struct State {
     entries: HashMap<u64, Entry>,
+    /// The backends and timings of the leases, each once: an entry names its own by
+    /// index. A runner has one backend and few TTLs; a copy of both in each entry took
+    /// 80 bytes of it. Never shrinks (it holds a handful).
+    profiles: Vec<Profile>,
     next_id: u64,
     /// The generation of the keeper task running now, if one is.
     running: Option<u64>,
     generations: u64,
 }
 
+/// A backend and a lease timing that entries share.
+struct Profile {
+    backend: Arc<dyn LockBackend>,
+    /// The lease's own timing (its routine's, see [`RunnerConfig::for_routine`]).
+    timing: LeaseTiming,
+}
+
+impl Profile {
+    /// The batch a lease of this profile goes into: its backend's and its TTL's.
+    fn group(&self) -> (*const (), Duration) {
+        (Arc::as_ptr(&self.backend).cast::<()>(), self.timing.ttl)
+    }
+}
+
+impl State {
+    /// The index of the profile of `backend` and `timing`, added if new.
+    fn profile(&mut self, backend: Arc<dyn LockBackend>, timing: LeaseTiming) -> u32 {
+        let found = self.profiles.iter().position(|profile| {
+            Arc::ptr_eq(&profile.backend, &backend) && profile.timing == timing
+        });
+        let index = found.unwrap_or_else(|| {
+            self.profiles.push(Profile { backend, timing });
+            self.profiles.len() - 1
+        });
+        // A handful at most: one per backend and distinct routine timing.
+        u32::try_from(index).unwrap_or(u32::MAX)
+    }
+}
+
 /// One lease in the keeper's care.
 struct Entry {
-    backend: Arc<dyn LockBackend>,
+    /// Its backend and timing: an index into [`State::profiles`].
+    profile: u32,
     /// `None` while the lease is in a batch being refreshed.
     lease: Option<Box<dyn Lease>>,
     watch: Arc<Watch>,
@@ -100,8 +136,6 @@ struct Entry {
     fencing: FencingToken,
     /// When the last successful acquire or refresh was sent.
     confirmed_at: Instant,
-    /// The lease's own timing (its routine's, see [`RunnerConfig::for_routine`]).
-    timing: LeaseTiming,
     /// Refreshed no more: it was lost, or its hold wants it back to release it.
     retired: bool,
     /// Its hold is gone (dropped mid-batch): drop the lease when the batch returns.
@@ -112,9 +146,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// The batch the lease goes into: its backend's and its TTL's.
-    fn group(&self) -> (*const (), Duration) {
-        (Arc::as_ptr(&self.backend).cast::<()>(), self.timing.ttl)
+    /// Its profile, in `profiles` (those of its state).
+    fn profile<'p>(&self, profiles: &'p [Profile]) -> &'p Profile {
+        // Entries are only made with an index into the state's profiles, which never
+        // shrink: the index is always in range.
+        &profiles[self.profile as usize]
     }
 }
 
@@ -174,10 +210,11 @@ impl Keeper {
         let mut state = lock(&self.shared.state);
         let id = state.next_id;
         state.next_id += 1;
+        let profile = state.profile(backend, timing);
         state.entries.insert(
             id,
             Entry {
-                backend,
+                profile,
                 lease: Some(lease),
                 watch: Arc::clone(&watch),
                 deadline,
@@ -185,7 +222,6 @@ impl Keeper {
                 key,
                 fencing,
                 confirmed_at: sent,
-                timing,
                 retired: false,
                 orphaned: false,
                 _held: metrics::lease_held(backend_name),
@@ -219,7 +255,7 @@ impl Keeper {
             .values()
             .filter(|entry| !entry.retired)
             .filter_map(|entry| {
-                let interval = entry.timing.refresh_interval;
+                let interval = entry.profile(&state.profiles).timing.refresh_interval;
                 let allowed = interval + interval / 2;
                 let age = now.saturating_duration_since(entry.confirmed_at);
                 (age > allowed).then(|| LateLease {
@@ -362,18 +398,23 @@ impl Shared {
         // its backend and TTL due soon too, so that they stay aligned. Leases of another
         // TTL wait for their own batch: joining this one early every time would refresh
         // them at this TTL's pace rather than their own.
+        let State {
+            entries, profiles, ..
+        } = state;
         let mut starting: Vec<(*const (), Duration)> = Vec::new();
-        for entry in state.entries.values().filter(|entry| waiting(entry)) {
-            if entry.next_due <= now && !starting.contains(&entry.group()) {
-                starting.push(entry.group());
+        for entry in entries.values().filter(|entry| waiting(entry)) {
+            let group = entry.profile(profiles).group();
+            if entry.next_due <= now && !starting.contains(&group) {
+                starting.push(group);
             }
         }
-        for (&id, entry) in &mut state.entries {
+        for (&id, entry) in entries {
             if !waiting(entry) {
                 continue;
             }
-            let joins = starting.contains(&entry.group())
-                && entry.next_due <= now + entry.timing.refresh_interval / 2;
+            let profile = entry.profile(profiles);
+            let joins = starting.contains(&profile.group())
+                && entry.next_due <= now + profile.timing.refresh_interval / 2;
             if !joins {
                 due.wake_at = due.wake_at.min(entry.next_due);
                 continue;
@@ -382,15 +423,15 @@ impl Shared {
                 continue;
             };
             // A runner has one backend and few TTLs; the search is over a handful at most.
-            let timing = entry.timing;
+            let timing = profile.timing;
             match due
                 .batches
                 .iter_mut()
-                .find(|batch| batch.is_for(&entry.backend, timing.ttl))
+                .find(|batch| batch.is_for(&profile.backend, timing.ttl))
             {
                 Some(batch) => batch.push(id, lease, timing.request_timeout),
                 None => due.batches.push(Batch::new(
-                    &entry.backend,
+                    &profile.backend,
                     timing.ttl,
                     timing.request_timeout,
                     id,
@@ -406,19 +447,23 @@ impl Shared {
         let now = Instant::now();
         let sent = refreshed.sent;
         let mut state = lock(&self.state);
+        let State {
+            entries, profiles, ..
+        } = &mut *state;
         for RefreshedLease { id, lease, result } in refreshed.into_leases() {
-            let Some(entry) = state.entries.get_mut(&id) else {
+            let Some(entry) = entries.get_mut(&id) else {
                 continue;
             };
             if entry.orphaned {
-                state.entries.remove(&id);
+                entries.remove(&id);
                 continue;
             }
             entry.lease = Some(lease);
-            let timing = entry.timing;
+            let profile = entry.profile(profiles);
+            let timing = profile.timing;
             let news = match result {
                 Ok(()) => {
-                    metrics::deadline_margin(entry.backend.name(), entry.deadline, now);
+                    metrics::deadline_margin(profile.backend.name(), entry.deadline, now);
                     entry.deadline = timing.local_deadline(sent);
                     entry.watch.confirmed(entry.deadline);
                     entry.next_due = sent + timing.refresh_interval;
