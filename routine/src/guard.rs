@@ -1,12 +1,13 @@
 //! `Guard`: the hard limits of one instance of a routine, checked before every poll.
 //!
-//! The hold's timer at the local deadline is not enough on its own: tokio fires timers
-//! only when a worker parks or every few dozen polls, so on a busy worker a routine that
-//! other tasks keep waking (channels, `Notify`) would be polled well after its deadline,
-//! after its lease may have passed to someone else. So every poll of the routine's
-//! future, and of work it spawned through its context, first reads the monotonic clock
-//! and the current deadline, and does not poll at or after it. The deadline is one
-//! atomic that the keeper moves on, so the check costs a clock read and a load.
+//! The deadline watchdog's timer (`keeper::watchdog`) is not enough on its own: tokio
+//! fires timers only when a worker parks or every few dozen polls, so on a busy worker a
+//! routine that other tasks keep waking (channels, `Notify`) would be polled well after
+//! its deadline, after its lease may have passed to someone else. So every poll of the
+//! routine's future, and of work it spawned through its context, first reads the
+//! monotonic clock and the current deadline, and does not poll at or after it. The
+//! deadline is one atomic that the keeper moves on, so the check costs a clock read and
+//! a load.
 //!
 //! The guard also owns the cancellation of the instance's context (with the reason the
 //! runner cancelled it, if it did) and the tasks spawned with [`Context::spawn`]: when

@@ -111,7 +111,7 @@ pub(crate) async fn hold(
     });
     let end = {
         let watch = watch(task, &kept, &guard, revoked);
-        // The guard reads the clock before every poll of the routine: the watch's timer
+        // The guard reads the clock before every poll of the routine: the watchdog's timer
         // may fire late on a busy runtime, while other tasks keep waking the routine.
         let run = guard.run(task.run_routine(routine, ctx));
         // The watch is polled before the routine: when the lease is lost, the routine
