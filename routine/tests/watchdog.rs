@@ -12,10 +12,13 @@ use leasehold::{CancelReason, Context, EventKind, MemoryBackend, RunOptions, Run
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// When a routine's context was cancelled, and why.
+type Cancellation = Option<(Instant, Option<CancelReason>)>;
+
 /// When a routine's context was cancelled (and why) and when its future was dropped.
 #[derive(Clone, Default)]
 struct Seen {
-    cancelled: Arc<Mutex<Option<(Instant, Option<CancelReason>)>>>,
+    cancelled: Arc<Mutex<Cancellation>>,
     dropped: Arc<Mutex<Option<Instant>>>,
 }
 
