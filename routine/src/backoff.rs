@@ -6,29 +6,30 @@ use rand::Rng;
 
 /// Doubles from `min` up to `max`, with ±25% jitter so that a fleet restarted together
 /// does not retry in lockstep.
-#[derive(Debug, Clone)]
+///
+/// Only the attempt count is kept; the bounds are passed to each
+/// [`next_wait`](Backoff::next_wait) (they are the routine's settings): a named routine's
+/// task keeps three backoffs for as long as it runs, and bounds in each took 120 bytes
+/// of every routine.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
 
-    /// The next wait: `min * 2^attempt`, jittered, always within `[min, max]`.
-    pub(crate) fn next_wait(&mut self) -> Duration {
+    /// The next wait: `min * 2^attempt`, jittered, always within `[min, max]` (`max` is
+    /// at least `min`).
+    pub(crate) fn next_wait(&mut self, min: Duration, max: Duration) -> Duration {
+        let max = max.max(min);
         let factor = 2u32.saturating_pow(self.attempt.min(30));
         self.attempt = self.attempt.saturating_add(1);
-        let base = self.min.saturating_mul(factor).min(self.max);
+        let base = min.saturating_mul(factor).min(max);
         let jitter = rand::rng().random_range(0.75..=1.25);
-        base.mul_f64(jitter).clamp(self.min, self.max)
+        base.mul_f64(jitter).clamp(min, max)
     }
 
     /// Starts again from `min`.
@@ -45,10 +46,10 @@ mod tests {
     fn grows_exponentially_within_bounds() {
         let min = Duration::from_secs(1);
         let max = Duration::from_secs(600);
-        let mut backoff = Backoff::new(min, max);
+        let mut backoff = Backoff::new();
         let mut previous_base = Duration::ZERO;
         for attempt in 0..40u32 {
-            let wait = backoff.next_wait();
+            let wait = backoff.next_wait(min, max);
             assert!(
                 wait >= min && wait <= max,
                 "wait {wait:?} must stay in [min, max]"
@@ -69,13 +70,14 @@ mod tests {
     #[test]
     fn reset_starts_again_from_min() {
         let min = Duration::from_millis(100);
-        let mut backoff = Backoff::new(min, Duration::from_secs(10));
+        let max = Duration::from_secs(10);
+        let mut backoff = Backoff::new();
         for _ in 0..10 {
-            backoff.next_wait();
+            backoff.next_wait(min, max);
         }
         backoff.reset();
         assert!(
-            backoff.next_wait() <= min.mul_f64(1.25),
+            backoff.next_wait(min, max) <= min.mul_f64(1.25),
             "first wait after reset is about min"
         );
     }
@@ -84,9 +86,10 @@ mod tests {
     fn jitter_spreads_waits() {
         let mut waits = std::collections::HashSet::new();
         for _ in 0..20 {
-            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
-            backoff.next_wait();
-            waits.insert(backoff.next_wait());
+            let (min, max) = (Duration::from_secs(1), Duration::from_secs(600));
+            let mut backoff = Backoff::new();
+            backoff.next_wait(min, max);
+            waits.insert(backoff.next_wait(min, max));
         }
         assert!(
             waits.len() > 1,

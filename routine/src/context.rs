@@ -1,7 +1,7 @@
 //! `Context`: what a running routine knows about itself, and the work it spawns.
 
+use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 
 use leasehold_core::FencingToken;
 use tokio::task::JoinHandle;
@@ -57,30 +57,37 @@ pub enum CancelReason {
 ///     }
 /// }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Context {
-    pub(crate) number: u64,
-    pub(crate) name: Option<Arc<str>>,
-    /// This instance's cancellation.
-    pub(crate) cancel: CancellationToken,
-    /// The routine's handle's cancellation, for [`Context::cancel_reason`].
-    pub(crate) handle_cancel: CancellationToken,
-    /// Cancelled when the runner's shutdown begins, for [`Context::cancel_reason`].
-    pub(crate) shutdown: CancellationToken,
     pub(crate) fencing_token: Option<FencingToken>,
+    /// The instance's limits, its cancellation and whose it is (number, name, the
+    /// handle's and the shutdown's cancellation; see `guard::Origin`).
     pub(crate) guard: Guard,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = self.guard.origin();
+        f.debug_struct("Context")
+            .field("number", &origin.number)
+            .field("name", &origin.name)
+            .field("cancel", self.guard.cancel())
+            .field("fencing_token", &self.fencing_token)
+            .field("guard", &self.guard)
+            .finish()
+    }
 }
 
 impl Context {
     /// The routine's process-wide number: it tells the log lines of one routine from
     /// another's, whichever runner started them.
     pub fn number(&self) -> u64 {
-        self.number
+        self.guard.origin().number
     }
 
     /// The routine's name, for routines started with `run_named`.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.guard.origin().name.as_deref()
     }
 
     /// The fencing token of the lease this instance runs under, if any. Pass it along
@@ -91,7 +98,7 @@ impl Context {
 
     /// Whether the routine has been asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.guard.cancel().is_cancelled()
     }
 
     /// Resolves when the routine has been asked to stop.
@@ -100,7 +107,7 @@ impl Context {
     ///
     /// Cancel-safe.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.cancel.cancelled()
+        self.guard.cancel().cancelled()
     }
 
     /// The underlying cancellation token, to hand to code that takes a [`CancellationToken`].
@@ -108,22 +115,22 @@ impl Context {
     /// then returns counts as returned (one kept running is started again after the
     /// retry interval).
     pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.cancel
+        self.guard.cancel()
     }
 
     /// Why the context was cancelled, or `None` while it is not. When several causes
     /// came together, the runner's own (lease lost, instance ended) counts if it came
     /// first, then shutdown, then the handle.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        if !self.cancel.is_cancelled() {
+        if !self.guard.cancel().is_cancelled() {
             None
         } else if self.guard.cancelled_for_lease() {
             Some(CancelReason::LeaseLost)
         } else if self.guard.cancelled_as_ended() {
             Some(CancelReason::Ended)
-        } else if self.shutdown.is_cancelled() {
+        } else if self.guard.origin().shutdown.is_cancelled() {
             Some(CancelReason::Shutdown)
-        } else if self.handle_cancel.is_cancelled() {
+        } else if self.guard.origin().handle_cancel.is_cancelled() {
             Some(CancelReason::Cancelled)
         } else {
             Some(CancelReason::Routine)

@@ -1,12 +1,13 @@
 //! `Guard`: the hard limits of one instance of a routine, checked before every poll.
 //!
-//! The hold's timer at the local deadline is not enough on its own: tokio fires timers
-//! only when a worker parks or every few dozen polls, so on a busy worker a routine that
-//! other tasks keep waking (channels, `Notify`) would be polled well after its deadline,
-//! after its lease may have passed to someone else. So every poll of the routine's
-//! future, and of work it spawned through its context, first reads the monotonic clock
-//! and the current deadline, and does not poll at or after it. The deadline is one
-//! atomic that the keeper moves on, so the check costs a clock read and a load.
+//! The deadline watchdog's timer (`keeper::watchdog`) is not enough on its own: tokio
+//! fires timers only when a worker parks or every few dozen polls, so on a busy worker a
+//! routine that other tasks keep waking (channels, `Notify`) would be polled well after
+//! its deadline, after its lease may have passed to someone else. So every poll of the
+//! routine's future, and of work it spawned through its context, first reads the
+//! monotonic clock and the current deadline, and does not poll at or after it. The
+//! deadline is one atomic that the keeper moves on, so the check costs a clock read and
+//! a load.
 //!
 //! The guard also owns the cancellation of the instance's context (with the reason the
 //! runner cancelled it, if it did) and the tasks spawned with [`Context::spawn`]: when
@@ -63,6 +64,18 @@ impl Deadline {
     }
 }
 
+/// What a guard reads its deadline from: the keeper's watch of the lease, which holds the
+/// deadline inline, so that a held routine's deadline takes no allocation of its own.
+pub(crate) trait HasDeadline: Send + Sync {
+    fn local_deadline(&self) -> &Deadline;
+}
+
+impl HasDeadline for Deadline {
+    fn local_deadline(&self) -> &Deadline {
+        self
+    }
+}
+
 impl fmt::Debug for Deadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.get(), f)
@@ -84,9 +97,24 @@ pub(crate) struct Guard {
     shared: Arc<Shared>,
 }
 
+/// Whose instance a guard guards, for its [`Context`](crate::Context): kept here, once
+/// per instance, so that a context (held by the routine's future and by the runner's
+/// for as long as the instance runs, and cloned freely) is two words, not nine.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The routine's process-wide number.
+    pub(crate) number: u64,
+    pub(crate) name: Option<Arc<str>>,
+    /// The routine's handle's cancellation.
+    pub(crate) handle_cancel: CancellationToken,
+    /// Cancelled when the runner's shutdown begins.
+    pub(crate) shutdown: CancellationToken,
+}
+
 struct Shared {
+    origin: Origin,
     /// `None` for a routine without a lease.
-    deadline: Option<Arc<Deadline>>,
+    deadline: Option<Arc<dyn HasDeadline>>,
     /// The cancellation of the instance's context.
     cancel: CancellationToken,
     /// Why the runner cancelled `cancel`, if it did so first.
@@ -114,11 +142,16 @@ fn lock(mutex: &Mutex<Spawned>) -> MutexGuard<'_, Spawned> {
 }
 
 impl Guard {
-    /// A guard for an instance whose context is cancelled by `cancel`, bounded by
-    /// `deadline` if it runs under a lease.
-    pub(crate) fn new(cancel: CancellationToken, deadline: Option<Arc<Deadline>>) -> Self {
+    /// A guard for an instance of `origin` whose context is cancelled by `cancel`,
+    /// bounded by `deadline` if it runs under a lease.
+    pub(crate) fn new(
+        origin: Origin,
+        cancel: CancellationToken,
+        deadline: Option<Arc<dyn HasDeadline>>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                origin,
                 deadline,
                 cancel,
                 why: AtomicU8::new(NOT_BY_RUNNER),
@@ -127,6 +160,11 @@ impl Guard {
                 gone: Notify::new(),
             }),
         }
+    }
+
+    /// Whose instance this is.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.shared.origin
     }
 
     /// The cancellation of the instance's context.
@@ -141,7 +179,7 @@ impl Guard {
                 .shared
                 .deadline
                 .as_ref()
-                .is_some_and(|deadline| deadline.has_passed())
+                .is_some_and(|deadline| deadline.local_deadline().has_passed())
     }
 
     /// Cheaper than [`Guard::has_expired`] for the routine's own future, which is never
@@ -150,7 +188,7 @@ impl Guard {
         self.shared
             .deadline
             .as_ref()
-            .is_some_and(|deadline| deadline.has_passed())
+            .is_some_and(|deadline| deadline.local_deadline().has_passed())
     }
 
     /// Polls `future` to completion, unless the deadline passes first: then the context
@@ -295,7 +333,14 @@ impl Guard {
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("deadline", &self.shared.deadline)
+            .field(
+                "deadline",
+                &self
+                    .shared
+                    .deadline
+                    .as_ref()
+                    .map(|held| held.local_deadline()),
+            )
             .field("spawned", &lock(&self.shared.spawned).tasks.len())
             .finish_non_exhaustive()
     }

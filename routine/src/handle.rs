@@ -6,7 +6,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Outcome;
-use crate::state::RoutineState;
+use crate::state::{RoutineState, StateCell};
 
 /// A started routine: cancel it or wait for it to end.
 ///
@@ -20,7 +20,7 @@ pub struct RoutineHandle {
     /// The outcome's channel, or the outcome once [`RoutineHandle::is_finished`] saw it.
     outcome: Mutex<Received>,
     /// The routine's state, set by its task.
-    state: watch::Receiver<RoutineState>,
+    state: Arc<StateCell>,
 }
 
 /// What a handle has received of its outcome.
@@ -40,7 +40,7 @@ impl RoutineHandle {
         name: Option<Arc<str>>,
         cancel: CancellationToken,
         outcome: oneshot::Receiver<Outcome>,
-        state: watch::Receiver<RoutineState>,
+        state: Arc<StateCell>,
     ) -> Self {
         Self {
             number,
@@ -55,7 +55,7 @@ impl RoutineHandle {
     pub(crate) fn finished(number: u64, name: Option<Arc<str>>, outcome: Outcome) -> Self {
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let state = watch::channel(RoutineState::Stopped(outcome.clone())).1;
+        let state = Arc::new(StateCell::closed(RoutineState::Stopped(outcome.clone())));
         Self {
             number,
             name,
@@ -100,7 +100,7 @@ impl RoutineHandle {
     /// # }
     /// ```
     pub fn state(&self) -> watch::Receiver<RoutineState> {
-        self.state.clone()
+        self.state.subscribe()
     }
 
     /// Asks this routine to stop: its [`Context`](crate::Context) is cancelled and, for a

@@ -6,12 +6,16 @@
 //! started counting the TTL no earlier than that, so the lease is certainly live until
 //! then, whatever the reply's delay. The runner's [`Keeper`](crate::keeper) refreshes the
 //! lease, with all others, about every `refresh_interval`, and moves the deadline on; a
-//! failed refresh is retried until the deadline rather than treated as a loss. The hold
-//! keeps one timer: `grace_period` before the deadline the routine's context is
-//! cancelled; at the deadline its future is dropped, so it cannot run on a lease that may
-//! have passed to someone else, even if it ignores its context. The timer alone would
-//! fire late on a busy runtime, so the routine's [`Guard`] also reads the clock before
-//! every poll and does not poll at or after the deadline. A refresh that says the lease
+//! failed refresh is retried until the deadline rather than treated as a loss.
+//! `grace_period` before the deadline the routine's context is cancelled; at the deadline
+//! its future is dropped, so it cannot run on a lease that may have passed to someone
+//! else, even if it ignores its context. The hold keeps no timer of its own for this: one
+//! watchdog task per runner (`keeper::watchdog`), independent of the keeper's refresh
+//! requests, tells each hold when its grace period begins and when its deadline passes
+//! (a timer per hold cost 100,000 timer-wheel entries, each woken every few seconds only
+//! to find the deadline moved on). A timer alone would fire late on a busy runtime, so
+//! the routine's [`Guard`] also reads the clock before every poll and does not poll at or
+//! after the deadline. A refresh that says the lease
 //! is gone ([`Error::Lost`]), or the backend's own word that it dropped what the lease
 //! lives on ([`Lease::revoked`]), drops the routine at once: another holder may already
 //! be running. Before the routine is dropped its context is cancelled, so that what it drops
@@ -25,7 +29,7 @@
 use std::sync::Arc;
 
 use leasehold_core::{FencingToken, Lease, LockBackend};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 
 use crate::config::RunnerConfig;
 use crate::events::EventKind;
@@ -98,7 +102,7 @@ pub(crate) async fn hold(
     let revoked = lease.revoked();
     let kept = shared.keep(backend, lease, sent, config);
     let holding = metrics::holding(on.name);
-    let guard = Guard::new(task.cancel().child_token(), Some(kept.shared_deadline()));
+    let guard = task.guard(Some(kept.shared_deadline()));
     let end_on_drop = EndOnDrop(&guard);
     let ctx = task.context(&guard, Some(fencing));
     task.set_state(RoutineState::Holding {
@@ -107,14 +111,22 @@ pub(crate) async fn hold(
     });
     let end = {
         let watch = watch(task, &kept, &guard, revoked);
-        // The guard reads the clock before every poll of the routine: the watch's timer
+        // The guard reads the clock before every poll of the routine: the watchdog's timer
         // may fire late on a busy runtime, while other tasks keep waking the routine.
         let run = guard.run(task.run_routine(routine, ctx));
         // The watch is polled before the routine: when the lease is lost, the routine
         // must not get another poll.
         tokio::select! {
             biased;
-            _ = shared.aborted() => HoldEnd::Aborted,
+            // An abort, or the end of a drain.
+            _ = shared.dropping() => {
+                if shared.is_aborted() {
+                    HoldEnd::Aborted
+                } else {
+                    task.emit(EventKind::Dropped);
+                    HoldEnd::Cancelled
+                }
+            }
             why = watch => dropped(task, fencing, on, why),
             end = run => match end {
                 Err(Expired) => dropped(task, fencing, on, LeaseLoss::DeadlinePassed),
@@ -130,10 +142,6 @@ pub(crate) async fn hold(
                 // instance only, like a return.
                 Ok(RunEnd::Returned) => HoldEnd::Returned,
             },
-            _ = shared.hard_stopped() => {
-                task.emit(EventKind::Dropped);
-                HoldEnd::Cancelled
-            }
         }
     };
     // Boxed: this future lives as long as the lease, and these steps only at its end.
@@ -261,9 +269,9 @@ async fn release(
 
 /// Waits until the lease is lost or its local deadline passes, reporting failed
 /// refreshes on the way; cancels the context when the grace period before the deadline
-/// begins, and when it returns. One timer, reset only when it fires: at the grace time,
-/// or at the deadline once the context is cancelled. When it fires it reads the current
-/// deadline, which the keeper has usually moved on.
+/// begins, and when it returns. The hold keeps no timer: the runner's deadline watchdog
+/// (see `keeper::watchdog`) tells it when the grace period begins and when the deadline
+/// passes, so in a steady state this future is never woken.
 async fn watch(
     task: &Task,
     kept: &KeptLease,
@@ -292,38 +300,20 @@ async fn watch_lease(
         }
     };
     tokio::pin!(revoked);
-    let config = task.config();
-    let cancel = guard.cancel();
-    let wake_at = |deadline: Instant| {
-        if cancel.is_cancelled() {
-            deadline
-        } else {
-            deadline
-                .checked_sub(config.grace_period)
-                .unwrap_or(deadline)
-        }
-    };
-    let timer = sleep_until(wake_at(kept.deadline()));
-    tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
-            _ = &mut timer => {
-                let deadline = kept.deadline();
-                let now = Instant::now();
-                if now >= deadline {
-                    return LeaseLoss::DeadlinePassed;
-                }
-                if !cancel.is_cancelled() && now >= wake_at(deadline) {
-                    tracing::warn!("lease deadline near; cancelling routine");
-                    guard.cancel_for_lease();
-                }
-                timer.as_mut().reset(wake_at(deadline));
-            }
             // The backend dropped what the lease lives on (a PostgreSQL lock session).
             () = &mut revoked => return LeaseLoss::Revoked,
             news = kept.next_news() => match news {
                 RefreshNews::Lost => return LeaseLoss::NotOurs,
+                RefreshNews::DeadlinePassed => return LeaseLoss::DeadlinePassed,
+                RefreshNews::DeadlineNear => {
+                    if !guard.cancel().is_cancelled() {
+                        tracing::warn!("lease deadline near; cancelling routine");
+                        guard.cancel_for_lease();
+                    }
+                }
                 RefreshNews::Failed(error) => {
                     tracing::warn!(error = %error, "lease refresh failed; retrying until the deadline");
                     task.emit(EventKind::RefreshFailed { error });

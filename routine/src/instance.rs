@@ -74,18 +74,14 @@ pub(crate) struct Instance<'a> {
 
 impl<'a> Instance<'a> {
     pub(crate) fn new(task: &'a Task, key: LockKey, backend: BackendSlot) -> Self {
-        let config = task.config();
         Self {
             task,
             key,
             backend,
-            panic_backoff: Backoff::new(config.backoff_min, config.backoff_max),
-            error_backoff: Backoff::new(config.backoff_min, config.backoff_max),
+            panic_backoff: Backoff::new(),
+            error_backoff: Backoff::new(),
             contended: false,
-            notify_backoff: Backoff::new(
-                config.retry_interval,
-                config.backoff_max.max(config.retry_interval),
-            ),
+            notify_backoff: Backoff::new(),
             notify_paused_until: None,
             notify_warned: false,
             retried_at_once: false,
@@ -151,7 +147,12 @@ impl<'a> Instance<'a> {
                     false
                 }
             };
-            let Some(Attempt { result, sent }) = Box::pin(self.attempt(&*backend)).await else {
+            // The error boxed: the attempt's result is kept while the lease is held, and an
+            // error takes 64 bytes.
+            let Some((result, sent)) = Box::pin(self.attempt(&*backend))
+                .await
+                .map(|Attempt { result, sent }| (result.map_err(Box::new), sent))
+            else {
                 return self.stopped();
             };
             match result {
@@ -175,7 +176,9 @@ impl<'a> Instance<'a> {
                         HoldEnd::Panicked(message) => {
                             metrics::restart(key.as_str(), RestartReason::Panicked);
                             self.error_backoff.reset();
-                            let wait = self.panic_backoff.next_wait();
+                            let wait = self
+                                .panic_backoff
+                                .next_wait(config.backoff_min, config.backoff_max);
                             task.set_state(RoutineState::BackingOff {
                                 error: format!("routine panicked: {message}"),
                                 until: Instant::now() + wait,
@@ -224,7 +227,7 @@ impl<'a> Instance<'a> {
                 }
                 Err(error) => {
                     drop(released);
-                    if let Some(outcome) = Box::pin(self.backend_error(error)).await {
+                    if let Some(outcome) = Box::pin(self.backend_error(*error)).await {
                         return outcome;
                     }
                 }
@@ -320,7 +323,12 @@ impl<'a> Instance<'a> {
     /// outage at `warn`.
     fn notifications_failed(&mut self, backend: &'static str, error: &Error) {
         metrics::backend_error(backend, Operation::Notify);
-        let wait = self.notify_backoff.next_wait();
+        let config = self.task.config();
+        // From the retry interval: a channel that fails at once costs a request per retry.
+        let wait = self.notify_backoff.next_wait(
+            config.retry_interval,
+            config.backoff_max.max(config.retry_interval),
+        );
         self.notify_paused_until = Some(Instant::now() + wait);
         if self.notify_warned {
             tracing::debug!(error = %error.chain(), ?wait, "release notifications failed again");
@@ -381,7 +389,10 @@ impl<'a> Instance<'a> {
         // Contention seen after this error is news again.
         self.contended = false;
         self.panic_backoff.reset();
-        let wait = self.error_backoff.next_wait();
+        let config = self.task.config();
+        let wait = self
+            .error_backoff
+            .next_wait(config.backoff_min, config.backoff_max);
         self.task.set_state(RoutineState::BackingOff {
             error: error.chain(),
             until: Instant::now() + wait,

@@ -2,19 +2,28 @@
 //!
 //! A runner holding 10,000 routines would otherwise run 10,000 refresh loops, each with
 //! its own timers and its own request per refresh. Instead each `hold` hands its lease to
-//! the runner's keeper and keeps a single timer of its own, at its local deadline. The
-//! keeper's one task wakes when the earliest lease is due, takes every lease due within
-//! half a refresh interval after it, and refreshes them with one
-//! [`LockBackend::refresh_many`] call, so the backend can batch them (one script, one
-//! keep-alive, one statement). Leases refreshed together stay due together, so in a
+//! the runner's keeper, which keeps no timer per lease either. The keeper's one task
+//! wakes when the earliest lease is due, takes every lease due within half a refresh
+//! interval after it, and refreshes them with one [`LockBackend::refresh_many`] call, so
+//! the backend can batch them (one script, one keep-alive, one statement). Leases refreshed together stay due together, so in a
 //! steady state there is one batch per refresh interval.
 //!
 //! What a hold learns from its [`KeptLease`]: its current local deadline (`sent + ttl -
 //! safety_margin`, `sent` being when the `refresh_many` call that confirmed the lease was
-//! *made*), and, pushed, that its lease was lost or that a refresh failed. The hold, not
-//! the keeper, enforces the deadline: a keeper stuck on a hung backend cannot keep a
-//! routine running past it. Batches run concurrently, each bounded by the request
-//! timeout, so a hung batch does not delay the leases that are not in it.
+//! *made*), and, pushed, that its lease was lost or that a refresh failed, or, from the
+//! runner's deadline [`watchdog`] (a task of its own, with one timer for all leases),
+//! that the grace period before the deadline has begun or that the deadline has passed.
+//! The keeper only moves deadlines on; the watchdog and the hold's guard enforce them, so
+//! a keeper stuck on a hung backend cannot keep a routine running past its deadline.
+//! Batches run concurrently, each bounded by the request timeout, so a hung batch does
+//! not delay the leases that are not in it.
+//!
+//! Each entry keeps a copy of its lease's deadline next to its other fields: putting a
+//! refreshed lease back reads it (for the deadline-margin metric) without following the
+//! entry's `Arc<Watch>`, which at 100,000 leases missed the cache for every lease at
+//! every refresh. A successful refresh is no news: it does not wake the hold. The
+//! backend and timing of a lease are kept once per distinct pair (`State::profiles`),
+//! not in each entry.
 //!
 //! Routines may have their own TTL ([`RunOptions::lease_ttl`](crate::RunOptions::lease_ttl)):
 //! each lease keeps its own refresh interval and deadline, and a batch holds leases of
@@ -26,6 +35,7 @@
 //! runner has no task and no timer.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,18 +46,20 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunnerConfig;
-use crate::guard::Deadline;
+use crate::guard::HasDeadline;
 use crate::health::LateLease;
 use crate::metrics::{self, Raised};
 
 mod batch;
 mod timing;
 mod watch;
+mod watchdog;
 
 use batch::{Batch, Refreshed, RefreshedLease};
 use timing::LeaseTiming;
 pub(crate) use watch::RefreshNews;
 use watch::Watch;
+use watchdog::Watchdog;
 
 /// The runner's lease keeper; see the module documentation.
 pub(crate) struct Keeper {
@@ -62,23 +74,86 @@ struct Shared {
     added: Notify,
     config: RunnerConfig,
     abort: CancellationToken,
+    /// Tells the holds when their deadlines near and pass, on a task of its own.
+    watchdog: Arc<Watchdog>,
 }
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    /// The backends and timings of the leases, each once: an entry names its own by
+    /// index. A runner has one backend and few TTLs; a copy of both in each entry took
+    /// 80 bytes of it. Never shrinks (it holds a handful).
+    profiles: Vec<Profile>,
     next_id: u64,
     /// The generation of the keeper task running now, if one is.
     running: Option<u64>,
     generations: u64,
 }
 
+/// Hashes the keeper's entry ids, which it makes itself (sequential, never chosen by
+/// anyone else): a multiplication spreads them over the table, where SipHash cost a
+/// noticeable share of putting 100,000 refreshed leases back every second.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` ids are hashed (`write_u64`); any other input is folded in bytewise.
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the high bits, which the table uses too, depend on every bit.
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A backend and a lease timing that entries share.
+struct Profile {
+    backend: Arc<dyn LockBackend>,
+    /// The lease's own timing (its routine's, see [`RunnerConfig::for_routine`]).
+    timing: LeaseTiming,
+}
+
+impl Profile {
+    /// The batch a lease of this profile goes into: its backend's and its TTL's.
+    fn group(&self) -> (*const (), Duration) {
+        (Arc::as_ptr(&self.backend).cast::<()>(), self.timing.ttl)
+    }
+}
+
+impl State {
+    /// The index of the profile of `backend` and `timing`, added if new.
+    fn profile(&mut self, backend: Arc<dyn LockBackend>, timing: LeaseTiming) -> u32 {
+        let found = self.profiles.iter().position(|profile| {
+            Arc::ptr_eq(&profile.backend, &backend) && profile.timing == timing
+        });
+        let index = found.unwrap_or_else(|| {
+            self.profiles.push(Profile { backend, timing });
+            self.profiles.len() - 1
+        });
+        // A handful at most: one per backend and distinct routine timing.
+        u32::try_from(index).unwrap_or(u32::MAX)
+    }
+}
+
 /// One lease in the keeper's care.
 struct Entry {
-    backend: Arc<dyn LockBackend>,
+    /// Its backend and timing: an index into [`State::profiles`].
+    profile: u32,
     /// `None` while the lease is in a batch being refreshed.
     lease: Option<Box<dyn Lease>>,
     watch: Arc<Watch>,
+    /// The local deadline, as last set in `watch`: read here, next to the entry's other
+    /// fields, rather than behind the `Arc` (a cache miss per lease per refresh).
+    deadline: Instant,
     next_due: Instant,
     /// The lease's key and token, for health reports (the lease itself is away while
     /// it is refreshed).
@@ -86,8 +161,6 @@ struct Entry {
     fencing: FencingToken,
     /// When the last successful acquire or refresh was sent.
     confirmed_at: Instant,
-    /// The lease's own timing (its routine's, see [`RunnerConfig::for_routine`]).
-    timing: LeaseTiming,
     /// Refreshed no more: it was lost, or its hold wants it back to release it.
     retired: bool,
     /// Its hold is gone (dropped mid-batch): drop the lease when the batch returns.
@@ -98,9 +171,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// The batch the lease goes into: its backend's and its TTL's.
-    fn group(&self) -> (*const (), Duration) {
-        (Arc::as_ptr(&self.backend).cast::<()>(), self.timing.ttl)
+    /// Its profile, in `profiles` (those of its state).
+    fn profile<'p>(&self, profiles: &'p [Profile]) -> &'p Profile {
+        // Entries are only made with an index into the state's profiles, which never
+        // shrink: the index is always in range.
+        &profiles[self.profile as usize]
     }
 }
 
@@ -136,6 +211,7 @@ impl Keeper {
                 added: Notify::new(),
                 config: config.clone(),
                 abort,
+                watchdog: Arc::new(Watchdog::new()),
             }),
         }
     }
@@ -151,24 +227,26 @@ impl Keeper {
         config: &RunnerConfig,
     ) -> KeptLease {
         let timing = LeaseTiming::of(config);
-        let watch = Arc::new(Watch::new(timing.local_deadline(sent)));
+        let deadline = timing.local_deadline(sent);
+        let watch = Arc::new(Watch::new(deadline, config.grace_period));
         let backend_name = backend.name();
         let key = lease.key().clone();
         let fencing = lease.fencing_token();
         let mut state = lock(&self.shared.state);
         let id = state.next_id;
         state.next_id += 1;
+        let profile = state.profile(backend, timing);
         state.entries.insert(
             id,
             Entry {
-                backend,
+                profile,
                 lease: Some(lease),
                 watch: Arc::clone(&watch),
+                deadline,
                 next_due: sent + timing.refresh_interval,
                 key,
                 fencing,
                 confirmed_at: sent,
-                timing,
                 retired: false,
                 orphaned: false,
                 _held: metrics::lease_held(backend_name),
@@ -184,6 +262,7 @@ impl Keeper {
             drop(state);
             self.shared.added.notify_one();
         }
+        self.shared.watchdog.watch(Arc::clone(&watch));
         KeptLease {
             id,
             watch,
@@ -201,7 +280,7 @@ impl Keeper {
             .values()
             .filter(|entry| !entry.retired)
             .filter_map(|entry| {
-                let interval = entry.timing.refresh_interval;
+                let interval = entry.profile(&state.profiles).timing.refresh_interval;
                 let allowed = interval + interval / 2;
                 let age = now.saturating_duration_since(entry.confirmed_at);
                 (age > allowed).then(|| LateLease {
@@ -218,14 +297,10 @@ impl Keeper {
 }
 
 impl KeptLease {
-    /// The local deadline: the lease is certainly ours until then.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.watch.deadline()
-    }
-
     /// The local deadline as the keeper moves it on, for the hold's guard.
-    pub(crate) fn shared_deadline(&self) -> Arc<Deadline> {
-        self.watch.shared_deadline()
+    pub(crate) fn shared_deadline(&self) -> Arc<dyn HasDeadline> {
+        // The guard's reference counts for the watchdog too (`Arc::strong_count`).
+        Arc::clone(&self.watch) as Arc<dyn HasDeadline>
     }
 
     /// Waits for bad news from the keeper.
@@ -348,18 +423,23 @@ impl Shared {
         // its backend and TTL due soon too, so that they stay aligned. Leases of another
         // TTL wait for their own batch: joining this one early every time would refresh
         // them at this TTL's pace rather than their own.
+        let State {
+            entries, profiles, ..
+        } = state;
         let mut starting: Vec<(*const (), Duration)> = Vec::new();
-        for entry in state.entries.values().filter(|entry| waiting(entry)) {
-            if entry.next_due <= now && !starting.contains(&entry.group()) {
-                starting.push(entry.group());
+        for entry in entries.values().filter(|entry| waiting(entry)) {
+            let group = entry.profile(profiles).group();
+            if entry.next_due <= now && !starting.contains(&group) {
+                starting.push(group);
             }
         }
-        for (&id, entry) in &mut state.entries {
+        for (&id, entry) in entries {
             if !waiting(entry) {
                 continue;
             }
-            let joins = starting.contains(&entry.group())
-                && entry.next_due <= now + entry.timing.refresh_interval / 2;
+            let profile = entry.profile(profiles);
+            let joins = starting.contains(&profile.group())
+                && entry.next_due <= now + profile.timing.refresh_interval / 2;
             if !joins {
                 due.wake_at = due.wake_at.min(entry.next_due);
                 continue;
@@ -368,15 +448,15 @@ impl Shared {
                 continue;
             };
             // A runner has one backend and few TTLs; the search is over a handful at most.
-            let timing = entry.timing;
+            let timing = profile.timing;
             match due
                 .batches
                 .iter_mut()
-                .find(|batch| batch.is_for(&entry.backend, timing.ttl))
+                .find(|batch| batch.is_for(&profile.backend, timing.ttl))
             {
                 Some(batch) => batch.push(id, lease, timing.request_timeout),
                 None => due.batches.push(Batch::new(
-                    &entry.backend,
+                    &profile.backend,
                     timing.ttl,
                     timing.request_timeout,
                     id,
@@ -392,35 +472,44 @@ impl Shared {
         let now = Instant::now();
         let sent = refreshed.sent;
         let mut state = lock(&self.state);
+        let State {
+            entries, profiles, ..
+        } = &mut *state;
         for RefreshedLease { id, lease, result } in refreshed.into_leases() {
-            let Some(entry) = state.entries.get_mut(&id) else {
+            let Some(entry) = entries.get_mut(&id) else {
                 continue;
             };
             if entry.orphaned {
-                state.entries.remove(&id);
+                entries.remove(&id);
                 continue;
             }
             entry.lease = Some(lease);
-            let timing = entry.timing;
-            match result {
+            let profile = entry.profile(profiles);
+            let timing = profile.timing;
+            let news = match result {
                 Ok(()) => {
-                    metrics::deadline_margin(entry.backend.name(), entry.watch.deadline(), now);
-                    entry.watch.confirmed(timing.local_deadline(sent));
+                    metrics::deadline_margin(profile.backend.name(), entry.deadline, now);
+                    entry.deadline = timing.local_deadline(sent);
+                    entry.watch.confirmed(entry.deadline);
                     entry.next_due = sent + timing.refresh_interval;
                     entry.confirmed_at = sent;
+                    false
                 }
                 Err(error) if error.is_lost() => {
                     entry.watch.lost();
                     entry.retired = true;
+                    true
                 }
                 Err(error) => {
                     entry.watch.failed(error.chain());
                     entry.next_due =
                         now + (timing.refresh_interval / 4).max(Duration::from_millis(1));
+                    true
                 }
-            }
-            // A retired entry's hold may be waiting to take its lease back.
-            if entry.retired || entry.watch.has_news() {
+            };
+            // A retired entry's hold may be waiting to take its lease back. A success is
+            // no news: the hold is not woken for it.
+            if news || entry.retired {
                 entry.watch.wake();
             }
         }

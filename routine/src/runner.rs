@@ -270,13 +270,17 @@ impl Runner {
                  schedule",
             ));
         }
-        let config = match self
-            .shared
-            .config()
-            .for_routine(own_lease.ttl, own_lease.backoff)
-        {
-            Ok(config) => config,
-            Err(error) => return fail(error),
+        let config = if own_lease.ttl.is_none() && own_lease.backoff.is_none() {
+            self.shared.shared_config()
+        } else {
+            match self
+                .shared
+                .config()
+                .for_routine(own_lease.ttl, own_lease.backoff)
+            {
+                Ok(config) => Arc::new(config),
+                Err(error) => return fail(error),
+            }
         };
         let lease = match (mode, name) {
             (Mode::Once, _) => None,
@@ -286,7 +290,7 @@ impl Runner {
                     Ok(key) => key,
                     Err(error) => return fail(error),
                 };
-                let schedule = (mode == Mode::Scheduled).then_some(schedule);
+                let schedule = (mode == Mode::Scheduled).then(|| Box::new(schedule));
                 if let Some(Err(error)) = schedule.as_ref().map(|s| schedule::check(&key, s)) {
                     return fail(error);
                 }

@@ -79,7 +79,6 @@ impl<'a> Schedule<'a> {
         options: ScheduleOptions,
         routine: RoutineFn,
     ) -> Option<Self> {
-        let config = task.config();
         Some(Self {
             task,
             name,
@@ -87,7 +86,7 @@ impl<'a> Schedule<'a> {
             timing: options.timing.clone()?,
             options,
             routine: Arc::new(Mutex::new(routine)),
-            error_backoff: Backoff::new(config.backoff_min, config.backoff_max),
+            error_backoff: Backoff::new(),
             since: SystemTime::UNIX_EPOCH,
         })
     }
@@ -219,7 +218,10 @@ impl<'a> Schedule<'a> {
         self.task.emit(EventKind::BackendError {
             error: error.chain(),
         });
-        let wait = self.error_backoff.next_wait();
+        let config = self.task.config();
+        let wait = self
+            .error_backoff
+            .next_wait(config.backoff_min, config.backoff_max);
         self.task.set_state(RoutineState::BackingOff {
             error: error.chain(),
             until: Instant::now() + wait,

@@ -47,11 +47,13 @@ impl Default for Setup {
 
 /// The state shared by a runner's clones and its routines' tasks.
 pub(crate) struct Shared {
-    config: RunnerConfig,
+    /// Shared with the tasks of routines without settings of their own.
+    config: Arc<RunnerConfig>,
     /// Cancelled when shutdown begins: every routine's context is a child of it.
     shutdown: CancellationToken,
     /// Cancelled when the drain timeout has passed: routines still running are dropped
-    /// (their leases are still released).
+    /// (their leases are still released). Also cancelled by an abort (a child of
+    /// `abort`).
     hard_stop: CancellationToken,
     /// Cancelled by an abort: routines are dropped and leases are not released.
     abort: CancellationToken,
@@ -83,9 +85,11 @@ impl Shared {
             holder_identity: setup.holder_identity,
             shutdown_signal: Mutex::new(setup.shutdown_signal),
             keeper: Keeper::new(&config, abort.clone()),
-            config,
+            config: Arc::new(config),
             shutdown: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
+            // A child of `abort`: an abort drops routines too, so that a hold waits on
+            // one future for both (see `dropping`).
+            hard_stop: abort.child_token(),
             abort,
             shut_down: CancellationToken::new(),
             shutdown_started: AtomicBool::new(false),
@@ -99,6 +103,11 @@ impl Shared {
     /// The runner's settings.
     pub(crate) fn config(&self) -> &RunnerConfig {
         &self.config
+    }
+
+    /// The runner's settings, to share with a routine without settings of its own.
+    pub(crate) fn shared_config(&self) -> Arc<RunnerConfig> {
+        Arc::clone(&self.config)
     }
 
     /// Who the runner's leases are held as.
@@ -176,6 +185,14 @@ impl Shared {
     /// Resolves when routines still running must be dropped: the drain of a shutdown
     /// is over (its timeout passed, or a second signal ended it).
     pub(crate) fn hard_stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.hard_stop.cancelled()
+    }
+
+    /// Resolves when running routines must be dropped: by an abort or at the end of a
+    /// drain ([`is_aborted`](Shared::is_aborted) tells which). One future where a held
+    /// routine's task kept two (`aborted` and `hard_stopped`, 72 bytes each, for as long
+    /// as it runs).
+    pub(crate) fn dropping(&self) -> WaitForCancellationFuture<'_> {
         self.hard_stop.cancelled()
     }
 

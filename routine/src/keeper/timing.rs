@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use crate::config::RunnerConfig;
 
 /// What the keeper needs of a routine's settings to keep its lease.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct LeaseTiming {
     pub(super) ttl: Duration,
     pub(super) refresh_interval: Duration,

@@ -1,26 +1,38 @@
-//! `Watch`: what the keeper tells one hold: the lease's local deadline, and news of its
-//! refreshes.
+//! `Watch`: what the keeper and the runner's deadline watchdog tell one hold: the
+//! lease's local deadline, news of its refreshes, and that the deadline is near or has
+//! passed.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
-use crate::guard::Deadline;
+use crate::guard::{Deadline, HasDeadline};
 
-/// Bad news about a kept lease, from [`KeptLease::next_news`](super::KeptLease::next_news).
+/// Bad news about a kept lease, from the keeper or the watchdog, by [`KeptLease::next_news`](super::KeptLease::next_news).
 pub(crate) enum RefreshNews {
     /// A refresh said the lease is no longer ours.
     Lost,
     /// A refresh failed without a verdict; it is retried until the deadline.
     Failed(String),
+    /// The grace period before the local deadline has begun (told once): the routine's
+    /// context is to be cancelled.
+    DeadlineNear,
+    /// The local deadline has passed: the routine is to be dropped.
+    DeadlinePassed,
 }
 
-/// Shared by a hold's [`KeptLease`](super::KeptLease) and the lease's entry in the keeper.
+/// Shared by a hold's [`KeptLease`](super::KeptLease), the lease's entry in the keeper
+/// and the runner's [`Watchdog`](super::watchdog::Watchdog).
 pub(super) struct Watch {
     /// Read by the hold's guard before every poll of the routine, so not under `news`.
-    deadline: Arc<Deadline>,
+    /// Inline: the guard holds the whole watch (as [`HasDeadline`]) rather than a
+    /// deadline allocated apart.
+    deadline: Deadline,
+    /// How long before the deadline the routine's context is cancelled.
+    grace_period: Duration,
     news: Mutex<Pending>,
     /// Woken when there is news for the hold: lost, a failure to report, or the lease
     /// came back from a batch to a hold waiting to take it back.
@@ -31,6 +43,15 @@ pub(super) struct Watch {
 struct Pending {
     lost: bool,
     failure: Option<String>,
+    /// Set by the watchdog; `near` is taken once, `passed` stays.
+    near: bool,
+    passed: bool,
+}
+
+impl HasDeadline for Watch {
+    fn local_deadline(&self) -> &Deadline {
+        &self.deadline
+    }
 }
 
 fn lock(mutex: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
@@ -42,13 +63,17 @@ fn lock(mutex: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
 }
 
 impl Watch {
-    /// A watch for a lease that is certainly ours until `deadline`.
-    pub(super) fn new(deadline: Instant) -> Self {
+    /// A watch for a lease that is certainly ours until `deadline`, whose routine's
+    /// context is cancelled `grace_period` before its deadline.
+    pub(super) fn new(deadline: Instant, grace_period: Duration) -> Self {
         Self {
-            deadline: Arc::new(Deadline::new(deadline)),
+            deadline: Deadline::new(deadline),
+            grace_period,
             news: Mutex::new(Pending {
                 lost: false,
                 failure: None,
+                near: false,
+                passed: false,
             }),
             woken: Notify::new(),
         }
@@ -59,9 +84,9 @@ impl Watch {
         self.deadline.get()
     }
 
-    /// The local deadline as the keeper moves it on, for the hold's guard.
-    pub(super) fn shared_deadline(&self) -> Arc<Deadline> {
-        Arc::clone(&self.deadline)
+    /// How long before the deadline the routine's context is cancelled.
+    pub(super) fn grace_period(&self) -> Duration {
+        self.grace_period
     }
 
     /// A refresh confirmed the lease until `deadline`.
@@ -79,10 +104,16 @@ impl Watch {
         lock(&self.news).failure = Some(error);
     }
 
-    /// Whether the hold has news it has not taken yet.
-    pub(super) fn has_news(&self) -> bool {
-        let news = lock(&self.news);
-        news.lost || news.failure.is_some()
+    /// The watchdog found the grace period before the deadline begun: tells the hold.
+    pub(super) fn near(&self) {
+        lock(&self.news).near = true;
+        self.wake();
+    }
+
+    /// The watchdog found the deadline passed: tells the hold.
+    pub(super) fn passed(&self) {
+        lock(&self.news).passed = true;
+        self.wake();
     }
 
     /// Wakes the hold (a waiter of [`Watch::woken`], or the next one).
@@ -96,7 +127,8 @@ impl Watch {
         self.woken.notified()
     }
 
-    /// Waits for news: the loss first, then a failure not reported yet.
+    /// Waits for news: the loss first, then a passed deadline, then a failure not
+    /// reported yet, then a deadline near.
     ///
     /// # Cancel safety
     ///
@@ -109,8 +141,14 @@ impl Watch {
                 if news.lost {
                     return RefreshNews::Lost;
                 }
+                if news.passed {
+                    return RefreshNews::DeadlinePassed;
+                }
                 if let Some(error) = news.failure.take() {
                     return RefreshNews::Failed(error);
+                }
+                if std::mem::take(&mut news.near) {
+                    return RefreshNews::DeadlineNear;
                 }
             }
             woken.await;
