@@ -20,6 +20,13 @@
 //! the session's heartbeat until it runs out. When a lost lease is then released (its
 //! routine has stopped), the key is recorded here and the next statement on a new session
 //! clears the ended session's claim on it, so this process or another can take it at once.
+//!
+//! A caller on one of the runtime's worker threads (a spawned task, as the runner's) hands
+//! its request to the session task on the same worker, which costs little. A caller
+//! outside the workers (the future of `Runtime::block_on`, such as a `#[tokio::main]`
+//! body) crosses threads twice per request, to a worker and back, where a statement it
+//! ran itself would cross once: measured, those extra thread switches are most of the
+//! library's time over its own statements for such a caller.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
