@@ -251,9 +251,11 @@ impl Notifier {
         notified.as_mut().enable();
         let mut status = self.shared.status.subscribe();
         let mut pattern = self.shared.pattern.watch();
+        pattern.mark_unchanged();
         // Without the pattern, a release published before it is subscribed again would
-        // be missed: this wait ends (spuriously) once it is.
-        let pattern_was_off = !*pattern.borrow_and_update();
+        // be missed: this wait ends (spuriously) once it is. So does a wait that starts
+        // while the pattern may be on its way off.
+        let pattern_was_off = !self.shared.pattern.is_steady_on();
         self.shared.connect_if_down();
         if pattern_was_off {
             self.shared.settle_pattern();

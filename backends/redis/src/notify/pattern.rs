@@ -19,6 +19,7 @@
 //! new subscription took effect; such a wait is woken (spuriously) once it has, as after
 //! a reconnection, so a release published after the wait's first poll is never lost.
 
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub(super) struct Pattern {
     /// One (un)subscription at a time, so that they reach the server in the order their
     /// outcomes are recorded.
     turn: tokio::sync::Mutex<()>,
+    /// How many [`Pattern::settle`] calls are under way: while one is, the pattern may be
+    /// on its way off, and a wait that starts must not count on it (see
+    /// [`Pattern::is_steady_on`]).
+    settling: AtomicUsize,
     /// How long one (un)subscription may take.
     timeout: Duration,
 }
@@ -51,6 +56,7 @@ impl Pattern {
             current: Mutex::new(Current::default()),
             on: watch::channel(false).0,
             turn: tokio::sync::Mutex::new(()),
+            settling: AtomicUsize::new(0),
             timeout,
         }
     }
@@ -80,6 +86,16 @@ impl Pattern {
         *self.on.borrow()
     }
 
+    /// Whether the pattern is subscribed and no (un)subscription is under way: what a
+    /// wait that has just registered its waiter may count on. A settle that started
+    /// before the waiter registered may have found nobody waiting and be unsubscribing;
+    /// one that starts after sees the waiter (the waiters' map is read under its lock
+    /// after `settling` is raised), so it never unsubscribes under a wait that saw this
+    /// `true`.
+    pub(super) fn is_steady_on(&self) -> bool {
+        self.is_on() && self.settling.load(AtomicOrdering::SeqCst) == 0
+    }
+
     /// Follows whether the pattern is subscribed.
     pub(super) fn watch(&self) -> watch::Receiver<bool> {
         self.on.subscribe()
@@ -91,6 +107,9 @@ impl Pattern {
     /// no answer within the timeout) leaves the connection in an unknown state: the
     /// caller drops it.
     pub(super) async fn settle(&self, wanted: impl Fn() -> bool) -> RedisResult<()> {
+        // Raised before `wanted` is first asked (see `is_steady_on`).
+        self.settling.fetch_add(1, AtomicOrdering::SeqCst);
+        let _settling = Settling(&self.settling);
         let _turn = self.turn.lock().await;
         loop {
             let want = wanted();
@@ -134,6 +153,15 @@ impl Pattern {
         self.current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Lowers [`Pattern::settling`] when a settle ends, however it ends.
+struct Settling<'a>(&'a AtomicUsize);
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::SeqCst);
     }
 }
 
