@@ -425,6 +425,17 @@ async fn patterns(conn: &mut redis::aio::MultiplexedConnection) -> usize {
         .sum()
 }
 
+/// Publishes on a release channel what a release that picked nobody publishes: the
+/// empty message, which wakes every waiter of the name.
+async fn wake_everyone(conn: &mut redis::aio::MultiplexedConnection, channel: &str) {
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg("")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_backend_hears_release_channels_only_while_it_waits() {
     // A server of its own: the test counts every pattern subscription on it.
@@ -453,12 +464,7 @@ async fn a_backend_hears_release_channels_only_while_it_waits() {
     // poll (before the subscription took effect) still ends it.
     let held = backend.try_acquire(&key, TTL).await.unwrap().expect("free");
     let waiter = wait(&backend, &key);
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(&channel)
-        .arg("")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    wake_everyone(&mut conn, &channel).await;
     within(DEADLINE, "the wait ends", waiter).await.unwrap();
     let deadline = Deadline::new(DEADLINE, "the pattern subscribed by a wait");
     while patterns(&mut conn).await != 1 {
@@ -473,12 +479,7 @@ async fn a_backend_hears_release_channels_only_while_it_waits() {
         "not woken before a release"
     );
     drop(held);
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(&channel)
-        .arg("")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    wake_everyone(&mut conn, &channel).await;
     within(DEADLINE, "the release wakes the wait", waiter)
         .await
         .unwrap();
