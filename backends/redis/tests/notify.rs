@@ -62,13 +62,17 @@ async fn eavesdrop(
     })
 }
 
-/// What `eavesdropper` received up to the marker's message that [`barrier`] publishes
-/// (which follows everything published before on one connection), left out.
+/// What `eavesdropper` received about `key` (on its release channel, or naming it on a
+/// wake channel) up to the marker's message that [`barrier`] publishes (which follows
+/// everything published before on one connection), left out. Messages about other names
+/// are skipped: other tests share the server.
 async fn heard(
     eavesdropper: &mut (impl Stream<Item = (String, String)> + Unpin),
     marker: &LockKey,
+    key: &LockKey,
 ) -> Vec<(String, String)> {
     let marker = format!("routine:released:{marker}");
+    let released = format!("routine:released:{key}");
     let mut heard = Vec::new();
     loop {
         let next = within(DEADLINE, "the marker's message", eavesdropper.next())
@@ -77,7 +81,9 @@ async fn heard(
         if next.0 == marker {
             return heard;
         }
-        heard.push(next);
+        if next.0 == released || next.1 == released {
+            heard.push(next);
+        }
     }
 }
 
@@ -191,7 +197,7 @@ async fn a_release_wakes_one_of_five_registered_waiters_and_the_next_release_ano
             .collect();
         assert_eq!(picked.len(), 1, "turn {turn}: the release took one out");
         assert_eq!(
-            heard(&mut eavesdropper, &marker).await,
+            heard(&mut eavesdropper, &marker, &key).await,
             [(
                 format!("routine:wake:{}", picked[0]),
                 format!("routine:released:{key}")
