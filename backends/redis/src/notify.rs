@@ -402,7 +402,8 @@ impl Shared {
         if waiters.is_empty() && channel != self.wake_channel {
             // A release nobody here waits for: stop hearing them until someone does.
             drop(waiters);
-            if self.pattern.is_on() {
+            // Not again while one settle is under way: it asks again after each change.
+            if self.pattern.is_steady_on() {
                 self.settle_pattern();
             }
             return;
