@@ -18,12 +18,13 @@ use crate::config::{self, Settings};
 use crate::connection::Connection;
 use crate::durability;
 use crate::error::{self, NAME};
+use crate::eval::Eval;
 use crate::eviction;
 use crate::handshake;
 use crate::lease::RedisLease;
 use crate::notify::{self, Notifier};
 use crate::operator;
-use crate::scripts::{self, Claim, Keys};
+use crate::scripts::{self, Claim, Extended, Keys};
 use crate::sentinel::{SentinelTarget, Target};
 use crate::sharded::ShardedNotifier;
 use crate::value;
@@ -390,16 +391,16 @@ impl LockBackend for RedisBackend {
             .request_at("acquire", limit, |conn, epoch| {
                 // So that an undo of this acquire follows it (see `abandon`).
                 let conn = conn.recording(Arc::clone(&route));
-                let mut invocation = scripts::ACQUIRE.key(lock);
-                invocation
-                    .key(fence)
-                    .key(waiters)
-                    .arg(owner)
+                let mut eval = Eval::new(
+                    &scripts::ACQUIRE,
+                    [lock, fence.as_str(), waiters.as_str()].into_iter(),
+                );
+                eval.arg(owner)
                     .arg(ttl_ms)
                     .arg(holder)
                     .arg(scripts::fence_floor(epoch))
                     .arg(&self.inner.waiter_id);
-                async move { durability::invoke(conn, &invocation, wait).await }
+                async move { durability::invoke(conn, &eval, wait).await }
             })
             .await?;
         if taken == 1 {
@@ -579,7 +580,8 @@ struct Batched<'a>(&'a RedisBackend);
 impl BatchRefresh for Batched<'_> {
     const BACKEND: &'static str = NAME;
     type Lease = RedisLease;
-    type Pending = Claim;
+    /// Shared with the lease: cloning it raises a count.
+    type Pending = Arc<Claim>;
     /// The script's reply for the lease: 1 extended, 0 lost.
     type Answer = Result<i64>;
 
@@ -598,7 +600,7 @@ impl BatchRefresh for Batched<'_> {
         if !lease.is_held() {
             return RefreshStart::Done(Err(Error::lost(lease.key())));
         }
-        RefreshStart::Queued(lease.claim().clone())
+        RefreshStart::Queued(Arc::clone(lease.claim()))
     }
 
     async fn send_refreshes(
@@ -621,16 +623,16 @@ impl BatchRefresh for Batched<'_> {
             self.0.inner.keys.tagged(),
             scripts::REFRESH_MANY_CHUNK,
         );
-        let invocations: Vec<_> = batches
+        let invocations: Vec<Eval<'_>> = batches
             .iter()
             .map(|batch| {
-                let mut invocation = scripts::REFRESH_MANY.prepare_invoke();
-                invocation.arg(ttl_ms);
+                let keys = batch.iter().map(|&index| pending[index].lock.as_str());
+                let mut eval = Eval::new(&scripts::REFRESH_MANY, keys);
+                eval.arg(ttl_ms);
                 for &index in batch {
-                    let claim = &pending[index];
-                    invocation.key(&claim.lock).arg(&claim.value);
+                    eval.arg(pending[index].value.as_str());
                 }
-                invocation
+                eval
             })
             .collect();
         let inner = &self.0.inner;
@@ -654,7 +656,7 @@ impl BatchRefresh for Batched<'_> {
         let sent = futures::future::join_all(rest.iter().map(|&index| {
             let invocation = &invocations[index];
             inner.request("refresh", limit, move |conn| async move {
-                durability::invoke::<Vec<i64>>(conn, invocation, wait).await
+                durability::invoke::<Extended>(conn, invocation, wait).await
             })
         }))
         .await;
@@ -679,7 +681,7 @@ impl BatchRefresh for Batched<'_> {
                     // A lock found gone is lost whatever the replicas say; an extension
                     // counts only once confirmed.
                     extended
-                        .into_iter()
+                        .replies()
                         .map(|reply| match short {
                             Some((wait, acked)) if reply == 1 => {
                                 Err(wait.unconfirmed("refresh", acked))
@@ -723,7 +725,7 @@ impl BatchRefresh for Batched<'_> {
 }
 
 /// What one refresh script answered: the extensions, and how many replicas confirmed.
-type Refreshed = Result<(Vec<i64>, Option<i64>)>;
+type Refreshed = Result<(Extended, Option<i64>)>;
 
 /// Sends the refresh scripts of each master (by the cached slot map, `slots` being each
 /// invocation's slot) in one pipeline, with the `WAIT` of durable mode after them, all
@@ -732,7 +734,7 @@ type Refreshed = Result<(Vec<i64>, Option<i64>)>;
 /// loaded now), or the master's pipeline failed other than by running out of time.
 async fn by_master(
     inner: &Client,
-    invocations: &[redis::ScriptInvocation<'_>],
+    invocations: &[Eval<'_>],
     slots: Vec<u16>,
     limit: Duration,
     wait: Option<durability::Wait>,
@@ -754,7 +756,7 @@ async fn by_master(
     let sent = futures::future::join_all(masters.iter().map(|(master, members)| {
         let mut pipeline = redis::pipe();
         for &index in members {
-            pipeline.invoke_script(&invocations[index]);
+            pipeline.add_command(invocations[index].cmd().clone());
         }
         if let Some(wait) = wait {
             pipeline
@@ -800,7 +802,7 @@ async fn by_master(
                 continue;
             }
             replies[index] = Some(
-                redis::from_redis_value::<Vec<i64>>(value)
+                redis::from_redis_value::<Extended>(value)
                     .map(|extended| (extended, acked))
                     .map_err(|err| error::unexpected_reply("refresh", err)),
             );
@@ -811,11 +813,12 @@ async fn by_master(
     }
     if unloaded {
         // Loaded on every master (`SCRIPT LOAD` goes to all of them), once.
-        let load = scripts::REFRESH_MANY.prepare_invoke();
-        let load = &load;
         let loaded = inner
             .request("refresh", limit, move |mut conn| async move {
-                load.load_async(&mut conn).await
+                scripts::REFRESH_MANY
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
             })
             .await;
         if let Err(err) = loaded {

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::conn::Conn;
 use leasehold_core::{Error, Result};
-use redis::{ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind};
+use redis::{ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
 
 use crate::config::{Durability, Settings};
 use crate::connection::Connection;
 use crate::error::NAME;
+use crate::eval::Eval;
 
 /// The `WAIT` to send in `durability` after a write bounded by `limit`, if any.
 pub(crate) fn wait(durability: Durability, limit: Duration) -> Option<Wait> {
@@ -93,31 +94,31 @@ pub(crate) async fn check_replicas(conn: &Connection, settings: &Settings) {
     }
 }
 
-/// Runs `invocation`, then `WAIT` if `wait` is set, pipelined on one connection: `WAIT`
+/// Runs `eval`, then `WAIT` if `wait` is set, pipelined on one connection: `WAIT`
 /// counts the replicas that have every write *its connection* made, so it must follow
 /// the script on the same connection, with no reconnection in between. Returns the
 /// script's reply and how many replicas confirmed (`None` without `wait`).
 ///
 /// A script missing from the server's cache (a new master after a failover has none of
 /// the scripts loaded on the old one) is loaded and the pair sent again, as
-/// `invoke_async` does for a script alone.
+/// [`Eval::invoke`] does for a script alone.
 pub(crate) async fn invoke<T: FromRedisValue>(
     mut conn: Conn,
-    invocation: &ScriptInvocation<'_>,
+    eval: &Eval<'_>,
     wait: Option<Wait>,
 ) -> RedisResult<(T, Option<i64>)> {
     let Some(wait) = wait else {
-        return Ok((invocation.invoke_async(&mut conn).await?, None));
+        return Ok((eval.invoke(&mut conn).await?, None));
     };
     let mut pipe = redis::pipe();
-    pipe.invoke_script(invocation)
+    pipe.add_command(eval.cmd().clone())
         .cmd("WAIT")
         .arg(wait.count)
         .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
     let sent: RedisResult<(T, i64)> = pipe.query_async(&mut conn).await;
     let (reply, acked) = match sent {
         Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            invocation.load_async(&mut conn).await?;
+            eval.load(&mut conn).await?;
             pipe.query_async(&mut conn).await.map_err(on_replica)?
         }
         other => other.map_err(on_replica)?,

@@ -11,6 +11,7 @@ use leasehold_core::{Error, FencingToken, Lease, LockKey, Result};
 use crate::client::{Client, ttl_millis};
 use crate::durability;
 use crate::error;
+use crate::eval::Eval;
 use crate::scripts::{self, Claim};
 
 /// A lease handed out by [`RedisBackend`](crate::RedisBackend): the lock key holds
@@ -18,7 +19,9 @@ use crate::scripts::{self, Claim};
 pub(crate) struct RedisLease {
     inner: Arc<Client>,
     key: LockKey,
-    claim: Claim,
+    /// Shared with the batched refreshes it is in (a count to raise, not two strings to
+    /// copy).
+    claim: Arc<Claim>,
     fence: FencingToken,
     /// The TTL of the last successful acquire or refresh, to bound `release`.
     ttl: Duration,
@@ -45,7 +48,7 @@ impl RedisLease {
         Self {
             inner,
             key,
-            claim,
+            claim: Arc::new(claim),
             fence,
             ttl,
             state: State::Held,
@@ -63,7 +66,7 @@ impl RedisLease {
     }
 
     /// The lock key and our value in it, for a batched refresh.
-    pub(crate) fn claim(&self) -> &Claim {
+    pub(crate) fn claim(&self) -> &Arc<Claim> {
         &self.claim
     }
 
@@ -113,15 +116,15 @@ impl Lease for RedisLease {
         if self.state != State::Held {
             return Err(Error::lost(&self.key));
         }
-        let mut invocation = scripts::REFRESH.key(&self.claim.lock);
-        invocation.arg(&self.claim.value).arg(ttl_ms);
-        let invocation = &invocation;
+        let mut eval = Eval::new(&scripts::REFRESH, std::iter::once(&self.claim.lock));
+        eval.arg(&self.claim.value).arg(ttl_ms);
+        let eval = &eval;
         let limit = self.inner.lease_limit(ttl);
         let wait = self.inner.wait(limit);
         let (extended, acked): (i64, _) = self
             .inner
             .request("refresh", limit, |conn| async move {
-                durability::invoke(conn, invocation, wait).await
+                durability::invoke(conn, eval, wait).await
             })
             .await?;
         if extended == 1 {
@@ -136,24 +139,26 @@ impl Lease for RedisLease {
             return Ok(());
         }
         let channel = self.inner.keys.channel(&self.key);
-        let mut invocation = scripts::RELEASE.key(&self.claim.lock);
-        invocation
-            .key(self.inner.keys.waiters(&self.key))
-            .arg(&self.claim.value)
+        let waiters = self.inner.keys.waiters(&self.key);
+        let mut eval = Eval::new(
+            &scripts::RELEASE,
+            [self.claim.lock.as_str(), waiters.as_str()].into_iter(),
+        );
+        eval.arg(&self.claim.value)
             .arg(&channel)
             .arg(self.inner.keys.publish())
             .arg(&self.inner.waiter_id)
             // Wake one waiter: the one that takes over.
             .arg("1")
             .arg(self.inner.keys.wake_prefix());
-        let invocation = &invocation;
+        let eval = &eval;
         // 1: deleted and announced; 0: already expired or someone else's, left alone.
         let deleted: i64 = self
             .inner
             .request(
                 "release",
                 self.inner.lease_limit(self.ttl),
-                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+                |mut conn| async move { eval.invoke(&mut conn).await },
             )
             .await?;
         if deleted != 0 && deleted != 1 {

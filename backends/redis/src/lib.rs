@@ -461,6 +461,7 @@ mod conn;
 mod connection;
 mod durability;
 mod error;
+mod eval;
 mod eviction;
 mod handshake;
 mod lane;

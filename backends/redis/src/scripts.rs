@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use leasehold_core::LockKey;
-use redis::Script;
+use redis::{FromRedisValue, ParsingError, Script, Value};
 
 /// Takes the lock if it is free and counts the acquisition on the fence key.
 ///
@@ -114,7 +114,9 @@ return 0
 /// [`REFRESH`] for many locks in one call: what the runner's shared refresh tick sends.
 ///
 /// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` our value in `KEYS[i]`. Returns
-/// one 1 (extended) or 0 (gone or someone else's) per key, in order.
+/// one string with a character per key, in order: `1` extended, `0` gone or someone
+/// else's ([`Extended`]). One string rather than an array of integers: the client
+/// parses one reply per call instead of one per key.
 pub(crate) static REFRESH_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -126,10 +128,44 @@ for i, key in ipairs(KEYS) do
     extended[i] = 0
   end
 end
-return extended
+return table.concat(extended)
 ",
     )
 });
+
+/// What one [`REFRESH_MANY`] call answered: for each of its keys, in order, whether
+/// it was extended.
+#[derive(Debug)]
+pub(crate) struct Extended(Vec<u8>);
+
+impl Extended {
+    /// How many keys it answers for.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Per key, in order: 1 extended, 0 gone or someone else's.
+    pub(crate) fn replies(self) -> impl Iterator<Item = i64> {
+        self.0.into_iter().map(|answer| i64::from(answer == b'1'))
+    }
+}
+
+impl FromRedisValue for Extended {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let answers = Vec::<u8>::from_redis_value(value)?;
+        if let Some(other) = answers
+            .iter()
+            .find(|&&answer| answer != b'0' && answer != b'1')
+        {
+            return Err(format!(
+                "the refresh script answered {:?} for a key, neither 0 nor 1",
+                char::from(*other)
+            )
+            .into());
+        }
+        Ok(Self(answers))
+    }
+}
 
 /// How many locks one [`REFRESH_MANY`] call refreshes at most, so that one script never
 /// blocks the server for long (Redis runs scripts one at a time): about a millisecond.
@@ -612,5 +648,19 @@ mod tests {
         assert_eq!(keys.lock_pattern("a*"), r"routine:lock:{a\**");
         assert_eq!(keys.name_of_lock("routine:fence:{a}"), None);
         assert_eq!(keys.publish(), "SPUBLISH");
+    }
+
+    #[test]
+    fn a_refresh_reply_answers_each_key_in_order_and_nothing_else_parses() {
+        let reply = Extended::from_redis_value(Value::BulkString(b"1101".to_vec())).unwrap();
+        assert_eq!(reply.len(), 4);
+        assert_eq!(reply.replies().collect::<Vec<_>>(), [1, 1, 0, 1]);
+        for junk in [
+            Value::BulkString(b"1 0".to_vec()),
+            Value::BulkString(b"2".to_vec()),
+            Value::Int(1),
+        ] {
+            assert!(Extended::from_redis_value(junk).is_err());
+        }
     }
 }
