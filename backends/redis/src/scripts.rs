@@ -116,16 +116,17 @@ return 0
 /// `KEYS` lock keys; `ARGV[1]` TTL in ms, `ARGV[i + 1]` our value in `KEYS[i]`. Returns
 /// one string with a character per key, in order: `1` extended, `0` gone or someone
 /// else's ([`Extended`]). One string rather than an array of integers: the client
-/// parses one reply per call instead of one per key.
+/// parses one reply per call instead of one per key. The answers are strings already,
+/// so that joining them formats no numbers on the server.
 pub(crate) static REFRESH_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local extended = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i + 1] then
-    extended[i] = redis.call('PEXPIRE', key, ARGV[1])
+  if redis.call('GET', key) == ARGV[i + 1] and redis.call('PEXPIRE', key, ARGV[1]) == 1 then
+    extended[i] = '1'
   else
-    extended[i] = 0
+    extended[i] = '0'
   end
 end
 return table.concat(extended)
