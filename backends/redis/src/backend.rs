@@ -425,10 +425,7 @@ impl LockBackend for RedisBackend {
                 Ok(Some(Box::new(RedisLease::new(
                     Arc::clone(&self.inner),
                     key.clone(),
-                    Claim {
-                        lock,
-                        value: written,
-                    },
+                    Claim::new(&lock, &written),
                     stored.fence,
                     ttl,
                 ))))
@@ -581,7 +578,7 @@ impl BatchRefresh for Batched<'_> {
     const BACKEND: &'static str = NAME;
     type Lease = RedisLease;
     /// Shared with the lease: cloning it raises a count.
-    type Pending = Arc<Claim>;
+    type Pending = Claim;
     /// The script's reply for the lease: 1 extended, 0 lost.
     type Answer = Result<i64>;
 
@@ -600,7 +597,7 @@ impl BatchRefresh for Batched<'_> {
         if !lease.is_held() {
             return RefreshStart::Done(Err(Error::lost(lease.key())));
         }
-        RefreshStart::Queued(Arc::clone(lease.claim()))
+        RefreshStart::Queued(lease.claim().clone())
     }
 
     async fn send_refreshes(
@@ -619,18 +616,19 @@ impl BatchRefresh for Batched<'_> {
         };
         // One script call per batch (per slot in cluster mode), all sent at once.
         let batches = crate::cluster::batches(
-            pending.iter().map(|claim| claim.lock.as_str()),
+            &pending,
+            Claim::lock,
             self.0.inner.keys.tagged(),
             scripts::REFRESH_MANY_CHUNK,
         );
         let invocations: Vec<Eval<'_>> = batches
             .iter()
             .map(|batch| {
-                let keys = batch.iter().map(|&index| pending[index].lock.as_str());
+                let keys = batch.iter().map(|&index| pending[index].lock());
                 let mut eval = Eval::new(&scripts::REFRESH_MANY, keys);
                 eval.arg(ttl_ms);
                 for &index in batch {
-                    eval.arg(pending[index].value.as_str());
+                    eval.arg(pending[index].value());
                 }
                 eval
             })
@@ -644,7 +642,7 @@ impl BatchRefresh for Batched<'_> {
             let slots = batches.iter().map(|batch| {
                 batch
                     .first()
-                    .map_or(0, |&index| crate::cluster::slot_of(&pending[index].lock))
+                    .map_or(0, |&index| crate::cluster::slot_of(pending[index].lock()))
             });
             by_master(inner, &invocations, slots.collect(), limit, wait).await
         } else {

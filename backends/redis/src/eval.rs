@@ -23,8 +23,11 @@ impl<'s> Eval<'s> {
         script: &'s Script,
         keys: impl ExactSizeIterator<Item = K>,
     ) -> Self {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
+        // Room for the keys and about as many arguments as keys, each of the size of a
+        // lock's value, so that the batched refresh's command grows rarely.
+        let count = keys.len();
+        let mut cmd = Cmd::with_capacity(3 + 2 * count + 8, 128 * (count + 1));
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(count);
         for key in keys {
             cmd.arg(key);
         }

@@ -19,9 +19,8 @@ use crate::scripts::{self, Claim};
 pub(crate) struct RedisLease {
     inner: Arc<Client>,
     key: LockKey,
-    /// Shared with the batched refreshes it is in (a count to raise, not two strings to
-    /// copy).
-    claim: Arc<Claim>,
+    /// Shared with the batched refreshes it is in: a count to raise, not a copy.
+    claim: Claim,
     fence: FencingToken,
     /// The TTL of the last successful acquire or refresh, to bound `release`.
     ttl: Duration,
@@ -48,7 +47,7 @@ impl RedisLease {
         Self {
             inner,
             key,
-            claim: Arc::new(claim),
+            claim,
             fence,
             ttl,
             state: State::Held,
@@ -66,7 +65,7 @@ impl RedisLease {
     }
 
     /// The lock key and our value in it, for a batched refresh.
-    pub(crate) fn claim(&self) -> &Arc<Claim> {
+    pub(crate) fn claim(&self) -> &Claim {
         &self.claim
     }
 
@@ -90,7 +89,7 @@ impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The value is left out: anyone who has it can release the lock.
         f.debug_struct("RedisLease")
-            .field("key", &self.claim.lock)
+            .field("key", &self.claim.lock())
             .field("fencing_token", &self.fence)
             .field("state", &self.state)
             .finish()
@@ -116,8 +115,8 @@ impl Lease for RedisLease {
         if self.state != State::Held {
             return Err(Error::lost(&self.key));
         }
-        let mut eval = Eval::new(&scripts::REFRESH, std::iter::once(&self.claim.lock));
-        eval.arg(&self.claim.value).arg(ttl_ms);
+        let mut eval = Eval::new(&scripts::REFRESH, std::iter::once(self.claim.lock()));
+        eval.arg(self.claim.value()).arg(ttl_ms);
         let eval = &eval;
         let limit = self.inner.lease_limit(ttl);
         let wait = self.inner.wait(limit);
@@ -142,9 +141,9 @@ impl Lease for RedisLease {
         let waiters = self.inner.keys.waiters(&self.key);
         let mut eval = Eval::new(
             &scripts::RELEASE,
-            [self.claim.lock.as_str(), waiters.as_str()].into_iter(),
+            [self.claim.lock(), waiters.as_str()].into_iter(),
         );
-        eval.arg(&self.claim.value)
+        eval.arg(self.claim.value())
             .arg(&channel)
             .arg(self.inner.keys.publish())
             .arg(&self.inner.waiter_id)

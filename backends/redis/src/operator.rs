@@ -22,7 +22,8 @@ const SCAN_COUNT: usize = 1000;
 pub(crate) async fn describe(inner: &Client, keys: &[LockKey]) -> Result<Vec<Option<LeaseInfo>>> {
     let locks: Vec<String> = keys.iter().map(|key| inner.keys.lock(key)).collect();
     let batches = crate::cluster::batches(
-        locks.iter().map(String::as_str),
+        &locks,
+        String::as_str,
         inner.keys.tagged(),
         scripts::DESCRIBE_CHUNK,
     );
