@@ -5,8 +5,8 @@
 //! copies them all again into the command it builds each time it is sent: two
 //! allocations and two copies per argument. The batched refresh sends 500 keys and 500
 //! values per call, for every held lease at every refresh; at 100,000 leases those
-//! copies, with the claims cloned for them, took a fifth of the time the process spent
-//! keeping its leases (BENCHMARKS.md, "Scale to 100,000 routines").
+//! copies, with the claims cloned for them and the frees, were about a third of the
+//! samples of the process keeping its leases (BENCHMARKS.md, "Night round").
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
